@@ -1,0 +1,117 @@
+"""Training checkpoints: architecture, arguments, dataset, accuracy and a weights hash in one file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from tuneless.errors import TunelessError
+from tuneless.io_atomic import atomic_torch_save
+
+FORMAT = "tuneless-checkpoint/1"
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights themselves, independent of how the file was written."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    arch: str,
+    arch_kwargs: dict[str, Any],
+    dataset: str,
+    train_args: dict[str, Any] | None = None,
+    test_accuracy: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a model checkpoint atomically; returns the metadata it stored."""
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "dataset": dataset,
+        "train_args": dict(train_args or {}),
+        "test_accuracy": test_accuracy,
+        "weights_sha256": weights_sha256(sd),
+        "torch_version": torch.__version__,
+    }
+    obj = {**meta, "state_dict": sd, **(extra or {})}
+    atomic_torch_save(obj, path)
+    return meta
+
+
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """torch.load with weights_only=True and one-line errors for missing or corrupt files."""
+    path = Path(path)
+    if not path.exists():
+        raise TunelessError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise TunelessError(f"{what} path is a directory, expected a file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise TunelessError(
+                f"{path} contains pickled Python objects (not just tensors); loading it needs the "
+                "unsafe path: pass --unsafe-pickle (tuneless.load_model(..., allow_pickle=True)) "
+                "only if you trust the file"
+            ) from exc
+        raise TunelessError(f"corrupt {what} {path}: {exc}") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TunelessError(f"corrupt {what} {path}: {reason}") from exc
+
+
+def is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> nn.Module:
+    """Build the architecture a checkpoint names and load its weights; eval mode."""
+    obj = read_torch_file(path)
+    return model_from_checkpoint(obj, str(path), verify=verify)
+
+
+def model_from_checkpoint(obj: dict, where: str = "checkpoint", verify: bool = True) -> nn.Module:
+    from tuneless.zoo import build_model
+
+    if not is_checkpoint(obj):
+        raise TunelessError(f"{where} is not a tuneless checkpoint (no '{FORMAT}' format tag)")
+    sd = obj["state_dict"]
+    if verify and weights_sha256(sd) != obj.get("weights_sha256"):
+        raise TunelessError(f"corrupt checkpoint {where}: weights do not match their recorded sha256")
+    model = build_model(obj["arch"], **obj.get("arch_kwargs", {}))
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise TunelessError(
+            f"checkpoint {where} does not fit architecture {obj['arch']}: {str(exc).splitlines()[0]}"
+        ) from exc
+    model.eval()
+    model.tuneless_meta = {k: v for k, v in obj.items() if k != "state_dict" and k != "resume"}
+    return model

@@ -1,0 +1,33 @@
+"""A progress bar that uses tqdm when installed and degrades to periodic log lines."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
+             disable: bool = False) -> Iterator[T]:
+    """Iterate with a progress display on stderr."""
+    if disable:
+        yield from items
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None and sys.stderr.isatty():
+        yield from tqdm(items, total=total, desc=desc, unit=unit, leave=False)
+        return
+    start, last = time.perf_counter(), 0.0
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter() - start
+        if now - last > 30 or (total and i == total):
+            last = now
+            pos = f"{i}/{total}" if total else str(i)
+            print(f"{desc} {pos} {i / max(now, 1e-9):.1f} {unit}/s", file=sys.stderr, flush=True)
