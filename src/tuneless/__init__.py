@@ -1,7 +1,51 @@
-"""tuneless: make trained PyTorch networks smaller without data and without fine-tuning."""
+"""tuneless: make trained PyTorch networks smaller without data and without fine-tuning.
 
-from tuneless.checkpoint import load_checkpoint
+    import tuneless
+    small = tuneless.fold(model, sparsity=0.5, repair="ar", example_inputs=x)
+    small = tuneless.prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
+    small = tuneless.svd(model, sparsity=0.5)
+    tuneless.save(small, "small.pt"); small = tuneless.load("small.pt")
+
+Public names are imported lazily so `import tuneless` stays fast and optional
+dependencies (transformers, scipy, matplotlib) load only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 from tuneless.errors import TunelessError, UnsupportedModelError
 
 __version__ = "0.1.0"
-__all__ = ["TunelessError", "UnsupportedModelError", "load_checkpoint", "__version__"]
+
+_LAZY = {
+    "load_checkpoint": "tuneless.checkpoint",
+    "save_checkpoint": "tuneless.checkpoint",
+    "find_groups": "tuneless.graph",
+    "reduce": "tuneless.reduce",
+    "prune": "tuneless.methods.prune",
+    "magnitude_prune": "tuneless.methods.prune",
+    "fold": "tuneless.methods.fold",
+    "svd": "tuneless.methods.svd",
+    "save": "tuneless.serialize",
+    "load": "tuneless.serialize",
+    "load_model": "tuneless.modelio",
+    "evaluate": "tuneless.evaluate",
+    "accuracy": "tuneless.evaluate",
+    "count_params": "tuneless.evaluate",
+    "variance_ratio": "tuneless.diagnostics",
+    "SmoothPenalty": "tuneless.smooth",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tuneless' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["TunelessError", "UnsupportedModelError", "__version__", *_LAZY]

@@ -1,0 +1,36 @@
+"""Compression methods by CLI name. Each decides what to remove; the engine rewrites the model.
+
+REGISTRY maps a method name to "module:function"; the function takes
+(model, *, example_inputs=None, **options) and returns a new, smaller model.
+Modules register here lazily so one broken optional dependency cannot hide the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from tuneless.errors import TunelessError
+
+REGISTRY: dict[str, str] = {
+    # structured pruning (tuneless.methods.prune)
+    "prune-l1": "tuneless.methods.prune:prune_l1",
+    "prune-l2": "tuneless.methods.prune:prune_l2",
+    "prune-random": "tuneless.methods.prune:prune_random",
+    "magnitude": "tuneless.methods.prune:magnitude_prune",
+    # folding (tuneless.methods.fold)
+    "fold-naive": "tuneless.methods.fold:fold_naive",
+    "fold-ar": "tuneless.methods.fold:fold_ar",
+    "fold-dir": "tuneless.methods.fold:fold_dir",
+    "fold-r": "tuneless.methods.fold:fold_r",
+    "ifm": "tuneless.methods.ifm:ifm",
+    # low rank (tuneless.methods.svd)
+    "svd": "tuneless.methods.svd:svd",
+}
+
+
+def get_method(name: str) -> Callable:
+    if name not in REGISTRY:
+        raise TunelessError(f"unknown method {name!r}; choose one of: {', '.join(REGISTRY)}")
+    module, func = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), func)
