@@ -1,4 +1,4 @@
-"""Training with SGD + momentum, cosine or one-cycle schedules, resumable checkpoints, extra loss terms."""
+"""Training: SGD + momentum, cosine or one-cycle schedule, resumable, extra loss terms."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # "cosine" | "onecycle"
     label_smoothing: float = 0.0
     augment: bool = True
+    pad: int = 4  # zero padding of the random crop (2 suits 28×28 Fashion-MNIST)
     seed: int = 0
     threads: int | None = None
     smooth: str | None = None
@@ -52,8 +53,17 @@ class TrainConfig:
             raise TunelessError(f"lr must be positive, got {self.lr}")
         if self.schedule not in ("cosine", "onecycle"):
             raise TunelessError(f"schedule must be 'cosine' or 'onecycle', got {self.schedule!r}")
+        if self.pad < 0:
+            raise TunelessError(f"pad must be non-negative, got {self.pad}")
         if not 0 <= self.label_smoothing < 1:
             raise TunelessError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def same_config(saved: dict, cfg: TrainConfig) -> bool:
+    """Does a resume file's config match? Options added later count as equal at their default."""
+    defaults = asdict(TrainConfig())
+    now = asdict(cfg)
+    return all(saved.get(k, defaults[k]) == v for k, v in now.items()) and set(saved) <= set(now)
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -97,19 +107,21 @@ def train(
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
     )
     loader = TensorLoader(train_set, cfg.batch_size, shuffle=True, augment=cfg.augment,
-                          seed=cfg.seed, drop_last=True)
+                          pad=cfg.pad, seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(loader)
     total = steps_per_epoch * cfg.epochs
     start_epoch, history, elapsed = 0, [], 0.0
     if resume_path.exists():
         state = read_torch_file(resume_path, "resume checkpoint")
-        if state["config"] != asdict(cfg):
+        if not same_config(state["config"], cfg):
             raise TunelessError(
-                f"{resume_path} was written by a different configuration; delete it or use the same arguments"
+                f"{resume_path} was written by a different configuration; "
+                "delete it or use the same arguments"
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -1,4 +1,4 @@
-"""`tuneless train`: train a zoo model with resumable checkpoints (and optional smoothness penalty)."""
+"""`tuneless train`: train a zoo model, resumable, with an optional smoothness penalty."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a zoo model (resumes if interrupted)")
     p.add_argument("arch", help="zoo architecture, e.g. resnet20, resnet56, vgg11_bn, lenet5, mlp")
     p.add_argument("-o", "--out", required=True, help="checkpoint path to write (e.g. model.pt)")
-    p.add_argument("--dataset", choices=["cifar10", "fashion-mnist"], help="default: the arch's own")
-    p.add_argument("--data", help="dataset path (ImageFolder, .tar.gz, cifar-10-batches-py, idx folder)")
+    p.add_argument("--dataset", choices=["cifar10", "fashion-mnist"],
+                   help="default: the arch's own")
+    p.add_argument("--data",
+                   help="dataset path (ImageFolder, .tar.gz, cifar-10-batches-py, idx folder)")
     p.add_argument("--width", type=float, help="width multiplier")
     p.add_argument("--arch-kwargs", default="{}", help="extra constructor arguments as JSON")
     p.add_argument("--epochs", type=int, default=30)
@@ -24,6 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--pad", type=int, default=4,
+                   help="zero padding of the random-crop augmentation (4 for CIFAR, 2 for 28x28)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (use 1 per background job)")
     p.add_argument("--smooth", choices=["d1", "d2", "nuc"], help="smoothness penalty")
@@ -46,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch, arch_kwargs=kwargs, dataset=args.dataset, data=args.data,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule,
-        label_smoothing=args.label_smoothing, augment=not args.no_augment, seed=args.seed,
+        label_smoothing=args.label_smoothing, augment=not args.no_augment, pad=args.pad,
+        seed=args.seed,
         threads=args.threads, smooth=args.smooth, smooth_lambda=args.smooth_lambda,
         smooth_relative=args.smooth_relative, smooth_every=args.smooth_every,
     )
