@@ -1,0 +1,335 @@
+"""Cluster the channels of one group: fast seeded k-means in torch, plus Ward and greedy pairing.
+
+Folding replaces W by C·W with C the projection onto cluster means, and ||W − C·W||²
+is exactly the k-means objective on the channels' feature rows; so the quality of
+a fold is the inertia returned here. k-means runs all restarts as one batch,
+seeds with greedy k-means++, and finishes with Hartigan single-point moves, which
+only ever lower the objective that Lloyd's iterations stop at.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tuneless.errors import TunelessError
+
+METHODS = ("kmeans", "ward", "greedy")
+_PAIRWISE_MAX_N = 8192  # precompute the n×n distance matrix for seeding up to this size
+_BATCH_ELEMENTS = 2**26  # restarts × n × k distance entries computed at once
+
+
+@dataclass
+class Clustering:
+    """labels (n,) in [0, k), numbered by each cluster's first member; centroids (k, d)."""
+
+    labels: torch.Tensor
+    centroids: torch.Tensor
+    inertia: float
+
+    @property
+    def k(self) -> int:
+        return self.centroids.shape[0]
+
+    def sizes(self) -> torch.Tensor:
+        return torch.bincount(self.labels, minlength=self.k)
+
+    def assignment(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """U ∈ {0,1}^{n×k}: U[i, c] = 1 when channel i belongs to cluster c."""
+        u = torch.zeros(len(self.labels), self.k, dtype=dtype)
+        u[torch.arange(len(self.labels)), self.labels] = 1
+        return u
+
+
+def cluster(x: torch.Tensor, k: int, method: str = "kmeans", **options) -> Clustering:
+    """Cluster the rows of x into exactly k groups with the named method."""
+    x = _check(x, k)
+    n = x.shape[0]
+    if k == n:
+        return _finish(x, torch.arange(n))
+    if k == 1:
+        return _finish(x, torch.zeros(n, dtype=torch.long))
+    if method == "kmeans":
+        return kmeans(x, k, **options)
+    if method == "ward":
+        return ward(x, k, **options)
+    if method == "greedy":
+        return greedy_pairs(x, k, **options)
+    raise TunelessError(f"unknown clustering method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _check(x: torch.Tensor, k: int) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise TunelessError("features to cluster must be a 2-D tensor (channels × features)")
+    if not 1 <= k <= x.shape[0]:
+        raise TunelessError(f"cannot make {k} clusters from {x.shape[0]} channels")
+    if not torch.isfinite(x).all():
+        raise TunelessError("features to cluster contain NaN or infinite values")
+    return x.detach()
+
+
+def canonical_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Renumber clusters in order of their first member, so equal partitions get equal labels."""
+    n = len(labels)
+    first = torch.full((int(labels.max()) + 1,), n, dtype=torch.long)
+    first.scatter_reduce_(0, labels, torch.arange(n), reduce="amin")
+    used = first < n
+    order = torch.argsort(first[used])
+    remap = torch.full_like(first, -1)
+    remap[torch.nonzero(used).squeeze(1)[order]] = torch.arange(int(used.sum()))
+    return remap[labels]
+
+
+def _finish(x: torch.Tensor, labels: torch.Tensor) -> Clustering:
+    labels = canonical_labels(labels)
+    x64 = x.double()
+    k = int(labels.max()) + 1
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x64)
+    cents = sums / torch.bincount(labels, minlength=k).unsqueeze(1)
+    inertia = float(((x64 - cents[labels]) ** 2).sum())
+    return Clustering(labels, cents.to(x.dtype), inertia)
+
+
+def inertia_of(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """The k-means objective Σ ||x_i − mean of i's cluster||² (float64)."""
+    return _finish(x, labels).inertia
+
+
+# --------------------------------------------------------------------------- k-means
+
+
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    *,
+    n_init: int = 10,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    refine: bool = True,
+    dtype: torch.dtype | None = None,
+) -> Clustering:
+    """k-means with greedy k-means++ seeding, n_init batched restarts and Hartigan refinement.
+
+    tol is relative to the mean per-feature variance (as in scikit-learn). The
+    result depends only on (x, k, options, seed), so it is bit-for-bit repeatable
+    on the same machine and thread count.
+    """
+    x = _check(x, k)
+    if n_init < 1 or max_iter < 1 or tol < 0:
+        raise TunelessError("k-means needs n_init ≥ 1, max_iter ≥ 1 and tol ≥ 0")
+    n, d = x.shape
+    if k == n or k == 1:
+        return cluster(x, k)
+    if dtype is None:
+        dtype = torch.float64 if n * k * max(d, 1) <= 2e8 else torch.float32
+    xc = (x.double() - x.double().mean(0)).to(dtype)
+    g = torch.Generator().manual_seed(int(seed))
+    tol_abs = float(tol * xc.double().var(0, unbiased=False).mean())
+    pairwise = _pairwise_sq(xc) if n <= _PAIRWISE_MAX_N else None
+
+    best_labels, best_inertia = None, math.inf
+    per_batch = max(1, _BATCH_ELEMENTS // (n * k))
+    done = 0
+    while done < n_init:
+        b = min(per_batch, n_init - done)
+        seeds = _kmeanspp(xc, k, b, g, pairwise)
+        cents = xc[seeds]  # (b, k, d)
+        labels, inertias = _lloyd(xc, cents, max_iter, tol_abs)
+        i = int(torch.argmin(inertias))
+        if float(inertias[i]) < best_inertia:
+            best_inertia, best_labels = float(inertias[i]), labels[i].clone()
+        done += b
+    if refine:
+        best_labels = hartigan(xc, best_labels, k)
+    result = _finish(x, best_labels)
+    return result
+
+
+def _pairwise_sq(x: torch.Tensor) -> torch.Tensor:
+    sq = (x * x).sum(1)
+    p = sq[:, None] + sq[None, :] - 2 * (x @ x.T)
+    return p.clamp_(min=0)
+
+
+def _sq_dist(x: torch.Tensor, sq_x: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
+    """(b, n, k) squared distances from every row of x to each restart's centroids."""
+    sq_c = (cents * cents).sum(-1)  # (b, k)
+    prod = torch.matmul(x.unsqueeze(0), cents.transpose(1, 2))  # (b, n, k)
+    return (sq_x[None, :, None] + sq_c[:, None, :] - 2 * prod).clamp_(min=0)
+
+
+def _kmeanspp(x: torch.Tensor, k: int, b: int, g: torch.Generator,
+              pairwise: torch.Tensor | None) -> torch.Tensor:
+    """Greedy k-means++ (2 + log k candidates per step) for b restarts at once → (b, k) indices."""
+    n = x.shape[0]
+    trials = 2 + int(math.log(k))
+
+    def dist_to(idx: torch.Tensor) -> torch.Tensor:  # idx (b, t) → (b, t, n)
+        if pairwise is not None:
+            return pairwise[idx]
+        rows = x[idx]  # (b, t, d)
+        sq = (x * x).sum(1)
+        return (sq[None, None, :] + (rows * rows).sum(-1, keepdim=True)
+                - 2 * rows @ x.T).clamp_(min=0)
+
+    first = torch.randint(0, n, (b, 1), generator=g)
+    chosen = [first]
+    closest = dist_to(first)[:, 0]  # (b, n)
+    rows = torch.arange(b)
+    for _ in range(1, k):
+        weights = closest.double()
+        empty = weights.sum(1) <= 0
+        if empty.any():  # every point coincides with a centre already: pick uniformly
+            weights[empty] = 1.0
+        cand = torch.multinomial(weights, trials, replacement=True, generator=g)  # (b, t)
+        new = torch.minimum(closest[:, None, :], dist_to(cand))  # (b, t, n)
+        best = torch.argmin(new.sum(-1), dim=1)  # (b,)
+        chosen.append(cand[rows, best].unsqueeze(1))
+        closest = new[rows, best]
+    return torch.cat(chosen, 1)
+
+
+def _lloyd(x: torch.Tensor, cents: torch.Tensor, max_iter: int,
+           tol_abs: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd iterations for b restarts at once; returns labels (b, n) and inertia (b,)."""
+    b, k, d = cents.shape
+    n = x.shape[0]
+    sq_x = (x * x).sum(1)
+    offsets = (torch.arange(b) * k).unsqueeze(1)
+    ones = torch.ones(b * n, dtype=x.dtype)
+    labels = None
+    for _ in range(max_iter):
+        dist = _sq_dist(x, sq_x, cents)
+        min_d, new_labels = dist.min(2)
+        flat = (new_labels + offsets).reshape(-1)
+        sums = torch.zeros(b * k, d, dtype=x.dtype).index_add_(0, flat, x.repeat(b, 1))
+        counts = torch.zeros(b * k, dtype=x.dtype).index_add_(0, flat, ones)
+        new_cents = (sums / counts.clamp(min=1).unsqueeze(1)).view(b, k, d)
+        empty = (counts == 0).view(b, k)
+        if empty.any():
+            new_cents = _relocate_empty(x, new_cents, empty, min_d)
+        shift = ((new_cents - cents) ** 2).sum((1, 2))
+        same = labels is not None and torch.equal(new_labels, labels)
+        cents, labels = new_cents, new_labels
+        if same or bool((shift <= tol_abs).all()):
+            break
+    dist = _sq_dist(x, sq_x, cents)
+    min_d, labels = dist.min(2)
+    return labels, min_d.double().sum(1)
+
+
+def _relocate_empty(x: torch.Tensor, cents: torch.Tensor, empty: torch.Tensor,
+                    min_d: torch.Tensor) -> torch.Tensor:
+    """Move each empty centroid onto a point far from its centre (as scikit-learn does)."""
+    cents = cents.clone()
+    for r in torch.nonzero(empty.any(1)).squeeze(1).tolist():
+        idx = torch.nonzero(empty[r]).squeeze(1)
+        far = torch.argsort(min_d[r], descending=True, stable=True)[: len(idx)]
+        cents[r, idx] = x[far]
+    return cents
+
+
+def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 1000) -> torch.Tensor:
+    """Hartigan single-point moves: move i from a to b when it lowers the k-means objective.
+
+    Moving i changes the objective by |b|/(|b|+1)·d(i,b)² − |a|/(|a|−1)·d(i,a)². Each round
+    applies the best improving moves whose clusters are pairwise disjoint (so their
+    gains are exact), which never raises the objective and stops at a Hartigan optimum.
+    """
+    n, d = x.shape
+    labels = labels.clone()
+    sizes = torch.bincount(labels, minlength=k).to(x.dtype)
+    cents = torch.zeros(k, d, dtype=x.dtype).index_add_(0, labels, x) / sizes.clamp(min=1)[:, None]
+    sq_x = (x * x).sum(1)
+    dist = _sq_dist(x, sq_x, cents.unsqueeze(0))[0]  # (n, k)
+    ar = torch.arange(n)
+    scale = torch.finfo(x.dtype).eps * 64
+    for _ in range(max_rounds):
+        own = labels
+        s_own = sizes[own]
+        remove = torch.where(s_own > 1, s_own / (s_own - 1).clamp(min=1) * dist[ar, own],
+                             torch.full_like(s_own, -math.inf))
+        add = dist * (sizes / (sizes + 1))[None, :]
+        add[ar, own] = math.inf
+        best_add, target = add.min(1)
+        delta = best_add - remove
+        threshold = -scale * (1 + remove.abs())
+        movers = torch.nonzero(delta < threshold).squeeze(1)
+        if len(movers) == 0:
+            break
+        movers = movers[torch.argsort(delta[movers], stable=True)]
+        used: set[int] = set()
+        picked = []
+        for i, a, t in zip(movers.tolist(), own[movers].tolist(), target[movers].tolist()):
+            if a in used or t in used:
+                continue
+            used.update((a, t))
+            picked.append((i, a, t))
+        touched = torch.tensor(sorted(used))
+        for i, a, t in picked:
+            labels[i] = t
+            sizes[a] -= 1
+            sizes[t] += 1
+        members = torch.zeros(k, d, dtype=x.dtype).index_add_(0, labels, x)
+        cents[touched] = members[touched] / sizes[touched].clamp(min=1)[:, None]
+        sq_c = (cents[touched] ** 2).sum(1)
+        dist[:, touched] = (sq_x[:, None] + sq_c[None, :] - 2 * x @ cents[touched].T).clamp_(min=0)
+    return labels
+
+
+# --------------------------------------------------------------------------- others
+
+
+def ward(x: torch.Tensor, k: int) -> Clustering:
+    """Ward agglomerative clustering (scipy), cut at exactly k clusters."""
+    x = _check(x, k)
+    try:
+        from scipy.cluster.hierarchy import cut_tree, linkage
+    except ImportError as exc:  # pragma: no cover - scipy is an optional dependency
+        raise TunelessError("cluster method 'ward' needs scipy (pip install scipy)") from exc
+    if k == x.shape[0]:
+        return _finish(x, torch.arange(k))
+    z = linkage(x.double().numpy(), method="ward")
+    labels = torch.from_numpy(cut_tree(z, n_clusters=k).reshape(-1).astype("int64"))
+    return _finish(x, labels)
+
+
+def greedy_pairs(x: torch.Tensor, k: int, *, weighted: bool = True,
+                 summed: torch.Tensor | None = None) -> Clustering:
+    """IFM's greedy pairing: repeatedly merge the two closest (merged) channels until k remain.
+
+    A merged channel's feature is the size-weighted average of its parts; feature
+    columns flagged in `summed` (consumer columns, which folding adds up) are summed
+    instead, exactly as the merged weights would be. Ties break to the lowest indices.
+    """
+    x = _check(x, k)
+    n, d = x.shape
+    feats = x.double().clone()
+    size = torch.ones(n, dtype=torch.float64)
+    alive = torch.ones(n, dtype=torch.bool)
+    labels = torch.arange(n)
+    mask = torch.zeros(d, dtype=torch.bool) if summed is None else summed.bool()
+    dist = _pairwise_sq(feats)
+    dist.fill_diagonal_(math.inf)
+    for _ in range(n - k):
+        flat = int(torch.argmin(dist))
+        i, j = divmod(flat, n)
+        i, j = min(i, j), max(i, j)
+        wi, wj = (size[i], size[j]) if weighted else (1.0, 1.0)
+        merged = (wi * feats[i] + wj * feats[j]) / (wi + wj)
+        merged[mask] = feats[i, mask] + feats[j, mask]
+        feats[i] = merged
+        size[i] += size[j]
+        alive[j] = False
+        labels[labels == j] = i
+        dist[j, :] = math.inf
+        dist[:, j] = math.inf
+        row = ((feats - feats[i]) ** 2).sum(1)
+        row[~alive] = math.inf
+        row[i] = math.inf
+        dist[i, :] = row
+        dist[:, i] = row
+    return _finish(x, labels)

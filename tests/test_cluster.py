@@ -1,0 +1,102 @@
+"""k-means quality against scikit-learn, determinism, exact-k and the other clusterers."""
+
+import pytest
+import torch
+
+from tuneless.cluster import canonical_labels, cluster, greedy_pairs, inertia_of, kmeans, ward
+from tuneless.errors import TunelessError
+
+sklearn_cluster = pytest.importorskip("sklearn.cluster")
+
+
+def _data(kind: str) -> tuple[torch.Tensor, int]:
+    g = torch.Generator().manual_seed(7)
+    if kind == "random":
+        return torch.randn(64, 288, generator=g), 32
+    if kind == "blobs":
+        centres = torch.randn(12, 30, generator=g) * 3
+        return centres.repeat_interleave(10, 0) + torch.randn(120, 30, generator=g), 12
+    if kind == "anisotropic":  # conv-like: few strong directions, many weak ones
+        return torch.randn(96, 64, generator=g) * torch.logspace(0, -2, 64), 40
+    if kind == "weights":  # scale of real conv rows (O(0.01))
+        return torch.randn(128, 576, generator=g) * 0.02, 90
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["random", "blobs", "anisotropic", "weights"])
+def test_objective_not_worse_than_sklearn(kind):
+    x, k = _data(kind)
+    ours = kmeans(x, k, seed=0)
+    ref = sklearn_cluster.KMeans(k, n_init=10, random_state=0).fit(x.double().numpy())
+    assert ours.inertia <= ref.inertia_ * (1 + 1e-9)
+    assert ours.inertia == pytest.approx(inertia_of(x, ours.labels), rel=1e-9)
+
+
+def test_recovers_separated_blobs_exactly():
+    x, k = _data("blobs")
+    r = kmeans(x, k, seed=1)
+    assert torch.equal(r.labels, torch.arange(12).repeat_interleave(10))
+
+
+def test_seed_makes_results_bit_for_bit_repeatable():
+    x, k = _data("random")
+    a, b = kmeans(x, k, seed=5), kmeans(x, k, seed=5)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+    assert a.inertia == b.inertia
+
+
+@pytest.mark.parametrize("method", ["kmeans", "ward", "greedy"])
+def test_every_method_returns_exactly_k_clusters(method):
+    x, _ = _data("anisotropic")
+    for k in (1, 5, 47, 95, 96):
+        r = cluster(x, k, method=method)
+        assert r.k == k and torch.equal(torch.unique(r.labels), torch.arange(k))
+        assert r.labels[0] == 0  # canonical numbering
+
+
+def test_k_equal_n_is_identity_with_zero_inertia():
+    x, _ = _data("random")
+    r = cluster(x, 64)
+    assert torch.equal(r.labels, torch.arange(64)) and r.inertia == 0.0
+    assert torch.equal(r.centroids, x)
+
+
+def test_duplicates_are_paired_by_every_method():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(10, 8, generator=g)
+    x = torch.cat([base, base])[torch.randperm(20, generator=g)]
+    for method in ("kmeans", "ward", "greedy"):
+        r = cluster(x, 10, method=method)
+        assert r.inertia < 1e-20
+        assert torch.allclose(x, r.centroids[r.labels])
+
+
+def test_greedy_sums_flagged_columns_and_weights_by_size():
+    x = torch.tensor([[0.0, 1.0], [0.1, 2.0], [5.0, 0.0]])
+    summed = torch.tensor([False, True])
+    r = greedy_pairs(x, 2, summed=summed)
+    assert r.labels.tolist() == [0, 0, 1]
+
+
+def test_ward_matches_objective_of_its_labels():
+    x, k = _data("blobs")
+    r = ward(x, k)
+    assert r.inertia == pytest.approx(inertia_of(x, r.labels))
+
+
+def test_canonical_labels():
+    assert canonical_labels(torch.tensor([3, 3, 1, 0, 1])).tolist() == [0, 0, 1, 2, 1]
+
+
+def test_bad_arguments():
+    x, _ = _data("random")
+    with pytest.raises(TunelessError, match="clusters"):
+        cluster(x, 0)
+    with pytest.raises(TunelessError, match="clusters"):
+        cluster(x, 65)
+    with pytest.raises(TunelessError, match="unknown clustering"):
+        cluster(x, 3, method="spectral")
+    with pytest.raises(TunelessError, match="NaN"):
+        cluster(torch.full((4, 2), float("nan")), 2)
+    with pytest.raises(TunelessError, match="2-D"):
+        cluster(torch.zeros(4), 2)
