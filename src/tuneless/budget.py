@@ -1,0 +1,144 @@
+"""From "remove 50% of the parameters" to a channel count per group, without rewriting.
+
+`param_count` is analytic (shapes only), so allocation loops can call it thousands of
+times. `solve` finds the uniform channel ratio (the paper's knob) whose rounded per-group
+counts remove the requested fraction of parameters, then nudges single groups to land
+within ±1 point of the request; the achieved value is reported, never assumed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import torch.nn as nn
+
+from tuneless.errors import TunelessError
+from tuneless.graph.groups import GroupGraph
+
+TOLERANCE = 0.01
+
+
+@dataclass
+class Budget:
+    """Per-group channel counts and what they achieve."""
+
+    kept: dict[int, int]
+    channel_ratio: float
+    sparsity: float  # achieved fraction of parameters removed
+    params_before: int
+    params_after: int
+    requested_sparsity: float | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kept"] = {str(k): v for k, v in self.kept.items()}
+        return d
+
+
+def param_count(model: nn.Module, graph: GroupGraph, kept: dict[int, int] | None = None) -> int:
+    """Parameters the model would have after reducing group id → kept channels."""
+    kept = kept or {}
+    shrink: dict[tuple[str, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for g in graph:
+        if g.id not in kept:
+            continue
+        k = kept[g.id]
+        if not 1 <= k <= g.n:
+            raise TunelessError(f"group {g.id} has {g.n} channels; cannot keep {k}")
+        for s in g.slots:
+            shrink[(s.module, s.param)][s.axis] += (g.n - k) * s.block
+    total = 0
+    for mod_name, mod in model.named_modules():
+        for p_name, p in mod.named_parameters(recurse=False):
+            shape = list(p.shape)
+            for axis, d in shrink.get((mod_name, p_name), {}).items():
+                shape[axis] -= d
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+    return total
+
+
+def counts_for_ratio(graph: GroupGraph, channel_ratio: float, min_channels: int = 1,
+                     round_to: int = 1) -> dict[int, int]:
+    """k = round(n·(1−r)) for every reducible group, clamped to [min_channels, n]."""
+    if not 0.0 <= channel_ratio < 1.0:
+        raise TunelessError(f"channel_ratio must be in [0, 1), got {channel_ratio}")
+    _check_options(min_channels, round_to)
+    return {g.id: _round(g.n * (1 - channel_ratio), g.n, min_channels, round_to)
+            for g in graph.reducible}
+
+
+def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: int = 1,
+          round_to: int = 1) -> Budget:
+    """Per-group counts removing `sparsity` of all parameters (±1 point), from a uniform ratio."""
+    if not 0.0 <= sparsity < 1.0:
+        raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
+    _check_options(min_channels, round_to)
+    before = param_count(model, graph)
+    if not graph.reducible:
+        raise TunelessError("the model has no reducible channel groups (see `tuneless inspect`)")
+
+    def achieved(kept):
+        return 1 - param_count(model, graph, kept) / before
+
+    floor = {g.id: min(g.n, max(min_channels, 1)) for g in graph.reducible}
+    most = achieved(floor)
+    if sparsity > most + TOLERANCE:
+        raise TunelessError(
+            f"sparsity {sparsity:.2f} is out of reach: removing every reducible channel down to "
+            f"min_channels={min_channels} removes only {most:.3f} of the parameters")
+    lo, hi = 0.0, 1.0  # achieved(lo) <= sparsity
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if achieved(_ratio_counts(graph, mid, min_channels, round_to)) <= sparsity:
+            lo = mid
+        else:
+            hi = mid
+    kept = _ratio_counts(graph, lo, min_channels, round_to)
+    kept = _nudge(graph, kept, achieved, sparsity, min_channels, round_to)
+    after = param_count(model, graph, kept)
+    return Budget(kept, lo, 1 - after / before, before, after, sparsity)
+
+
+def budget_for_ratio(model: nn.Module, graph: GroupGraph, channel_ratio: float,
+                     min_channels: int = 1, round_to: int = 1) -> Budget:
+    """The Budget of a uniform channel ratio (no search)."""
+    kept = counts_for_ratio(graph, channel_ratio, min_channels, round_to)
+    before, after = param_count(model, graph), param_count(model, graph, kept)
+    return Budget(kept, channel_ratio, 1 - after / before, before, after, None)
+
+
+def _ratio_counts(graph, r, min_channels, round_to):
+    return {g.id: _round(g.n * (1 - r), g.n, min_channels, round_to) for g in graph.reducible}
+
+
+def _nudge(graph, kept, achieved, target, min_channels, round_to):
+    """Remove round_to channels from single groups (largest first) while that gets closer."""
+    kept = dict(kept)
+    cur = achieved(kept)
+    for g in sorted(graph.reducible, key=lambda g: -g.n):
+        while abs(cur - target) > 1e-4:
+            k = kept[g.id] - round_to
+            if k < max(min_channels, 1):
+                break
+            trial = {**kept, g.id: k}
+            new = achieved(trial)
+            if abs(new - target) >= abs(cur - target):
+                break
+            kept, cur = trial, new
+    return kept
+
+
+def _round(x: float, n: int, min_channels: int, round_to: int) -> int:
+    k = int(round(x / round_to)) * round_to
+    return int(min(n, max(k, min_channels, 1)))
+
+
+def _check_options(min_channels: int, round_to: int) -> None:
+    if min_channels < 1:
+        raise TunelessError(f"min_channels must be ≥ 1, got {min_channels}")
+    if round_to < 1:
+        raise TunelessError(f"round_to must be ≥ 1, got {round_to}")

@@ -1,0 +1,150 @@
+"""Channel groups: one channel space and every tensor axis it indexes.
+
+A slot names one tensor axis by (module name, parameter/buffer name, axis), so the
+same group description applies to the model it was found on and to any deepcopy of
+it (names are stable). Methods decide per group; `tuneless.reduce` rewrites the slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+PRODUCER = "producer"  # writes the channels: rows (axis 0) of conv/linear weights, biases
+NORM = "norm"  # per-channel params/buffers on the channel space (BN, LN, GN, layer scales)
+CONSUMER = "consumer"  # reads the channels: input axis (axis 1) of the next conv/linear
+KINDS = (PRODUCER, NORM, CONSUMER)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One tensor axis indexed by a group's channels.
+
+    The group's n channels occupy entries [offset*block, (offset+n)*block) of `axis`;
+    `block` > 1 only for a linear that reads a flattened feature map (one channel =
+    `block` consecutive columns). `producer` (norm slots) is the conv/linear that feeds
+    the norm directly, or None. `depthwise` marks a depthwise conv's rows: it both reads
+    and writes this group, so its `groups` attribute follows the channel count.
+    """
+
+    kind: str
+    module: str
+    param: str
+    axis: int
+    offset: int = 0
+    block: int = 1
+    producer: str | None = None
+    depthwise: bool = False
+
+    def tensor(self, model: nn.Module) -> torch.Tensor:
+        """The full tensor this slot lives in (a parameter or buffer of `model`)."""
+        owner = model.get_submodule(self.module) if self.module else model
+        return getattr(owner, self.param)
+
+    def channel_rows(self, model: nn.Module, n: int) -> torch.Tensor:
+        """An (n, d) view-copy: row i = everything this slot holds for channel i."""
+        t = self.tensor(model).detach()
+        t = t.narrow(self.axis, self.offset * self.block, n * self.block)
+        t = t.movedim(self.axis, 0)
+        if self.block > 1:  # (n*block, rest...) -> (n, block, rest...)
+            t = t.reshape(n, self.block, *t.shape[1:])
+        return t.reshape(n, -1)
+
+
+@dataclass
+class ChannelGroup:
+    """A set of coupled tensor axes that must shrink together.
+
+    `fixed` groups are never reduced; `reasons` say which op fixed them and why.
+    """
+
+    id: int
+    n: int
+    slots: list[Slot] = field(default_factory=list)
+    fixed: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def producers(self) -> list[Slot]:
+        return [s for s in self.slots if s.kind == PRODUCER]
+
+    @property
+    def norms(self) -> list[Slot]:
+        return [s for s in self.slots if s.kind == NORM]
+
+    @property
+    def consumers(self) -> list[Slot]:
+        return [s for s in self.slots if s.kind == CONSUMER]
+
+    @property
+    def reducible(self) -> bool:
+        return not self.fixed and bool(self.producers) and bool(self.consumers) and self.n > 1
+
+    def features(self, model: nn.Module, parts: Iterable[str] = KINDS) -> torch.Tensor:
+        """Per-channel feature matrix (n, d): [producer rows | norm params | consumer columns].
+
+        `parts` selects which kinds of slot contribute, in that order.
+        """
+        parts = tuple(parts)
+        rows = [
+            s.channel_rows(model, self.n).float()
+            for kind in parts
+            for s in self.slots
+            if s.kind == kind
+        ]
+        if not rows:
+            return torch.zeros(self.n, 0)
+        return torch.cat(rows, dim=1)
+
+    def describe(self) -> str:
+        names = sorted({s.module for s in self.producers})
+        head = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+        state = "FIXED: " + "; ".join(self.reasons) if self.fixed else "reducible"
+        return f"group {self.id}: {self.n} channels, producers [{head}] — {state}"
+
+
+@dataclass
+class GroupGraph:
+    """All channel groups of a model, found from one example input by `find_groups`."""
+
+    groups: list[ChannelGroup]
+    model_name: str = ""
+
+    def __iter__(self) -> Iterator[ChannelGroup]:
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, gid: int) -> ChannelGroup:
+        for g in self.groups:
+            if g.id == gid:
+                return g
+        raise KeyError(gid)
+
+    @property
+    def reducible(self) -> list[ChannelGroup]:
+        """Groups a method may shrink (not fixed, with producers and consumers)."""
+        return [g for g in self.groups if g.reducible]
+
+    @property
+    def fixed(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.fixed]
+
+    def slots(self) -> Iterator[tuple[ChannelGroup, Slot]]:
+        """Every (group, slot) pair, for methods that compute their own features."""
+        for g in self.groups:
+            for s in g.slots:
+                yield g, s
+
+    def features(self, model: nn.Module, gid: int, parts: Iterable[str] = KINDS) -> torch.Tensor:
+        return self[gid].features(model, parts)
+
+    def summary(self) -> str:
+        lines = [g.describe() for g in self.groups]
+        n_red = len(self.reducible)
+        lines.append(f"{len(self.groups)} groups, {n_red} reducible, {len(self.fixed)} fixed")
+        return "\n".join(lines)

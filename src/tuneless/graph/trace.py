@@ -1,0 +1,58 @@
+"""Trace a model with torch.fx and record its real tensor shapes on an example input."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from tuneless.errors import UnsupportedModelError
+
+
+class _Tracer(fx.Tracer):
+    """torch.nn modules are leaves; user modules (and Sequential) are traced through."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return super().is_leaf_module(m, qualname)
+
+
+@torch.no_grad()
+def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
+    """A GraphModule sharing `model`'s submodules, with node.meta['tensor_meta'] filled in.
+
+    Runs in eval mode (no running-stat updates) and restores every module's mode, so the
+    model is left exactly as it was.
+    """
+    if not isinstance(example_inputs, tuple | list):
+        example_inputs = (example_inputs,)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        try:
+            graph = _Tracer().trace(model)
+        except Exception as exc:  # fx raises many types; the user needs one line
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UnsupportedModelError(
+                f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {msg})"
+            ) from exc
+        gm = fx.GraphModule(model, graph, type(model).__name__)
+        try:
+            ShapeProp(gm).propagate(*example_inputs)
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UnsupportedModelError(
+                f"{type(model).__name__} does not run on the example input ({msg})"
+            ) from exc
+    finally:
+        for m, t in modes.items():
+            m.training = t
+    return gm
+
+
+def shape_of(node) -> tuple[int, ...] | None:
+    """The traced tensor shape of a node's value, or None if it is not a single tensor."""
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    if meta is None or not hasattr(meta, "shape"):
+        return None
+    return tuple(meta.shape)
