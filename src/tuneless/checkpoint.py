@@ -1,11 +1,10 @@
-"""Training checkpoints: architecture, arguments, dataset, accuracy and a weights hash in one file."""
+"""Training checkpoints: architecture, arguments, dataset, accuracy and weights hash in one file."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +64,16 @@ def save_checkpoint(
     return meta
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format
+PICKLE_PROTO = 0x80  # torch.save's legacy format starts with a pickle protocol opcode
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """torch.load with weights_only=True and one-line errors for missing or corrupt files."""
     path = Path(path)
@@ -73,18 +82,28 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     if path.is_dir():
         raise TunelessError(f"{what} path is a directory, expected a file: {path}")
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise TunelessError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if not head:
+        raise TunelessError(f"corrupt {what} {path}: the file is empty")
+    if not head.startswith(ZIP_MAGIC) and head[0] != PICKLE_PROTO:
+        raise TunelessError(
+            f"corrupt {what} {path}: not a PyTorch file (torch.save writes a zip archive)"
+        )
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
+        if "Unsupported global" in str(exc):
             raise TunelessError(
                 f"{path} contains pickled Python objects (not just tensors); loading it needs the "
                 "unsafe path: pass --unsafe-pickle (tuneless.load_model(..., allow_pickle=True)) "
                 "only if you trust the file"
             ) from exc
-        raise TunelessError(f"corrupt {what} {path}: {exc}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TunelessError(f"corrupt {what} {path}: {reason}") from exc
+        raise TunelessError(f"corrupt {what} {path}: unreadable pickle data") from exc
+    except Exception as exc:  # torch raises many types for damaged files; all mean "corrupt"
+        raise TunelessError(f"corrupt {what} {path}: {_one_line(exc)}") from exc
 
 
 def is_checkpoint(obj: Any) -> bool:
@@ -102,15 +121,19 @@ def model_from_checkpoint(obj: dict, where: str = "checkpoint", verify: bool = T
 
     if not is_checkpoint(obj):
         raise TunelessError(f"{where} is not a tuneless checkpoint (no '{FORMAT}' format tag)")
-    sd = obj["state_dict"]
+    sd = obj.get("state_dict")
+    if not isinstance(sd, dict) or not isinstance(obj.get("arch"), str):
+        raise TunelessError(f"corrupt checkpoint {where}: no 'arch' name or no 'state_dict'")
     if verify and weights_sha256(sd) != obj.get("weights_sha256"):
-        raise TunelessError(f"corrupt checkpoint {where}: weights do not match their recorded sha256")
+        raise TunelessError(
+            f"corrupt checkpoint {where}: weights do not match their recorded sha256"
+        )
     model = build_model(obj["arch"], **obj.get("arch_kwargs", {}))
     try:
         model.load_state_dict(sd)
     except RuntimeError as exc:
         raise TunelessError(
-            f"checkpoint {where} does not fit architecture {obj['arch']}: {str(exc).splitlines()[0]}"
+            f"checkpoint {where} does not fit architecture {obj['arch']}: {_one_line(exc)}"
         ) from exc
     model.eval()
     model.tuneless_meta = {k: v for k, v in obj.items() if k != "state_dict" and k != "resume"}
