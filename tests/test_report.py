@@ -3,6 +3,8 @@ import json
 from tuneless.report import (
     columns_of,
     format_value,
+    human_bytes,
+    human_count,
     relative_to,
     render_markdown,
     render_table,
@@ -65,3 +67,12 @@ def test_relative_and_json(tmp_path):
     write_json(rel, path, meta={"command": "x"})
     data = json.loads(path.read_text())
     assert data["meta"] == {"command": "x"} and data["rows"][1]["model"] == "fold-ar 50%"
+
+
+def test_human_units():
+    assert human_count(272474) == "272k"
+    assert human_count(40_650_000) == "40.6M"
+    assert human_count(12) == "12"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(3 * (1 << 20)) == "3 MiB"
+    assert human_bytes(100) == "100 B"

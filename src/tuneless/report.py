@@ -39,6 +39,22 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def human_count(n: float) -> str:
+    """1234567 -> '1.23M' (for parameters and FLOPs)."""
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:g}"
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for div, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if abs(n) >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{int(n)} B"
+
+
 def columns_of(rows: Iterable[dict]) -> list[str]:
     """Every key that occurs in any row, in order of first appearance."""
     cols: list[str] = []
@@ -135,6 +151,6 @@ def write_json(rows: Sequence[dict], path: str | os.PathLike, meta: dict | None 
 
 
 __all__ = [
-    "columns_of", "format_value", "relative_to", "render_markdown", "render_table",
-    "to_json", "write_json",
+    "columns_of", "format_value", "human_bytes", "human_count", "relative_to",
+    "render_markdown", "render_table", "to_json", "write_json",
 ]
