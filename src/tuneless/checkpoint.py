@@ -57,7 +57,7 @@ def save_checkpoint(
         "train_args": dict(train_args or {}),
         "test_accuracy": test_accuracy,
         "weights_sha256": weights_sha256(sd),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # TorchVersion would need an unsafe unpickle
     }
     obj = {**meta, "state_dict": sd, **(extra or {})}
     atomic_torch_save(obj, path)
@@ -93,7 +93,9 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             f"corrupt {what} {path}: not a PyTorch file (torch.save writes a zip archive)"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # TorchVersion (a str subclass) is in checkpoints written before torch_version was str()'d
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):
             raise TunelessError(

@@ -1,28 +1,40 @@
-"""Accuracy, parameter counts, FLOPs, size on disk and CPU latency of a model."""
+"""Accuracy, parameter counts, FLOPs, size on disk and CPU latency of a model.
+
+`evaluate` gathers them all into one flat dict, the row that `tuneless eval`,
+the demo and the benchmarks print with tuneless.report.
+"""
 
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
 from tuneless.data.loader import TensorDataset, TensorLoader
+from tuneless.errors import TunelessError
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 500,
              limit: int | None = None) -> float:
-    """Top-1 accuracy in eval mode (the model's train/eval mode is restored)."""
+    """Top-1 accuracy on the first `limit` examples (all by default), in eval mode.
+
+    The model's train/eval mode is restored afterwards.
+    """
     was_training = model.training
     model.eval()
     correct = seen = 0
     for x, y in TensorLoader(data, batch_size):
+        if limit is not None and seen + len(y) > limit:
+            x, y = x[: limit - seen], y[: limit - seen]
         correct += (model(x).argmax(1) == y).sum().item()
         seen += len(y)
-        if limit and seen >= limit:
+        if limit is not None and seen >= limit:
             break
     model.train(was_training)
     return correct / max(seen, 1)
@@ -57,7 +69,8 @@ def size_on_disk(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
+def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10,
+               warmup: int = 2) -> float:
     """Median wall-clock milliseconds of a forward pass on this CPU."""
     was_training = model.training
     model.eval()
@@ -70,3 +83,69 @@ def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10, warmu
         times.append((time.perf_counter() - t0) * 1000)
     model.train(was_training)
     return statistics.median(times)
+
+
+def batch_of(example: torch.Tensor, batch: int) -> torch.Tensor:
+    """`example` (one input with a leading batch axis of 1) repeated to `batch` rows."""
+    return example[:1].expand(batch, *example.shape[1:]).contiguous()
+
+
+@torch.no_grad()
+def check_runs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """One forward pass; a shape mismatch becomes a one-line TunelessError."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(example)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise TunelessError(
+            f"the model does not accept inputs of shape {tuple(example.shape)}: {first}"
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def evaluate(
+    model: nn.Module,
+    data: TensorDataset | None = None,
+    example: torch.Tensor | None = None,
+    *,
+    limit: int | None = None,
+    latency_batches: Sequence[int] = (1, 256),
+    repeats: int = 10,
+    path: str | os.PathLike | None = None,
+) -> dict:
+    """All the numbers of one model as a flat dict (a row for tuneless.report).
+
+    `example` is one input (batch axis of 1) for FLOPs and latency; it defaults to the
+    first image of `data`. Accuracy is measured only when `data` is given, on a seeded
+    random subset of `limit` examples if asked (test splits are stored sorted by class,
+    so the first N would be one class); `path` adds the size of that file on disk.
+    """
+    if example is None:
+        if data is None:
+            raise TunelessError("evaluate needs test data or an example input")
+        example = data.normalise(data.x[:1])
+    out = check_runs(model, example)
+    if data is not None and out.ndim == 2 and out.shape[1] != len(data.classes):
+        raise TunelessError(
+            f"the model has {out.shape[1]} outputs but {data.name} has {len(data.classes)} classes"
+        )
+    row: dict = {}
+    if data is not None:
+        if limit is not None and limit < len(data):
+            data = data.subset(limit, seed=0)
+        row["top1"] = accuracy(model, data)
+        row["eval_images"] = len(data)
+    row["params"] = count_params(model)
+    row["nonzero_params"] = count_params(model, nonzero=True)
+    row["flops"] = count_flops(model, example)
+    row["weights_bytes"] = size_on_disk(model)
+    if path is not None:
+        row["file_bytes"] = os.path.getsize(path)
+    for b in latency_batches:
+        reps = repeats if b <= 16 else max(3, repeats // 3)
+        row[f"latency_b{b}_ms"] = latency_ms(model, batch_of(example, b), repeats=reps,
+                                              warmup=1 if b > 16 else 2)
+    return row
