@@ -1,0 +1,276 @@
+"""Model folding (Wang et al., ICLR 2025): merge similar channels, no data, no fine-tuning.
+
+Per channel group: cluster the channels on everything attached to them (producer
+rows, norm parameters, consumer columns), then merge producers by the cluster mean
+and consumers by the cluster sum (M = D⁻¹Uᵀ, U = assignment). The small network
+computes the big one with W replaced by its projection C·W. A repair then undoes the
+variance collapse that averaging causes: AR in closed form, DIR from synthetic
+images, Fold-R from real images (see tuneless.repair, METHODS.md §1).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+from tuneless.errors import TunelessError, UnsupportedModelError
+
+FEATURES = ("raw", "block", "gamma")
+ALLOCATIONS = ("uniform", "error")
+_SKIP_NORM = ("running_var", "num_batches_tracked")
+
+
+@dataclass
+class FoldOptions:
+    """Everything that decides a fold; written into the report so results are reproducible."""
+
+    sparsity: float | None = None
+    channel_ratio: float | None = None
+    repair: str = "ar"
+    allocation: str = "uniform"
+    cluster: str = "kmeans"
+    features: str = "block"
+    fuse_bn: bool | None = None  # None: fuse BN normalisation for AR, DIR and data repairs
+    seed: int = 0
+    n_init: int = 10
+    min_channels: int = 1
+    max_ratio: float = 0.9  # error allocation: keep at least 10% of every group
+    num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
+    batch_size: int = 128
+    inversion: dict = field(default_factory=dict)  # DeepInversion overrides (Fold-DIR)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float | None = None,
+         repair: str = "ar", example_inputs=None, data=None, **options) -> nn.Module:
+    """Fold `model` to remove `sparsity` of its parameters (or `channel_ratio` of every
+    group's channels) and repair it; returns a new model, the input is untouched.
+
+    repair: "ar" (closed form, data-free), "dir" (DeepInversion images, data-free),
+    "data" (BN re-estimation on `data`, a tensor or DataLoader of real inputs), "none".
+    Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "greedy"),
+    features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, max_ratio,
+    num_images, batch_size, inversion (dict of DeepInversion settings).
+    """
+    # (a Hugging Face causal-LM dispatch goes here, before anything CNN-specific)
+    opts = _options(sparsity, channel_ratio, repair, options)
+    return _fold(model, opts, example_inputs, data)
+
+
+def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
+    from tuneless.repair import get_repair
+
+    unknown = set(options) - set(FoldOptions.__dataclass_fields__)
+    if unknown:
+        raise TunelessError(f"unknown fold option(s): {', '.join(sorted(unknown))}")
+    opts = FoldOptions(sparsity=sparsity, channel_ratio=channel_ratio, repair=repair, **options)
+    if (sparsity is None) == (channel_ratio is None):
+        raise TunelessError("give exactly one of sparsity or channel_ratio")
+    for name in ("sparsity", "channel_ratio"):
+        v = getattr(opts, name)
+        if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+            raise TunelessError(f"{name} must be a number in [0, 1), got {v!r}")
+    get_repair(opts.repair)
+    if opts.allocation not in ALLOCATIONS:
+        raise TunelessError(f"unknown allocation {opts.allocation!r}; choose uniform or error")
+    if opts.features not in FEATURES:
+        raise TunelessError(f"unknown features {opts.features!r}; choose one of {FEATURES}")
+    if opts.allocation == "error" and opts.sparsity is None:
+        raise TunelessError("allocation='error' needs a sparsity (a global parameter budget)")
+    if not 0.0 < opts.max_ratio < 1.0:
+        raise TunelessError(f"max_ratio must be in (0, 1), got {opts.max_ratio}")
+    return opts
+
+
+def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Module:
+    from tuneless.budget import budget_for_ratio, param_count, solve
+    from tuneless.cluster import cluster
+    from tuneless.graph import find_groups
+    from tuneless.reduce import reduce
+    from tuneless.repair import get_repair, require_batchnorm
+
+    t0 = time.perf_counter()
+    rep = get_repair(opts.repair)
+    if rep.needs_data and data is None:
+        raise TunelessError(f"repair {opts.repair!r} needs data: pass data= (images or a loader)")
+    require_batchnorm(model, opts.repair)
+    x = _example(model, example_inputs)
+    graph = find_groups(model, x)
+    if not graph.reducible:
+        raise UnsupportedModelError(f"nothing to fold in {type(model).__name__}: every channel "
+                                    "group is fixed (see `tuneless inspect`)")
+    work = copy.deepcopy(model).eval()
+    fuse = opts.fuse_bn if opts.fuse_bn is not None else opts.repair != "none"
+    if fuse:
+        _fuse_checked(work, graph, x)
+
+    feats = {g.id: channel_features(work, g, opts.features) for g in graph.reducible}
+    if opts.allocation == "error":
+        from tuneless.allocation import error_allocation
+
+        kept = error_allocation(model, graph, feats, opts.sparsity, max_ratio=opts.max_ratio,
+                                min_channels=opts.min_channels, seed=opts.seed)
+        before, after = param_count(model, graph), param_count(model, graph, kept)
+        achieved, ratio = 1 - after / before, None
+    else:
+        b = (solve(model, graph, opts.sparsity, opts.min_channels) if opts.sparsity is not None
+             else budget_for_ratio(model, graph, opts.channel_ratio, opts.min_channels))
+        kept, achieved, ratio, before, after = b.kept, b.sparsity, b.channel_ratio, \
+            b.params_before, b.params_after
+
+    decisions, labels, inertia = {}, {}, {}
+    for g in graph.reducible:
+        k = kept[g.id]
+        if k >= g.n:
+            continue
+        kw = {"seed": opts.seed, "n_init": opts.n_init} if opts.cluster == "kmeans" else {}
+        c = cluster(feats[g.id], k, method=opts.cluster, **kw)
+        U = c.assignment()
+        M = U.t() / U.sum(0).unsqueeze(1)
+        decisions[g.id], labels[g.id], inertia[str(g.id)] = (M, U), c.labels, c.inertia
+    new = reduce(work, graph, decisions) if decisions else copy.deepcopy(model)
+    if decisions and opts.repair == "ar":
+        _apply_ar(work, new, graph, labels)
+    t_fold = time.perf_counter() - t0
+    if decisions and opts.repair in ("dir", "data"):
+        new = _reestimate(model, new, opts, data, x)
+    new.eval()
+    new.tuneless_report = {
+        "method": f"fold-{opts.repair}" if opts.repair != "data" else "fold-r",
+        "requested_sparsity": opts.sparsity, "channel_ratio": ratio,
+        "achieved_sparsity": achieved, "params_before": before, "params_after": after,
+        "physically_smaller": True, "kept": {str(k): v for k, v in kept.items()},
+        "kmeans_inertia": inertia, "options": opts.to_dict(),
+        "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
+    }
+    return new
+
+
+def _example(model: nn.Module, example_inputs):
+    if example_inputs is not None:
+        return example_inputs
+    from tuneless.modelio import example_input
+
+    return example_input(model)
+
+
+@torch.no_grad()
+def _fuse_checked(work: nn.Module, graph, x) -> None:
+    """Fuse BN normalisation into producers, and prove on x that the function is unchanged."""
+    from tuneless.repair import fuse_bn_normalisation
+
+    if not isinstance(x, torch.Tensor):
+        fuse_bn_normalisation(work, graph)
+        return
+    before = work(x)
+    fuse_bn_normalisation(work, graph)
+    after = work(x)
+    scale = before.abs().max().clamp(min=1e-6)
+    if not torch.allclose(before, after, atol=1e-4 * float(scale), rtol=1e-3):
+        raise TunelessError("fusing BatchNorm into the layer before it changed the network's "
+                            "output (a conv output used by more than its BN?); use fuse_bn=False")
+
+
+def channel_features(model: nn.Module, group, mode: str = "block") -> torch.Tensor:
+    """(n, d) features to cluster: [producer rows | biases | γ | β | mean | consumer columns].
+
+    mode "raw" concatenates the tensors as they are; "block" scales each tensor's block
+    to unit mean row norm, so a 1-value γ counts as much as a 576-value conv row (BN γ is
+    O(1), conv weights O(0.01)); "gamma" clusters the map the layer really computes
+    after its BN: producer rows scaled by γ (and consumers in block scale).
+    """
+    n = group.n
+    blocks, gammas = [], {}
+    for s in group.slots:
+        if s.kind == "norm" and s.param == "weight" and s.producer is not None:
+            gammas[s.producer] = s.channel_rows(model, n).float().reshape(n)
+    for s in group.slots:
+        if s.kind == "norm" and s.param in _SKIP_NORM:
+            continue
+        rows = s.channel_rows(model, n).float()
+        if mode == "gamma" and s.kind == "producer" and s.module in gammas:
+            rows = rows * gammas[s.module].unsqueeze(1)
+        blocks.append((s, rows))
+    if mode == "raw":
+        return torch.cat([b for _, b in blocks], 1)
+    out = []
+    for s, b in blocks:
+        if mode == "gamma" and s.kind == "producer":
+            out.append(b)
+            continue
+        norm = b.pow(2).sum().div(n).sqrt()
+        out.append(b / norm if norm > 0 else b)
+    if mode == "gamma":  # producer part keeps its joint scale; rescale it as one block
+        prod = torch.cat([b for (s, _), b in zip(blocks, out) if s.kind == "producer"] or
+                         [torch.zeros(n, 0)], 1)
+        pnorm = prod.pow(2).sum().div(n).sqrt()
+        out = [b / pnorm if (s.kind == "producer" and pnorm > 0) else b
+               for (s, _), b in zip(blocks, out)]
+    return torch.cat(out, 1)
+
+
+@torch.no_grad()
+def _apply_ar(work: nn.Module, new: nn.Module, graph, labels: dict) -> None:
+    """Multiply each merged BN γ by sqrt(N/(1+(N−1)E)), E from its own producer's Ŵ rows."""
+    from tuneless.repair import ar_factors
+
+    for g in graph.reducible:
+        if g.id not in labels:
+            continue
+        for s in g.norms:
+            if s.param != "weight" or s.producer is None:
+                continue
+            prod = [p for p in g.producers if p.module == s.producer and p.param == "weight"]
+            if not prod:
+                continue
+            rows = prod[0].channel_rows(work, g.n).double()
+            f = ar_factors(rows, labels[g.id])
+            gamma = s.tensor(new)
+            gamma.narrow(0, _new_offset(graph, s, labels), len(f)).mul_(f.to(gamma.dtype))
+
+
+def _new_offset(graph, slot, labels: dict) -> int:
+    """Where a slot's channels start after reduction (groups side by side on one axis)."""
+    start = 0
+    for g, s in graph.slots():
+        if (s.module, s.param, s.axis) == (slot.module, slot.param, slot.axis) \
+                and s.offset < slot.offset:
+            start += int(labels[g.id].max()) + 1 if g.id in labels else g.n
+    return start
+
+
+def _reestimate(model: nn.Module, new: nn.Module, opts: FoldOptions, data, x) -> nn.Module:
+    from tuneless.repair import reestimate_bn
+
+    if opts.repair == "dir":
+        from tuneless.deepinversion import synthesize
+
+        if not isinstance(x, torch.Tensor):
+            raise TunelessError("repair 'dir' needs example_inputs as an image tensor")
+        images = synthesize(model, x, seed=opts.seed, **opts.inversion)
+        return reestimate_bn(new, images, batch_size=opts.batch_size, inplace=True)
+    return reestimate_bn(new, data, num_images=opts.num_images, batch_size=opts.batch_size,
+                         inplace=True)
+
+
+def _wrapper(repair: str):
+    def method(model: nn.Module, *, example_inputs=None, sparsity: float | None = None,
+               channel_ratio: float | None = None, **options) -> nn.Module:
+        return fold(model, sparsity=sparsity, channel_ratio=channel_ratio, repair=repair,
+                    example_inputs=example_inputs, **options)
+
+    method.__name__ = f"fold_{'r' if repair == 'data' else repair}"
+    method.__doc__ = f"Model folding with repair={repair!r} (see `fold`)."
+    return method
+
+
+fold_naive = _wrapper("none")
+fold_ar = _wrapper("ar")
+fold_dir = _wrapper("dir")
+fold_r = _wrapper("data")
