@@ -19,6 +19,8 @@ from tuneless.smooth import (
 )
 from tuneless.zoo import build_model
 
+torch.set_num_threads(1)  # the CPU is shared with training jobs; more threads only contend
+
 
 class Tiny(nn.Module):
     """conv(3→4, RGB input axis is skipped) → conv(4→5) → linear(5→2) classifier."""
