@@ -1,0 +1,41 @@
+"""Folding and baselines for Hugging Face LLaMA-family language models.
+
+    from tuneless.llm import fold_llm, load_smollm2, perplexity
+    model, tok = load_smollm2()
+    small = fold_llm(model, sparsity=0.2, schedule="paper")
+
+Names load lazily so `import tuneless.llm` does not import transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "fold_llm": "tuneless.llm.fold",
+    "is_causal_lm": "tuneless.llm.adapters",
+    "adapter_for": "tuneless.llm.adapters",
+    "magnitude_prune_llm": "tuneless.llm.prune",
+    "wanda_sp_llm": "tuneless.llm.prune",
+    "svd_llm": "tuneless.llm.svd",
+    "perplexity": "tuneless.llm.perplexity",
+    "load_gguf": "tuneless.llm.gguf",
+    "load_smollm2": "tuneless.llm.gguf",
+    "save_folded": "tuneless.llm.save",
+    "load_folded": "tuneless.llm.save",
+    "fold_checkpoint": "tuneless.llm.stream",
+    "block_params": "tuneless.llm.engine",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tuneless.llm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = list(_LAZY)

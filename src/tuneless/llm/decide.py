@@ -1,0 +1,151 @@
+"""Decide each layer's reduction: by clustering (folding) or by scores (pruning baselines).
+
+GQA choice (documented in docs/llm.md): a kv head and the query heads that read
+it move together. In "kv-groups" mode the unit is a whole kv group (its k and v
+heads, its query heads and their o_proj columns); merged groups average their
+k/v heads and average their query heads position by position. In
+"query-heads" mode every kv head stays and the query heads inside each kv group
+are clustered (every group keeps the same number, as HF attention requires).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tuneless.llm.kmeans import assignment_matrices, kmeans
+from tuneless.llm.plan import LayerPlan, Shape
+from tuneless.llm.reduction import Reduction, expand_groups, selection
+
+
+def _head_blocks(w: torch.Tensor, n: int) -> torch.Tensor:
+    """(n·hd, hidden) rows → (n, hd·hidden): one flat row block per head."""
+    return w.to(torch.float32).reshape(n, -1)
+
+
+def _o_blocks(o: torch.Tensor, n: int) -> torch.Tensor:
+    """o_proj (hidden, n·hd) columns → (n, hidden·hd): the columns each head feeds."""
+    hidden = o.shape[0]
+    return o.to(torch.float32).reshape(hidden, n, -1).permute(1, 0, 2).reshape(n, -1)
+
+
+def _bias(t, name, n):
+    b = t.get(f"{name}.bias")
+    return [] if b is None else [b.to(torch.float32).reshape(n, -1)]
+
+
+def mlp_features(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[gate row | up row | down column] per intermediate channel (METHODS.md §1.4)."""
+    parts = [t["gate"].float(), t["up"].float(), t["down"].float().T]
+    for name in ("gate", "up"):
+        if f"{name}.bias" in t:
+            parts.append(t[f"{name}.bias"].float()[:, None])
+    return torch.cat(parts, dim=1)
+
+
+def query_head_features(t: dict[str, torch.Tensor], n_q: int) -> torch.Tensor:
+    return torch.cat([_head_blocks(t["q"], n_q), *_bias(t, "q", n_q), _o_blocks(t["o"], n_q)], 1)
+
+
+def kv_group_features(t: dict[str, torch.Tensor], shape: Shape) -> torch.Tensor:
+    n_kv = shape.n_kv
+    q = query_head_features(t, shape.n_q).reshape(n_kv, -1)  # g query heads side by side
+    return torch.cat(
+        [
+            _head_blocks(t["k"], n_kv),
+            *_bias(t, "k", n_kv),
+            _head_blocks(t["v"], n_kv),
+            *_bias(t, "v", n_kv),
+            q,
+        ],
+        1,
+    )
+
+
+def fold_decision(
+    t: dict[str, torch.Tensor],
+    shape: Shape,
+    plan: LayerPlan,
+    gqa: str,
+    *,
+    seed: int = 0,
+    n_init: int = 1,
+    refine: bool = True,
+    dim: int | None = None,
+) -> Reduction:
+    """k-means on channel/head features; mean for producers, sum for consumers."""
+    red = Reduction()
+    if plan.n_mlp < shape.n_mlp:
+        labels = kmeans(
+            mlp_features(t), plan.n_mlp, seed=seed, n_init=n_init, refine=refine, dim=dim
+        )
+        red.mlp_m, red.mlp_u = assignment_matrices(labels, plan.n_mlp)
+    if plan.n_q == shape.n_q and plan.n_kv == shape.n_kv:
+        return red
+    if plan.n_kv < shape.n_kv:  # kv groups are the units
+        labels = kmeans(kv_group_features(t, shape), plan.n_kv, seed=seed, n_init=max(n_init, 3))
+        m, u = assignment_matrices(labels, plan.n_kv)
+        red.kv_m = m
+        red.q_m, red.q_u = expand_groups(m, u, shape.group)
+        return red
+    per = plan.n_q // plan.n_kv  # query heads clustered inside each kv group
+    feats = query_head_features(t, shape.n_q).reshape(shape.n_kv, shape.group, -1)
+    ms, us = [], []
+    for j in range(shape.n_kv):
+        labels = kmeans(feats[j], per, seed=seed + j, n_init=max(n_init, 3))
+        m, u = assignment_matrices(labels, per)
+        ms.append(m)
+        us.append(u)
+    red.q_m, red.q_u = torch.block_diag(*ms), torch.block_diag(*us)
+    return red
+
+
+def score_decision(
+    mlp_scores: torch.Tensor | None,
+    q_scores: torch.Tensor | None,
+    kv_scores: torch.Tensor | None,
+    shape: Shape,
+    plan: LayerPlan,
+) -> Reduction:
+    """Structured pruning: keep the highest-scoring MLP channels and heads."""
+    red = Reduction()
+    if plan.n_mlp < shape.n_mlp:
+        red.mlp_m, red.mlp_u = selection(torch.topk(mlp_scores, plan.n_mlp).indices, shape.n_mlp)
+    if plan.n_q == shape.n_q and plan.n_kv == shape.n_kv:
+        return red
+    g = shape.group
+    if plan.n_kv < shape.n_kv:
+        group_scores = q_scores.reshape(shape.n_kv, g).sum(1)
+        if kv_scores is not None:
+            group_scores = group_scores + kv_scores
+        m, u = selection(torch.topk(group_scores, plan.n_kv).indices, shape.n_kv)
+        red.kv_m = m
+        red.q_m, red.q_u = expand_groups(m, u, g)
+        return red
+    per = plan.n_q // plan.n_kv
+    keep = torch.cat(
+        [torch.topk(q_scores[j * g : (j + 1) * g], per).indices + j * g for j in range(shape.n_kv)]
+    )
+    red.q_m, red.q_u = selection(keep, shape.n_q)
+    return red
+
+
+def magnitude_scores(t: dict[str, torch.Tensor], shape: Shape):
+    """Data-free L2 importance of MLP channels, query heads and kv heads."""
+    mlp = mlp_features(t).pow(2).sum(1).sqrt()
+    q = query_head_features(t, shape.n_q).pow(2).sum(1).sqrt()
+    kv = (
+        _head_blocks(t["k"], shape.n_kv).pow(2).sum(1)
+        + _head_blocks(t["v"], shape.n_kv).pow(2).sum(1)
+    ).sqrt()
+    return mlp, q, kv
+
+
+def wanda_sp_scores(
+    t: dict[str, torch.Tensor], shape: Shape, down_in_norm: torch.Tensor, o_in_norm: torch.Tensor
+):
+    """Wanda-sp: importance of an input channel j of down_proj / o_proj is Σ_i |W_ij|·||X_j||,
+    summed over a head's dimensions for heads."""
+    mlp = (t["down"].float().abs() * down_in_norm[None, :]).sum(0)
+    per_dim = (t["o"].float().abs() * o_in_norm[None, :]).sum(0)
+    q = per_dim.reshape(shape.n_q, -1).sum(1)
+    return mlp, q, None

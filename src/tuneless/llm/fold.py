@@ -1,0 +1,66 @@
+"""Model folding for LLaMA-family causal LMs (METHODS.md §1.4): data-free, no fine-tuning.
+
+MLP intermediate channels and attention heads are clustered by k-means; gate/up
+rows and q/k/v head blocks are averaged, down columns and o_proj head blocks
+summed. The residual width is not folded.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tuneless.errors import TunelessError
+from tuneless.llm.decide import fold_decision
+from tuneless.llm.engine import plan_for, reduce_llm
+
+
+def fold_llm(
+    model: nn.Module,
+    sparsity: float | None = None,
+    *,
+    schedule="uniform",
+    head_ratio: float | None = None,
+    mlp_ratio: float | None = None,
+    gqa: str = "kv-groups",
+    seed: int = 0,
+    n_init: int = 1,
+    refine: bool = True,
+    kmeans_dim: int | None = None,
+    progress: bool = False,
+    repair: str | None = None,
+    example_inputs=None,
+) -> nn.Module:
+    """Return a folded copy of a Hugging Face LLaMA-family model.
+
+    sparsity: fraction of transformer-block parameters to remove; the schedule's
+      ratios are scaled to meet it. Without it, head_ratio/mlp_ratio (uniform) or the
+      paper's fixed ratios (schedule="paper") are used as given.
+    schedule: "uniform" (same ratios in every layer; head_ratio defaults to the solved
+      MLP ratio, pass head_ratio=0 to fold MLPs only), "paper" (early and last layers
+      untouched, later layers folded more), or {layer: (head_ratio, mlp_ratio)}.
+    n_init, refine: k-means restarts and Hartigan refinement (tuneless.cluster.kmeans);
+    kmeans_dim: cluster a random projection of wide features (large models).
+    example_inputs is accepted for API symmetry with tuneless.fold and not needed.
+    gqa: "kv-groups" (a kv head and its query heads are one unit) or "query-heads"
+      (query heads clustered inside each kv group; kv heads kept).
+    """
+    if repair not in (None, "none", "naive"):
+        raise TunelessError(
+            f"repair={repair!r} does not apply to language models: they have no "
+            "BatchNorm to repair (METHODS.md §1.4); use repair=None"
+        )
+    plans = plan_for(
+        model,
+        sparsity=sparsity,
+        schedule=schedule,
+        head_ratio=head_ratio,
+        mlp_ratio=mlp_ratio,
+        gqa=gqa,
+    )
+
+    def decide(i, t, shape, plan):
+        return fold_decision(
+            t, shape, plan, gqa, seed=seed + 1000 * i, n_init=n_init, refine=refine, dim=kmeans_dim
+        )
+
+    return reduce_llm(model, plans, decide, desc="fold", show_progress=progress)

@@ -1,0 +1,124 @@
+"""Perplexity of a causal LM on a text file, WikiText-2 style.
+
+Protocol (as in the LLM-pruning literature, e.g. Wanda/SparseGPT/LLM-Pruner):
+the text is split into lines the way the Hugging Face `wikitext` loader does
+(each line keeps its "\\n", blank lines become ""), the lines are joined with
+"\\n\\n", tokenised once, cut into non-overlapping windows of `seq_len` tokens,
+and perplexity = exp(mean next-token NLL over every predicted token). CRLF is
+normalised to LF first. `max_tokens` keeps only the first windows (a token
+budget for CPU runs); every table says which budget it used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tuneless.errors import TunelessError
+from tuneless.progress import progress as _progress
+
+WIKITEXT2_TEST = Path("/work/shared/data/wikitext-2-raw/wiki.test.raw")
+
+
+def read_text(path: str | Path) -> str:
+    """The file's lines joined as the literature joins WikiText-2 documents."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelessError(f"text file not found: {path}")
+    raw = path.read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    lines = [line if line.strip() else "" for line in raw.splitlines(keepends=True)]
+    return "\n\n".join(lines)
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    if ids.numel() < 2:
+        raise TunelessError("the text is too short to measure perplexity (fewer than 2 tokens)")
+    return ids
+
+
+@torch.inference_mode()
+def perplexity_of_ids(
+    model: nn.Module,
+    ids: torch.Tensor,
+    seq_len: int = 512,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> float:
+    """exp(mean NLL) over non-overlapping windows of `seq_len` tokens."""
+    if seq_len < 2:
+        raise TunelessError(f"seq_len={seq_len} must be at least 2")
+    n = ids.numel() if max_tokens is None else min(ids.numel(), int(max_tokens))
+    n_windows = n // seq_len
+    if n_windows == 0:
+        raise TunelessError(f"only {n} tokens available; need at least seq_len={seq_len}")
+    model.eval()
+    total, count = 0.0, 0
+    for w in _progress(
+        range(n_windows), total=n_windows, desc="perplexity", unit="window", disable=not progress
+    ):
+        x = ids[w * seq_len : (w + 1) * seq_len][None]
+        logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
+        nll = nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
+        total += float(nll)
+        count += seq_len - 1
+    return math.exp(total / count)
+
+
+def perplexity(
+    model: nn.Module,
+    tokenizer,
+    text: str,
+    seq_len: int = 512,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> float:
+    """Perplexity of `model` on `text` (already joined; see read_text)."""
+    return perplexity_of_ids(model, tokenize(tokenizer, text), seq_len, max_tokens, progress)
+
+
+def load_model_and_tokenizer(spec: str):
+    """ "smollm2" (the packaged GGUF), a .gguf file, or a Hugging Face folder / tuneless folder."""
+    from tuneless.llm.gguf import load_gguf, load_smollm2
+
+    if spec == "smollm2":
+        return load_smollm2()
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        return load_gguf(path)
+    if not path.is_dir():
+        raise TunelessError(f"model {spec!r} is neither 'smollm2', a .gguf file nor a model folder")
+    from transformers import AutoTokenizer
+
+    from tuneless.llm.save import load_folded
+
+    model = load_folded(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise TunelessError(f"no tokenizer in {path} (save it beside the model): {exc}") from exc
+    return model, tok
+
+
+def run_cli(args) -> int:
+    """`tuneless eval --task wikitext2 MODEL`.
+
+    args: .model, .data, .seq_len, .max_tokens (None = whole file).
+    """
+    data = getattr(args, "data", None) or WIKITEXT2_TEST
+    seq_len = int(getattr(args, "seq_len", None) or 512)
+    max_tokens = getattr(args, "max_tokens", None)
+    model, tok = load_model_and_tokenizer(str(args.model))
+    ids = tokenize(tok, read_text(data))
+    start = time.perf_counter()
+    ppl = perplexity_of_ids(model, ids, seq_len=seq_len, max_tokens=max_tokens)
+    used = (min(ids.numel(), max_tokens) if max_tokens else ids.numel()) // seq_len * seq_len
+    print(
+        f"perplexity {ppl:.3f} on {used} of {ids.numel()} tokens of {data} "
+        f"(seq_len {seq_len}, {time.perf_counter() - start:.0f} s)"
+    )
+    return 0

@@ -1,0 +1,202 @@
+"""Per-layer sizes from a schedule and a parameter budget over the transformer blocks.
+
+A plan says, for every decoder layer, how many attention units and MLP channels
+stay. "sparsity" is the fraction of transformer-block parameters removed
+(embeddings, final norm and lm_head excluded — as in the LLM-pruning papers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneless.errors import TunelessError
+
+GQA_MODES = ("kv-groups", "query-heads")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of one decoder layer and what counts towards its parameter total."""
+
+    hidden: int
+    head_dim: int
+    n_q: int
+    n_kv: int
+    n_mlp: int
+    attn_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    n_norm: int = 2
+
+    @property
+    def group(self) -> int:
+        return self.n_q // self.n_kv
+
+    def params(
+        self, n_q: int | None = None, n_kv: int | None = None, n_mlp: int | None = None
+    ) -> int:
+        q = self.n_q if n_q is None else n_q
+        kv = self.n_kv if n_kv is None else n_kv
+        f = self.n_mlp if n_mlp is None else n_mlp
+        hd, h = self.head_dim, self.hidden
+        attn = (q + 2 * kv) * hd * h + q * hd * h
+        attn += (q + 2 * kv) * hd * self.attn_bias + h * self.o_bias
+        mlp = 3 * h * f + (2 * f + h) * self.mlp_bias
+        return attn + mlp + self.n_norm * h
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Kept sizes of one layer: query heads, kv heads, MLP channels."""
+
+    n_q: int
+    n_kv: int
+    n_mlp: int
+
+
+def keep_heads(shape: Shape, head_ratio: float, gqa: str) -> tuple[int, int]:
+    """(query heads, kv heads) kept when a fraction head_ratio of heads is folded away."""
+    if gqa == "kv-groups" or shape.group == 1:
+        kv = max(1, round(shape.n_kv * (1 - head_ratio)))
+        return kv * shape.group, kv
+    per_group = max(1, round(shape.group * (1 - head_ratio)))
+    return per_group * shape.n_kv, shape.n_kv
+
+
+def layer_plan(shape: Shape, head_ratio: float, mlp_ratio: float, gqa: str) -> LayerPlan:
+    for name, r in (("head_ratio", head_ratio), ("mlp_ratio", mlp_ratio)):
+        if not 0.0 <= r < 1.0:
+            raise TunelessError(f"{name}={r} must be in [0, 1)")
+    n_q, n_kv = keep_heads(shape, head_ratio, gqa)
+    return LayerPlan(n_q, n_kv, max(1, round(shape.n_mlp * (1 - mlp_ratio))))
+
+
+def removed_fraction(shapes: list[Shape], plans: list[LayerPlan]) -> float:
+    total = sum(s.params() for s in shapes)
+    kept = sum(s.params(p.n_q, p.n_kv, p.n_mlp) for s, p in zip(shapes, plans))
+    return 1.0 - kept / total
+
+
+def paper_ratios(layer: int, n_layers: int) -> tuple[float, float]:
+    """(head, MLP) ratios of the paper's LLaMA-7B schedule, mapped by relative depth.
+
+    LLaMA-7B (32 blocks): blocks 22–29 fold 20% heads / 50% MLP, 11–21 fold 10% / 40%,
+    the first 11 and the last 2 are untouched (≈20% of block parameters).
+    """
+    pos = layer * 32 / n_layers
+    if 22 <= pos < 30:
+        return 0.2, 0.5
+    if 11 <= pos < 22:
+        return 0.1, 0.4
+    return 0.0, 0.0
+
+
+def _ratios(
+    schedule, n_layers: int, head_ratio, mlp_ratio, scale: float
+) -> list[tuple[float, float]]:
+    if schedule == "uniform":
+        return [(min(head_ratio * scale, 0.95), min(mlp_ratio * scale, 0.95))] * n_layers
+    if schedule == "paper":
+        return [
+            (min(h * scale, 0.95), min(m * scale, 0.95))
+            for h, m in (paper_ratios(i, n_layers) for i in range(n_layers))
+        ]
+    raise TunelessError(f"unknown schedule {schedule!r}; use 'uniform', 'paper' or a dict")
+
+
+def _from_dict(schedule: dict, n_layers: int) -> list[tuple[float, float]]:
+    out = [(0.0, 0.0)] * n_layers
+    for key, val in schedule.items():
+        i = int(key)
+        if not 0 <= i < n_layers:
+            raise TunelessError(f"schedule names layer {key} but the model has {n_layers} layers")
+        if isinstance(val, dict):
+            unknown = set(val) - {"heads", "mlp"}
+            if unknown:
+                raise TunelessError(
+                    f"schedule entry for layer {key} has unknown keys {sorted(unknown)}"
+                )
+            out[i] = (float(val.get("heads", 0.0)), float(val.get("mlp", 0.0)))
+        elif isinstance(val, (tuple, list)) and len(val) == 2:
+            out[i] = (float(val[0]), float(val[1]))
+        else:
+            raise TunelessError(
+                f"schedule entry for layer {key} must be (head_ratio, mlp_ratio) "
+                "or {'heads': r, 'mlp': r}"
+            )
+    return out
+
+
+def make_plan(
+    shapes: list[Shape],
+    *,
+    sparsity: float | None,
+    schedule="uniform",
+    head_ratio: float | None = None,
+    mlp_ratio: float | None = None,
+    gqa: str = "kv-groups",
+) -> list[LayerPlan]:
+    """Per-layer kept sizes. With `sparsity`, ratios are scaled until the budget is met."""
+    if gqa not in GQA_MODES:
+        raise TunelessError(f"gqa={gqa!r}; choose one of {', '.join(GQA_MODES)}")
+    n = len(shapes)
+    if isinstance(schedule, dict):
+        if sparsity is not None:
+            raise TunelessError("give either sparsity or a per-layer schedule dict, not both")
+        return [layer_plan(s, h, m, gqa) for s, (h, m) in zip(shapes, _from_dict(schedule, n))]
+    if sparsity is None:
+        if schedule == "uniform" and head_ratio is None and mlp_ratio is None:
+            raise TunelessError("give sparsity=, or head_ratio=/mlp_ratio=, or a schedule dict")
+        h = 0.0 if head_ratio is None else head_ratio
+        m = (h if head_ratio is not None else 0.0) if mlp_ratio is None else mlp_ratio
+        if schedule == "paper":
+            return [
+                layer_plan(s, hh, mm, gqa)
+                for s, (hh, mm) in zip(shapes, _ratios("paper", n, 0, 0, 1.0))
+            ]
+        return [
+            layer_plan(s, hh, mm, gqa)
+            for s, (hh, mm) in zip(shapes, _ratios(schedule, n, h, m, 1.0))
+        ]
+    if not 0.0 <= sparsity < 0.9:
+        raise TunelessError(f"sparsity={sparsity} must be in [0, 0.9)")
+    if sparsity == 0.0:
+        return [LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes]
+    return _solve(shapes, sparsity, schedule, head_ratio, mlp_ratio, gqa)
+
+
+def _solve(shapes, sparsity, schedule, head_ratio, mlp_ratio, gqa) -> list[LayerPlan]:
+    """Smallest scale of the schedule's ratios that removes at least `sparsity` of the blocks."""
+    n = len(shapes)
+    if schedule == "uniform":
+        if mlp_ratio is not None:
+            raise TunelessError(
+                "with sparsity=, give head_ratio (fixed) but not mlp_ratio (solved)"
+            )
+        fixed_heads = head_ratio is not None
+
+        def plans(scale):
+            h = head_ratio if fixed_heads else scale
+            return [layer_plan(s, min(h, 0.95), min(scale, 0.95), gqa) for s in shapes]
+    else:
+
+        def plans(scale):
+            return [
+                layer_plan(s, hh, mm, gqa)
+                for s, (hh, mm) in zip(shapes, _ratios(schedule, n, 0, 0, scale))
+            ]
+
+    hi = 1.0 if schedule == "uniform" else 1.9
+    if removed_fraction(shapes, plans(hi if schedule != "uniform" else 0.95)) < sparsity:
+        raise TunelessError(
+            f"schedule {schedule!r} cannot remove {sparsity:.0%} of the block "
+            "parameters; use a lower sparsity or another schedule"
+        )
+    lo = 0.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if removed_fraction(shapes, plans(mid)) >= sparsity:
+            hi = mid
+        else:
+            lo = mid
+    return plans(hi)

@@ -1,0 +1,118 @@
+"""Save and load folded LLMs, including ones whose layers have different sizes.
+
+A uniformly folded model is an ordinary Hugging Face model: the standard config
+fields carry its sizes, so `save_pretrained` + plain `from_pretrained` work.
+Plain transformers cannot load per-layer sizes: LlamaConfig has one
+num_attention_heads / num_key_value_heads / intermediate_size for all layers and
+`from_pretrained` builds every layer from them, so the saved tensors would not fit.
+For such models the config also stores `tuneless_layer_sizes` ([n_q, n_kv, n_mlp]
+per layer) and load_folded rebuilds each layer at its size before loading weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tuneless.errors import TunelessError
+from tuneless.llm.adapters import adapter_for, adapter_for_config
+
+
+def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
+    """save_pretrained into a new folder, atomically (never over an existing folder)."""
+    adapter_for(model)
+    folder = Path(folder)
+    if folder.exists():
+        raise TunelessError(f"{folder} already exists; choose a new output folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _resize(model: nn.Module, sizes: list[list[int]]) -> None:
+    adapter = adapter_for(model)
+    hd = adapter.head_dim(model.config)
+    layers = adapter.layers(model)
+    if len(sizes) != len(layers):
+        raise TunelessError(
+            f"tuneless_layer_sizes has {len(sizes)} entries for {len(layers)} layers"
+        )
+    for layer, (n_q, n_kv, n_mlp) in zip(layers, sizes):
+        p = adapter.projections(layer)
+        hidden = p["q"].in_features
+        outs = {
+            "q": n_q * hd,
+            "k": n_kv * hd,
+            "v": n_kv * hd,
+            "o": hidden,
+            "gate": n_mlp,
+            "up": n_mlp,
+            "down": hidden,
+        }
+        ins = {
+            "q": hidden,
+            "k": hidden,
+            "v": hidden,
+            "o": n_q * hd,
+            "gate": hidden,
+            "up": hidden,
+            "down": n_mlp,
+        }
+        attn, mlp = adapter.attention(layer), getattr(layer, adapter.mlp)
+        for short, lin in p.items():
+            parent = mlp if short in ("gate", "up", "down") else attn
+            new = nn.Linear(
+                ins[short], outs[short], bias=lin.bias is not None, dtype=lin.weight.dtype
+            )
+            setattr(parent, getattr(adapter, short), new)
+        attn.num_key_value_groups = n_q // n_kv
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = n_mlp
+
+
+def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load a model saved by save_folded (or any HF causal-LM folder)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise TunelessError(f"{folder} has no config.json; not a saved model folder")
+    config = AutoConfig.from_pretrained(str(folder))
+    sizes = getattr(config, "tuneless_layer_sizes", None)
+    if not sizes:
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or "auto").eval()
+    adapter_for_config(config)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype or torch.float32)
+    _resize(model, sizes)
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    if not state:
+        raise TunelessError(f"no .safetensors weights in {folder}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = [k for k in missing if not (tied and k.startswith("lm_head."))]
+    if missing or unexpected:
+        raise TunelessError(
+            f"weights in {folder} do not match the model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
