@@ -106,10 +106,11 @@ def default_data_path(name: str) -> Path | None:
     if name == "cifar10":
         env = os.environ.get("TUNELESS_CIFAR10")
         candidates = [Path(env)] if env else []
+        # shared/ sits beside the repository (CI's layout): look upward from the source
+        # tree and from the working directory, wherever the clone is.
         here = Path(__file__).resolve()
-        for parent in list(here.parents)[:6]:
-            candidates.append(parent.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
-        candidates.append(Path.cwd().parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+        for parent in [*list(here.parents)[:6], *Path.cwd().resolve().parents, Path.cwd()]:
+            candidates.append(parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
         for c in candidates:
             if c.exists():
                 return c

