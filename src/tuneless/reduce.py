@@ -91,21 +91,45 @@ def _apply_axis(t: torch.Tensor, axis: int, items: list[tuple[Slot, int, torch.T
         lo, span = s.offset * s.block, n * s.block
         if lo > pos:
             pieces.append(t.narrow(axis, pos, lo - pos))
-        seg = t.narrow(axis, lo, span).movedim(axis, -1)  # (..., n*block)
-        lead = seg.shape[:-1]
-        seg = seg.reshape(*lead, n, s.block).transpose(-1, -2)  # (..., block, n)
-        mat = mat.to(dtype=t.dtype) if t.is_floating_point() else mat
-        if s.kind == CONSUMER:
-            res = seg @ mat  # (..., block, k)
-        else:
-            res = seg @ mat.t()
-        k = res.shape[-1]
-        res = res.transpose(-1, -2).reshape(*lead, k * s.block).movedim(-1, axis)
-        pieces.append(res)
+        ab = mat.t() if s.kind == CONSUMER else mat  # (k, n): new channel j = Σ ab[j, i]·old i
+        pieces.append(_combine(ab, t.narrow(axis, lo, span), axis, s.block))
         pos = lo + span
     if pos < t.shape[axis]:
         pieces.append(t.narrow(axis, pos, t.shape[axis] - pos))
-    return torch.cat(pieces, dim=axis).contiguous()
+    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=axis)
+    return out.contiguous()
+
+
+def _combine(ab: torch.Tensor, seg: torch.Tensor, axis: int, block: int) -> torch.Tensor:
+    """ab (k×n) applied to the n channels (of `block` entries each) along seg's `axis`.
+
+    Selections (pruning) and 0/1 sums (folding consumers) avoid a dense matmul and any
+    reordering copy of large tensors.
+    """
+    ab = ab.detach().cpu()
+    k, n = ab.shape
+    if ((ab == 0) | (ab == 1)).all():
+        rows, cols = ab.nonzero(as_tuple=True)
+        if len(rows) == k and torch.equal(rows, torch.arange(k)):
+            return seg.index_select(axis, _expand(cols, block))  # pure selection (pruning)
+        if seg.is_floating_point() and len(torch.unique(cols)) == len(cols):
+            shape = list(seg.shape)
+            shape[axis] = k * block
+            out = seg.new_zeros(shape)  # each old channel added into one new channel
+            return out.index_add_(axis, _expand(rows, block),
+                                  seg.index_select(axis, _expand(cols, block)))
+    moved = seg.movedim(axis, 0)
+    rest = moved.shape[1:]
+    flat = moved.reshape(n, -1)
+    res = ab.to(dtype=flat.dtype) @ flat if seg.is_floating_point() else ab @ flat
+    return res.reshape(k * block, *rest).movedim(0, axis)
+
+
+def _expand(channels: torch.Tensor, block: int) -> torch.Tensor:
+    """Channel indices → entry indices when each channel is `block` consecutive entries."""
+    if block == 1:
+        return channels
+    return (channels[:, None] * block + torch.arange(block)[None, :]).reshape(-1)
 
 
 def _assign(owner: nn.Module, name: str, old: torch.Tensor, new: torch.Tensor) -> None:

@@ -57,6 +57,8 @@ _BINARY_FUNCS = {
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 _POW = {operator.pow, torch.pow}
 _IGNORED_FUNCS = {getattr, torch._assert, len, isinstance}
+# library functions wrapped as fx leaves that act on whole samples or elements
+_ELEMENTWISE_BY_NAME = {"stochastic_depth", "drop_path"}
 
 
 def _op_name(node: fx.Node, model: nn.Module) -> str:
@@ -186,17 +188,22 @@ class _Walker:
             raise _Unsupported(f"module {kind} that tuneless does not know how to reduce")
 
     def conv(self, node, name, m, x) -> None:
-        shape = shape_of(node)
         if not isinstance(x, Layout) or x.dim != 1 or x.block != 1:
+            # untracked input: its channels are never touched; the output is a fresh space
             if isinstance(x, Layout):
                 self.b.fix_layout(x, f"{_op_name(node, self.model)} reads channels from an "
                                      "unexpected dimension")
-            self.env[node] = self.new_out(node, name, m.out_channels, 1)
-            self.b.fix(self.env[node].gids(), f"conv '{name}' input is not tracked")
-            return
+            if m.groups != 1:
+                out = self.new_out(node, name, m.out_channels, 1)
+                self.b.fix(out.gids(), f"conv '{name}' (groups={m.groups}) reads an untracked "
+                                       "input")
+                self.env[node] = out
+                return
+            x = None
         g = m.groups
         if g == 1:
-            self.b.add_layout_slots(x, lambda gid, off: Slot(CONSUMER, name, "weight", 1, off))
+            if x is not None:
+                self.b.add_layout_slots(x, lambda gid, off: Slot(CONSUMER, name, "weight", 1, off))
             out = self.new_out(node, name, m.out_channels, 1)
             self._producer_slots(out, name, m)
             self.env[node] = out
@@ -216,24 +223,20 @@ class _Walker:
             out = self.new_out(node, name, m.out_channels, 1)
             self.b.fix(out.gids(), reason)
             self.env[node] = out
-        del shape
 
     def linear(self, node, name, m, x) -> None:
         shape = shape_of(node)
         in_shape = shape_of(node.args[0])
         last = len(in_shape) - 1 if in_shape else -1
         dim = len(shape) - 1
-        if not isinstance(x, Layout) or x.dim != last:
-            if isinstance(x, Layout):
-                self.b.fix_layout(x, f"linear '{name}' reads a tensor whose channels are not "
-                                     "on the last dimension")
-            out = self.new_out(node, name, m.out_features, dim)
-            self.b.fix(out.gids(), f"linear '{name}' input is not tracked")
-            self.env[node] = out
-            return
-        blk = x.block
-        self.b.add_layout_slots(
-            x, lambda gid, off: Slot(CONSUMER, name, "weight", 1, off, block=blk))
+        if isinstance(x, Layout) and x.dim != last:
+            self.b.fix_layout(x, f"linear '{name}' reads a tensor whose channels are not on "
+                                 "the last dimension")
+            x = None
+        if isinstance(x, Layout):  # untracked input: never touched; output is a fresh space
+            blk = x.block
+            self.b.add_layout_slots(
+                x, lambda gid, off: Slot(CONSUMER, name, "weight", 1, off, block=blk))
         out = self.new_out(node, name, m.out_features, dim)
         self._producer_slots(out, name, m)
         self.env[node] = out
@@ -301,7 +304,7 @@ class _Walker:
                 self.env.get(args[0]), Layout):
             self.env[node] = None
             return
-        if t in _ELEMENTWISE_FUNCS:
+        if t in _ELEMENTWISE_FUNCS or getattr(t, "__name__", "") in _ELEMENTWISE_BY_NAME:
             self.env[node] = self.val(args[0])
         elif t in _SPATIAL_FUNCS:
             self.spatial(node, self.val(args[0]))
@@ -459,14 +462,15 @@ class _Walker:
             return
         ins, outs = shape_of(node.args[0]), shape_of(node)
         before, size = math.prod(ins[:x.dim]), ins[x.dim]
-        p = next((p for p in range(len(outs) + 1) if math.prod(outs[:p]) == before), None)
-        if p is not None and p < len(outs):
+        for p in range(len(outs)):
+            if math.prod(outs[:p]) != before:
+                continue
             if outs[p] == size:
                 self._check_literal(node, p)
                 self.env[node] = x.with_dim(p)
                 return
-            for j in range(x.dim + 1, len(ins) + 1):
-                if outs[p] == size * math.prod(ins[x.dim + 1:j]) and outs[p] > size:
+            for j in range(x.dim + 2, len(ins) + 1):
+                if outs[p] == size * math.prod(ins[x.dim + 1:j]):
                     self._check_literal(node, p)
                     self.env[node] = Layout(p, x.segs, x.block * (outs[p] // size))
                     return

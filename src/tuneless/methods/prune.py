@@ -1,0 +1,157 @@
+"""Pruning baselines: structured L1 / L2 / random channel pruning and unstructured magnitude.
+
+Structured pruning removes whole channels physically (producer rows, BN entries, the
+consumers' input slices) through the channel-group engine; a channel's importance is
+summed over every tensor coupled to it (all producers, the norms' affine params, all
+consumers). Unstructured magnitude pruning only writes zeros: the model keeps its shapes
+and is NOT physically smaller; its report counts non-zero parameters.
+
+Every function returns a new model and attaches `new_model.tuneless_report` (a dict with
+the method, requested/achieved sparsity, params before/after and the per-group counts).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from tuneless.errors import TunelessError, UnsupportedModelError
+
+CRITERIA = ("l1", "l2", "random")
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float | None = None,
+          criterion: str = "l1", example_inputs=None, min_channels: int = 1,
+          round_to: int = 1, seed: int = 0) -> nn.Module:
+    """Structured pruning to `sparsity` (fraction of parameters removed) or a uniform
+    `channel_ratio` (fraction of channels removed from every reducible group)."""
+    from tuneless.budget import budget_for_ratio, solve
+    from tuneless.graph import find_groups
+    from tuneless.modelio import example_input
+    from tuneless.reduce import reduce, selection
+
+    if criterion not in CRITERIA:
+        raise TunelessError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if (sparsity is None) == (channel_ratio is None):
+        raise TunelessError("give exactly one of sparsity or channel_ratio")
+    x = example_inputs if example_inputs is not None else example_input(model)
+    graph = find_groups(model, x)
+    if not graph.reducible:
+        raise UnsupportedModelError(_nothing_reducible(model, graph))
+    if sparsity is not None:
+        budget = solve(model, graph, sparsity, min_channels, round_to)
+    else:
+        budget = budget_for_ratio(model, graph, channel_ratio, min_channels, round_to)
+    gen = torch.Generator().manual_seed(seed)
+    decisions = {}
+    for g in graph.reducible:
+        k = budget.kept[g.id]
+        score = channel_importance(model, g, criterion, gen)
+        keep = torch.topk(score, k).indices  # every group is rewritten, even at k = n
+        decisions[g.id] = selection(keep, g.n)
+    new = reduce(model, graph, decisions)
+    new.tuneless_report = {
+        "method": f"prune-{criterion}", "requested_sparsity": sparsity,
+        "channel_ratio": budget.channel_ratio, "achieved_sparsity": budget.sparsity,
+        "params_before": budget.params_before, "params_after": budget.params_after,
+        "physically_smaller": True, "kept": {str(k): v for k, v in budget.kept.items()},
+    }
+    return new
+
+
+def channel_importance(model: nn.Module, group, criterion: str,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Score per channel: L1 = Σ|w|, L2 = ‖w‖₂ over all coupled tensors (stats excluded)."""
+    if criterion == "random":
+        return torch.rand(group.n, generator=generator)
+    score = torch.zeros(group.n, dtype=torch.float64)
+    for s in group.slots:
+        if s.param in _STATS:
+            continue
+        t = s.tensor(model).detach().narrow(s.axis, s.offset * s.block, group.n * s.block)
+        other = [d for d in range(t.dim()) if d != s.axis]
+        per = t.abs() if criterion == "l1" else t.float().pow(2)
+        per = per.sum(dim=other) if other else per
+        score += per.double().reshape(group.n, s.block).sum(1)
+    return score if criterion == "l1" else score.sqrt()
+
+
+def _nothing_reducible(model: nn.Module, graph) -> str:
+    reasons = []
+    for g in graph.fixed:
+        reasons += [r for r in g.reasons if r not in reasons and "network" not in r]
+    why = "; ".join(reasons[:3]) or "no channel has both a producer and a consumer"
+    return f"nothing to reduce in {type(model).__name__}: every channel group is fixed ({why})"
+
+
+def _method(criterion: str):
+    def method(model: nn.Module, *, example_inputs=None, sparsity: float | None = None,
+               channel_ratio: float | None = None, **options) -> nn.Module:
+        return prune(model, sparsity=sparsity, channel_ratio=channel_ratio, criterion=criterion,
+                     example_inputs=example_inputs, **options)
+
+    method.__name__ = f"prune_{criterion}"
+    method.__doc__ = f"Structured {criterion} channel pruning (see `prune`)."
+    return method
+
+
+prune_l1 = _method("l1")
+prune_l2 = _method("l2")
+prune_random = _method("random")
+
+
+@torch.no_grad()
+def magnitude_prune(model: nn.Module, *, example_inputs=None, sparsity: float | None = None,
+                    channel_ratio: float | None = None, scope: str = "global",
+                    **options) -> nn.Module:
+    """Unstructured magnitude pruning: zero the smallest |w| of conv/linear weights.
+
+    NOT physically smaller: shapes are unchanged and zeros are stored; the report counts
+    non-zeros. `sparsity` is the fraction of ALL parameters set to zero; scope "global"
+    uses one threshold over all weights, "layer" zeros the same fraction in every layer.
+    """
+    if channel_ratio is not None:
+        raise TunelessError("magnitude pruning is unstructured: give sparsity, not channel_ratio")
+    if options:
+        raise TunelessError(f"unknown option(s) for magnitude pruning: {', '.join(options)}")
+    if sparsity is None or not 0.0 <= sparsity < 1.0:
+        raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
+    if scope not in ("global", "layer"):
+        raise TunelessError(f"scope must be 'global' or 'layer', got {scope!r}")
+    new = copy.deepcopy(model)
+    weights = [m.weight for m in new.modules()
+               if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
+    total = sum(p.numel() for p in new.parameters())
+    prunable = sum(w.numel() for w in weights)
+    target = int(round(sparsity * total))
+    if target > prunable:
+        raise TunelessError(f"sparsity {sparsity} needs {target} zeros but conv/linear weights "
+                            f"hold only {prunable} of {total} parameters")
+    if scope == "global" and target > 0:
+        flat = torch.cat([w.detach().abs().flatten() for w in weights])
+        drop = torch.topk(flat, target, largest=False).indices
+        mask = torch.ones_like(flat, dtype=torch.bool)
+        mask[drop] = False
+        pos = 0
+        for w in weights:
+            w.mul_(mask[pos:pos + w.numel()].view_as(w))
+            pos += w.numel()
+    elif target > 0:
+        frac = target / prunable
+        for w in weights:
+            n = int(round(frac * w.numel()))
+            if n:
+                idx = torch.topk(w.detach().abs().flatten(), n, largest=False).indices
+                w.view(-1)[idx] = 0.0
+    nonzero = sum(int((p != 0).sum()) for p in new.parameters())
+    nonzero_before = sum(int((p != 0).sum()) for p in model.parameters())
+    new.tuneless_report = {
+        "method": f"magnitude-{scope}", "requested_sparsity": sparsity,
+        "achieved_sparsity": 1 - nonzero / total, "params_before": nonzero_before,
+        "params_after": nonzero, "physically_smaller": False,
+        "note": "unstructured: zeros are stored, the model is not physically smaller",
+    }
+    return new
