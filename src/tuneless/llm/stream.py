@@ -1,0 +1,161 @@
+"""Out-of-core folding: stream one decoder layer at a time between sharded safetensors.
+
+Only one layer's tensors (plus one embedding-sized tensor when copying the
+embeddings/lm_head) are in memory at any time, so a model far larger than RAM
+can be folded. The output is a new sharded checkpoint (one shard per layer),
+written into a temporary folder beside the target and renamed at the end; the
+input folder is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tuneless.errors import TunelessError
+from tuneless.llm.adapters import adapter_for_config
+from tuneless.llm.decide import fold_decision
+from tuneless.llm.plan import LayerPlan, Shape, make_plan
+from tuneless.llm.reduction import apply_reduction
+from tuneless.progress import progress as _progress
+
+SHORT = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _weight_map(src: Path) -> dict[str, str]:
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        return json.loads(index.read_text())["weight_map"]
+    single = src / "model.safetensors"
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as fh:
+            return {k: single.name for k in fh.keys()}
+    raise TunelessError(f"{src} has neither model.safetensors.index.json nor model.safetensors")
+
+
+class _Reader:
+    """Reads single tensors from the shards, keeping at most one shard handle open."""
+
+    def __init__(self, src: Path, weight_map: dict[str, str]):
+        self.src, self.map, self._name, self._fh = src, weight_map, None, None
+
+    def get(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if key not in self.map:
+            raise TunelessError(f"tensor {key} missing from the checkpoint index")
+        name = self.map[key]
+        if name != self._name:
+            self._fh = safe_open(str(self.src / name), framework="pt")
+            self._name = name
+        return self._fh.get_tensor(key).clone()
+
+
+def _shapes(config, adapter, weight_map) -> list[Shape]:
+    hd = adapter.head_dim(config)
+    n_q, n_kv = config.num_attention_heads, adapter.num_kv_heads(config)
+    bias = adapter.tensor_name(0, "q", "bias") in weight_map
+    o_bias = adapter.tensor_name(0, "o", "bias") in weight_map
+    mlp_bias = adapter.tensor_name(0, "gate", "bias") in weight_map
+    if getattr(config, "tuneless_layer_sizes", None):
+        raise TunelessError("this checkpoint is already folded per layer; fold the original")
+    return [Shape(config.hidden_size, hd, n_q, n_kv, config.intermediate_size, bias, o_bias,
+                  mlp_bias) for _ in range(config.num_hidden_layers)]
+
+
+def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: float | None = None,
+                    *, schedule="uniform", head_ratio: float | None = None,
+                    mlp_ratio: float | None = None, gqa: str = "kv-groups", seed: int = 0,
+                    refine: bool = False, kmeans_dim: int | None = 128,
+                    progress: bool = True) -> Path:
+    """Fold a sharded safetensors checkpoint folder into a new folder, layer by layer.
+
+    Same options as fold_llm; by default k-means runs on a 128-dimensional random
+    projection of the features and without Hartigan refinement, which keeps a
+    multi-billion-parameter layer to seconds on a CPU.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    src, dst = Path(src), Path(dst)
+    if not (src / "config.json").is_file():
+        raise TunelessError(f"{src} has no config.json; not a checkpoint folder")
+    if dst.exists():
+        raise TunelessError(f"{dst} already exists; choose a new output folder")
+    config = AutoConfig.from_pretrained(str(src))
+    adapter = adapter_for_config(config)
+    weight_map = _weight_map(src)
+    shapes = _shapes(config, adapter, weight_map)
+    plans = make_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
+                      mlp_ratio=mlp_ratio, gqa=gqa)
+    reader = _Reader(src, weight_map)
+    n_layers = len(shapes)
+    prefix = adapter.layer_prefix + "."
+    layer_keys: list[list[str]] = [[] for _ in range(n_layers)]
+    other_keys = []
+    for key in weight_map:
+        if key.startswith(prefix):
+            layer_keys[int(key[len(prefix):].split(".")[0])].append(key)
+        else:
+            other_keys.append(key)
+    n_shards = n_layers + len(other_keys)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
+    new_map, total = {}, 0
+    try:
+        def write(tensors: dict[str, torch.Tensor], k: int) -> None:
+            nonlocal total
+            name = f"model-{k:05d}-of-{n_shards:05d}.safetensors"
+            save_file({key: t.contiguous() for key, t in tensors.items()}, str(tmp / name),
+                      metadata={"format": "pt"})
+            for key, t in tensors.items():
+                new_map[key] = name
+                total += t.numel() * t.element_size()
+
+        for k, key in enumerate(other_keys, start=1):  # embeddings, final norm, lm_head
+            write({key: reader.get(key)}, k)
+        for i in _progress(range(n_layers), total=n_layers, desc="fold (streaming)",
+                           unit="layer", disable=not progress):
+            tensors = {key: reader.get(key) for key in layer_keys[i]}
+            s, p = shapes[i], plans[i]
+            if p != LayerPlan(s.n_q, s.n_kv, s.n_mlp):
+                names = {}
+                for short in SHORT:
+                    for kind in ("weight", "bias"):
+                        key = adapter.tensor_name(i, short, kind)
+                        if key in tensors:
+                            names[short if kind == "weight" else f"{short}.bias"] = key
+                t = {short: tensors[key] for short, key in names.items()}
+                red = fold_decision(t, s, p, gqa, seed=seed + 1000 * i, refine=refine,
+                                    dim=kmeans_dim)
+                for short, val in apply_reduction(t, red, s.head_dim).items():
+                    tensors[names[short]] = val
+            write(tensors, len(other_keys) + i + 1)
+            del tensors
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": new_map}, indent=1))
+        cfg = json.loads((src / "config.json").read_text())
+        sizes = {(p.n_q, p.n_kv, p.n_mlp) for p in plans}
+        cfg["head_dim"] = shapes[0].head_dim
+        if len(sizes) == 1:
+            cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"] = (
+                sizes.pop())
+        else:
+            cfg["tuneless_layer_sizes"] = [[p.n_q, p.n_kv, p.n_mlp] for p in plans]
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+        for f in src.iterdir():  # tokenizer and generation files travel with the model
+            if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
+                    "config.json", "model.safetensors.index.json"):
+                shutil.copy2(f, tmp / f.name)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
