@@ -72,7 +72,7 @@ def test_achieved_sparsity_within_one_point(arch, kwargs, sparsity):
     after = count_params(small)
     achieved = 1 - after / before
     assert abs(achieved - sparsity) <= 0.01
-    assert small.tuneless_report["sparsity"] == pytest.approx(achieved)
+    assert small.tuneless_report["achieved_sparsity"] == pytest.approx(achieved)
     assert small.tuneless_report["params_after"] == after
     x = torch.randn(2, 3, 32, 32)
     assert small.eval()(x).shape == (2, 10)
@@ -148,7 +148,7 @@ def test_grouped_conv_stays_dense_with_reason():
 def test_unreachable_sparsity_names_the_maximum():
     # 8×8 (72 params with bias) can save 64 − 1·16 = 48; 2×8 (18) saves 16 − 10 = 6: 60% of 90
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
-    assert svd(model, sparsity=0.6).tuneless_report["sparsity"] == pytest.approx(0.6)
+    assert svd(model, sparsity=0.6).tuneless_report["achieved_sparsity"] == pytest.approx(0.6)
     with pytest.raises(TunelessError, match=r"cannot remove 70\.0%.*at most 60\.0% can go"):
         svd(model, sparsity=0.7)
     with pytest.raises(TunelessError, match=r"at most 35\.6% can go"):

@@ -1,7 +1,7 @@
 """Low-rank compression: each conv/linear layer becomes two thinner layers from its truncated SVD.
 
     small = tuneless.svd(model, sparsity=0.5)   # remove 50% of the model's parameters
-    small.tuneless_report["sparsity"]           # what was achieved, and the rank of every layer
+    small.tuneless_report["achieved_sparsity"]  # what was achieved; per-layer ranks in ["layers"]
 
 A conv weight (O, I, *k) is matricised as M = W.reshape(O, I·k) = U S Vᵀ (METHODS.md §2.2) and
 replaced by nn.Sequential(first, second): first an I→r conv with the original kernel, stride,
@@ -348,8 +348,8 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
         "method": "svd",
         "options": {"sparsity": sparsity, "energy": energy, "rank_ratio": rank_ratio,
                     "min_rank": min_rank, "allocation": allocation, "exclude": sorted(exclude)},
-        "params_before": total, "params_after": after,
-        "sparsity": 1 - after / total if total else 0.0,
+        "requested_sparsity": sparsity, "achieved_sparsity": 1 - after / total,
+        "params_before": total, "params_after": after, "physically_smaller": True,
         "layers_replaced": sum(r["rank"] is not None for r in rows),
         "layers": rows, "kept_dense": dense,
     }

@@ -1,0 +1,249 @@
+"""Smooth vs plain training: accuracy after SVD and the pruning/folding baselines, no fine-tuning.
+
+    tuneless bench smooth --plain plain.pt --d1 d1.pt --d2 d2.pt --nuc nuc.pt
+
+For every checkpoint × method × fraction of parameters removed, the test accuracy of the
+compressed model (nothing is retrained). Writes NAME.csv, NAME.md (with the spectral comparison
+and the provenance stamp), NAME.png (accuracy vs parameters removed) and NAME_spectra.png into
+--out-dir. A method that cannot be imported is skipped with a note; a setting a method cannot
+reach (e.g. SVD beyond what break-even allows) is recorded with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from tuneless.errors import TunelessError
+
+DEFAULT_METHODS = ("svd", "magnitude", "prune-l1", "fold-ar")
+DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.8)
+FIELDS = ["model", "method", "requested", "achieved", "params", "accuracy", "seconds", "note"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for label in ("plain", "d1", "d2", "nuc"):
+        p.add_argument(f"--{label}", metavar="CKPT", help=f"checkpoint trained with {label}"
+                       if label != "plain" else "checkpoint trained without a penalty")
+    p.add_argument("--model", action="append", default=[], metavar="LABEL=CKPT",
+                   help="any further checkpoint, with the label to show (repeatable)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated method names (see tuneless.methods.REGISTRY)")
+    p.add_argument("--sparsities", default=",".join(map(str, DEFAULT_SPARSITIES)),
+                   help="fractions of parameters to remove")
+    p.add_argument("--svd-allocation", default="per-param", choices=["per-param", "sigma"])
+    p.add_argument("--data", help="dataset path (default: the checkpoint's dataset, found locally)")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test images only")
+    p.add_argument("--out-dir", default="docs/results")
+    p.add_argument("--name", default="smooth", help="file name stem of the results")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+
+
+def parse_checkpoints(args: argparse.Namespace) -> dict[str, str]:
+    models = {label: getattr(args, label) for label in ("plain", "d1", "d2", "nuc")
+              if getattr(args, label)}
+    for item in args.model:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise TunelessError(f"--model expects LABEL=CKPT, got {item!r}")
+        if label in models:
+            raise TunelessError(f"label {label!r} given twice")
+        models[label] = path
+    if not models:
+        raise TunelessError("no checkpoints given: pass --plain/--d1/--d2/--nuc or --model L=CKPT")
+    for label, path in models.items():
+        if not Path(path).is_file():
+            raise TunelessError(f"checkpoint for {label!r} not found: {path}")
+    return models
+
+
+def parse_sparsities(text: str) -> list[float]:
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0 < v < 1 for v in values):
+        raise TunelessError(f"--sparsities must be fractions in (0, 1), got {text!r}")
+    return values
+
+
+def load_methods(names: list[str]) -> tuple[dict, dict[str, str]]:
+    """Importable methods by name, and a note for each one that is not."""
+    from tuneless.methods import REGISTRY, get_method
+
+    found, skipped = {}, {}
+    for name in names:
+        if name not in REGISTRY:
+            raise TunelessError(f"unknown method {name!r}; choose from {', '.join(REGISTRY)}")
+        try:
+            found[name] = get_method(name)
+        except (ImportError, AttributeError) as exc:
+            skipped[name] = f"not available in this build ({type(exc).__name__}: {exc})"
+    return found, skipped
+
+
+def compress_and_score(method, name: str, model: nn.Module, sparsity: float, x: torch.Tensor,
+                       test, limit: int | None, svd_allocation: str) -> dict:
+    from tuneless.evaluate import accuracy, count_params
+
+    opts = {"allocation": svd_allocation} if name == "svd" else {}
+    t0 = time.perf_counter()
+    try:
+        small = method(model, example_inputs=x, sparsity=sparsity, **opts)
+    except TunelessError as exc:
+        return {"note": str(exc).splitlines()[0][:200], "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    report = getattr(small, "tuneless_report", {}) or {}
+    total = count_params(model)
+    kept = count_params(small, nonzero=not report.get("physically_smaller", True))
+    return {"achieved": round(1 - kept / total, 4), "params": kept,
+            "accuracy": round(accuracy(small, test, limit=limit), 4),
+            "seconds": round(seconds, 2), "note": ""}
+
+
+def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float],
+             args: argparse.Namespace) -> tuple[list[dict], dict[str, nn.Module]]:
+    from tuneless.checkpoint import load_checkpoint
+    from tuneless.data.loader import get_dataset
+    from tuneless.evaluate import accuracy, count_params
+    from tuneless.zoo import INPUT_SHAPE
+
+    rows, models = [], {}
+    for label, path in checkpoints.items():
+        model = load_checkpoint(path)
+        models[label] = model
+        dataset = model.tuneless_meta["dataset"]
+        test = get_dataset(dataset, "test", args.data)
+        x = torch.randn(1, *INPUT_SHAPE[dataset], generator=torch.Generator().manual_seed(0))
+        dense = accuracy(model, test, limit=args.limit)
+        rows.append({"model": label, "method": "dense", "requested": 0.0, "achieved": 0.0,
+                     "params": count_params(model), "accuracy": round(dense, 4),
+                     "seconds": 0.0, "note": ""})
+        print(f"{label}: dense accuracy {dense:.4f}", file=sys.stderr, flush=True)
+        for name, method in methods.items():
+            for s in sparsities:
+                r = compress_and_score(method, name, model, s, x, test, args.limit,
+                                       args.svd_allocation)
+                rows.append({"model": label, "method": name, "requested": s, **r})
+                acc = r.get("accuracy")
+                print(f"  {name} @ {s:.0%}: " + (f"{acc:.4f} (removed {r['achieved']:.1%})"
+                      if acc is not None else f"n/a: {r['note']}"), file=sys.stderr, flush=True)
+    return rows, models
+
+
+def pivot_markdown(rows: list[dict], sparsities: list[float]) -> str:
+    """Accuracy per (model, method) × requested sparsity; achieved shown when off by > 1 pt."""
+    head = "| model | method | dense | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
+    lines = [head, "|---|---|---:|" + "---:|" * len(sparsities)]
+    dense = {r["model"]: r["accuracy"] for r in rows if r["method"] == "dense"}
+    keys = list(dict.fromkeys((r["model"], r["method"]) for r in rows if r["method"] != "dense"))
+    for model, method in keys:
+        cells = []
+        for s in sparsities:
+            r = next((r for r in rows if (r["model"], r["method"], r["requested"]) ==
+                      (model, method, s)), None)
+            if r is None or r.get("accuracy") is None:
+                cells.append("n/a")
+                continue
+            cell = f"{100 * r['accuracy']:.1f}"
+            if abs(r["achieved"] - s) > 0.01:
+                cell += f" ({r['achieved']:.0%} removed)"
+            cells.append(cell)
+        lines.append(f"| {model} | {method} | {100 * dense[model]:.1f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_accuracy(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tuneless.io_atomic import atomic_write_bytes
+
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
+    labels = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(3.6 * max(1, len(methods)), 3.2),
+                             squeeze=False, sharey=True)
+    for ax, method in zip(axes.flat, methods):
+        for label in labels:
+            pts = [(0.0, r["accuracy"]) for r in rows if r["model"] == label and
+                   r["method"] == "dense"]
+            pts += [(r["achieved"], r["accuracy"]) for r in rows if r["model"] == label and
+                    r["method"] == method and r.get("accuracy") is not None]
+            pts.sort()
+            ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=label)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("% of parameters removed", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("test accuracy (%)", fontsize=8)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def write_results(rows: list[dict], models: dict[str, nn.Module], checkpoints: dict[str, str],
+                  sparsities: list[float], skipped: dict[str, str], args, info: dict) -> Path:
+    from tuneless.bench.stamp import stamp_markdown
+    from tuneless.io_atomic import atomic_write_text
+    from tuneless.spectral import plot_spectra, spectral_markdown
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    buf.write(f"# {info['command']}\n"
+              f"# commit {info['commit']}; {info['machine']}; {info['date']}\n")
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buf.getvalue(), out / f"{args.name}.csv")
+    plot_accuracy(rows, out / f"{args.name}.png")
+    plot_spectra(models, out / f"{args.name}_spectra.png")
+    notes = [f"- `{k}` skipped: {v}" for k, v in skipped.items()]
+    notes += [f"- {r['model']} / {r['method']} @ {r['requested']:.0%}: {r['note']}"
+              for r in rows if r.get("note")]
+    text = "\n".join([
+        "# Smooth vs plain training, compressed without fine-tuning", "",
+        stamp_markdown(info),
+        "Checkpoints: " + ", ".join(f"{k} = `{v}`" for k, v in checkpoints.items()) + ".",
+        f"Test accuracy (%) at each requested fraction of parameters removed"
+        f"{f' (first {args.limit} test images)' if args.limit else ''}; SVD allocation "
+        f"`{args.svd_allocation}`. Magnitude pruning only zeros weights (counted as non-zeros; "
+        "the model is not physically smaller).", "",
+        pivot_markdown(rows, sparsities), "",
+        f"![accuracy vs parameters removed]({args.name}.png)", "",
+        "## Notes", "", *(notes or ["- none"]), "",
+        "## Spectra", "", spectral_markdown(models),
+        f"![singular values]({args.name}_spectra.png)", "",
+    ])
+    atomic_write_text(text, out / f"{args.name}.md")
+    return out / f"{args.name}.md"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuneless.bench.stamp import stamp
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoints = parse_checkpoints(args)
+    sparsities = parse_sparsities(args.sparsities)
+    if args.limit is not None and args.limit < 1:
+        raise TunelessError(f"--limit must be positive, got {args.limit}")
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods, skipped = load_methods(names)
+    info = stamp()
+    rows, models = run_grid(checkpoints, methods, sparsities, args)
+    md = write_results(rows, models, checkpoints, sparsities, skipped, args, info)
+    print(f"wrote {md} (+ .csv, .png, _spectra.png)")
+    return 0
