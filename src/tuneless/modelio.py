@@ -1,0 +1,193 @@
+"""Load a model the way users hold it: a tuneless file, a pickled module, or a state_dict + arch.
+
+Every model loaded here carries `model.tuneless_arch = {"ref": ..., "kwargs": {...}}`
+(when an architecture is known), so `tuneless.save` can store compressed copies as
+"architecture reference + changed modules + weights" instead of an unsafe pickle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from tuneless.errors import TunelessError
+
+
+def build_arch(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build an untrained model from an architecture reference and attach `tuneless_arch`.
+
+    ref: a zoo name ("resnet20" or "zoo:resnet20"), "torchvision:resnet18" (weights=None,
+    nothing is downloaded) or an import path "pkg.module:Class" (a class or a factory).
+    """
+    kwargs = dict(kwargs or {})
+    ref = ref.strip()
+    if ref.startswith("torchvision:"):
+        name = ref.split(":", 1)[1]
+        try:
+            import torchvision
+        except ImportError as exc:
+            raise TunelessError("torchvision is not installed (pip install torchvision)") from exc
+        kwargs.setdefault("weights", None)
+        if kwargs["weights"] is not None:
+            raise TunelessError("torchvision weights are not downloaded; load a weights file")
+        try:
+            model = torchvision.models.get_model(name, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise TunelessError(f"cannot build {ref}: {exc}") from exc
+    elif ":" in ref and not ref.startswith("zoo:"):
+        mod_name, _, attr = ref.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise TunelessError(f"cannot import architecture {ref!r}: {exc}") from exc
+        try:
+            model = factory(**kwargs)
+        except TypeError as exc:
+            raise TunelessError(f"bad arguments for {ref}: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise TunelessError(f"{ref} did not return an nn.Module")
+    else:
+        from tuneless.zoo import build_model
+
+        name = ref.removeprefix("zoo:")
+        model = build_model(name, **kwargs)
+        ref = f"zoo:{name}"
+    model.tuneless_arch = {"ref": ref, "kwargs": {k: v for k, v in kwargs.items()
+                                                  if not (k == "weights" and v is None)}}
+    return model
+
+
+def parse_kwargs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TunelessError(f"architecture arguments are not valid JSON: {exc}") from exc
+    if not isinstance(out, dict):
+        raise TunelessError("architecture arguments must be a JSON object, e.g. '{\"width\": 2}'")
+    return out
+
+
+def load_model(path: str | os.PathLike, arch: str | None = None,
+               arch_kwargs: dict[str, Any] | str | None = None,
+               allow_pickle: bool = False) -> nn.Module:
+    """Load MODEL: a tuneless checkpoint/saved model, a pickled nn.Module, or a state_dict.
+
+    A state_dict needs `arch`. Files are read with weights_only=True; a pickled module needs
+    allow_pickle=True (only for files you trust), and the error says so.
+    """
+    from tuneless.checkpoint import is_checkpoint, model_from_checkpoint, read_torch_file
+    from tuneless.serialize import FORMAT as MODEL_FORMAT
+    from tuneless.serialize import model_from_saved
+
+    if isinstance(arch_kwargs, str):
+        arch_kwargs = parse_kwargs(arch_kwargs)
+    try:
+        obj = read_torch_file(path, what="model file")
+    except TunelessError as exc:
+        if not (allow_pickle and "unsafe path" in str(exc)):
+            raise
+        obj = _unsafe_load(path)
+    if is_checkpoint(obj):
+        model = model_from_checkpoint(obj, str(path))
+        model.tuneless_arch = {"ref": f"zoo:{obj['arch']}", "kwargs": dict(obj["arch_kwargs"])}
+        return model
+    if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
+        return model_from_saved(obj, str(path), allow_pickle=allow_pickle)
+    if isinstance(obj, nn.Module):
+        return obj.eval()
+    state = _find_state_dict(obj)
+    if state is None:
+        raise TunelessError(f"{path} holds neither a model nor a state_dict of tensors")
+    if not arch:
+        raise TunelessError(
+            f"{path} is a bare state_dict: say which architecture it belongs to with --arch "
+            "(a zoo name, torchvision:NAME or pkg.module:Class)")
+    model = build_arch(arch, arch_kwargs or {})
+    _load_state(model, state, arch, path)
+    return model.eval()
+
+
+def _unsafe_load(path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # unpickling arbitrary files fails in arbitrary ways
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TunelessError(f"cannot unpickle {path}: {reason}") from exc
+
+
+def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict):
+        if obj and all(isinstance(k, str) for k in obj) and all(
+                isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        for key in ("state_dict", "model", "model_state_dict", "net", "weights"):
+            if key in obj:
+                found = _find_state_dict(obj[key])
+                if found is not None:
+                    return found
+    return None
+
+
+def _load_state(model: nn.Module, state: dict, arch: str, path) -> None:
+    expected = set(model.state_dict())
+    if not expected & set(state):  # DataParallel / Lightning prefixes
+        for prefix in ("module.", "model.", "net."):
+            stripped = {k.removeprefix(prefix): v for k, v in state.items()}
+            if expected & set(stripped):
+                state = stripped
+                break
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise TunelessError(f"{path} does not fit architecture {arch}: {detail[:300]}") from exc
+
+
+def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """(C, H, W) the model expects, if its architecture says so (zoo models, torchvision)."""
+    from tuneless.zoo import ARCH_DATASET, INPUT_SHAPE
+
+    ref = (getattr(model, "tuneless_arch", None) or {}).get("ref", "")
+    meta_arch = (getattr(model, "tuneless_meta", None) or {}).get("arch")
+    name = ref.removeprefix("zoo:") if ref.startswith("zoo:") else meta_arch
+    if name in ARCH_DATASET:
+        return INPUT_SHAPE[ARCH_DATASET[name]]
+    if ref.startswith("torchvision:"):
+        return (3, 224, 224)
+    return None
+
+
+def example_input(model: nn.Module, input_shape: tuple[int, ...] | str | None = None,
+                  batch: int = 1) -> torch.Tensor:
+    """A fixed random example input; shape from the argument or the model's architecture."""
+    if isinstance(input_shape, str):
+        input_shape = parse_input_shape(input_shape)
+    shape = input_shape or default_input_shape(model)
+    if shape is None:
+        raise TunelessError(
+            "the input shape of this model is unknown: give example_inputs "
+            "(or --input-shape C,H,W on the command line)")
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, *shape, generator=g)
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise TunelessError(f"bad input shape {text!r}: expected positive integers like 3,32,32")
+    return shape
+
+
+__all__ = ["build_arch", "default_input_shape", "example_input", "load_model",
+           "parse_input_shape", "parse_kwargs"]

@@ -1,0 +1,250 @@
+"""Save and load compressed models: architecture reference + changed modules + weights.
+
+A compressed model's Python class usually builds the *original* sizes, so its state_dict
+alone cannot be loaded. `save` stores
+  - the architecture reference `model.tuneless_arch` ({"ref", "kwargs"}, set by
+    tuneless.modelio and kept by every method's deepcopy),
+  - a spec (type + constructor arguments, or a container of specs) for every submodule
+    that differs from a freshly built original (resized convs, a conv replaced by an
+    nn.Sequential of two convs, ...),
+  - the state_dict and its sha256.
+`load` rebuilds the original, swaps in the recorded modules and loads the weights with
+torch.load(weights_only=True): no pickled code runs. A model without a reference (or with
+a changed module tuneless cannot describe) is pickled whole instead; loading that file
+needs allow_pickle=True. Format: docs/serialization.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import warnings
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from tuneless.errors import TunelessError
+
+FORMAT = "tuneless-model/1"
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_PRIMITIVE = (int, float, str, bool, type(None))
+
+
+class _NoSpec(Exception):
+    pass
+
+
+def save(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> dict[str, Any]:
+    """Write `model` atomically to `path`; returns {"mode": "reference"|"pickle", ...}."""
+    from tuneless.checkpoint import weights_sha256
+    from tuneless.io_atomic import atomic_torch_save
+
+    if not isinstance(model, nn.Module):
+        raise TunelessError(f"save expects an nn.Module, got {type(model).__name__}")
+    arch = architecture_of(model)
+    common = {"format": FORMAT, "meta": _plain(meta or {}),
+              "report": _plain(getattr(model, "tuneless_report", None)),
+              "torch_version": torch.__version__}
+    why = "the model has no architecture reference (model.tuneless_arch)"
+    if arch is not None:
+        try:
+            specs = changed_modules(model, arch)
+            sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            obj = {**common, "mode": "reference", "arch": arch, "modules": specs,
+                   "state_dict": sd, "weights_sha256": weights_sha256(sd)}
+            atomic_torch_save(obj, path)
+            return {"mode": "reference", "changed_modules": sorted(specs)}
+        except _NoSpec as exc:
+            why = f"module '{exc}' cannot be described by type and constructor arguments"
+    note = (f"stored as a whole pickled module because {why}; loading it needs "
+            "tuneless.load(path, allow_pickle=True) (only for files you trust)")
+    warnings.warn(note, stacklevel=2)
+    atomic_torch_save({**common, "mode": "pickle", "note": note, "module": model}, path)
+    return {"mode": "pickle", "note": note}
+
+
+def load(path: str | os.PathLike, allow_pickle: bool = False) -> nn.Module:
+    """Load a file written by `save` (eval mode); one-line TunelessError on bad files."""
+    from tuneless.checkpoint import read_torch_file
+
+    try:
+        obj = read_torch_file(path, what="model file")
+    except TunelessError as exc:
+        if "unsafe path" not in str(exc):
+            raise
+        if not allow_pickle:
+            raise TunelessError(
+                f"{path} stores a whole pickled module (no architecture reference); load it "
+                "with tuneless.load(path, allow_pickle=True) / --unsafe-pickle only if you "
+                "trust it") from exc
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+        raise TunelessError(f"{path} is not a model saved by tuneless.save (no '{FORMAT}' tag)")
+    return model_from_saved(obj, str(path), allow_pickle=allow_pickle)
+
+
+def model_from_saved(obj: dict, where: str, allow_pickle: bool = False) -> nn.Module:
+    from tuneless.checkpoint import weights_sha256
+    from tuneless.modelio import build_arch
+
+    if obj.get("mode") == "pickle":
+        if not allow_pickle or not isinstance(obj.get("module"), nn.Module):
+            raise TunelessError(f"{where} stores a pickled module; pass allow_pickle=True")
+        return obj["module"].eval()
+    try:
+        arch, specs, sd = obj["arch"], obj["modules"], obj["state_dict"]
+    except KeyError as exc:
+        raise TunelessError(f"corrupt model file {where}: missing {exc}") from None
+    if weights_sha256(sd) != obj.get("weights_sha256"):
+        raise TunelessError(f"corrupt model file {where}: weights do not match their sha256")
+    model = build_arch(arch["ref"], arch.get("kwargs", {}))
+    model = _swap_in(model, specs, sd)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise TunelessError(f"{where} does not fit {arch['ref']}: "
+                            f"{str(exc).splitlines()[0]}") from exc
+    model.tuneless_arch = dict(arch)
+    if obj.get("report") is not None:
+        model.tuneless_report = obj["report"]
+    return model.eval()
+
+
+def architecture_of(model: nn.Module) -> dict | None:
+    """The {"ref", "kwargs"} that rebuilds the original model, if known."""
+    arch = getattr(model, "tuneless_arch", None)
+    if isinstance(arch, dict) and "ref" in arch:
+        return {"ref": str(arch["ref"]), "kwargs": _plain(arch.get("kwargs", {}))}
+    meta = getattr(model, "tuneless_meta", None)  # tuneless training checkpoints
+    if isinstance(meta, dict) and meta.get("arch"):
+        return {"ref": f"zoo:{meta['arch']}", "kwargs": _plain(meta.get("arch_kwargs", {}))}
+    return None
+
+
+def changed_modules(model: nn.Module, arch: dict) -> dict[str, dict]:
+    """Specs of the submodules of `model` that differ from a freshly built original."""
+    from tuneless.modelio import build_arch
+
+    fresh = build_arch(arch["ref"], arch.get("kwargs", {}))
+    specs: dict[str, dict] = {}
+    _diff(fresh, model, "", specs)
+    rebuilt = _swap_in(fresh, specs, model.state_dict())
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if want != got:
+        bad = next(iter(sorted(set(want.items()) ^ set(got.items()))))[0]
+        raise _NoSpec(bad.rpartition(".")[0])
+    return specs
+
+
+def _diff(fresh: nn.Module, model: nn.Module, prefix: str, out: dict) -> None:
+    fc, mc = dict(fresh.named_children()), dict(model.named_children())
+    same_kind = type(fresh) is type(model) and fc.keys() == mc.keys()
+    sig_f, sig_m = _signature(fresh), _signature(model)
+    if same_kind and sig_f[0] == sig_m[0] and sig_f[1] != sig_m[1] and type(model) not in (
+            nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear):
+        # a custom module whose own tensors changed size (a layer scale, a position
+        # embedding): keep the module, resize those tensors before loading the weights
+        out[prefix] = {"resize": [k for k, shp in sig_m[1] if (k, shp) not in sig_f[1]]}
+    elif not (same_kind and sig_f == sig_m):
+        out[prefix] = module_spec(model, prefix)
+        return
+    for name, child in mc.items():
+        _diff(fc[name], child, f"{prefix}.{name}" if prefix else name, out)
+
+
+def _signature(m: nn.Module):
+    own = [(k, None if v is None else tuple(v.shape))
+           for k, v in [*m._parameters.items(), *m._buffers.items()]]
+    return m.extra_repr(), own
+
+
+def module_spec(m: nn.Module, where: str = "") -> dict:
+    """{"type": "module:Qualname", "args": {...}} or a container with "children"."""
+    tname = f"{type(m).__module__}:{type(m).__qualname__}"
+    if type(m) in _CONTAINERS:
+        return {"type": tname, "children": {k: module_spec(c, f"{where}.{k}")
+                                            for k, c in m.named_children()}}
+    args = {}
+    for p in list(inspect.signature(type(m).__init__).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("device", "dtype"):
+            continue
+        if p.name == "bias" and not isinstance(getattr(m, "bias", True), bool):
+            args["bias"] = m.bias is not None
+        elif hasattr(m, p.name) and _is_plain(getattr(m, p.name)):
+            args[p.name] = getattr(m, p.name)
+        elif p.default is p.empty:
+            raise _NoSpec(where)
+    spec = {"type": tname, "args": args}
+    try:
+        rebuilt = build_module(spec)
+    except Exception as exc:  # any constructor failure means the spec is not faithful
+        raise _NoSpec(where) from exc
+    if type(rebuilt) is not type(m) or _signature(rebuilt) != _signature(m) or dict(
+            rebuilt.named_children()).keys() != dict(m.named_children()).keys():
+        raise _NoSpec(where)
+    return spec
+
+
+def build_module(spec: dict) -> nn.Module:
+    mod_name, _, qual = spec["type"].partition(":")
+    try:
+        cls: Any = importlib.import_module(mod_name)
+        for part in qual.split("."):
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError) as exc:
+        raise TunelessError(f"cannot import module type {spec['type']}: {exc}") from exc
+    if "children" in spec:
+        obj = cls()
+        for k, child in spec["children"].items():
+            obj.add_module(k, build_module(child))
+        return obj
+    return cls(**spec["args"])
+
+
+def _swap_in(model: nn.Module, specs: dict[str, dict], sd: dict | None = None) -> nn.Module:
+    if "" in specs and "resize" not in specs[""]:
+        return build_module(specs[""])
+    for name in sorted(specs, key=lambda n: n.count(".")):
+        if "resize" in specs[name]:
+            _resize(model.get_submodule(name) if name else model, name, specs[name]["resize"],
+                    sd)
+            continue
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+        except AttributeError as exc:
+            raise TunelessError(f"saved module {name!r} has no parent in the architecture") from exc
+        setattr(parent, child, build_module(specs[name]))
+    return model
+
+
+def _resize(m: nn.Module, name: str, tensors: list[str], sd: dict | None) -> None:
+    """Give m's own tensors the saved shapes (values come from load_state_dict)."""
+    for t in tensors:
+        key = f"{name}.{t}" if name else t
+        if sd is None or key not in sd:
+            raise TunelessError(f"saved model lacks tensor {key!r}")
+        new = torch.empty_like(sd[key])
+        if t in m._parameters:
+            m._parameters[t] = nn.Parameter(new, requires_grad=m._parameters[t].requires_grad)
+        else:
+            m._buffers[t] = new
+
+
+def _is_plain(v) -> bool:
+    if isinstance(v, _PRIMITIVE):
+        return True
+    if isinstance(v, tuple | list):
+        return all(_is_plain(x) for x in v)
+    return False
+
+
+def _plain(obj):
+    """JSON-safe copy (so the file loads with weights_only=True); tuples become lists."""
+    if obj is None:
+        return None
+    return json.loads(json.dumps(obj, default=str))
