@@ -22,9 +22,16 @@ def cache_dir() -> Path:
 
 
 def source_key(path: Path) -> str:
-    """A key that changes when the source changes (path, size, mtime)."""
+    """A key that changes when the source changes: path, size and mtime of a file, or of
+    every file under a folder (editing one image inside an ImageFolder changes the key)."""
     st = path.stat()
     text = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+    if path.is_dir():
+        parts = [text]
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            fs = f.stat()
+            parts.append(f"{f.relative_to(path)}|{fs.st_size}|{fs.st_mtime_ns}")
+        text = "\n".join(parts)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

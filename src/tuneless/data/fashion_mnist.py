@@ -56,7 +56,9 @@ def load_fashion_mnist(path: str | Path | None = None, split: str = "train") -> 
     x = _read_idx(_find(root, img_stem))
     y = _read_idx(_find(root, lbl_stem))
     if x.ndim != 3 or len(x) != len(y):
-        raise TunelessError(f"Fashion-MNIST files in {root} disagree: {x.shape} images, {y.shape} labels")
+        raise TunelessError(
+            f"Fashion-MNIST files in {root} disagree: {x.shape} images, {y.shape} labels"
+        )
     return {
         "x": torch.from_numpy(x.copy()).unsqueeze(1),
         "y": torch.from_numpy(y.astype(np.int64)),
