@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
             raise TunelessError(f"cannot build {ref}: {exc}") from exc
     elif ":" in ref and not ref.startswith("zoo:"):
         mod_name, _, attr = ref.partition(":")
+        if os.getcwd() not in sys.path:  # like `python -m`: modules in the working directory
+            sys.path.insert(0, os.getcwd())
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as exc:

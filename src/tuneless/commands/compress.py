@@ -1,0 +1,109 @@
+"""`tuneless compress MODEL --method NAME --sparsity S -o OUT`: compress, save, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tuneless.commands.model_args import add_model_arguments, load_from_args
+from tuneless.errors import TunelessError
+
+
+def add_parser(sub) -> None:
+    from tuneless.methods import REGISTRY
+
+    p = sub.add_parser("compress", help="compress a model with one method and save it")
+    add_model_arguments(p)
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(REGISTRY)}")
+    p.add_argument("--sparsity", type=float, help="fraction of parameters to remove")
+    p.add_argument("--channel-ratio", type=float,
+                   help="fraction of channels removed from every group (instead of --sparsity)")
+    p.add_argument("-o", "--out", required=True, help="output file (tuneless.save format)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (VALUE parsed as JSON if possible), e.g. round_to=8")
+    p.add_argument("--dataset", choices=["cifar10", "fashion-mnist"],
+                   help="measure accuracy on this dataset's test split")
+    p.add_argument("--data", help="test data path (implies accuracy; default dataset location)")
+    p.add_argument("--limit", type=int, help="accuracy on the first N test images")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+
+def parse_options(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TunelessError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def measure(model, x, data, limit) -> dict:
+    from tuneless.evaluate import accuracy, count_flops, count_params, latency_ms
+
+    row = {"params": count_params(model), "nonzero": count_params(model, nonzero=True),
+           "flops": count_flops(model, x), "latency_b1_ms": latency_ms(model, x)}
+    row["top1"] = accuracy(model, data, limit=limit) if data is not None else None
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from tuneless.methods import get_method
+    from tuneless.report import human_count, render_table
+    from tuneless.serialize import save
+
+    torch.set_num_threads(max(1, args.threads))
+    if Path(args.out).resolve() == Path(args.model).resolve():
+        raise TunelessError("-o would overwrite the input model; choose another path")
+    if Path(args.out).is_dir():
+        raise TunelessError(f"-o {args.out} is a directory, expected a file path")
+    if args.sparsity is None and args.channel_ratio is None:
+        raise TunelessError("give --sparsity (fraction of parameters) or --channel-ratio")
+    method = get_method(args.method)
+    options = parse_options(args.option)
+    model, x = load_from_args(args)
+    data = _test_data(args, model)
+    kwargs = {k: v for k, v in (("sparsity", args.sparsity),
+                                ("channel_ratio", args.channel_ratio)) if v is not None}
+    try:
+        small = method(model, example_inputs=x, **kwargs, **options)
+    except TypeError as exc:
+        raise TunelessError(f"method {args.method}: {exc}") from exc
+    info = save(small, args.out, meta={"source": str(args.model), "method": args.method,
+                                       **kwargs, "options": options})
+    rows = [{"model": "before", **measure(model, x, data, args.limit)},
+            {"model": "after", **measure(small, x, data, args.limit)}]
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    print(render_table(rows, formats={"params": human_count, "nonzero": human_count,
+                                      "flops": human_count, "latency_b1_ms": ".2f",
+                                      "top1": pct}))
+    report = getattr(small, "tuneless_report", None) or {}
+    if report.get("achieved_sparsity") is not None:
+        print(f"achieved sparsity {report['achieved_sparsity']:.4f}"
+              + (f" (requested {args.sparsity})" if args.sparsity is not None else ""))
+    if report.get("physically_smaller") is False:
+        print("note: " + report.get("note", "the model is not physically smaller"))
+    print(f"wrote {args.out} ({info['mode']} format)")
+    return 0
+
+
+def _test_data(args, model):
+    if args.data is None and args.dataset is None:
+        return None
+    from tuneless.data.loader import get_dataset
+    from tuneless.zoo import ARCH_DATASET
+
+    name = args.dataset
+    if name is None:
+        ref = (getattr(model, "tuneless_arch", None) or {}).get("ref", "")
+        name = ARCH_DATASET.get(ref.removeprefix("zoo:"))
+        name = name or (getattr(model, "tuneless_meta", None) or {}).get("dataset")
+    if name is None:
+        raise TunelessError("cannot tell which dataset the model is for: pass --dataset")
+    return get_dataset(name, "test", args.data)

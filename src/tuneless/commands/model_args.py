@@ -1,0 +1,27 @@
+"""Arguments shared by commands that read one MODEL file (inspect, compress)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="tuneless checkpoint or saved model, a pickled nn.Module (with "
+                        "--unsafe-pickle) or a state_dict file (with --arch)")
+    p.add_argument("--arch", help="architecture of a state_dict file: a zoo name, "
+                                  "torchvision:NAME or pkg.module:Class")
+    p.add_argument("--arch-kwargs", help="constructor arguments for --arch, as JSON")
+    p.add_argument("--unsafe-pickle", action="store_true",
+                   help="allow loading pickled nn.Module files (runs code: trusted files only)")
+    p.add_argument("--input-shape", help="input shape C,H,W (default: known for zoo and "
+                                         "torchvision models)")
+
+
+def load_from_args(args: argparse.Namespace):
+    """(model, example input) from the shared arguments."""
+    from tuneless.modelio import example_input, load_model
+
+    model = load_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs,
+                       allow_pickle=args.unsafe_pickle)
+    return model, example_input(model, args.input_shape)
