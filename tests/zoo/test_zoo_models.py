@@ -1,0 +1,56 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from tuneless.errors import TunelessError
+from tuneless.evaluate import count_params
+from tuneless.zoo import ARCH_DATASET, ARCHS, INPUT_SHAPE, build_model
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_output_shape_and_plain_modules(name):
+    kwargs = {"width": 0.25} if name in ("resnet18", "vgg11_bn") else {}
+    model = build_model(name, num_classes=7, **kwargs).eval()
+    x = torch.randn(2, *INPUT_SHAPE[ARCH_DATASET[name]])
+    with torch.no_grad():
+        assert model(x).shape == (2, 7)
+    # nothing tuneless-specific inside: every submodule comes from torch.nn or the zoo itself
+    for m in model.modules():
+        assert type(m).__module__.startswith(("torch.nn", "tuneless.zoo"))
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("resnet20", 272_474),  # He et al. 2016: 0.27M
+    ("resnet32", 466_906),  # 0.46M
+    ("resnet56", 855_770),  # 0.85M
+    ("lenet5", 61_706),
+])
+def test_parameter_counts(name, expected):
+    assert count_params(build_model(name)) == expected
+
+
+def test_resnet_depths_and_projection_shortcuts():
+    m = build_model("resnet56")
+    assert len(m.layer1) == len(m.layer2) == len(m.layer3) == 9
+    assert isinstance(m.layer2[0].shortcut[0], nn.Conv2d) and len(m.layer1[0].shortcut) == 0
+    assert [m.layer1[0].conv1.out_channels, m.layer2[0].conv1.out_channels,
+            m.layer3[0].conv1.out_channels] == [16, 32, 64]
+
+
+def test_width_multipliers():
+    assert build_model("resnet20", width=2).layer3[0].conv1.out_channels == 128
+    vgg = build_model("vgg11_bn", width=0.5)
+    convs = [m for m in vgg.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 128, 256, 256, 256, 256]
+    assert build_model("resnet18", width=0.5).fc.in_features == 256
+    mlp = build_model("mlp", width=0.25)
+    linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+    assert [lin.out_features for lin in linears] == [128, 128, 128, 10]
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in mlp.modules()) == 3
+
+
+def test_unknown_and_bad_arguments():
+    with pytest.raises(TunelessError, match="unknown architecture 'resnet21'"):
+        build_model("resnet21")
+    with pytest.raises(TunelessError, match="bad arguments for lenet5"):
+        build_model("lenet5", width=2)
