@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from tuneless.smooth import (
     penalty_for_training,
     penalty_value,
 )
+from tuneless.train import TrainConfig
 from tuneless.zoo import build_model
 
 torch.set_num_threads(1)  # the CPU is shared with training jobs; more threads only contend
@@ -168,8 +168,8 @@ def test_external_model_class_torchvision_resnet18():
 
 
 def test_penalty_for_training_uses_the_seeded_init_reference_and_leaves_rng_alone():
-    cfg = SimpleNamespace(arch="resnet20", arch_kwargs={}, seed=3, smooth="d1",
-                          smooth_lambda=0.2, smooth_relative=True, smooth_every=1)
+    cfg = TrainConfig(arch="resnet20", seed=3, smooth="d1", smooth_lambda=0.2,
+                      smooth_relative=True, smooth_every=1)
     torch.manual_seed(123)
     state = torch.get_rng_state()
     extra = penalty_for_training(cfg)
