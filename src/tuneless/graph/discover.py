@@ -202,7 +202,7 @@ class _Walker:
             x = None
         g = m.groups
         if g == 1:
-            if x is not None:
+            if x is not None and self._consume(name, x, node):
                 self.b.add_layout_slots(x, lambda gid, off: Slot(CONSUMER, name, "weight", 1, off))
             out = self.new_out(node, name, m.out_channels, 1)
             self._producer_slots(out, name, m)
@@ -233,13 +233,21 @@ class _Walker:
             self.b.fix_layout(x, f"linear '{name}' reads a tensor whose channels are not on "
                                  "the last dimension")
             x = None
-        if isinstance(x, Layout):  # untracked input: never touched; output is a fresh space
+        if isinstance(x, Layout) and self._consume(name, x, node):  # untracked: untouched
             blk = x.block
             self.b.add_layout_slots(
                 x, lambda gid, off: Slot(CONSUMER, name, "weight", 1, off, block=blk))
         out = self.new_out(node, name, m.out_features, dim)
         self._producer_slots(out, name, m)
         self.env[node] = out
+
+    def _consume(self, name: str, x: Layout, node) -> bool:
+        """Record a module's input; a module called again must read the same channel space."""
+        prev = self.module_in.get(name)
+        if prev is None:
+            self.module_in[name] = x
+            return True
+        return self.b.union_layouts(prev, x, f"module '{name}' called twice") is not None
 
     def _producer_slots(self, out: Layout, name: str, m: nn.Module) -> None:
         gid = out.segs[0][0]

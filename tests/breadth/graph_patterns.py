@@ -1,0 +1,155 @@
+"""Small hand-written graph patterns the engine must handle (or refuse with a reason)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def cbr(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Concat(nn.Module):
+    """Two branches concatenated on channels, then one conv reads both (offsets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 12)
+        self.a, self.b = cbr(12, 8), cbr(12, 16, 1)
+        self.mix = cbr(24, 20)
+        self.fc = nn.Linear(20, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([self.a(x), self.b(x)], dim=1)
+        return self.fc(F.adaptive_avg_pool2d(self.mix(x), 1).flatten(1))
+
+
+class Split(nn.Module):
+    """chunk() on the channel axis: the split group is fixed, the rest stays reducible."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 16)
+        self.left, self.right = cbr(8, 8), cbr(8, 8)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        a, b = self.stem(x).chunk(2, dim=1)
+        x = torch.cat([self.left(a), self.right(b)], 1)
+        return self.fc(x.mean((2, 3)))
+
+
+class SqueezeExcite(nn.Module):
+    """Gating: x * sigmoid(fc2(relu(fc1(pool(x))))) joins fc2's output with x's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 16)
+        self.fc1, self.fc2 = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.dw = cbr(16, 16, groups=16)
+        self.head = nn.Conv2d(16, 6, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        x = self.dw(x * s)
+        return self.head(x).mean((2, 3))
+
+
+class SharedModule(nn.Module):
+    """One conv applied twice: its input and output become one channel space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 12)
+        self.shared = nn.Conv2d(12, 12, 3, padding=1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(self.shared(F.relu(self.shared(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class MultiOutput(nn.Module):
+    """Two heads returned as a tuple; both outputs are fixed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(cbr(3, 16), cbr(16, 16))
+        self.cls, self.aux = nn.Linear(16 * 4 * 4, 5), nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        h = self.body(x)
+        flat = F.adaptive_max_pool2d(h, 4).view(h.size(0), -1)
+        return self.cls(flat), self.aux(h)
+
+
+class UnknownOp(nn.Module):
+    """A channel-mixing op tuneless has no rule for (einsum) next to a normal block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 8)
+        self.mixer = nn.Parameter(torch.randn(8, 8) / 8)
+        self.body = cbr(8, 16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.einsum("nchw,cd->ndhw", self.stem(x), self.mixer)
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+class ChannelsLast(nn.Module):
+    """Permute to channels-last, LayerNorm + Linear on the last dim, layer scale, GroupNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.gn = nn.GroupNorm(1, 16)
+        self.ln = nn.LayerNorm(16)
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.scale = nn.Parameter(torch.rand(16))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.gn(self.stem(x))
+        y = x.permute(0, 2, 3, 1)
+        y = self.down(F.gelu(self.up(self.ln(y)))) * self.scale
+        x = x + y.permute(0, 3, 1, 2)
+        return self.fc(x.mean((2, 3)))
+
+
+class GroupedNorm(nn.Module):
+    """GroupNorm with 4 groups of 4 channels: its channel space is fixed (with the reason)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 16)
+        self.body = cbr(16, 24)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = self.body(F.relu(self.gn(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class NothingToReduce(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+PATTERNS = {
+    "concat": Concat, "split": Split, "squeeze_excite": SqueezeExcite,
+    "shared_module": SharedModule, "multi_output": MultiOutput, "unknown_op": UnknownOp,
+    "channels_last": ChannelsLast, "grouped_norm": GroupedNorm,
+}
