@@ -1,0 +1,165 @@
+"""Group discovery: residual unions, flatten blocks, norms, concat offsets, fixed reasons."""
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tuneless.errors import UnsupportedModelError
+from tuneless.graph import CONSUMER, NORM, PRODUCER, find_groups
+from tuneless.zoo import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "breadth"))
+from graph_patterns import PATTERNS  # noqa: E402
+from option_a_resnet import resnet20 as resnet20_option_a  # noqa: E402
+
+X32 = torch.randn(2, 3, 32, 32)
+
+
+def group_of(graph, module, param="weight", kind=PRODUCER):
+    hits = [g for g in graph for s in g.slots
+            if s.module == module and s.param == param and s.kind == kind]
+    assert len(hits) == 1, (module, param, kind, len(hits))
+    return hits[0]
+
+
+def test_resnet20_residual_stream_is_one_group_per_stage():
+    graph = find_groups(build_model("resnet20"), X32)
+    stream = group_of(graph, "conv1")
+    assert stream.n == 16 and stream.reducible
+    producers = {s.module for s in stream.producers}
+    assert producers == {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"}
+    consumers = {s.module for s in stream.consumers}
+    assert {"layer1.0.conv1", "layer2.0.conv1", "layer2.0.shortcut.0"} <= consumers
+    stage3 = group_of(graph, "layer3.0.shortcut.0")
+    assert stage3 is group_of(graph, "layer3.2.conv2") and stage3.n == 64
+    assert {s.module for s in stage3.consumers} == {"layer3.1.conv1", "layer3.2.conv1", "fc"}
+    # 9 inner groups + 3 residual streams are reducible; input and logits are fixed
+    assert len(graph.reducible) == 12 and len(graph.fixed) == 2
+    assert any("network output" in r for g in graph.fixed for r in g.reasons)
+
+
+def test_norm_slots_record_the_producer_that_feeds_them():
+    graph = find_groups(build_model("resnet20"), X32)
+    g = group_of(graph, "layer1.0.conv1")
+    norms = {(s.module, s.param): s.producer for s in g.norms}
+    assert set(norms) == {("layer1.0.bn1", p)
+                          for p in ("weight", "bias", "running_mean", "running_var")}
+    assert set(norms.values()) == {"layer1.0.conv1"}
+
+
+def test_flatten_into_linear_is_a_block_consumer():
+    model = build_model("vgg11_bn", width=0.25, hidden=32)
+    graph = find_groups(model, X32)  # 1×1 map before flatten: one column per channel
+    last = group_of(graph, "features.25")
+    (fc,) = [s for s in last.consumers if s.module == "classifier.1"]
+    assert fc.block == 1 and fc.axis == 1 and last.reducible
+    graph = find_groups(PATTERNS["multi_output"](), torch.randn(2, 3, 16, 16))
+    body = group_of(graph, "body.1.0")  # view(n, -1) of a 4×4 map: blocks of 16 columns
+    blocks = {s.module: s.block for s in body.consumers}
+    assert blocks == {"cls": 16, "aux": 1}
+
+
+def test_mlp_batchnorm1d_and_lenet_flatten():
+    graph = find_groups(build_model("mlp", width=0.1), torch.randn(2, 1, 28, 28))
+    g = group_of(graph, "net.1")
+    assert {s.module for s in g.norms} == {"net.2"} and g.reducible
+    lenet = find_groups(build_model("lenet5"), torch.randn(2, 1, 28, 28))
+    conv2 = group_of(lenet, "features.3")
+    assert [s.block for s in conv2.consumers] == [25]
+
+
+def test_concat_places_groups_side_by_side():
+    graph = find_groups(PATTERNS["concat"](), torch.randn(2, 3, 16, 16))
+    a, b = group_of(graph, "a.0"), group_of(graph, "b.0")
+    (sa,) = [s for s in a.consumers if s.module == "mix.0"]
+    (sb,) = [s for s in b.consumers if s.module == "mix.0"]
+    assert (sa.offset, sb.offset) == (0, 8) and a.n == 8 and b.n == 16
+
+
+def test_depthwise_conv_and_squeeze_excite_join_one_group():
+    graph = find_groups(PATTERNS["squeeze_excite"](), torch.randn(2, 3, 16, 16))
+    g = group_of(graph, "stem.0")
+    assert {s.module for s in g.producers} == {"stem.0", "fc2", "dw.0"}
+    assert any(s.depthwise for s in g.producers)
+    assert g.reducible
+
+
+def test_channels_last_layernorm_groupnorm_and_layer_scale():
+    graph = find_groups(PATTERNS["channels_last"](), torch.randn(2, 3, 16, 16))
+    g = group_of(graph, "stem")
+    kinds = {(s.kind, s.module, s.param) for s in g.slots}
+    assert {(NORM, "ln", "weight"), (NORM, "gn", "weight"), (NORM, "", "scale"),
+            (CONSUMER, "up", "weight"), (PRODUCER, "down", "weight")} <= kinds
+    assert g.reducible
+
+
+@pytest.mark.parametrize("pattern,module,word", [
+    ("split", "stem.0", "chunk"), ("unknown_op", "stem.0", "einsum"),
+    ("grouped_norm", "stem", "GroupNorm"),
+])
+def test_unknown_ops_fix_their_channels_with_a_reason(pattern, module, word):
+    graph = find_groups(PATTERNS[pattern](), torch.randn(2, 3, 16, 16))
+    g = group_of(graph, module)
+    assert g.fixed and not g.reducible
+    assert any(word in r for r in g.reasons), g.reasons
+    assert graph.reducible  # the rest of the model stays reducible
+
+
+def test_option_a_padding_shortcut_names_the_pad_op():
+    graph = find_groups(resnet20_option_a(), X32)
+    stream = group_of(graph, "layer2.0.conv2")
+    assert stream.fixed and any("F.pad" in r and "channel" in r for r in stream.reasons)
+    assert len(graph.reducible) == 9  # only the blocks' inner channels
+
+
+def test_grouped_conv_is_fixed_and_unknown_weighted_module_too():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
+                          nn.Conv2d(8, 8, 1), nn.GRUCell(4, 4) if False else nn.Identity(),
+                          nn.Conv2d(8, 4, 1))
+    graph = find_groups(model, torch.randn(1, 3, 16, 16))
+    assert any("grouped conv" in r for r in group_of(graph, "0").reasons)
+    assert group_of(graph, "3").reducible
+    mha = nn.Sequential(nn.Linear(6, 8), nn.MultiheadAttention(8, 2, batch_first=True))
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = mha
+
+        def forward(self, x):
+            h = self.m[0](x)
+            return self.m[1](h, h, h)[0]
+
+    g = find_groups(Wrap(), torch.randn(1, 5, 6))
+    assert any("MultiheadAttention" in r for r in group_of(g, "m.0").reasons)
+
+
+def test_input_model_is_untouched_and_mode_restored():
+    model = build_model("resnet20")
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    find_groups(model, X32)
+    assert model.training and all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_untraceable_model_gives_a_clear_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow cannot be traced
+                return self.c(x)
+            return self.c(-x)
+
+    with pytest.raises(UnsupportedModelError, match="cannot trace Branchy"):
+        find_groups(Branchy(), X32)
+    with pytest.raises(UnsupportedModelError, match="does not run on the example input"):
+        find_groups(build_model("resnet20"), torch.randn(1, 5, 32, 32))

@@ -1,0 +1,62 @@
+"""Budget: analytic parameter counts and the sparsity → channel-count solver."""
+
+import pytest
+import torch
+
+from tuneless.budget import budget_for_ratio, counts_for_ratio, param_count, solve
+from tuneless.errors import TunelessError
+from tuneless.graph import find_groups
+from tuneless.reduce import reduce, selection
+from tuneless.zoo import build_model
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = build_model("resnet20").eval()
+    return model, find_groups(model, torch.randn(1, 3, 32, 32))
+
+
+def test_param_count_matches_the_real_rewrite(resnet):
+    model, graph = resnet
+    assert param_count(model, graph) == sum(p.numel() for p in model.parameters())
+    kept = {g.id: max(1, g.n // 3) for g in graph.reducible}
+    small = reduce(model, graph, {g: selection(range(k), graph[g].n) for g, k in kept.items()})
+    assert param_count(model, graph, kept) == sum(p.numel() for p in small.parameters())
+
+
+@pytest.mark.parametrize("target", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_solver_hits_the_requested_sparsity(resnet, target):
+    model, graph = resnet
+    b = solve(model, graph, target)
+    assert abs(b.sparsity - target) <= 0.01
+    assert b.params_after == param_count(model, graph, b.kept)
+    assert all(1 <= b.kept[g.id] <= g.n for g in graph.reducible)
+
+
+def test_round_to_and_min_channels(resnet):
+    model, graph = resnet
+    b = solve(model, graph, 0.5, min_channels=4, round_to=4)
+    assert all(k % 4 == 0 and k >= 4 for k in b.kept.values())
+    assert abs(b.sparsity - 0.5) <= 0.01
+    counts = counts_for_ratio(graph, 0.5, min_channels=12)
+    assert {graph[g].n: k for g, k in counts.items()} == {16: 12, 32: 16, 64: 32}
+
+
+def test_channel_ratio_zero_keeps_everything(resnet):
+    model, graph = resnet
+    b = budget_for_ratio(model, graph, 0.0)
+    assert b.sparsity == 0.0 and all(b.kept[g.id] == g.n for g in graph.reducible)
+
+
+def test_out_of_range_requests_are_errors(resnet):
+    model, graph = resnet
+    with pytest.raises(TunelessError, match="sparsity must be in"):
+        solve(model, graph, 1.2)
+    with pytest.raises(TunelessError, match="channel_ratio must be in"):
+        counts_for_ratio(graph, -0.1)
+    with pytest.raises(TunelessError, match="out of reach"):
+        solve(model, graph, 0.9, min_channels=14)
+    with pytest.raises(TunelessError, match="round_to"):
+        solve(model, graph, 0.5, round_to=0)
+    with pytest.raises(TunelessError, match="cannot keep"):
+        param_count(model, graph, {graph.reducible[0].id: 0})
