@@ -47,6 +47,12 @@ class TrainConfig:
     smooth_every: int = 1
 
     def validate(self) -> None:
+        from tuneless.zoo import ARCHS
+
+        if self.arch not in ARCHS:  # before loading any data
+            raise TunelessError(
+                f"unknown architecture {self.arch!r}; the zoo has: {', '.join(ARCHS)}"
+            )
         if self.epochs < 1:
             raise TunelessError(f"epochs must be at least 1, got {self.epochs}")
         if self.lr <= 0:

@@ -1,0 +1,92 @@
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from tuneless.checkpoint import load_checkpoint
+from tuneless.errors import TunelessError
+from tuneless.train import TrainConfig, lr_at, same_config, train
+
+
+def config(data, **kw):
+    base = dict(arch="mlp", arch_kwargs={"width": 0.05}, data=str(data), epochs=3,
+                batch_size=32, lr=0.05, seed=1, pad=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_learns_and_writes_a_checkpoint(tiny_fashion, tmp_path):
+    calls = []
+
+    def extra(model):
+        calls.append(1)
+        return sum(p.sum() for p in model.parameters()) * 0.0
+
+    out = tmp_path / "m.pt"
+    meta = train(config(tiny_fashion), out, extra_loss=extra, log=lambda s: None)
+    assert len(calls) == 3 * (200 // 32)  # the hook runs once per step
+    assert meta["dataset"] == "fashion-mnist" and meta["arch"] == "mlp"
+    assert meta["test_accuracy"] > 0.5  # chance is 0.1
+    history = meta["train_args"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert meta["train_args"]["train_seconds"] > 0 and meta["train_args"]["pad"] == 2
+    model = load_checkpoint(out)
+    assert model.tuneless_meta["test_accuracy"] == meta["test_accuracy"]
+    assert out.with_suffix(".resume.pt").exists()
+
+
+def test_resume_after_interruption_matches_uninterrupted(tiny_fashion, tmp_path):
+    cfg = config(tiny_fashion, arch="lenet5", arch_kwargs={}, epochs=3)
+    full = train(cfg, tmp_path / "full.pt", log=lambda s: None)
+
+    steps = {"n": 0}
+
+    def interrupt_in_epoch_2(model):
+        steps["n"] += 1
+        if steps["n"] == 6 + 3:  # 6 steps per epoch: stop half-way through epoch 2
+            raise KeyboardInterrupt
+        return torch.zeros(())
+
+    part = tmp_path / "part.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, part, extra_loss=interrupt_in_epoch_2, log=lambda s: None)
+    assert not part.exists() and part.with_suffix(".resume.pt").exists()
+    with pytest.raises(TunelessError, match="different configuration"):
+        train(config(tiny_fashion, arch="lenet5", arch_kwargs={}, lr=0.1), part,
+              log=lambda s: None)
+    logs = []
+    resumed = train(cfg, part, log=logs.append)
+    assert any("resuming" in s and "epoch 1/3" in s for s in logs)
+    assert resumed["weights_sha256"] == full["weights_sha256"]
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+
+
+def test_same_config_accepts_options_added_later_at_default():
+    cfg = TrainConfig(arch="resnet20", epochs=18, threads=1)
+    old = asdict(cfg)
+    del old["pad"]
+    assert same_config(old, cfg)
+    assert not same_config(old, TrainConfig(arch="resnet20", epochs=18, threads=1, pad=2))
+    assert not same_config({**asdict(cfg), "unknown": 1}, cfg)
+
+
+def test_schedules():
+    one = TrainConfig(lr=1.0, schedule="onecycle")
+    assert lr_at(one, 0, 100) == pytest.approx(0.1)
+    assert lr_at(one, 15, 100) == pytest.approx(1.0)
+    assert lr_at(one, 100, 100) == pytest.approx(0.0, abs=1e-9)
+    cos = TrainConfig(lr=1.0, schedule="cosine")
+    assert lr_at(cos, 0, 100) == 1.0 and lr_at(cos, 50, 100) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"epochs": 0}, "epochs"), ({"lr": 0}, "lr"), ({"schedule": "step"}, "schedule"),
+    ({"label_smoothing": 1.0}, "label_smoothing"), ({"pad": -1}, "pad"),
+])
+def test_bad_config(tiny_fashion, tmp_path, kw, message):
+    with pytest.raises(TunelessError, match=message):
+        train(config(tiny_fashion, **kw), tmp_path / "x.pt", log=lambda s: None)
+
+
+def test_unknown_dataset_for_arch(tmp_path):
+    with pytest.raises(TunelessError, match="unknown architecture"):
+        train(TrainConfig(arch="nope"), tmp_path / "x.pt", log=lambda s: None)
