@@ -47,7 +47,7 @@ def save(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) ->
     arch = architecture_of(model)
     common = {"format": FORMAT, "meta": _plain(meta or {}),
               "report": _plain(getattr(model, "tuneless_report", None)),
-              "torch_version": torch.__version__}
+              "torch_version": str(torch.__version__)}
     why = "the model has no architecture reference (model.tuneless_arch)"
     if arch is not None:
         try:
