@@ -1,0 +1,169 @@
+"""Write models/manifest.json and models/MANIFEST.md from the committed checkpoints.
+
+Each entry says how to remake the file (the `tuneless train` command, rebuilt from the
+training arguments stored in the checkpoint), its test accuracy, training time, sha256,
+and when and where it was trained. Run after adding a checkpoint:
+
+    python scripts/make_manifest.py            # update the manifest
+    python scripts/make_manifest.py --check    # verify files against it (exit 1 on mismatch)
+
+An entry whose sha256 is unchanged keeps its recorded date and machine; a new or changed
+file gets today's date and this machine (train on the machine you run this on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from tuneless.bench.stamp import machine  # noqa: E402
+from tuneless.checkpoint import file_sha256, is_checkpoint, read_torch_file  # noqa: E402
+from tuneless.io_atomic import atomic_write_text  # noqa: E402
+from tuneless.report import render_markdown  # noqa: E402
+from tuneless.train import TrainConfig  # noqa: E402
+
+# TrainConfig field -> `tuneless train` option (fields not listed are positional or special)
+OPTIONS = {
+    "dataset": "--dataset", "data": "--data", "epochs": "--epochs", "batch_size": "--batch-size",
+    "lr": "--lr", "momentum": "--momentum", "weight_decay": "--weight-decay",
+    "schedule": "--schedule", "label_smoothing": "--label-smoothing", "pad": "--pad",
+    "seed": "--seed", "threads": "--threads", "smooth": "--smooth",
+    "smooth_lambda": "--smooth-lambda", "smooth_every": "--smooth-every",
+}
+
+
+def train_command(train_args: dict, out: str) -> str:
+    """The `tuneless train` command line that reproduces these training arguments."""
+    defaults = vars(TrainConfig())
+    cli_defaults = {**defaults, "epochs": 30, "pad": 4}
+    words = ["tuneless", "train", train_args["arch"], "-o", out]
+    kwargs = dict(train_args.get("arch_kwargs") or {})
+    if "width" in kwargs:
+        words += ["--width", str(kwargs.pop("width"))]
+    if kwargs:
+        words += ["--arch-kwargs", json.dumps(kwargs)]
+    for field, flag in OPTIONS.items():
+        value = train_args.get(field, defaults.get(field))
+        if field == "pad" and not train_args.get("augment", True):
+            continue  # no crops, so the padding does not matter
+        if value is not None and value != cli_defaults.get(field):
+            words += [flag, str(value)]
+    if not train_args.get("augment", True):
+        words.append("--no-augment")
+    if train_args.get("smooth_relative"):
+        words.append("--smooth-relative")
+    return shlex.join(words)
+
+
+def entry_for(path: Path, old: dict | None) -> dict:
+    obj = read_torch_file(path)
+    if not is_checkpoint(obj):
+        raise SystemExit(f"{path} is not a tuneless checkpoint")
+    targs = obj.get("train_args") or {}
+    sha = file_sha256(path)
+    params = sum(t.numel() for k, t in obj["state_dict"].items()
+                 if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    keep = old if old and old.get("sha256") == sha else None
+    return {
+        "file": f"models/{path.name}",
+        "arch": obj["arch"],
+        "arch_kwargs": obj.get("arch_kwargs", {}),
+        "dataset": obj["dataset"],
+        "test_accuracy": obj.get("test_accuracy"),
+        "params": params,
+        "epochs": targs.get("epochs"),
+        "train_seconds": targs.get("train_seconds"),
+        "command": train_command(targs, f"models/{path.name}"),
+        "sha256": sha,
+        "bytes": path.stat().st_size,
+        "weights_sha256": obj.get("weights_sha256"),
+        "torch_version": str(obj.get("torch_version")),
+        "date": keep["date"] if keep else dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        "machine": keep["machine"] if keep else re.sub(r" \(\d+ threads?\)", "", machine()),
+    }
+
+
+def markdown(entries: list[dict]) -> str:
+    rows = [{
+        "file": f"`{e['file']}`", "arch": e["arch"], "dataset": e["dataset"],
+        "test acc": f"{100 * e['test_accuracy']:.2f}%", "params": e["params"],
+        "epochs": e["epochs"], "train time": f"{e['train_seconds'] / 60:.1f} min",
+        "MB": f"{e['bytes'] / 2**20:.2f}", "date": e["date"],
+    } for e in entries]
+    lines = [
+        "# Trained checkpoints",
+        "",
+        "Produced by the project's own `tuneless train` on this project's machine; written by",
+        "`python scripts/make_manifest.py` (machine-readable copy: `manifest.json`).",
+        "Test accuracy is on the full test split (CIFAR-10: the JPEG copy in",
+        "`../shared/data/`; Fashion-MNIST: Debian's `dataset-fashion-mnist`).",
+        "`tuneless eval FILE` reproduces it. Training times are wall-clock on one thread",
+        "while other training jobs shared the machine's 2 cores.",
+        "",
+        render_markdown(rows),
+        "",
+        "## Commands, hashes and machines",
+        "",
+    ]
+    for e in entries:
+        lines += [
+            f"### `{e['file']}`",
+            "",
+            f"    {e['command']}",
+            "",
+            f"- sha256 `{e['sha256']}`",
+            f"- trained {e['date']} in {e['train_seconds']:.0f} s on {e['machine']}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def check(models: Path, manifest: dict) -> int:
+    bad = 0
+    for e in manifest["models"]:
+        path = models.parent / e["file"]
+        if not path.is_file():
+            print(f"missing: {e['file']}")
+            bad += 1
+        elif file_sha256(path) != e["sha256"]:
+            print(f"sha256 differs: {e['file']}")
+            bad += 1
+    listed = {Path(e["file"]).name for e in manifest["models"]}
+    for path in sorted(models.glob("*.pt")):
+        if not path.name.endswith(".resume.pt") and path.name not in listed:
+            print(f"not in the manifest: models/{path.name}")
+            bad += 1
+    print("manifest ok" if not bad else f"{bad} problem(s)")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=str(ROOT / "models"), help="folder of checkpoints")
+    p.add_argument("--check", action="store_true", help="verify files against the manifest")
+    args = p.parse_args(argv)
+    models = Path(args.models)
+    json_path = models / "manifest.json"
+    old = json.loads(json_path.read_text()) if json_path.exists() else {"models": []}
+    if args.check:
+        return check(models, old)
+    by_file = {e["file"]: e for e in old["models"]}
+    entries = [entry_for(p, by_file.get(f"models/{p.name}"))
+               for p in sorted(models.glob("*.pt")) if not p.name.endswith(".resume.pt")]
+    atomic_write_text(json.dumps({"models": entries}, indent=2) + "\n", json_path)
+    atomic_write_text(markdown(entries), models / "MANIFEST.md")
+    for e in entries:
+        print(f"{e['file']}: {100 * e['test_accuracy']:.2f}%  {e['command']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
