@@ -204,3 +204,38 @@ def test_svd_model_round_trips_through_save_and_load(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(back(x), small.eval()(x))
     assert count_params(back) == small.tuneless_report["params_after"]
+
+
+def test_bn_weighting_spends_rank_where_the_norm_passes_error_on():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16)  # break-even rank 8
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 1.0, 3.0] + [0.0] * 12))
+        bn.running_var.uniform_(0.5, 2.0)
+    model = nn.Sequential(conv, bn, nn.ReLU(), nn.Conv2d(16, 3, 1)).eval()
+    x = torch.randn(4, 16, 5, 5)
+    weighted = svd(model, rank_ratio=0.25, weighting="bn", exclude=["3"]).eval()
+    plain = svd(model, rank_ratio=0.25, exclude=["3"]).eval()
+    assert weighted.tuneless_report["bn_weighted_layers"] == 1
+    assert isinstance(weighted[0], nn.Sequential) and weighted[0][0].out_channels == 4
+    assert (weighted(x) - model(x)).abs().max().item() <= 1e-4  # γ = 0 channels cost nothing
+    assert (plain(x) - model(x)).abs().max().item() > 1e-2
+
+
+def test_bn_weighting_full_rank_identity_on_resnet20():
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.2, 2.0)
+                m.running_var.uniform_(0.1, 3.0)
+    conv = model.layer2[1].conv1
+    bn_scale = (model.layer2[1].bn1.running_var + 1e-5).rsqrt() * model.layer2[1].bn1.weight
+    spec_pair = svd(model, rank_ratio=1.0, weighting="bn")
+    assert spec_pair.tuneless_report["bn_weighted_layers"] == 21  # every conv of ResNet-20
+    from tuneless.methods.svd import _build_pair, _spectrum
+
+    pair = _build_pair(_spectrum("c", conv, bn_scale.detach().double()), 32)
+    x = torch.randn(2, 32, 8, 8)
+    assert (pair(x) - conv(x)).abs().max().item() <= 1e-4

@@ -29,6 +29,7 @@ from tuneless.errors import TunelessError, UnsupportedModelError
 
 FACTORISABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ALLOCATIONS = ("per-param", "sigma")
+WEIGHTINGS = ("none", "bn")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class LayerSpectrum:
     u: torch.Tensor
     s: torch.Tensor
     vh: torch.Tensor
+    row_scale: torch.Tensor | None = None  # the SVD was of diag(row_scale)·M
 
     @property
     def full_rank(self) -> int:
@@ -113,11 +115,44 @@ def thin_svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return (m @ evecs) * inv, s, evecs.T
 
 
-def _spectrum(name: str, layer: nn.Module) -> LayerSpectrum:
+def _spectrum(name: str, layer: nn.Module, row_scale: torch.Tensor | None = None
+              ) -> LayerSpectrum:
     w = layer.weight.detach()
     m = w.reshape(w.shape[0], -1).double()
+    if row_scale is not None:
+        m = m * row_scale[:, None]
     u, s, vh = thin_svd(m)
-    return LayerSpectrum(name, layer, w.shape[0], m.shape[1], u, s, vh)
+    return LayerSpectrum(name, layer, w.shape[0], m.shape[1], u, s, vh, row_scale)
+
+
+def following_norms(model: nn.Module) -> dict[str, nn.Module]:
+    """Layer name → the BatchNorm that is the sole consumer of its output (via torch.fx).
+
+    Empty if the model cannot be traced; the caller then weighs every output channel alike.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:
+        return {}
+    modules = dict(model.named_modules())
+    out = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), FACTORISABLE):
+            continue
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module":
+            norm = modules.get(users[0].target)
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_var is not None:
+                out[node.target] = norm
+    return out
+
+
+def norm_scale(norm: nn.Module) -> torch.Tensor:
+    """|γ| / sqrt(running_var + eps): how much the norm amplifies each channel's error."""
+    scale = (norm.running_var.detach().double() + norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().double().abs()
+    return scale.clamp_min(float(scale.max()) * 1e-8 + 1e-30)
 
 
 def _build_pair(spec: LayerSpectrum, rank: int) -> nn.Sequential:
@@ -126,6 +161,8 @@ def _build_pair(spec: LayerSpectrum, rank: int) -> nn.Sequential:
     kw = {"device": w.device, "dtype": w.dtype}
     first_w = spec.vh[:rank]
     second_w = spec.u[:, :rank] * spec.s[:rank]
+    if spec.row_scale is not None:
+        second_w = second_w / spec.row_scale[:, None]
     has_bias = layer.bias is not None
     if isinstance(layer, nn.Linear):
         first = nn.Linear(layer.in_features, rank, bias=False, **kw)
@@ -285,7 +322,8 @@ def _check_runs(original: nn.Module, small: nn.Module, example_inputs) -> None:
 
 def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None = None,
         rank_ratio: float | None = None, example_inputs=None, min_rank: int = 1,
-        allocation: str = "per-param", exclude: Iterable[str] = ()) -> nn.Module:
+        allocation: str = "per-param", weighting: str = "none",
+        exclude: Iterable[str] = ()) -> nn.Module:
     """A new model whose conv/linear layers are truncated-SVD pairs; the input is left untouched.
 
     Give exactly one of:
@@ -295,7 +333,9 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
     - energy: per layer, keep the smallest rank holding this share of Σσ²;
     - rank_ratio: per layer, keep this fraction of the full rank.
     Layers whose chosen rank is not below break-even stay dense. `exclude` names modules to keep
-    dense. `example_inputs`, if given, checks that the result runs and keeps the output shape.
+    dense. weighting="bn" (data-free) truncates diag(|γ|/σ)·W instead of W for a layer followed
+    by a BatchNorm, i.e. measures the error after the norm, where it reaches the next layer.
+    `example_inputs`, if given, checks that the result runs and keeps the output shape.
     The result carries `tuneless_report`: achieved sparsity, parameter counts and per-layer ranks.
     """
     given = [k for k, v in (("sparsity", sparsity), ("energy", energy),
@@ -309,6 +349,8 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
         raise TunelessError(
             f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}"
         )
+    if weighting not in WEIGHTINGS:
+        raise TunelessError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     if not isinstance(model, nn.Module):
         raise TunelessError(f"svd needs a torch.nn.Module, got {type(model).__name__}")
 
@@ -319,7 +361,9 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
             f"{type(model).__name__} has no conv or linear layer SVD can factorise"
             + (f" ({'; '.join(f'{k}: {v}' for k, v in dense.items())})" if dense else "")
         )
-    spectra = [_spectrum(name, m) for name, m in layers]
+    norms = following_norms(small) if weighting == "bn" else {}
+    spectra = [_spectrum(name, m, norm_scale(norms[name]) if name in norms else None)
+               for name, m in layers]
     total = sum(p.numel() for p in small.parameters())
     if sparsity is not None:
         s = _check_fraction(sparsity, "sparsity", low_open=False)
@@ -347,7 +391,9 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
     small.tuneless_report = {
         "method": "svd",
         "options": {"sparsity": sparsity, "energy": energy, "rank_ratio": rank_ratio,
-                    "min_rank": min_rank, "allocation": allocation, "exclude": sorted(exclude)},
+                    "min_rank": min_rank, "allocation": allocation, "weighting": weighting,
+                    "exclude": sorted(exclude)},
+        "bn_weighted_layers": len(norms),
         "requested_sparsity": sparsity, "achieved_sparsity": 1 - after / total,
         "params_before": total, "params_after": after, "physically_smaller": True,
         "layers_replaced": sum(r["rank"] is not None for r in rows),
