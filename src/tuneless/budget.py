@@ -8,6 +8,7 @@ within ±1 point of the request; the achieved value is reported, never assumed.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -100,6 +101,9 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
     kept = _ratio_counts(graph, lo, min_channels, round_to)
     kept = _nudge(graph, kept, achieved, sparsity, min_channels, round_to)
     after = param_count(model, graph, kept)
+    if abs(1 - after / before - sparsity) > TOLERANCE:
+        warnings.warn(f"achieved sparsity {1 - after / before:.3f} for a request of "
+                      f"{sparsity:.3f}: the closest the channel counts allow", stacklevel=2)
     return Budget(kept, lo, 1 - after / before, before, after, sparsity)
 
 

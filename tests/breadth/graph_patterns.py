@@ -33,9 +33,9 @@ class Split(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = cbr(3, 16)
-        self.left, self.right = cbr(8, 8), cbr(8, 8)
-        self.fc = nn.Linear(16, 5)
+        self.stem = cbr(3, 64)
+        self.left, self.right = cbr(32, 32), cbr(32, 32)
+        self.fc = nn.Linear(64, 5)
 
     def forward(self, x):
         a, b = self.stem(x).chunk(2, dim=1)
@@ -65,9 +65,9 @@ class SharedModule(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = cbr(3, 12)
-        self.shared = nn.Conv2d(12, 12, 3, padding=1)
-        self.fc = nn.Linear(12, 5)
+        self.stem = cbr(3, 48)
+        self.shared = nn.Conv2d(48, 48, 3, padding=1)
+        self.fc = nn.Linear(48, 5)
 
     def forward(self, x):
         x = self.stem(x)

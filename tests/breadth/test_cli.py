@@ -1,0 +1,65 @@
+"""`tuneless inspect` and `tuneless compress` end to end, in process, on the option-A ResNet
+(our own code with random weights: public pretrained weights cannot be downloaded here)."""
+
+import torch
+from option_a_resnet import resnet20
+
+from tuneless.cli import main
+from tuneless.serialize import load
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def state_dict_file(tmp_path):
+    torch.manual_seed(0)
+    model = resnet20().eval()
+    path = tmp_path / "resnet20_a.th"  # the layout of public CIFAR ResNet checkpoints
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+               path)
+    return model, path
+
+
+ARCH = ["--arch", "option_a_resnet:resnet20", "--input-shape", "3,32,32"]
+
+
+def test_inspect_names_the_padding_op(tmp_path, capsys):
+    _, path = state_dict_file(tmp_path)
+    assert main(["inspect", str(path), *ARCH]) == 0
+    out = capsys.readouterr().out
+    assert "F.pad" in out and "pads the channel dimension" in out
+    assert "14 groups: 9 reducible" in out
+
+
+def test_compress_option_a_resnet_to_half(tmp_path, capsys):
+    model, path = state_dict_file(tmp_path)
+    out_file = tmp_path / "small.pt"
+    rc = main(["compress", str(path), *ARCH, "--method", "prune-l1", "--sparsity", "0.5",
+               "-o", str(out_file)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "achieved sparsity" in text and "before" in text and "after" in text
+    small = load(out_file)
+    assert 0.49 <= small.tuneless_report["achieved_sparsity"] <= 0.51
+    n0 = sum(p.numel() for p in model.parameters())
+    n1 = sum(p.numel() for p in small.parameters())
+    assert 0.49 <= 1 - n1 / n0 <= 0.51
+    assert small(X).shape == model(X).shape
+    same = tmp_path / "same.pt"
+    assert main(["compress", str(path), *ARCH, "--method", "prune-l2", "--channel-ratio", "0",
+                 "-o", str(same)]) == 0
+    assert torch.allclose(load(same)(X), model(X), atol=1e-5)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    _, path = state_dict_file(tmp_path)
+    assert main(["inspect", str(path)]) == 1
+    assert "--arch" in capsys.readouterr().err
+    assert main(["compress", str(path), *ARCH, "--method", "nope", "--sparsity", "0.5",
+                 "-o", str(tmp_path / "x.pt")]) == 1
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["compress", str(path), *ARCH, "--method", "prune-l1", "--sparsity", "0.5",
+                 "-o", str(path)]) == 1
+    assert "overwrite the input" in capsys.readouterr().err
+    assert main(["compress", str(path), *ARCH, "--method", "magnitude", "--sparsity", "0.5",
+                 "-o", str(tmp_path / "m.pt")]) == 0
+    assert "not physically smaller" in capsys.readouterr().out
