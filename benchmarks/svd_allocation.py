@@ -1,0 +1,82 @@
+"""Which SVD rank allocation keeps more accuracy: per-param or sigma, with or without BN weighting.
+
+    python benchmarks/svd_allocation.py models/mlp-fashion-mnist.pt
+    python benchmarks/svd_allocation.py run.resume.pt --arch resnet20 --dataset cifar10 --append
+
+For each fraction of parameters removed, the test accuracy (no fine-tuning) of svd(...) with
+allocation "per-param" (energy lost per parameter saved) and "sigma" (normalised σ² alone), each
+with weighting "none" and "bn" (error measured after the following BatchNorm). Accepts anything
+tuneless.modelio.load_model reads (a bare state_dict or a resume file needs --arch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from tuneless.bench.stamp import stamp, stamp_markdown
+from tuneless.data.loader import get_dataset
+from tuneless.errors import TunelessError
+from tuneless.evaluate import accuracy
+from tuneless.io_atomic import atomic_write_text
+from tuneless.methods.svd import svd
+from tuneless.modelio import load_model
+
+VARIANTS = [("per-param", "none"), ("sigma", "none"), ("per-param", "bn"), ("sigma", "bn")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--arch", help="architecture, for a bare state_dict / resume file")
+    ap.add_argument("--arch-kwargs", default=None)
+    ap.add_argument("--dataset", help="default: the checkpoint's dataset")
+    ap.add_argument("--sparsities", default="0.3,0.5,0.7")
+    ap.add_argument("--limit", type=int, default=None, help="first N test images only")
+    ap.add_argument("--out", default="docs/results/svd_allocation.md")
+    ap.add_argument("--append", action="store_true", help="add a section to an existing --out")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    info = stamp("python benchmarks/svd_allocation.py " + " ".join(sys.argv[1:]))
+    model = load_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs).eval()
+    dataset = args.dataset or (getattr(model, "tuneless_meta", None) or {}).get("dataset")
+    if dataset is None:
+        raise TunelessError("the model does not name its dataset: pass --dataset")
+    test = get_dataset(dataset, "test")
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    dense = accuracy(model, test, limit=args.limit)
+    print(f"dense {dense:.4f}", file=sys.stderr, flush=True)
+    head = "| allocation | weighting | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(sparsities)]
+    for allocation, weighting in VARIANTS:
+        cells = []
+        for s in sparsities:
+            try:
+                small = svd(model, sparsity=s, allocation=allocation, weighting=weighting)
+            except TunelessError as exc:
+                cells.append(f"n/a ({exc})")
+                continue
+            acc = accuracy(small, test, limit=args.limit)
+            cells.append(f"{100 * acc:.2f}")
+            print(f"{allocation} {weighting} {s}: {acc:.4f}", file=sys.stderr, flush=True)
+        lines.append(f"| {allocation} | {weighting} | " + " | ".join(cells) + " |")
+    images = f"first {args.limit}" if args.limit else "all"
+    section = "\n".join([
+        f"## {Path(args.model).name} ({dataset}, dense {100 * dense:.2f}%)", "",
+        stamp_markdown(info),
+        f"Test accuracy (%, {images} test images) after SVD, no fine-tuning, by fraction of "
+        "parameters removed.", "", *lines, "",
+    ])
+    out = Path(args.out)
+    title = "# SVD rank allocation: per-param vs sigma, BN weighting\n\n"
+    text = (out.read_text() if args.append and out.exists() else title) + section + "\n"
+    atomic_write_text(text, out)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
