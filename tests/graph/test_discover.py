@@ -163,3 +163,19 @@ def test_untraceable_model_gives_a_clear_error():
         find_groups(Branchy(), X32)
     with pytest.raises(UnsupportedModelError, match="does not run on the example input"):
         find_groups(build_model("resnet20"), torch.randn(1, 5, 32, 32))
+
+
+def test_tied_weights_are_fixed():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 4)
+            self.c, self.d = nn.Linear(4, 6), nn.Linear(6, 2)
+            self.c.weight = self.a.weight
+
+        def forward(self, x):
+            return self.d(torch.relu(self.c(self.b(torch.relu(self.a(x))))))
+
+    graph = find_groups(Tied(), torch.randn(1, 4))
+    assert not graph.reducible
+    assert any("tied" in r for r in group_of(graph, "a").reasons)

@@ -614,4 +614,23 @@ def find_groups(model: nn.Module, example_inputs) -> GroupGraph:
     gm = trace(model, example_inputs)
     w = _Walker(model, gm)
     w.run()
-    return GroupGraph(groups=w.b.groups(), model_name=type(model).__name__)
+    groups = w.b.groups()
+    _fix_tied_tensors(model, groups)
+    return GroupGraph(groups=groups, model_name=type(model).__name__)
+
+
+def _fix_tied_tensors(model: nn.Module, groups) -> None:
+    """A tensor reachable under two names (tied weights) would be rewritten only once."""
+    names: dict[int, list[str]] = {}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for t_name, t in [*mod._parameters.items(), *mod._buffers.items()]:
+            if t is not None:
+                names.setdefault(id(t), []).append(f"{mod_name}.{t_name}".lstrip("."))
+    for g in groups:
+        for s in g.slots:
+            tied = set(names.get(id(s.tensor(model)), []))
+            if len(tied) > 1:
+                why = f"tensor tied under several names ({', '.join(sorted(tied)[:3])})"
+                g.fixed = True
+                if why not in g.reasons:
+                    g.reasons.append(why)
