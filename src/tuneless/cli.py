@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from tuneless.errors import TunelessError
@@ -35,6 +36,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser, runners = build_parser()
     args = parser.parse_args(argv)
+    # the exact command, for provenance stamps (sys.argv is wrong when main() is called directly)
+    args.command_line = "tuneless " + shlex.join(sys.argv[1:] if argv is None else argv)
     if not args.command:
         parser.print_help()
         return 2

@@ -82,7 +82,7 @@ def run_demo(checkpoint: str | Path | None = None, methods: Sequence[str] = DEFA
     test = get_dataset(dataset, "test", data)
     n = len(test) if limit is None else min(limit, len(test))
     scope = "the full test split" if n == len(test) else f"a seeded random subset of {n}"
-    say(f"model {path.name} ({model.tuneless_meta['arch']}, {dataset}); "
+    say(f"checkpoint {path.name} ({model.tuneless_meta['arch']}, {dataset}); "
         f"accuracy on {scope} of {len(test)} test images")
     example = test.normalise(test.x[:1])
     recorded = model.tuneless_meta.get("test_accuracy")
@@ -106,9 +106,10 @@ def _measure(evaluate, model, test, example, n, latency) -> dict:
     return row
 
 
-def print_rows(rows: list[dict], out=sys.stdout) -> None:
+def print_rows(rows: list[dict], out=None) -> None:
     from tuneless.report import human_bytes, human_count, render_table
 
+    out = out or sys.stdout
     cols = ["model", "top1", "params", "removed", "flops", "weights_bytes",
             "latency_b1_ms", "latency_b256_ms", "seconds"]
     cols = [c for c in cols if any(c in r for r in rows)]

@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
         from tuneless.bench.stamp import stamp
         from tuneless.report import write_json
 
-        write_json(rows, args.json, meta=stamp())
+        write_json(rows, args.json, meta=stamp(getattr(args, "command_line", None)))
     return 0

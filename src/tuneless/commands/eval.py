@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if limited:
         print(f"(accuracy on a seeded random subset of {limited[0]['eval_images']} test images)")
     if args.json:
-        meta = {**stamp(), "threads": args.threads}
+        meta = {**stamp(getattr(args, "command_line", None)), "threads": args.threads}
         write_json(rows, args.json, meta=meta)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
