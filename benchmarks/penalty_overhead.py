@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from tuneless.bench.stamp import stamp, stamp_markdown
-from tuneless.checkpoint import load_checkpoint
 from tuneless.io_atomic import atomic_write_text
+from tuneless.modelio import load_model
 from tuneless.smooth import KINDS, SmoothPenalty, penalty_value
 from tuneless.zoo import build_model
 
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--checkpoint", action="append", default=[],
-                    help="trained checkpoint(s) whose penalty magnitudes to report")
+                    help="trained ResNet-20 checkpoint(s) (or resume files) whose penalty "
+                    "magnitudes to report")
     ap.add_argument("--out", default="docs/results/penalty_overhead.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         ce = float(F.cross_entropy(init.train()(x), torch.randint(0, 10, (256,))))
     rows = [("ResNet-20 at initialisation (seed 0)", magnitudes(init), ce)]
     for path in args.checkpoint:
-        rows.append((f"trained: {Path(path).name}", magnitudes(load_checkpoint(path)), None))
+        model = load_model(path, arch="resnet20")  # a checkpoint, or a resume file mid-training
+        rows.append((f"trained: {Path(path).name}", magnitudes(model), None))
     lines += ["", "## Magnitude of Σ R(W) (unweighted)", "",
               "| model | d1 | d2 | nuc | cross-entropy |", "|---|---:|---:|---:|---:|"]
     for label, mag, loss in rows:
