@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tuneless.checkpoint import save_checkpoint
 from tuneless.cli import main
@@ -173,4 +174,29 @@ def test_demo_default_falls_back_and_says_so(tmp_path, tiny_ckpt, monkeypatch):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+
+def test_eval_state_dict_with_arch(tmp_path, tiny_fashion, capsys):
+    path = tmp_path / "sd.pt"
+    torch.save(build_model("mlp", width=0.05).state_dict(), path)
+    assert main(["eval", str(path), "--data", str(tiny_fashion), "--no-latency"]) == 1
+    assert "--arch" in capsys.readouterr().err
+    assert main(["eval", str(path), "--arch", "mlp", "--arch-kwargs", '{"width": 0.05}',
+                 "--data", str(tiny_fashion), "--no-latency"]) == 0
+    assert "fashion-mnist" in capsys.readouterr().out
+
+
+def test_eval_compressed_model(tmp_path, tiny_ckpt, tiny_fashion, capsys):
+    pytest.importorskip("tuneless.methods.prune")
+    import tuneless
+
+    small = tuneless.prune(tuneless.load_model(tiny_ckpt), sparsity=0.5, criterion="l1",
+                           example_inputs=torch.randn(1, 1, 28, 28))
+    out = tmp_path / "small.pt"
+    tuneless.save(small, out)
+    assert main(["eval", str(tiny_ckpt), str(out), "--data", str(tiny_fashion),
+                 "--no-latency", "--json", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert rows[1]["dataset"] == "fashion-mnist" and rows[1]["params"] < 0.6 * rows[0]["params"]
 

@@ -36,28 +36,25 @@ def add_parser(sub) -> None:
 
 def load_any_model(path: str, arch: str | None = None, arch_kwargs: str | None = None,
                    unsafe_pickle: bool = False):
-    """A model from any file tuneless understands (via tuneless.modelio when it is present)."""
-    try:
-        from tuneless.modelio import load_model
+    """A model from any file tuneless understands: checkpoint, saved model, pickle, state_dict."""
+    from tuneless.modelio import load_model
 
-        return load_model(path, arch=arch, arch_kwargs=arch_kwargs, allow_pickle=unsafe_pickle)
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("tuneless.modelio", "tuneless.serialize"):
-            raise
-    from tuneless.checkpoint import load_checkpoint
-
-    if arch or unsafe_pickle:
-        raise TunelessError("--arch/--unsafe-pickle need tuneless.modelio (not in this build)")
-    return load_checkpoint(path)
+    return load_model(path, arch=arch, arch_kwargs=arch_kwargs, allow_pickle=unsafe_pickle)
 
 
 def guess_dataset(model) -> str | None:
-    """The dataset a checkpoint records, else a guess from the first layer's input width."""
+    """The dataset a checkpoint records or its zoo architecture implies, else a guess from the
+    first layer's input width."""
     import torch.nn as nn
+
+    from tuneless.zoo import ARCH_DATASET
 
     meta = getattr(model, "tuneless_meta", None) or {}
     if meta.get("dataset"):
         return meta["dataset"]
+    ref = (getattr(model, "tuneless_arch", None) or {}).get("ref", "")
+    if ref.startswith("zoo:") and ref[4:] in ARCH_DATASET:
+        return ARCH_DATASET[ref[4:]]
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return {3: "cifar10", 1: "fashion-mnist"}.get(m.in_channels)
