@@ -83,12 +83,13 @@ def canonical_labels(labels: torch.Tensor) -> torch.Tensor:
 
 
 def _finish(x: torch.Tensor, labels: torch.Tensor) -> Clustering:
+    """Canonical labels, cluster means and the objective (accumulated in float64)."""
     labels = canonical_labels(labels)
-    x64 = x.double()
+    xf = x.double() if x.numel() <= 2**22 else x.float()
     k = int(labels.max()) + 1
-    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x64)
-    cents = sums / torch.bincount(labels, minlength=k).unsqueeze(1)
-    inertia = float(((x64 - cents[labels]) ** 2).sum())
+    sums = torch.zeros(k, x.shape[1], dtype=xf.dtype).index_add_(0, labels, xf)
+    cents = sums / torch.bincount(labels, minlength=k).unsqueeze(1).to(xf.dtype)
+    inertia = float(((xf - cents[labels]) ** 2).sum(1, dtype=torch.float64).sum())
     return Clustering(labels, cents.to(x.dtype), inertia)
 
 
@@ -123,29 +124,49 @@ def kmeans(
     n, d = x.shape
     if k == n or k == 1:
         return cluster(x, k)
+    z = embed(x)  # same pairwise distances in ≤ n dimensions
+    work = n * k * z.shape[1]
     if dtype is None:
-        dtype = torch.float64 if n * k * max(d, 1) <= 2e8 else torch.float32
-    xc = (x.double() - x.double().mean(0)).to(dtype)
+        dtype = torch.float64 if work <= 2e7 else torch.float32
+    z = z.to(dtype)
     g = torch.Generator().manual_seed(int(seed))
-    tol_abs = float(tol * xc.double().var(0, unbiased=False).mean())
-    pairwise = _pairwise_sq(xc) if n <= _PAIRWISE_MAX_N else None
+    tol_abs = float(tol * z.double().pow(2).sum() / (n * d))  # tol × mean feature variance
+    pairwise = _pairwise_sq(z) if n <= _PAIRWISE_MAX_N else None
 
     best_labels, best_inertia = None, math.inf
-    per_batch = max(1, _BATCH_ELEMENTS // (n * k))
+    per_batch = max(1, _BATCH_ELEMENTS // (n * k)) if work <= 5e7 else 1
     done = 0
     while done < n_init:
         b = min(per_batch, n_init - done)
-        seeds = _kmeanspp(xc, k, b, g, pairwise)
-        cents = xc[seeds]  # (b, k, d)
-        labels, inertias = _lloyd(xc, cents, max_iter, tol_abs)
+        seeds = _kmeanspp(z, k, b, g, pairwise)
+        if b == 1:
+            labels, inertias = _lloyd_incremental(z, z[seeds[0]], max_iter, tol_abs)
+        else:
+            labels, inertias = _lloyd(z, z[seeds], max_iter, tol_abs)
         i = int(torch.argmin(inertias))
         if float(inertias[i]) < best_inertia:
             best_inertia, best_labels = float(inertias[i]), labels[i].clone()
         done += b
     if refine:
-        best_labels = hartigan(xc, best_labels, k)
-    result = _finish(x, best_labels)
-    return result
+        best_labels = hartigan(z, best_labels, k)
+    return _finish(x, best_labels)
+
+
+def embed(x: torch.Tensor) -> torch.Tensor:
+    """Centred rows mapped isometrically into min(n, d) dimensions (via the Gram matrix).
+
+    k-means depends only on pairwise distances, and n points span at most n − 1
+    directions, so a wide feature matrix (a conv's rows and its consumers' columns,
+    thousands of values per channel) clusters exactly as well in n dimensions.
+    """
+    xc = x.double() - x.double().mean(0)
+    n, d = xc.shape
+    if d <= n:
+        return xc
+    gram = (xc.float() @ xc.float().T).double() if n * n * d > 1e8 else xc @ xc.T
+    vals, vecs = torch.linalg.eigh((gram + gram.T) / 2)
+    keep = vals > vals.max().clamp(min=0) * 1e-12
+    return vecs[:, keep] * vals[keep].sqrt()
 
 
 def _pairwise_sq(x: torch.Tensor) -> torch.Tensor:
@@ -156,8 +177,9 @@ def _pairwise_sq(x: torch.Tensor) -> torch.Tensor:
 
 def _sq_dist(x: torch.Tensor, sq_x: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
     """(b, n, k) squared distances from every row of x to each restart's centroids."""
+    b, k, d = cents.shape
     sq_c = (cents * cents).sum(-1)  # (b, k)
-    prod = torch.matmul(x.unsqueeze(0), cents.transpose(1, 2))  # (b, n, k)
+    prod = (x @ cents.reshape(b * k, d).T).view(x.shape[0], b, k).transpose(0, 1)  # (b, n, k)
     return (sq_x[None, :, None] + sq_c[:, None, :] - 2 * prod).clamp_(min=0)
 
 
@@ -179,11 +201,9 @@ def _kmeanspp(x: torch.Tensor, k: int, b: int, g: torch.Generator,
     chosen = [first]
     closest = dist_to(first)[:, 0]  # (b, n)
     rows = torch.arange(b)
+    tiny = torch.finfo(torch.float64).tiny  # all points already centres: sample uniformly
     for _ in range(1, k):
-        weights = closest.double()
-        empty = weights.sum(1) <= 0
-        if empty.any():  # every point coincides with a centre already: pick uniformly
-            weights[empty] = 1.0
+        weights = closest.double() + tiny
         cand = torch.multinomial(weights, trials, replacement=True, generator=g)  # (b, t)
         new = torch.minimum(closest[:, None, :], dist_to(cand))  # (b, t, n)
         best = torch.argmin(new.sum(-1), dim=1)  # (b,)
@@ -205,7 +225,9 @@ def _lloyd(x: torch.Tensor, cents: torch.Tensor, max_iter: int,
         dist = _sq_dist(x, sq_x, cents)
         min_d, new_labels = dist.min(2)
         flat = (new_labels + offsets).reshape(-1)
-        sums = torch.zeros(b * k, d, dtype=x.dtype).index_add_(0, flat, x.repeat(b, 1))
+        sums = torch.zeros(b * k, d, dtype=x.dtype)
+        for r in range(b):
+            sums[r * k:(r + 1) * k].index_add_(0, new_labels[r], x)
         counts = torch.zeros(b * k, dtype=x.dtype).index_add_(0, flat, ones)
         new_cents = (sums / counts.clamp(min=1).unsqueeze(1)).view(b, k, d)
         empty = (counts == 0).view(b, k)
@@ -219,6 +241,42 @@ def _lloyd(x: torch.Tensor, cents: torch.Tensor, max_iter: int,
     dist = _sq_dist(x, sq_x, cents)
     min_d, labels = dist.min(2)
     return labels, min_d.double().sum(1)
+
+
+def _lloyd_incremental(x: torch.Tensor, cents: torch.Tensor, max_iter: int,
+                       tol_abs: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Lloyd for one restart that recomputes distances only to centroids that moved.
+
+    With many clusters (k ≈ n/2) most centroids stop moving after a few iterations, so
+    later iterations cost O(n·d·moved) instead of O(n·d·k).
+    """
+    n, d = x.shape
+    k = cents.shape[0]
+    sq_x = (x * x).sum(1)
+    dist = _sq_dist(x, sq_x, cents.unsqueeze(0))[0]
+    labels = None
+    ones = torch.ones(n, dtype=x.dtype)
+    for _ in range(max_iter):
+        min_d, new_labels = dist.min(1)
+        sums = torch.zeros(k, d, dtype=x.dtype).index_add_(0, new_labels, x)
+        counts = torch.zeros(k, dtype=x.dtype).index_add_(0, new_labels, ones)
+        new_cents = sums / counts.clamp(min=1).unsqueeze(1)
+        empty = counts == 0
+        if empty.any():
+            new_cents = _relocate_empty(x, new_cents.unsqueeze(0), empty.unsqueeze(0),
+                                        min_d.unsqueeze(0))[0]
+        moved_by = ((new_cents - cents) ** 2).sum(1)
+        moved = torch.nonzero(moved_by > 0).squeeze(1)
+        same = labels is not None and torch.equal(new_labels, labels)
+        cents, labels = new_cents, new_labels
+        if len(moved):
+            c = cents[moved]
+            dist[:, moved] = (sq_x[:, None] + (c * c).sum(1)[None, :]
+                              - 2 * x @ c.T).clamp_(min=0)
+        if same or float(moved_by.sum()) <= tol_abs:
+            break
+    min_d, labels = dist.min(1)
+    return labels.unsqueeze(0), min_d.double().sum().unsqueeze(0)
 
 
 def _relocate_empty(x: torch.Tensor, cents: torch.Tensor, empty: torch.Tensor,

@@ -147,6 +147,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         "achieved_sparsity": achieved, "params_before": before, "params_after": after,
         "physically_smaller": True, "kept": {str(k): v for k, v in kept.items()},
         "kmeans_inertia": inertia, "options": opts.to_dict(),
+        "labels": {str(gid): lab.tolist() for gid, lab in labels.items()},
         "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
     }
     return new

@@ -1,0 +1,204 @@
+"""Folding: exactness (identity, duplicated channels, C·W projection), determinism, breadth, errors."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tuneless.errors import TunelessError
+from tuneless.evaluate import count_params
+from tuneless.methods.fold import channel_features, fold, fold_ar, fold_naive
+from tuneless.zoo import build_model
+
+X32 = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.weight.data = 0.5 + torch.rand(n, generator=g)
+            m.bias.data = 0.1 * torch.randn(n, generator=g)
+            m.running_mean = 0.1 * torch.randn(n, generator=g)
+            m.running_var = 0.5 + torch.rand(n, generator=g)
+    return model.eval()
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("repair", ["none", "ar"])
+def test_channel_ratio_zero_is_identity(repair):
+    model = _randomise_bn(build_model("resnet20"))
+    small = fold(model, channel_ratio=0.0, repair=repair, example_inputs=X32)
+    assert count_params(small) == count_params(model)
+    assert torch.allclose(small(X32), model(X32), atol=1e-6)
+
+
+class DuplicatedCNN(nn.Module):
+    """Two hidden channel groups whose 8 channels are 4 exact duplicate pairs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=True)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+        with torch.no_grad():
+            self.conv1.weight.copy_(torch.randn(4, 3, 3, 3, generator=g).repeat(2, 1, 1, 1))
+            self.conv2.weight.copy_(torch.randn(4, 4, 3, 3, generator=g).repeat(2, 2, 1, 1))
+            self.conv2.bias.copy_(torch.randn(4, generator=g).repeat(2))
+            self.fc.weight.copy_(torch.randn(10, 4, generator=g).repeat(1, 2))
+            for bn in (self.bn1, self.bn2):
+                bn.weight.copy_((0.5 + torch.rand(4, generator=g)).repeat(2))
+                bn.bias.copy_(torch.randn(4, generator=g).repeat(2))
+                bn.running_mean.copy_(torch.randn(4, generator=g).repeat(2))
+                bn.running_var.copy_((0.5 + torch.rand(4, generator=g)).repeat(2))
+        self.eval()
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.mark.parametrize("repair", ["none", "ar"])
+@pytest.mark.parametrize("features", ["raw", "block", "gamma"])
+def test_duplicated_channels_fold_to_half_width_exactly(repair, features):
+    model = DuplicatedCNN()
+    small = fold(model, channel_ratio=0.5, repair=repair, example_inputs=X32, features=features)
+    assert small.conv1.out_channels == 4 and small.conv2.out_channels == 4
+    assert small.fc.in_features == 4
+    assert (small(X32) - model(X32)).abs().max() <= 1e-5
+
+
+def _projected(weight: torch.Tensor, labels: list[int]) -> torch.Tensor:
+    """C·W: every row replaced by the mean of its cluster."""
+    lab = torch.tensor(labels)
+    k = int(lab.max()) + 1
+    means = torch.zeros(k, weight.shape[1]).index_add_(0, lab, weight)
+    return (means / torch.bincount(lab, minlength=k)[:, None])[lab]
+
+
+class GeluMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(12, 32), nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class GatedMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(12, 32), nn.Linear(12, 32), nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+@pytest.mark.parametrize("cls", [GeluMLP, GatedMLP])
+def test_mlp_fold_equals_projection_of_producers(cls):
+    torch.manual_seed(0)
+    model = cls().eval()
+    x = torch.randn(16, 12)
+    small = fold(model, channel_ratio=0.5, repair="none", example_inputs=x)
+    assert small.down.in_features == 16
+    (labels,) = small.tuneless_report["labels"].values()
+    big = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in ("gate", "up"):
+            if hasattr(big, name):
+                lin = getattr(big, name)
+                lin.weight.copy_(_projected(lin.weight, labels))
+                lin.bias.copy_(_projected(lin.bias[:, None], labels)[:, 0])
+    assert torch.allclose(small(x), big(x), atol=1e-5)
+    assert not torch.allclose(small(x), model(x), atol=1e-3)  # folding did change something
+
+
+def test_seed_makes_fold_repeatable_and_input_untouched():
+    model = _randomise_bn(build_model("resnet20"))
+    before = copy.deepcopy(model)
+    a = fold_ar(model, sparsity=0.4, example_inputs=X32, seed=1, n_init=3)
+    b = fold_ar(model, sparsity=0.4, example_inputs=X32, seed=1, n_init=3)
+    assert _same_state(a, b)
+    assert _same_state(model, before)
+    assert abs(a.tuneless_report["achieved_sparsity"] - 0.4) <= 0.01
+    assert count_params(a) == a.tuneless_report["params_after"]
+
+
+def test_block_features_balance_scales():
+    model = _randomise_bn(build_model("resnet20"))
+    from tuneless.graph import find_groups
+
+    g = find_groups(model, X32).reducible[0]
+    raw = channel_features(model, g, "raw")
+    block = channel_features(model, g, "block")
+    assert raw.shape == block.shape
+    slots = [s for s in g.slots if s.param not in ("running_var", "num_batches_tracked")]
+    widths = [s.channel_rows(model, g.n).shape[1] for s in slots]
+    start = 0
+    for w in widths:  # every block has unit mean squared row norm
+        part = block[:, start:start + w]
+        assert part.pow(2).sum(1).mean().item() == pytest.approx(1.0, rel=1e-4)
+        start += w
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_folds_torchvision_models(name):
+    tv = pytest.importorskip("torchvision.models")
+    model = _randomise_bn(getattr(tv, name)(weights=None))
+    x = torch.randn(2, 3, 64, 64)
+    small = fold_ar(model, sparsity=0.3, example_inputs=x, n_init=1)
+    assert abs(small.tuneless_report["achieved_sparsity"] - 0.3) <= 0.01
+    assert count_params(small) < 0.72 * count_params(model)
+    assert small(x).shape == (2, 1000)
+    assert torch.isfinite(small(x)).all()
+
+
+def test_model_without_batchnorm_folds_naive_and_refuses_bn_repairs():
+    model = build_model("lenet5").eval()
+    x = torch.randn(4, 1, 28, 28)
+    small = fold_naive(model, sparsity=0.3, example_inputs=x)
+    assert count_params(small) < count_params(model)
+    with pytest.raises(TunelessError, match="BatchNorm"):
+        fold_ar(model, sparsity=0.3, example_inputs=x)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sparsity": 1.2}, "sparsity"),
+    ({"sparsity": -0.1}, "sparsity"),
+    ({"channel_ratio": 1.0}, "channel_ratio"),
+    ({"sparsity": 0.3, "channel_ratio": 0.3}, "exactly one"),
+    ({}, "exactly one"),
+    ({"sparsity": 0.3, "repair": "data"}, "needs data"),
+    ({"sparsity": 0.3, "repair": "magic"}, "unknown repair"),
+    ({"sparsity": 0.3, "features": "pca"}, "unknown features"),
+    ({"sparsity": 0.3, "cluster": "spectral"}, "unknown clustering"),
+    ({"sparsity": 0.3, "colour": "red"}, "unknown fold option"),
+    ({"channel_ratio": 0.3, "allocation": "error"}, "needs a sparsity"),
+])
+def test_bad_arguments_raise_tuneless_error(kwargs, message):
+    model = DuplicatedCNN()
+    with pytest.raises(TunelessError, match=message):
+        fold(model, example_inputs=X32, **kwargs)
+
+
+def test_fold_r_reestimates_bn_from_data():
+    model = _randomise_bn(build_model("resnet20"))
+    data = torch.randn(64, 3, 32, 32)
+    small = fold(model, sparsity=0.3, repair="data", example_inputs=X32, data=data, n_init=1)
+    # after re-estimation each BN's running mean is the mean of its input over the data
+    bn = small.bn1
+    with torch.no_grad():
+        pre = small.conv1(data)
+    assert torch.allclose(bn.running_mean, pre.mean((0, 2, 3)), atol=1e-4)
+    assert not bn.training
