@@ -83,7 +83,7 @@ def paper_ratios(layer: int, n_layers: int) -> tuple[float, float]:
     LLaMA-7B (32 blocks): blocks 22–29 fold 20% heads / 50% MLP, 11–21 fold 10% / 40%,
     the first 11 and the last 2 are untouched (≈20% of block parameters).
     """
-    pos = layer * 32 / n_layers
+    pos = (layer + 0.5) * 32 / n_layers  # centre of the layer on the 32-block axis
     if 22 <= pos < 30:
         return 0.2, 0.5
     if 11 <= pos < 22:
@@ -154,10 +154,8 @@ def make_plan(
                 layer_plan(s, hh, mm, gqa)
                 for s, (hh, mm) in zip(shapes, _ratios("paper", n, 0, 0, 1.0))
             ]
-        return [
-            layer_plan(s, hh, mm, gqa)
-            for s, (hh, mm) in zip(shapes, _ratios(schedule, n, h, m, 1.0))
-        ]
+        _ratios(schedule, n, 0.0, 0.0, 1.0)  # rejects unknown schedule names
+        return [layer_plan(s, h, m, gqa) for s in shapes]
     if not 0.0 <= sparsity < 0.9:
         raise TunelessError(f"sparsity={sparsity} must be in [0, 0.9)")
     if sparsity == 0.0:
@@ -166,32 +164,25 @@ def make_plan(
 
 
 def _solve(shapes, sparsity, schedule, head_ratio, mlp_ratio, gqa) -> list[LayerPlan]:
-    """Smallest scale of the schedule's ratios that removes at least `sparsity` of the blocks."""
+    """Plans that remove at least `sparsity` of the blocks (and as little more as possible)."""
     n = len(shapes)
     if schedule == "uniform":
         if mlp_ratio is not None:
             raise TunelessError(
-                "with sparsity=, give head_ratio (fixed) but not mlp_ratio (solved)"
-            )
-        fixed_heads = head_ratio is not None
+                "with sparsity=, give head_ratio (fixed) but not mlp_ratio (solved)")
+        return _solve_uniform(shapes, sparsity, head_ratio, gqa)
 
-        def plans(scale):
-            h = head_ratio if fixed_heads else scale
-            return [layer_plan(s, min(h, 0.95), min(scale, 0.95), gqa) for s in shapes]
-    else:
+    def plans(scale):
+        return [layer_plan(s, hh, mm, gqa)
+                for s, (hh, mm) in zip(shapes, _ratios(schedule, n, 0, 0, scale))]
 
-        def plans(scale):
-            return [
-                layer_plan(s, hh, mm, gqa)
-                for s, (hh, mm) in zip(shapes, _ratios(schedule, n, 0, 0, scale))
-            ]
+    return _bisect(shapes, plans, sparsity, 1.9, schedule)
 
-    hi = 1.0 if schedule == "uniform" else 1.9
-    if removed_fraction(shapes, plans(hi if schedule != "uniform" else 0.95)) < sparsity:
-        raise TunelessError(
-            f"schedule {schedule!r} cannot remove {sparsity:.0%} of the block "
-            "parameters; use a lower sparsity or another schedule"
-        )
+
+def _bisect(shapes, plans, sparsity, hi, what):
+    if removed_fraction(shapes, plans(hi)) < sparsity:
+        raise TunelessError(f"schedule {what!r} cannot remove {sparsity:.0%} of the block "
+                            "parameters; use a lower sparsity or another schedule")
     lo = 0.0
     for _ in range(40):
         mid = (lo + hi) / 2
@@ -200,3 +191,30 @@ def _solve(shapes, sparsity, schedule, head_ratio, mlp_ratio, gqa) -> list[Layer
         else:
             lo = mid
     return plans(hi)
+
+
+def _solve_uniform(shapes, sparsity, head_ratio, gqa) -> list[LayerPlan]:
+    """Heads come in few, coarse units, so try each realisable head ratio, solve the MLP
+    ratio for the budget, and keep the pair closest to one common ratio (METHODS.md §1.2)."""
+    if head_ratio is not None:
+        candidates = [head_ratio]
+    else:
+        s0 = shapes[0]
+        units = s0.n_kv if (gqa == "kv-groups" or s0.group == 1) else s0.group
+        candidates = [j / units for j in range(units)]
+    best, best_gap = None, float("inf")
+    for h in candidates:
+        def plans(scale, h=h):
+            return [layer_plan(s, min(h, 0.95), min(scale, 0.95), gqa) for s in shapes]
+        try:
+            result = _bisect(shapes, plans, sparsity, 0.95, "uniform")
+        except TunelessError:
+            continue
+        mlp_removed = 1 - result[0].n_mlp / shapes[0].n_mlp
+        heads_removed = 1 - result[0].n_q / shapes[0].n_q
+        gap = abs(mlp_removed - heads_removed)
+        if gap < best_gap:
+            best, best_gap = result, gap
+    if best is None:
+        raise TunelessError(f"cannot remove {sparsity:.0%} of the block parameters uniformly")
+    return best

@@ -84,5 +84,10 @@ def expand_groups(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lift a kv-head reduction to the query heads: each kv group carries `group` query heads,
     merged position by position (kron with the identity)."""
-    eye = torch.eye(group)
-    return torch.kron(m.contiguous(), eye), torch.kron(u.contiguous(), eye)
+    return _kron_eye(m, group), _kron_eye(u, group)
+
+
+def _kron_eye(a: torch.Tensor, g: int) -> torch.Tensor:
+    """kron(a, I_g), written out (torch.kron fails on some strided inputs)."""
+    eye = torch.eye(g, dtype=a.dtype)
+    return (a[:, None, :, None] * eye[None, :, None, :]).reshape(a.shape[0] * g, a.shape[1] * g)

@@ -159,3 +159,40 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m tuneless.llm.stream SRC DST --sparsity 0.2 [--schedule paper]"""
+    import argparse
+    import resource
+    import time
+
+    ap = argparse.ArgumentParser(prog="python -m tuneless.llm.stream",
+                                 description="fold a sharded safetensors LLaMA checkpoint "
+                                             "layer by layer (out of core)")
+    ap.add_argument("src", type=Path)
+    ap.add_argument("dst", type=Path)
+    ap.add_argument("--sparsity", type=float, default=0.2)
+    ap.add_argument("--schedule", default="uniform", choices=("uniform", "paper"))
+    ap.add_argument("--gqa", default="kv-groups")
+    ap.add_argument("--kmeans-dim", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    try:
+        fold_checkpoint(args.src, args.dst, args.sparsity, schedule=args.schedule, gqa=args.gqa,
+                        kmeans_dim=args.kmeans_dim)
+    except TunelessError as exc:
+        print(f"error: {exc}")
+        return 1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    size = sum(f.stat().st_size for f in args.dst.glob("*.safetensors")) / 2**30
+    src = sum(f.stat().st_size for f in args.src.glob("*.safetensors")) / 2**30
+    print(f"folded {args.src} ({src:.2f} GiB) -> {args.dst} ({size:.2f} GiB) in "
+          f"{time.perf_counter() - start:.0f} s; peak RSS {peak:.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

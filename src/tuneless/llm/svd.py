@@ -37,6 +37,8 @@ def svd_llm(model: nn.Module, sparsity: float) -> nn.Module:
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity={sparsity} must be in [0, 1)")
     new = plain_copy(model)
+    if sparsity == 0.0:
+        return new.eval()
     for layer in adapter.layers(new):
         attn, mlp = adapter.attention(layer), getattr(layer, adapter.mlp)
         for short, lin in adapter.projections(layer).items():

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from tests.llm.conftest import tiny_llama
+from tuneless.errors import TunelessError
+from tuneless.llm import block_params, magnitude_prune_llm, svd_llm, wanda_sp_llm
+
+X = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(3))
+
+
+def logits(m):
+    with torch.no_grad():
+        return m(X).logits
+
+
+def zero_second_half_of_mlp(model, down_only=False):
+    with torch.no_grad():
+        for layer in model.model.layers:
+            mlp = layer.mlp
+            h = mlp.gate_proj.out_features // 2
+            if not down_only:
+                mlp.gate_proj.weight[h:] = 0
+                mlp.up_proj.weight[h:] = 0
+            mlp.down_proj.weight[:, h:] = 0
+
+
+def test_magnitude_prunes_dead_channels_losslessly():
+    m = tiny_llama()
+    zero_second_half_of_mlp(m)
+    p = magnitude_prune_llm(m, head_ratio=0.0, mlp_ratio=0.5)
+    assert p.config.intermediate_size == 16
+    assert torch.allclose(logits(p), logits(m), atol=1e-5)
+
+
+def test_wanda_sp_prunes_unread_channels_losslessly():
+    m = tiny_llama()
+    zero_second_half_of_mlp(m, down_only=True)  # channels exist but nothing reads them
+    batches = [torch.randint(0, 97, (1, 16))]
+    p = wanda_sp_llm(m, head_ratio=0.0, mlp_ratio=0.5, batches=batches)
+    assert torch.allclose(logits(p), logits(m), atol=1e-5)
+
+
+def test_wanda_sp_needs_calibration():
+    with pytest.raises(TunelessError, match="calibration"):
+        wanda_sp_llm(tiny_llama(), sparsity=0.2)
+
+
+@pytest.mark.parametrize("s", [0.1, 0.3])
+def test_baselines_meet_the_same_budget(s):
+    m = tiny_llama(mlp=128)
+    dense = block_params(m)
+    for small in (magnitude_prune_llm(m, sparsity=s), svd_llm(m, sparsity=s),
+                  wanda_sp_llm(m, sparsity=s, batches=[X[:1]])):
+        removed = 1 - block_params(small) / dense
+        assert s - 0.01 <= removed < s + 0.05, (s, removed)
+        assert torch.isfinite(logits(small)).all()
+
+
+def test_svd_at_zero_sparsity_keeps_the_model():
+    m = tiny_llama()
+    s = svd_llm(m, sparsity=0.0)
+    assert block_params(s) == block_params(m)
+    assert torch.equal(logits(s), logits(m))
+
+
+def test_svd_of_low_rank_weights_is_exact():
+    m = tiny_llama(mlp=128)
+    with torch.no_grad():  # make every projection rank 8
+        for layer in m.model.layers:
+            for lin in (*layer.self_attn.children(), *layer.mlp.children()):
+                if isinstance(lin, torch.nn.Linear):
+                    w = lin.weight
+                    lin.weight.copy_(w[:, :8] @ torch.randn(8, w.shape[1]) * 0.1)
+    s = svd_llm(m, sparsity=0.5)
+    assert torch.allclose(logits(s), logits(m), atol=1e-4)

@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from tests.llm.conftest import (
+    duplicate_channels,
+    duplicate_kv_groups,
+    duplicate_query_heads,
+    tiny_llama,
+)
+from tuneless.errors import TunelessError
+from tuneless.llm import block_params, fold_llm, is_causal_lm
+
+X = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(X).logits
+
+
+def test_ratio_zero_is_identity():
+    m = tiny_llama()
+    f = fold_llm(m, head_ratio=0.0, mlp_ratio=0.0)
+    assert torch.equal(logits(f), logits(m))
+
+
+def test_duplicated_mlp_channels_fold_losslessly_to_half():
+    m = tiny_llama()
+    duplicate_channels(m)
+    f = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5)
+    assert f.model.layers[0].mlp.gate_proj.out_features == 16
+    assert f.config.intermediate_size == 16
+    ref = logits(m)
+    assert (logits(f) - ref).abs().max() < 1e-5 * ref.abs().max()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_duplicated_kv_groups_fold_losslessly(bias):
+    m = tiny_llama(bias=bias)
+    duplicate_channels(m)
+    duplicate_kv_groups(m)
+    f = fold_llm(m, head_ratio=0.5, mlp_ratio=0.5, gqa="kv-groups")
+    assert (f.config.num_attention_heads, f.config.num_key_value_heads) == (2, 1)
+    assert f.model.layers[1].self_attn.q_proj.out_features == 2 * 16
+    assert f.model.layers[1].self_attn.k_proj.out_features == 16
+    ref = logits(m)
+    assert (logits(f) - ref).abs().max() < 1e-5 * ref.abs().max()
+
+
+def test_duplicated_query_heads_fold_losslessly_within_kv_groups():
+    m = tiny_llama()
+    duplicate_query_heads(m)
+    f = fold_llm(m, head_ratio=0.5, mlp_ratio=0.0, gqa="query-heads")
+    assert (f.config.num_attention_heads, f.config.num_key_value_heads) == (2, 2)
+    ref = logits(m)
+    assert (logits(f) - ref).abs().max() < 1e-5 * ref.abs().max()
+
+
+def test_multi_head_attention_folds_heads():
+    m = tiny_llama(n_heads=4, n_kv=4)
+    f = fold_llm(m, head_ratio=0.5, mlp_ratio=0.25)
+    assert (f.config.num_attention_heads, f.config.num_key_value_heads) == (2, 2)
+    assert torch.isfinite(logits(f)).all()
+
+
+def test_sparsity_budget_is_met_and_input_untouched():
+    m = tiny_llama(mlp=128)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    dense = block_params(m)
+    for s in (0.1, 0.2, 0.3):
+        f = fold_llm(m, sparsity=s)
+        removed = 1 - block_params(f) / dense
+        assert s <= removed < s + 0.05, (s, removed)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_paper_schedule_gives_per_layer_sizes_and_generates():
+    m = tiny_llama(layers=8, mlp=64)
+    f = fold_llm(m, sparsity=0.2, schedule="paper")
+    sizes = f.config.tuneless_layer_sizes
+    assert sizes[0] == [4, 2, 64] and sizes[-1] == [4, 2, 64]  # early and last layers untouched
+    assert min(s[2] for s in sizes) < 64
+    out = f.generate(X[:1], max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 16)
+
+
+def test_dict_schedule_and_generate_with_cache():
+    m = tiny_llama()
+    f = fold_llm(m, schedule={1: {"heads": 0.5, "mlp": 0.5}})
+    assert f.config.tuneless_layer_sizes == [[4, 2, 32], [2, 1, 16]]
+    out = f.generate(X[:1], max_new_tokens=5, do_sample=False)
+    with torch.no_grad():  # cached greedy decoding agrees with a full forward pass
+        full = f(out[:, :-1]).logits[0, -1].argmax()
+    assert int(out[0, -1]) == int(full)
+
+
+def test_is_causal_lm():
+    assert is_causal_lm(tiny_llama())
+    assert not is_causal_lm(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sparsity=0.95), "sparsity"),
+    (dict(mlp_ratio=1.0), "mlp_ratio"),
+    (dict(sparsity=0.2, gqa="heads"), "gqa"),
+    (dict(sparsity=0.2, schedule="zigzag"), "schedule"),
+    (dict(sparsity=0.2, schedule={0: (0.1, 0.2)}), "either"),
+    (dict(schedule={9: (0.1, 0.2)}), "layer 9"),
+    (dict(sparsity=0.2, repair="ar"), "repair"),
+    (dict(), "sparsity"),
+])
+def test_bad_options_raise_tuneless_error(kwargs, match):
+    with pytest.raises(TunelessError, match=match):
+        fold_llm(tiny_llama(), **kwargs)
+
+
+def test_not_a_language_model():
+    with pytest.raises(TunelessError, match="not a supported"):
+        fold_llm(torch.nn.Sequential(torch.nn.Linear(2, 2)), sparsity=0.2)

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from tests.llm.conftest import tiny_llama
+from tuneless.errors import TunelessError
+from tuneless.llm import fold_llm, load_folded, save_folded
+
+X = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(2))
+
+
+def test_uniform_fold_round_trips_through_plain_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    f = fold_llm(tiny_llama(), sparsity=0.3)
+    f.save_pretrained(tmp_path / "m")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()  # no tuneless involved
+    assert back.config.num_attention_heads == f.config.num_attention_heads
+    with torch.no_grad():
+        assert torch.equal(back(X).logits, f(X).logits)
+
+
+def test_per_layer_sizes_round_trip_through_tuneless(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    f = fold_llm(tiny_llama(layers=3), schedule={1: (0.5, 0.5), 2: (0.0, 0.25)})
+    save_folded(f, tmp_path / "m")
+    back = load_folded(tmp_path / "m")
+    assert back.config.tuneless_layer_sizes == [[4, 2, 32], [2, 1, 16], [4, 2, 24]]
+    with torch.no_grad():
+        assert torch.equal(back(X).logits, f(X).logits)
+    with pytest.raises(RuntimeError, match="mismatched_sizes"):  # plain transformers cannot
+        AutoModelForCausalLM.from_pretrained(tmp_path / "m")  # rebuild per-layer sizes
+
+
+def test_save_refuses_existing_folder(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(TunelessError, match="already exists"):
+        save_folded(tiny_llama(), tmp_path / "m")
+
+
+def test_load_needs_a_model_folder(tmp_path):
+    with pytest.raises(TunelessError, match="config.json"):
+        load_folded(tmp_path)
