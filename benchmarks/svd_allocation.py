@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch-kwargs", default=None)
     ap.add_argument("--dataset", help="default: the checkpoint's dataset")
     ap.add_argument("--sparsities", default="0.3,0.5,0.7")
-    ap.add_argument("--limit", type=int, default=None, help="first N test images only")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="a random subset of N test images (seed 0)")
     ap.add_argument("--out", default="docs/results/svd_allocation.md")
     ap.add_argument("--append", action="store_true", help="add a section to an existing --out")
     args = ap.parse_args(argv)
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if dataset is None:
         raise TunelessError("the model does not name its dataset: pass --dataset")
     test = get_dataset(dataset, "test")
+    if args.limit:  # a random subset: the CIFAR-10 test split is sorted by class
+        test = test.subset(args.limit, seed=0)
     sparsities = [float(s) for s in args.sparsities.split(",")]
-    dense = accuracy(model, test, limit=args.limit)
+    dense = accuracy(model, test)
     print(f"dense {dense:.4f}", file=sys.stderr, flush=True)
     head = "| allocation | weighting | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
     lines = [head, "|---|---|" + "---:|" * len(sparsities)]
@@ -59,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             except TunelessError as exc:
                 cells.append(f"n/a ({exc})")
                 continue
-            acc = accuracy(small, test, limit=args.limit)
+            acc = accuracy(small, test)
             cells.append(f"{100 * acc:.2f}")
             print(f"{allocation} {weighting} {s}: {acc:.4f}", file=sys.stderr, flush=True)
         lines.append(f"| {allocation} | {weighting} | " + " | ".join(cells) + " |")
-    images = f"first {args.limit}" if args.limit else "all"
+    images = f"a random {args.limit} of the" if args.limit else "all"
     section = "\n".join([
         f"## {Path(args.model).name} ({dataset}, dense {100 * dense:.2f}%)", "",
         stamp_markdown(info),
