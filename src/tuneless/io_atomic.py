@@ -1,4 +1,4 @@
-"""Write outputs atomically: a crash never leaves a half-written file, and inputs are never replaced."""
+"""Write outputs atomically: a crash never leaves a half-written file; inputs are never replaced."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def _umask_mode() -> int:
+    """The mode a normally created file gets (mkstemp's temp files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
@@ -20,6 +27,7 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,6 +46,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

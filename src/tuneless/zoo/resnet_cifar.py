@@ -69,7 +69,8 @@ class ResNet18(nn.Module):
         in_planes, stages = widths[0], []
         for i, planes in enumerate(widths):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes)))
+            stages.append(nn.Sequential(BasicBlock(in_planes, planes, stride),
+                                        BasicBlock(planes, planes)))
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = nn.Linear(widths[3], num_classes)

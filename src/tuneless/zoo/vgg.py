@@ -18,7 +18,8 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             else:
                 out = max(1, round(v * width))
-                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
+                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                           nn.ReLU(True)]
                 c = out
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
