@@ -1,4 +1,4 @@
-"""Folding: exactness (identity, duplicated channels, C·W projection), determinism, breadth, errors."""
+"""Folding: exactness (identity, duplicates, C·W projection), determinism, breadth, errors."""
 
 import copy
 

@@ -1,0 +1,120 @@
+"""Data-free per-group allocation: spend the parameter budget where folding costs least.
+
+The paper folds every group by the same ratio. Groups differ: some have many
+near-duplicate channels (cheap to fold), others none. Each group's own k-means
+error curve, normalised by the group's total scatter (the error at k = 1), says how
+much of its weight structure a cluster count loses. A greedy loop then repeatedly
+takes the step (one group to its next smaller count) with the least normalised error
+added per parameter saved, until the global budget is met. No data is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+import torch.nn as nn
+
+from tuneless.errors import TunelessError
+
+
+def count_levels(n: int, max_ratio: float, min_channels: int, step: float = 0.02) -> list[int]:
+    """Candidate cluster counts, descending from n: every count for small groups, else 2% steps."""
+    lowest = max(min_channels, 1, int(math.ceil(n * (1 - max_ratio))))
+    if n <= 64:
+        return list(range(n, lowest - 1, -1))
+    levels = {n, lowest}
+    r = step
+    while r < max_ratio:
+        levels.add(max(lowest, int(round(n * (1 - r)))))
+        r += step
+    return sorted(levels, reverse=True)
+
+
+def error_curve(feats: torch.Tensor, levels: list[int], seed: int = 0,
+                n_init: int = 2) -> list[float]:
+    """k-means objective at each level, divided by the group's total scatter."""
+    from tuneless.cluster import cluster
+
+    x = feats.double()
+    total = float(((x - x.mean(0)) ** 2).sum())
+    if total <= 0:
+        return [0.0 for _ in levels]
+    out = []
+    for k in levels:
+        kw = {"seed": seed, "n_init": n_init} if 1 < k < len(x) else {}
+        out.append(cluster(feats, k, **kw).inertia / total if k < len(x) else 0.0)
+    return out
+
+
+class _ParamCounter:
+    """Analytic parameter count with per-group kept counts, updated incrementally."""
+
+    def __init__(self, model: nn.Module, graph) -> None:
+        self.shapes: dict[tuple[str, str], list[int]] = {}
+        for mod_name, mod in model.named_modules():
+            for p_name, p in mod.named_parameters(recurse=False):
+                self.shapes[(mod_name, p_name)] = list(p.shape)
+        self.touch: dict[int, list[tuple[tuple[str, str], int, int]]] = defaultdict(list)
+        self.by_param: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
+        for g in graph:
+            for s in g.slots:
+                key = (s.module, s.param)
+                if key in self.shapes:
+                    self.touch[g.id].append((key, s.axis, s.block))
+                    self.by_param[key].append((g.id, s.axis, s.block))
+        self.n = {g.id: g.n for g in graph}
+        self.total_before = sum(math.prod(s) for s in self.shapes.values())
+
+    def size(self, key, kept: dict[int, int]) -> int:
+        shape = list(self.shapes[key])
+        for gid, axis, block in self.by_param.get(key, []):
+            shape[axis] -= (self.n[gid] - kept.get(gid, self.n[gid])) * block
+        return math.prod(shape)
+
+    def saving(self, gid: int, new_k: int, kept: dict[int, int]) -> int:
+        keys = {key for key, _, _ in self.touch[gid]}
+        trial = {**kept, gid: new_k}
+        return sum(self.size(key, kept) - self.size(key, trial) for key in keys)
+
+    def total(self, kept: dict[int, int]) -> int:
+        changed = {key for gid in kept for key, _, _ in self.touch[gid]}
+        base = self.total_before
+        return base - sum(math.prod(self.shapes[k]) - self.size(k, kept) for k in changed)
+
+
+def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sparsity: float,
+                     *, max_ratio: float = 0.9, min_channels: int = 1, seed: int = 0,
+                     n_init: int = 2) -> dict[int, int]:
+    """Per-group cluster counts removing `sparsity` of the parameters, chosen greedily by
+    normalised k-means error added per parameter saved."""
+    if not 0.0 <= sparsity < 1.0:
+        raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
+    groups = [g for g in graph.reducible if g.id in feats]
+    counter = _ParamCounter(model, graph)
+    levels = {g.id: count_levels(g.n, max_ratio, min_channels) for g in groups}
+    curves = {g.id: error_curve(feats[g.id], levels[g.id], seed, n_init) for g in groups}
+    pos = {g.id: 0 for g in groups}
+    kept = {g.id: g.n for g in groups}
+    target = counter.total_before * (1 - sparsity)
+    current = counter.total(kept)
+    while current > target:
+        best, best_score = None, math.inf
+        for gid in pos:
+            i = pos[gid]
+            if i + 1 >= len(levels[gid]):
+                continue
+            saved = counter.saving(gid, levels[gid][i + 1], kept)
+            if saved <= 0:
+                continue
+            score = (curves[gid][i + 1] - curves[gid][i]) / saved
+            if score < best_score:
+                best, best_score = gid, score
+        if best is None:
+            raise TunelessError(
+                f"sparsity {sparsity:.2f} is out of reach with max_ratio={max_ratio} per group")
+        pos[best] += 1
+        kept[best] = levels[best][pos[best]]
+        current = counter.total(kept)
+    return kept

@@ -1,0 +1,118 @@
+"""Repairs: AR factor values, BN fusion exactness, BN re-estimation, DeepInversion statistics."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tuneless.deepinversion import synthesize
+from tuneless.errors import TunelessError
+from tuneless.graph import find_groups
+from tuneless.repair import (
+    REPAIRS,
+    ar_factors,
+    fuse_bn_normalisation,
+    image_batches,
+    reestimate_bn,
+)
+from tuneless.zoo import build_model
+
+
+def test_repairs_declare_data_and_bn_needs():
+    assert REPAIRS["data"].needs_data and not REPAIRS["ar"].needs_data
+    assert not REPAIRS["dir"].needs_data and REPAIRS["dir"].needs_bn
+    assert not REPAIRS["none"].needs_bn
+
+
+def test_ar_factor_values():
+    e = torch.eye(4)
+    # identical rows: E = 1, factor 1; orthogonal rows: E = 0, factor sqrt(N)
+    rows = torch.cat([e[0:1].repeat(3, 1), e])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    f = ar_factors(rows, labels)
+    assert f[0].item() == pytest.approx(1.0)
+    assert f[1].item() == pytest.approx(2.0)
+    # two rows at 60 degrees: E = 0.5, factor sqrt(2 / 1.5)
+    rows = torch.tensor([[1.0, 0.0], [0.5, 3**0.5 / 2], [0.0, 1.0]])
+    f = ar_factors(rows, torch.tensor([0, 0, 1]))
+    assert f.tolist() == pytest.approx([(2 / 1.5) ** 0.5, 1.0])
+
+
+def test_ar_factor_guards_anticorrelated_and_zero_rows():
+    rows = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    f = ar_factors(rows, torch.tensor([0, 0, 1, 1]))
+    assert torch.isfinite(f).all()
+    assert f[0].item() == pytest.approx(2**0.5)  # E clamped to 0, never 1 + (N−1)E ≤ 0
+    assert f[1].item() == pytest.approx(2**0.5)
+
+
+def _bn_model():
+    m = build_model("resnet20")
+    g = torch.Generator().manual_seed(0)
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean = torch.randn(bn.num_features, generator=g) * 0.1
+            bn.running_var = torch.rand(bn.num_features, generator=g) + 0.5
+    return m.eval()
+
+
+def test_bn_fusion_keeps_the_function():
+    m = _bn_model()
+    x = torch.randn(4, 3, 32, 32)
+    fused = copy.deepcopy(m)
+    names = fuse_bn_normalisation(fused, find_groups(m, x))
+    assert len(names) == 21  # every BN of ResNet-20 (incl. 2 shortcuts) has a producer
+    assert torch.allclose(fused(x), m(x), atol=1e-5)
+    assert torch.allclose(fused.bn1.running_var, torch.full((16,), 1 - fused.bn1.eps))
+
+
+def test_reestimate_bn_matches_data_statistics_and_keeps_input():
+    m = _bn_model()
+    before = copy.deepcopy(m.state_dict())
+    data = torch.randn(96, 3, 32, 32) * 2 + 1
+    new = reestimate_bn(m, data, batch_size=32)
+    with torch.no_grad():
+        pre = new.conv1(data)
+    assert torch.allclose(new.bn1.running_mean, pre.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(new.bn1.running_var, pre.var((0, 2, 3)), rtol=2e-2)
+    assert new.bn1.momentum == 0.1 and not new.training
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_image_batches_accepts_loaders_and_limits():
+    data = [(torch.zeros(5, 3), torch.zeros(5)) for _ in range(4)]
+    sizes = [len(b) for b in image_batches(data, limit=12)]
+    assert sizes == [5, 5, 2]
+    with pytest.raises(TunelessError):
+        list(image_batches(42))
+
+
+def test_bn_repairs_refuse_models_without_bn():
+    with pytest.raises(TunelessError, match="BatchNorm"):
+        reestimate_bn(build_model("lenet5"), torch.randn(8, 1, 28, 28))
+    with pytest.raises(TunelessError, match="BatchNorm"):
+        synthesize(build_model("lenet5"), torch.randn(2, 1, 28, 28), steps=1)
+
+
+def test_deepinversion_moves_bn_statistics_towards_the_model():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    m[1].running_mean = torch.linspace(-1, 1, 8)
+    m[1].running_var = torch.linspace(0.5, 2, 8)
+    m.eval()
+    state = copy.deepcopy(m.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+
+    def gap(images):
+        with torch.no_grad():
+            pre = m[0](images)
+        return float((pre.mean((0, 2, 3)) - m[1].running_mean).norm()
+                     + (pre.var((0, 2, 3)) - m[1].running_var).norm())
+
+    start = gap(torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    images = synthesize(m, x, num_images=32, batch_size=32, steps=60, lr=0.1)
+    assert images.shape == (32, 3, 16, 16)
+    assert gap(images) < 0.5 * start
+    assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
