@@ -19,8 +19,9 @@ demo: install
 	$(PYTHON) -m tuneless.cli demo
 
 # pytest exits 5 when it collects no test; that is "nothing to run", not a failure.
+# (pyproject already passes -q; a second -q would hide the "N passed" summary line.)
 test: install
-	@$(PYTHON) -m pytest -q tests; rc=$$?; \
+	@$(PYTHON) -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 install: install-python install-data
