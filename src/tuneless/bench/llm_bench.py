@@ -28,16 +28,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-samples", type=int, default=16, help="Wanda-sp windows of seq-len")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="text file (default: WikiText-2 raw test)")
+    p.add_argument("--refine", action="store_true",
+                   help="Hartigan refinement after k-means (slower; off by default)")
     p.add_argument("--out", type=Path, default=Path("docs/results"))
 
 
-def _build(method: str, model, tok, sparsity: float, calib_samples: int, seq_len: int):
+def _build(method: str, model, tok, sparsity: float, calib_samples: int, seq_len: int,
+           refine: bool):
     from tuneless.llm import fold_llm, magnitude_prune_llm, svd_llm, wanda_sp_llm
 
     if method == "fold-uniform":
-        return fold_llm(model, sparsity=sparsity)
+        return fold_llm(model, sparsity=sparsity, refine=refine)
     if method == "fold-paper":
-        return fold_llm(model, sparsity=sparsity, schedule="paper")
+        return fold_llm(model, sparsity=sparsity, schedule="paper", refine=refine)
     if method == "magnitude":
         return magnitude_prune_llm(model, sparsity=sparsity)
     if method == "wanda-sp":
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     def add(row):
         rows.append(row)
         atomic_write_text(_csv_text(rows), partial)
+        _write_outputs(rows, args, info, stamp_markdown(info), ids.numel())
         print(f"{row['method']:>12} {row['target']:>5} removed {row['removed']} "
               f"ppl {row['ppl']} ({row['seconds']} s)", flush=True)
 
@@ -100,14 +104,13 @@ def run(args: argparse.Namespace) -> int:
             if (m, str(s)) in done:
                 continue
             start = time.perf_counter()
-            small = _build(m, model, tok, s, args.calib_samples, args.seq_len)
+            small = _build(m, model, tok, s, args.calib_samples, args.seq_len, args.refine)
             secs = time.perf_counter() - start
             blocks = block_params(small)
             add({"method": m, "schedule": "paper" if m == "fold-paper" else "uniform",
                  "target": str(s), "removed": f"{1 - blocks / dense_blocks:.3f}",
                  "block_params": blocks, "ppl": f"{ppl(small):.3f}", "seconds": f"{secs:.1f}"})
             del small
-    _write_outputs(rows, args, info, stamp_markdown(info), ids.numel())
     partial.unlink(missing_ok=True)
     return 0
 

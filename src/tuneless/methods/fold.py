@@ -58,7 +58,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, max_ratio,
     num_images, batch_size, inversion (dict of DeepInversion settings).
     """
-    # (a Hugging Face causal-LM dispatch goes here, before anything CNN-specific)
+    from tuneless.llm import fold_llm, is_causal_lm  # lazy; LLM dispatch (issue 6)
+    if is_causal_lm(model):  # no BatchNorm, so no repair (METHODS.md §1.4)
+        return fold_llm(model, sparsity, **options)
     opts = _options(sparsity, channel_ratio, repair, options)
     return _fold(model, opts, example_inputs, data)
 
