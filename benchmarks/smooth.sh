@@ -6,7 +6,10 @@
 #   benchmarks/smooth.sh bench   # the comparison table from the chosen checkpoints
 #
 # λ is relative (--smooth-relative): the penalty at initialisation equals λ, against an initial
-# cross-entropy of ≈ 2.4 (docs/results/penalty_overhead.md lists the matching raw λ).
+# cross-entropy of ≈ 2.4 (docs/results/penalty_overhead.md lists the matching raw λ). The
+# penalty decays far more slowly than the cross-entropy (ResNet-20 d1: 5228 at init, 4245 after
+# 3 of 18 epochs), so late in training λ = 1 is larger than the task loss. On the Fashion-MNIST
+# MLP (3 epochs) relative λ 0.3-3 cost at most 0.3 pt of dense accuracy.
 # Pick, per penalty, the largest λ whose dense accuracy is within 0.5 pt of plain, and point
 # D1/D2/NUC at those checkpoints for the bench (or set them in the environment).
 set -euo pipefail
@@ -15,7 +18,7 @@ cd "$(dirname "$0")/.."
 ARCH=${ARCH:-resnet20}
 EPOCHS=${EPOCHS:-18}
 OUT=${OUT:-models/smooth}
-LAMBDAS=${LAMBDAS:-"0.1 0.3 1 3"}
+LAMBDAS=${LAMBDAS:-"0.3 1 3"}
 NUC_EVERY=${NUC_EVERY:-1}
 
 train() {
@@ -33,9 +36,9 @@ train() {
 
 bench() {
     PLAIN=${PLAIN:-$OUT/$ARCH-plain.pt}
-    D1=${D1:-$OUT/$ARCH-d1-rel0.3.pt}
-    D2=${D2:-$OUT/$ARCH-d2-rel0.3.pt}
-    NUC=${NUC:-$OUT/$ARCH-nuc-rel0.3.pt}
+    D1=${D1:-$OUT/$ARCH-d1-rel1.pt}
+    D2=${D2:-$OUT/$ARCH-d2-rel1.pt}
+    NUC=${NUC:-$OUT/$ARCH-nuc-rel1.pt}
     tuneless bench smooth --plain "$PLAIN" --d1 "$D1" --d2 "$D2" --nuc "$NUC" \
         --methods svd,magnitude,prune-l1,fold-ar --sparsities 0.3,0.5,0.7,0.8 \
         --name "smooth-$ARCH" --threads 1
