@@ -63,6 +63,24 @@ def train_command(train_args: dict, out: str) -> str:
     return shlex.join(words)
 
 
+CHECK_IMAGES = 1000
+
+
+def subset_accuracy(path: Path, dataset: str) -> float | None:
+    """Accuracy on a seeded random 1000-image test subset: a quick reproducibility check."""
+    from tuneless.checkpoint import load_checkpoint
+    from tuneless.data.loader import get_dataset
+    from tuneless.errors import TunelessError
+    from tuneless.evaluate import accuracy
+
+    try:
+        test = get_dataset(dataset, "test")
+    except TunelessError as exc:
+        print(f"note: {path.name}: no {dataset} test data, check_accuracy skipped ({exc})")
+        return None
+    return accuracy(load_checkpoint(path), test.subset(CHECK_IMAGES, seed=0))
+
+
 def entry_for(path: Path, old: dict | None) -> dict:
     obj = read_torch_file(path)
     if not is_checkpoint(obj):
@@ -78,6 +96,8 @@ def entry_for(path: Path, old: dict | None) -> dict:
         "arch_kwargs": obj.get("arch_kwargs", {}),
         "dataset": obj["dataset"],
         "test_accuracy": obj.get("test_accuracy"),
+        "check_accuracy": subset_accuracy(path, obj["dataset"]),
+        "check_images": CHECK_IMAGES,
         "params": params,
         "epochs": targs.get("epochs"),
         "train_seconds": targs.get("train_seconds"),

@@ -16,6 +16,12 @@ MANIFEST = json.loads((ROOT / "models" / "manifest.json").read_text())["models"]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
+def has_data(name: str) -> bool:
+    from tuneless.data.loader import default_data_path
+
+    return FASHION.is_dir() if name == "fashion-mnist" else default_data_path(name) is not None
+
+
 def load_script():
     spec = importlib.util.spec_from_file_location("make_manifest",
                                                   ROOT / "scripts" / "make_manifest.py")
@@ -67,3 +73,16 @@ def test_eval_reproduces_manifest_accuracy(entry, tmp_path):
     row = json.loads(out.read_text())["rows"][0]
     assert row["eval_images"] == 10_000
     assert abs(row["top1"] - entry["test_accuracy"]) <= 0.001
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])
+def test_eval_reproduces_check_accuracy_on_a_subset(entry, tmp_path):
+    """Every model (CIFAR ones too) on the manifest's seeded 1000-image subset, via the CLI."""
+    if not has_data(entry["dataset"]):
+        pytest.skip(f"no {entry['dataset']} test data here")
+    out = tmp_path / "r.json"
+    assert main(["eval", str(ROOT / entry["file"]), "--limit", str(entry["check_images"]),
+                 "--no-latency", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["eval_images"] == entry["check_images"]
+    assert abs(row["top1"] - entry["check_accuracy"]) <= 0.001
