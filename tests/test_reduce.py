@@ -150,3 +150,15 @@ def test_bad_decisions_are_one_line_errors():
     with pytest.raises(TunelessError, match="invalid channel selection"):
         selection([0, 0], 4)
     assert all(s.kind != CONSUMER or s.axis == 1 for _, s in graph.slots())
+
+
+def test_kept_indices_are_shorthand_for_a_selection():
+    model = randomise_norms(build_model("resnet20"))
+    x = torch.randn(2, 3, 32, 32)
+    graph = find_groups(model, x)
+    keep = {g.id: torch.arange(0, g.n, 3) for g in graph.reducible}
+    a = reduce(model, graph, keep)
+    b = reduce(model, graph, {gid: selection(k, graph[gid].n) for gid, k in keep.items()})
+    assert torch.equal(a(x), b(x))
+    with pytest.raises(TunelessError, match="invalid channel selection"):
+        reduce(model, graph, {graph.reducible[0].id: torch.tensor([0, 99])})

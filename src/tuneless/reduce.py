@@ -7,7 +7,8 @@ For a group with n channels reduced to k:
   mean of the members' variances for folding (Fold-Naive); repairs recompute it.
 - U (n×k) acts on consumer axes: W'_next = W_next·U; for a flatten→linear consumer U is
   applied per spatial position (each channel = a block of columns).
-Pruning: M = rows of the identity, U = Mᵀ. Folding: U = assignment, M = D⁻¹Uᵀ.
+Pruning: M = rows of the identity, U = Mᵀ (or simply pass the kept indices as a 1-D
+tensor instead of (M, U)). Folding: U = assignment, M = D⁻¹Uᵀ.
 The input model is never modified: a deepcopy is rewritten, and every touched module gets
 its new sizes (in/out_channels, groups, in/out_features, num_features, normalized_shape).
 """
@@ -25,14 +26,20 @@ import torch.nn as nn
 from tuneless.errors import TunelessError
 from tuneless.graph.groups import CONSUMER, GroupGraph, Slot
 
-Decision = tuple[torch.Tensor, torch.Tensor]
+Decision = tuple[torch.Tensor, torch.Tensor] | torch.Tensor  # (M, U) or kept indices
+
+
+def kept_indices(keep, n: int) -> torch.Tensor:
+    """Sorted, validated indices of the channels to keep in an n-channel group."""
+    idx = torch.as_tensor(keep, dtype=torch.long).reshape(-1).sort().values
+    if len(idx) == 0 or len(torch.unique(idx)) != len(idx) or idx[0] < 0 or idx[-1] >= n:
+        raise TunelessError(f"invalid channel selection for a group of {n} channels")
+    return idx
 
 
 def selection(keep: torch.Tensor | list[int], n: int) -> Decision:
     """(M, U) that keep the listed channels (sorted) of an n-channel group: pruning."""
-    idx = torch.as_tensor(sorted(int(i) for i in keep), dtype=torch.long)
-    if len(idx) == 0 or len(torch.unique(idx)) != len(idx) or idx.min() < 0 or idx.max() >= n:
-        raise TunelessError(f"invalid channel selection for a group of {n} channels")
+    idx = kept_indices(keep, n)
     M = torch.zeros(len(idx), n)
     M[torch.arange(len(idx)), idx] = 1.0
     return M, M.t().contiguous()
@@ -43,26 +50,36 @@ def reduce(model: nn.Module, graph: GroupGraph, decisions: dict[int, Decision]) 
     """Return a new model with each decided group reduced; groups not in `decisions` stay."""
     plans: dict[tuple[str, str], dict[int, list]] = defaultdict(lambda: defaultdict(list))
     depthwise: set[str] = set()
-    for gid, (M, U) in decisions.items():
-        g = _checked_group(graph, gid, M, U)
+    for gid, decision in decisions.items():
+        if isinstance(decision, tuple) and len(decision) == 2:
+            M, U = decision
+            g = _checked_group(graph, gid, M, U)
+            produce, consume = _analyse(torch.as_tensor(M)), _analyse(torch.as_tensor(U).t())
+        else:  # kept channel indices: pruning without building k×n matrices
+            g = _checked_group(graph, gid, None, None)
+            produce = consume = ("select", kept_indices(decision, g.n))
         for s in g.slots:
-            mat = U if s.kind == CONSUMER else M
-            plans[(s.module, s.param)][s.axis].append((s, g.n, mat))
+            op = consume if s.kind == CONSUMER else produce
+            plans[(s.module, s.param)][s.axis].append((s, g.n, op))
             if s.depthwise:
                 depthwise.add(s.module)
-    new = copy.deepcopy(model)
-    touched = set()
+    # New tensors are computed from the input model, then handed to deepcopy through its
+    # memo, so large replaced tensors are never copied twice.
+    memo: dict[int, object] = {}
     for (module, param), by_axis in plans.items():
-        owner = new.get_submodule(module) if module else new
+        owner = model.get_submodule(module) if module else model
         t = getattr(owner, param)
         if not isinstance(t, torch.Tensor):
             raise TunelessError(f"{module}.{param} is not a tensor; cannot reduce it")
         out = t.detach()
         for axis, items in by_axis.items():
             out = _apply_axis(out, axis, items)
-        _assign(owner, param, t, out)
-        touched.add(module)
-    for module in touched:
+        if out.data_ptr() == t.data_ptr():
+            out = out.clone()
+        is_param = isinstance(t, nn.Parameter)
+        memo[id(t)] = nn.Parameter(out, requires_grad=t.requires_grad) if is_param else out
+    new = copy.deepcopy(model, memo)
+    for module in {m for m, _ in plans}:
         _update_attributes(new.get_submodule(module) if module else new, module in depthwise)
     return new
 
@@ -74,6 +91,8 @@ def _checked_group(graph: GroupGraph, gid: int, M, U):
         raise TunelessError(f"no channel group {gid} in this graph") from None
     if g.fixed:
         raise TunelessError(f"group {gid} is fixed and cannot be reduced: {'; '.join(g.reasons)}")
+    if M is None:
+        return g
     M, U = torch.as_tensor(M), torch.as_tensor(U)
     if M.dim() != 2 or U.dim() != 2 or M.shape[1] != g.n or U.shape[0] != g.n \
             or M.shape[0] != U.shape[1] or M.shape[0] < 1:
@@ -83,16 +102,15 @@ def _checked_group(graph: GroupGraph, gid: int, M, U):
     return g
 
 
-def _apply_axis(t: torch.Tensor, axis: int, items: list[tuple[Slot, int, torch.Tensor]]):
+def _apply_axis(t: torch.Tensor, axis: int, items: list[tuple[Slot, int, tuple]]):
     """Rebuild one axis from its segments: each group's span transformed, the rest copied."""
     items = sorted(items, key=lambda it: it[0].offset * it[0].block)
     pieces, pos = [], 0
-    for s, n, mat in items:
+    for s, n, op in items:
         lo, span = s.offset * s.block, n * s.block
         if lo > pos:
             pieces.append(t.narrow(axis, pos, lo - pos))
-        ab = mat.t() if s.kind == CONSUMER else mat  # (k, n): new channel j = Σ ab[j, i]·old i
-        pieces.append(_combine(ab, t.narrow(axis, lo, span), axis, s.block))
+        pieces.append(_combine(op, t.narrow(axis, lo, span), axis, s.block))
         pos = lo + span
     if pos < t.shape[axis]:
         pieces.append(t.narrow(axis, pos, t.shape[axis] - pos))
@@ -100,24 +118,38 @@ def _apply_axis(t: torch.Tensor, axis: int, items: list[tuple[Slot, int, torch.T
     return out.contiguous()
 
 
-def _combine(ab: torch.Tensor, seg: torch.Tensor, axis: int, block: int) -> torch.Tensor:
-    """ab (k×n) applied to the n channels (of `block` entries each) along seg's `axis`.
+def _analyse(ab: torch.Tensor) -> tuple:
+    """Classify a k×n map (new channel j = Σ ab[j, i]·old i) once per group.
 
-    Selections (pruning) and 0/1 sums (folding consumers) avoid a dense matmul and any
-    reordering copy of large tensors.
+    ("select", cols): each new channel copies one old channel (pruning);
+    ("sum", rows, cols, k): 0/1 with each old channel used once (folding consumers);
+    ("dense", ab): anything else (cluster means, general matrices).
     """
     ab = ab.detach().cpu()
+    nz = ab != 0
+    if bool((ab[nz] == 1).all()):
+        if bool((nz.sum(1) == 1).all()):
+            return ("select", nz.to(torch.uint8).argmax(1))
+        if bool((nz.sum(0) <= 1).all()):
+            rows, cols = nz.nonzero(as_tuple=True)
+            return ("sum", rows, cols, ab.shape[0])
+    return ("dense", ab)
+
+
+def _combine(op: tuple, seg: torch.Tensor, axis: int, block: int) -> torch.Tensor:
+    """Apply an analysed map to the n channels (of `block` entries each) along `axis`,
+    without a dense matmul or a reordering copy for selections and 0/1 sums."""
+    if op[0] == "select":
+        return seg.index_select(axis, _expand(op[1], block))
+    if op[0] == "sum" and seg.is_floating_point():
+        _, rows, cols, k = op
+        shape = list(seg.shape)
+        shape[axis] = k * block
+        out = seg.new_zeros(shape)
+        picked = seg.index_select(axis, _expand(cols, block))
+        return out.index_add_(axis, _expand(rows, block), picked)
+    ab = op[1] if op[0] == "dense" else _dense(op, seg.shape[axis] // block)
     k, n = ab.shape
-    if ((ab == 0) | (ab == 1)).all():
-        rows, cols = ab.nonzero(as_tuple=True)
-        if len(rows) == k and torch.equal(rows, torch.arange(k)):
-            return seg.index_select(axis, _expand(cols, block))  # pure selection (pruning)
-        if seg.is_floating_point() and len(torch.unique(cols)) == len(cols):
-            shape = list(seg.shape)
-            shape[axis] = k * block
-            out = seg.new_zeros(shape)  # each old channel added into one new channel
-            return out.index_add_(axis, _expand(rows, block),
-                                  seg.index_select(axis, _expand(cols, block)))
     moved = seg.movedim(axis, 0)
     rest = moved.shape[1:]
     flat = moved.reshape(n, -1)
@@ -125,20 +157,18 @@ def _combine(ab: torch.Tensor, seg: torch.Tensor, axis: int, block: int) -> torc
     return res.reshape(k * block, *rest).movedim(0, axis)
 
 
+def _dense(op: tuple, n: int) -> torch.Tensor:
+    _, rows, cols, k = op
+    ab = torch.zeros(k, n)
+    ab[rows, cols] = 1.0
+    return ab
+
+
 def _expand(channels: torch.Tensor, block: int) -> torch.Tensor:
     """Channel indices → entry indices when each channel is `block` consecutive entries."""
     if block == 1:
         return channels
     return (channels[:, None] * block + torch.arange(block)[None, :]).reshape(-1)
-
-
-def _assign(owner: nn.Module, name: str, old: torch.Tensor, new: torch.Tensor) -> None:
-    if isinstance(old, nn.Parameter):
-        setattr(owner, name, nn.Parameter(new.clone(), requires_grad=old.requires_grad))
-    elif name in owner._buffers:
-        owner._buffers[name] = new.clone()
-    else:
-        setattr(owner, name, new.clone())
 
 
 def _update_attributes(m: nn.Module, depthwise: bool) -> None:

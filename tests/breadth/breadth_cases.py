@@ -59,6 +59,8 @@ def check(name: str) -> dict:
     after = sum(p.numel() for p in small.parameters())
     row = {
         "model": name,
+        "reducible_groups": f"{small.tuneless_report['reducible_groups']}"
+                            f"/{small.tuneless_report['groups']}",
         "params": before,
         "pruned_params": after,
         "achieved_sparsity": small.tuneless_report["achieved_sparsity"],

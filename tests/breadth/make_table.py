@@ -30,7 +30,7 @@ def main() -> int:
             row = {"model": name, "pass": False, "error": str(exc).splitlines()[0][:120]}
         print(row, flush=True)
         rows.append(row)
-    cols = ["model", "pass", "params", "pruned_params", "achieved_sparsity",
+    cols = ["model", "pass", "reducible_groups", "params", "pruned_params", "achieved_sparsity",
             "identity_max_diff", "same_output_shape", "seconds"]
     if any("error" in r for r in rows):
         cols.append("error")

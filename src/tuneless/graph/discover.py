@@ -126,6 +126,8 @@ class _Walker:
                 self.visit(node)
             except _Unsupported as exc:
                 self.unsupported(node, str(exc))
+            except Exception as exc:  # an op form the rules did not foresee: stay safe
+                self.unsupported(node, f"tuneless could not analyse it: {type(exc).__name__}")
 
     def visit(self, node: fx.Node) -> None:
         if node.op == "placeholder":

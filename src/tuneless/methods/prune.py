@@ -31,7 +31,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     from tuneless.budget import budget_for_ratio, solve
     from tuneless.graph import find_groups
     from tuneless.modelio import example_input
-    from tuneless.reduce import reduce, selection
+    from tuneless.reduce import reduce
 
     if criterion not in CRITERIA:
         raise TunelessError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
@@ -49,15 +49,19 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     decisions = {}
     for g in graph.reducible:
         k = budget.kept[g.id]
-        score = channel_importance(model, g, criterion, gen)
-        keep = torch.topk(score, k).indices  # every group is rewritten, even at k = n
-        decisions[g.id] = selection(keep, g.n)
+        if k == g.n:  # every group is rewritten, even at k = n (exercises the engine)
+            keep = torch.arange(g.n)
+        else:
+            keep = torch.topk(channel_importance(model, g, criterion, gen), k).indices
+        decisions[g.id] = keep
     new = reduce(model, graph, decisions)
     new.tuneless_report = {
         "method": f"prune-{criterion}", "requested_sparsity": sparsity,
         "channel_ratio": budget.channel_ratio, "achieved_sparsity": budget.sparsity,
         "params_before": budget.params_before, "params_after": budget.params_after,
-        "physically_smaller": True, "kept": {str(k): v for k, v in budget.kept.items()},
+        "physically_smaller": True, "groups": len(graph),
+        "reducible_groups": len(graph.reducible),
+        "kept": {str(k): v for k, v in budget.kept.items()},
     }
     return new
 
