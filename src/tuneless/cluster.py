@@ -135,10 +135,12 @@ def kmeans(
 
     best_labels, best_inertia = None, math.inf
     per_batch = max(1, _BATCH_ELEMENTS // (n * k)) if work <= 5e7 else 1
+    all_seeds = _kmeanspp(z, k, n_init, g, pairwise) if pairwise is not None else None
     done = 0
     while done < n_init:
         b = min(per_batch, n_init - done)
-        seeds = _kmeanspp(z, k, b, g, pairwise)
+        seeds = (all_seeds[done:done + b] if all_seeds is not None
+                 else _kmeanspp(z, k, b, g, pairwise))
         if b == 1:
             labels, inertias = _lloyd_incremental(z, z[seeds[0]], max_iter, tol_abs)
         else:
