@@ -63,3 +63,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["compress", str(path), *ARCH, "--method", "magnitude", "--sparsity", "0.5",
                  "-o", str(tmp_path / "m.pt")]) == 0
     assert "not physically smaller" in capsys.readouterr().out
+
+
+def test_zoo_checkpoint_needs_no_input_shape(tmp_path, capsys):
+    from tuneless.checkpoint import save_checkpoint
+    from tuneless.zoo import build_model
+
+    model = build_model("lenet5").eval()
+    save_checkpoint(tmp_path / "lenet.pt", model, "lenet5", {}, "fashion-mnist")
+    assert main(["inspect", str(tmp_path / "lenet.pt")]) == 0
+    assert "6 groups: 4 reducible" in capsys.readouterr().out
+    out = tmp_path / "small.pt"
+    assert main(["compress", str(tmp_path / "lenet.pt"), "--method", "prune-l1",
+                 "--sparsity", "0.4", "--option", "round_to=2", "-o", str(out)]) == 0
+    small = load(out)
+    assert abs(small.tuneless_report["achieved_sparsity"] - 0.4) <= 0.01
+    assert small.features[0].out_channels % 2 == 0
+    assert small(torch.randn(1, 1, 28, 28)).shape == (1, 10)
