@@ -42,6 +42,19 @@ def mlp_features(t: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+def projected_mlp_features(t: dict[str, torch.Tensor], dim: int, seed: int) -> torch.Tensor:
+    """mlp_features @ P for a seeded Gaussian P (dim columns), computed block by block so the
+    full-width feature matrix of a multi-billion-parameter layer is never built."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks = [t["gate"], t["up"], t["down"].T]
+    blocks += [t[f"{n}.bias"][:, None] for n in ("gate", "up") if f"{n}.bias" in t]
+    out = None
+    for w in blocks:
+        part = w.float() @ (torch.randn(w.shape[1], dim, generator=gen) / dim ** 0.5)
+        out = part if out is None else out + part
+    return out
+
+
 def query_head_features(t: dict[str, torch.Tensor], n_q: int) -> torch.Tensor:
     return torch.cat([_head_blocks(t["q"], n_q), *_bias(t, "q", n_q), _o_blocks(t["o"], n_q)], 1)
 
@@ -75,9 +88,9 @@ def fold_decision(
     """k-means on channel/head features; mean for producers, sum for consumers."""
     red = Reduction()
     if plan.n_mlp < shape.n_mlp:
-        labels = kmeans(
-            mlp_features(t), plan.n_mlp, seed=seed, n_init=n_init, refine=refine, dim=dim
-        )
+        wide = dim is not None and 2 * t["gate"].shape[1] + t["down"].shape[0] > dim
+        feats = projected_mlp_features(t, dim, seed) if wide else mlp_features(t)
+        labels = kmeans(feats, plan.n_mlp, seed=seed, n_init=n_init, refine=refine)
         red.mlp_m, red.mlp_u = assignment_matrices(labels, plan.n_mlp)
     if plan.n_q == shape.n_q and plan.n_kv == shape.n_kv:
         return red

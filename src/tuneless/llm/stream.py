@@ -53,9 +53,10 @@ class _Reader:
             raise TunelessError(f"tensor {key} missing from the checkpoint index")
         name = self.map[key]
         if name != self._name:
+            self._fh = None  # release the previous shard before opening the next
             self._fh = safe_open(str(self.src / name), framework="pt")
             self._name = name
-        return self._fh.get_tensor(key).clone()
+        return self._fh.get_tensor(key)  # an owned copy; no second clone (peak memory)
 
 
 def _shapes(config, adapter, weight_map) -> list[Shape]:
