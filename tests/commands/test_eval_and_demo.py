@@ -201,3 +201,26 @@ def test_eval_compressed_model(tmp_path, tiny_ckpt, tiny_fashion, capsys):
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert rows[1]["dataset"] == "fashion-mnist" and rows[1]["params"] < 0.6 * rows[0]["params"]
 
+
+
+def test_guess_dataset():
+    import torch.nn as nn
+
+    from tuneless.commands.eval import guess_dataset
+
+    assert guess_dataset(nn.Sequential(nn.Conv2d(3, 4, 3))) == "cifar10"
+    assert guess_dataset(nn.Sequential(nn.Flatten(), nn.Linear(784, 10))) == "fashion-mnist"
+    assert guess_dataset(nn.Sequential(nn.Linear(5, 2))) is None
+    tagged = nn.Linear(5, 2)
+    tagged.tuneless_arch = {"ref": "zoo:resnet20", "kwargs": {}}
+    assert guess_dataset(tagged) == "cifar10"
+    tagged.tuneless_meta = {"dataset": "fashion-mnist"}
+    assert guess_dataset(tagged) == "fashion-mnist"
+
+
+def test_eval_unknown_dataset_asks_for_it(tmp_path, capsys):
+    path = tmp_path / "sd.pt"
+    torch.save(torch.nn.Linear(5, 2).state_dict(), path)
+    assert main(["eval", str(path), "--arch", "torch.nn:Linear",
+                 "--arch-kwargs", '{"in_features": 5, "out_features": 2}']) == 1
+    assert "pass --dataset" in capsys.readouterr().err
