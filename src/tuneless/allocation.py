@@ -19,8 +19,8 @@ import torch.nn as nn
 from tuneless.errors import TunelessError
 
 
-def count_levels(n: int, max_ratio: float, min_channels: int, step: float = 0.02) -> list[int]:
-    """Candidate cluster counts, descending from n: every count for small groups, else 2% steps."""
+def count_levels(n: int, max_ratio: float, min_channels: int, step: float = 0.04) -> list[int]:
+    """Candidate cluster counts, descending from n: every count for small groups, else 4% steps."""
     lowest = max(min_channels, 1, int(math.ceil(n * (1 - max_ratio))))
     if n <= 64:
         return list(range(n, lowest - 1, -1))
@@ -33,7 +33,7 @@ def count_levels(n: int, max_ratio: float, min_channels: int, step: float = 0.02
 
 
 def error_curve(feats: torch.Tensor, levels: list[int], seed: int = 0,
-                n_init: int = 2) -> list[float]:
+                n_init: int = 1) -> list[float]:
     """k-means objective at each level, divided by the group's total scatter."""
     from tuneless.cluster import cluster
 
@@ -43,7 +43,7 @@ def error_curve(feats: torch.Tensor, levels: list[int], seed: int = 0,
         return [0.0 for _ in levels]
     out = []
     for k in levels:
-        kw = {"seed": seed, "n_init": n_init} if 1 < k < len(x) else {}
+        kw = {"seed": seed, "n_init": n_init, "refine": False} if 1 < k < len(x) else {}
         out.append(cluster(feats, k, **kw).inertia / total if k < len(x) else 0.0)
     return out
 
@@ -86,7 +86,7 @@ class _ParamCounter:
 
 def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sparsity: float,
                      *, max_ratio: float = 0.9, min_channels: int = 1, seed: int = 0,
-                     n_init: int = 2) -> dict[int, int]:
+                     n_init: int = 1) -> dict[int, int]:
     """Per-group cluster counts removing `sparsity` of the parameters, chosen greedily by
     normalised k-means error added per parameter saved."""
     if not 0.0 <= sparsity < 1.0:
