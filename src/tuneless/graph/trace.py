@@ -37,13 +37,15 @@ def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
                 f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {msg})"
             ) from exc
         gm = fx.GraphModule(model, graph, type(model).__name__)
-        try:
-            ShapeProp(gm).propagate(*example_inputs)
-        except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UnsupportedModelError(
-                f"{type(model).__name__} does not run on the example input ({msg})"
-            ) from exc
+        for run in (lambda: model(*example_inputs),  # the real error, said plainly
+                    lambda: ShapeProp(gm).propagate(*example_inputs)):
+            try:
+                run()
+            except Exception as exc:
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise UnsupportedModelError(
+                    f"{type(model).__name__} does not run on the example input ({msg})"
+                ) from exc
     finally:
         for m, t in modes.items():
             m.training = t
