@@ -59,6 +59,8 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
         "method": f"prune-{criterion}", "requested_sparsity": sparsity,
         "channel_ratio": budget.channel_ratio, "achieved_sparsity": budget.sparsity,
         "params_before": budget.params_before, "params_after": budget.params_after,
+        "options": {"criterion": criterion, "min_channels": min_channels,
+                    "round_to": round_to, "seed": seed},
         "physically_smaller": True, "groups": len(graph),
         "reducible_groups": len(graph.reducible),
         "kept": {str(k): v for k, v in budget.kept.items()},
@@ -153,7 +155,7 @@ def magnitude_prune(model: nn.Module, *, example_inputs=None, sparsity: float | 
     nonzero = sum(int((p != 0).sum()) for p in new.parameters())
     nonzero_before = sum(int((p != 0).sum()) for p in model.parameters())
     new.tuneless_report = {
-        "method": f"magnitude-{scope}", "requested_sparsity": sparsity,
+        "method": f"magnitude-{scope}", "requested_sparsity": sparsity, "options": {"scope": scope},
         "achieved_sparsity": 1 - nonzero / total, "params_before": nonzero_before,
         "params_after": nonzero, "physically_smaller": False,
         "note": "unstructured: zeros are stored, the model is not physically smaller",
