@@ -108,6 +108,7 @@ def entry_for(path: Path, old: dict | None) -> dict:
         "torch_version": str(obj.get("torch_version")),
         "date": keep["date"] if keep else dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
         "machine": keep["machine"] if keep else re.sub(r" \(\d+ threads?\)", "", machine()),
+        "notes": (old or {}).get("notes", ""),  # hand-written, kept across regenerations
     }
 
 
@@ -141,6 +142,7 @@ def markdown(entries: list[dict]) -> str:
             "",
             f"- sha256 `{e['sha256']}`",
             f"- trained {e['date']} in {e['train_seconds']:.0f} s on {e['machine']}",
+            *([f"- {e['notes']}"] if e.get("notes") else []),
             "",
         ]
     return "\n".join(lines)
