@@ -33,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-subset", type=int, default=None, help="test images (default: all)")
     p.add_argument("--repair-images", type=int, default=1024,
                    help="real training images for Fold-R and L1+BN")
-    p.add_argument("--dir-images", type=int, default=256)
-    p.add_argument("--dir-steps", type=int, default=200)
-    p.add_argument("--dir-batch", type=int, default=128)
+    p.add_argument("--dir-images", type=int, default=128)
+    p.add_argument("--dir-steps", type=int, default=100)
+    p.add_argument("--dir-batch", type=int, default=64)
     p.add_argument("--features", default="block", help="fold feature scaling: raw|block|gamma")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
