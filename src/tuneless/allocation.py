@@ -5,7 +5,9 @@ near-duplicate channels (cheap to fold), others none. Each group's own k-means
 error curve, normalised by the group's total scatter (the error at k = 1), says how
 much of its weight structure a cluster count loses. A greedy loop then repeatedly
 takes the step (one group to its next smaller count) with the least normalised error
-added per parameter saved, until the global budget is met. No data is used.
+added per fraction of the group's parameters saved (errors measured at a few counts and
+interpolated to every count, so the budget is met to a channel), until the global budget
+is met. No data is used.
 """
 
 from __future__ import annotations
@@ -93,10 +95,16 @@ def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sp
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     groups = [g for g in graph.reducible if g.id in feats]
     counter = _ParamCounter(model, graph)
-    levels = {g.id: count_levels(g.n, max_ratio, min_channels) for g in groups}
-    curves = {g.id: error_curve(feats[g.id], levels[g.id], seed, n_init) for g in groups}
+    full = {g.id: g.n for g in groups}
+    levels, curves, size = {}, {}, {}
+    for g in groups:
+        coarse = count_levels(g.n, max_ratio, min_channels)
+        errs = error_curve(feats[g.id], coarse, seed, n_init)
+        levels[g.id] = list(range(coarse[0], coarse[-1] - 1, -1))  # every count, interpolated
+        curves[g.id] = _interpolate(coarse, errs, levels[g.id])
+        size[g.id] = max(1, _group_params(counter, g.id))
     pos = {g.id: 0 for g in groups}
-    kept = {g.id: g.n for g in groups}
+    kept = dict(full)
     target = counter.total_before * (1 - sparsity)
     current = counter.total(kept)
     while current > target:
@@ -108,7 +116,8 @@ def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sp
             saved = counter.saving(gid, levels[gid][i + 1], kept)
             if saved <= 0:
                 continue
-            score = (curves[gid][i + 1] - curves[gid][i]) / saved
+            # normalised error added per normalised parameter saved: both relative to the group
+            score = (curves[gid][i + 1] - curves[gid][i]) / (saved / size[gid])
             if score < best_score:
                 best, best_score = gid, score
         if best is None:
@@ -118,3 +127,23 @@ def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sp
         kept[best] = levels[best][pos[best]]
         current = counter.total(kept)
     return kept
+
+
+def _group_params(counter: _ParamCounter, gid: int) -> int:
+    """Parameters in the tensors a group touches (its share of the model)."""
+    return sum(math.prod(counter.shapes[key]) for key in {k for k, _, _ in counter.touch[gid]})
+
+
+def _interpolate(coarse: list[int], errs: list[float], fine: list[int]) -> list[float]:
+    """Linear interpolation of the error curve from the measured counts to every count."""
+    xs = torch.tensor(coarse[::-1], dtype=torch.float64)
+    ys = torch.tensor(errs[::-1], dtype=torch.float64)
+    out = []
+    for k in fine:
+        j = int(torch.searchsorted(xs, torch.tensor(float(k), dtype=torch.float64)))
+        if j < len(xs) and xs[j] == k:
+            out.append(float(ys[j]))
+        else:
+            x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
+            out.append(float(y0 + (y1 - y0) * (k - x0) / (x1 - x0)))
+    return out
