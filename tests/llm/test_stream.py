@@ -6,6 +6,7 @@ import torch
 from tests.llm.conftest import tiny_llama
 from tuneless.errors import TunelessError
 from tuneless.llm import fold_checkpoint, fold_llm, load_folded
+from tuneless.llm.stream import check_checkpoint
 
 X = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(4))
 
@@ -25,6 +26,7 @@ def test_streaming_fold_equals_in_memory_fold(sharded, tmp_path, schedule):
                           refine=True, progress=False)
     want = fold_llm(m, sparsity=0.25, schedule=schedule, refine=True)
     got = load_folded(out)
+    assert check_checkpoint(out) == sum(p.numel() for p in got.parameters())
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) >= 3  # one shard per layer at least
     with torch.no_grad():

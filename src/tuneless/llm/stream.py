@@ -162,6 +162,41 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     return dst
 
 
+def check_checkpoint(folder: str | os.PathLike) -> int:
+    """Check every projection's shape in a (folded) checkpoint against its config, reading
+    only the safetensors headers; returns the number of parameters."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(str(folder))
+    adapter = adapter_for_config(config)
+    weight_map = _weight_map(folder)
+    hd, h = adapter.head_dim(config), config.hidden_size
+    sizes = getattr(config, "tuneless_layer_sizes", None) or [
+        [config.num_attention_heads, adapter.num_kv_heads(config), config.intermediate_size]
+    ] * config.num_hidden_layers
+    shapes = {}
+    for name in sorted(set(weight_map.values())):
+        with safe_open(str(folder / name), framework="pt") as fh:
+            for key in fh.keys():
+                shapes[key] = tuple(fh.get_slice(key).get_shape())
+    for i, (n_q, n_kv, n_mlp) in enumerate(sizes):
+        want = {"q": (n_q * hd, h), "k": (n_kv * hd, h), "v": (n_kv * hd, h), "o": (h, n_q * hd),
+                "gate": (n_mlp, h), "up": (n_mlp, h), "down": (h, n_mlp)}
+        for short, shape in want.items():
+            got = shapes.get(adapter.tensor_name(i, short))
+            if got != shape:
+                raise TunelessError(f"layer {i} {short}: shape {got}, config says {shape}")
+    total = 0
+    for shape in shapes.values():
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m tuneless.llm.stream SRC DST --sparsity 0.2 [--schedule paper]"""
     import argparse
