@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads for timing (default 1)")
     p.add_argument("--repeats", type=int, default=10, help="latency repeats at batch 1")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--seq-len", type=int, default=2048, help="wikitext2: tokens per window")
+    p.add_argument("--seq-len", type=int,
+                   help="wikitext2: tokens per window (default: tuneless.llm.perplexity's)")
     p.add_argument("--max-tokens", type=int, help="wikitext2: evaluate only the first N tokens")
 
 
