@@ -84,6 +84,14 @@ def test_paper_schedule_gives_per_layer_sizes_and_generates():
     assert out.shape == (1, 16)
 
 
+def test_paper_mlp_schedule_keeps_heads():
+    m = tiny_llama(layers=8, mlp=64)
+    f = fold_llm(m, sparsity=0.15, schedule="paper-mlp")
+    sizes = f.config.tuneless_layer_sizes
+    assert all(s[:2] == [4, 2] for s in sizes) and sizes[-1] == [4, 2, 64]
+    assert 0.15 <= 1 - block_params(f) / block_params(m) < 0.17
+
+
 def test_dict_schedule_and_generate_with_cache():
     m = tiny_llama()
     f = fold_llm(m, schedule={1: {"heads": 0.5, "mlp": 0.5}})

@@ -18,7 +18,10 @@ from tuneless.io_atomic import atomic_write_text
 
 FIELDS = ["method", "schedule", "target", "removed", "block_params", "ppl", "seconds",
           "cpu_seconds"]
-METHODS = ("fold-uniform", "fold-paper", "magnitude", "wanda-sp", "svd")
+METHODS = ("fold-uniform", "fold-paper", "fold-paper-mlp", "magnitude", "wanda-sp", "svd")
+
+
+SCHEDULES = {"fold-paper": "paper", "fold-paper-mlp": "paper-mlp"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +45,8 @@ def _build(method: str, model, tok, sparsity: float, calib_samples: int, seq_len
         return fold_llm(model, sparsity=sparsity, refine=refine)
     if method == "fold-paper":
         return fold_llm(model, sparsity=sparsity, schedule="paper", refine=refine)
+    if method == "fold-paper-mlp":
+        return fold_llm(model, sparsity=sparsity, schedule="paper-mlp", refine=refine)
     if method == "magnitude":
         return magnitude_prune_llm(model, sparsity=sparsity)
     if method == "wanda-sp":
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             small = _build(m, model, tok, s, args.calib_samples, args.seq_len, args.refine)
             secs, cpu = time.perf_counter() - start, time.process_time() - cpu
             blocks = block_params(small)
-            add({"method": m, "schedule": "paper" if m == "fold-paper" else "uniform",
+            add({"method": m, "schedule": SCHEDULES.get(m, "uniform"),
                  "target": str(s), "removed": f"{1 - blocks / dense_blocks:.3f}",
                  "block_params": blocks, "ppl": f"{ppl(small):.3f}", "seconds": f"{secs:.1f}",
                  "cpu_seconds": f"{cpu:.1f}"})

@@ -37,7 +37,8 @@ def fold_llm(
       paper's fixed ratios (schedule="paper") are used as given.
     schedule: "uniform" (same ratios in every layer; head_ratio defaults to the solved
       MLP ratio, pass head_ratio=0 to fold MLPs only), "paper" (early and last layers
-      untouched, later layers folded more), or {layer: (head_ratio, mlp_ratio)}.
+      untouched, later layers folded more), "paper-mlp" (the paper's MLP ratios, heads
+      kept; best on SmolLM2), or {layer: (head_ratio, mlp_ratio)}.
     n_init, refine: k-means restarts and Hartigan refinement (tuneless.cluster.kmeans);
     kmeans_dim: cluster a random projection of wide features (large models).
     example_inputs is accepted for API symmetry with tuneless.fold and not needed.

@@ -96,12 +96,14 @@ def _ratios(
 ) -> list[tuple[float, float]]:
     if schedule == "uniform":
         return [(min(head_ratio * scale, 0.95), min(mlp_ratio * scale, 0.95))] * n_layers
-    if schedule == "paper":
+    if schedule in ("paper", "paper-mlp"):  # paper-mlp: the paper's MLP ratios, heads kept
+        keep_heads = 0.0 if schedule == "paper-mlp" else 1.0
         return [
-            (min(h * scale, 0.95), min(m * scale, 0.95))
+            (min(h * scale * keep_heads, 0.95), min(m * scale, 0.95))
             for h, m in (paper_ratios(i, n_layers) for i in range(n_layers))
         ]
-    raise TunelessError(f"unknown schedule {schedule!r}; use 'uniform', 'paper' or a dict")
+    raise TunelessError(
+        f"unknown schedule {schedule!r}; use 'uniform', 'paper', 'paper-mlp' or a dict")
 
 
 def _from_dict(schedule: dict, n_layers: int) -> list[tuple[float, float]]:
@@ -149,10 +151,10 @@ def make_plan(
             raise TunelessError("give sparsity=, or head_ratio=/mlp_ratio=, or a schedule dict")
         h = 0.0 if head_ratio is None else head_ratio
         m = (h if head_ratio is not None else 0.0) if mlp_ratio is None else mlp_ratio
-        if schedule == "paper":
+        if schedule in ("paper", "paper-mlp"):
             return [
                 layer_plan(s, hh, mm, gqa)
-                for s, (hh, mm) in zip(shapes, _ratios("paper", n, 0, 0, 1.0))
+                for s, (hh, mm) in zip(shapes, _ratios(schedule, n, 0, 0, 1.0))
             ]
         _ratios(schedule, n, 0.0, 0.0, 1.0)  # rejects unknown schedule names
         return [layer_plan(s, h, m, gqa) for s in shapes]
