@@ -81,6 +81,14 @@ def subset_accuracy(path: Path, dataset: str) -> float | None:
     return accuracy(load_checkpoint(path), test.subset(CHECK_IMAGES, seed=0))
 
 
+def repo_path(path: Path) -> str:
+    """The checkpoint's path as written in the repository (models/..., models/smooth/...)."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return f"models/{path.name}"
+
+
 def entry_for(path: Path, old: dict | None) -> dict:
     obj = read_torch_file(path)
     if not is_checkpoint(obj):
@@ -91,7 +99,7 @@ def entry_for(path: Path, old: dict | None) -> dict:
                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     keep = old if old and old.get("sha256") == sha else None
     return {
-        "file": f"models/{path.name}",
+        "file": repo_path(path),
         "arch": obj["arch"],
         "arch_kwargs": obj.get("arch_kwargs", {}),
         "dataset": obj["dataset"],
@@ -101,7 +109,7 @@ def entry_for(path: Path, old: dict | None) -> dict:
         "params": params,
         "epochs": targs.get("epochs"),
         "train_seconds": targs.get("train_seconds"),
-        "command": train_command(targs, f"models/{path.name}"),
+        "command": train_command(targs, repo_path(path)),
         "sha256": sha,
         "bytes": path.stat().st_size,
         "weights_sha256": obj.get("weights_sha256"),
@@ -151,7 +159,7 @@ def markdown(entries: list[dict]) -> str:
 def check(models: Path, manifest: dict) -> int:
     bad = 0
     for e in manifest["models"]:
-        path = models.parent / e["file"]
+        path = ROOT / e["file"]
         if not path.is_file():
             print(f"missing: {e['file']}")
             bad += 1
@@ -161,7 +169,7 @@ def check(models: Path, manifest: dict) -> int:
     listed = {Path(e["file"]).name for e in manifest["models"]}
     for path in sorted(models.glob("*.pt")):
         if not path.name.endswith(".resume.pt") and path.name not in listed:
-            print(f"not in the manifest: models/{path.name}")
+            print(f"not in the manifest: {repo_path(path)}")
             bad += 1
     print("manifest ok" if not bad else f"{bad} problem(s)")
     return 1 if bad else 0
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return check(models, old)
     by_file = {e["file"]: e for e in old["models"]}
-    entries = [entry_for(p, by_file.get(f"models/{p.name}"))
+    entries = [entry_for(p, by_file.get(repo_path(p)))
                for p in sorted(models.glob("*.pt")) if not p.name.endswith(".resume.pt")]
     atomic_write_text(json.dumps({"models": entries}, indent=2) + "\n", json_path)
     atomic_write_text(markdown(entries), models / "MANIFEST.md")
