@@ -145,13 +145,23 @@ def kmeans(
             labels, inertias = _lloyd_incremental(z, z[seeds[0]], max_iter, tol_abs)
         else:
             labels, inertias = _lloyd(z, z[seeds], max_iter, tol_abs)
+        if refine and b > 1:  # small problems: refine every restart, Lloyd optima differ
+            labels = torch.stack([hartigan(z, lab, k) for lab in labels])
+            inertias = torch.tensor([_objective(z, lab, k) for lab in labels])
         i = int(torch.argmin(inertias))
         if float(inertias[i]) < best_inertia:
             best_inertia, best_labels = float(inertias[i]), labels[i].clone()
         done += b
-    if refine:
+    if refine and per_batch == 1:
         best_labels = hartigan(z, best_labels, k)
     return _finish(x, best_labels)
+
+
+def _objective(z: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    z = z.double()
+    sums = torch.zeros(k, z.shape[1], dtype=torch.float64).index_add_(0, labels, z)
+    cents = sums / torch.bincount(labels, minlength=k).clamp(min=1).unsqueeze(1)
+    return float(((z - cents[labels]) ** 2).sum())
 
 
 def embed(x: torch.Tensor) -> torch.Tensor:

@@ -109,6 +109,7 @@ def compare_with_sklearn(args) -> list[dict]:
         model = load_any(args.weights)[0]
     else:
         arch, kw, _ = MODELS.get(args.sklearn_model, (args.sklearn_model, {}, 0))
+        torch.manual_seed(0)
         model = build_model(arch, **kw).eval()
     x = torch.randn(2, 3, 32, 32)
     graph = find_groups(model, x)
