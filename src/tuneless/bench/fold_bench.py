@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset path (default: the project's copy)")
     p.add_argument("--render-only", action="store_true",
                    help="rewrite the markdown and accuracy plots from an existing CSV")
+    p.add_argument("--measured-by", default=None,
+                   help="with --render-only: the command that measured the CSV (for the record)")
 
 
 def load_any(path: str) -> tuple[torch.nn.Module, str, str]:
@@ -204,7 +206,11 @@ def markdown(rows, info, args) -> str:
     from tuneless.bench.stamp import stamp_markdown
 
     lines = ["# Folding benchmark: accuracy vs fraction of parameters removed", "",
-             stamp_markdown(info), "",
+             stamp_markdown(info), ""]
+    if getattr(args, "render_only", False):
+        lines += [f"Rendered from `{args.name}.csv`, which was measured by "
+                  f"`{args.measured_by or 'an earlier run (command not given)'}`.", ""]
+    lines += [
              "No fine-tuning anywhere. Fold-R and L1+BN re-estimate BatchNorm statistics on "
              f"{args.repair_images} real training images; Fold-DIR on {args.dir_images} "
              f"DeepInversion images ({args.dir_steps} steps) synthesised once per model from "
