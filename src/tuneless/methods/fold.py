@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from tuneless.errors import TunelessError, UnsupportedModelError
+from tuneless.methods.preset import preset
 
 FEATURES = ("raw", "block", "gamma")
 ALLOCATIONS = ("uniform", "error")
@@ -262,18 +263,12 @@ def _reestimate(model: nn.Module, new: nn.Module, opts: FoldOptions, data, x) ->
                          inplace=True)
 
 
-def _wrapper(repair: str):
-    def method(model: nn.Module, *, example_inputs=None, sparsity: float | None = None,
-               channel_ratio: float | None = None, **options) -> nn.Module:
-        return fold(model, sparsity=sparsity, channel_ratio=channel_ratio, repair=repair,
-                    example_inputs=example_inputs, **options)
-
-    method.__name__ = f"fold_{'r' if repair == 'data' else repair}"
-    method.__doc__ = f"Model folding with repair={repair!r} (see `fold`)."
-    return method
+def _preset(repair: str):
+    name = f"fold_{'r' if repair == 'data' else repair}"
+    return preset(fold, name, f"Model folding with repair={repair!r} (see `fold`).", repair=repair)
 
 
-fold_naive = _wrapper("none")
-fold_ar = _wrapper("ar")
-fold_dir = _wrapper("dir")
-fold_r = _wrapper("data")
+fold_naive = _preset("none")
+fold_ar = _preset("ar")
+fold_dir = _preset("dir")
+fold_r = _preset("data")

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from tuneless.errors import TunelessError, UnsupportedModelError
+from tuneless.methods.preset import preset
 
 CRITERIA = ("l1", "l2", "random")
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -93,20 +94,14 @@ def _nothing_reducible(model: nn.Module, graph) -> str:
     return f"nothing to reduce in {type(model).__name__}: every channel group is fixed ({why})"
 
 
-def _method(criterion: str):
-    def method(model: nn.Module, *, example_inputs=None, sparsity: float | None = None,
-               channel_ratio: float | None = None, **options) -> nn.Module:
-        return prune(model, sparsity=sparsity, channel_ratio=channel_ratio, criterion=criterion,
-                     example_inputs=example_inputs, **options)
-
-    method.__name__ = f"prune_{criterion}"
-    method.__doc__ = f"Structured {criterion} channel pruning (see `prune`)."
-    return method
+def _preset(criterion: str):
+    return preset(prune, f"prune_{criterion}",
+                  f"Structured {criterion} channel pruning (see `prune`).", criterion=criterion)
 
 
-prune_l1 = _method("l1")
-prune_l2 = _method("l2")
-prune_random = _method("random")
+prune_l1 = _preset("l1")
+prune_l2 = _preset("l2")
+prune_random = _preset("random")
 
 
 @torch.no_grad()
