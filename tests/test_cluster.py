@@ -100,3 +100,25 @@ def test_bad_arguments():
         cluster(torch.full((4, 2), float("nan")), 2)
     with pytest.raises(TunelessError, match="2-D"):
         cluster(torch.zeros(4), 2)
+
+
+def test_auto_restarts_shrink_with_group_size():
+    from tuneless.cluster import auto_restarts
+
+    assert auto_restarts(16) == 30 and auto_restarts(128) == 10 and auto_restarts(512) == 1
+    sizes = [auto_restarts(n) for n in (16, 64, 100, 128, 256, 400, 512, 4096)]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize("bad", [0, "many", 2.5])
+def test_bad_restart_count_is_named(bad):
+    x, k = _data("random")
+    with pytest.raises(TunelessError, match="n_init"):
+        kmeans(x, k, n_init=bad)
+
+
+def test_wide_features_use_float32_gram_with_same_objective():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 3000, generator=g)
+    r = kmeans(x, 120, seed=0)  # n·n·d > 2e7: float32 Gram embedding
+    assert r.inertia == pytest.approx(inertia_of(x, r.labels), rel=1e-5)

@@ -37,7 +37,7 @@ class FoldOptions:
     features: str = "block"
     fuse_bn: bool | None = None  # None: fuse BN normalisation for AR, DIR and data repairs
     seed: int = 0
-    n_init: int = 10
+    n_init: int | str = "auto"
     min_channels: int = 1
     max_ratio: float = 0.9  # error allocation: keep at least 10% of every group
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
