@@ -69,6 +69,13 @@ def test_same_config_accepts_options_added_later_at_default():
     assert not same_config({**asdict(cfg), "unknown": 1}, cfg)
 
 
+def test_same_config_ignores_data_path_and_threads():
+    cfg = TrainConfig(arch="resnet20", epochs=18, threads=1)
+    moved = {**asdict(cfg), "data": "/elsewhere/cifar10.tar.gz", "threads": 2}
+    assert same_config(moved, cfg)
+    assert not same_config({**moved, "dataset": "fashion-mnist"}, cfg)
+
+
 def test_schedules():
     one = TrainConfig(lr=1.0, schedule="onecycle")
     assert lr_at(one, 0, 100) == pytest.approx(0.1)

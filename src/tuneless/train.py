@@ -65,11 +65,17 @@ class TrainConfig:
             raise TunelessError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
+# Where the data lives and how many threads run do not change what is trained.
+_NOT_IDENTITY = ("data", "threads")
+
+
 def same_config(saved: dict, cfg: TrainConfig) -> bool:
-    """Does a resume file's config match? Options added later count as equal at their default."""
+    """Does a resume file's config match? Options added later count as equal at their default;
+    the data path and thread count may differ (same dataset from another folder)."""
     defaults = asdict(TrainConfig())
     now = asdict(cfg)
-    return all(saved.get(k, defaults[k]) == v for k, v in now.items()) and set(saved) <= set(now)
+    return (all(saved.get(k, defaults[k]) == v for k, v in now.items() if k not in _NOT_IDENTITY)
+            and set(saved) <= set(now))
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
