@@ -12,8 +12,7 @@ dependencies (transformers, scipy, matplotlib) load only when used.
 
 from __future__ import annotations
 
-import importlib
-
+from tuneless._lazy import lazy_names
 from tuneless.errors import TunelessError, UnsupportedModelError
 
 __version__ = "0.1.0"
@@ -38,14 +37,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tuneless' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = ["TunelessError", "UnsupportedModelError", "__version__", *_LAZY]

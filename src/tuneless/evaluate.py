@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from tuneless._lazy import make_module_callable
 from tuneless.data.loader import TensorDataset, TensorLoader
 from tuneless.errors import TunelessError
 
@@ -149,3 +150,5 @@ def evaluate(
         row[f"latency_b{b}_ms"] = latency_ms(model, batch_of(example, b), repeats=reps,
                                               warmup=1 if b > 16 else 2)
     return row
+
+make_module_callable(__name__)  # `tuneless.evaluate` is both this module and its function

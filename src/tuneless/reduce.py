@@ -16,13 +16,12 @@ its new sizes (in/out_channels, groups, in/out_features, num_features, normalize
 from __future__ import annotations
 
 import copy
-import sys
-import types
 from collections import defaultdict
 
 import torch
 import torch.nn as nn
 
+from tuneless._lazy import make_module_callable
 from tuneless.errors import TunelessError
 from tuneless.graph.groups import CONSUMER, GroupGraph, Slot
 
@@ -195,12 +194,4 @@ def _update_attributes(m: nn.Module, depthwise: bool) -> None:
         m.num_parameters = m.weight.shape[0]
 
 
-class _CallableModule(types.ModuleType):
-    """`tuneless.reduce` names both this module and its function; once the module is
-    imported it shadows the lazy public name, so calling the module calls the function."""
-
-    def __call__(self, *args, **kwargs):
-        return reduce(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__)  # `tuneless.reduce` is both this module and its function

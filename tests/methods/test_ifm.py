@@ -2,11 +2,11 @@
 
 import copy
 
-from test_fold import X32, DuplicatedCNN, _same_state
-
 from tuneless.evaluate import count_params
 from tuneless.methods.ifm import ifm, weight_features
 from tuneless.zoo import build_model
+
+from .fold_models import X32, DuplicatedCNN, _same_state
 
 
 def test_duplicates_merge_exactly():

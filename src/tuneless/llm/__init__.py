@@ -9,7 +9,7 @@ Names load lazily so `import tuneless.llm` does not import transformers.
 
 from __future__ import annotations
 
-import importlib
+from tuneless._lazy import lazy_names
 
 _LAZY = {
     "fold_llm": "tuneless.llm.fold",
@@ -28,14 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tuneless.llm' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tuneless._lazy import make_module_callable
 from tuneless.errors import TunelessError
 from tuneless.progress import progress as _progress
 
@@ -122,3 +123,5 @@ def run_cli(args) -> int:
         f"(seq_len {seq_len}, {time.perf_counter() - start:.0f} s)"
     )
     return 0
+
+make_module_callable(__name__)  # `tuneless.llm.perplexity` is both this module and its function
