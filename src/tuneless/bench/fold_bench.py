@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir-images", type=int, default=128)
     p.add_argument("--dir-steps", type=int, default=100)
     p.add_argument("--dir-batch", type=int, default=64)
-    p.add_argument("--features", default="block", help="fold feature scaling: raw|block|gamma")
+    p.add_argument("--features", default="raw", help="fold feature scaling: raw|block|gamma")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/results")

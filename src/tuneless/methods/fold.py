@@ -34,7 +34,7 @@ class FoldOptions:
     repair: str = "ar"
     allocation: str = "uniform"
     cluster: str = "kmeans"
-    features: str = "block"
+    features: str = "raw"  # measured best: docs/results/fold-features.md
     fuse_bn: bool | None = None  # None: fuse BN normalisation for AR, DIR and data repairs
     seed: int = 0
     n_init: int | str = "auto"
@@ -181,7 +181,7 @@ def _fuse_checked(work: nn.Module, graph, x) -> None:
                             "output (a conv output used by more than its BN?); use fuse_bn=False")
 
 
-def channel_features(model: nn.Module, group, mode: str = "block") -> torch.Tensor:
+def channel_features(model: nn.Module, group, mode: str = "raw") -> torch.Tensor:
     """(n, d) features to cluster: [producer rows | biases | γ | β | mean | consumer columns].
 
     mode "raw" concatenates the tensors as they are; "block" scales each tensor's block
