@@ -122,3 +122,16 @@ def test_wide_features_use_float32_gram_with_same_objective():
     x = torch.randn(200, 3000, generator=g)
     r = kmeans(x, 120, seed=0)  # n·n·d > 2e7: float32 Gram embedding
     assert r.inertia == pytest.approx(inertia_of(x, r.labels), rel=1e-5)
+
+
+def test_batched_hartigan_reaches_a_hartigan_optimum_never_worse_than_lloyd():
+    from tuneless.cluster import _objective, hartigan, hartigan_batched
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(60, 8, generator=g, dtype=torch.float64)
+    starts = torch.stack([torch.randint(0, 12, (60,), generator=g) for _ in range(5)])
+    starts[:, :12] = torch.arange(12)  # every cluster non-empty
+    out = hartigan_batched(x, starts, 12)
+    for s, o in zip(starts, out):
+        assert _objective(x, o, 12) <= _objective(x, s, 12) + 1e-12
+        assert torch.equal(hartigan(x, o, 12), o)  # no single move improves it further

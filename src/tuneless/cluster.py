@@ -17,6 +17,7 @@ import torch
 from tuneless.errors import TunelessError
 
 METHODS = ("kmeans", "ward", "greedy")
+_BATCHED_HARTIGAN = 2**25  # restarts × n × k × dims up to which Hartigan runs batched
 _PAIRWISE_MAX_N = 8192  # precompute the n×n distance matrix for seeding up to this size
 _BATCH_ELEMENTS = 2**26  # restarts × n × k distance entries computed at once
 
@@ -169,7 +170,8 @@ def kmeans(
         else:
             labels, inertias = _lloyd(z, z[seeds], max_iter, tol_abs)
         if refine and b > 1:  # small problems: refine every restart, Lloyd optima differ
-            labels = torch.stack([hartigan(z, lab, k) for lab in labels])
+            labels = (hartigan_batched(z, labels, k) if b * n * k * z.shape[1] <= _BATCHED_HARTIGAN
+                      else torch.stack([hartigan(z, lab, k) for lab in labels]))
             inertias = torch.tensor([_objective(z, lab, k) for lab in labels])
         i = int(torch.argmin(inertias))
         if float(inertias[i]) < best_inertia:
@@ -378,6 +380,56 @@ def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 10
         cents[touched] = members[touched] / sizes[touched].clamp(min=1)[:, None]
         sq_c = (cents[touched] ** 2).sum(1)
         dist[:, touched] = (sq_x[:, None] + sq_c[None, :] - 2 * x @ cents[touched].T).clamp_(min=0)
+    return labels
+
+
+def hartigan_batched(x: torch.Tensor, labels: torch.Tensor, k: int,
+                     max_rounds: int = 1000) -> torch.Tensor:
+    """Hartigan single-point moves for b restarts at once (labels (b, n)), without Python loops.
+
+    Same moves and guarantees as `hartigan`, with the disjoint set chosen in tensors: a
+    move is taken when it is the best (then lowest-index) improving move among all moves
+    that touch its source or its target cluster, so no two taken moves share a cluster
+    and each one's gain is exact. The globally best move is always taken, so every round
+    lowers the objective until none improves it.
+    """
+    b, n = labels.shape
+    d = x.shape[1]
+    labels = labels.clone()
+    rows = torch.arange(b).unsqueeze(1)
+    sq_x = (x * x).sum(1)
+    scale = torch.finfo(x.dtype).eps * 64
+    idx = torch.arange(n).expand(b, n)
+    for _ in range(max_rounds):
+        flat = (labels + rows * k).reshape(-1)
+        sizes = torch.zeros(b * k, dtype=x.dtype).index_add_(
+            0, flat, torch.ones(b * n, dtype=x.dtype)).view(b, k)
+        sums = torch.zeros(b * k, d, dtype=x.dtype).index_add_(0, flat, x.repeat(b, 1))
+        cents = (sums / sizes.reshape(-1, 1).clamp(min=1)).view(b, k, d)
+        dist = (sq_x[None, :, None] + (cents * cents).sum(-1)[:, None, :]
+                - 2 * torch.matmul(x, cents.transpose(1, 2))).clamp_(min=0)  # (b, n, k)
+        s_own = sizes.gather(1, labels)
+        d_own = dist.gather(2, labels.unsqueeze(2)).squeeze(2)
+        remove = torch.where(s_own > 1, s_own / (s_own - 1).clamp(min=1) * d_own,
+                             torch.full_like(s_own, -math.inf))
+        add = dist * (sizes / (sizes + 1)).unsqueeze(1)
+        add.scatter_(2, labels.unsqueeze(2), math.inf)
+        best_add, target = add.min(2)
+        delta = best_add - remove
+        move = delta < -scale * (1 + remove.abs())
+        if not bool(move.any()):
+            break
+        key = torch.where(move, delta, torch.full_like(delta, math.inf))
+        low = torch.full((b, k), math.inf, dtype=x.dtype)
+        low.scatter_reduce_(1, labels, key, reduce="amin").scatter_reduce_(1, target, key,
+                                                                           reduce="amin")
+        best = move & (key == low.gather(1, labels)) & (key == low.gather(1, target))
+        first = torch.full((b, k), n, dtype=torch.long)
+        cand = torch.where(best, idx, torch.full_like(idx, n))
+        first.scatter_reduce_(1, labels, cand, reduce="amin").scatter_reduce_(1, target, cand,
+                                                                              reduce="amin")
+        take = best & (idx == first.gather(1, labels)) & (idx == first.gather(1, target))
+        labels = torch.where(take, target, labels)
     return labels
 
 
