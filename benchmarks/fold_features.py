@@ -19,6 +19,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+
 MODES = ("raw", "block", "gamma")
 
 
@@ -31,6 +33,8 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/fold-features")
     p.add_argument("--out", default="docs/results/fold-features.md")
     p.add_argument("--collate-only", action="store_true")
+    p.add_argument("--measured-by", default=None,
+                   help="with --collate-only: the command and commit that measured the CSVs")
     args = p.parse_args()
     work = Path(args.work)
     for mode in MODES:
@@ -56,10 +60,12 @@ def main() -> int:
     from tuneless.bench.stamp import stamp, stamp_markdown
     from tuneless.io_atomic import atomic_write_text
 
-    argv = " ".join(sys.argv[1:])
+    torch.set_num_threads(1)  # the runs use one thread; the stamp records this process's
+    command = "python benchmarks/fold_features.py " + " ".join(sys.argv[1:])
     lines = ["# Fold feature scaling: raw vs block vs gamma", "",
-             stamp_markdown(stamp()).replace("Produced by", "Collated by"), "",
-             f"Command: `python benchmarks/fold_features.py {argv}`.", "",
+             stamp_markdown(stamp(command)), "",
+             "Each run: `tuneless bench fold CKPTS --threads 1 --features MODE` (one thread)."
+             + (f" Measured by `{args.measured_by}`." if args.measured_by else ""), "",
              "Accuracy (%) after folding, no fine-tuning; Fold-R re-estimates BatchNorm on "
              "1024 real training images. CIFAR-10 models are trained and tested on the "
              "project's JPEG copy.", "",
