@@ -220,8 +220,13 @@ def markdown(rows, info, args) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         mrows = [r for r in rows if r["model"] == model]
         sps = sorted({r["requested"] for r in mrows})
+        slug = model.split(" ")[0]
+        on = (" of the CIFAR-10 JPEG copy in ../shared/data (trained on its train split; "
+              "JPEG costs a model trained on the original files about 10 points)"
+              if _is_cifar(mrows[0]) else "")
         lines += [f"## {model}", "", f"Weights `{mrows[0]['weights']}`, dense accuracy "
-                  f"{mrows[0]['dense_acc']:.4f} on {mrows[0]['test_images']} test images.", "",
+                  f"{mrows[0]['dense_acc']:.4f} on {mrows[0]['test_images']} test images{on}.",
+                  "", f"![accuracy vs parameters removed]({args.name}-{slug}-accuracy.png)", "",
                   "| method | " + " | ".join(f"{s:.0%}" for s in sps) + " |",
                   "|---|" + "---|" * len(sps)]
         for method in dict.fromkeys(r["method"] for r in mrows):
@@ -237,8 +242,18 @@ def markdown(rows, info, args) -> str:
                     cells.append(r.get("note", "")[:40])
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", *comparisons(mrows, sps), ""]
+        if (Path(args.out) / f"{args.name}-{slug}-variance.png").exists():
+            lines += ["Variance collapse (Var folded / Var original per layer, at 50% removed): "
+                      f"![variance ratio]({args.name}-{slug}-variance.png)", ""]
     lines += [REFERENCE]
     return "\n".join(lines) + "\n"
+
+
+def _is_cifar(row: dict) -> bool:
+    from tuneless.zoo import ARCH_DATASET
+
+    arch = row["model"].split(" ")[0]
+    return ARCH_DATASET.get(arch) == "cifar10" or "cifar" in str(row["weights"]).lower()
 
 
 REFERENCE = (
