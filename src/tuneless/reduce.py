@@ -122,7 +122,8 @@ def _analyse(ab: torch.Tensor) -> tuple:
 
     ("select", cols): each new channel copies one old channel (pruning);
     ("sum", rows, cols, k): 0/1 with each old channel used once (folding consumers);
-    ("dense", ab): anything else (cluster means, general matrices).
+    ("scatter", rows, cols, k, vals): each old channel used once with a weight (cluster means);
+    ("dense", ab): anything else (general matrices).
     """
     ab = ab.detach().cpu()
     nz = ab != 0
@@ -132,6 +133,9 @@ def _analyse(ab: torch.Tensor) -> tuple:
         if bool((nz.sum(0) <= 1).all()):
             rows, cols = nz.nonzero(as_tuple=True)
             return ("sum", rows, cols, ab.shape[0])
+    if bool((nz.sum(0) <= 1).all()):  # each old channel feeds one new one: weighted scatter
+        rows, cols = nz.nonzero(as_tuple=True)
+        return ("scatter", rows, cols, ab.shape[0], ab[rows, cols])
     return ("dense", ab)
 
 
@@ -140,12 +144,17 @@ def _combine(op: tuple, seg: torch.Tensor, axis: int, block: int) -> torch.Tenso
     without a dense matmul or a reordering copy for selections and 0/1 sums."""
     if op[0] == "select":
         return seg.index_select(axis, _expand(op[1], block))
-    if op[0] == "sum" and seg.is_floating_point():
-        _, rows, cols, k = op
+    if op[0] in ("sum", "scatter") and seg.is_floating_point():
+        rows, cols, k = op[1:4]
         shape = list(seg.shape)
         shape[axis] = k * block
         out = seg.new_zeros(shape)
         picked = seg.index_select(axis, _expand(cols, block))
+        if op[0] == "scatter":  # scale each picked channel by its weight
+            view = [1] * seg.dim()
+            view[axis] = -1
+            w = op[4].to(seg.dtype).repeat_interleave(block)
+            picked = picked * w.view(view)
         return out.index_add_(axis, _expand(rows, block), picked)
     ab = op[1] if op[0] == "dense" else _dense(op, seg.shape[axis] // block)
     k, n = ab.shape
@@ -157,9 +166,9 @@ def _combine(op: tuple, seg: torch.Tensor, axis: int, block: int) -> torch.Tenso
 
 
 def _dense(op: tuple, n: int) -> torch.Tensor:
-    _, rows, cols, k = op
+    rows, cols, k = op[1:4]
     ab = torch.zeros(k, n)
-    ab[rows, cols] = 1.0
+    ab[rows, cols] = op[4] if op[0] == "scatter" else 1.0
     return ab
 
 

@@ -69,11 +69,12 @@ def ar_factors(rows: torch.Tensor, labels: torch.Tensor, k: int | None = None) -
     if rows.dim() != 2 or labels.dim() != 1 or rows.shape[0] != labels.shape[0]:
         raise TunelessError("ar_factors needs rows (n × f) and one label per row")
     k = int(labels.max()) + 1 if k is None else k
-    r = rows.detach().double()
-    unit = r / r.norm(dim=1, keepdim=True).clamp(min=1e-30)
-    unit[r.norm(dim=1) == 0] = 0
-    sums = torch.zeros(k, r.shape[1], dtype=torch.float64).index_add_(0, labels, unit)
-    self_sim = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, (unit * unit).sum(1))
+    r = rows.detach().float()  # unit rows: float32 is ample, the sums below are float64
+    norms = r.norm(dim=1, keepdim=True)
+    unit = r / norms.clamp(min=1e-30)  # zero rows stay zero (cosine taken as 0)
+    sums = torch.zeros(k, r.shape[1]).index_add_(0, labels, unit).double()
+    self_sim = torch.zeros(k, dtype=torch.float64).index_add_(
+        0, labels, (norms.squeeze(1) > 0).double())
     n = torch.bincount(labels, minlength=k).double()
     pairs = (n * (n - 1)).clamp(min=1)
     mean_cos = ((sums * sums).sum(1) - self_sim) / pairs
