@@ -135,3 +135,25 @@ def test_batched_hartigan_reaches_a_hartigan_optimum_never_worse_than_lloyd():
     for s, o in zip(starts, out):
         assert _objective(x, o, 12) <= _objective(x, s, 12) + 1e-12
         assert torch.equal(hartigan(x, o, 12), o)  # no single move improves it further
+
+
+def test_hartigan_stops_where_no_single_move_improves():
+    from tuneless.cluster import _objective, hartigan
+
+    g = torch.Generator().manual_seed(7)
+    n, d, k = 300, 20, 140
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    start = torch.randint(0, k, (n,), generator=g)
+    start[:k] = torch.arange(k)
+    out = hartigan(x, start, k)
+    assert _objective(x, out, k) < _objective(x, start, k)
+    sizes = torch.bincount(out, minlength=k).double()
+    cents = torch.zeros(k, d, dtype=torch.float64).index_add_(0, out, x) / sizes[:, None]
+    dist = torch.cdist(x, cents) ** 2
+    ar = torch.arange(n)
+    s_own = sizes[out]
+    remove = torch.where(s_own > 1, s_own / (s_own - 1) * dist[ar, out],
+                         torch.full_like(s_own, -1e300))
+    add = dist * (sizes / (sizes + 1))[None]
+    add[ar, out] = 1e300
+    assert float((add.min(1).values - remove).min()) > -1e-9

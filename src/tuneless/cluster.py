@@ -341,46 +341,72 @@ def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 10
     Moving i changes the objective by |b|/(|b|+1)·d(i,b)² − |a|/(|a|−1)·d(i,a)². Each round
     applies the best improving moves whose clusters are pairwise disjoint (so their
     gains are exact), which never raises the objective and stops at a Hartigan optimum.
+    Cluster sums and every point's best target are updated incrementally: a round
+    touches few clusters, so only their columns (and points whose best target was one
+    of them) are recomputed, not the whole n×k table.
     """
     n, d = x.shape
     labels = labels.clone()
     sizes = torch.bincount(labels, minlength=k).to(x.dtype)
-    cents = torch.zeros(k, d, dtype=x.dtype).index_add_(0, labels, x) / sizes.clamp(min=1)[:, None]
+    sums = torch.zeros(k, d, dtype=x.dtype).index_add_(0, labels, x)
+    cents = sums / sizes.clamp(min=1)[:, None]
     sq_x = (x * x).sum(1)
     dist = _sq_dist(x, sq_x, cents.unsqueeze(0))[0]  # (n, k)
     ar = torch.arange(n)
     scale = torch.finfo(x.dtype).eps * 64
+    best_add, target = _best_targets(dist, sizes, labels, ar)
+    slot = torch.full((k,), -1, dtype=torch.long)
     for _ in range(max_rounds):
-        own = labels
-        s_own = sizes[own]
-        remove = torch.where(s_own > 1, s_own / (s_own - 1).clamp(min=1) * dist[ar, own],
+        s_own = sizes[labels]
+        remove = torch.where(s_own > 1, s_own / (s_own - 1).clamp(min=1) * dist[ar, labels],
                              torch.full_like(s_own, -math.inf))
-        add = dist * (sizes / (sizes + 1))[None, :]
-        add[ar, own] = math.inf
-        best_add, target = add.min(1)
         delta = best_add - remove
-        threshold = -scale * (1 + remove.abs())
-        movers = torch.nonzero(delta < threshold).squeeze(1)
+        movers = torch.nonzero(delta < -scale * (1 + remove.abs())).squeeze(1)
         if len(movers) == 0:
             break
         movers = movers[torch.argsort(delta[movers], stable=True)]
         used: set[int] = set()
         picked = []
-        for i, a, t in zip(movers.tolist(), own[movers].tolist(), target[movers].tolist()):
+        for i, a, t in zip(movers.tolist(), labels[movers].tolist(), target[movers].tolist()):
             if a in used or t in used:
                 continue
             used.update((a, t))
             picked.append((i, a, t))
         touched = torch.tensor(sorted(used))
-        for i, a, t in picked:
-            labels[i] = t
-            sizes[a] -= 1
-            sizes[t] += 1
-        members = torch.zeros(k, d, dtype=x.dtype).index_add_(0, labels, x)
-        cents[touched] = members[touched] / sizes[touched].clamp(min=1)[:, None]
+        idx, src, dst = (torch.tensor(v) for v in zip(*picked))
+        labels[idx] = dst
+        moved = x[idx]
+        sizes.index_add_(0, src, torch.full((len(idx),), -1.0, dtype=x.dtype))
+        sizes.index_add_(0, dst, torch.ones(len(idx), dtype=x.dtype))
+        sums.index_add_(0, src, -moved).index_add_(0, dst, moved)
+        cents[touched] = sums[touched] / sizes[touched].clamp(min=1)[:, None]
         sq_c = (cents[touched] ** 2).sum(1)
         dist[:, touched] = (sq_x[:, None] + sq_c[None, :] - 2 * x @ cents[touched].T).clamp_(min=0)
+        # Best targets: untouched columns are unchanged, so a point whose best target was
+        # not touched only compares its old best with the touched columns.
+        slot[touched] = torch.arange(len(touched))
+        add_t = dist[:, touched] * (sizes[touched] / (sizes[touched] + 1))[None, :]
+        own_slot = slot[labels]
+        inside = torch.nonzero(own_slot >= 0).squeeze(1)
+        add_t[inside, own_slot[inside]] = math.inf
+        t_min, t_pos = add_t.min(1)
+        better = t_min < best_add
+        best_add = torch.where(better, t_min, best_add)
+        target = torch.where(better, touched[t_pos], target)
+        stale = torch.nonzero((slot[target] >= 0) & ~better).squeeze(1)  # old best touched
+        if len(stale):
+            best_add[stale], target[stale] = _best_targets(dist[stale], sizes, labels[stale],
+                                                           torch.arange(len(stale)))
+        slot[touched] = -1
     return labels
+
+
+def _best_targets(dist: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor,
+                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per point: the cheapest cluster to join, |b|/(|b|+1)·d(i,b)², over b ≠ its own."""
+    add = dist * (sizes / (sizes + 1))[None, :]
+    add[rows, labels] = math.inf
+    return add.min(1)
 
 
 def hartigan_batched(x: torch.Tensor, labels: torch.Tensor, k: int,
