@@ -37,6 +37,7 @@ def main() -> int:
         return perplexity_of_ids(m, ids, args.seq_len, args.tokens, progress=False)
 
     dense = ppl(model)
+    print("# SmolLM2-135M: perplexity when one layer's MLP is folded\n")
     print(stamp_markdown(info))
     print(f"Dense perplexity {dense:.2f} (first {args.tokens} tokens, windows of "
           f"{args.seq_len}). One layer's MLP folded by {args.mlp_ratio:.0%}, all else dense.\n")
