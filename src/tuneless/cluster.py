@@ -19,6 +19,8 @@ from tuneless.errors import TunelessError
 METHODS = ("kmeans", "ward", "greedy")
 _BATCHED_HARTIGAN = 2**25  # restarts × n × k × dims up to which Hartigan runs batched
 _PAIRWISE_MAX_N = 8192  # precompute the n×n distance matrix for seeding up to this size
+_GRAM_MAX_N = 4096  # Hartigan keeps an n×n Gram matrix for rank-one updates up to this size
+_REFRESH = 256  # Hartigan rounds between exact recomputations of the centroid inner products
 _BATCH_ELEMENTS = 2**26  # restarts × n × k distance entries computed at once
 
 
@@ -206,7 +208,7 @@ def embed(x: torch.Tensor) -> torch.Tensor:
     xc = x.double() if small else x.float()
     xc = xc - xc.mean(0)
     n, d = xc.shape
-    if d <= n:
+    if d <= 2 * n:  # no real reduction: the eigendecomposition would cost more than it saves
         return xc
     gram = xc @ xc.T
     vals, vecs = torch.linalg.eigh((gram + gram.T) / 2)
@@ -341,21 +343,29 @@ def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 10
     Moving i changes the objective by |b|/(|b|+1)·d(i,b)² − |a|/(|a|−1)·d(i,a)². Each round
     applies the best improving moves whose clusters are pairwise disjoint (so their
     gains are exact), which never raises the objective and stops at a Hartigan optimum.
-    Cluster sums and every point's best target are updated incrementally: a round
-    touches few clusters, so only their columns (and points whose best target was one
-    of them) are recomputed, not the whole n×k table.
+    Everything is updated incrementally: a move changes two centroids by a rank-one
+    step, so their inner products with all points follow from one Gram-matrix column
+    (O(n) instead of O(n·d)), and only points whose best target was touched are
+    rescanned. Exact values are recomputed every `_REFRESH` rounds and before stopping.
     """
     n, d = x.shape
     labels = labels.clone()
     sizes = torch.bincount(labels, minlength=k).to(x.dtype)
     sums = torch.zeros(k, d, dtype=x.dtype).index_add_(0, labels, x)
-    cents = sums / sizes.clamp(min=1)[:, None]
+    gram = x @ x.T if n <= _GRAM_MAX_N else None
     sq_x = (x * x).sum(1)
-    dist = _sq_dist(x, sq_x, cents.unsqueeze(0))[0]  # (n, k)
     ar = torch.arange(n)
     scale = torch.finfo(x.dtype).eps * 64
-    best_add, target = _best_targets(dist, sizes, labels, ar)
     slot = torch.full((k,), -1, dtype=torch.long)
+
+    def exact():
+        cents = sums / sizes.clamp(min=1)[:, None]
+        return x @ cents.T, (cents * cents).sum(1)
+
+    inner, cnorm = exact()  # inner[i, c] = x_i · centroid_c
+    dist = (sq_x[:, None] + cnorm[None, :] - 2 * inner).clamp_(min=0)
+    best_add, target = _best_targets(dist, sizes, labels, ar)
+    since = 0
     for _ in range(max_rounds):
         s_own = sizes[labels]
         remove = torch.where(s_own > 1, s_own / (s_own - 1).clamp(min=1) * dist[ar, labels],
@@ -363,7 +373,13 @@ def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 10
         delta = best_add - remove
         movers = torch.nonzero(delta < -scale * (1 + remove.abs())).squeeze(1)
         if len(movers) == 0:
-            break
+            if since == 0:
+                break
+            inner, cnorm = exact()  # confirm the optimum on exact values
+            dist = (sq_x[:, None] + cnorm[None, :] - 2 * inner).clamp_(min=0)
+            best_add, target = _best_targets(dist, sizes, labels, ar)
+            since = 0
+            continue
         movers = movers[torch.argsort(delta[movers], stable=True)]
         used: set[int] = set()
         picked = []
@@ -374,14 +390,28 @@ def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 10
             picked.append((i, a, t))
         touched = torch.tensor(sorted(used))
         idx, src, dst = (torch.tensor(v) for v in zip(*picked))
+        m_src, m_dst = sizes[src], sizes[dst]
         labels[idx] = dst
         moved = x[idx]
         sizes.index_add_(0, src, torch.full((len(idx),), -1.0, dtype=x.dtype))
         sizes.index_add_(0, dst, torch.ones(len(idx), dtype=x.dtype))
         sums.index_add_(0, src, -moved).index_add_(0, dst, moved)
-        cents[touched] = sums[touched] / sizes[touched].clamp(min=1)[:, None]
-        sq_c = (cents[touched] ** 2).sum(1)
-        dist[:, touched] = (sq_x[:, None] + sq_c[None, :] - 2 * x @ cents[touched].T).clamp_(min=0)
+        since += 1
+        if gram is None or since >= _REFRESH:
+            inner, cnorm = exact()
+            since = 0
+        else:  # rank-one centroid steps: c' = (m·c ∓ x_i)/(m ∓ 1)
+            g_i, g_ii = gram[:, idx], sq_x[idx]
+            for cols, m, sign in ((src, m_src, -1.0), (dst, m_dst, 1.0)):
+                p_i = inner[idx, cols]
+                cnorm[cols] = (m * m * cnorm[cols] + sign * 2 * m * p_i + g_ii) / (m + sign) ** 2
+                inner[:, cols] = (m * inner[:, cols] + sign * g_i) / (m + sign)
+        dist[:, touched] = (sq_x[:, None] + cnorm[touched][None, :]
+                            - 2 * inner[:, touched]).clamp_(min=0)
+        if since == 0:
+            dist = (sq_x[:, None] + cnorm[None, :] - 2 * inner).clamp_(min=0)
+            best_add, target = _best_targets(dist, sizes, labels, ar)
+            continue
         # Best targets: untouched columns are unchanged, so a point whose best target was
         # not touched only compares its old best with the touched columns.
         slot[touched] = torch.arange(len(touched))
