@@ -150,7 +150,7 @@ def kmeans(
         raise TunelessError("k-means needs n_init ≥ 1 (or 'auto'), max_iter ≥ 1 and tol ≥ 0")
     if k == n or k == 1:
         return cluster(x, k)
-    z = embed(x)  # same pairwise distances in ≤ n dimensions
+    z = embed(x)  # same pairwise distances, in ≤ n dimensions when x is much wider
     work = n * k * z.shape[1]
     if dtype is None:
         dtype = torch.float64 if work <= 2e6 else torch.float32
@@ -359,12 +359,13 @@ def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 10
     slot = torch.full((k,), -1, dtype=torch.long)
 
     def exact():
+        """inner[i, c] = x_i · centroid_c, |centroid|², distances and best targets, recomputed."""
         cents = sums / sizes.clamp(min=1)[:, None]
-        return x @ cents.T, (cents * cents).sum(1)
+        inner, cnorm = x @ cents.T, (cents * cents).sum(1)
+        dist = (sq_x[:, None] + cnorm[None, :] - 2 * inner).clamp_(min=0)
+        return (inner, cnorm, dist, *_best_targets(dist, sizes, labels, ar))
 
-    inner, cnorm = exact()  # inner[i, c] = x_i · centroid_c
-    dist = (sq_x[:, None] + cnorm[None, :] - 2 * inner).clamp_(min=0)
-    best_add, target = _best_targets(dist, sizes, labels, ar)
+    inner, cnorm, dist, best_add, target = exact()
     since = 0
     for _ in range(max_rounds):
         s_own = sizes[labels]
@@ -375,9 +376,7 @@ def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 10
         if len(movers) == 0:
             if since == 0:
                 break
-            inner, cnorm = exact()  # confirm the optimum on exact values
-            dist = (sq_x[:, None] + cnorm[None, :] - 2 * inner).clamp_(min=0)
-            best_add, target = _best_targets(dist, sizes, labels, ar)
+            inner, cnorm, dist, best_add, target = exact()  # confirm the optimum exactly
             since = 0
             continue
         movers = movers[torch.argsort(delta[movers], stable=True)]
@@ -398,20 +397,16 @@ def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 10
         sums.index_add_(0, src, -moved).index_add_(0, dst, moved)
         since += 1
         if gram is None or since >= _REFRESH:
-            inner, cnorm = exact()
+            inner, cnorm, dist, best_add, target = exact()
             since = 0
-        else:  # rank-one centroid steps: c' = (m·c ∓ x_i)/(m ∓ 1)
-            g_i, g_ii = gram[:, idx], sq_x[idx]
-            for cols, m, sign in ((src, m_src, -1.0), (dst, m_dst, 1.0)):
-                p_i = inner[idx, cols]
-                cnorm[cols] = (m * m * cnorm[cols] + sign * 2 * m * p_i + g_ii) / (m + sign) ** 2
-                inner[:, cols] = (m * inner[:, cols] + sign * g_i) / (m + sign)
+            continue
+        g_i, g_ii = gram[:, idx], sq_x[idx]  # rank-one centroid steps: c' = (m·c ∓ x_i)/(m ∓ 1)
+        for cols, m, sign in ((src, m_src, -1.0), (dst, m_dst, 1.0)):
+            p_i = inner[idx, cols]
+            cnorm[cols] = (m * m * cnorm[cols] + sign * 2 * m * p_i + g_ii) / (m + sign) ** 2
+            inner[:, cols] = (m * inner[:, cols] + sign * g_i) / (m + sign)
         dist[:, touched] = (sq_x[:, None] + cnorm[touched][None, :]
                             - 2 * inner[:, touched]).clamp_(min=0)
-        if since == 0:
-            dist = (sq_x[:, None] + cnorm[None, :] - 2 * inner).clamp_(min=0)
-            best_add, target = _best_targets(dist, sizes, labels, ar)
-            continue
         # Best targets: untouched columns are unchanged, so a point whose best target was
         # not touched only compares its old best with the touched columns.
         slot[touched] = torch.arange(len(touched))

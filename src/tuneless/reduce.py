@@ -121,40 +121,36 @@ def _analyse(ab: torch.Tensor) -> tuple:
     """Classify a k×n map (new channel j = Σ ab[j, i]·old i) once per group.
 
     ("select", cols): each new channel copies one old channel (pruning);
-    ("sum", rows, cols, k): 0/1 with each old channel used once (folding consumers);
-    ("scatter", rows, cols, k, vals): each old channel used once with a weight (cluster means);
+    ("scatter", rows, cols, k, vals): each old channel feeds at most one new one, with
+    weight vals (cluster means), or vals None for plain 0/1 sums (folding consumers);
     ("dense", ab): anything else (general matrices).
     """
     ab = ab.detach().cpu()
     nz = ab != 0
-    if bool((ab[nz] == 1).all()):
-        if bool((nz.sum(1) == 1).all()):
-            return ("select", nz.to(torch.uint8).argmax(1))
-        if bool((nz.sum(0) <= 1).all()):
-            rows, cols = nz.nonzero(as_tuple=True)
-            return ("sum", rows, cols, ab.shape[0])
-    if bool((nz.sum(0) <= 1).all()):  # each old channel feeds one new one: weighted scatter
+    ones = bool((ab[nz] == 1).all())
+    if ones and bool((nz.sum(1) == 1).all()):
+        return ("select", nz.to(torch.uint8).argmax(1))
+    if bool((nz.sum(0) <= 1).all()):
         rows, cols = nz.nonzero(as_tuple=True)
-        return ("scatter", rows, cols, ab.shape[0], ab[rows, cols])
+        return ("scatter", rows, cols, ab.shape[0], None if ones else ab[rows, cols])
     return ("dense", ab)
 
 
 def _combine(op: tuple, seg: torch.Tensor, axis: int, block: int) -> torch.Tensor:
     """Apply an analysed map to the n channels (of `block` entries each) along `axis`,
-    without a dense matmul or a reordering copy for selections and 0/1 sums."""
+    without a dense matmul or a reordering copy for selections and scatters."""
     if op[0] == "select":
         return seg.index_select(axis, _expand(op[1], block))
-    if op[0] in ("sum", "scatter") and seg.is_floating_point():
-        rows, cols, k = op[1:4]
+    if op[0] == "scatter" and seg.is_floating_point():
+        _, rows, cols, k, vals = op
         shape = list(seg.shape)
         shape[axis] = k * block
         out = seg.new_zeros(shape)
         picked = seg.index_select(axis, _expand(cols, block))
-        if op[0] == "scatter":  # scale each picked channel by its weight
+        if vals is not None:  # scale each picked channel by its weight
             view = [1] * seg.dim()
             view[axis] = -1
-            w = op[4].to(seg.dtype).repeat_interleave(block)
-            picked = picked * w.view(view)
+            picked = picked * vals.to(seg.dtype).repeat_interleave(block).view(view)
         return out.index_add_(axis, _expand(rows, block), picked)
     ab = op[1] if op[0] == "dense" else _dense(op, seg.shape[axis] // block)
     k, n = ab.shape
@@ -166,9 +162,9 @@ def _combine(op: tuple, seg: torch.Tensor, axis: int, block: int) -> torch.Tenso
 
 
 def _dense(op: tuple, n: int) -> torch.Tensor:
-    rows, cols, k = op[1:4]
+    _, rows, cols, k, vals = op
     ab = torch.zeros(k, n)
-    ab[rows, cols] = op[4] if op[0] == "scatter" else 1.0
+    ab[rows, cols] = 1.0 if vals is None else vals
     return ab
 
 
