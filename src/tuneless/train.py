@@ -182,7 +182,7 @@ def train(
     final_acc = history[-1]["test_acc"] if history else accuracy(model, test_set)
     meta = save_checkpoint(
         out, model, cfg.arch, {"num_classes": len(train_set.classes), **cfg.arch_kwargs}, dataset,
-        train_args={**asdict(cfg), "train_seconds": round(elapsed, 1), "history": history},
+        train_args={**asdict(cfg), "train_seconds": round(elapsed, 3), "history": history},
         test_accuracy=final_acc,
     )
     return meta
