@@ -1,5 +1,7 @@
 """Error-based allocation: meets the budget, and spends it on groups that fold cheaply."""
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,3 +45,35 @@ def test_cheap_group_is_folded_first_and_budget_met():
     ids = sorted(kept, key=lambda gid: graph[gid].producers[0].module)
     ka, kb = kept[ids[0]], kept[ids[1]]
     assert ka < kb  # the redundant group gives up its channels first
+
+
+def test_floor_bounds_every_group_and_budget_still_met():
+    model = TwoGroups().eval()
+    graph = find_groups(model, torch.randn(2, 16))
+    from tuneless.methods.fold import channel_features
+
+    feats = {g.id: channel_features(model, g, "raw") for g in graph.reducible}
+    free = error_allocation(model, graph, feats, 0.3)
+    floor = {gid: 24 for gid in free}
+    kept = error_allocation(model, graph, feats, 0.3, floor=floor)
+    assert min(free.values()) < 24  # the floor binds
+    assert all(k >= 24 for k in kept.values())
+    before = param_count(model, graph)
+    assert 1 - param_count(model, graph, kept) / before >= 0.3 - 1e-9
+
+
+def test_fold_error_allocation_keeps_a_share_of_the_uniform_count():
+    from tuneless.budget import solve
+    from tuneless.methods.fold import fold
+
+    model = TwoGroups().eval()
+    x = torch.randn(2, 16)
+    graph = find_groups(model, x)
+    bound = min(math.ceil(0.8 * k) for k in solve(model, graph, 0.5, 1).kept.values())
+
+    def widths(**kw):
+        small = fold(model, sparsity=0.5, allocation="error", repair="none", example_inputs=x, **kw)
+        return min(small.a.out_features, small.b.out_features)
+
+    assert widths(keep_floor=0.0) < bound  # unbounded, the redundant group is cut deeper
+    assert widths(keep_floor=0.8) >= bound

@@ -157,3 +157,19 @@ def test_hartigan_stops_where_no_single_move_improves():
     add = dist * (sizes / (sizes + 1))[None]
     add[ar, out] = 1e300
     assert float((add.min(1).values - remove).min()) > -1e-9
+
+
+def test_more_clusters_than_distinct_points_still_gives_exactly_k():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, generator=g).repeat(8, 1)  # 4 distinct rows, 32 points
+    for k in (5, 16, 31):
+        c = cluster(x, k, seed=0)
+        assert c.k == k and int(c.sizes().min()) >= 1
+        assert c.inertia < 1e-9
+
+
+def test_fill_empty_moves_members_of_the_largest_cluster():
+    from tuneless.cluster import fill_empty
+
+    labels = fill_empty(torch.tensor([0, 0, 0, 1, 1]), 4)
+    assert sorted(torch.bincount(labels).tolist()) == [1, 1, 1, 2]

@@ -88,9 +88,12 @@ class _ParamCounter:
 
 def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sparsity: float,
                      *, max_ratio: float = 0.9, min_channels: int = 1, seed: int = 0,
-                     n_init: int = 1) -> dict[int, int]:
+                     n_init: int = 1, floor: dict[int, int] | None = None) -> dict[int, int]:
     """Per-group cluster counts removing `sparsity` of the parameters, chosen greedily by
-    normalised k-means error added per parameter saved."""
+    normalised k-means error added per parameter saved.
+
+    floor: optional per-group minimum counts (e.g. a share of what uniform folding keeps).
+    """
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     groups = [g for g in graph.reducible if g.id in feats]
@@ -98,7 +101,8 @@ def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sp
     full = {g.id: g.n for g in groups}
     levels, curves, size = {}, {}, {}
     for g in groups:
-        coarse = count_levels(g.n, max_ratio, min_channels)
+        lowest = max(min_channels, (floor or {}).get(g.id, 1))
+        coarse = count_levels(g.n, max_ratio, lowest)
         errs = error_curve(feats[g.id], coarse, seed, n_init)
         levels[g.id] = list(range(coarse[0], coarse[-1] - 1, -1))  # every count, interpolated
         curves[g.id] = _interpolate(coarse, errs, levels[g.id])

@@ -54,13 +54,33 @@ def cluster(x: torch.Tensor, k: int, method: str = "kmeans", **options) -> Clust
         return _finish(x, torch.arange(n))
     if k == 1:
         return _finish(x, torch.zeros(n, dtype=torch.long))
-    if method == "kmeans":
-        return kmeans(x, k, **options)
-    if method == "ward":
-        return ward(x, k, **options)
-    if method == "greedy":
-        return greedy_pairs(x, k, **options)
-    raise TunelessError(f"unknown clustering method {method!r}; choose one of {', '.join(METHODS)}")
+    run = {"kmeans": kmeans, "ward": ward, "greedy": greedy_pairs}.get(method)
+    if run is None:
+        raise TunelessError(
+            f"unknown clustering method {method!r}; choose one of {', '.join(METHODS)}")
+    return run(x, k, **options)
+
+
+def fill_empty(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Labels using all k clusters: while some are empty, move the last member of the largest
+    cluster into one of them.
+
+    Clusters only come out empty when points coincide (k exceeds the distinct points), and a
+    point leaving a cluster for a cluster of its own never raises the objective, so exactly k
+    clusters (the width the budget asked for) cost nothing.
+    """
+    labels = canonical_labels(labels).clone()
+    used = int(labels.max()) + 1
+    sizes = torch.bincount(labels, minlength=k)
+    for new in range(used, k):
+        big = int(torch.argmax(sizes))
+        if int(sizes[big]) < 2:
+            raise TunelessError(f"cannot form {k} clusters from {len(labels)} points")
+        member = int(torch.nonzero(labels == big).max())
+        labels[member] = new
+        sizes[big] -= 1
+        sizes[new] = 1
+    return labels
 
 
 def _check(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,13 +113,17 @@ def canonical_labels(labels: torch.Tensor) -> torch.Tensor:
     return remap[labels]
 
 
-def _finish(x: torch.Tensor, labels: torch.Tensor, z: torch.Tensor | None = None) -> Clustering:
-    """Canonical labels, cluster means and the objective (accumulated in float64).
+def _finish(x: torch.Tensor, labels: torch.Tensor, z: torch.Tensor | None = None,
+            k: int | None = None) -> Clustering:
+    """Canonical labels (exactly k clusters when k is given), cluster means and the objective
+    (accumulated in float64).
 
     z, an isometric embedding of x (see `embed`), gives the same objective in n
     dimensions instead of d, so the objective is computed there when available.
     """
     labels = canonical_labels(labels)
+    if k is not None and int(labels.max()) + 1 < k:
+        labels = canonical_labels(fill_empty(labels, k))
     k = int(labels.max()) + 1
     sizes = torch.bincount(labels, minlength=k).unsqueeze(1)
     if z is not None:
@@ -181,7 +205,7 @@ def kmeans(
         done += b
     if refine and per_batch == 1:
         best_labels = hartigan(z, best_labels, k)
-    return _finish(x, best_labels, z)
+    return _finish(x, best_labels, z, k)
 
 
 def auto_restarts(n: int) -> int:

@@ -139,6 +139,7 @@ def test_model_without_batchnorm_folds_naive_and_refuses_bn_repairs():
     ({"sparsity": 0.3, "cluster": "spectral"}, "unknown clustering"),
     ({"sparsity": 0.3, "colour": "red"}, "unknown fold option"),
     ({"channel_ratio": 0.3, "allocation": "error"}, "needs a sparsity"),
+    ({"sparsity": 0.3, "allocation": "error", "keep_floor": 1.5}, "keep_floor must be"),
 ])
 def test_bad_arguments_raise_tuneless_error(kwargs, message):
     model = DuplicatedCNN()

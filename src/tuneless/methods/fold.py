@@ -11,6 +11,7 @@ images, Fold-R from real images (see tuneless.repair, METHODS.md §1).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -40,6 +41,7 @@ class FoldOptions:
     n_init: int | str = "auto"
     min_channels: int = 1
     max_ratio: float = 0.9  # error allocation: keep at least 10% of every group
+    keep_floor: float = 0.5  # error allocation: and at least this share of uniform's count
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
     batch_size: int = 128
     inversion: dict = field(default_factory=dict)  # DeepInversion overrides (Fold-DIR)
@@ -57,6 +59,7 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     "data" (BN re-estimation on `data`, a tensor or DataLoader of real inputs), "none".
     Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "greedy"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, max_ratio,
+    keep_floor (error allocation keeps at least this share of the uniform count per group),
     num_images, batch_size, inversion (dict of DeepInversion settings).
     """
     from tuneless.llm import fold_llm, is_causal_lm  # lazy; LLM dispatch (issue 6)
@@ -88,6 +91,8 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         raise TunelessError("allocation='error' needs a sparsity (a global parameter budget)")
     if not 0.0 < opts.max_ratio < 1.0:
         raise TunelessError(f"max_ratio must be in (0, 1), got {opts.max_ratio}")
+    if not 0.0 <= opts.keep_floor <= 1.0:
+        raise TunelessError(f"keep_floor must be in [0, 1], got {opts.keep_floor}")
     return opts
 
 
@@ -117,8 +122,10 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     if opts.allocation == "error":
         from tuneless.allocation import error_allocation
 
+        uniform = solve(model, graph, opts.sparsity, opts.min_channels).kept
+        floor = {gid: math.ceil(opts.keep_floor * k) for gid, k in uniform.items()}
         kept = error_allocation(model, graph, feats, opts.sparsity, max_ratio=opts.max_ratio,
-                                min_channels=opts.min_channels, seed=opts.seed)
+                                min_channels=opts.min_channels, seed=opts.seed, floor=floor)
         before, after = param_count(model, graph), param_count(model, graph, kept)
         achieved, ratio = 1 - after / before, None
     else:
