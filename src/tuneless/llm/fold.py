@@ -7,11 +7,13 @@ summed. The residual width is not folded.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from tuneless.errors import TunelessError
 from tuneless.llm.decide import fold_decision
 from tuneless.llm.engine import plan_for, reduce_llm
+from tuneless.llm.refit import refit_consumers, self_generated
 
 
 def fold_llm(
@@ -29,6 +31,11 @@ def fold_llm(
     progress: bool = False,
     repair: str | None = None,
     example_inputs=None,
+    tokenizer=None,
+    data: torch.Tensor | None = None,
+    calib_samples: int = 32,
+    calib_len: int = 256,
+    refit_lambda: float = 3.0,
 ) -> nn.Module:
     """Return a folded copy of a Hugging Face LLaMA-family model.
 
@@ -42,14 +49,19 @@ def fold_llm(
     n_init, refine: k-means restarts and Hartigan refinement (tuneless.cluster.kmeans);
     kmeans_dim: cluster a random projection of wide features (large models).
     example_inputs is accepted for API symmetry with tuneless.fold and not needed.
+    repair: None (the paper: no repair), "self" (data-free: refit o_proj/down_proj by least
+      squares on text the uncompressed model samples itself; needs tokenizer=) or "data"
+      (the same refit on `data`, token ids (batch, seq_len), or on calib_samples windows of
+      the calibration text when only tokenizer= is given). See tuneless.llm.refit.
     gqa: "kv-groups" (a kv head and its query heads are one unit) or "query-heads"
       (query heads clustered inside each kv group; kv heads kept).
     """
-    if repair not in (None, "none", "naive"):
+    if repair not in REPAIRS:
         raise TunelessError(
-            f"repair={repair!r} does not apply to language models: they have no "
-            "BatchNorm to repair (METHODS.md §1.4); use repair=None"
+            f"repair={repair!r} does not apply to language models (no BatchNorm, METHODS.md "
+            "§1.4); choose None, 'self' (least-squares refit on self-generated text) or 'data'"
         )
+    calib = _calibration(model, repair, tokenizer, data, calib_samples, calib_len, seed)
     plans = plan_for(
         model,
         sparsity=sparsity,
@@ -64,4 +76,26 @@ def fold_llm(
             t, shape, plan, gqa, seed=seed + 1000 * i, n_init=n_init, refine=refine, dim=kmeans_dim
         )
 
-    return reduce_llm(model, plans, decide, desc="fold", show_progress=progress)
+    folded = reduce_llm(model, plans, decide, desc="fold", show_progress=progress)
+    if calib is not None:
+        refit_consumers(model, folded, calib, lam=refit_lambda, show_progress=progress)
+    return folded
+
+
+REPAIRS = (None, "none", "naive", "self", "data")
+
+
+def _calibration(model, repair, tokenizer, data, n, seq_len, seed) -> torch.Tensor | None:
+    """Token ids for the least-squares repair, or None when there is no repair."""
+    if repair not in ("self", "data"):
+        return None
+    if repair == "data" and data is not None:
+        ids = torch.as_tensor(data)
+        return ids[None] if ids.dim() == 1 else ids
+    if tokenizer is None:
+        raise TunelessError(f"repair={repair!r} needs tokenizer= (or data= token ids for 'data')")
+    if repair == "self":
+        return self_generated(model, tokenizer, n, seq_len, seed)
+    from tuneless.llm.calibration import calibration_batches
+
+    return torch.cat(calibration_batches(tokenizer, n, seq_len, seed), 0)

@@ -1,0 +1,146 @@
+"""Least-squares repair of a folded LLM: refit each layer's consumers (o_proj, down_proj).
+
+Folding a language model has no BatchNorm to repair (METHODS.md §1.4), and on a small
+model the folded layers' small errors compound through the residual stream. This repair
+(ours, beyond the paper) walks the layers in order on calibration tokens, keeping two
+residual streams: the original model's and the folded model's (already repaired below).
+Where a layer was folded, its consumer projection W (o_proj for merged heads, down_proj
+for merged MLP channels) is refit in closed form so that the folded stream lands back
+on the original one:
+
+    W' = argmin ||A W'ᵀ − Y||² + λ·mean(diag AᵀA)·||W' − W||²
+
+A: the consumer's inputs in the folded model, Y: what the layer must add to the folded
+stream to reach the original stream. The ridge term pulls towards the folded weights
+(λ = 3 was best of 1/3/10 on SmolLM2). Calibration tokens come either from text
+(`repair="data"`) or from the uncompressed model's own samples (`repair="self"`, no data:
+the language-model analogue of Fold-DIR's synthetic images).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tuneless.errors import TunelessError
+from tuneless.llm.adapters import adapter_for
+from tuneless.progress import progress
+
+
+class _Stop(Exception):
+    pass
+
+
+def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The hidden states entering decoder layer 0 and the keyword arguments every layer gets
+    (rotary position embeddings, attention mask), captured from one forward call."""
+    box: dict = {}
+
+    def grab(_mod, args, kwargs):
+        box["args"], box["kwargs"] = args, dict(kwargs)
+        raise _Stop
+
+    first = adapter_for(model).layers(model)[0]
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(input_ids=ids, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    kwargs = box["kwargs"]
+    hidden = box["args"][0] if box["args"] else kwargs.pop("hidden_states")
+    kwargs.pop("hidden_states", None)
+    return hidden, kwargs
+
+
+def _out(result) -> torch.Tensor:
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, watch: dict[str, nn.Module]):
+    """Run one decoder layer; also return the first positional input of each watched module."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        mod.register_forward_pre_hook(lambda _m, a, key=key: seen.__setitem__(key, a[0]))
+        for key, mod in watch.items()
+    ]
+    try:
+        out = _out(layer(hidden, **kwargs))
+    finally:
+        for h in handles:
+            h.remove()
+    return out, seen
+
+
+def ridge_refit(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:
+    """argmin_W' ||a W'ᵀ − y||² + λ·mean(diag aᵀa)·||W' − w||² in float64 (a: N×k, y: N×d)."""
+    a64, y64, w64 = a.reshape(-1, a.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double(), \
+        w.double()
+    gram = a64.T @ a64
+    reg = lam * float(gram.diagonal().mean()) + 1e-12
+    gram.diagonal().add_(reg)
+    rhs = a64.T @ y64 + reg * w64.T
+    return torch.linalg.solve(gram, rhs).T.to(w.dtype)
+
+
+@torch.no_grad()
+def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *,
+                    lam: float = 3.0, show_progress: bool = False) -> nn.Module:
+    """Refit o_proj / down_proj of every folded layer of `folded` in place (see module doc).
+
+    ids: calibration token ids, (batch, seq_len). Returns `folded`.
+    """
+    if lam < 0:
+        raise TunelessError(f"refit lambda must be ≥ 0, got {lam}")
+    if ids.dim() != 2 or ids.shape[1] < 2:
+        raise TunelessError(f"calibration ids must be (batch, seq_len ≥ 2), got {tuple(ids.shape)}")
+    adapter = adapter_for(original)
+    old_layers, new_layers = adapter.layers(original), adapter.layers(folded)
+    if len(old_layers) != len(new_layers):
+        raise TunelessError("the folded model has a different number of layers than the original")
+    original.eval()
+    folded.eval()
+    h_old, kwargs = layer_inputs(original, ids)
+    h_new = h_old.clone()
+    post = adapter.norms[1]
+    for i in progress(range(len(old_layers)), total=len(old_layers), desc="refit",
+                      unit="layer", disable=not show_progress):
+        lo, ln = old_layers[i], new_layers[i]
+        po, pn = adapter.projections(lo), adapter.projections(ln)
+        h_old_out, seen_old = _run(lo, h_old, kwargs, {"mid": getattr(lo, post)})
+        for short in ("o", "down"):
+            if pn[short].in_features == po[short].in_features:
+                continue
+            _, seen = _run(ln, h_new, kwargs, {"mid": getattr(ln, post), "x": pn[short]})
+            if short == "o":  # the attention half must land on the original mid-layer stream
+                target = seen_old["mid"] - h_new
+            else:  # the MLP half must land on the original layer output
+                target = h_old_out - seen["mid"]
+            w = ridge_refit(seen["x"], target, pn[short].weight, lam)
+            pn[short].weight.copy_(w)
+        h_new = _out(ln(h_new, **kwargs))
+        h_old = h_old_out
+    return folded
+
+
+@torch.no_grad()
+def self_generated(model: nn.Module, tokenizer, n_samples: int = 32, seq_len: int = 256,
+                   seed: int = 0) -> torch.Tensor:
+    """(n_samples, seq_len) token ids sampled from the model itself (temperature 1, no top-k),
+    starting from its beginning-of-sequence token: calibration text without any data."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise TunelessError("the tokenizer has neither a BOS nor an EOS token to start sampling")
+    pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else start
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        out = model.generate(
+            torch.full((n_samples, 1), start, dtype=torch.long), do_sample=True,
+            max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1, top_k=0, top_p=1.0,
+            temperature=1.0, pad_token_id=pad,
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    return out[:, :seq_len]

@@ -1,0 +1,76 @@
+"""Least-squares repair of folded LLMs: exact refit, the stream moves back, data-free sampling."""
+
+import pytest
+import torch
+
+from tests.llm.conftest import tiny_llama
+from tuneless.errors import TunelessError
+from tuneless.llm import fold_llm
+from tuneless.llm.refit import refit_consumers, ridge_refit, self_generated
+
+G = torch.Generator().manual_seed(3)
+CALIB = torch.randint(0, 97, (8, 24), generator=G)
+HELD_OUT = torch.randint(0, 97, (4, 24), generator=G)
+
+
+class Tok:
+    """The two attributes self_generated reads from a Hugging Face tokenizer."""
+
+    bos_token_id, eos_token_id = 1, 2
+
+
+def final_hidden(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+
+
+def test_ridge_refit_recovers_an_exact_linear_map_and_keeps_weights_at_large_lambda():
+    a = torch.randn(200, 6, generator=G)
+    w_true, w_old = torch.randn(5, 6, generator=G), torch.randn(5, 6, generator=G)
+    y = a @ w_true.T
+    assert torch.allclose(ridge_refit(a, y, w_old, 0.0), w_true, atol=1e-4)
+    assert torch.allclose(ridge_refit(a, y, w_old, 1e9), w_old, atol=1e-4)
+
+
+@pytest.mark.parametrize("head_ratio", [0.0, 0.5])
+def test_refit_brings_the_folded_stream_back_towards_the_original(head_ratio):
+    m = tiny_llama(layers=3, mlp=48)
+    f = fold_llm(m, head_ratio=head_ratio, mlp_ratio=0.5)
+    before = [p.clone() for p in (f.model.layers[0].mlp.down_proj.weight,
+                                  f.model.layers[0].self_attn.o_proj.weight)]
+    g = fold_llm(m, head_ratio=head_ratio, mlp_ratio=0.5)
+    refit_consumers(m, g, CALIB, lam=1.0)
+    assert not torch.equal(g.model.layers[0].mlp.down_proj.weight, before[0])
+    assert torch.equal(g.model.layers[0].self_attn.o_proj.weight, before[1]) == (head_ratio == 0)
+    for ids, gain in ((CALIB, 0.75), (HELD_OUT, 1.0)):  # a random model generalises little
+        ref = final_hidden(m, ids)
+        err_fold = (final_hidden(f, ids) - ref).pow(2).mean()
+        err_refit = (final_hidden(g, ids) - ref).pow(2).mean()
+        assert err_refit < gain * err_fold
+
+
+def test_fold_llm_repairs_and_their_errors():
+    m = tiny_llama()
+    with pytest.raises(TunelessError, match="needs tokenizer"):
+        fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="self")
+    with pytest.raises(TunelessError, match="choose None, 'self'"):
+        fold_llm(m, mlp_ratio=0.5, repair="ar")
+    plain = fold_llm(m, mlp_ratio=0.5, head_ratio=0.0)
+    data = fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="data", data=CALIB)
+    assert data.config.intermediate_size == plain.config.intermediate_size
+    assert not torch.equal(data.model.layers[1].mlp.down_proj.weight,
+                           plain.model.layers[1].mlp.down_proj.weight)
+    with pytest.raises(TunelessError, match="calibration ids"):
+        refit_consumers(m, plain, torch.tensor([[5]]))
+
+
+def test_self_generated_text_is_seeded_and_full_length():
+    m = tiny_llama()
+    state = torch.random.get_rng_state()
+    a = self_generated(m, Tok(), n_samples=3, seq_len=10, seed=4)
+    b = self_generated(m, Tok(), n_samples=3, seq_len=10, seed=4)
+    assert a.shape == (3, 10) and torch.equal(a, b) and bool((a[:, 0] == 1).all())
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    f = fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="self", tokenizer=Tok(),
+                 calib_samples=4, calib_len=12)
+    assert f.config.intermediate_size == 16
