@@ -136,8 +136,9 @@ def self_generated(model: nn.Module, tokenizer, n_samples: int = 32, seq_len: in
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
+        prompt = torch.full((n_samples, 1), start, dtype=torch.long)
         out = model.generate(
-            torch.full((n_samples, 1), start, dtype=torch.long), do_sample=True,
+            prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
             max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1, top_k=0, top_p=1.0,
             temperature=1.0, pad_token_id=pad,
         )
