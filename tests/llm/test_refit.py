@@ -32,9 +32,14 @@ def test_ridge_refit_recovers_an_exact_linear_map_and_keeps_weights_at_large_lam
     assert torch.allclose(ridge_refit(a, y, w_old, 1e9), w_old, atol=1e-4)
 
 
-@pytest.mark.parametrize("head_ratio", [0.0, 0.5])
-def test_refit_brings_the_folded_stream_back_towards_the_original(head_ratio):
-    m = tiny_llama(layers=3, mlp=48)
+@pytest.mark.parametrize("head_ratio, bias", [(0.0, False), (0.5, False), (0.5, True)])
+def test_refit_brings_the_folded_stream_back_towards_the_original(head_ratio, bias):
+    m = tiny_llama(layers=3, mlp=48, bias=bias)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # Hugging Face initialises biases to zero; make them matter
+        for lin in m.modules():
+            if isinstance(lin, torch.nn.Linear) and lin.bias is not None:
+                lin.bias.copy_(0.5 * torch.randn(lin.bias.shape, generator=gen))
     f = fold_llm(m, head_ratio=head_ratio, mlp_ratio=0.5)
     before = [p.clone() for p in (f.model.layers[0].mlp.down_proj.weight,
                                   f.model.layers[0].self_attn.o_proj.weight)]

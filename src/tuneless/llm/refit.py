@@ -117,6 +117,8 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
                 target = seen_old["mid"] - h_new
             else:  # the MLP half must land on the original layer output
                 target = h_old_out - seen["mid"]
+            if pn[short].bias is not None:  # the bias stays; the weights fit the rest
+                target = target - pn[short].bias
             w = ridge_refit(seen["x"], target, pn[short].weight, lam)
             pn[short].weight.copy_(w)
         h_new = _out(ln(h_new, **kwargs))
