@@ -79,3 +79,33 @@ def test_bench_reports_bad_arguments(checkpoints, tmp_path, capsys):
     assert main(["bench", "smooth", "--plain", str(checkpoints / "plain.pt"),
                  "--methods", "svd,zip"]) == 1
     assert "unknown method 'zip'" in capsys.readouterr().err
+
+
+def test_rerun_measures_only_missing_rows(checkpoints, tmp_path, monkeypatch):
+    from tuneless.bench import smooth_bench
+
+    out = tmp_path / "results"
+    args = ["bench", "smooth", "--plain", str(checkpoints / "plain.pt"), "--methods", "svd",
+            "--sparsities", "0.3,0.6", "--limit", "500", "--out-dir", str(out), "--name", "r"]
+    calls = []
+    real = smooth_bench.compress_and_score
+
+    def counting(*a, **k):
+        calls.append(a[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run dies after its first compressed row
+        return real(*a, **k)
+
+    monkeypatch.setattr(smooth_bench, "compress_and_score", counting)
+    assert main(args) != 0  # interrupted (the CLI turns Ctrl-C into an exit status)
+    assert (out / "r.partial.csv").is_file()
+    calls.clear()
+    monkeypatch.setattr(smooth_bench, "compress_and_score",
+                        lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    assert main(args) == 0
+    assert len(calls) == 1  # 0.3 was kept; only 0.6 is measured again
+    assert not (out / "r.partial.csv").exists()
+    rows = list(csv.DictReader((out / "r.csv").read_text().splitlines()[2:]))
+    assert [r["method"] for r in rows] == ["dense", "svd", "svd"]
+    calls.clear()
+    assert main([*args, "--fresh"]) == 0 and len(calls) == 2

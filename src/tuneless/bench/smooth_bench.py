@@ -7,6 +7,10 @@ compressed model (nothing is retrained). Writes NAME.csv, NAME.md (with the spec
 and the provenance stamp), NAME.png (accuracy vs parameters removed) and NAME_spectra.png into
 --out-dir. A method that cannot be imported is skipped with a note; a setting a method cannot
 reach (e.g. SVD beyond what break-even allows) is recorded with its reason.
+
+Finished rows are also kept in NAME.partial.csv (keyed by label, checkpoint sha256, method,
+fraction and --limit): a rerun, e.g. with one more checkpoint once its training is done,
+measures only the missing rows. The file is removed when the run completes; --fresh ignores it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="docs/results")
     p.add_argument("--name", default="smooth", help="file name stem of the results")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore rows kept from an interrupted or partial earlier run")
 
 
 def parse_checkpoints(args: argparse.Namespace) -> dict[str, str]:
@@ -116,23 +122,44 @@ def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float]
     from tuneless.zoo import INPUT_SHAPE
 
     rows, models = [], {}
+    partial = Path(args.out_dir) / f"{args.name}.partial.csv"
+    kept = {} if getattr(args, "fresh", False) else read_partial(partial)
+
+    def measured(row: dict, sha: str) -> dict:
+        rows.append(row)
+        kept[_key(row, sha, args.limit)] = row
+        write_partial(partial, kept)
+        return row
+
     for label, path in checkpoints.items():
         model = load_checkpoint(path)
         models[label] = model
+        sha = _file_sha(path)
         dataset = model.tuneless_meta["dataset"]
         test = get_dataset(dataset, "test", args.data)
         if args.limit:  # a random subset: the CIFAR-10 test split is sorted by class
             test = test.subset(args.limit, seed=0)
         x = torch.randn(1, *INPUT_SHAPE[dataset], generator=torch.Generator().manual_seed(0))
-        dense = accuracy(model, test)
-        rows.append({"model": label, "method": "dense", "requested": 0.0, "achieved": 0.0,
-                     "params": count_params(model), "accuracy": round(dense, 4),
-                     "seconds": 0.0, "note": ""})
-        print(f"{label}: dense accuracy {dense:.4f}", file=sys.stderr, flush=True)
+        old = kept.get(_key({"model": label, "method": "dense", "requested": 0.0}, sha,
+                            args.limit))
+        if old is not None:
+            rows.append(old)
+        else:
+            dense = accuracy(model, test)
+            measured({"model": label, "method": "dense", "requested": 0.0, "achieved": 0.0,
+                      "params": count_params(model), "accuracy": round(dense, 4),
+                      "seconds": 0.0, "note": ""}, sha)
+        print(f"{label}: dense accuracy {rows[-1]['accuracy']}", file=sys.stderr, flush=True)
         for name, method in methods.items():
             for s in sparsities:
-                r = compress_and_score(method, name, model, s, x, test, args.svd_allocation)
-                rows.append({"model": label, "method": name, "requested": s, **r})
+                old = kept.get(_key({"model": label, "method": name, "requested": s}, sha,
+                                    args.limit))
+                if old is not None:
+                    rows.append(old)
+                    continue
+                r = measured({"model": label, "method": name, "requested": s,
+                              **compress_and_score(method, name, model, s, x, test,
+                                                   args.svd_allocation)}, sha)
                 acc = r.get("accuracy")
                 print(f"  {name} @ {s:.0%}: " + (f"{acc:.4f} (removed {r['achieved']:.1%})"
                       if acc is not None else f"n/a: {r['note']}"), file=sys.stderr, flush=True)
@@ -194,6 +221,48 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
+def _key(row: dict, sha: str, limit) -> tuple:
+    return (row["model"], sha, row["method"], f"{float(row['requested']):.4f}", str(limit))
+
+
+def _file_sha(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_partial(path: Path) -> dict[tuple, dict]:
+    """Rows kept by an earlier run, by key; numbers restored to their types."""
+    if not path.is_file():
+        return {}
+    out = {}
+    with path.open(newline="") as fh:
+        for r in csv.DictReader(fh):
+            sha, limit = r.pop("sha256"), r.pop("limit")
+            row = {k: r.get(k, "") for k in FIELDS}
+            row["requested"] = float(row["requested"])
+            for k, cast in (("achieved", float), ("params", int), ("accuracy", float),
+                            ("seconds", float)):
+                if row[k] in ("", None):
+                    row.pop(k)  # a row with a note has no numbers, as when it was measured
+                else:
+                    row[k] = cast(row[k])
+            out[(row["model"], sha, row["method"], f"{row['requested']:.4f}", limit)] = row
+    return out
+
+
+def write_partial(path: Path, kept: dict[tuple, dict]) -> None:
+    from tuneless.io_atomic import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*FIELDS, "sha256", "limit"], extrasaction="ignore")
+    writer.writeheader()
+    for key, row in kept.items():
+        writer.writerow({**row, "sha256": key[1], "limit": key[4]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(buf.getvalue(), path)
+
+
 def write_results(rows: list[dict], models: dict[str, nn.Module], checkpoints: dict[str, str],
                   sparsities: list[float], skipped: dict[str, str], args, info: dict) -> Path:
     from tuneless.bench.stamp import stamp_markdown
@@ -246,5 +315,6 @@ def run(args: argparse.Namespace) -> int:
     info = stamp()
     rows, models = run_grid(checkpoints, methods, sparsities, args)
     md = write_results(rows, models, checkpoints, sparsities, skipped, args, info)
+    (Path(args.out_dir) / f"{args.name}.partial.csv").unlink(missing_ok=True)
     print(f"wrote {md} (+ .csv, .png, _spectra.png)")
     return 0
