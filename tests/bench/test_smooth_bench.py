@@ -98,13 +98,12 @@ def test_rerun_measures_only_missing_rows(checkpoints, tmp_path, monkeypatch):
 
     monkeypatch.setattr(smooth_bench, "compress_and_score", counting)
     assert main(args) != 0  # interrupted (the CLI turns Ctrl-C into an exit status)
-    assert (out / "r.partial.csv").is_file()
+    assert (out / "r.rows.csv").is_file()
     calls.clear()
     monkeypatch.setattr(smooth_bench, "compress_and_score",
                         lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     assert main(args) == 0
     assert len(calls) == 1  # 0.3 was kept; only 0.6 is measured again
-    assert not (out / "r.partial.csv").exists()
     rows = list(csv.DictReader((out / "r.csv").read_text().splitlines()[2:]))
     assert [r["method"] for r in rows] == ["dense", "svd", "svd"]
     calls.clear()

@@ -8,9 +8,9 @@ and the provenance stamp), NAME.png (accuracy vs parameters removed) and NAME_sp
 --out-dir. A method that cannot be imported is skipped with a note; a setting a method cannot
 reach (e.g. SVD beyond what break-even allows) is recorded with its reason.
 
-Finished rows are also kept in NAME.partial.csv (keyed by label, checkpoint sha256, method,
-fraction and --limit): a rerun, e.g. with one more checkpoint once its training is done,
-measures only the missing rows. The file is removed when the run completes; --fresh ignores it.
+Every measured row is also kept in NAME.rows.csv (keyed by label, checkpoint sha256, method,
+fraction and --limit): a rerun, e.g. after an interruption or with one more checkpoint once
+its training is done, measures only the missing rows. --fresh ignores the kept rows.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float]
     from tuneless.zoo import INPUT_SHAPE
 
     rows, models = [], {}
-    partial = Path(args.out_dir) / f"{args.name}.partial.csv"
+    partial = Path(args.out_dir) / f"{args.name}.rows.csv"
     kept = {} if getattr(args, "fresh", False) else read_partial(partial)
 
     def measured(row: dict, sha: str) -> dict:
@@ -315,6 +315,5 @@ def run(args: argparse.Namespace) -> int:
     info = stamp()
     rows, models = run_grid(checkpoints, methods, sparsities, args)
     md = write_results(rows, models, checkpoints, sparsities, skipped, args, info)
-    (Path(args.out_dir) / f"{args.name}.partial.csv").unlink(missing_ok=True)
     print(f"wrote {md} (+ .csv, .png, _spectra.png)")
     return 0
