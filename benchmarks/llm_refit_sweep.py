@@ -35,17 +35,25 @@ def main() -> int:
     ap.add_argument("--sparsity", type=float, default=0.2)
     ap.add_argument("--schedule", default="paper-mlp")
     ap.add_argument("--out", type=Path, default=Path("docs/results/llm_refit_sweep.md"))
+    ap.add_argument("--max-samples", type=int, default=64,
+                    help="self-generated sequences to sample (settings use the first n)")
+    ap.add_argument("--settings", default=None,
+                    help="n:lambda:refine,... (refine 0/1; n=0 means no repair); "
+                         "default: the built-in list")
     args = ap.parse_args()
+    settings = SETTINGS if args.settings is None else [
+        (int(n), float(lam) if int(n) else None, bool(int(r)))
+        for n, lam, r in (item.split(":") for item in args.settings.split(","))]
     torch.set_num_threads(1)
     info = stamp()
     model, tok = load_smollm2()
     ids = tokenize(tok, read_text(WIKITEXT2_TEST))
     dense = perplexity_of_ids(model, ids, 512, args.tokens, progress=False)
     start = time.perf_counter()
-    calib = self_generated(model, tok, n_samples=64, seq_len=256, seed=0)
+    calib = self_generated(model, tok, n_samples=args.max_samples, seq_len=256, seed=0)
     gen_s = time.perf_counter() - start
     rows = []
-    for n, lam, refine in SETTINGS:
+    for n, lam, refine in settings:
         start = time.process_time()
         kw = {"repair": "data", "data": calib[:n], "refit_lambda": lam} if n else {}
         small = fold_llm(model, args.sparsity, schedule=args.schedule, refine=refine, **kw)
@@ -58,7 +66,8 @@ def main() -> int:
             stamp_markdown(info),
             f"SmolLM2-135M folded at {args.sparsity:.0%} of block parameters "
             f"(`schedule=\"{args.schedule}\"`), repaired on text the dense model sampled itself "
-            f"(sequences of 256 tokens; sampling 64 took {gen_s:.0f} s). WikiText-2 raw test, "
+            f"(sequences of 256 tokens; sampling {args.max_samples} took {gen_s:.0f} s). "
+            "WikiText-2 raw test, "
             f"first {args.tokens} tokens in windows of 512; dense perplexity {dense:.2f}. "
             "CPU seconds = fold + repair in this process (one thread; the machine was shared).",
             "", "| calibration sequences | λ | k-means refinement | perplexity | × dense | CPU s |",
