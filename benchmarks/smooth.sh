@@ -35,10 +35,11 @@ train() {
 }
 
 bench() {
-    PLAIN=${PLAIN:-$OUT/$ARCH-plain.pt}
-    D1=${D1:-$OUT/$ARCH-d1-rel1.pt}
-    D2=${D2:-$OUT/$ARCH-d2-rel1.pt}
-    NUC=${NUC:-$OUT/$ARCH-nuc-rel1.pt}
+    # defaults: the committed ResNet-20s (plain: models/, penalties: models/smooth/, λ rel 1)
+    PLAIN=${PLAIN:-models/$ARCH-cifar10.pt}
+    D1=${D1:-$OUT/$ARCH-cifar10-d1-rel1.pt}
+    D2=${D2:-$OUT/$ARCH-cifar10-d2-rel1.pt}
+    NUC=${NUC:-$OUT/$ARCH-cifar10-nuc-rel1.pt}
     tuneless bench smooth --plain "$PLAIN" --d1 "$D1" --d2 "$D2" --nuc "$NUC" \
         --methods svd,magnitude,prune-l1,fold-ar --sparsities 0.3,0.5,0.7,0.8 \
         --name "smooth-$ARCH" --threads 1
