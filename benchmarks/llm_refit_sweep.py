@@ -12,6 +12,7 @@ sequences are used for n = 32 (what repair="self" draws by default).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def main() -> int:
         (int(n), float(lam) if int(n) else None, bool(int(r)))
         for n, lam, r in (item.split(":") for item in args.settings.split(","))]
     torch.set_num_threads(1)
-    info = stamp()
+    info = stamp("python benchmarks/llm_refit_sweep.py " + " ".join(sys.argv[1:]))
     model, tok = load_smollm2()
     ids = tokenize(tok, read_text(WIKITEXT2_TEST))
     dense = perplexity_of_ids(model, ids, 512, args.tokens, progress=False)

@@ -22,6 +22,7 @@ FIELDS = ["method", "schedule", "target", "removed", "block_params", "ppl", "sec
           "cpu_seconds"]
 METHODS = ("fold-uniform", "fold-paper", "fold-paper-mlp", "magnitude", "wanda-sp", "svd",
            "fold-paper-mlp-self", "fold-paper-mlp-data", "fold-paper-self", "fold-uniform-self")
+CALIB_SEQUENCES = 64  # of 256 tokens, for the least-squares repair (fold_llm's default)
 FOLDS = {"fold-uniform": "uniform", "fold-paper": "paper", "fold-paper-mlp": "paper-mlp"}
 
 
@@ -86,12 +87,12 @@ def _calibration(method: str, model, tok, cache: dict) -> dict:
 
     if parts[1] == "self":
         start = time.perf_counter()
-        cache["self"] = self_generated(model, tok)
+        cache["self"] = self_generated(model, tok, n_samples=CALIB_SEQUENCES)
         cache["self_seconds"] = time.perf_counter() - start
         print(f"self-generated calibration text {tuple(cache['self'].shape)} in "
               f"{cache['self_seconds']:.0f} s", flush=True)
     else:
-        cache["data"] = torch.cat(calibration_batches(tok, 32, 256, 0), 0)
+        cache["data"] = torch.cat(calibration_batches(tok, CALIB_SEQUENCES, 256, 0), 0)
     return cache
 
 
@@ -178,8 +179,9 @@ def _write_outputs(rows, args, info, provenance: str, n_tokens: int,
           f"compress ({args.threads} thread; the machine was shared, so CPU seconds of this "
           "process are given too).",
           "", "Repairs (ours, not in the paper): \"-self\" rows refit o_proj/down_proj by "
-          "least squares on 32×256 tokens the dense model sampled itself (no data); \"-data\" "
-          "rows on 32×256 tokens of the Python reference docs (not WikiText). "
+          f"least squares on {CALIB_SEQUENCES}×256 tokens the dense model sampled itself (no "
+          f"data); \"-data\" rows on {CALIB_SEQUENCES}×256 tokens of the Python reference docs "
+          "(not WikiText); λ = fold_llm's default. "
           + (f"Sampling the self-generated text took {self_seconds:.0f} s once per run, not "
              "included in the rows' seconds." if self_seconds is not None else ""), "",
           "| method | schedule | target | removed | perplexity | × dense | wall s | CPU s |",

@@ -33,9 +33,9 @@ def fold_llm(
     example_inputs=None,
     tokenizer=None,
     data: torch.Tensor | None = None,
-    calib_samples: int = 32,
+    calib_samples: int = 64,
     calib_len: int = 256,
-    refit_lambda: float = 3.0,
+    refit_lambda: float = 1.0,
 ) -> nn.Module:
     """Return a folded copy of a Hugging Face LLaMA-family model.
 

@@ -12,7 +12,8 @@ on the original one:
 
 A: the consumer's inputs in the folded model, Y: what the layer must add to the folded
 stream to reach the original stream. The ridge term pulls towards the folded weights
-(λ = 3 was best of 1/3/10 on SmolLM2). Calibration tokens come either from text
+(fold_llm's defaults, 64 sequences of 256 tokens and λ = 1, were the best settings in
+docs/results/llm_refit_sweep.md). Calibration tokens come either from text
 (`repair="data"`) or from the uncompressed model's own samples (`repair="self"`, no data:
 the language-model analogue of Fold-DIR's synthetic images).
 """
@@ -86,7 +87,7 @@ def ridge_refit(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float) -
 
 @torch.no_grad()
 def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *,
-                    lam: float = 3.0, show_progress: bool = False) -> nn.Module:
+                    lam: float = 1.0, show_progress: bool = False) -> nn.Module:
     """Refit o_proj / down_proj of every folded layer of `folded` in place (see module doc).
 
     ids: calibration token ids, (batch, seq_len). Returns `folded`.
@@ -127,7 +128,7 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
 
 
 @torch.no_grad()
-def self_generated(model: nn.Module, tokenizer, n_samples: int = 32, seq_len: int = 256,
+def self_generated(model: nn.Module, tokenizer, n_samples: int = 64, seq_len: int = 256,
                    seed: int = 0) -> torch.Tensor:
     """(n_samples, seq_len) token ids sampled from the model itself (temperature 1, no top-k),
     starting from its beginning-of-sequence token: calibration text without any data."""
