@@ -122,13 +122,13 @@ def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float]
     from tuneless.zoo import INPUT_SHAPE
 
     rows, models = [], {}
-    partial = Path(args.out_dir) / f"{args.name}.rows.csv"
-    kept = {} if getattr(args, "fresh", False) else read_partial(partial)
+    kept_path = Path(args.out_dir) / f"{args.name}.rows.csv"
+    kept = {} if getattr(args, "fresh", False) else read_kept_rows(kept_path)
 
     def measured(row: dict, sha: str) -> dict:
         rows.append(row)
         kept[_key(row, sha, args.limit)] = row
-        write_partial(partial, kept)
+        write_kept_rows(kept_path, kept)
         return row
 
     for label, path in checkpoints.items():
@@ -231,7 +231,7 @@ def _file_sha(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def read_partial(path: Path) -> dict[tuple, dict]:
+def read_kept_rows(path: Path) -> dict[tuple, dict]:
     """Rows kept by an earlier run, by key; numbers restored to their types."""
     if not path.is_file():
         return {}
@@ -251,7 +251,7 @@ def read_partial(path: Path) -> dict[tuple, dict]:
     return out
 
 
-def write_partial(path: Path, kept: dict[tuple, dict]) -> None:
+def write_kept_rows(path: Path, kept: dict[tuple, dict]) -> None:
     from tuneless.io_atomic import atomic_write_text
 
     buf = io.StringIO()
