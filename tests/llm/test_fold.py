@@ -135,3 +135,16 @@ def test_tuneless_fold_dispatches_language_models():
     f = tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5)
     assert f.config.intermediate_size == 16
     assert torch.allclose(logits(f), logits(m), atol=1e-5)
+
+
+def test_tuneless_fold_passes_the_repair_to_language_models():
+    import tuneless
+
+    m = tiny_llama()
+    calib = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(2))
+    plain = tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5)
+    repaired = tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5, repair="data", data=calib)
+    assert not torch.equal(repaired.model.layers[0].mlp.down_proj.weight,
+                           plain.model.layers[0].mlp.down_proj.weight)
+    with pytest.raises(TunelessError, match="repair"):  # a CNN repair is refused, not ignored
+        tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5, repair="ar")

@@ -51,21 +51,25 @@ class FoldOptions:
 
 
 def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float | None = None,
-         repair: str = "ar", example_inputs=None, data=None, **options) -> nn.Module:
+         repair: str | None = None, example_inputs=None, data=None, **options) -> nn.Module:
     """Fold `model` to remove `sparsity` of its parameters (or `channel_ratio` of every
     group's channels) and repair it; returns a new model, the input is untouched.
 
-    repair: "ar" (closed form, data-free), "dir" (DeepInversion images, data-free),
-    "data" (BN re-estimation on `data`, a tensor or DataLoader of real inputs), "none".
+    repair: "ar" (closed form, data-free; the default for CNNs), "dir" (DeepInversion images,
+    data-free), "data" (BN re-estimation on `data`, a tensor or DataLoader of real inputs),
+    "none". Language models go to tuneless.llm.fold_llm, where the default is no repair and
+    "self"/"data" are its least-squares repairs (data= token ids, options e.g. tokenizer=).
     Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "greedy"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
     num_images, batch_size, inversion (dict of DeepInversion settings).
     """
     from tuneless.llm import fold_llm, is_causal_lm  # lazy; LLM dispatch (issue 6)
-    if is_causal_lm(model):  # no BatchNorm, so no repair (METHODS.md §1.4)
-        return fold_llm(model, sparsity, **options)
-    opts = _options(sparsity, channel_ratio, repair, options)
+    if is_causal_lm(model):  # no BatchNorm; the paper folds LLMs without repair (§1.4)
+        if example_inputs is not None:
+            options["example_inputs"] = example_inputs
+        return fold_llm(model, sparsity, repair=repair, data=data, **options)
+    opts = _options(sparsity, channel_ratio, "ar" if repair is None else repair, options)
     return _fold(model, opts, example_inputs, data)
 
 
