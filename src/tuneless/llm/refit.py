@@ -110,6 +110,7 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
         lo, ln = old_layers[i], new_layers[i]
         po, pn = adapter.projections(lo), adapter.projections(ln)
         h_old_out, seen_old = _run(lo, h_old, kwargs, {"mid": getattr(lo, post)})
+        h_next = None  # the folded layer's output, when the last refit already gives it
         for short in ("o", "down"):
             if pn[short].in_features == po[short].in_features:
                 continue
@@ -122,7 +123,9 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
                 target = target - pn[short].bias
             w = ridge_refit(seen["x"], target, pn[short].weight, lam)
             pn[short].weight.copy_(w)
-        h_new = _out(ln(h_new, **kwargs))
+            # after the down refit the output is mid + down(x): no second pass of the layer
+            h_next = seen["mid"] + pn["down"](seen["x"]) if short == "down" else None
+        h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
         h_old = h_old_out
     return folded
 
