@@ -80,19 +80,14 @@ def _calibration(method: str, model, tok, cache: dict) -> dict:
     parts = _fold_parts(method)
     if parts is None or parts[1] is None or parts[1] in cache:
         return cache
-    import torch
+    from tuneless.llm.fold import calibration_ids
 
-    from tuneless.llm.calibration import calibration_batches
-    from tuneless.llm.refit import self_generated
-
+    start = time.perf_counter()
+    cache[parts[1]] = calibration_ids(model, parts[1], tok, n=CALIB_SEQUENCES)
     if parts[1] == "self":
-        start = time.perf_counter()
-        cache["self"] = self_generated(model, tok, n_samples=CALIB_SEQUENCES)
         cache["self_seconds"] = time.perf_counter() - start
         print(f"self-generated calibration text {tuple(cache['self'].shape)} in "
               f"{cache['self_seconds']:.0f} s", flush=True)
-    else:
-        cache["data"] = torch.cat(calibration_batches(tok, CALIB_SEQUENCES, 256, 0), 0)
     return cache
 
 

@@ -61,7 +61,7 @@ def fold_llm(
             f"repair={repair!r} does not apply to language models (no BatchNorm, METHODS.md "
             "§1.4); choose None, 'self' (least-squares refit on self-generated text) or 'data'"
         )
-    calib = _calibration(model, repair, tokenizer, data, calib_samples, calib_len, seed)
+    calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
     plans = plan_for(
         model,
         sparsity=sparsity,
@@ -85,8 +85,10 @@ def fold_llm(
 REPAIRS = (None, "none", "naive", "self", "data")
 
 
-def _calibration(model, repair, tokenizer, data, n, seq_len, seed) -> torch.Tensor | None:
-    """Token ids for the least-squares repair, or None when there is no repair."""
+def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: int = 256,
+                    seed: int = 0) -> torch.Tensor | None:
+    """Token ids (n, seq_len) for the least-squares repair, or None when there is no repair:
+    the model's own samples ("self"), `data`, or windows of the calibration text ("data")."""
     if repair not in ("self", "data"):
         return None
     if repair == "data" and data is not None:
