@@ -116,7 +116,7 @@ def compress_and_score(method, name: str, model: nn.Module, sparsity: float, x: 
 
 def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float],
              args: argparse.Namespace) -> tuple[list[dict], dict[str, nn.Module]]:
-    from tuneless.checkpoint import load_checkpoint
+    from tuneless.checkpoint import file_sha256, load_checkpoint
     from tuneless.data.loader import get_dataset
     from tuneless.evaluate import accuracy, count_params
     from tuneless.zoo import INPUT_SHAPE
@@ -134,7 +134,7 @@ def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float]
     for label, path in checkpoints.items():
         model = load_checkpoint(path)
         models[label] = model
-        sha = _file_sha(path)
+        sha = file_sha256(path)
         dataset = model.tuneless_meta["dataset"]
         test = get_dataset(dataset, "test", args.data)
         if args.limit:  # a random subset: the CIFAR-10 test split is sorted by class
@@ -223,12 +223,6 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
 
 def _key(row: dict, sha: str, limit) -> tuple:
     return (row["model"], sha, row["method"], f"{float(row['requested']):.4f}", str(limit))
-
-
-def _file_sha(path: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_kept_rows(path: Path) -> dict[tuple, dict]:
