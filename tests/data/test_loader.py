@@ -80,6 +80,18 @@ def test_subset_and_tensors():
     assert x.shape == (3, 3, 8, 8) and torch.equal(y, d.y[:3])
 
 
+def test_training_view_augments_like_training():
+    d = dataset(10)
+    assert torch.equal(d.training_view(None), d.tensors()[0])
+    a, b = d.training_view(2, seed=3), d.training_view(2, seed=3)
+    assert a.shape == (10, 3, 8, 8) and torch.equal(a, b)
+    assert not torch.equal(a, d.tensors()[0])
+    expected = d.normalise(random_crop_flip(d.x, 2, torch.Generator().manual_seed(3)))
+    assert torch.equal(a, expected)
+    with pytest.raises(TunelessError, match="pad"):
+        d.training_view(-1)
+
+
 def test_get_dataset(tiny_fashion):
     d = get_dataset("fashion-mnist", "test", tiny_fashion)
     assert d.name == "fashion-mnist" and d.mean == NORMALISATION["fashion-mnist"][0]

@@ -52,6 +52,20 @@ class TensorDataset:
         n = len(self) if n is None else min(n, len(self))
         return self.normalise(self.x[:n]), self.y[:n]
 
+    def training_view(self, pad: int | None, seed: int = 0) -> torch.Tensor:
+        """All images normalised as `tuneless train` feeds them: random crop after `pad`
+        pixels of zero padding and a random flip (pad None: no augmentation).
+
+        BatchNorm statistics re-estimated on plain images do not match the ones a network
+        learned on augmented batches (ResNet-20: −2.3 points without any compression), so
+        data repairs should see the training view.
+        """
+        if pad is None:
+            return self.normalise(self.x)
+        if pad < 0:
+            raise TunelessError(f"pad must be ≥ 0, got {pad}")
+        return self.normalise(random_crop_flip(self.x, pad, torch.Generator().manual_seed(seed)))
+
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop after zero padding, and a random horizontal flip, for a uint8 batch."""

@@ -1,0 +1,63 @@
+"""`tuneless bench fold` end to end on a small MLP, and where its repair images come from."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tuneless import TunelessError
+from tuneless.bench.fold_bench import training_pad
+from tuneless.checkpoint import save_checkpoint
+from tuneless.cli import main
+from tuneless.data.loader import TensorLoader, get_dataset
+from tuneless.zoo import build_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def mlp_checkpoint(tmp_path_factory):
+    try:
+        train = get_dataset("fashion-mnist", "train").subset(3000)
+    except TunelessError as exc:
+        pytest.skip(str(exc))
+    torch.manual_seed(0)
+    model = build_model("mlp", width=0.25)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for x, y in TensorLoader(train, 100, shuffle=True, augment=True, pad=2):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "mlp.pt"
+    save_checkpoint(path, model.eval(), "mlp", {"width": 0.25}, "fashion-mnist",
+                    train_args={"augment": True, "pad": 2})
+    return path
+
+
+def test_training_pad_follows_the_checkpoints_recipe(tmp_path):
+    model = build_model("lenet5")
+    for args, pad in (({"augment": True, "pad": 4}, 4), ({"augment": False, "pad": 4}, None),
+                      (None, None)):
+        save_checkpoint(tmp_path / "m.pt", model, "lenet5", {}, "fashion-mnist", train_args=args)
+        assert training_pad(str(tmp_path / "m.pt")) == pad
+
+
+def test_bench_fold_writes_rows_with_both_repair_views(mlp_checkpoint, tmp_path):
+    for view in ("train", "plain"):
+        out = tmp_path / view
+        code = main(["bench", "fold", str(mlp_checkpoint), "--methods", "fold-r,prune-l1-bn",
+                     "--sparsities", "0.3", "--test-subset", "500", "--repair-images", "256",
+                     "--repair-view", view, "--out", str(out), "--name", "tiny"])
+        assert code == 0
+        text = (out / "tiny.csv").read_text().splitlines()
+        rows = list(csv.DictReader(line for line in text if not line.startswith("#")))
+        assert {r["method"] for r in rows} == {"fold-r", "prune-l1-bn"}
+        for r in rows:
+            assert abs(float(r["achieved"]) - 0.3) < 0.02
+            assert float(r["accuracy"]) > 0.3  # far above chance after BN re-estimation
+        md = (out / "tiny.md").read_text()
+        assert ("augmented as in training" in md) == (view == "train")
