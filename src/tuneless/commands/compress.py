@@ -26,6 +26,15 @@ def add_parser(sub) -> None:
                    help="measure accuracy on this dataset's test split")
     p.add_argument("--data", help="test data path (implies accuracy; default dataset location)")
     p.add_argument("--limit", type=int, help="accuracy on the first N test images")
+    p.add_argument("--repair-data", nargs="?", const="default", metavar="PATH",
+                   help="training images for repairs that need data (fold-r): the dataset "
+                        "folder or archive whose train split is used (no PATH: the default "
+                        "location)")
+    p.add_argument("--repair-images", type=int, default=1024,
+                   help="how many training images the repair sees (default 1024)")
+    p.add_argument("--repair-view", choices=["train", "plain"], default="train",
+                   help="feed the repair images augmented as the checkpoint's training did "
+                        "(default; plain when the checkpoint does not record it) or plain")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
 
@@ -71,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     data = _test_data(args, model)
     kwargs = {k: v for k, v in (("sparsity", args.sparsity),
                                 ("channel_ratio", args.channel_ratio)) if v is not None}
+    if args.method in NEEDS_IMAGES and "data" not in options:
+        if args.repair_data is None:
+            raise TunelessError(f"{args.method} re-estimates BatchNorm statistics on real "
+                                "images: pass --repair-data PATH (the model's training set)")
+        options["data"] = repair_images(args, model)
     try:
         small = method(model, example_inputs=x, **kwargs, **options)
     except TypeError as exc:
@@ -93,10 +107,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+NEEDS_IMAGES = ("fold-r",)
+
+
+def repair_images(args, model):
+    """Normalised training images for a data repair, augmented as the model was trained."""
+    from tuneless.data.loader import get_dataset
+
+    if args.repair_images < 2:
+        raise TunelessError(f"--repair-images must be at least 2, got {args.repair_images}")
+    path = None if args.repair_data == "default" else args.repair_data
+    train = get_dataset(_dataset_name(args, model), "train", path).subset(args.repair_images)
+    targs = (getattr(model, "tuneless_meta", None) or {}).get("train_args") or {}
+    pad = targs.get("pad", 4) if args.repair_view == "train" and targs.get("augment") else None
+    return train.training_view(pad)
+
+
 def _test_data(args, model):
     if args.data is None and args.dataset is None:
         return None
     from tuneless.data.loader import get_dataset
+
+    return get_dataset(_dataset_name(args, model), "test", args.data)
+
+
+def _dataset_name(args, model) -> str:
     from tuneless.zoo import ARCH_DATASET
 
     name = args.dataset
@@ -106,4 +141,4 @@ def _test_data(args, model):
         name = name or (getattr(model, "tuneless_meta", None) or {}).get("dataset")
     if name is None:
         raise TunelessError("cannot tell which dataset the model is for: pass --dataset")
-    return get_dataset(name, "test", args.data)
+    return name

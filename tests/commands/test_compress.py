@@ -1,0 +1,50 @@
+"""`tuneless compress` with a repair that needs training images (fold-r)."""
+
+import torch
+
+from tuneless.checkpoint import save_checkpoint
+from tuneless.cli import main
+from tuneless.serialize import load
+from tuneless.zoo import build_model
+
+
+def _checkpoint(tmp_path, augment: bool):
+    torch.manual_seed(0)
+    model = build_model("mlp", width=0.25).eval()
+    path = tmp_path / "mlp.pt"
+    save_checkpoint(path, model, "mlp", {"width": 0.25}, "fashion-mnist",
+                    train_args={"augment": augment, "pad": 2})
+    return model, path
+
+
+def test_fold_r_needs_repair_data(tmp_path, capsys):
+    _, path = _checkpoint(tmp_path, augment=False)
+    rc = main(["compress", str(path), "--method", "fold-r", "--sparsity", "0.3",
+               "-o", str(tmp_path / "out.pt")])
+    assert rc != 0
+    assert "--repair-data" in capsys.readouterr().err
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_fold_r_reestimates_on_the_given_training_images(tmp_path, tiny_fashion, capsys):
+    model, path = _checkpoint(tmp_path, augment=True)
+    out = tmp_path / "small.pt"
+    rc = main(["compress", str(path), "--method", "fold-r", "--sparsity", "0.3", "-o", str(out),
+               "--repair-data", str(tiny_fashion), "--repair-images", "64",
+               "--data", str(tiny_fashion)])
+    assert rc == 0, capsys.readouterr().err
+    small = load(out)
+    bn = [m for m in small.modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
+    old = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
+    assert bn.num_features < old.num_features
+    # re-estimated from the 64 images: not the (fused, identity) statistics folding leaves
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    assert "achieved sparsity" in capsys.readouterr().out
+
+
+def test_repair_images_must_be_at_least_two(tmp_path, tiny_fashion, capsys):
+    _, path = _checkpoint(tmp_path, augment=False)
+    rc = main(["compress", str(path), "--method", "fold-r", "--sparsity", "0.3",
+               "-o", str(tmp_path / "o.pt"), "--repair-data", str(tiny_fashion),
+               "--repair-images", "1"])
+    assert rc != 0 and "--repair-images" in capsys.readouterr().err
