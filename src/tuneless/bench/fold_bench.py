@@ -228,7 +228,7 @@ def markdown(rows, info, args) -> str:
              "No fine-tuning anywhere. Fold-R and L1+BN re-estimate BatchNorm statistics on "
              f"{args.repair_images} real training images"
              + (" augmented as in training (random crop and flip; plain images cost the dense "
-                "ResNet-20 2.3 points)" if getattr(args, "repair_view", "plain") == "train"
+                "ResNet-20 2.9 points)" if getattr(args, "repair_view", "plain") == "train"
                 else " (plain, not augmented)")
              + f"; Fold-DIR on {args.dir_images} "
              f"DeepInversion images ({args.dir_steps} steps) synthesised once per model from "
