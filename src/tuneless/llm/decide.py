@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import torch
 
+from tuneless.llm.activation_stats import LayerStats
 from tuneless.llm.kmeans import assignment_matrices, kmeans
 from tuneless.llm.plan import LayerPlan, Shape
 from tuneless.llm.reduction import Reduction, expand_groups, selection
 
 
-def _head_blocks(w: torch.Tensor, n: int) -> torch.Tensor:
-    """(n·hd, hidden) rows → (n, hd·hidden): one flat row block per head."""
-    return w.to(torch.float32).reshape(n, -1)
+def _head_blocks(w: torch.Tensor, n: int, whiten: torch.Tensor | None = None) -> torch.Tensor:
+    """(n·hd, hidden) rows → (n, hd·hidden): one flat row block per head (rows mapped
+    through the input's whitening factor when given, see activation_stats)."""
+    w = w.to(torch.float32)
+    return (w if whiten is None else w @ whiten).reshape(n, -1)
 
 
-def _o_blocks(o: torch.Tensor, n: int) -> torch.Tensor:
-    """o_proj (hidden, n·hd) columns → (n, hidden·hd): the columns each head feeds."""
+def _o_blocks(o: torch.Tensor, n: int, rms: torch.Tensor | None = None) -> torch.Tensor:
+    """o_proj (hidden, n·hd) columns → (n, hidden·hd): the columns each head feeds (scaled by
+    the RMS of the head output they read when given)."""
     hidden = o.shape[0]
-    return o.to(torch.float32).reshape(hidden, n, -1).permute(1, 0, 2).reshape(n, -1)
+    o = o.to(torch.float32) if rms is None else o.to(torch.float32) * rms
+    return o.reshape(hidden, n, -1).permute(1, 0, 2).reshape(n, -1)
 
 
 def _bias(t, name, n):
@@ -33,9 +38,15 @@ def _bias(t, name, n):
     return [] if b is None else [b.to(torch.float32).reshape(n, -1)]
 
 
-def mlp_features(t: dict[str, torch.Tensor]) -> torch.Tensor:
-    """[gate row | up row | down column] per intermediate channel (METHODS.md §1.4)."""
-    parts = [t["gate"].float(), t["up"].float(), t["down"].float().T]
+def mlp_features(t: dict[str, torch.Tensor], stats: LayerStats | None = None) -> torch.Tensor:
+    """[gate row | up row | down column] per intermediate channel (METHODS.md §1.4); with
+    activation stats, gate/up rows whitened by the MLP input and down columns scaled by
+    each channel's activation RMS (tuneless.llm.activation_stats)."""
+    if stats is None:
+        parts = [t["gate"].float(), t["up"].float(), t["down"].float().T]
+    else:
+        parts = [t["gate"].float() @ stats.mlp_in, t["up"].float() @ stats.mlp_in,
+                 t["down"].float().T * stats.mlp_rms[:, None]]
     for name in ("gate", "up"):
         if f"{name}.bias" in t:
             parts.append(t[f"{name}.bias"].float()[:, None])
@@ -55,18 +66,23 @@ def projected_mlp_features(t: dict[str, torch.Tensor], dim: int, seed: int) -> t
     return out
 
 
-def query_head_features(t: dict[str, torch.Tensor], n_q: int) -> torch.Tensor:
-    return torch.cat([_head_blocks(t["q"], n_q), *_bias(t, "q", n_q), _o_blocks(t["o"], n_q)], 1)
+def query_head_features(t: dict[str, torch.Tensor], n_q: int,
+                        stats: LayerStats | None = None) -> torch.Tensor:
+    w, r = (None, None) if stats is None else (stats.attn_in, stats.o_rms)
+    return torch.cat([_head_blocks(t["q"], n_q, w), *_bias(t, "q", n_q),
+                      _o_blocks(t["o"], n_q, r)], 1)
 
 
-def kv_group_features(t: dict[str, torch.Tensor], shape: Shape) -> torch.Tensor:
+def kv_group_features(t: dict[str, torch.Tensor], shape: Shape,
+                      stats: LayerStats | None = None) -> torch.Tensor:
     n_kv = shape.n_kv
-    q = query_head_features(t, shape.n_q).reshape(n_kv, -1)  # g query heads side by side
+    w = None if stats is None else stats.attn_in
+    q = query_head_features(t, shape.n_q, stats).reshape(n_kv, -1)  # g query heads side by side
     return torch.cat(
         [
-            _head_blocks(t["k"], n_kv),
+            _head_blocks(t["k"], n_kv, w),
             *_bias(t, "k", n_kv),
-            _head_blocks(t["v"], n_kv),
+            _head_blocks(t["v"], n_kv, w),
             *_bias(t, "v", n_kv),
             q,
         ],
@@ -84,24 +100,35 @@ def fold_decision(
     n_init: int = 1,
     refine: bool = True,
     dim: int | None = None,
+    stats: LayerStats | None = None,
 ) -> Reduction:
-    """k-means on channel/head features; mean for producers, sum for consumers."""
+    """k-means on channel/head features; mean for producers, sum for consumers.
+
+    stats: activation statistics of this layer (tuneless.llm.activation_stats) to cluster
+    on activation-aware features instead of raw weights."""
     red = Reduction()
     if plan.n_mlp < shape.n_mlp:
         wide = dim is not None and 2 * t["gate"].shape[1] + t["down"].shape[0] > dim
-        feats = projected_mlp_features(t, dim, seed) if wide else mlp_features(t)
+        if stats is not None:
+            feats = mlp_features(t, stats)
+            if wide:
+                gen = torch.Generator().manual_seed(seed)
+                feats = feats @ (torch.randn(feats.shape[1], dim, generator=gen) / dim ** 0.5)
+        else:
+            feats = projected_mlp_features(t, dim, seed) if wide else mlp_features(t)
         labels = kmeans(feats, plan.n_mlp, seed=seed, n_init=n_init, refine=refine)
         red.mlp_m, red.mlp_u = assignment_matrices(labels, plan.n_mlp)
     if plan.n_q == shape.n_q and plan.n_kv == shape.n_kv:
         return red
     if plan.n_kv < shape.n_kv:  # kv groups are the units
-        labels = kmeans(kv_group_features(t, shape), plan.n_kv, seed=seed, n_init=max(n_init, 3))
+        labels = kmeans(kv_group_features(t, shape, stats), plan.n_kv, seed=seed,
+                        n_init=max(n_init, 3))
         m, u = assignment_matrices(labels, plan.n_kv)
         red.kv_m = m
         red.q_m, red.q_u = expand_groups(m, u, shape.group)
         return red
     per = plan.n_q // plan.n_kv  # query heads clustered inside each kv group
-    feats = query_head_features(t, shape.n_q).reshape(shape.n_kv, shape.group, -1)
+    feats = query_head_features(t, shape.n_q, stats).reshape(shape.n_kv, shape.group, -1)
     ms, us = [], []
     for j in range(shape.n_kv):
         labels = kmeans(feats[j], per, seed=seed + j, n_init=max(n_init, 3))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tuneless.errors import TunelessError
+from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.decide import fold_decision
 from tuneless.llm.engine import plan_for, reduce_llm
 from tuneless.llm.refit import refit_consumers, self_generated
@@ -36,6 +37,7 @@ def fold_llm(
     calib_samples: int = 64,
     calib_len: int = 256,
     refit_lambda: float = 1.0,
+    features: str = "auto",
 ) -> nn.Module:
     """Return a folded copy of a Hugging Face LLaMA-family model.
 
@@ -55,13 +57,25 @@ def fold_llm(
       the calibration text when only tokenizer= is given). See tuneless.llm.refit.
     gqa: "kv-groups" (a kv head and its query heads are one unit) or "query-heads"
       (query heads clustered inside each kv group; kv heads kept).
+    features: what k-means clusters. "weights": the raw weight rows and columns (the
+      paper); "activations": rows whitened by the calibration inputs' second moment and
+      columns scaled by activation RMS (tuneless.llm.activation_stats; needs the repair's
+      calibration tokens); "auto" (default): "activations" whenever a repair supplies
+      calibration tokens, else "weights".
     """
     if repair not in REPAIRS:
         raise TunelessError(
             f"repair={repair!r} does not apply to language models (no BatchNorm, METHODS.md "
             "§1.4); choose None, 'self' (least-squares refit on self-generated text) or 'data'"
         )
+    if features not in FEATURES:
+        raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
     calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
+    if features == "activations" and calib is None:
+        raise TunelessError("features='activations' needs calibration tokens: use "
+                            "repair='self' (data-free) or repair='data'")
+    stats = (collect_stats(model, calib, show_progress=progress)
+             if calib is not None and features != "weights" else None)
     plans = plan_for(
         model,
         sparsity=sparsity,
@@ -73,7 +87,8 @@ def fold_llm(
 
     def decide(i, t, shape, plan):
         return fold_decision(
-            t, shape, plan, gqa, seed=seed + 1000 * i, n_init=n_init, refine=refine, dim=kmeans_dim
+            t, shape, plan, gqa, seed=seed + 1000 * i, n_init=n_init, refine=refine,
+            dim=kmeans_dim, stats=None if stats is None else stats[i],
         )
 
     folded = reduce_llm(model, plans, decide, desc="fold", show_progress=progress)
@@ -83,6 +98,7 @@ def fold_llm(
 
 
 REPAIRS = (None, "none", "naive", "self", "data")
+FEATURES = ("auto", "weights", "activations")
 
 
 def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: int = 256,

@@ -1,0 +1,98 @@
+"""Second moments of each decoder layer's inputs on calibration tokens, for folding features.
+
+Clustering raw weight rows treats every input dimension alike, but a transformer's hidden
+states are far from isotropic (a few dimensions carry most of the energy). With
+C = E[x xᵀ] over calibration tokens and C = L Lᵀ,
+
+    E[((w_i − w_j)·x)²] = ||(w_i − w_j) L||²,
+
+so k-means on rows mapped through L groups channels whose pre-activations actually agree
+on the model's inputs. On the consumer side a channel's column is scaled by the RMS of the
+activation it carries (E[h_i²]^½): merging columns of channels that are nearly silent costs
+little. The statistics come from the uncompressed model; with `repair="self"` the tokens
+are its own samples, so the features stay data-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tuneless.llm.adapters import adapter_for
+from tuneless.progress import progress
+
+
+@dataclass
+class LayerStats:
+    """Whitening factors of one decoder layer (float32).
+
+    attn_in: L with L Lᵀ = E[x xᵀ] of the attention input (q/k/v see it), hidden × hidden;
+    mlp_in: the same for the MLP input (gate/up see it);
+    o_rms: RMS of each o_proj input dimension (the heads' outputs), n_q·head_dim;
+    mlp_rms: RMS of each down_proj input (the intermediate channels), intermediate size.
+    """
+
+    attn_in: torch.Tensor
+    mlp_in: torch.Tensor
+    o_rms: torch.Tensor
+    mlp_rms: torch.Tensor
+
+
+class _Moments:
+    """Running Σ x xᵀ (or Σ x² when diagonal) over the tokens seen by one module input."""
+
+    def __init__(self, full: bool) -> None:
+        self.full, self.total, self.count = full, None, 0
+
+    def __call__(self, _module, args) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        part = (x.T @ x) if self.full else (x * x).sum(0)
+        part = part.double()
+        self.total = part if self.total is None else self.total + part
+        self.count += x.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.total / max(self.count, 1)
+
+
+def cholesky_factor(second_moment: torch.Tensor, rel_jitter: float = 1e-6) -> torch.Tensor:
+    """L with L Lᵀ = C + εI (ε relative to the mean diagonal, raised until C is factorable)."""
+    c = (second_moment + second_moment.T).double() / 2
+    eye = torch.eye(c.shape[0], dtype=c.dtype)
+    jitter = float(c.diagonal().mean().clamp(min=1e-30)) * rel_jitter
+    for _ in range(8):
+        factor, info = torch.linalg.cholesky_ex(c + jitter * eye)
+        if int(info) == 0:
+            return factor.float()
+        jitter *= 10
+    vals, vecs = torch.linalg.eigh(c)  # numerically indefinite beyond the jitters tried
+    return (vecs * vals.clamp(min=0).sqrt()).float()
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
+                  show_progress: bool = False) -> list[LayerStats]:
+    """Run the model on calibration ids (batch, seq_len) once and return per-layer stats."""
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    meters, handles = [], []
+    for layer in layers:
+        proj = adapter.projections(layer)
+        m = {"attn_in": _Moments(True), "mlp_in": _Moments(True), "o": _Moments(False),
+             "down": _Moments(False)}
+        for key, name in (("attn_in", "q"), ("mlp_in", "gate"), ("o", "o"), ("down", "down")):
+            handles.append(proj[name].register_forward_pre_hook(m[key]))
+        meters.append(m)
+    model.eval()
+    try:
+        for start in progress(range(0, len(ids), batch_size), total=-(-len(ids) // batch_size),
+                              desc="activation stats", unit="batch", disable=not show_progress):
+            model(input_ids=ids[start:start + batch_size], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return [LayerStats(cholesky_factor(m["attn_in"].mean()), cholesky_factor(m["mlp_in"].mean()),
+                       m["o"].mean().sqrt().float(), m["down"].mean().sqrt().float())
+            for m in meters]
