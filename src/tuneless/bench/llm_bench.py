@@ -21,13 +21,23 @@ from tuneless.io_atomic import atomic_write_text
 FIELDS = ["method", "schedule", "target", "removed", "block_params", "ppl", "seconds",
           "cpu_seconds"]
 METHODS = ("fold-uniform", "fold-paper", "fold-paper-mlp", "magnitude", "wanda-sp", "svd",
-           "fold-paper-mlp-self", "fold-paper-mlp-data", "fold-paper-self", "fold-uniform-self")
+           "fold-paper-mlp-self", "fold-paper-mlp-data", "fold-paper-self", "fold-uniform-self",
+           "fold-paper-mlp-self-weights")
 CALIB_SEQUENCES = 64  # of 256 tokens, for the least-squares repair (fold_llm's default)
 FOLDS = {"fold-uniform": "uniform", "fold-paper": "paper", "fold-paper-mlp": "paper-mlp"}
 
 
+def _features(method: str) -> tuple[str, str]:
+    """("fold-paper-mlp-self", "weights") for "fold-paper-mlp-self-weights" (the ablation:
+    a repaired fold clustering raw weights); otherwise fold_llm's "auto"."""
+    if method.endswith("-weights"):
+        return method[: -len("-weights")], "weights"
+    return method, "auto"
+
+
 def _fold_parts(method: str) -> tuple[str, str | None] | None:
     """("paper-mlp", "self") for "fold-paper-mlp-self"; None for a baseline."""
+    method = _features(method)[0]
     for suffix in ("-self", "-data"):
         if method.endswith(suffix) and method[: -len(suffix)] in FOLDS:
             return FOLDS[method[: -len(suffix)]], suffix[1:]
@@ -63,7 +73,7 @@ def _build(method: str, model, tok, sparsity: float, calib_samples: int, seq_len
             return fold_llm(model, sparsity=sparsity, schedule=schedule, refine=refine)
         # the same token ids fold_llm(repair="self"/"data") would draw, made once per run
         return fold_llm(model, sparsity=sparsity, schedule=schedule, refine=refine,
-                        repair="data", data=calib[repair])
+                        repair="data", data=calib[repair], features=_features(method)[1])
     if method == "magnitude":
         return magnitude_prune_llm(model, sparsity=sparsity)
     if method == "wanda-sp":
@@ -176,7 +186,11 @@ def _write_outputs(rows, args, info, provenance: str, n_tokens: int,
           "", "Repairs (ours, not in the paper): \"-self\" rows refit o_proj/down_proj by "
           f"least squares on {CALIB_SEQUENCES}×256 tokens the dense model sampled itself (no "
           f"data); \"-data\" rows on {CALIB_SEQUENCES}×256 tokens of the Python reference docs "
-          "(not WikiText); λ = fold_llm's default. "
+          "(not WikiText); λ = fold_llm's default. Repaired folds cluster activation-aware "
+          "features computed on those same tokens (rows whitened by the layer inputs' second "
+          "moment, columns scaled by activation RMS: tuneless.llm.activation_stats); "
+          "\"-weights\" rows cluster the raw weights (the paper's features) with the same "
+          "repair. "
           + (f"Sampling the self-generated text took {self_seconds:.0f} s once per run, not "
              "included in the rows' seconds." if self_seconds is not None else ""), "",
           "| method | schedule | target | removed | perplexity | × dense | wall s | CPU s |",
