@@ -35,11 +35,12 @@ train() {
 }
 
 bench() {
-    # defaults: the committed ResNet-20s (plain: models/, penalties: models/smooth/, λ rel 1)
+    # defaults: the committed ResNet-20s at the chosen λ (plain: models/, penalties:
+    # models/smooth/; the largest relative λ of {0.3, 1} within 0.5 pt of plain)
     PLAIN=${PLAIN:-models/$ARCH-cifar10.pt}
     D1=${D1:-$OUT/$ARCH-cifar10-d1-rel1.pt}
-    D2=${D2:-$OUT/$ARCH-cifar10-d2-rel1.pt}
-    NUC=${NUC:-$OUT/$ARCH-cifar10-nuc-rel1.pt}
+    D2=${D2:-$OUT/$ARCH-cifar10-d2-rel0.3.pt}
+    NUC=${NUC:-$OUT/$ARCH-cifar10-nuc-rel0.3.pt}
     tuneless bench smooth --plain "$PLAIN" --d1 "$D1" --d2 "$D2" --nuc "$NUC" \
         --methods svd,magnitude,prune-l1,fold-ar --sparsities 0.3,0.5,0.7,0.8 \
         --name "smooth-$ARCH" --threads 1
