@@ -24,6 +24,10 @@ from tuneless.llm.adapters import adapter_for
 from tuneless.progress import progress
 
 
+class _Stop(Exception):
+    pass
+
+
 @dataclass
 class LayerStats:
     """Whitening factors of one decoder layer (float32).
@@ -85,11 +89,18 @@ def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
         for key, name in (("attn_in", "q"), ("mlp_in", "gate"), ("o", "o"), ("down", "down")):
             handles.append(proj[name].register_forward_pre_hook(m[key]))
         meters.append(m)
+    def stop(*_args):  # everything needed is seen: skip the final norm and the vocabulary head
+        raise _Stop
+
+    handles.append(layers[-1].register_forward_hook(stop))
     model.eval()
     try:
         for start in progress(range(0, len(ids), batch_size), total=-(-len(ids) // batch_size),
                               desc="activation stats", unit="batch", disable=not show_progress):
-            model(input_ids=ids[start:start + batch_size], use_cache=False)
+            try:
+                model(input_ids=ids[start:start + batch_size], use_cache=False)
+            except _Stop:
+                pass
     finally:
         for h in handles:
             h.remove()
