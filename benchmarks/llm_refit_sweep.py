@@ -4,7 +4,8 @@
 
 Folds SmolLM2-135M at 20% of block parameters with the paper-mlp schedule, then repairs it
 on self-generated text (data-free) with different ridge strengths, numbers of calibration
-sequences and k-means refinement; WikiText-2 test perplexity on the first --tokens tokens.
+sequences, k-means refinement and clustering features (raw weights or activation-aware);
+WikiText-2 test perplexity on the first --tokens tokens.
 The self-generated text (64 sequences of 256 tokens, seed 0) is sampled once; the first n
 sequences are used for n = 32 (what repair="self" draws by default).
 """
@@ -24,10 +25,16 @@ from tuneless.llm import fold_llm, load_smollm2
 from tuneless.llm.perplexity import WIKITEXT2_TEST, perplexity_of_ids, read_text, tokenize
 from tuneless.llm.refit import self_generated
 
-SETTINGS = [  # (calibration sequences, lambda, k-means refinement)
-    (0, None, False), (32, 3.0, False), (64, 3.0, False), (32, 1.0, False), (64, 1.0, False),
-    (32, 10.0, False), (32, 3.0, True),
+SETTINGS = [  # (calibration sequences, lambda, k-means refinement, clustering features)
+    (0, None, False, "weights"), (64, 1.0, False, "weights"), (64, 1.0, False, "activations"),
+    (64, 0.3, False, "activations"), (32, 1.0, False, "activations"),
 ]
+
+
+def _setting(parts: list[str]) -> tuple[int, float | None, bool, str]:
+    n = int(parts[0])
+    features = parts[3] if len(parts) > 3 else "activations"
+    return n, float(parts[1]) if n else None, bool(int(parts[2])), features
 
 
 def main() -> int:
@@ -39,12 +46,12 @@ def main() -> int:
     ap.add_argument("--max-samples", type=int, default=64,
                     help="self-generated sequences to sample (settings use the first n)")
     ap.add_argument("--settings", default=None,
-                    help="n:lambda:refine,... (refine 0/1; n=0 means no repair); "
+                    help="n:lambda:refine[:features],... (refine 0/1; n=0 means no repair; "
+                         "features weights|activations, default activations); "
                          "default: the built-in list")
     args = ap.parse_args()
     settings = SETTINGS if args.settings is None else [
-        (int(n), float(lam) if int(n) else None, bool(int(r)))
-        for n, lam, r in (item.split(":") for item in args.settings.split(","))]
+        _setting(item.split(":")) for item in args.settings.split(",")]
     torch.set_num_threads(1)
     info = stamp("python benchmarks/llm_refit_sweep.py " + " ".join(sys.argv[1:]))
     model, tok = load_smollm2()
@@ -54,14 +61,16 @@ def main() -> int:
     calib = self_generated(model, tok, n_samples=args.max_samples, seq_len=256, seed=0)
     gen_s = time.perf_counter() - start
     rows = []
-    for n, lam, refine in settings:
+    for n, lam, refine, features in settings:
         start = time.process_time()
-        kw = {"repair": "data", "data": calib[:n], "refit_lambda": lam} if n else {}
+        kw = ({"repair": "data", "data": calib[:n], "refit_lambda": lam, "features": features}
+              if n else {})
         small = fold_llm(model, args.sparsity, schedule=args.schedule, refine=refine, **kw)
         cpu = time.process_time() - start
         ppl = perplexity_of_ids(small, ids, 512, args.tokens, progress=False)
-        rows.append((n, lam, refine, ppl, cpu))
-        print(f"n={n} lambda={lam} refine={refine}: ppl {ppl:.2f} ({cpu:.0f} CPU s)", flush=True)
+        rows.append((n, lam, refine, features, ppl, cpu))
+        print(f"n={n} lambda={lam} refine={refine} features={features}: ppl {ppl:.2f} "
+              f"({cpu:.0f} CPU s)", flush=True)
         lines = [
             "# Least-squares repair of folded SmolLM2-135M: settings", "",
             stamp_markdown(info),
@@ -70,13 +79,17 @@ def main() -> int:
             f"(sequences of 256 tokens; sampling {args.max_samples} took {gen_s:.0f} s). "
             "WikiText-2 raw test, "
             f"first {args.tokens} tokens in windows of 512; dense perplexity {dense:.2f}. "
-            "CPU seconds = fold + repair in this process (one thread; the machine was shared).",
-            "", "| calibration sequences | λ | k-means refinement | perplexity | × dense | CPU s |",
-            "|---|---|---|---|---|---|",
+            "CPU seconds = fold + repair in this process (one thread; the machine was shared), "
+            "including the activation-statistics pass for activation-aware features "
+            "(tuneless.llm.activation_stats; \"weights\" = the paper's raw-weight features).",
+            "", "| calibration sequences | λ | k-means refinement | clustering features | "
+            "perplexity | × dense | CPU s |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [f"| {n or 'none (no repair)'} | {lam if lam is not None else '-'} | "
-                  f"{'yes' if r else 'no'} | {p:.2f} | {p / dense:.2f} | {c:.0f} |"
-                  for n, lam, r, p, c in rows]
+                  f"{'yes' if r else 'no'} | {f if n else 'weights'} | {p:.2f} | "
+                  f"{p / dense:.2f} | {c:.0f} |"
+                  for n, lam, r, f, p, c in rows]
         atomic_write_text("\n".join(lines) + "\n", args.out)
     return 0
 
