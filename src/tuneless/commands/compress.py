@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from tuneless.commands.model_args import add_model_arguments, load_from_args
@@ -119,6 +120,10 @@ def repair_images(args, model):
     path = None if args.repair_data == "default" else args.repair_data
     train = get_dataset(_dataset_name(args, model), "train", path).subset(args.repair_images)
     targs = (getattr(model, "tuneless_meta", None) or {}).get("train_args") or {}
+    if args.repair_view == "train" and not targs:
+        print("note: the model records no training recipe; the repair sees plain images "
+              "(if it was trained on random crops, its BN statistics expect them)",
+              file=sys.stderr)
     pad = targs.get("pad", 4) if args.repair_view == "train" and targs.get("augment") else None
     return train.training_view(pad)
 
