@@ -58,7 +58,8 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     repair: "ar" (closed form, data-free; the default for CNNs), "dir" (DeepInversion images,
     data-free), "data" (BN re-estimation on `data`, a tensor or DataLoader of real inputs),
     "none". Language models go to tuneless.llm.fold_llm, where the default is no repair and
-    "self"/"data" are its least-squares repairs (data= token ids, options e.g. tokenizer=).
+    "self"/"data" are its least-squares repairs (data= token ids, options e.g. tokenizer=,
+    features= "auto" | "weights" | "activations" for what its k-means clusters).
     Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "greedy"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
