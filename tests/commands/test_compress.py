@@ -48,3 +48,14 @@ def test_repair_images_must_be_at_least_two(tmp_path, tiny_fashion, capsys):
                "-o", str(tmp_path / "o.pt"), "--repair-data", str(tiny_fashion),
                "--repair-images", "1"])
     assert rc != 0 and "--repair-images" in capsys.readouterr().err
+
+
+def test_limit_is_a_random_subset_and_must_be_positive(tmp_path, tiny_fashion, capsys):
+    _, path = _checkpoint(tmp_path, augment=False)
+    out = tmp_path / "p.pt"
+    base = ["compress", str(path), "--method", "prune-l1", "--sparsity", "0.3", "-o", str(out),
+            "--data", str(tiny_fashion)]
+    assert main([*base, "--limit", "0"]) != 0
+    assert "--limit" in capsys.readouterr().err
+    assert main([*base, "--limit", "50"]) == 0
+    assert "top1" in capsys.readouterr().out

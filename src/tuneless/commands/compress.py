@@ -26,7 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", choices=["cifar10", "fashion-mnist"],
                    help="measure accuracy on this dataset's test split")
     p.add_argument("--data", help="test data path (implies accuracy; default dataset location)")
-    p.add_argument("--limit", type=int, help="accuracy on the first N test images")
+    p.add_argument("--limit", type=int,
+                   help="accuracy on a seeded random subset of N test images (the splits are "
+                        "stored sorted by class, so the first N would be a few classes)")
     p.add_argument("--repair-data", nargs="?", const="default", metavar="PATH",
                    help="training images for repairs that need data (fold-r): the dataset "
                         "folder or archive whose train split is used (no PATH: the default "
@@ -52,12 +54,12 @@ def parse_options(items: list[str]) -> dict:
     return out
 
 
-def measure(model, x, data, limit) -> dict:
+def measure(model, x, data) -> dict:
     from tuneless.evaluate import accuracy, count_flops, count_params, latency_ms
 
     row = {"params": count_params(model), "nonzero": count_params(model, nonzero=True),
            "flops": count_flops(model, x), "latency_b1_ms": latency_ms(model, x)}
-    row["top1"] = accuracy(model, data, limit=limit) if data is not None else None
+    row["top1"] = accuracy(model, data) if data is not None else None
     return row
 
 
@@ -79,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args.option)
     model, x = load_from_args(args)
     data = _test_data(args, model)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise TunelessError(f"--limit must be at least 1, got {args.limit}")
+        data = data.subset(args.limit, seed=0) if data is not None else None
     kwargs = {k: v for k, v in (("sparsity", args.sparsity),
                                 ("channel_ratio", args.channel_ratio)) if v is not None}
     if args.method in NEEDS_IMAGES and "data" not in options:
@@ -92,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
         raise TunelessError(f"method {args.method}: {exc}") from exc
     info = save(small, args.out, meta={"source": str(args.model), "method": args.method,
                                        **kwargs, "options": options})
-    rows = [{"model": "before", **measure(model, x, data, args.limit)},
-            {"model": "after", **measure(small, x, data, args.limit)}]
+    rows = [{"model": "before", **measure(model, x, data)},
+            {"model": "after", **measure(small, x, data)}]
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     print(render_table(rows, formats={"params": human_count, "nonzero": human_count,
                                       "flops": human_count, "latency_b1_ms": ".2f",
