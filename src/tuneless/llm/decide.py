@@ -38,30 +38,34 @@ def _bias(t, name, n):
     return [] if b is None else [b.to(torch.float32).reshape(n, -1)]
 
 
-def mlp_features(t: dict[str, torch.Tensor], stats: LayerStats | None = None) -> torch.Tensor:
-    """[gate row | up row | down column] per intermediate channel (METHODS.md §1.4); with
-    activation stats, gate/up rows whitened by the MLP input and down columns scaled by
-    each channel's activation RMS (tuneless.llm.activation_stats)."""
+def _mlp_blocks(t: dict[str, torch.Tensor], stats: LayerStats | None = None):
+    """The column blocks of the MLP features, in order: gate rows, up rows, down columns,
+    then the gate/up biases; with activation stats, gate/up rows whitened by the MLP input
+    and down columns scaled by each channel's activation RMS (tuneless.llm.activation_stats)."""
     if stats is None:
-        parts = [t["gate"].float(), t["up"].float(), t["down"].float().T]
+        yield from (t["gate"].float(), t["up"].float(), t["down"].float().T)
     else:
-        parts = [t["gate"].float() @ stats.mlp_in, t["up"].float() @ stats.mlp_in,
-                 t["down"].float().T * stats.mlp_rms[:, None]]
+        yield from (t["gate"].float() @ stats.mlp_in, t["up"].float() @ stats.mlp_in,
+                    t["down"].float().T * stats.mlp_rms[:, None])
     for name in ("gate", "up"):
         if f"{name}.bias" in t:
-            parts.append(t[f"{name}.bias"].float()[:, None])
-    return torch.cat(parts, dim=1)
+            yield t[f"{name}.bias"].float()[:, None]
 
 
-def projected_mlp_features(t: dict[str, torch.Tensor], dim: int, seed: int) -> torch.Tensor:
+def mlp_features(t: dict[str, torch.Tensor], stats: LayerStats | None = None) -> torch.Tensor:
+    """[gate row | up row | down column] per intermediate channel (METHODS.md §1.4), raw or
+    activation-aware (see _mlp_blocks)."""
+    return torch.cat(list(_mlp_blocks(t, stats)), dim=1)
+
+
+def projected_mlp_features(t: dict[str, torch.Tensor], dim: int, seed: int,
+                           stats: LayerStats | None = None) -> torch.Tensor:
     """mlp_features @ P for a seeded Gaussian P (dim columns), computed block by block so the
     full-width feature matrix of a multi-billion-parameter layer is never built."""
     gen = torch.Generator().manual_seed(seed)
-    blocks = [t["gate"], t["up"], t["down"].T]
-    blocks += [t[f"{n}.bias"][:, None] for n in ("gate", "up") if f"{n}.bias" in t]
     out = None
-    for w in blocks:
-        part = w.float() @ (torch.randn(w.shape[1], dim, generator=gen) / dim ** 0.5)
+    for w in _mlp_blocks(t, stats):
+        part = w @ (torch.randn(w.shape[1], dim, generator=gen) / dim ** 0.5)
         out = part if out is None else out + part
     return out
 
@@ -109,13 +113,7 @@ def fold_decision(
     red = Reduction()
     if plan.n_mlp < shape.n_mlp:
         wide = dim is not None and 2 * t["gate"].shape[1] + t["down"].shape[0] > dim
-        if stats is not None:
-            feats = mlp_features(t, stats)
-            if wide:
-                gen = torch.Generator().manual_seed(seed)
-                feats = feats @ (torch.randn(feats.shape[1], dim, generator=gen) / dim ** 0.5)
-        else:
-            feats = projected_mlp_features(t, dim, seed) if wide else mlp_features(t)
+        feats = projected_mlp_features(t, dim, seed, stats) if wide else mlp_features(t, stats)
         labels = kmeans(feats, plan.n_mlp, seed=seed, n_init=n_init, refine=refine)
         red.mlp_m, red.mlp_u = assignment_matrices(labels, plan.n_mlp)
     if plan.n_q == shape.n_q and plan.n_kv == shape.n_kv:
