@@ -21,11 +21,8 @@ import torch
 from torch import nn
 
 from tuneless.llm.adapters import adapter_for
+from tuneless.llm.refit import StopForward
 from tuneless.progress import progress
-
-
-class _Stop(Exception):
-    pass
 
 
 @dataclass
@@ -90,7 +87,7 @@ def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
             handles.append(proj[name].register_forward_pre_hook(m[key]))
         meters.append(m)
     def stop(*_args):  # everything needed is seen: skip the final norm and the vocabulary head
-        raise _Stop
+        raise StopForward
 
     handles.append(layers[-1].register_forward_hook(stop))
     model.eval()
@@ -99,7 +96,7 @@ def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
                               desc="activation stats", unit="batch", disable=not show_progress):
             try:
                 model(input_ids=ids[start:start + batch_size], use_cache=False)
-            except _Stop:
+            except StopForward:
                 pass
     finally:
         for h in handles:

@@ -28,8 +28,8 @@ from tuneless.llm.adapters import adapter_for
 from tuneless.progress import progress
 
 
-class _Stop(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a hook once it has seen what it needs, to skip the rest of a forward pass."""
 
 
 def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -39,13 +39,13 @@ def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dic
 
     def grab(_mod, args, kwargs):
         box["args"], box["kwargs"] = args, dict(kwargs)
-        raise _Stop
+        raise StopForward
 
     first = adapter_for(model).layers(model)[0]
     handle = first.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         model(input_ids=ids, use_cache=False)
-    except _Stop:
+    except StopForward:
         pass
     finally:
         handle.remove()
