@@ -72,11 +72,11 @@ def load_any(path: str) -> tuple[torch.nn.Module, str, str]:
 def training_pad(path: str) -> int | None:
     """The crop padding a tuneless checkpoint was trained with (None: no augmentation)."""
     from tuneless.checkpoint import is_checkpoint, read_torch_file
+    from tuneless.data.loader import recipe_pad
 
     obj = read_torch_file(path)
-    targs = (obj.get("train_args") if is_checkpoint(obj) else
-             (obj.get("config") if isinstance(obj, dict) else None)) or {}
-    return int(targs.get("pad", 4)) if targs.get("augment", False) else None
+    return recipe_pad(obj.get("train_args") if is_checkpoint(obj) else
+                      (obj.get("config") if isinstance(obj, dict) else None))
 
 
 def compress(name: str, model, sparsity: float, x, repair_images, dir_images, features, seed):

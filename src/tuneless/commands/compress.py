@@ -119,7 +119,7 @@ NEEDS_IMAGES = ("fold-r",)
 
 def repair_images(args, model):
     """Normalised training images for a data repair, augmented as the model was trained."""
-    from tuneless.data.loader import get_dataset
+    from tuneless.data.loader import get_dataset, recipe_pad
 
     if args.repair_images < 2:
         raise TunelessError(f"--repair-images must be at least 2, got {args.repair_images}")
@@ -130,8 +130,7 @@ def repair_images(args, model):
         print("note: the model records no training recipe; the repair sees plain images "
               "(if it was trained on random crops, its BN statistics expect them)",
               file=sys.stderr)
-    pad = targs.get("pad", 4) if args.repair_view == "train" and targs.get("augment") else None
-    return train.training_view(pad)
+    return train.training_view(recipe_pad(targs) if args.repair_view == "train" else None)
 
 
 def _test_data(args, model):

@@ -67,6 +67,13 @@ class TensorDataset:
         return self.normalise(random_crop_flip(self.x, pad, torch.Generator().manual_seed(seed)))
 
 
+def recipe_pad(train_args: dict | None) -> int | None:
+    """The crop padding a `tuneless train` recipe (a checkpoint's train_args) augmented with,
+    or None when it did not augment (or no recipe is recorded)."""
+    train_args = train_args or {}
+    return int(train_args.get("pad", 4)) if train_args.get("augment", False) else None
+
+
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop after zero padding, and a random horizontal flip, for a uint8 batch."""
     b, _, h, w = x.shape
