@@ -6,8 +6,8 @@ Folds SmolLM2-135M at 20% of block parameters with the paper-mlp schedule, then 
 on self-generated text (data-free) with different ridge strengths, numbers of calibration
 sequences, k-means refinement and clustering features (raw weights or activation-aware);
 WikiText-2 test perplexity on the first --tokens tokens.
-The self-generated text (64 sequences of 256 tokens, seed 0) is sampled once; the first n
-sequences are used for n = 32 (what repair="self" draws by default).
+The self-generated text (--max-samples sequences of 256 tokens, seed 0) is sampled once;
+a setting with n sequences uses the first n (repair="self" draws 64 by default).
 """
 
 from __future__ import annotations
