@@ -80,7 +80,19 @@ def run(args) -> int:
              "|---|---:|---:|---:|---|---:|"]
     lines += [f"| {r['model']} | {r['seconds']} | {r['cpu_s']} | < {r['target_s']} | "
               f"{'yes' if r['met'] else 'NO'} | {r['achieved']} |" for r in timing]
-    lines += ["", f"k-means objective per group of {args.sklearn_model} "
+    if quality:
+        lines += kmeans_table(args, quality)
+    else:
+        lines += ["", "k-means quality not compared in this run (`--sklearn-max-n` "
+                  f"{args.sklearn_max_n} left no group to compare)."]
+    atomic_write_text("\n".join(lines) + "\n", out / f"{args.name}.md")
+    print(f"wrote {out}/{args.name}.csv and .md", flush=True)
+    return 0
+
+
+def kmeans_table(args, quality: list[dict]) -> list[str]:
+    """Markdown rows: our k-means objective per group beside scikit-learn's."""
+    lines = ["", f"k-means objective per group of {args.sklearn_model} "
               f"({args.weights or 'random weights'}), ours (n_init='auto', see "
               "tuneless.cluster.auto_restarts) vs "
               "scikit-learn KMeans(n_init=10, random_state=0), same raw AR features (BN fused):",
@@ -91,9 +103,7 @@ def run(args) -> int:
               f"{r['sklearn_s']} |" for r in quality]
     worse = [r for r in quality if r["ours"] > r["sklearn"] * (1 + 1e-9)]
     lines += ["", f"Groups where ours is worse than scikit-learn: {len(worse)} of {len(quality)}."]
-    atomic_write_text("\n".join(lines) + "\n", out / f"{args.name}.md")
-    print(f"wrote {out}/{args.name}.csv and .md", flush=True)
-    return 0
+    return lines
 
 
 def compare_with_sklearn(args) -> list[dict]:
