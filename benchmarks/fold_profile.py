@@ -18,6 +18,7 @@ import cProfile
 import io
 import pstats
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def main() -> None:
     p.add_argument("--out", default="docs/results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    info = stamp()
+    info = stamp("python benchmarks/fold_profile.py " + " ".join(sys.argv[1:]))
     torch.manual_seed(0)
     model = build_model(args.arch, width=args.width).eval()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
