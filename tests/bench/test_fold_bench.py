@@ -61,3 +61,22 @@ def test_bench_fold_writes_rows_with_both_repair_views(mlp_checkpoint, tmp_path)
             assert float(r["accuracy"]) > 0.3  # far above chance after BN re-estimation
         md = (out / "tiny.md").read_text()
         assert ("augmented as in training" in md) == (view == "train")
+
+
+def test_bench_fold_resume_measures_only_missing_cells(mlp_checkpoint, tmp_path):
+    common = ["bench", "fold", str(mlp_checkpoint), "--test-subset", "300",
+              "--repair-images", "128", "--out", str(tmp_path), "--name", "r"]
+    assert main([*common, "--methods", "fold-ar", "--sparsities", "0.3"]) == 0
+    first = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert main([*common, "--methods", "fold-ar,prune-l1", "--sparsities", "0.3,0.5",
+                 "--resume"]) == 0
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    cells = [(r["method"], float(r["requested"])) for r in rows]
+    assert sorted(cells) == sorted([("fold-ar", 0.3), ("fold-ar", 0.5), ("prune-l1", 0.3),
+                                    ("prune-l1", 0.5)])
+    kept = next(r for r in rows if r["method"] == "fold-ar" and r["requested"] == "0.3")
+    assert kept == first[0]  # the earlier cell is carried over, not re-measured
+    assert len({r["dense_acc"] for r in rows}) == 1 and all(r["commit"] for r in rows)
+    # without --resume the file starts afresh
+    assert main([*common, "--methods", "prune-l1", "--sparsities", "0.5"]) == 0
+    assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == 1

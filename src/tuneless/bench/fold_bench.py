@@ -23,7 +23,7 @@ METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold
            "ifm", "prune-l1", "prune-l2", "prune-l1-bn", "magnitude")
 NEEDS_BN = {"fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error", "prune-l1-bn"}
 FIELDS = ["model", "weights", "dense_acc", "method", "requested", "achieved", "params",
-          "accuracy", "seconds", "test_images", "note"]
+          "accuracy", "seconds", "test_images", "commit", "note"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="docs/results")
     p.add_argument("--name", default="fold", help="file stem of the outputs")
     p.add_argument("--data", default=None, help="dataset path (default: the project's copy)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of an existing <out>/<name>.csv and measure only the "
+                        "(checkpoint, method, sparsity) cells it lacks")
     p.add_argument("--render-only", action="store_true",
                    help="rewrite the markdown and accuracy plots from an existing CSV")
     p.add_argument("--measured-by", default=None,
@@ -128,6 +131,10 @@ def run(args) -> int:
         raise TunelessError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
     out = Path(args.out)
     rows: list[dict] = []
+    if args.resume and (out / f"{args.name}.csv").exists():
+        rows = read_rows(out / f"{args.name}.csv")
+        print(f"resuming: {len(rows)} rows from {out / f'{args.name}.csv'}", flush=True)
+    done = {(r["weights"], r["method"], float(r["requested"])) for r in rows}
     curves: dict[str, dict[str, dict[str, float]]] = {}
     for path in args.checkpoints:
         model, arch, ds = load_any(path)
@@ -138,49 +145,54 @@ def run(args) -> int:
         pad = training_pad(path) if args.repair_view == "train" else None
         real = train.training_view(pad, seed=args.seed + 2)
         x = test.tensors(8)[0]
-        dense = accuracy(model, test)
+        pending = [(sp, m) for sp in sparsities for m in methods
+                   if (path, m, sp) not in done]
+        if not pending:
+            print(f"{path}: every cell already measured", flush=True)
+            continue
+        earlier = [r for r in rows if r["weights"] == path and r.get("test_images") == len(test)]
+        dense = float(earlier[0]["dense_acc"]) if earlier else accuracy(model, test)
         label = f"{arch} ({Path(path).name})"
         print(f"{label}: dense accuracy {dense:.4f} on {len(test)} test images", flush=True)
         has_bn = bool(batchnorms(model))
         dir_images, dir_seconds = None, 0.0
-        if has_bn and "fold-dir" in methods:
+        if has_bn and any(m == "fold-dir" for _, m in pending):
             t0 = time.perf_counter()
             dir_images = synthesize(model, x, num_images=args.dir_images, steps=args.dir_steps,
                                     batch_size=args.dir_batch, seed=args.seed)
             dir_seconds = time.perf_counter() - t0
             print(f"  DeepInversion: {args.dir_images} images in {dir_seconds:.0f} s", flush=True)
         base = {"model": label, "weights": path, "dense_acc": round(dense, 4),
-                "test_images": len(test)}
-        for sp in sparsities:
-            for name in methods:
-                row = {**base, "method": name, "requested": sp}
-                if name in NEEDS_BN and not has_bn:
-                    rows.append({**row, "note": "n/a: no BatchNorm"})
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    small = compress(name, model, sp, x, real, dir_images, args.features,
-                                     args.seed)
-                except TunelessError as exc:
-                    rows.append({**row, "note": f"failed: {exc}"})
-                    continue
-                secs = time.perf_counter() - t0 + (dir_seconds if name == "fold-dir" else 0.0)
-                nonzero = name == "magnitude"
-                params = count_params(small, nonzero=nonzero)
-                achieved = 1 - params / count_params(model)
-                acc = accuracy(small, test)
-                note = "incl. DeepInversion time" if name == "fold-dir" else ""
-                rows.append({**row, "achieved": round(achieved, 4), "params": params,
-                             "accuracy": round(acc, 4), "seconds": round(secs, 2), "note": note})
-                print(f"  {name:14s} {sp:.2f} → {achieved:.3f} removed, acc {acc:.4f}, "
-                      f"{secs:.1f} s", flush=True)
-                if abs(sp - 0.5) < 1e-9 and name in ("fold-naive", "fold-ar", "fold-dir",
-                                                     "fold-r"):
-                    from tuneless.diagnostics import variance_ratio
+                "test_images": len(test), "commit": info["commit"]}
+        for sp, name in pending:
+            row = {**base, "method": name, "requested": sp}
+            if name in NEEDS_BN and not has_bn:
+                rows.append({**row, "note": "n/a: no BatchNorm"})
+                continue
+            t0 = time.perf_counter()
+            try:
+                small = compress(name, model, sp, x, real, dir_images, args.features,
+                                 args.seed)
+            except TunelessError as exc:
+                rows.append({**row, "note": f"failed: {exc}"})
+                continue
+            secs = time.perf_counter() - t0 + (dir_seconds if name == "fold-dir" else 0.0)
+            nonzero = name == "magnitude"
+            params = count_params(small, nonzero=nonzero)
+            achieved = 1 - params / count_params(model)
+            acc = accuracy(small, test)
+            note = "incl. DeepInversion time" if name == "fold-dir" else ""
+            rows.append({**row, "achieved": round(achieved, 4), "params": params,
+                         "accuracy": round(acc, 4), "seconds": round(secs, 2), "note": note})
+            print(f"  {name:14s} {sp:.2f} → {achieved:.3f} removed, acc {acc:.4f}, "
+                  f"{secs:.1f} s", flush=True)
+            if abs(sp - 0.5) < 1e-9 and name in ("fold-naive", "fold-ar", "fold-dir",
+                                                 "fold-r"):
+                from tuneless.diagnostics import variance_ratio
 
-                    curves.setdefault(label, {})[name] = variance_ratio(
-                        model, small, test.tensors(256)[0])
-                _write(out, args.name, rows, curves, info, args)
+                curves.setdefault(label, {})[name] = variance_ratio(
+                    model, small, test.tensors(256)[0])
+            _write(out, args.name, rows, curves, info, args)
     _write(out, args.name, rows, curves, info, args)
     print(f"wrote {out}/{args.name}.csv, .md and plots", flush=True)
     return 0
@@ -221,6 +233,10 @@ def markdown(rows, info, args) -> str:
 
     lines = ["# Folding benchmark: accuracy vs fraction of parameters removed", "",
              stamp_markdown(info), ""]
+    commits = sorted({r["commit"] for r in rows if r.get("commit")})
+    if len(commits) > 1 or (commits and commits[0] != info["commit"]):
+        lines += [f"Rows measured at commits {', '.join(f'`{c}`' for c in commits)} "
+                  "(runs resumed with `--resume`; the CSV's `commit` column says which).", ""]
     if getattr(args, "render_only", False):
         lines += [f"Rendered from `{args.name}.csv`, which was measured by "
                   f"`{args.measured_by or 'an earlier run (command not given)'}`.", ""]
