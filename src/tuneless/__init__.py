@@ -26,6 +26,7 @@ _LAZY = {
     "magnitude_prune": "tuneless.methods.prune",
     "fold": "tuneless.methods.fold",
     "svd": "tuneless.methods.svd",
+    "refit": "tuneless.layer_refit",
     "save": "tuneless.serialize",
     "load": "tuneless.serialize",
     "load_model": "tuneless.modelio",

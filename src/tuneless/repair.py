@@ -31,6 +31,8 @@ REPAIRS = {
     "ar": Repair("ar", False, True, "closed-form γ rescale from weight correlations (Fold-AR)"),
     "dir": Repair("dir", False, True, "BN re-estimation on DeepInversion images (Fold-DIR)"),
     "data": Repair("data", True, True, "BN re-estimation on real images (Fold-R)"),
+    "refit": Repair("refit", True, False, "least-squares refit of every layer on real images "
+                    "(beyond the paper; tuneless.layer_refit)"),
 }
 
 

@@ -30,9 +30,9 @@ def add_parser(sub) -> None:
                    help="accuracy on a seeded random subset of N test images (the splits are "
                         "stored sorted by class, so the first N would be a few classes)")
     p.add_argument("--repair-data", nargs="?", const="default", metavar="PATH",
-                   help="training images for repairs that need data (fold-r): the dataset "
-                        "folder or archive whose train split is used (no PATH: the default "
-                        "location)")
+                   help="training images for repairs that need data (fold-r, fold-refit): "
+                        "the dataset folder or archive whose train split is used (no PATH: "
+                        "the default location)")
     p.add_argument("--repair-images", type=int, default=1024,
                    help="how many training images the repair sees (default 1024)")
     p.add_argument("--repair-view", choices=["train", "plain"], default="train",
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-NEEDS_IMAGES = ("fold-r",)
+NEEDS_IMAGES = ("fold-r", "fold-refit")
 
 
 def repair_images(args, model):

@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "fold-ar": "tuneless.methods.fold:fold_ar",
     "fold-dir": "tuneless.methods.fold:fold_dir",
     "fold-r": "tuneless.methods.fold:fold_r",
+    "fold-refit": "tuneless.methods.fold:fold_refit",
     "ifm": "tuneless.methods.ifm:ifm",
     # low rank (tuneless.methods.svd)
     "svd": "tuneless.methods.svd:svd",

@@ -43,6 +43,8 @@ class FoldOptions:
     max_ratio: float = 0.9  # error allocation: keep at least 10% of every group
     keep_floor: float = 0.5  # error allocation: and at least this share of uniform's count
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
+    refit_images: int = 256  # repair "refit": images of `data` its least squares see
+    ridge: float = 1e-4  # repair "refit": Tikhonov weight relative to mean diag(XᵀX)
     batch_size: int = 128
     inversion: dict = field(default_factory=dict)  # DeepInversion overrides (Fold-DIR)
 
@@ -57,13 +59,15 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
 
     repair: "ar" (closed form, data-free; the default for CNNs), "dir" (DeepInversion images,
     data-free), "data" (BN re-estimation on `data`, a tensor or DataLoader of real inputs),
-    "none". Language models go to tuneless.llm.fold_llm, where the default is no repair and
-    "self"/"data" are its least-squares repairs (data= token ids, options e.g. tokenizer=,
-    features= "auto" | "weights" | "activations" for what its k-means clusters).
+    "refit" (beyond the paper: every layer re-solved by least squares on `data`, see
+    tuneless.layer_refit), "none". Language models go to tuneless.llm.fold_llm, where the
+    default is no repair and "self"/"data" are its least-squares repairs (data= token ids,
+    options e.g. tokenizer=, features= "auto" | "weights" | "activations" for what its
+    k-means clusters).
     Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "greedy"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
-    num_images, batch_size, inversion (dict of DeepInversion settings).
+    num_images, batch_size, inversion (dict of DeepInversion settings), refit_images, ridge.
     """
     from tuneless.llm import fold_llm, is_causal_lm  # lazy; LLM dispatch (issue 6)
     if is_causal_lm(model):  # no BatchNorm; the paper folds LLMs without repair (§1.4)
@@ -98,6 +102,9 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         raise TunelessError(f"max_ratio must be in (0, 1), got {opts.max_ratio}")
     if not 0.0 <= opts.keep_floor <= 1.0:
         raise TunelessError(f"keep_floor must be in [0, 1], got {opts.keep_floor}")
+    if not (isinstance(opts.refit_images, int) and opts.refit_images >= 2) or opts.ridge < 0:
+        raise TunelessError("repair 'refit' needs refit_images ≥ 2 and ridge ≥ 0, got "
+                            f"{opts.refit_images!r} and {opts.ridge!r}")
     return opts
 
 
@@ -152,6 +159,12 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     new = reduce(work, graph, decisions) if decisions else copy.deepcopy(model)
     if decisions and opts.repair == "ar":
         _apply_ar(work, new, graph, labels)
+    if decisions and opts.repair == "refit":
+        from tuneless.layer_refit import channel_maps_from_labels, refit_layers
+
+        new = refit_layers(model, new, graph, channel_maps_from_labels(labels), data,
+                           num_images=opts.refit_images, batch_size=min(opts.batch_size, 64),
+                           ridge=opts.ridge, inplace=True)
     t_fold = time.perf_counter() - t0
     if decisions and opts.repair in ("dir", "data"):
         new = _reestimate(model, new, opts, data, x)
@@ -284,3 +297,4 @@ fold_naive = _preset("none")
 fold_ar = _preset("ar")
 fold_dir = _preset("dir")
 fold_r = _preset("data")
+fold_refit = _preset("refit")

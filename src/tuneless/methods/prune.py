@@ -65,6 +65,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
         "physically_smaller": True, "groups": len(graph),
         "reducible_groups": len(graph.reducible),
         "kept": {str(k): v for k, v in budget.kept.items()},
+        "channels": {str(gid): keep.tolist() for gid, keep in decisions.items()},
     }
     return new
 

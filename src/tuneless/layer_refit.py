@@ -1,0 +1,246 @@
+"""Least-squares repair of a compressed CNN: refit every layer, in order, on real images.
+
+Folding and pruning leave each small layer computing a projection of what the big one
+computed. With a few hundred images the best linear layer is a closed form: walking
+the network in forward order, each conv/linear of the small model is re-solved so that,
+on the inputs the *small* model actually feeds it (earlier refits included, so errors do
+not pile up), it reproduces the *original* layer's output mapped onto the small
+channels (cluster means for folding, the kept channels for pruning), BatchNorm
+included: the layer and its BN form one affine map, solved together; the BN is left as
+the identity plus the fitted bias. This is the reconstruction step of channel-pruning
+methods (He et al. 2017) and the CNN counterpart of `tuneless.llm.refit`: no gradient
+steps, no fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tuneless.errors import TunelessError
+
+
+class _Stop(Exception):
+    """Raised from a hook once the layer of interest has run: the rest is not needed."""
+
+
+def channel_maps_from_labels(labels: dict) -> dict[int, torch.Tensor]:
+    """{group id: M (k × n)} with M[c] the mean over cluster c's original channels."""
+    maps = {}
+    for gid, lab in labels.items():
+        lab = torch.as_tensor(lab, dtype=torch.long)
+        u = torch.zeros(len(lab), int(lab.max()) + 1)
+        u[torch.arange(len(lab)), lab] = 1
+        maps[int(gid)] = (u / u.sum(0)).T
+    return maps
+
+
+def channel_maps_from_indices(indices: dict, sizes: dict) -> dict[int, torch.Tensor]:
+    """{group id: M (k × n)} selecting the kept channels (pruning)."""
+    maps = {}
+    for gid, keep in indices.items():
+        keep = torch.as_tensor(keep, dtype=torch.long)
+        m = torch.zeros(len(keep), sizes[int(gid)])
+        m[torch.arange(len(keep)), keep] = 1
+        maps[int(gid)] = m
+    return maps
+
+
+def refit(original: nn.Module, small: nn.Module, data, *, example_inputs=None,
+          **options) -> nn.Module:
+    """Refit a model that tuneless folded or structurally pruned from `original`.
+
+    The channel maps come from `small.tuneless_report` (fold: cluster labels; prune: kept
+    channels); options go to `refit_layers` (num_images, batch_size, ridge, inplace).
+    """
+    from tuneless.graph import find_groups
+    from tuneless.modelio import example_input
+
+    report = getattr(small, "tuneless_report", None) or {}
+    x = example_inputs if example_inputs is not None else example_input(original)
+    graph = find_groups(original, x)
+    if "labels" in report:
+        maps = channel_maps_from_labels(report["labels"])
+    elif "channels" in report:
+        maps = channel_maps_from_indices(report["channels"], {g.id: g.n for g in graph.groups})
+    else:
+        raise TunelessError("refit needs a model compressed by tuneless.fold or tuneless.prune "
+                            "(its tuneless_report names the channels it kept or merged)")
+    return refit_layers(original, small, graph, maps, data, **options)
+
+
+@torch.no_grad()
+def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, torch.Tensor],
+                 data, *, num_images: int | None = 256, batch_size: int = 64,
+                 ridge: float = 1e-4, inplace: bool = False) -> nn.Module:
+    """Refit every conv (groups = 1) and linear of `small` to the original's outputs.
+
+    graph: the channel groups of `original` (tuneless.find_groups); maps: for each group
+    whose channels changed, the (k × n) matrix expressing the small model's channels in
+    the original's. data: images (tensor, loader or TensorDataset), the first
+    `num_images` used. ridge: Tikhonov weight relative to the mean diagonal of XᵀX.
+    Returns the refitted model and sets `refit_report` on it (layers refitted / skipped).
+    """
+    from tuneless.repair import image_batches
+
+    if ridge < 0:
+        raise TunelessError(f"ridge must be ≥ 0, got {ridge}")
+    small = small if inplace else copy.deepcopy(small)
+    batches = list(image_batches(data, batch_size, num_images))
+    if sum(len(b) for b in batches) < 2:
+        raise TunelessError("the least-squares refit needs at least 2 images")
+    was = original.training, small.training
+    original.eval()
+    small.eval()
+    outputs, norm_after = _layout(graph)
+    done, skipped = [], []
+    try:
+        for name in _forward_order(original, batches[0][:1]):
+            layer = small.get_submodule(name)
+            why = _unsupported(layer, original.get_submodule(name), norm_after.get(name), small)
+            out_map = _output_map(name, layer, outputs, maps)
+            if why is None and out_map is None:
+                why = "its output channels span several groups"
+            if why is not None:
+                skipped.append(f"{name}: {why}")
+                continue
+            _solve_layer(original, small, name, norm_after.get(name), out_map, batches, ridge)
+            done.append(name)
+    finally:
+        original.train(was[0])
+        small.train(was[1])
+    small.refit_report = {"refitted": done, "skipped": skipped,
+                          "images": sum(len(b) for b in batches), "ridge": ridge}
+    return small
+
+
+def _layout(graph) -> tuple[dict[str, list], dict[str, str]]:
+    """Per producer: its (group id, offset, n) output slots; per producer: the norm right after."""
+    outputs: dict[str, list] = {}
+    norm_after: dict[str, str] = {}
+    for g in graph.groups:
+        for s in g.slots:
+            if s.kind == "producer" and s.param == "weight" and s.axis == 0:
+                outputs.setdefault(s.module, []).append((g.id, s.offset, g.n))
+            if s.kind == "norm" and s.param == "weight" and s.producer is not None:
+                norm_after[s.producer] = s.module
+    return outputs, norm_after
+
+
+def _forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Conv and linear layers in the order the forward pass first runs them."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda _m, _a, _o, n=n: order.append(n))
+             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(dict.fromkeys(order))
+
+
+def _unsupported(layer: nn.Module, before: nn.Module, norm: str | None,
+                 small: nn.Module) -> str | None:
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        return "grouped/depthwise conv (refit per group not implemented)"
+    if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+        return f"padding_mode {layer.padding_mode!r}"
+    if type(layer) is not type(before):
+        return "layer type changed by compression"
+    if norm is not None:
+        bn = small.get_submodule(norm)
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine \
+                or not bn.track_running_stats:
+            return "its norm is not an affine BatchNorm with running statistics"
+    return None
+
+
+def _output_map(name: str, layer: nn.Module, outputs: dict, maps: dict) -> torch.Tensor | None:
+    """(out_small × out_original) map of the layer's output channels, or None if split."""
+    slots = outputs.get(name, [])
+    n_out = layer.weight.shape[0]
+    if not slots:
+        return torch.eye(n_out)
+    if len(slots) != 1 or slots[0][1] != 0:
+        return None
+    gid, _, n = slots[0]
+    m = maps.get(gid)
+    if m is None:
+        return torch.eye(n) if n == n_out else None
+    return m if m.shape[0] == n_out else None
+
+
+def _capture(model: nn.Module, name: str, x: torch.Tensor, what: str) -> torch.Tensor:
+    box: dict[str, torch.Tensor] = {}
+
+    def hook(_m, args, out):
+        box["v"] = (args[0] if what == "input" else out).detach()
+        raise _Stop
+
+    handle = model.get_submodule(name).register_forward_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "v" not in box:
+        raise TunelessError(f"layer {name!r} did not run in the forward pass")
+    return box["v"]
+
+
+def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Design matrix: one row per output position (conv patches) or per sample (linear)."""
+    if isinstance(layer, nn.Conv2d):
+        cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def _targets(t: torch.Tensor, out_map: torch.Tensor) -> torch.Tensor:
+    if t.dim() == 4:  # (b, c, h, w) → (b·h·w, c)
+        t = t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
+    else:
+        t = t.reshape(-1, t.shape[-1])
+    return t @ out_map.T.to(t.dtype)
+
+
+def _pairs(original, small, name, norm, out_map, batches) -> Iterator[tuple]:
+    layer = small.get_submodule(name)
+    for xb in batches:
+        inp = _capture(small, name, xb, "input")
+        tgt = _capture(original, norm or name, xb, "output")
+        yield _rows(layer, inp), _targets(tgt, out_map)
+
+
+def _solve_layer(original, small, name, norm, out_map, batches, ridge) -> None:
+    layer = small.get_submodule(name)
+    intercept = norm is not None or layer.bias is not None
+    xtx = xty = None
+    for rows, tgt in _pairs(original, small, name, norm, out_map, batches):
+        if intercept:
+            rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
+        a, b = (rows.T @ rows).double(), (rows.T @ tgt).double()
+        xtx, xty = (a, b) if xtx is None else (xtx + a, xty + b)
+    d = xtx.shape[0]
+    xtx += ridge * float(xtx.diagonal().mean().clamp(min=1e-12)) * torch.eye(d, dtype=xtx.dtype)
+    factor, info = torch.linalg.cholesky_ex(xtx)
+    sol = (torch.cholesky_solve(xty, factor) if int(info) == 0
+           else torch.linalg.lstsq(xtx, xty).solution).to(layer.weight.dtype)
+    weight, bias = (sol[:-1].T, sol[-1]) if intercept else (sol.T, None)
+    layer.weight.copy_(weight.reshape(layer.weight.shape))
+    if norm is not None:
+        bn = small.get_submodule(norm)
+        if layer.bias is not None:
+            layer.bias.zero_()
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1 - bn.eps)  # (x − 0)/√(1 − ε + ε) = x
+        bn.weight.fill_(1)
+        bn.bias.copy_(bias)
+    elif bias is not None:
+        layer.bias.copy_(bias)

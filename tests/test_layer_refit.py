@@ -1,0 +1,111 @@
+"""Least-squares layer refit: exact where the small model can be exact, better than BN
+re-estimation and than no repair on held-out inputs, after folding and after pruning."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tuneless
+from tuneless.errors import TunelessError
+from tuneless.layer_refit import channel_maps_from_indices, channel_maps_from_labels
+from tuneless.methods.fold import fold
+from tuneless.methods.prune import prune
+from tuneless.zoo import build_model
+
+from .methods.fold_models import X32, DuplicatedCNN, _randomise_bn
+
+torch.set_num_threads(1)
+
+
+def _images(n: int, size: int = 16, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _error(model: nn.Module, small: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(F.mse_loss(small(x), model(x)) / model(x).pow(2).mean())
+
+
+def test_maps_average_clusters_and_select_kept_channels():
+    m = channel_maps_from_labels({"3": [0, 1, 0, 1, 1]})[3]
+    assert torch.allclose(m, torch.tensor([[0.5, 0, 0.5, 0, 0], [0, 1 / 3, 0, 1 / 3, 1 / 3]]))
+    s = channel_maps_from_indices({"2": [4, 1]}, {2: 5})[2]
+    assert s.tolist() == [[0, 0, 0, 0, 1], [0, 1, 0, 0, 0]]
+
+
+def test_refit_keeps_an_exact_fold_exact():
+    model = DuplicatedCNN()
+    small = fold(model, channel_ratio=0.5, repair="refit", example_inputs=X32,
+                 data=_images(48, 32), ridge=0.0)
+    assert small.conv1.out_channels == 4 and small.refit_report["skipped"] == []
+    assert (small(X32) - model(X32)).abs().max() <= 1e-4 * model(X32).abs().max()
+
+
+def test_refit_beats_bn_reestimation_and_no_repair_on_held_out_inputs():
+    model = _randomise_bn(build_model("resnet20"))
+    calib, held = _images(96), _images(32, seed=1)
+    x = _images(2)
+    errors = {repair: _error(model, fold(model, sparsity=0.5, repair=repair, example_inputs=x,
+                                         data=calib if repair in ("data", "refit") else None),
+                             held)
+              for repair in ("none", "data", "refit")}
+    assert errors["refit"] < 0.5 * min(errors["none"], errors["data"]), errors
+
+
+def test_public_refit_after_structured_pruning():
+    model = _randomise_bn(build_model("resnet20"))
+    x = _images(2)
+    pruned = prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
+    fixed = tuneless.refit(model, pruned, _images(96), example_inputs=x)
+    assert fixed is not pruned and fixed.refit_report["skipped"] == []
+    held = _images(32, seed=1)
+    assert _error(model, fixed, held) < 0.5 * _error(model, pruned, held)
+
+
+class _Depthwise(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.dw, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8)
+        self.pw, self.bn3 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.dw(x)))
+        x = F.relu(self.bn3(self.pw(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_depthwise_conv_is_left_alone_and_named():
+    model = _randomise_bn(_Depthwise())
+    small = fold(model, channel_ratio=0.5, repair="refit", example_inputs=_images(2),
+                 data=_images(32))
+    report = small.refit_report
+    assert any(s.startswith("dw:") for s in report["skipped"]) and "pw" in report["refitted"]
+    assert torch.isfinite(small(_images(4))).all()
+
+
+def test_refit_works_without_batchnorm():
+    model = build_model("lenet5").eval()
+    calib, held = _images(64, 28, 1), _images(32, 28, 1, seed=1)
+    naive = fold(model, sparsity=0.5, repair="none", example_inputs=calib[:2])
+    fixed = fold(model, sparsity=0.5, repair="refit", example_inputs=calib[:2], data=calib)
+    assert _error(model, fixed, held) < _error(model, naive, held)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "needs data"),
+    ({"data": X32, "ridge": -1.0}, "ridge"),
+    ({"data": X32, "refit_images": 1}, "refit_images"),
+])
+def test_bad_refit_arguments_raise(kwargs, message):
+    with pytest.raises(TunelessError, match=message):
+        fold(DuplicatedCNN(), channel_ratio=0.5, repair="refit", example_inputs=X32, **kwargs)
+
+
+def test_public_refit_needs_a_tuneless_compressed_model():
+    model = DuplicatedCNN()
+    with pytest.raises(TunelessError, match="compressed by tuneless"):
+        tuneless.refit(model, DuplicatedCNN(), X32, example_inputs=X32)
