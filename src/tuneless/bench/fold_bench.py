@@ -243,7 +243,7 @@ def markdown(rows, info, args) -> str:
 
     lines = ["# Folding benchmark: accuracy vs fraction of parameters removed", "",
              stamp_markdown(info), ""]
-    commits = sorted({r["commit"] for r in rows if r.get("commit")})
+    commits = sorted({r.get("commit") or "not recorded" for r in rows})
     if len(commits) > 1 or (commits and commits[0] != info["commit"]):
         lines += [f"Rows measured at commits {', '.join(f'`{c}`' for c in commits)} "
                   "(runs resumed with `--resume`; the CSV's `commit` column says which).", ""]
