@@ -60,6 +60,16 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_fashion, tmp_path)
     assert resumed["test_accuracy"] == full["test_accuracy"]
 
 
+def test_eval_every_skips_test_passes_without_changing_the_weights(tiny_fashion, tmp_path):
+    every = train(config(tiny_fashion), tmp_path / "a.pt", log=lambda s: None)
+    rarely = train(config(tiny_fashion, eval_every=2), tmp_path / "b.pt", log=lambda s: None)
+    assert [h["test_acc"] is None for h in rarely["train_args"]["history"]] == [True, False,
+                                                                                 False]
+    assert rarely["weights_sha256"] == every["weights_sha256"]
+    assert rarely["test_accuracy"] == every["test_accuracy"]
+    assert same_config(asdict(config(tiny_fashion)), config(tiny_fashion, eval_every=5))
+
+
 def test_same_config_accepts_options_added_later_at_default():
     cfg = TrainConfig(arch="resnet20", epochs=18, threads=1)
     old = asdict(cfg)
@@ -88,6 +98,7 @@ def test_schedules():
 @pytest.mark.parametrize("kw, message", [
     ({"epochs": 0}, "epochs"), ({"lr": 0}, "lr"), ({"schedule": "step"}, "schedule"),
     ({"label_smoothing": 1.0}, "label_smoothing"), ({"pad": -1}, "pad"),
+    ({"eval_every": 0}, "eval_every"),
 ])
 def test_bad_config(tiny_fashion, tmp_path, kw, message):
     with pytest.raises(TunelessError, match=message):

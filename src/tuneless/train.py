@@ -45,6 +45,7 @@ class TrainConfig:
     smooth_lambda: float = 0.0
     smooth_relative: bool = False
     smooth_every: int = 1
+    eval_every: int = 1  # test-split accuracy every N epochs (and always after the last)
 
     def validate(self) -> None:
         from tuneless.zoo import ARCHS
@@ -61,12 +62,15 @@ class TrainConfig:
             raise TunelessError(f"schedule must be 'cosine' or 'onecycle', got {self.schedule!r}")
         if self.pad < 0:
             raise TunelessError(f"pad must be non-negative, got {self.pad}")
+        if self.eval_every < 1:
+            raise TunelessError(f"eval_every must be at least 1, got {self.eval_every}")
         if not 0 <= self.label_smoothing < 1:
             raise TunelessError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
-# Where the data lives and how many threads run do not change what is trained.
-_NOT_IDENTITY = ("data", "threads")
+# Where the data lives, how many threads run and how often the test split is measured do
+# not change what is trained.
+_NOT_IDENTITY = ("data", "threads", "eval_every")
 
 
 def same_config(saved: dict, cfg: TrainConfig) -> bool:
@@ -167,7 +171,9 @@ def train(
                       f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f} {rate:.0f} img/s",
                       end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
-        test_acc = accuracy(model, test_set, batch_size=500)
+        last = epoch + 1 == cfg.epochs
+        test_acc = (accuracy(model, test_set, batch_size=500)
+                    if last or (epoch + 1) % cfg.eval_every == 0 else None)
         model.train()
         elapsed += time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen,

@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     p.add_argument("--smooth-relative", action="store_true",
                    help="lambda is relative to the penalty at initialisation (scale-free)")
     p.add_argument("--smooth-every", type=int, default=1, help="apply the penalty every N steps")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="measure test accuracy every N epochs (always after the last); "
+                        "does not change what is trained, so a resumed run may change it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads, smooth=args.smooth, smooth_lambda=args.smooth_lambda,
         smooth_relative=args.smooth_relative, smooth_every=args.smooth_every,
+        eval_every=args.eval_every,
     )
     extra = None
     if cfg.smooth and cfg.smooth_lambda > 0:
