@@ -13,7 +13,6 @@ weights learned. Writes docs/results/fold-profile-<arch>.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import cProfile
 import io
 import pstats
@@ -24,13 +23,11 @@ from pathlib import Path
 
 import torch
 
+from tuneless.bench.fold_speed import fold_problems
 from tuneless.bench.stamp import stamp, stamp_markdown
-from tuneless.budget import solve
 from tuneless.cluster import embed, kmeans
-from tuneless.graph import find_groups
 from tuneless.io_atomic import atomic_write_text
-from tuneless.methods.fold import channel_features, fold
-from tuneless.repair import fuse_bn_normalisation
+from tuneless.methods.fold import fold
 from tuneless.zoo import build_model
 
 
@@ -50,21 +47,14 @@ def main() -> None:
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     fold(build_model("resnet20").eval(), sparsity=0.3, example_inputs=x)  # warm imports
 
-    graph = find_groups(model, x)
-    work = copy.deepcopy(model)
-    fuse_bn_normalisation(work, graph)
-    kept = solve(model, graph, args.sparsity).kept
     rows = []
-    for g in graph.reducible:
-        if kept[g.id] >= g.n:
-            continue
-        feats = channel_features(work, g, "raw")
+    for g, feats, k in fold_problems(model, x, args.sparsity):
         t0 = time.perf_counter()
         z = embed(feats)
         t1 = time.perf_counter()
-        kmeans(feats, kept[g.id], seed=0)
+        kmeans(feats, k, seed=0)
         t2 = time.perf_counter()
-        rows.append((g.id, g.n, feats.shape[1], kept[g.id], z.shape[1], t1 - t0, t2 - t1))
+        rows.append((g.id, g.n, feats.shape[1], k, z.shape[1], t1 - t0, t2 - t1))
 
     walls = []
     for _ in range(args.repeats):

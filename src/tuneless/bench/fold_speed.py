@@ -108,15 +108,9 @@ def kmeans_table(args, quality: list[dict]) -> list[str]:
 
 def compare_with_sklearn(args) -> list[dict]:
     """Per reducible group: our k-means objective and scikit-learn's on the same features."""
-    import copy
-
     from sklearn.cluster import KMeans
 
-    from tuneless.budget import solve
     from tuneless.cluster import inertia_of, kmeans
-    from tuneless.graph import find_groups
-    from tuneless.methods.fold import channel_features
-    from tuneless.repair import fuse_bn_normalisation
     from tuneless.zoo import build_model
 
     if args.weights:
@@ -127,17 +121,10 @@ def compare_with_sklearn(args) -> list[dict]:
         arch, kw, _ = MODELS.get(args.sklearn_model, (args.sklearn_model, {}, 0))
         torch.manual_seed(0)
         model = build_model(arch, **kw).eval()
-    x = torch.randn(2, 3, 32, 32)
-    graph = find_groups(model, x)
-    work = copy.deepcopy(model)
-    fuse_bn_normalisation(work, graph)
-    kept = solve(model, graph, args.sparsity).kept
     rows = []
-    for g in graph.reducible:
-        k = kept[g.id]
-        if k >= g.n or g.n > args.sklearn_max_n:
+    for g, feats, k in fold_problems(model, torch.randn(2, 3, 32, 32), args.sparsity):
+        if g.n > args.sklearn_max_n:
             continue
-        feats = channel_features(work, g, "raw")
         t0 = time.perf_counter()
         ours = inertia_of(feats, kmeans(feats, k, seed=0).labels)  # exact, float64
         t1 = time.perf_counter()
@@ -148,3 +135,21 @@ def compare_with_sklearn(args) -> list[dict]:
                      "ours_s": round(t1 - t0, 3), "sklearn_s": round(t2 - t1, 3)})
         print(f"  group {g.id}: n={g.n} k={k} ours {ours:.6g} sklearn {ref:.6g}", flush=True)
     return rows
+
+
+def fold_problems(model: torch.nn.Module, x: torch.Tensor, sparsity: float):
+    """(group, raw AR features with BN fused, cluster count) for each group Fold-AR shrinks."""
+    import copy
+
+    from tuneless.budget import solve
+    from tuneless.graph import find_groups
+    from tuneless.methods.fold import channel_features
+    from tuneless.repair import fuse_bn_normalisation
+
+    graph = find_groups(model, x)
+    work = copy.deepcopy(model)
+    fuse_bn_normalisation(work, graph)
+    kept = solve(model, graph, sparsity).kept
+    for g in graph.reducible:
+        if kept[g.id] < g.n:
+            yield g, channel_features(work, g, "raw"), kept[g.id]
