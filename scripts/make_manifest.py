@@ -37,6 +37,7 @@ OPTIONS = {
     "schedule": "--schedule", "label_smoothing": "--label-smoothing", "pad": "--pad",
     "seed": "--seed", "threads": "--threads", "smooth": "--smooth",
     "smooth_lambda": "--smooth-lambda", "smooth_every": "--smooth-every",
+    "eval_every": "--eval-every",
 }
 
 
