@@ -22,10 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tuneless.errors import TunelessError
-
-
-class _Stop(Exception):
-    """Raised from a hook once the layer of interest has run: the rest is not needed."""
+from tuneless.llm.refit import StopForward
 
 
 def channel_maps_from_labels(labels: dict) -> dict[int, torch.Tensor]:
@@ -180,12 +177,12 @@ def _capture(model: nn.Module, name: str, x: torch.Tensor, what: str) -> torch.T
 
     def hook(_m, args, out):
         box["v"] = (args[0] if what == "input" else out).detach()
-        raise _Stop
+        raise StopForward
 
     handle = model.get_submodule(name).register_forward_hook(hook)
     try:
         model(x)
-    except _Stop:
+    except StopForward:
         pass
     finally:
         handle.remove()

@@ -160,9 +160,10 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     if decisions and opts.repair == "ar":
         _apply_ar(work, new, graph, labels)
     if decisions and opts.repair == "refit":
-        from tuneless.layer_refit import channel_maps_from_labels, refit_layers
+        from tuneless.layer_refit import refit_layers
 
-        new = refit_layers(model, new, graph, channel_maps_from_labels(labels), data,
+        maps = {gid: merge for gid, (merge, _) in decisions.items()}  # M = D⁻¹Uᵀ, k × n
+        new = refit_layers(model, new, graph, maps, data,
                            num_images=opts.refit_images, batch_size=min(opts.batch_size, 64),
                            ridge=opts.ridge, inplace=True)
     t_fold = time.perf_counter() - t0
