@@ -28,7 +28,7 @@ from tuneless.bench.stamp import machine  # noqa: E402
 from tuneless.checkpoint import file_sha256, is_checkpoint, read_torch_file  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.report import render_markdown  # noqa: E402
-from tuneless.train import TrainConfig  # noqa: E402
+from tuneless.train import TrainConfig, total_train_seconds  # noqa: E402
 
 # TrainConfig field -> `tuneless train` option (fields not listed are positional or special)
 OPTIONS = {
@@ -37,7 +37,7 @@ OPTIONS = {
     "schedule": "--schedule", "label_smoothing": "--label-smoothing", "pad": "--pad",
     "seed": "--seed", "threads": "--threads", "smooth": "--smooth",
     "smooth_lambda": "--smooth-lambda", "smooth_every": "--smooth-every",
-    "eval_every": "--eval-every",
+    "eval_every": "--eval-every", "init": "--init",
 }
 
 
@@ -62,6 +62,19 @@ def train_command(train_args: dict, out: str) -> str:
     if train_args.get("smooth_relative"):
         words.append("--smooth-relative")
     return shlex.join(words)
+
+
+def stages(train_args: dict, out: str) -> list[tuple[dict, str]]:
+    """(training arguments, output path) of every stage, first first: a checkpoint trained
+    with --init records the checkpoint it started from, which may itself have one."""
+    init = train_args.get("init_record")
+    earlier = stages(init["train_args"], init["path"]) if init else []
+    return [*earlier, (train_args, out)]
+
+
+def full_command(train_args: dict, out: str) -> str:
+    """All stages' `tuneless train` commands joined with &&."""
+    return " && ".join(train_command(a, o) for a, o in stages(train_args, out))
 
 
 CHECK_IMAGES = 1000
@@ -108,9 +121,9 @@ def entry_for(path: Path, old: dict | None) -> dict:
         "check_accuracy": subset_accuracy(path, obj["dataset"]),
         "check_images": CHECK_IMAGES,
         "params": params,
-        "epochs": targs.get("epochs"),
-        "train_seconds": targs.get("train_seconds"),
-        "command": train_command(targs, repo_path(path)),
+        "epochs": sum(a.get("epochs") or 0 for a, _ in stages(targs, repo_path(path))),
+        "train_seconds": total_train_seconds(targs),
+        "command": full_command(targs, repo_path(path)),
         "sha256": sha,
         "bytes": path.stat().st_size,
         "weights_sha256": obj.get("weights_sha256"),

@@ -41,26 +41,44 @@ def test_models_folder_stays_small():
     assert {"lenet5", "mlp"} <= {e["arch"] for e in MANIFEST}
 
 
+def stored_stages(train_args: dict, out: str) -> list[tuple[dict, str]]:
+    init = train_args.get("init_record")
+    earlier = stored_stages(init["train_args"], init["path"]) if init else []
+    return [*earlier, (train_args, out)]
+
+
 @pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])
 def test_command_reproduces_the_training_arguments(entry, monkeypatch):
-    """Parse the manifest's command with the real CLI: it gives the stored TrainConfig."""
-    seen = {}
+    """Parse the manifest's command (one `tuneless train` per stage, joined by &&) with the
+    real CLI: each gives the TrainConfig stored for that stage."""
+    seen = []
 
     def fake_train(cfg, out, extra_loss=None):
-        seen["cfg"], seen["out"] = cfg, out
+        seen.append((cfg, out))
         return {"test_accuracy": 0.0, "dataset": cfg.dataset}
 
     monkeypatch.setattr("tuneless.train.train", fake_train)
     words = shlex.split(entry["command"])
-    assert words[:2] == ["tuneless", "train"]
-    assert main(words[1:]) == 0
-    stored = load_checkpoint(ROOT / entry["file"]).tuneless_meta["train_args"]
-    got = asdict(seen["cfg"])
-    for key, value in got.items():
-        if key == "pad" and not got["augment"]:
-            continue
-        assert stored.get(key, value) == value, key
-    assert seen["out"] == entry["file"]
+    commands, current = [], []
+    for w in [*words, "&&"]:
+        if w == "&&":
+            commands.append(current)
+            current = []
+        else:
+            current.append(w)
+    stored = stored_stages(load_checkpoint(ROOT / entry["file"]).tuneless_meta["train_args"],
+                           entry["file"])
+    assert len(commands) == len(stored)
+    for command in commands:
+        assert command[:2] == ["tuneless", "train"]
+        assert main(command[1:]) == 0
+    for (cfg, out), (args, want_out) in zip(seen, stored, strict=True):
+        got = asdict(cfg)
+        for key, value in got.items():
+            if key == "pad" and not got["augment"]:
+                continue
+            assert args.get(key, value) == value, key
+        assert out == want_out
     assert file_sha256(ROOT / entry["file"]) == entry["sha256"]
 
 
@@ -86,3 +104,19 @@ def test_eval_reproduces_check_accuracy_on_a_subset(entry, tmp_path):
     row = json.loads(out.read_text())["rows"][0]
     assert row["eval_images"] == entry["check_images"]
     assert abs(row["top1"] - entry["check_accuracy"]) <= 0.001
+
+
+def test_a_warm_started_checkpoint_gets_one_command_per_stage():
+    mod = load_script()
+    first = {"arch": "resnet56", "epochs": 30, "threads": 2, "eval_every": 100,
+             "train_seconds": 100.0}
+    second = {"arch": "resnet56", "epochs": 12, "lr": 0.02, "schedule": "cosine",
+              "init": "runs/a.pt", "train_seconds": 20.0,
+              "init_record": {"path": "runs/a.pt", "train_args": first, "train_seconds": 100.0}}
+    command = mod.full_command(second, "models/b.pt")
+    assert command == ("tuneless train resnet56 -o runs/a.pt --threads 2 --eval-every 100 && "
+                       "tuneless train resnet56 -o models/b.pt --epochs 12 --lr 0.02 "
+                       "--schedule cosine --init runs/a.pt")
+    from tuneless.train import total_train_seconds
+
+    assert total_train_seconds(second) == 120.0

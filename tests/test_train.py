@@ -3,7 +3,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from tuneless.checkpoint import load_checkpoint
+from tuneless.checkpoint import file_sha256, load_checkpoint
 from tuneless.errors import TunelessError
 from tuneless.train import TrainConfig, lr_at, same_config, train
 
@@ -108,3 +108,58 @@ def test_bad_config(tiny_fashion, tmp_path, kw, message):
 def test_unknown_dataset_for_arch(tmp_path):
     with pytest.raises(TunelessError, match="unknown architecture"):
         train(TrainConfig(arch="nope"), tmp_path / "x.pt", log=lambda s: None)
+
+
+def test_init_warm_starts_from_a_trained_checkpoint(tiny_fashion, tmp_path):
+    """--init: a second cycle starts from the first one's weights and records its recipe."""
+    first = tmp_path / "first.pt"
+    stage1 = train(config(tiny_fashion, epochs=2), first, log=lambda s: None)
+    seen = {}
+
+    def capture_first_step(model):
+        if "w" not in seen:
+            seen["w"] = {k: v.detach().clone() for k, v in model.named_parameters()}
+        return torch.zeros(())
+
+    second = tmp_path / "second.pt"
+    meta = train(config(tiny_fashion, epochs=1, lr=0.01, schedule="cosine", init=str(first)),
+                 second, extra_loss=capture_first_step, log=lambda s: None)
+    start = dict(load_checkpoint(first).named_parameters())  # (BN buffers move in the forward)
+    assert all(torch.equal(seen["w"][k], start[k]) for k in start)  # began at stage 1's weights
+    record = meta["train_args"]["init_record"]
+    assert record["path"] == str(first) and record["sha256"] == file_sha256(first)
+    assert record["train_args"]["epochs"] == 2
+    from tuneless.train import total_train_seconds
+
+    assert total_train_seconds(meta["train_args"]) == pytest.approx(
+        meta["train_args"]["train_seconds"] + stage1["train_args"]["train_seconds"])
+    # a cold start from the same seed lands elsewhere
+    cold = train(config(tiny_fashion, epochs=1, lr=0.01, schedule="cosine"), tmp_path / "c.pt",
+                 log=lambda s: None)
+    assert cold["weights_sha256"] != meta["weights_sha256"]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"arch": "lenet5", "arch_kwargs": {}}, "holds mlp"),
+    ({"arch_kwargs": {"width": 0.1}}, "holds mlp"),
+])
+def test_init_must_match_the_architecture(tiny_fashion, tmp_path, kw, message):
+    first = tmp_path / "first.pt"
+    train(config(tiny_fashion, epochs=1), first, log=lambda s: None)
+    with pytest.raises(TunelessError, match=message):
+        train(config(tiny_fashion, epochs=1, init=str(first), **kw), tmp_path / "x.pt",
+              log=lambda s: None)
+
+
+def test_init_refuses_to_overwrite_its_input_and_bad_files(tiny_fashion, tmp_path):
+    first = tmp_path / "first.pt"
+    train(config(tiny_fashion, epochs=1), first, log=lambda s: None)
+    with pytest.raises(TunelessError, match="same file"):
+        train(config(tiny_fashion, init=str(first)), first, log=lambda s: None)
+    with pytest.raises(TunelessError, match="not found"):
+        train(config(tiny_fashion, init=str(tmp_path / "nope.pt")), tmp_path / "y.pt",
+              log=lambda s: None)
+    junk = tmp_path / "junk.pt"
+    torch.save({"a": 1}, junk)
+    with pytest.raises(TunelessError, match="not a tuneless checkpoint"):
+        train(config(tiny_fashion, init=str(junk)), tmp_path / "z.pt", log=lambda s: None)

@@ -46,6 +46,7 @@ class TrainConfig:
     smooth_relative: bool = False
     smooth_every: int = 1
     eval_every: int = 1  # test-split accuracy every N epochs (and always after the last)
+    init: str | None = None  # start from this checkpoint's weights (fresh optimizer and schedule)
 
     def validate(self) -> None:
         from tuneless.zoo import ARCHS
@@ -71,6 +72,46 @@ class TrainConfig:
 # Where the data lives, how many threads run and how often the test split is measured do
 # not change what is trained.
 _NOT_IDENTITY = ("data", "threads", "eval_every")
+
+
+def load_init(cfg: TrainConfig, out: Path, model: nn.Module, num_classes: int) -> dict:
+    """Warm start: copy a trained checkpoint's weights into `model`; returns what to record.
+
+    A second training cycle from a finished run (fresh optimizer, new schedule) is how a
+    model short of its target gets more epochs without starting over. The record keeps the
+    first stage's training arguments and hash so the whole recipe stays reproducible.
+    """
+    from tuneless.checkpoint import file_sha256, is_checkpoint
+
+    path = Path(cfg.init)
+    if path.resolve() == out.resolve():
+        raise TunelessError(f"--init and -o are the same file ({path}); write to a new path")
+    obj = read_torch_file(path, "init checkpoint")
+    if not is_checkpoint(obj):
+        raise TunelessError(f"init checkpoint {path} is not a tuneless checkpoint")
+    want = {"num_classes": num_classes, **cfg.arch_kwargs}
+    got = obj.get("arch_kwargs") or {}
+    if obj.get("arch") != cfg.arch or {k: got.get(k) for k in want} != want:
+        raise TunelessError(
+            f"init checkpoint {path} holds {obj.get('arch')} {got}, "
+            f"not {cfg.arch} {want}"
+        )
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise TunelessError(f"init checkpoint {path} does not fit {cfg.arch}: {first}") from exc
+    targs = obj.get("train_args") or {}
+    return {"path": cfg.init, "sha256": file_sha256(path),
+            "test_accuracy": obj.get("test_accuracy"),
+            "train_seconds": total_train_seconds(targs), "train_args": targs}
+
+
+def total_train_seconds(train_args: dict) -> float:
+    """Training time of a checkpoint including every stage it was warm-started from."""
+    own = float(train_args.get("train_seconds") or 0.0)
+    init = train_args.get("init_record") or {}
+    return own + float(init.get("train_seconds") or 0.0)
 
 
 def same_config(saved: dict, cfg: TrainConfig) -> bool:
@@ -116,6 +157,8 @@ def train(
     test_set = get_dataset(dataset, "test", cfg.data)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, num_classes=len(train_set.classes), **cfg.arch_kwargs)
+    init_record = (load_init(cfg, out, model, len(train_set.classes))
+                   if cfg.init else None)
     channels_last = train_set.x.ndim == 4
     if channels_last:  # about 12% faster convolutions on this CPU
         model = model.to(memory_format=torch.channels_last)
@@ -188,7 +231,8 @@ def train(
     final_acc = history[-1]["test_acc"] if history else accuracy(model, test_set)
     meta = save_checkpoint(
         out, model, cfg.arch, {"num_classes": len(train_set.classes), **cfg.arch_kwargs}, dataset,
-        train_args={**asdict(cfg), "train_seconds": round(elapsed, 3), "history": history},
+        train_args={**asdict(cfg), "train_seconds": round(elapsed, 3), "history": history,
+                    **({"init_record": init_record} if init_record else {})},
         test_accuracy=final_acc,
     )
     return meta

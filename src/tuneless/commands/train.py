@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-every", type=int, default=1,
                    help="measure test accuracy every N epochs (always after the last); "
                         "does not change what is trained, so a resumed run may change it")
+    p.add_argument("--init", metavar="CKPT",
+                   help="start from this trained checkpoint's weights (same arch) with a fresh "
+                        "optimizer and schedule: a second training cycle or a fine-tune")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads, smooth=args.smooth, smooth_lambda=args.smooth_lambda,
         smooth_relative=args.smooth_relative, smooth_every=args.smooth_every,
-        eval_every=args.eval_every,
+        eval_every=args.eval_every, init=args.init,
     )
     extra = None
     if cfg.smooth and cfg.smooth_lambda > 0:
