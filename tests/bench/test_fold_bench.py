@@ -80,3 +80,21 @@ def test_bench_fold_resume_measures_only_missing_cells(mlp_checkpoint, tmp_path)
     # without --resume the file starts afresh
     assert main([*common, "--methods", "prune-l1", "--sparsities", "0.5"]) == 0
     assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == 1
+
+
+def test_bench_fold_refit_methods_and_their_comparisons(mlp_checkpoint, tmp_path):
+    code = main(["bench", "fold", str(mlp_checkpoint), "--methods",
+                 "fold-refit,fold-refit-error,prune-l1-refit,fold-naive", "--sparsities", "0.5",
+                 "--test-subset", "500", "--repair-images", "256", "--out", str(tmp_path),
+                 "--name", "rf"])
+    assert code == 0
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "rf.csv").open())}
+    assert set(rows) == {"fold-refit", "fold-refit-error", "prune-l1-refit", "fold-naive"}
+    for m in ("fold-refit", "fold-refit-error", "prune-l1-refit"):
+        assert abs(float(rows[m]["achieved"]) - 0.5) < 0.03
+        # the least-squares refit repairs: well above the unrepaired fold
+        assert float(rows[m]["accuracy"]) > float(rows["fold-naive"]["accuracy"]) - 0.02
+        assert float(rows[m]["accuracy"]) > 0.5
+    md = (tmp_path / "rf.md").read_text()
+    assert "error − uniform allocation (refit)" in md
+    assert "Fold-refit error-alloc − dense" in md

@@ -4,8 +4,8 @@ For each checkpoint and sparsity: Fold-Naive, Fold-AR, Fold-DIR, Fold-R (uniform
 error allocation), IFM, structured L1/L2, L1 + the same BN re-estimation as Fold-R,
 unstructured magnitude pruning, and (beyond the paper) folding and L1 pruning each
 followed by the same least-squares layer refit on the repair images (fold-refit,
-prune-l1-refit; tuneless.layer_refit), each with its wall time. Writes CSV, markdown and
-PNG plots (accuracy vs sparsity; variance ratio per layer) to the output folder.
+fold-refit-error, prune-l1-refit; tuneless.layer_refit), each with its wall time. Writes
+CSV, markdown and PNG plots (accuracy vs sparsity; variance ratio per layer) to the output folder.
 Rows are written as they finish, so an interrupted run keeps what it measured.
 """
 
@@ -23,7 +23,7 @@ from tuneless.errors import TunelessError
 
 METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error",
            "ifm", "prune-l1", "prune-l2", "prune-l1-bn", "magnitude", "fold-refit",
-           "prune-l1-refit")
+           "prune-l1-refit", "fold-refit-error")
 NEEDS_BN = {"fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error", "prune-l1-bn"}
 FIELDS = ["model", "weights", "dense_acc", "method", "requested", "achieved", "params",
           "accuracy", "seconds", "test_images", "commit", "note"]
@@ -106,8 +106,9 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
         return ifm(model, **common)
     if name in ("prune-l1", "prune-l2"):
         return prune(model, criterion=name[-2:], seed=seed, **common)
-    if name == "fold-refit":
-        return fold(model, repair="refit", data=repair_images, **fold_kw)
+    if name in ("fold-refit", "fold-refit-error"):
+        return fold(model, repair="refit", data=repair_images,
+                    allocation="error" if name.endswith("error") else "uniform", **fold_kw)
     if name == "prune-l1-refit":
         from tuneless.layer_refit import refit
 
@@ -259,7 +260,8 @@ def markdown(rows, info, args) -> str:
              + f"; Fold-DIR on {args.dir_images} "
              f"DeepInversion images ({args.dir_steps} steps) synthesised once per model from "
              "the uncompressed network (its time is included in every Fold-DIR row). "
-             "`fold-refit` and `prune-l1-refit` (beyond the paper) re-solve every conv and "
+             "`fold-refit`, `fold-refit-error` and `prune-l1-refit` (beyond the paper) "
+             "re-solve every conv and "
              "linear layer by least squares on the first 256 of those images "
              "(tuneless.layer_refit). "
              "`magnitude` is unstructured (zeros, not smaller). Cells: accuracy (achieved "
@@ -319,7 +321,8 @@ def comparisons(mrows, sps) -> list[str]:
              ("fold-r", "prune-l1-bn", "Fold-R − (L1 + same BN re-estimation)"),
              ("fold-ar-error", "fold-ar", "error − uniform allocation (AR)"),
              ("fold-r-error", "fold-r", "error − uniform allocation (R)"),
-             ("fold-refit", "prune-l1-refit", "Fold-refit − (L1 + same refit)")]
+             ("fold-refit", "prune-l1-refit", "Fold-refit − (L1 + same refit)"),
+             ("fold-refit-error", "fold-refit", "error − uniform allocation (refit)")]
     out = ["| comparison (points) | " + " | ".join(f"{s:.0%}" for s in sps) + " |",
            "|---|" + "---|" * len(sps)]
     for a, b, label in pairs:
@@ -335,7 +338,9 @@ def comparisons(mrows, sps) -> list[str]:
     if any(cells):
         out.append("| best data-free (AR or DIR) − Fold-R | " + " | ".join(cells) + " |")
     dense = mrows[0]["dense_acc"]
-    for m, label in (("fold-r", "Fold-R − dense"), ("fold-refit", "Fold-refit − dense")):
+    for m, label in (("fold-r", "Fold-R − dense"), ("fold-r-error", "Fold-R error-alloc − dense"),
+                     ("fold-refit", "Fold-refit − dense"),
+                     ("fold-refit-error", "Fold-refit error-alloc − dense")):
         cells = [f"{100 * (acc[(m, s)] - dense):+.1f}" if (m, s) in acc else "" for s in sps]
         if any(cells):
             out.append(f"| {label} | " + " | ".join(cells) + " |")
