@@ -109,3 +109,22 @@ def test_public_refit_needs_a_tuneless_compressed_model():
     model = DuplicatedCNN()
     with pytest.raises(TunelessError, match="compressed by tuneless"):
         tuneless.refit(model, DuplicatedCNN(), X32, example_inputs=X32)
+
+
+def test_cached_targets_give_the_same_refit_as_per_layer_capture():
+    """One forward of the original per batch (cached targets) or one per layer (cache_bytes=0):
+    the same least-squares problems, so the same weights."""
+    model = _randomise_bn(build_model("resnet20"))
+    x = _images(2)
+    pruned = prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
+    calib = _images(80)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    fast = tuneless.refit(model, pruned, calib, example_inputs=x, batch_size=32)
+    fast_calls = len(calls)
+    slow = tuneless.refit(model, pruned, calib, example_inputs=x, batch_size=32, cache_bytes=0)
+    assert fast_calls <= 3 + 3  # graph trace, layer order, and one pass per batch (3 batches)
+    assert len(calls) - fast_calls > 10 * fast_calls  # per-layer capture: a pass per layer
+    assert fast.refit_report["refitted"] == slow.refit_report["refitted"]
+    for (k, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k

@@ -70,16 +70,24 @@ def refit(original: nn.Module, small: nn.Module, data, *, example_inputs=None,
     return refit_layers(original, small, graph, maps, data, **options)
 
 
+TARGET_CACHE_BYTES = 2 * 2**30  # keep the original's targets in memory up to this size
+
+
 @torch.no_grad()
 def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, torch.Tensor],
                  data, *, num_images: int | None = 256, batch_size: int = 64,
-                 ridge: float = 1e-4, inplace: bool = False) -> nn.Module:
+                 ridge: float = 1e-4, inplace: bool = False,
+                 cache_bytes: int = TARGET_CACHE_BYTES) -> nn.Module:
     """Refit every conv (groups = 1) and linear of `small` to the original's outputs.
 
     graph: the channel groups of `original` (tuneless.find_groups); maps: for each group
     whose channels changed, the (k × n) matrix expressing the small model's channels in
     the original's. data: images (tensor, loader or TensorDataset), the first
     `num_images` used. ridge: Tikhonov weight relative to the mean diagonal of XᵀX.
+    cache_bytes: when the original's targets for every layer fit in this many bytes they
+    come from one forward pass per batch and the small model is refitted during a single
+    pass over all images (linear in depth); otherwise both models run a partial pass per
+    layer (quadratic in depth, memory of one layer at a time).
     Returns the refitted model and sets `refit_report` on it (layers refitted / skipped).
     """
     from tuneless.repair import image_batches
@@ -96,6 +104,7 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     outputs, norm_after = _layout(graph)
     done, skipped = [], []
     try:
+        plan = []  # (layer name, norm after it, output map) of every layer to refit
         for name in _forward_order(original, batches[0][:1]):
             layer = small.get_submodule(name)
             why = _unsupported(layer, original.get_submodule(name), norm_after.get(name), small)
@@ -104,8 +113,15 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
                 why = "its output channels span several groups"
             if why is not None:
                 skipped.append(f"{name}: {why}")
-                continue
-            _solve_layer(original, small, name, norm_after.get(name), out_map, batches, ridge)
+            else:
+                plan.append((name, norm_after.get(name), out_map))
+        cache = _cached_targets(original, plan, batches, cache_bytes)
+        if cache is not None:
+            _refit_in_one_pass(small, plan, batches, cache, ridge)
+        for name, norm, out_map in plan:
+            if cache is None:
+                pairs = _pairs(original, small, name, norm, out_map, batches)
+                _solve_layer(small, name, norm, pairs, ridge)
             done.append(name)
     finally:
         original.train(was[0])
@@ -207,6 +223,53 @@ def _targets(t: torch.Tensor, out_map: torch.Tensor) -> torch.Tensor:
     return t @ out_map.T.to(t.dtype)
 
 
+def _cached_targets(original: nn.Module, plan: list, batches: list,
+                    budget: int) -> dict[str, list[torch.Tensor]] | None:
+    """Every planned layer's target from one forward pass of the original per batch (the
+    original does not change, so its outputs need computing once), or None if they would
+    take more than `budget` bytes (judged from the first batch)."""
+    cache: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in plan}
+    hooks = []
+    for name, norm, out_map in plan:
+        def hook(_m, _a, out, name=name, out_map=out_map):
+            cache[name].append(_targets(out.detach(), out_map))
+        hooks.append(original.get_submodule(norm or name).register_forward_hook(hook))
+    try:
+        for i, xb in enumerate(batches):
+            original(xb)
+            if i == 0:
+                first = sum(v[0].numel() * v[0].element_size() for v in cache.values() if v)
+                if first * len(batches) > budget:
+                    return None
+    finally:
+        for h in hooks:
+            h.remove()
+    if any(len(v) != len(batches) for v in cache.values()):
+        return None  # a layer ran more or less than once per forward: capture one by one
+    return cache
+
+
+def _refit_in_one_pass(small: nn.Module, plan: list, batches: list, cache: dict,
+                       ridge: float) -> None:
+    """Refit every planned layer during a single forward pass of the small model over all
+    images: a hook solves each layer just before it runs, so its input already reflects
+    every earlier refit (the same problems as capturing layer by layer, in linear time)."""
+    sizes = [len(b) for b in batches]
+
+    def solve(module, args, name, norm):
+        pairs = ((_rows(module, chunk), cache[name][i])
+                 for i, chunk in enumerate(args[0].split(sizes)))
+        _solve_layer(small, name, norm, pairs, ridge)
+
+    hooks = [small.get_submodule(name).register_forward_pre_hook(
+        lambda m, a, name=name, norm=norm: solve(m, a, name, norm)) for name, norm, _ in plan]
+    try:
+        small(torch.cat(batches))
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _pairs(original, small, name, norm, out_map, batches) -> Iterator[tuple]:
     layer = small.get_submodule(name)
     for xb in batches:
@@ -215,11 +278,11 @@ def _pairs(original, small, name, norm, out_map, batches) -> Iterator[tuple]:
         yield _rows(layer, inp), _targets(tgt, out_map)
 
 
-def _solve_layer(original, small, name, norm, out_map, batches, ridge) -> None:
+def _solve_layer(small, name, norm, pairs, ridge) -> None:
     layer = small.get_submodule(name)
     intercept = norm is not None or layer.bias is not None
     xtx = xty = None
-    for rows, tgt in _pairs(original, small, name, norm, out_map, batches):
+    for rows, tgt in pairs:
         if intercept:
             rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
         a, b = (rows.T @ rows).double(), (rows.T @ tgt).double()
