@@ -98,3 +98,19 @@ def test_bench_fold_refit_methods_and_their_comparisons(mlp_checkpoint, tmp_path
     md = (tmp_path / "rf.md").read_text()
     assert "error − uniform allocation (refit)" in md
     assert "Fold-refit error-alloc − dense" in md
+
+
+def test_bench_fold_unfused_variants_and_their_comparisons(mlp_checkpoint, tmp_path):
+    """fold-ar-unfused / fold-r-unfused cluster and merge the raw layer and its BN (no fusion
+    first); they are different folds from the fused ones, and the markdown compares them."""
+    code = main(["bench", "fold", str(mlp_checkpoint), "--methods",
+                 "fold-ar,fold-ar-unfused,fold-r,fold-r-unfused,prune-l1-bn", "--sparsities",
+                 "0.5", "--test-subset", "500", "--repair-images", "256", "--out", str(tmp_path),
+                 "--name", "uf"])
+    assert code == 0
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "uf.csv").open())}
+    for m in ("fold-ar-unfused", "fold-r-unfused"):
+        assert abs(float(rows[m]["achieved"]) - 0.5) < 0.03
+        assert float(rows[m]["accuracy"]) > 0.3
+    md = (tmp_path / "uf.md").read_text()
+    assert "Fold-AR unfused − fused" in md and "Fold-R unfused − (L1 + same BN" in md

@@ -23,8 +23,9 @@ from tuneless.errors import TunelessError
 
 METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error",
            "ifm", "prune-l1", "prune-l2", "prune-l1-bn", "magnitude", "fold-refit",
-           "prune-l1-refit", "fold-refit-error")
-NEEDS_BN = {"fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error", "prune-l1-bn"}
+           "prune-l1-refit", "fold-refit-error", "fold-ar-unfused", "fold-r-unfused")
+NEEDS_BN = {"fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error", "prune-l1-bn",
+            "fold-ar-unfused", "fold-r-unfused"}
 FIELDS = ["model", "weights", "dense_acc", "method", "requested", "achieved", "params",
           "accuracy", "seconds", "test_images", "commit", "note"]
 
@@ -99,6 +100,10 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
             name, "ar" if name.startswith("fold-ar") else "data")
         alloc = "error" if name.endswith("error") else "uniform"
         return fold(model, repair=repair, allocation=alloc,
+                    data=repair_images if repair == "data" else None, **fold_kw)
+    if name in ("fold-ar-unfused", "fold-r-unfused"):  # cluster and merge the raw BN-conv
+        repair = "ar" if name.startswith("fold-ar") else "data"
+        return fold(model, repair=repair, fuse_bn=False,
                     data=repair_images if repair == "data" else None, **fold_kw)
     if name == "fold-dir":  # images synthesised once per model, reused: BN re-estimation on them
         return fold(model, repair="data", data=dir_images, **fold_kw)
@@ -322,7 +327,10 @@ def comparisons(mrows, sps) -> list[str]:
              ("fold-ar-error", "fold-ar", "error − uniform allocation (AR)"),
              ("fold-r-error", "fold-r", "error − uniform allocation (R)"),
              ("fold-refit", "prune-l1-refit", "Fold-refit − (L1 + same refit)"),
-             ("fold-refit-error", "fold-refit", "error − uniform allocation (refit)")]
+             ("fold-refit-error", "fold-refit", "error − uniform allocation (refit)"),
+             ("fold-ar-unfused", "fold-ar", "Fold-AR unfused − fused"),
+             ("fold-r-unfused", "fold-r", "Fold-R unfused − fused"),
+             ("fold-r-unfused", "prune-l1-bn", "Fold-R unfused − (L1 + same BN re-estimation)")]
     out = ["| comparison (points) | " + " | ".join(f"{s:.0%}" for s in sps) + " |",
            "|---|" + "---|" * len(sps)]
     for a, b, label in pairs:
