@@ -95,10 +95,65 @@ def test_schedules():
     assert lr_at(cos, 0, 100) == 1.0 and lr_at(cos, 50, 100) == pytest.approx(0.5)
 
 
+def test_swa_schedule_anneals_to_the_swa_lr_then_holds_it():
+    cfg = TrainConfig(lr=1.0, schedule="cosine", epochs=4, swa_epochs=1, swa_lr=0.1)
+    assert lr_at(cfg, 0, 100) == 1.0
+    assert lr_at(cfg, 75, 200) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through 150 steps
+    assert lr_at(cfg, 74, 100) == pytest.approx(0.1, abs=1e-3)
+    assert all(lr_at(cfg, s, 100) == 0.1 for s in range(75, 101))
+    one = TrainConfig(lr=1.0, schedule="onecycle", epochs=4, swa_epochs=2, swa_lr=0.2)
+    assert lr_at(one, 0, 100) == pytest.approx(0.1) and lr_at(one, 49, 100) > 0.2
+    assert lr_at(one, 50, 100) == 0.2
+
+
+def test_swa_saves_the_average_of_the_last_epochs_with_fresh_bn(tiny_fashion, tmp_path):
+    cfg = config(tiny_fashion, swa_epochs=2, swa_lr=0.01)
+    seen = {"n": 0}
+
+    def snapshot_after_epoch_2(model):  # 6 steps per epoch: step 13 starts epoch 3
+        seen["n"] += 1
+        if seen["n"] == 13:
+            seen["after2"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return torch.zeros(())
+
+    out = tmp_path / "swa.pt"
+    meta = train(cfg, out, extra_loss=snapshot_after_epoch_2, log=lambda s: None)
+    last = torch.load(out.with_suffix(".resume.pt"), weights_only=False)["model"]
+    saved = load_checkpoint(out).state_dict()
+    params = [k for k in saved if k.endswith(("weight", "bias"))]
+    for k in params:
+        torch.testing.assert_close(saved[k], (seen["after2"][k] + last[k]) / 2)
+    assert any(not torch.equal(saved[k], last[k]) for k in params)
+    bn_mean = [k for k in saved if k.endswith("running_mean")]
+    assert bn_mean and all(not torch.equal(saved[k], last[k]) for k in bn_mean)
+    record = meta["train_args"]["swa_record"]
+    assert record["averaged_epochs"] == 2 and record["test_acc"] == meta["test_accuracy"]
+    assert record["last_iterate_test_acc"] == meta["train_args"]["history"][-1]["test_acc"]
+
+
+def test_swa_resumes_to_the_same_weights(tiny_fashion, tmp_path):
+    cfg = config(tiny_fashion, swa_epochs=2, swa_lr=0.01)
+    full = train(cfg, tmp_path / "full.pt", log=lambda s: None)
+    steps = {"n": 0}
+
+    def interrupt_in_epoch_3(model):
+        steps["n"] += 1
+        if steps["n"] == 12 + 3:
+            raise KeyboardInterrupt
+        return torch.zeros(())
+
+    part = tmp_path / "part.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, part, extra_loss=interrupt_in_epoch_3, log=lambda s: None)
+    resumed = train(cfg, part, log=lambda s: None)
+    assert resumed["weights_sha256"] == full["weights_sha256"]
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"epochs": 0}, "epochs"), ({"lr": 0}, "lr"), ({"schedule": "step"}, "schedule"),
     ({"label_smoothing": 1.0}, "label_smoothing"), ({"pad": -1}, "pad"),
-    ({"eval_every": 0}, "eval_every"),
+    ({"eval_every": 0}, "eval_every"), ({"swa_epochs": 3}, "swa_epochs"),
+    ({"swa_epochs": 1, "swa_lr": 0.05}, "swa_lr"),
 ])
 def test_bad_config(tiny_fashion, tmp_path, kw, message):
     with pytest.raises(TunelessError, match=message):

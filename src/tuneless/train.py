@@ -47,6 +47,8 @@ class TrainConfig:
     smooth_every: int = 1
     eval_every: int = 1  # test-split accuracy every N epochs (and always after the last)
     init: str | None = None  # start from this checkpoint's weights (fresh optimizer and schedule)
+    swa_epochs: int = 0  # average the weights over the last N epochs (stochastic weight averaging)
+    swa_lr: float = 0.01  # constant learning rate of those epochs; the schedule anneals to it
 
     def validate(self) -> None:
         from tuneless.zoo import ARCHS
@@ -65,6 +67,12 @@ class TrainConfig:
             raise TunelessError(f"pad must be non-negative, got {self.pad}")
         if self.eval_every < 1:
             raise TunelessError(f"eval_every must be at least 1, got {self.eval_every}")
+        if not 0 <= self.swa_epochs < self.epochs:
+            raise TunelessError(
+                f"swa_epochs must be in [0, epochs={self.epochs}), got {self.swa_epochs}"
+            )
+        if self.swa_epochs and not 0 < self.swa_lr < self.lr:
+            raise TunelessError(f"swa_lr must be in (0, lr={self.lr}), got {self.swa_lr}")
         if not 0 <= self.label_smoothing < 1:
             raise TunelessError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -124,14 +132,24 @@ def same_config(saved: dict, cfg: TrainConfig) -> bool:
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Learning rate at a step: cosine decay, or one-cycle (15% warm-up, then cosine to ~0)."""
+    """Learning rate at a step: cosine decay, or one-cycle (15% warm-up, then cosine to ~0).
+
+    With weight averaging (`swa_epochs`), the schedule runs over the epochs before it and
+    anneals to `swa_lr` instead of 0, which then stays constant while the weights are averaged.
+    """
+    floor = 0.0
+    if cfg.swa_epochs:
+        main = total * (cfg.epochs - cfg.swa_epochs) // cfg.epochs
+        if step >= main:
+            return cfg.swa_lr
+        total, floor = main, cfg.swa_lr
     t = step / max(total, 1)
     if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+        return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
     warm = 0.15
     if t < warm:
         return cfg.lr * (0.1 + 0.9 * t / warm)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
 
 
 def train(
@@ -175,6 +193,7 @@ def train(
     steps_per_epoch = len(loader)
     total = steps_per_epoch * cfg.epochs
     start_epoch, history, elapsed = 0, [], 0.0
+    swa = torch.optim.swa_utils.AveragedModel(model) if cfg.swa_epochs else None
     if resume_path.exists():
         state = read_torch_file(resume_path, "resume checkpoint")
         if not same_config(state["config"], cfg):
@@ -187,6 +206,8 @@ def train(
         loader.generator.set_state(state["loader_rng"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, history, elapsed = state["epoch"], state["history"], state["elapsed"]
+        if swa is not None:
+            swa.load_state_dict(state["swa"])
         log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}")
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
@@ -214,6 +235,8 @@ def train(
                       f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f} {rate:.0f} img/s",
                       end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
+        if swa is not None and epoch + 1 > cfg.epochs - cfg.swa_epochs:
+            swa.update_parameters(model)
         last = epoch + 1 == cfg.epochs
         test_acc = (accuracy(model, test_set, batch_size=500)
                     if last or (epoch + 1) % cfg.eval_every == 0 else None)
@@ -226,13 +249,39 @@ def train(
             "config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
             "loader_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "epoch": epoch + 1, "history": history, "elapsed": elapsed,
+            **({"swa": swa.state_dict()} if swa is not None else {}),
         }, resume_path)
+    swa_record = None
+    if swa is not None:
+        model, swa_record = finish_swa(swa, loader, test_set, history, log)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    final_acc = history[-1]["test_acc"] if history else accuracy(model, test_set)
+    final_acc = (swa_record["test_acc"] if swa_record
+                 else history[-1]["test_acc"] if history else accuracy(model, test_set))
     meta = save_checkpoint(
         out, model, cfg.arch, {"num_classes": len(train_set.classes), **cfg.arch_kwargs}, dataset,
         train_args={**asdict(cfg), "train_seconds": round(elapsed, 3), "history": history,
-                    **({"init_record": init_record} if init_record else {})},
+                    **({"init_record": init_record} if init_record else {}),
+                    **({"swa_record": swa_record} if swa_record else {})},
         test_accuracy=final_acc,
     )
     return meta
+
+
+def finish_swa(swa: nn.Module, loader, test_set, history: list, log: Callable[[str], None]
+               ) -> tuple[nn.Module, dict]:
+    """The averaged weights with BatchNorm statistics re-estimated for them.
+
+    Averaged weights need their own BN statistics (the running ones belong to the last
+    iterate); they are measured on the training images as training fed them (augmented),
+    one pass. Returns the averaged network and what to record beside the last iterate's
+    accuracy, which `history` keeps.
+    """
+    t0 = time.perf_counter()
+    torch.optim.swa_utils.update_bn(loader, swa)
+    model = swa.module.eval()
+    record = {"averaged_epochs": int(swa.n_averaged.item()),
+              "last_iterate_test_acc": history[-1]["test_acc"] if history else None,
+              "test_acc": accuracy(model, test_set, batch_size=500),
+              "bn_update_s": round(time.perf_counter() - t0, 3)}
+    log(json.dumps({"swa": record}))
+    return model, record

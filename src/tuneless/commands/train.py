@@ -38,6 +38,11 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-every", type=int, default=1,
                    help="measure test accuracy every N epochs (always after the last); "
                         "does not change what is trained, so a resumed run may change it")
+    p.add_argument("--swa-epochs", type=int, default=0, metavar="N",
+                   help="stochastic weight averaging: keep the learning rate at --swa-lr for the "
+                        "last N epochs and save the average of their weights (BN re-estimated)")
+    p.add_argument("--swa-lr", type=float, default=0.01,
+                   help="learning rate of the averaged epochs (the schedule anneals to it)")
     p.add_argument("--init", metavar="CKPT",
                    help="start from this trained checkpoint's weights (same arch) with a fresh "
                         "optimizer and schedule: a second training cycle or a fine-tune")
@@ -60,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads, smooth=args.smooth, smooth_lambda=args.smooth_lambda,
         smooth_relative=args.smooth_relative, smooth_every=args.smooth_every,
-        eval_every=args.eval_every, init=args.init,
+        eval_every=args.eval_every, init=args.init, swa_epochs=args.swa_epochs,
+        swa_lr=args.swa_lr,
     )
     extra = None
     if cfg.smooth and cfg.smooth_lambda > 0:
