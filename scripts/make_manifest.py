@@ -37,7 +37,8 @@ OPTIONS = {
     "schedule": "--schedule", "label_smoothing": "--label-smoothing", "pad": "--pad",
     "seed": "--seed", "threads": "--threads", "smooth": "--smooth",
     "smooth_lambda": "--smooth-lambda", "smooth_every": "--smooth-every",
-    "eval_every": "--eval-every", "init": "--init",
+    "eval_every": "--eval-every", "init": "--init", "swa_epochs": "--swa-epochs",
+    "swa_lr": "--swa-lr",
 }
 
 
