@@ -14,6 +14,19 @@ def config(data, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+def interrupt_at_step(n: int):
+    """An extra-loss hook that stops training with KeyboardInterrupt at its n-th step."""
+    steps = {"n": 0}
+
+    def hook(model):
+        steps["n"] += 1
+        if steps["n"] == n:
+            raise KeyboardInterrupt
+        return torch.zeros(())
+
+    return hook
+
+
 def test_train_learns_and_writes_a_checkpoint(tiny_fashion, tmp_path):
     calls = []
 
@@ -38,17 +51,9 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_fashion, tmp_path)
     cfg = config(tiny_fashion, arch="lenet5", arch_kwargs={}, epochs=3)
     full = train(cfg, tmp_path / "full.pt", log=lambda s: None)
 
-    steps = {"n": 0}
-
-    def interrupt_in_epoch_2(model):
-        steps["n"] += 1
-        if steps["n"] == 6 + 3:  # 6 steps per epoch: stop half-way through epoch 2
-            raise KeyboardInterrupt
-        return torch.zeros(())
-
     part = tmp_path / "part.pt"
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, part, extra_loss=interrupt_in_epoch_2, log=lambda s: None)
+    with pytest.raises(KeyboardInterrupt):  # 6 steps per epoch: stop half-way through epoch 2
+        train(cfg, part, extra_loss=interrupt_at_step(6 + 3), log=lambda s: None)
     assert not part.exists() and part.with_suffix(".resume.pt").exists()
     with pytest.raises(TunelessError, match="different configuration"):
         train(config(tiny_fashion, arch="lenet5", arch_kwargs={}, lr=0.1), part,
@@ -134,17 +139,9 @@ def test_swa_saves_the_average_of_the_last_epochs_with_fresh_bn(tiny_fashion, tm
 def test_swa_resumes_to_the_same_weights(tiny_fashion, tmp_path):
     cfg = config(tiny_fashion, swa_epochs=2, swa_lr=0.01)
     full = train(cfg, tmp_path / "full.pt", log=lambda s: None)
-    steps = {"n": 0}
-
-    def interrupt_in_epoch_3(model):
-        steps["n"] += 1
-        if steps["n"] == 12 + 3:
-            raise KeyboardInterrupt
-        return torch.zeros(())
-
     part = tmp_path / "part.pt"
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, part, extra_loss=interrupt_in_epoch_3, log=lambda s: None)
+    with pytest.raises(KeyboardInterrupt):  # half-way through epoch 3, after one average
+        train(cfg, part, extra_loss=interrupt_at_step(12 + 3), log=lambda s: None)
     resumed = train(cfg, part, log=lambda s: None)
     assert resumed["weights_sha256"] == full["weights_sha256"]
 
