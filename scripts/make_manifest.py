@@ -42,6 +42,16 @@ OPTIONS = {
 }
 
 
+def shown_path(path: str) -> str:
+    """A checkpoint path as the manifest shows it: an absolute path into some clone's models/
+    folder (what `--init` recorded) becomes repo-relative, so commands work in any clone."""
+    parts = Path(path).parts
+    if Path(path).is_absolute() and "models" in parts:
+        last = len(parts) - 1 - parts[::-1].index("models")
+        return Path(*parts[last:]).as_posix()
+    return path
+
+
 def train_command(train_args: dict, out: str) -> str:
     """The `tuneless train` command line that reproduces these training arguments."""
     defaults = vars(TrainConfig())
@@ -54,6 +64,8 @@ def train_command(train_args: dict, out: str) -> str:
         words += ["--arch-kwargs", json.dumps(kwargs)]
     for field, flag in OPTIONS.items():
         value = train_args.get(field, defaults.get(field))
+        if field == "init" and value is not None:
+            value = shown_path(value)
         if field == "pad" and not train_args.get("augment", True):
             continue  # no crops, so the padding does not matter
         if value is not None and value != cli_defaults.get(field):
@@ -69,7 +81,7 @@ def stages(train_args: dict, out: str) -> list[tuple[dict, str]]:
     """(training arguments, output path) of every stage, first first: a checkpoint trained
     with --init records the checkpoint it started from, which may itself have one."""
     init = train_args.get("init_record")
-    earlier = stages(init["train_args"], init["path"]) if init else []
+    earlier = stages(init["train_args"], shown_path(init["path"])) if init else []
     return [*earlier, (train_args, out)]
 
 

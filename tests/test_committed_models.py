@@ -35,6 +35,14 @@ def test_manifest_check_passes(capsys):
     assert "manifest ok" in capsys.readouterr().out
 
 
+def test_manifest_shows_init_paths_repo_relative():
+    shown = load_script().shown_path
+    assert shown("/work/main/models/resnet56-cifar10.pt") == "models/resnet56-cifar10.pt"
+    assert shown("/tmp/x/models/smooth/a.pt") == "models/smooth/a.pt"
+    assert shown("/root/runs/a.pt") == "/root/runs/a.pt"
+    assert shown("models/a.pt") == "models/a.pt"
+
+
 def test_models_folder_stays_small():
     total = sum(e["bytes"] for e in MANIFEST)
     assert total < 40 * 2**20
@@ -42,8 +50,12 @@ def test_models_folder_stays_small():
 
 
 def stored_stages(train_args: dict, out: str) -> list[tuple[dict, str]]:
+    """Each stage's stored arguments and output, paths as the manifest shows them."""
+    shown = load_script().shown_path
     init = train_args.get("init_record")
-    earlier = stored_stages(init["train_args"], init["path"]) if init else []
+    earlier = stored_stages(init["train_args"], shown(init["path"])) if init else []
+    if train_args.get("init"):
+        train_args = {**train_args, "init": shown(train_args["init"])}
     return [*earlier, (train_args, out)]
 
 
