@@ -28,7 +28,7 @@ from tuneless.bench.stamp import machine  # noqa: E402
 from tuneless.checkpoint import file_sha256, is_checkpoint, read_torch_file  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.report import render_markdown  # noqa: E402
-from tuneless.train import TrainConfig, total_train_seconds  # noqa: E402
+from tuneless.train import TrainConfig  # noqa: E402
 
 # TrainConfig field -> `tuneless train` option (fields not listed are positional or special)
 OPTIONS = {
@@ -77,17 +77,51 @@ def train_command(train_args: dict, out: str) -> str:
     return shlex.join(words)
 
 
+def average_command(train_args: dict, out: str) -> str:
+    """The `tuneless average` command line of a weight-averaged checkpoint."""
+    record = train_args["average_record"]
+    words = ["tuneless", "average", *(shown_path(i["path"]) for i in record["ingredients"]),
+             "-o", out]
+    if record.get("batch_size", 128) != 128:
+        words += ["--batch-size", str(record["batch_size"])]
+    if record.get("seed", 0) != 0:
+        words += ["--seed", str(record["seed"])]
+    return shlex.join(words)
+
+
+def stage_command(train_args: dict, out: str) -> str:
+    if "average_record" in train_args:
+        return average_command(train_args, out)
+    return train_command(train_args, out)
+
+
 def stages(train_args: dict, out: str) -> list[tuple[dict, str]]:
-    """(training arguments, output path) of every stage, first first: a checkpoint trained
-    with --init records the checkpoint it started from, which may itself have one."""
+    """(arguments, output path) of every step, first first, each once: a checkpoint trained
+    with --init records the checkpoint it started from, which may itself have one; a weight
+    average records its ingredients, whose recipes often share their first stages."""
     init = train_args.get("init_record")
-    earlier = stages(init["train_args"], shown_path(init["path"])) if init else []
-    return [*earlier, (train_args, out)]
+    if init:
+        earlier = stages(init["train_args"], shown_path(init["path"]))
+    else:
+        earlier = [s for i in (train_args.get("average_record") or {}).get("ingredients", [])
+                   for s in stages(i["train_args"], shown_path(i["path"]))]
+    unique: dict[str, tuple[dict, str]] = {}
+    for a, o in earlier:
+        unique.setdefault(stage_command(a, o), (a, o))
+    return [*unique.values(), (train_args, out)]
+
+
+def stage_seconds(train_args: dict) -> float:
+    """Time of one step alone: training, or the BN pass and evaluation of an average."""
+    own = train_args.get("train_seconds")
+    if own is None:
+        own = (train_args.get("average_record") or {}).get("seconds")
+    return float(own or 0.0)
 
 
 def full_command(train_args: dict, out: str) -> str:
-    """All stages' `tuneless train` commands joined with &&."""
-    return " && ".join(train_command(a, o) for a, o in stages(train_args, out))
+    """All steps' `tuneless train` / `tuneless average` commands joined with &&."""
+    return " && ".join(stage_command(a, o) for a, o in stages(train_args, out))
 
 
 CHECK_IMAGES = 1000
@@ -135,7 +169,7 @@ def entry_for(path: Path, old: dict | None) -> dict:
         "check_images": CHECK_IMAGES,
         "params": params,
         "epochs": sum(a.get("epochs") or 0 for a, _ in stages(targs, repo_path(path))),
-        "train_seconds": total_train_seconds(targs),
+        "train_seconds": sum(stage_seconds(a) for a, _ in stages(targs, repo_path(path))),
         "command": full_command(targs, repo_path(path)),
         "sha256": sha,
         "bytes": path.stat().st_size,
@@ -157,14 +191,15 @@ def markdown(entries: list[dict]) -> str:
     lines = [
         "# Trained checkpoints",
         "",
-        "Produced by the project's own `tuneless train` on this project's machine; written by",
+        "Produced by the project's own `tuneless train` (and, for a weight average of trained",
+        "checkpoints, `tuneless average`) on this project's machine; written by",
         "`python scripts/make_manifest.py` (machine-readable copy: `manifest.json`).",
         "Test accuracy is on the full test split (CIFAR-10: the JPEG copy in",
         "`../shared/data/`; Fashion-MNIST: Debian's `dataset-fashion-mnist`).",
         "`tuneless eval FILE` reproduces it. Training times are wall-clock, on one thread",
         "while other training jobs shared the machine's 2 cores unless the notes say otherwise;",
-        "a checkpoint trained in stages (`--init`) lists one command per stage and their",
-        "summed time and epochs.",
+        "a checkpoint trained in stages (`--init`) or averaged from several lists one command",
+        "per step, each step once, and their summed time and epochs.",
         "",
         render_markdown(rows),
         "",

@@ -50,26 +50,40 @@ def test_models_folder_stays_small():
 
 
 def stored_stages(train_args: dict, out: str) -> list[tuple[dict, str]]:
-    """Each stage's stored arguments and output, paths as the manifest shows them."""
+    """Each step's stored arguments and output, paths as the manifest shows them; a weight
+    average's ingredients contribute their own steps, each output once."""
     shown = load_script().shown_path
     init = train_args.get("init_record")
-    earlier = stored_stages(init["train_args"], shown(init["path"])) if init else []
+    if init:
+        earlier = stored_stages(init["train_args"], shown(init["path"]))
+    else:
+        earlier = [s for i in (train_args.get("average_record") or {}).get("ingredients", [])
+                   for s in stored_stages(i["train_args"], shown(i["path"]))]
     if train_args.get("init"):
         train_args = {**train_args, "init": shown(train_args["init"])}
-    return [*earlier, (train_args, out)]
+    once = []
+    for args, path in earlier:
+        if path not in [p for _, p in once]:
+            once.append((args, path))
+    return [*once, (train_args, out)]
 
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])
 def test_command_reproduces_the_training_arguments(entry, monkeypatch):
-    """Parse the manifest's command (one `tuneless train` per stage, joined by &&) with the
-    real CLI: each gives the TrainConfig stored for that stage."""
+    """Parse the manifest's command (one `tuneless train` or `tuneless average` per step,
+    joined by &&) with the real CLI: each gives the arguments stored for that step."""
     seen = []
 
     def fake_train(cfg, out, extra_loss=None):
-        seen.append((cfg, out))
+        seen.append(("train", cfg, out))
         return {"test_accuracy": 0.0, "dataset": cfg.dataset}
 
+    def fake_average(paths, out, data=None, batch_size=128, seed=0):
+        seen.append(("average", (list(paths), batch_size, seed), out))
+        return {"test_accuracy": 0.0, "dataset": "cifar10"}
+
     monkeypatch.setattr("tuneless.train.train", fake_train)
+    monkeypatch.setattr("tuneless.average.average_checkpoints", fake_average)
     words = shlex.split(entry["command"])
     commands, current = [], []
     for w in [*words, "&&"]:
@@ -82,15 +96,21 @@ def test_command_reproduces_the_training_arguments(entry, monkeypatch):
                            entry["file"])
     assert len(commands) == len(stored)
     for command in commands:
-        assert command[:2] == ["tuneless", "train"]
+        assert command[0] == "tuneless" and command[1] in ("train", "average")
         assert main(command[1:]) == 0
-    for (cfg, out), (args, want_out) in zip(seen, stored, strict=True):
-        got = asdict(cfg)
+    shown = load_script().shown_path
+    for (kind, got, out), (args, want_out) in zip(seen, stored, strict=True):
+        assert out == want_out
+        if kind == "average":
+            record = args["average_record"]
+            assert got == ([shown(i["path"]) for i in record["ingredients"]],
+                           record["batch_size"], record["seed"])
+            continue
+        got = asdict(got)
         for key, value in got.items():
             if key == "pad" and not got["augment"]:
                 continue
             assert args.get(key, value) == value, key
-        assert out == want_out
     assert file_sha256(ROOT / entry["file"]) == entry["sha256"]
 
 
@@ -132,3 +152,19 @@ def test_a_warm_started_checkpoint_gets_one_command_per_stage():
     from tuneless.train import total_train_seconds
 
     assert total_train_seconds(second) == 120.0
+
+
+def test_an_average_lists_its_ingredients_steps_once_then_averages():
+    mod = load_script()
+    first = {"arch": "resnet56", "epochs": 30, "threads": 2, "train_seconds": 100.0}
+    second = {"arch": "resnet56", "epochs": 8, "init": "/w/models/a.pt", "train_seconds": 20.0,
+              "init_record": {"path": "/w/models/a.pt", "train_args": first}}
+    avg = {"augment": True, "pad": 4, "average_record": {
+        "ingredients": [{"path": "models/a.pt", "train_args": first},
+                        {"path": "/w/models/b.pt", "train_args": second}],
+        "batch_size": 128, "seed": 0, "seconds": 5.0}}
+    command = mod.full_command(avg, "models/c.pt")
+    assert command == ("tuneless train resnet56 -o models/a.pt --threads 2 && "
+                       "tuneless train resnet56 -o models/b.pt --epochs 8 --init models/a.pt && "
+                       "tuneless average models/a.pt models/b.pt -o models/c.pt")
+    assert sum(mod.stage_seconds(a) for a, _ in mod.stages(avg, "models/c.pt")) == 125.0

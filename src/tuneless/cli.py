@@ -10,7 +10,7 @@ import sys
 from tuneless.errors import TunelessError
 
 # Each module in tuneless.commands provides add_parser(subparsers) and run(args) -> int.
-COMMANDS = ["demo", "train", "eval", "inspect", "compress", "bench"]
+COMMANDS = ["demo", "train", "average", "eval", "inspect", "compress", "bench"]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
