@@ -20,7 +20,7 @@ from tuneless.data import get_dataset
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", nargs="?", default="models/resnet56-cifar10.pt")
+    p.add_argument("checkpoint", nargs="?", default="models/resnet56-avg-cifar10.pt")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--images", type=int, default=256)
     args = p.parse_args()
