@@ -159,6 +159,7 @@ def entry_for(path: Path, old: dict | None) -> dict:
     params = sum(t.numel() for k, t in obj["state_dict"].items()
                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     keep = old if old and old.get("sha256") == sha else None
+    steps = stages(targs, repo_path(path))
     return {
         "file": repo_path(path),
         "arch": obj["arch"],
@@ -168,8 +169,8 @@ def entry_for(path: Path, old: dict | None) -> dict:
         "check_accuracy": subset_accuracy(path, obj["dataset"]),
         "check_images": CHECK_IMAGES,
         "params": params,
-        "epochs": sum(a.get("epochs") or 0 for a, _ in stages(targs, repo_path(path))),
-        "train_seconds": sum(stage_seconds(a) for a, _ in stages(targs, repo_path(path))),
+        "epochs": sum(a.get("epochs") or 0 for a, _ in steps),
+        "train_seconds": sum(stage_seconds(a) for a, _ in steps),
         "command": full_command(targs, repo_path(path)),
         "sha256": sha,
         "bytes": path.stat().st_size,

@@ -1,5 +1,6 @@
 """The committed checkpoints match their manifest, and the manifest's commands are exact."""
 
+import functools
 import importlib.util
 import json
 import shlex
@@ -22,7 +23,9 @@ def has_data(name: str) -> bool:
     return FASHION.is_dir() if name == "fashion-mnist" else default_data_path(name) is not None
 
 
+@functools.cache
 def load_script():
+    """scripts/make_manifest.py as a module (loaded once: stored_stages recurses)."""
     spec = importlib.util.spec_from_file_location("make_manifest",
                                                   ROOT / "scripts" / "make_manifest.py")
     mod = importlib.util.module_from_spec(spec)

@@ -27,6 +27,7 @@ from tuneless.checkpoint import (
 from tuneless.data.loader import TensorLoader, get_dataset, recipe_pad
 from tuneless.errors import TunelessError
 from tuneless.evaluate import accuracy
+from tuneless.repair import batchnorms
 
 
 def read_ingredients(paths: Sequence[str | Path]) -> list[dict]:
@@ -73,10 +74,6 @@ def mean_state_dict(state_dicts: Sequence[dict[str, torch.Tensor]]) -> dict[str,
     return out
 
 
-def has_batchnorm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def average_checkpoints(
     paths: Sequence[str | Path],
     out: str | Path,
@@ -99,11 +96,11 @@ def average_checkpoints(
     t0 = time.perf_counter()
     model = model_from_checkpoint(first, str(paths[0]))
     model.load_state_dict(mean_state_dict([o["state_dict"] for o in objs]))
-    train_set = get_dataset(first["dataset"], "train", data)
     test_set = get_dataset(first["dataset"], "test", data)
     bn_seconds = 0.0
-    if has_batchnorm(model):
+    if batchnorms(model):  # the training split is only needed to re-measure BatchNorm
         pad = recipe_pad(first.get("train_args"))
+        train_set = get_dataset(first["dataset"], "train", data)
         loader = TensorLoader(train_set, batch_size, shuffle=True, augment=pad is not None,
                               pad=pad or 0, seed=seed, drop_last=True)
         t_bn = time.perf_counter()
