@@ -158,7 +158,9 @@ def entry_for(path: Path, old: dict | None) -> dict:
     sha = file_sha256(path)
     params = sum(t.numel() for k, t in obj["state_dict"].items()
                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
-    keep = old if old and old.get("sha256") == sha else None
+    # the same weights re-saved (e.g. in the reproducible byte layout) keep date and machine
+    keep = old if old and (old.get("sha256") == sha or old.get("weights_sha256")
+                           == obj.get("weights_sha256")) else None
     steps = stages(targs, repo_path(path))
     return {
         "file": repo_path(path),

@@ -54,6 +54,16 @@ def test_models_folder_stays_small():
     assert {"lenet5", "mlp"} <= {e["arch"] for e in MANIFEST}
 
 
+def test_committed_files_are_in_the_reproducible_layout(tmp_path):
+    """Re-saving a committed file gives its exact bytes, so its sha256 identifies it."""
+    from tuneless.checkpoint import read_torch_file
+    from tuneless.io_atomic import atomic_torch_save
+
+    for path in sorted((ROOT / "models").rglob("*.pt")):
+        atomic_torch_save(read_torch_file(path), tmp_path / "again.pt")
+        assert file_sha256(tmp_path / "again.pt") == file_sha256(path), path.name
+
+
 def stored_stages(train_args: dict, out: str) -> list[tuple[dict, str]]:
     """Each step's stored arguments and output, paths as the manifest shows them; a weight
     average's ingredients contribute their own steps, each output once."""

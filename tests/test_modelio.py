@@ -43,7 +43,7 @@ def test_torchvision_and_import_path_architectures(tmp_path):
                       arch_kwargs='{"in_features": 3, "out_features": 2}')
     assert torch.equal(back.weight, seq.weight)
     with pytest.raises(TunelessError, match="cannot import"):
-        build_arch("no_such_pkg.mod:Thing")
+        build_arch("no_such_pkg.mod:Thing", trust_code=True)
     with pytest.raises(TunelessError, match="not valid JSON"):
         load_model(tmp_path / "lin.pt", arch="torch.nn:Linear", arch_kwargs="{oops")
     with pytest.raises(TunelessError, match="cannot build"):

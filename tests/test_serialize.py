@@ -62,11 +62,11 @@ def test_custom_module_with_resized_parameter_round_trips(tmp_path):
     Scaled.__module__ = "tl_test_scaled"
     import sys
     sys.modules["tl_test_scaled"] = mod
-    model = build_arch("tl_test_scaled:Scaled").eval()
+    model = build_arch("tl_test_scaled:Scaled", trust_code=True).eval()
     small = prune(model, channel_ratio=0.5, example_inputs=X)
     assert small.scale.shape == (4, 1, 1)
     save(small, tmp_path / "c.pt")
-    assert torch.equal(load(tmp_path / "c.pt")(X), small(X))
+    assert torch.equal(load(tmp_path / "c.pt", trust_code=True)(X), small(X))
 
 
 def test_model_without_reference_falls_back_to_pickle(tmp_path):
@@ -98,3 +98,13 @@ def test_corrupt_and_foreign_files_are_one_line_errors(tmp_path):
     torch.save(obj, tmp_path / "tampered.pt")
     with pytest.raises(TunelessError, match="sha256"):
         load(tmp_path / "tampered.pt")
+
+
+def test_same_model_saved_twice_is_byte_identical(tmp_path):
+    """The sha256 of a saved file identifies the model (no temporary names, no timestamps)."""
+    small = pruned_resnet20()
+    save(small, tmp_path / "a.pt", meta={"k": 1})
+    save(small, tmp_path / "b.pt", meta={"k": 1})
+    save(load(tmp_path / "a.pt"), tmp_path / "c.pt", meta={"k": 1})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "c.pt").read_bytes()

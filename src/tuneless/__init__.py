@@ -35,6 +35,8 @@ _LAZY = {
     "count_params": "tuneless.evaluate",
     "variance_ratio": "tuneless.diagnostics",
     "SmoothPenalty": "tuneless.smooth",
+    "register_architecture": "tuneless.trust",
+    "register_module": "tuneless.trust",
 }
 
 

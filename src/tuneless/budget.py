@@ -112,6 +112,9 @@ def budget_for_ratio(model: nn.Module, graph: GroupGraph, channel_ratio: float,
     """The Budget of a uniform channel ratio (no search)."""
     kept = counts_for_ratio(graph, channel_ratio, min_channels, round_to)
     before, after = param_count(model, graph), param_count(model, graph, kept)
+    if channel_ratio > 0 and after >= before:
+        warnings.warn(f"channel_ratio {channel_ratio} removes nothing: min_channels="
+                      f"{min_channels} / round_to={round_to} keep every channel", stacklevel=2)
     return Budget(kept, channel_ratio, 1 - after / before, before, after, None)
 
 

@@ -33,6 +33,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, runners
 
 
+# Optional dependencies by import name -> the extra that installs them.
+OPTIONAL_EXTRAS = {
+    "torchvision": "vision", "PIL": "vision", "transformers": "llm", "safetensors": "llm",
+    "gguf": "llm", "huggingface_hub": "llm", "matplotlib": "bench", "scipy": "bench",
+    "sklearn": "bench", "timm": "timm", "onnx": "export", "onnxruntime": "export",
+}
+
+
+def missing_dependency(name: str) -> str:
+    """One line naming a missing optional dependency and the extra that installs it."""
+    extra = OPTIONAL_EXTRAS.get(name, "all")
+    return f"this needs {name}, which is not installed: pip install 'tuneless[{extra}]'"
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """Options many commands share, checked before any work: threads, output paths."""
+    from tuneless.io_atomic import check_target
+
+    threads = getattr(args, "threads", None)
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise TunelessError(f"--threads must be at least 1, got {threads}")
+    if args.command == "bench":  # bench's --out is a folder of tables
+        return
+    for attr in ("out", "json"):
+        value = getattr(args, attr, None)
+        if isinstance(value, str):
+            check_target(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, runners = build_parser()
     args = parser.parse_args(argv)
@@ -42,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_common(args)
         return int(runners[args.command](args) or 0)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if args.traceback or top not in OPTIONAL_EXTRAS:
+            raise
+        print(f"tuneless {args.command}: error: {missing_dependency(top)}", file=sys.stderr)
+        return 1
     except TunelessError as exc:
         if args.traceback:
             raise

@@ -7,10 +7,8 @@ Every model loaded here carries `model.tuneless_arch = {"ref": ..., "kwargs": {.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 from typing import Any
 
 import torch
@@ -19,15 +17,28 @@ import torch.nn as nn
 from tuneless.errors import TunelessError
 
 
-def build_arch(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bool = False,
+               where: str = "") -> nn.Module:
     """Build an untrained model from an architecture reference and attach `tuneless_arch`.
 
-    ref: a zoo name ("resnet20" or "zoo:resnet20"), "torchvision:resnet18" (weights=None,
-    nothing is downloaded) or an import path "pkg.module:Class" (a class or a factory).
+    ref: a zoo name ("resnet20" or "zoo:resnet20"), "torchvision:resnet18" or "timm:NAME"
+    (untrained: nothing is downloaded), a name given to tuneless.register_architecture, or an
+    import path "pkg.module:Class". An import path resolves only to an nn.Module class of
+    torch.nn / torchvision / timm / tuneless unless trust_code=True (see tuneless.trust):
+    loaders pass the file's reference here, and a file must not choose what code runs.
     """
+    from tuneless.trust import registered_architecture, resolve_import
+
+    if not isinstance(ref, str) or not ref.strip():
+        raise TunelessError(f"bad architecture reference {ref!r}{_in(where)}")
+    if not isinstance(kwargs or {}, dict):
+        raise TunelessError(f"architecture arguments{_in(where)} must be a dict")
     kwargs = dict(kwargs or {})
     ref = ref.strip()
-    if ref.startswith("torchvision:"):
+    registered = registered_architecture(ref)
+    if registered is not None:
+        model = _call(registered, kwargs, ref)
+    elif ref.startswith("torchvision:"):
         name = ref.split(":", 1)[1]
         try:
             import torchvision
@@ -40,20 +51,20 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
             model = torchvision.models.get_model(name, **kwargs)
         except (ValueError, TypeError) as exc:
             raise TunelessError(f"cannot build {ref}: {exc}") from exc
+    elif ref.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as exc:
+            raise TunelessError("timm is not installed (pip install timm)") from exc
+        if kwargs.pop("pretrained", False):
+            raise TunelessError("timm weights are not downloaded; load a weights file")
+        try:
+            model = timm.create_model(ref.split(":", 1)[1], pretrained=False, **kwargs)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise TunelessError(f"cannot build {ref}: {exc}") from exc
     elif ":" in ref and not ref.startswith("zoo:"):
-        mod_name, _, attr = ref.partition(":")
-        if os.getcwd() not in sys.path:  # like `python -m`: modules in the working directory
-            sys.path.insert(0, os.getcwd())
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise TunelessError(f"cannot import architecture {ref!r}: {exc}") from exc
-        try:
-            model = factory(**kwargs)
-        except TypeError as exc:
-            raise TunelessError(f"bad arguments for {ref}: {exc}") from exc
-        if not isinstance(model, nn.Module):
-            raise TunelessError(f"{ref} did not return an nn.Module")
+        factory = resolve_import(ref, "architecture", trust_code, where)
+        model = _call(factory, kwargs, ref)
     else:
         from tuneless.zoo import build_model
 
@@ -62,6 +73,20 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
         ref = f"zoo:{name}"
     model.tuneless_arch = {"ref": ref, "kwargs": {k: v for k, v in kwargs.items()
                                                   if not (k == "weights" and v is None)}}
+    return model
+
+
+def _in(where: str) -> str:
+    return f" in {where}" if where else ""
+
+
+def _call(factory, kwargs: dict, ref: str) -> nn.Module:
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise TunelessError(f"bad arguments for {ref}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise TunelessError(f"{ref} did not return an nn.Module")
     return model
 
 
@@ -79,11 +104,12 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike, arch: str | None = None,
                arch_kwargs: dict[str, Any] | str | None = None,
-               allow_pickle: bool = False) -> nn.Module:
+               allow_pickle: bool = False, trust_code: bool = False) -> nn.Module:
     """Load MODEL: a tuneless checkpoint/saved model, a pickled nn.Module, or a state_dict.
 
-    A state_dict needs `arch`. Files are read with weights_only=True; a pickled module needs
-    allow_pickle=True (only for files you trust), and the error says so.
+    A state_dict needs `arch` (the caller's own choice, so its import path is honoured).
+    Files are read with weights_only=True; a pickled module needs allow_pickle=True and an
+    import path named inside a file needs trust_code=True (only for files you trust).
     """
     from tuneless.checkpoint import is_checkpoint, model_from_checkpoint, read_torch_file
     from tuneless.serialize import FORMAT as MODEL_FORMAT
@@ -102,7 +128,8 @@ def load_model(path: str | os.PathLike, arch: str | None = None,
         model.tuneless_arch = {"ref": f"zoo:{obj['arch']}", "kwargs": dict(obj["arch_kwargs"])}
         return model
     if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
-        return model_from_saved(obj, str(path), allow_pickle=allow_pickle)
+        return model_from_saved(obj, str(path), allow_pickle=allow_pickle,
+                                trust_code=trust_code)
     if isinstance(obj, nn.Module):
         return obj.eval()
     state = _find_state_dict(obj)
@@ -112,7 +139,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None,
         raise TunelessError(
             f"{path} is a bare state_dict: say which architecture it belongs to with --arch "
             "(a zoo name, torchvision:NAME or pkg.module:Class)")
-    model = build_arch(arch, arch_kwargs or {})
+    model = build_arch(arch, arch_kwargs or {}, trust_code=True)
     _load_state(model, state, arch, path)
     return model.eval()
 

@@ -16,7 +16,6 @@ needs allow_pickle=True. Format: docs/serialization.md.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -66,8 +65,14 @@ def save(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) ->
     return {"mode": "pickle", "note": note}
 
 
-def load(path: str | os.PathLike, allow_pickle: bool = False) -> nn.Module:
-    """Load a file written by `save` (eval mode); one-line TunelessError on bad files."""
+def load(path: str | os.PathLike, allow_pickle: bool = False,
+         trust_code: bool = False) -> nn.Module:
+    """Load a file written by `save` (eval mode); one-line TunelessError on bad files.
+
+    Architecture and module types named in the file resolve against an allowlist
+    (tuneless.trust); trust_code=True lets it import any path it names, allow_pickle=True
+    unpickles whole modules. Both run code from the file: only for files you trust.
+    """
     from tuneless.checkpoint import read_torch_file
 
     try:
@@ -83,10 +88,11 @@ def load(path: str | os.PathLike, allow_pickle: bool = False) -> nn.Module:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
         raise TunelessError(f"{path} is not a model saved by tuneless.save (no '{FORMAT}' tag)")
-    return model_from_saved(obj, str(path), allow_pickle=allow_pickle)
+    return model_from_saved(obj, str(path), allow_pickle=allow_pickle, trust_code=trust_code)
 
 
-def model_from_saved(obj: dict, where: str, allow_pickle: bool = False) -> nn.Module:
+def model_from_saved(obj: dict, where: str, allow_pickle: bool = False,
+                     trust_code: bool = False) -> nn.Module:
     from tuneless.checkpoint import weights_sha256
     from tuneless.modelio import build_arch
 
@@ -98,10 +104,13 @@ def model_from_saved(obj: dict, where: str, allow_pickle: bool = False) -> nn.Mo
         arch, specs, sd = obj["arch"], obj["modules"], obj["state_dict"]
     except KeyError as exc:
         raise TunelessError(f"corrupt model file {where}: missing {exc}") from None
+    if not (isinstance(arch, dict) and isinstance(specs, dict) and isinstance(sd, dict)):
+        raise TunelessError(f"corrupt model file {where}: arch, modules or state_dict malformed")
     if weights_sha256(sd) != obj.get("weights_sha256"):
         raise TunelessError(f"corrupt model file {where}: weights do not match their sha256")
-    model = build_arch(arch["ref"], arch.get("kwargs", {}))
-    model = _swap_in(model, specs, sd)
+    model = build_arch(arch.get("ref"), arch.get("kwargs", {}), trust_code=trust_code,
+                       where=where)
+    model = _swap_in(model, specs, sd, trust_code=trust_code, where=where)
     try:
         model.load_state_dict(sd)
     except RuntimeError as exc:
@@ -128,10 +137,10 @@ def changed_modules(model: nn.Module, arch: dict) -> dict[str, dict]:
     """Specs of the submodules of `model` that differ from a freshly built original."""
     from tuneless.modelio import build_arch
 
-    fresh = build_arch(arch["ref"], arch.get("kwargs", {}))
+    fresh = build_arch(arch["ref"], arch.get("kwargs", {}), trust_code=True)
     specs: dict[str, dict] = {}
     _diff(fresh, model, "", specs)
-    rebuilt = _swap_in(fresh, specs, model.state_dict())
+    rebuilt = _swap_in(fresh, specs, model.state_dict(), trust_code=True)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     if want != got:
@@ -180,7 +189,7 @@ def module_spec(m: nn.Module, where: str = "") -> dict:
             raise _NoSpec(where)
     spec = {"type": tname, "args": args}
     try:
-        rebuilt = build_module(spec)
+        rebuilt = build_module(spec, trust_code=True)
     except Exception as exc:  # any constructor failure means the spec is not faithful
         raise _NoSpec(where) from exc
     if type(rebuilt) is not type(m) or _signature(rebuilt) != _signature(m) or dict(
@@ -189,25 +198,35 @@ def module_spec(m: nn.Module, where: str = "") -> dict:
     return spec
 
 
-def build_module(spec: dict) -> nn.Module:
-    mod_name, _, qual = spec["type"].partition(":")
-    try:
-        cls: Any = importlib.import_module(mod_name)
-        for part in qual.split("."):
-            cls = getattr(cls, part)
-    except (ImportError, AttributeError) as exc:
-        raise TunelessError(f"cannot import module type {spec['type']}: {exc}") from exc
+def build_module(spec: dict, trust_code: bool = False, where: str = "") -> nn.Module:
+    """The module a spec describes; its type must pass tuneless.trust unless trust_code."""
+    from tuneless.trust import resolve_module_type
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise TunelessError(f"corrupt module spec in {where or 'the file'}: no type")
+    cls = resolve_module_type(spec["type"], trust_code, where)
     if "children" in spec:
         obj = cls()
         for k, child in spec["children"].items():
-            obj.add_module(k, build_module(child))
+            obj.add_module(k, build_module(child, trust_code, where))
         return obj
-    return cls(**spec["args"])
+    args = spec.get("args", {})
+    if not isinstance(args, dict):
+        raise TunelessError(f"corrupt module spec {spec['type']} in {where or 'the file'}")
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as exc:
+        raise TunelessError(f"cannot rebuild {spec['type']}{_in(where)}: {exc}") from exc
 
 
-def _swap_in(model: nn.Module, specs: dict[str, dict], sd: dict | None = None) -> nn.Module:
+def _in(where: str) -> str:
+    return f" in {where}" if where else ""
+
+
+def _swap_in(model: nn.Module, specs: dict[str, dict], sd: dict | None = None,
+             trust_code: bool = False, where: str = "") -> nn.Module:
     if "" in specs and "resize" not in specs[""]:
-        return build_module(specs[""])
+        return build_module(specs[""], trust_code, where)
     for name in sorted(specs, key=lambda n: n.count(".")):
         if "resize" in specs[name]:
             _resize(model.get_submodule(name) if name else model, name, specs[name]["resize"],
@@ -218,7 +237,7 @@ def _swap_in(model: nn.Module, specs: dict[str, dict], sd: dict | None = None) -
             parent = model.get_submodule(parent_name) if parent_name else model
         except AttributeError as exc:
             raise TunelessError(f"saved module {name!r} has no parent in the architecture") from exc
-        setattr(parent, child, build_module(specs[name]))
+        setattr(parent, child, build_module(specs[name], trust_code, where))
     return model
 
 

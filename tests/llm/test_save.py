@@ -41,3 +41,22 @@ def test_save_refuses_existing_folder(tmp_path):
 def test_load_needs_a_model_folder(tmp_path):
     with pytest.raises(TunelessError, match="config.json"):
         load_folded(tmp_path)
+
+
+def test_folder_with_its_own_code_needs_trust_code(tmp_path):
+    """A config's auto_map names Python files in the folder: never run without trust_code."""
+    import json
+
+    save_folded(tiny_llama(), tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig",
+                       "AutoModelForCausalLM": "evil.EvilModel"}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    marker = tmp_path / "PWNED"
+    (tmp_path / "m" / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    try:  # transformers either refuses (our one-line error) or uses its own Llama class
+        model = load_folded(tmp_path / "m")
+        assert type(model).__module__.startswith("transformers.")
+    except TunelessError as exc:
+        assert "trust_code" in str(exc)
+    assert not marker.exists()

@@ -66,7 +66,7 @@ def measure(model, x, data) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tuneless.methods import get_method
+    from tuneless.methods import check_options, get_method
     from tuneless.report import human_count, render_table
     from tuneless.serialize import save
 
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise TunelessError("give --sparsity (fraction of parameters) or --channel-ratio")
     method = get_method(args.method)
     options = parse_options(args.option)
+    check_options(args.method, options)
     model, x = load_from_args(args)
     data = _test_data(args, model)
     if args.limit is not None:
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         small = method(model, example_inputs=x, **kwargs, **options)
     except TypeError as exc:
         raise TunelessError(f"method {args.method}: {exc}") from exc
+    nothing_removed(args.method, model, small)
     info = save(small, args.out, meta={"source": str(args.model), "method": args.method,
                                        **kwargs, "options": options})
     rows = [{"model": "before", **measure(model, x, data)},
@@ -115,6 +117,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 NEEDS_IMAGES = ("fold-r", "fold-refit")
+
+
+def nothing_removed(method: str, model, small) -> None:
+    """A request that removes nothing is a mistake from the command line: say so, write nothing."""
+    from tuneless.evaluate import count_params
+
+    if count_params(small, nonzero=True) >= count_params(model, nonzero=True):
+        raise TunelessError(f"{method} removed nothing at these settings (a sparsity of 0, or "
+                            "min_channels / round_to keep every channel); no file written")
 
 
 def repair_images(args, model):

@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--arch-kwargs", help="constructor arguments for --arch, as JSON")
     p.add_argument("--unsafe-pickle", action="store_true",
                    help="allow loading pickled nn.Module files (runs code: trusted files only)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="let a model file import the architecture or module classes it names "
+                        "(runs code: trusted files only)")
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     p.add_argument("--threads", type=int, default=1, help="torch threads for timing (default 1)")
     p.add_argument("--repeats", type=int, default=10, help="latency repeats at batch 1")
@@ -36,11 +39,12 @@ def add_parser(sub) -> None:
 
 
 def load_any_model(path: str, arch: str | None = None, arch_kwargs: str | None = None,
-                   unsafe_pickle: bool = False):
+                   unsafe_pickle: bool = False, trust_code: bool = False):
     """A model from any file tuneless understands: checkpoint, saved model, pickle, state_dict."""
     from tuneless.modelio import load_model
 
-    return load_model(path, arch=arch, arch_kwargs=arch_kwargs, allow_pickle=unsafe_pickle)
+    return load_model(path, arch=arch, arch_kwargs=arch_kwargs, allow_pickle=unsafe_pickle,
+                      trust_code=trust_code)
 
 
 def guess_dataset(model) -> str | None:
@@ -85,7 +89,8 @@ def eval_rows(args: argparse.Namespace) -> list[dict]:
 
     rows, cache = [], {}
     for path in args.model:
-        model = load_any_model(path, args.arch, args.arch_kwargs, args.unsafe_pickle)
+        model = load_any_model(path, args.arch, args.arch_kwargs, args.unsafe_pickle,
+                               args.trust_code)
         name = args.dataset or guess_dataset(model)
         if name is None:
             raise TunelessError(f"cannot tell which dataset {path} is for: pass --dataset")

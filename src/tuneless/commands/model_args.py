@@ -14,6 +14,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch-kwargs", help="constructor arguments for --arch, as JSON")
     p.add_argument("--unsafe-pickle", action="store_true",
                    help="allow loading pickled nn.Module files (runs code: trusted files only)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="let a model file import the architecture or module classes it names "
+                        "(runs code: trusted files only)")
     p.add_argument("--input-shape", help="input shape C,H,W (default: known for zoo and "
                                          "torchvision models)")
 
@@ -23,5 +26,5 @@ def load_from_args(args: argparse.Namespace):
     from tuneless.modelio import example_input, load_model
 
     model = load_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs,
-                       allow_pickle=args.unsafe_pickle)
+                       allow_pickle=args.unsafe_pickle, trust_code=args.trust_code)
     return model, example_input(model, args.input_shape)

@@ -15,6 +15,8 @@ from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.decide import fold_decision
 from tuneless.llm.engine import plan_for, reduce_llm
 from tuneless.llm.refit import refit_consumers, self_generated
+from tuneless.modelcheck import check_model
+from tuneless.options import check_call
 
 
 def fold_llm(
@@ -63,6 +65,11 @@ def fold_llm(
       calibration tokens); "auto" (default): "activations" whenever a repair supplies
       calibration tokens, else "weights".
     """
+    check_model(model, "fold")
+    check_call(fold_llm, {"sparsity": sparsity, "head_ratio": head_ratio, "mlp_ratio": mlp_ratio,
+                          "seed": seed, "n_init": n_init, "refine": refine,
+                          "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
+                          "calib_len": calib_len, "refit_lambda": refit_lambda}, "fold")
     if repair not in REPAIRS:
         raise TunelessError(
             f"repair={repair!r} does not apply to language models (no BatchNorm, METHODS.md "

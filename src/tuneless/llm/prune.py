@@ -16,12 +16,17 @@ from torch import nn
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.decide import magnitude_scores, score_decision, wanda_sp_scores
 from tuneless.llm.engine import plan_for, reduce_llm
+from tuneless.modelcheck import check_model
+from tuneless.options import check_call
 
 
 def magnitude_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule="uniform",
                         head_ratio: float | None = None, mlp_ratio: float | None = None,
                         gqa: str = "kv-groups") -> nn.Module:
     """Data-free structured magnitude pruning of MLP channels and heads."""
+    check_model(model, "magnitude")
+    check_call(magnitude_prune_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
+                                     "mlp_ratio": mlp_ratio}, "magnitude")
     plans = plan_for(model, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
                      mlp_ratio=mlp_ratio, gqa=gqa)
 
@@ -69,6 +74,11 @@ def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=N
     """
     from tuneless.errors import TunelessError
     from tuneless.llm.calibration import calibration_batches
+
+    check_model(model, "wanda-sp")
+    check_call(wanda_sp_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
+                              "mlp_ratio": mlp_ratio, "seed": seed, "n_samples": n_samples,
+                              "seq_len": seq_len}, "wanda-sp")
 
     if batches is None:
         if tokenizer is None:

@@ -83,18 +83,30 @@ def _resize(model: nn.Module, sizes: list[list[int]]) -> None:
             mlp.intermediate_size = n_mlp
 
 
-def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
-    """Load a model saved by save_folded (or any HF causal-LM folder)."""
+def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                trust_code: bool = False) -> nn.Module:
+    """Load a model saved by save_folded (or any HF causal-LM folder).
+
+    Python code shipped in the folder (a config's `auto_map`) runs only with
+    trust_code=True, which is passed on to transformers as `trust_remote_code`.
+    """
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise TunelessError(f"{folder} has no config.json; not a saved model folder")
-    config = AutoConfig.from_pretrained(str(folder))
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_code)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise TunelessError(f"cannot read {folder}/config.json: {exc}") from exc
+        raise TunelessError(f"{folder} ships its own Python code (auto_map); load it with "
+                            "trust_code=True (--trust-code) only if you trust it") from exc
     sizes = getattr(config, "tuneless_layer_sizes", None)
     if not sizes:
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or "auto").eval()
+        return AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype or "auto", trust_remote_code=trust_code).eval()
     adapter_for_config(config)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype or torch.float32)
     _resize(model, sizes)

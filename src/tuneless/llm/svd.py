@@ -15,6 +15,8 @@ from torch import nn
 from tuneless.errors import TunelessError
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.surgery import plain_copy
+from tuneless.modelcheck import check_model
+from tuneless.options import check_call
 
 
 def low_rank(lin: nn.Linear, rank: int) -> nn.Sequential:
@@ -33,6 +35,8 @@ def low_rank(lin: nn.Linear, rank: int) -> nn.Sequential:
 
 def svd_llm(model: nn.Module, sparsity: float) -> nn.Module:
     """Return a copy whose block projections are truncated-SVD factor pairs."""
+    check_model(model, "svd")
+    check_call(svd_llm, {"sparsity": sparsity}, "svd")
     adapter = adapter_for(model)
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity={sparsity} must be in [0, 1)")

@@ -30,6 +30,23 @@ REGISTRY: dict[str, str] = {
 }
 
 
+def check_options(name: str, options: dict) -> None:
+    """Type- and range-check a method's options before loading data or models for it.
+
+    A method function either declares its options as keyword parameters, or (fold) keeps
+    them in an options dataclass named by its `options_class` attribute.
+    """
+    from tuneless.options import check_call, check_dataclass
+
+    func = get_method(name)
+    func = getattr(func, "__wrapped_method__", func)
+    spec = getattr(func, "options_class", None)
+    if spec is not None:
+        check_dataclass(spec, options, name)
+    else:
+        check_call(func, options, name)
+
+
 def get_method(name: str) -> Callable:
     if name not in REGISTRY:
         raise TunelessError(f"unknown method {name!r}; choose one of: {', '.join(REGISTRY)}")

@@ -20,6 +20,8 @@ import torch.nn as nn
 
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.methods.preset import preset
+from tuneless.modelcheck import check_model
+from tuneless.options import check_dataclass
 
 FEATURES = ("raw", "block", "gamma")
 ALLOCATIONS = ("uniform", "error")
@@ -37,6 +39,7 @@ class FoldOptions:
     cluster: str = "kmeans"
     features: str = "raw"  # measured best: docs/results/fold-features.md
     fuse_bn: bool | None = None  # None: fuse BN normalisation for AR, DIR and data repairs
+    norm_stats: bool = True  # cluster on the BN running_mean too (the fused bias part)
     seed: int = 0
     n_init: int | str = "auto"
     min_channels: int = 1
@@ -70,6 +73,8 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     num_images, batch_size, inversion (dict of DeepInversion settings), refit_images, ridge.
     """
     from tuneless.llm import fold_llm, is_causal_lm  # lazy; LLM dispatch (issue 6)
+
+    check_model(model, "fold")
     if is_causal_lm(model):  # no BatchNorm; the paper folds LLMs without repair (§1.4)
         if example_inputs is not None:
             options["example_inputs"] = example_inputs
@@ -78,12 +83,17 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     return _fold(model, opts, example_inputs, data)
 
 
+fold.options_class = FoldOptions
+
+
 def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
     from tuneless.repair import get_repair
+
 
     unknown = set(options) - set(FoldOptions.__dataclass_fields__)
     if unknown:
         raise TunelessError(f"unknown fold option(s): {', '.join(sorted(unknown))}")
+    check_dataclass(FoldOptions, {"repair": repair, **options}, "fold")
     opts = FoldOptions(sparsity=sparsity, channel_ratio=channel_ratio, repair=repair, **options)
     if (sparsity is None) == (channel_ratio is None):
         raise TunelessError("give exactly one of sparsity or channel_ratio")
@@ -130,7 +140,8 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     if fuse:
         _fuse_checked(work, graph, x)
 
-    feats = {g.id: channel_features(work, g, opts.features) for g in graph.reducible}
+    feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
+             for g in graph.reducible}
     if opts.allocation == "error":
         from tuneless.allocation import error_allocation
 
@@ -207,13 +218,16 @@ def _fuse_checked(work: nn.Module, graph, x) -> None:
                             "output (a conv output used by more than its BN?); use fuse_bn=False")
 
 
-def channel_features(model: nn.Module, group, mode: str = "raw") -> torch.Tensor:
+def channel_features(model: nn.Module, group, mode: str = "raw",
+                     norm_stats: bool = True) -> torch.Tensor:
     """(n, d) features to cluster: [producer rows | biases | γ | β | mean | consumer columns].
 
     mode "raw" concatenates the tensors as they are; "block" scales each tensor's block
     to unit mean row norm, so a 1-value γ counts as much as a 576-value conv row (BN γ is
     O(1), conv weights O(0.01)); "gamma" clusters the map the layer really computes
     after its BN: producer rows scaled by γ (and consumers in block scale).
+    norm_stats=False leaves the BN running_mean out (after fusion it holds the fused bias,
+    O(1) against O(0.01) weights, and can dominate the distance).
     """
     n = group.n
     blocks, gammas = [], {}
@@ -221,7 +235,8 @@ def channel_features(model: nn.Module, group, mode: str = "raw") -> torch.Tensor
         if s.kind == "norm" and s.param == "weight" and s.producer is not None:
             gammas[s.producer] = s.channel_rows(model, n).float().reshape(n)
     for s in group.slots:
-        if s.kind == "norm" and s.param in _SKIP_NORM:
+        if s.kind == "norm" and (s.param in _SKIP_NORM
+                                 or (not norm_stats and s.param == "running_mean")):
             continue
         rows = s.channel_rows(model, n).float()
         if mode == "gamma" and s.kind == "producer" and s.module in gammas:

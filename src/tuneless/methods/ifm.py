@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from tuneless.errors import TunelessError, UnsupportedModelError
+from tuneless.modelcheck import check_model
+from tuneless.options import check_call
 
 
 def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float | None = None,
@@ -29,6 +31,8 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
     from tuneless.methods.fold import _example
     from tuneless.reduce import reduce
 
+    check_model(model, "ifm")
+    check_call(ifm, {"min_channels": min_channels}, "ifm")
     if (sparsity is None) == (channel_ratio is None):
         raise TunelessError("give exactly one of sparsity or channel_ratio")
     t0 = time.perf_counter()

@@ -19,4 +19,5 @@ def preset(
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc
+    method.__wrapped_method__ = func  # whose options tuneless.methods.check_options reads
     return method

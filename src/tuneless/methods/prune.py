@@ -19,6 +19,8 @@ import torch.nn as nn
 
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.methods.preset import preset
+from tuneless.modelcheck import check_model
+from tuneless.options import check_call
 
 CRITERIA = ("l1", "l2", "random")
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -34,6 +36,9 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     from tuneless.modelio import example_input
     from tuneless.reduce import reduce
 
+    check_model(model, f"prune-{criterion}")
+    check_call(prune, {"min_channels": min_channels, "round_to": round_to, "seed": seed},
+               f"prune-{criterion}")
     if criterion not in CRITERIA:
         raise TunelessError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if (sparsity is None) == (channel_ratio is None):
@@ -115,6 +120,7 @@ def magnitude_prune(model: nn.Module, *, example_inputs=None, sparsity: float | 
     non-zeros. `sparsity` is the fraction of ALL parameters set to zero; scope "global"
     uses one threshold over all weights, "layer" zeros the same fraction in every layer.
     """
+    check_model(model, "magnitude")
     if channel_ratio is not None:
         raise TunelessError("magnitude pruning is unstructured: give sparsity, not channel_ratio")
     if options:

@@ -1,0 +1,150 @@
+"""Which fold defaults win, as the mean and spread of several seeds on every benchmark network.
+
+Each variant is a set of `tuneless.fold` options (features, BN fusion, BN statistics in the
+features, k-means restarts); each is run with every repair given and every seed, at every
+ratio, on every checkpoint, and measured on the full test split. Rows go to a CSV as they
+finish (rerunning the same command resumes), then a markdown table of mean ± std.
+
+    python benchmarks/fold_defaults.py models/vgg11_bn-w0.5-cifar10.pt --ratio channel \\
+        --points 0.3,0.5,0.7 --repairs ar,data --seeds 0,1,2 --out docs/results/fold-defaults
+
+Fold-R ("data") sees 1,024 training images in the checkpoint's training view, as
+`tuneless bench fold` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from tuneless.bench.fold_bench import load_any, training_pad  # noqa: E402
+from tuneless.bench.stamp import stamp, stamp_markdown  # noqa: E402
+from tuneless.data import get_dataset  # noqa: E402
+from tuneless.evaluate import accuracy  # noqa: E402
+from tuneless.io_atomic import atomic_write_text  # noqa: E402
+from tuneless.methods.fold import fold  # noqa: E402
+
+# name -> fold options; "paper-order" is the defaults as they were before this sweep
+VARIANTS: dict[str, dict] = {
+    "paper-order": {},
+    "no-stats": {"norm_stats": False},
+    "unfused": {"fuse_bn": False},
+    "unfused-no-stats": {"fuse_bn": False, "norm_stats": False},
+    "unfused-no-stats-n10": {"fuse_bn": False, "norm_stats": False, "n_init": 10},
+    "no-stats-n10": {"norm_stats": False, "n_init": 10},
+}
+FIELDS = ["model", "variant", "repair", "point", "seed", "accuracy", "achieved", "seconds",
+          "dense_acc", "test_images", "commit"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--ratio", choices=["channel", "sparsity"], default="sparsity",
+                   help="points are uniform channel ratios or parameter sparsities")
+    p.add_argument("--points", default="0.3,0.5,0.7")
+    p.add_argument("--repairs", default="ar,data", help="fold repairs: none, ar, data")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--repair-images", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="docs/results/fold-defaults")
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    csv_path = out.with_suffix(".csv")
+    rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
+    info = stamp()
+    if not args.render_only:
+        measure(args, rows, csv_path, info)
+    atomic_write_text(render(rows, info, " ".join(sys.argv)), out.with_suffix(".md"))
+    return 0
+
+
+def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
+    done = {(r["model"], r["variant"], r["repair"], r["point"], r["seed"]) for r in rows}
+    points = [float(s) for s in args.points.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for path in args.checkpoints:
+        model, arch, ds = load_any(path)
+        label = f"{Path(path).stem}"
+        test = get_dataset(ds, "test")
+        train = get_dataset(ds, "train").subset(args.repair_images, seed=1)
+        real = train.training_view(training_pad(path), seed=2)
+        x = test.tensors(8)[0]
+        dense = None
+        for repair in args.repairs.split(","):
+            for variant in args.variants.split(","):
+                for pt in points:
+                    for seed in seeds:
+                        key = (label, variant, repair, f"{pt}", f"{seed}")
+                        if key in done:
+                            continue
+                        if dense is None:
+                            dense = accuracy(model, test)
+                        kw = {"channel_ratio" if args.ratio == "channel" else "sparsity": pt}
+                        t0 = time.perf_counter()
+                        small = fold(model, repair=repair, example_inputs=x, seed=seed,
+                                     data=real if repair == "data" else None,
+                                     **kw, **VARIANTS[variant])
+                        secs = time.perf_counter() - t0
+                        acc = accuracy(small, test)
+                        achieved = small.tuneless_report["achieved_sparsity"]
+                        rows.append({"model": label, "variant": variant, "repair": repair,
+                                     "point": f"{pt}", "seed": f"{seed}",
+                                     "accuracy": f"{acc:.4f}",
+                                     "achieved": f"{achieved:.4f}",
+                                     "seconds": f"{secs:.2f}", "dense_acc": f"{dense:.4f}",
+                                     "test_images": str(len(test)), "commit": info["commit"]})
+                        print(f"{label} {repair} {variant} {pt} seed {seed}: {acc:.4f} "
+                              f"({secs:.1f} s)", flush=True)
+                        buf = io.StringIO()
+                        w = csv.DictWriter(buf, FIELDS)
+                        w.writeheader()
+                        w.writerows(rows)
+                        atomic_write_text(buf.getvalue(), csv_path)
+
+
+def render(rows: list[dict], info: dict, command: str) -> str:
+    cells = defaultdict(list)
+    for r in rows:
+        cells[(r["model"], r["repair"], r["variant"], r["point"])].append(float(r["accuracy"]))
+    lines = ["# Fold defaults: which options win, mean ± std over seeds", "",
+             stamp_markdown(info), "", f"Command: `{command}`", "",
+             "Accuracy (%) on the full test split, no fine-tuning; each cell is the mean ± "
+             "standard deviation over the seeds (n = number of seeds).", ""]
+    models = sorted({k[0] for k in cells})
+    for model in models:
+        for repair in sorted({k[1] for k in cells if k[0] == model}):
+            pts = sorted({k[3] for k in cells if k[:2] == (model, repair)}, key=float)
+            dense = next(r["dense_acc"] for r in rows if r["model"] == model)
+            lines += [f"## {model}, repair {repair} (dense {100 * float(dense):.2f}%)", "",
+                      "| variant | " + " | ".join(pts) + " |",
+                      "|---|" + "---|" * len(pts)]
+            for v in [v for v in VARIANTS if any(k[:3] == (model, repair, v) for k in cells)]:
+                out = []
+                for pt in pts:
+                    a = cells.get((model, repair, v, pt), [])
+                    if not a:
+                        out.append("")
+                        continue
+                    sd = statistics.stdev(a) if len(a) > 1 else 0.0
+                    out.append(f"{100 * statistics.mean(a):.2f} ± {100 * sd:.2f} (n={len(a)})")
+                lines.append(f"| {v} | " + " | ".join(out) + " |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Type- and range-check method options before any work, so `seed=1.5` is an error, not a fold.
+
+Options reach methods from Python and from `--option KEY=VALUE` (JSON-parsed, else a
+string). Each method's options are checked against the types its signature (or options
+dataclass) declares, plus the ranges in BOUNDS that hold for an option of that name in
+every method. The message names the option, what it must be and what it got.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tuneless.errors import TunelessError
+
+# name -> (lowest, highest, lowest is open?) for numeric options, whatever the method.
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "seed": (0, 2**63 - 1),
+    "batch_size": (1, None),
+    "min_channels": (1, None),
+    "round_to": (1, None),
+    "n_init": (1, None),
+    "num_images": (1, None),
+    "refit_images": (2, None),
+    "min_rank": (1, None),
+    "ridge": (0, None),
+    "keep_floor": (0, 1),
+}
+# string values an option may take when its type also allows a number
+STRING_CHOICES: dict[str, tuple[str, ...]] = {"n_init": ("auto",)}
+
+
+def check_call(func: Callable, options: dict[str, Any], method: str) -> None:
+    """Check `options` against the annotations of `func`'s keyword parameters."""
+    hints = _hints(func)
+    params = inspect.signature(func).parameters
+    for name, value in options.items():
+        if name in params and name in hints:
+            check_value(name, value, hints[name], method)
+
+
+def check_dataclass(cls: type, options: dict[str, Any], method: str) -> None:
+    """Check `options` against the field types of an options dataclass."""
+    hints = _hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for name, value in options.items():
+        if name in fields:
+            check_value(name, value, hints[name], method)
+
+
+def check_value(name: str, value: Any, annotation: Any, method: str) -> None:
+    if not _fits(value, annotation, name):
+        raise TunelessError(f"{method} option {name} must be {_describe(annotation, name)}, "
+                            f"got {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool) and name in BOUNDS:
+        low, high = BOUNDS[name]
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = (f"at least {low}" if high is None else f"between {low} and {high}")
+            raise TunelessError(f"{method} option {name} must be {span}, got {value!r}")
+
+
+def _hints(obj) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(obj)
+    except Exception:  # unresolved forward references: skip type checks, keep bounds
+        return {}
+
+
+def _fits(value: Any, ann: Any, name: str) -> bool:
+    if ann is Any or ann is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a, name) for a in typing.get_args(ann))
+    if ann is type(None) or ann is None:
+        return value is None
+    if ann is bool:
+        return isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann is float:
+        return (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if ann is str:
+        return isinstance(value, str) and (name not in STRING_CHOICES
+                                           or value in STRING_CHOICES[name])
+    if ann is dict or origin is dict:
+        return isinstance(value, dict)
+    if origin in (list, tuple, Iterable) or ann in (list, tuple):
+        inner = typing.get_args(ann)
+        return isinstance(value, list | tuple) and (
+            not inner or all(_fits(v, inner[0], name) for v in value))
+    if isinstance(ann, type):
+        return isinstance(value, ann)
+    return True
+
+
+def _describe(ann: Any, name: str) -> str:
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, name) for a in typing.get_args(ann))
+    if ann is type(None):
+        return "null"
+    if ann is str and name in STRING_CHOICES:
+        return " or ".join(repr(c) for c in STRING_CHOICES[name])
+    words = {bool: "true or false", int: "an integer", float: "a finite number",
+             str: "a string", dict: "an object"}
+    if ann in words:
+        return words[ann]
+    if origin in (list, tuple, Iterable):
+        return "a list"
+    return getattr(ann, "__name__", str(ann))
+
+
+__all__ = ["BOUNDS", "check_call", "check_dataclass", "check_value"]
