@@ -7,6 +7,7 @@ import importlib
 import shlex
 import sys
 
+from tuneless import __version__
 from tuneless.errors import TunelessError
 
 # Each module in tuneless.commands provides add_parser(subparsers) and run(args) -> int.
@@ -19,6 +20,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         description="Compress trained PyTorch networks without data and without fine-tuning.",
     )
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on error")
+    parser.add_argument("--version", action="version", version=f"tuneless {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     runners = {}
     for name in COMMANDS:

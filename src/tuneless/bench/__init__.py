@@ -10,3 +10,10 @@ BENCHMARKS = {
     "smooth": "tuneless.bench.smooth_bench",
     "llm": "tuneless.bench.llm_bench",
 }
+# one line each for `tuneless bench --help` (without importing the suites)
+HELP = {
+    "fold": "folding vs pruning and Torch-Pruning, accuracy against parameters removed",
+    "fold-speed": "folding time and k-means quality",
+    "smooth": "smooth training + SVD against pruning and folding",
+    "llm": "LLM folding against structured baselines, perplexity",
+}

@@ -23,9 +23,12 @@ from tuneless.errors import TunelessError
 
 METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error",
            "ifm", "prune-l1", "prune-l2", "prune-l1-bn", "magnitude", "fold-refit",
-           "prune-l1-refit", "fold-refit-error", "fold-ar-unfused", "fold-r-unfused")
+           "prune-l1-refit", "fold-refit-error", "fold-ar-unfused", "fold-r-unfused",
+           "tp-l1", "tp-l2", "tp-bn", "tp-taylor", "tp-l1-bn", "tp-l2-bn", "tp-bn-bn",
+           "tp-taylor-bn")
 NEEDS_BN = {"fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error", "prune-l1-bn",
-            "fold-ar-unfused", "fold-r-unfused"}
+            "fold-ar-unfused", "fold-r-unfused", "tp-bn", "tp-l1-bn", "tp-l2-bn", "tp-bn-bn",
+            "tp-taylor-bn"}
 FIELDS = ["model", "weights", "dense_acc", "method", "requested", "achieved", "params",
           "accuracy", "seconds", "test_images", "commit", "note"]
 
@@ -86,8 +89,10 @@ def training_pad(path: str) -> int | None:
                       (obj.get("config") if isinstance(obj, dict) else None))
 
 
-def compress(name: str, model, sparsity: float, x, repair_images, dir_images, features, seed):
-    """Run one method; returns the compressed model."""
+def compress(name: str, model, sparsity: float, x, repair_images, dir_images, features, seed,
+             labelled=None):
+    """Run one method; returns the compressed model. `labelled`: (images, labels) of the
+    repair images, plain view, for Torch-Pruning's Taylor criterion."""
     from tuneless.methods.fold import fold
     from tuneless.methods.ifm import ifm
     from tuneless.methods.prune import magnitude_prune, prune
@@ -124,6 +129,15 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
                              inplace=True)
     if name == "magnitude":
         return magnitude_prune(model, **common)
+    if name.startswith("tp-"):  # Torch-Pruning, same parameter budget (tuneless.bench.peers)
+        from tuneless.bench.peers import tp_prune
+
+        rest = name[3:]  # "l1", "l1-bn" (then BN re-estimated on the repair images), ...
+        reestimate = rest.endswith("-bn")
+        small = tp_prune(model, sparsity, rest[:-3] if reestimate else rest, x, labelled)
+        if small(x).shape != model(x).shape:
+            raise TunelessError("Torch-Pruning's result changed the output shape")
+        return reestimate_bn(small, repair_images, inplace=True) if reestimate else small
     raise TunelessError(f"unknown benchmark method {name!r}; choose from {', '.join(METHODS)}")
 
 
@@ -188,8 +202,8 @@ def run(args) -> int:
             t0 = time.perf_counter()
             try:
                 small = compress(name, model, sp, x, real, dir_images, args.features,
-                                 args.seed)
-            except TunelessError as exc:
+                                 args.seed, labelled=train.tensors())
+            except (TunelessError, RuntimeError) as exc:  # a peer's model that does not run
                 rows.append({**row, "note": f"failed: {exc}"})
                 continue
             secs = time.perf_counter() - t0 + (dir_seconds if name == "fold-dir" else 0.0)

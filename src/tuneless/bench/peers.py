@@ -1,0 +1,85 @@
+"""Torch-Pruning (PyPI `torch-pruning`) as a peer in the fold benchmark, on equal terms.
+
+Torch-Pruning's MetaPruner removes the same fraction of channels from every prunable
+group (its `pruning_ratio`); the fold benchmark compares at a *parameter* budget, so the
+ratio is bisected until the pruned network holds as few parameters as tuneless's result
+at the same sparsity (within one bisection step). No fine-tuning; the classifier stays
+whole, as in tuneless. Criteria: L1 and L2 filter norms (MagnitudeImportance), BN scale
+(|γ|, BNScaleImportance) and first-order Taylor (TaylorImportance: |w·∂L/∂w| from labelled
+repair images, the only one that uses labels).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from tuneless.errors import TunelessError
+
+CRITERIA = ("l1", "l2", "bn", "taylor")
+
+
+def _importance(tp, criterion: str):
+    imp = tp.importance
+    return {"l1": lambda: imp.MagnitudeImportance(p=1),
+            "l2": lambda: imp.MagnitudeImportance(p=2),
+            "bn": lambda: imp.BNScaleImportance(),
+            "taylor": lambda: imp.TaylorImportance()}[criterion]()
+
+
+def _classifier(model: nn.Module) -> list[nn.Module]:
+    """The last Linear (its outputs are the classes): never pruned, by either library."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def _prune_once(model, ratio, criterion, x, labelled):
+    import torch_pruning as tp
+
+    m = copy.deepcopy(model).eval()
+    pruner = tp.pruner.MetaPruner(m, x, importance=_importance(tp, criterion),
+                                  pruning_ratio=ratio, ignored_layers=_classifier(m))
+    if criterion == "taylor":
+        images, labels = labelled
+        m.zero_grad()
+        with torch.enable_grad():
+            for i in range(0, len(images), 128):
+                loss = nn.functional.cross_entropy(m(images[i:i + 128]), labels[i:i + 128])
+                loss.backward()
+    pruner.step()
+    m.zero_grad(set_to_none=True)
+    return m.eval()
+
+
+def tp_prune(model: nn.Module, sparsity: float, criterion: str, example_inputs: torch.Tensor,
+             labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
+             steps: int = 14) -> nn.Module:
+    """Torch-Pruning's `criterion` at the channel ratio that removes `sparsity` of the params."""
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError as exc:
+        raise TunelessError("the Torch-Pruning rows need torch-pruning: "
+                            "pip install 'tuneless[bench]'") from exc
+    if criterion not in CRITERIA:
+        raise TunelessError(f"unknown Torch-Pruning criterion {criterion!r}")
+    if criterion == "taylor" and labelled is None:
+        raise TunelessError("Taylor importance needs labelled images")
+    total = sum(p.numel() for p in model.parameters())
+    target = (1 - sparsity) * total
+    lo, hi, best = 0.0, 0.99, None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        pruned = _prune_once(model, mid, criterion, example_inputs, labelled)
+        n = sum(p.numel() for p in pruned.parameters())
+        if n <= target:
+            hi, best = mid, pruned
+        else:
+            lo = mid
+    if best is None:
+        best = _prune_once(model, hi, criterion, example_inputs, labelled)
+    return best
+
+
+__all__ = ["CRITERIA", "tp_prune"]

@@ -1,0 +1,30 @@
+"""Torch-Pruning rows run at tuneless's parameter budget, so the comparison is at equal size."""
+
+import pytest
+import torch
+
+from tuneless.errors import TunelessError
+from tuneless.modelio import build_arch
+
+tp = pytest.importorskip("torch_pruning")
+
+from tuneless.bench.peers import tp_prune  # noqa: E402
+
+X = torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bn", "taylor"])
+def test_budget_matches_a_parameter_sparsity(criterion):
+    model = build_arch("resnet20").eval()
+    labelled = (torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,)))
+    small = tp_prune(model, 0.5, criterion, X, labelled, steps=8)
+    n0 = sum(p.numel() for p in model.parameters())
+    n1 = sum(p.numel() for p in small.parameters())
+    assert 0.5 <= 1 - n1 / n0 <= 0.56  # at least the budget, within the bisection's step
+    assert small(X).shape == (2, 10) and small.fc.out_features == 10
+    assert sum(p.numel() for p in model.parameters()) == n0  # input untouched
+
+
+def test_taylor_needs_labels():
+    with pytest.raises(TunelessError, match="labelled"):
+        tp_prune(build_arch("resnet20").eval(), 0.3, "taylor", X)
