@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from tuneless.bench.fold_bench import load_any, training_pad  # noqa: E402
 from tuneless.bench.stamp import stamp, stamp_markdown  # noqa: E402
 from tuneless.data import get_dataset  # noqa: E402
+from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.methods.fold import fold  # noqa: E402
@@ -95,9 +96,13 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                             dense = accuracy(model, test)
                         kw = {"channel_ratio" if args.ratio == "channel" else "sparsity": pt}
                         t0 = time.perf_counter()
-                        small = fold(model, repair=repair, example_inputs=x, seed=seed,
-                                     data=real if repair == "data" else None,
-                                     **kw, **VARIANTS[variant])
+                        try:
+                            small = fold(model, repair=repair, example_inputs=x, seed=seed,
+                                         data=real if repair == "data" else None,
+                                         **kw, **VARIANTS[variant])
+                        except TunelessError as exc:  # e.g. AR on a network without BN
+                            print(f"{label} {repair} {variant}: skipped ({exc})", flush=True)
+                            break
                         secs = time.perf_counter() - t0
                         acc = accuracy(small, test)
                         achieved = small.tuneless_report["achieved_sparsity"]

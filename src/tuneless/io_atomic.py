@@ -115,7 +115,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _exit_on_signals() -> Iterator[None]:
+def exit_on_signals() -> Iterator[None]:
     """Turn SIGTERM/SIGHUP into SystemExit while writing, so cleanup code runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -151,7 +151,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     except FileNotFoundError:
         old = None
     tmp = real.parent / f".{real.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    with _exit_on_signals():
+    with exit_on_signals():
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:

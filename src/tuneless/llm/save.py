@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tuneless.errors import TunelessError
+from tuneless.io_atomic import exit_on_signals
 from tuneless.llm.adapters import adapter_for, adapter_for_config
 
 
@@ -31,14 +32,15 @@ def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> 
         raise TunelessError(f"{folder} already exists; choose a new output folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        model.save_pretrained(str(tmp))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with exit_on_signals():  # SIGTERM/SIGHUP still remove the half-written folder
+        try:
+            model.save_pretrained(str(tmp))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp))
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return folder
 
 
