@@ -54,10 +54,12 @@ def main() -> int:
     p.add_argument("--ratio", choices=["channel", "sparsity"], default="sparsity",
                    help="points are uniform channel ratios or parameter sparsities")
     p.add_argument("--points", default="0.3,0.5,0.7")
-    p.add_argument("--repairs", default="ar,data", help="fold repairs: none, ar, data")
+    p.add_argument("--repairs", default="ar,data", help="fold repairs: none, ar, data, refit")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--repair-images", type=int, default=1024)
+    p.add_argument("--view", choices=["train", "plain"], default="train",
+                   help="data repairs see the images augmented as training fed them, or plain")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/results/fold-defaults")
     p.add_argument("--render-only", action="store_true")
@@ -79,10 +81,10 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     for path in args.checkpoints:
         model, arch, ds = load_any(path)
-        label = f"{Path(path).stem}"
+        label = Path(path).stem + ("" if args.view == "train" else " (plain images)")
         test = get_dataset(ds, "test")
         train = get_dataset(ds, "train").subset(args.repair_images, seed=1)
-        real = train.training_view(training_pad(path), seed=2)
+        real = train.training_view(training_pad(path) if args.view == "train" else None, seed=2)
         x = test.tensors(8)[0]
         dense = None
         for repair in args.repairs.split(","):
@@ -98,7 +100,7 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                         t0 = time.perf_counter()
                         try:
                             small = fold(model, repair=repair, example_inputs=x, seed=seed,
-                                         data=real if repair == "data" else None,
+                                         data=real if repair in ("data", "refit") else None,
                                          **kw, **VARIANTS[variant])
                         except TunelessError as exc:  # e.g. AR on a network without BN
                             print(f"{label} {repair} {variant}: skipped ({exc})", flush=True)

@@ -7,6 +7,7 @@ import tuneless
 
 @pytest.mark.parametrize("module, attr", [("tuneless.evaluate", "evaluate"),
                                           ("tuneless.reduce", "reduce"),
+                                          ("tuneless.export", "export"),
                                           ("tuneless.llm.perplexity", "perplexity")])
 def test_function_stays_callable_after_its_module_is_imported(module, attr):
     mod = importlib.import_module(module)

@@ -30,6 +30,7 @@ _LAZY = {
     "save": "tuneless.serialize",
     "load": "tuneless.serialize",
     "load_model": "tuneless.modelio",
+    "export": "tuneless.export",
     "evaluate": "tuneless.evaluate",
     "accuracy": "tuneless.evaluate",
     "count_params": "tuneless.evaluate",

@@ -11,7 +11,7 @@ from tuneless import __version__
 from tuneless.errors import TunelessError
 
 # Each module in tuneless.commands provides add_parser(subparsers) and run(args) -> int.
-COMMANDS = ["demo", "train", "average", "eval", "inspect", "compress", "bench"]
+COMMANDS = ["demo", "train", "average", "eval", "inspect", "compress", "export", "bench"]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

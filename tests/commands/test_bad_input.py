@@ -105,13 +105,18 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("a file that is not a model", ["eval", str(tmp / "afile")], "corrupt"),
         ("unknown method", ["compress", ok, "--method", "fold-xyz", "--sparsity", "0.5", "-o",
                             out], "unknown method"),
+        ("`export` to an unknown format", ["export", ok, "-o", str(tmp / "m.tflite")],
+         ".onnx"),
+        ("`export` without onnxruntime", ["export", ok, "-o", str(tmp / "m.onnx")],
+         "pip install 'tuneless[export]'"),
         ("missing optional dependency (transformers)",
          ["eval", "--task", "wikitext2", str(tmp)], "pip install 'tuneless[llm]'"),
     ]
 
 
 def run_case(argv: list[str], capsys, monkeypatch) -> tuple[int, list[str]]:
-    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    for name in ("transformers", "onnxruntime"):  # as if not installed
+        monkeypatch.setitem(sys.modules, name, None)
     code = main(argv)
     captured = capsys.readouterr()
     return code, [ln for ln in captured.err.splitlines() if ln.strip()]

@@ -1,4 +1,4 @@
-"""Arguments shared by commands that read one MODEL file (inspect, compress)."""
+"""Arguments shared by commands that read one MODEL file (inspect, compress, export)."""
 
 from __future__ import annotations
 
