@@ -105,8 +105,9 @@ def test_bad_arguments():
 def test_auto_restarts_shrink_with_group_size():
     from tuneless.cluster import auto_restarts
 
-    assert auto_restarts(16) == 30 and auto_restarts(128) == 10 and auto_restarts(512) == 1
-    sizes = [auto_restarts(n) for n in (16, 64, 100, 128, 256, 400, 512, 4096)]
+    assert auto_restarts(16) == 30 and auto_restarts(128) == 10 and auto_restarts(512) == 10
+    assert auto_restarts(256) == 10 and auto_restarts(1024) == 2 and auto_restarts(4096) == 1
+    sizes = [auto_restarts(n) for n in (16, 64, 100, 128, 256, 400, 512, 1024, 4096)]
     assert sizes == sorted(sizes, reverse=True)
 
 

@@ -158,7 +158,8 @@ def kmeans(
     """k-means with greedy k-means++ seeding, n_init batched restarts and Hartigan refinement.
 
     n_init="auto" runs 10 restarts at 128 channels, up to 30 for small groups (cheap,
-    batched) and fewer above (one from 405 channels):
+    batched), and 10 up to 512 channels (a floor: on the VGG's 256-wide groups one restart
+    cost Fold-AR 1–4 points, docs/folding.md); wider groups get fewer (two at 1,024, one from 1,620):
     with k near n, Hartigan-refined restarts of a large group land within a fraction of
     a percent of each other, and a restart there costs as much as a small group's ten.
 
@@ -209,8 +210,11 @@ def kmeans(
 
 
 def auto_restarts(n: int) -> int:
-    """Restarts for n_init='auto': 10·(128/n)², at most 30 (n ≤ 73), at least 1 (n ≥ 405)."""
-    return max(1, min(30, int(10 * (128 / n) ** 2)))
+    """Restarts for n_init='auto': 10·(128/n)², at most 30 (n ≤ 73); at least 10 up to 512
+    channels, then 10·(512/n)² (at least 1: one restart from 1,623 channels)."""
+    if n <= 512:
+        return max(10, min(30, int(10 * (128 / n) ** 2)))
+    return max(1, int(10 * (512 / n) ** 2))
 
 
 def _objective(z: torch.Tensor, labels: torch.Tensor, k: int) -> float:
