@@ -158,8 +158,9 @@ def kmeans(
     """k-means with greedy k-means++ seeding, n_init batched restarts and Hartigan refinement.
 
     n_init="auto" runs 10 restarts at 128 channels, up to 30 for small groups (cheap,
-    batched), and 10 up to 512 channels (a floor: on the VGG's 256-wide groups one restart
-    cost Fold-AR 1–4 points, docs/folding.md); wider groups get fewer (two at 1,024, one from 1,620):
+    batched), and 10 up to 512 channels (a floor: on the VGG's 256-wide groups one
+    restart cost Fold-AR 1–4 points, docs/folding.md); wider groups get fewer (two at
+    1,024, one from 1,620):
     with k near n, Hartigan-refined restarts of a large group land within a fraction of
     a percent of each other, and a restart there costs as much as a small group's ten.
 

@@ -24,11 +24,12 @@ from tuneless.errors import TunelessError
 METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error",
            "ifm", "prune-l1", "prune-l2", "prune-l1-bn", "magnitude", "fold-refit",
            "prune-l1-refit", "fold-refit-error", "fold-ar-unfused", "fold-r-unfused",
+           "fold-ar-paper", "fold-r-paper",
            "tp-l1", "tp-l2", "tp-bn", "tp-taylor", "tp-l1-bn", "tp-l2-bn", "tp-bn-bn",
            "tp-taylor-bn")
 NEEDS_BN = {"fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error", "prune-l1-bn",
-            "fold-ar-unfused", "fold-r-unfused", "tp-bn", "tp-l1-bn", "tp-l2-bn", "tp-bn-bn",
-            "tp-taylor-bn"}
+            "fold-ar-unfused", "fold-r-unfused", "fold-ar-paper", "fold-r-paper", "tp-bn",
+            "tp-l1-bn", "tp-l2-bn", "tp-bn-bn", "tp-taylor-bn"}
 FIELDS = ["model", "weights", "dense_acc", "method", "requested", "achieved", "params",
           "accuracy", "seconds", "test_images", "commit", "note"]
 
@@ -106,9 +107,13 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
         alloc = "error" if name.endswith("error") else "uniform"
         return fold(model, repair=repair, allocation=alloc,
                     data=repair_images if repair == "data" else None, **fold_kw)
-    if name in ("fold-ar-unfused", "fold-r-unfused"):  # cluster and merge the raw BN-conv
-        repair = "ar" if name.startswith("fold-ar") else "data"
-        return fold(model, repair=repair, fuse_bn=False,
+    if name in ("fold-ar-unfused", "fold-r-unfused"):  # the rows of commit 3637b3e: raw
+        repair = "ar" if name.startswith("fold-ar") else "data"  # BN-conv, running means in
+        return fold(model, repair=repair, fuse_bn=False, norm_stats=True,
+                    data=repair_images if repair == "data" else None, **fold_kw)
+    if name in ("fold-ar-paper", "fold-r-paper"):  # Algorithm 1's order: BN fused first,
+        repair = "ar" if name.startswith("fold-ar") else "data"  # the defaults until 2026-11-30
+        return fold(model, repair=repair, fuse_bn=True, norm_stats=True,
                     data=repair_images if repair == "data" else None, **fold_kw)
     if name == "fold-dir":  # images synthesised once per model, reused: BN re-estimation on them
         return fold(model, repair="data", data=dir_images, **fold_kw)

@@ -38,8 +38,11 @@ class FoldOptions:
     allocation: str = "uniform"
     cluster: str = "kmeans"
     features: str = "raw"  # measured best: docs/results/fold-features.md
-    fuse_bn: bool | None = None  # None: fuse BN normalisation for AR, DIR and data repairs
-    norm_stats: bool = True  # cluster on the BN running_mean too (the fused bias part)
+    # Measured defaults (docs/folding.md, benchmarks/fold_defaults.py, 3 seeds, every
+    # benchmark network): cluster and merge the raw conv + BN rather than fusing BN first
+    # (Algorithm 1's order, fuse_bn=True), and leave BN running means out of the features.
+    fuse_bn: bool = False
+    norm_stats: bool = False  # True: cluster on the BN running_mean too
     seed: int = 0
     n_init: int | str = "auto"
     min_channels: int = 1
@@ -136,8 +139,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         raise UnsupportedModelError(f"nothing to fold in {type(model).__name__}: every channel "
                                     "group is fixed (see `tuneless inspect`)")
     work = copy.deepcopy(model).eval()
-    fuse = opts.fuse_bn if opts.fuse_bn is not None else opts.repair != "none"
-    if fuse:
+    if opts.fuse_bn:
         _fuse_checked(work, graph, x)
 
     feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
