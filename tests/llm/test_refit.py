@@ -57,7 +57,7 @@ def test_refit_brings_the_folded_stream_back_towards_the_original(head_ratio, bi
 def test_fold_llm_repairs_and_their_errors():
     m = tiny_llama()
     with pytest.raises(TunelessError, match="needs tokenizer"):
-        fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="self")
+        fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="data")
     with pytest.raises(TunelessError, match="choose None, 'self'"):
         fold_llm(m, mlp_ratio=0.5, repair="ar")
     plain = fold_llm(m, mlp_ratio=0.5, head_ratio=0.0)
@@ -79,3 +79,18 @@ def test_self_generated_text_is_seeded_and_full_length():
     f = fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="self", tokenizer=Tok(),
                  calib_samples=4, calib_len=12)
     assert f.config.intermediate_size == 16
+
+
+def test_self_sampling_needs_only_the_model():
+    """Data-free repair from the model alone: BOS/EOS come from its (generation) config."""
+    m = tiny_llama()
+    m.generation_config.bos_token_id, m.generation_config.eos_token_id = 1, 2
+    a = self_generated(m, None, n_samples=2, seq_len=8, seed=4)
+    assert torch.equal(a, self_generated(m, Tok(), n_samples=2, seq_len=8, seed=4))
+    f = fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="self", calib_samples=2,
+                 calib_len=8)
+    assert f.config.intermediate_size == 16
+    m.generation_config.bos_token_id = m.generation_config.eos_token_id = None
+    m.config.bos_token_id = m.config.eos_token_id = None
+    with pytest.raises(TunelessError, match="BOS or EOS"):
+        self_generated(m, None, n_samples=2, seq_len=8)

@@ -117,10 +117,10 @@ def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: i
     if repair == "data" and data is not None:
         ids = torch.as_tensor(data)
         return ids[None] if ids.dim() == 1 else ids
-    if tokenizer is None:
-        raise TunelessError(f"repair={repair!r} needs tokenizer= (or data= token ids for 'data')")
-    if repair == "self":
+    if repair == "self":  # the model's own BOS token starts it: no tokenizer needed
         return self_generated(model, tokenizer, n, seq_len, seed)
+    if tokenizer is None:
+        raise TunelessError("repair='data' needs tokenizer= (calibration text) or data= token ids")
     from tuneless.llm.calibration import calibration_batches
 
     return torch.cat(calibration_batches(tokenizer, n, seq_len, seed), 0)

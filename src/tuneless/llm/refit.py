@@ -131,14 +131,36 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
 
 
 @torch.no_grad()
-def self_generated(model: nn.Module, tokenizer, n_samples: int = 64, seq_len: int = 256,
+def _special_ids(model: nn.Module, tokenizer) -> tuple[int | None, int | None]:
+    """(BOS, EOS) token ids: the tokenizer's, else the generation config's, else the config's."""
+    if tokenizer is not None:
+        return tokenizer.bos_token_id, tokenizer.eos_token_id
+    out = []
+    for attr in ("bos_token_id", "eos_token_id"):
+        value = None
+        for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+            value = getattr(cfg, attr, None) if cfg is not None else None
+            if isinstance(value, list | tuple):
+                value = value[0] if value else None
+            if value is not None:
+                break
+        out.append(value)
+    return out[0], out[1]
+
+
+def self_generated(model: nn.Module, tokenizer=None, n_samples: int = 64, seq_len: int = 256,
                    seed: int = 0) -> torch.Tensor:
     """(n_samples, seq_len) token ids sampled from the model itself (temperature 1, no top-k),
-    starting from its beginning-of-sequence token: calibration text without any data."""
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    starting from its beginning-of-sequence token: calibration text without any data.
+
+    The BOS/EOS ids come from the tokenizer when given, else from the model's generation
+    config or config, so the model alone is enough."""
+    bos, eos = _special_ids(model, tokenizer)
+    start = bos if bos is not None else eos
     if start is None:
-        raise TunelessError("the tokenizer has neither a BOS nor an EOS token to start sampling")
-    pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else start
+        raise TunelessError("neither the tokenizer nor the model config names a BOS or EOS "
+                            "token to start sampling from; pass tokenizer=")
+    pad = eos if eos is not None else start
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

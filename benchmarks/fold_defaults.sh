@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Regenerates docs/results/fold-defaults-*.{csv,md}: the 3-seed sweep that chose the fold
+# defaults (benchmarks/fold_defaults.py; docs/folding.md "Defaults"). Each command resumes
+# its CSV, so an interrupted run continues. About 4 hours on one thread of this CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+sweep() { python benchmarks/fold_defaults.py "$@"; }
+ALL=paper-order,no-stats,unfused,unfused-no-stats,unfused-no-stats-n10,no-stats-n10
+FOUR=paper-order,no-stats,unfused-no-stats,unfused-no-stats-n10
+# VGG11-BN at the uniform channel ratios of the paper-code comparison (issue 17)
+sweep models/vgg11_bn-w0.5-cifar10.pt --ratio channel --points 0.3,0.5,0.7 \
+  --repairs none,ar,data --variants "$ALL" --out docs/results/fold-defaults-vgg11
+sweep models/resnet20-cifar10.pt --repairs ar,data --variants "$FOUR" \
+  --out docs/results/fold-defaults-resnet20
+sweep models/resnet20-cifar10.pt --repairs none --variants paper-order,no-stats \
+  --out docs/results/fold-defaults-resnet20
+sweep models/resnet56-avg-cifar10.pt --repairs ar,data --variants paper-order,unfused-no-stats \
+  --out docs/results/fold-defaults-resnet56
+sweep models/mlp-fashion-mnist.pt --repairs ar,data \
+  --variants paper-order,no-stats,unfused-no-stats --out docs/results/fold-defaults-mlp
