@@ -20,7 +20,7 @@ def test_budget_matches_a_parameter_sparsity(criterion):
     small = tp_prune(model, 0.5, criterion, X, labelled, steps=8)
     n0 = sum(p.numel() for p in model.parameters())
     n1 = sum(p.numel() for p in small.parameters())
-    assert 0.5 <= 1 - n1 / n0 <= 0.56  # at least the budget, within the bisection's step
+    assert abs(1 - n1 / n0 - 0.5) <= 0.03  # the closest the uniform channel ratio gets
     assert small(X).shape == (2, 10) and small.fc.out_features == 10
     assert sum(p.numel() for p in model.parameters()) == n0  # input untouched
 

@@ -35,19 +35,25 @@ def _classifier(model: nn.Module) -> list[nn.Module]:
     return linears[-1:]
 
 
-def _prune_once(model, ratio, criterion, x, labelled):
+def _gradients(model, labelled) -> dict[str, torch.Tensor]:
+    """∂L/∂w of the cross-entropy on the labelled images, once (Taylor's only data use)."""
+    m = copy.deepcopy(model).eval()
+    images, labels = labelled
+    with torch.enable_grad():
+        for i in range(0, len(images), 128):
+            nn.functional.cross_entropy(m(images[i:i + 128]), labels[i:i + 128]).backward()
+    return {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+
+
+def _prune_once(model, ratio, criterion, x, grads):
     import torch_pruning as tp
 
     m = copy.deepcopy(model).eval()
     pruner = tp.pruner.MetaPruner(m, x, importance=_importance(tp, criterion),
                                   pruning_ratio=ratio, ignored_layers=_classifier(m))
-    if criterion == "taylor":
-        images, labels = labelled
-        m.zero_grad()
-        with torch.enable_grad():
-            for i in range(0, len(images), 128):
-                loss = nn.functional.cross_entropy(m(images[i:i + 128]), labels[i:i + 128])
-                loss.backward()
+    for k, p in m.named_parameters():
+        if grads and k in grads:
+            p.grad = grads[k].clone()
     pruner.step()
     m.zero_grad(set_to_none=True)
     return m.eval()
@@ -56,7 +62,8 @@ def _prune_once(model, ratio, criterion, x, labelled):
 def tp_prune(model: nn.Module, sparsity: float, criterion: str, example_inputs: torch.Tensor,
              labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
              steps: int = 14) -> nn.Module:
-    """Torch-Pruning's `criterion` at the channel ratio that removes `sparsity` of the params."""
+    """Torch-Pruning's `criterion` at the channel ratio whose parameter count is closest to
+    removing `sparsity` of the parameters (the budget tuneless's methods solve for)."""
     try:
         import torch_pruning  # noqa: F401
     except ImportError as exc:
@@ -66,20 +73,20 @@ def tp_prune(model: nn.Module, sparsity: float, criterion: str, example_inputs: 
         raise TunelessError(f"unknown Torch-Pruning criterion {criterion!r}")
     if criterion == "taylor" and labelled is None:
         raise TunelessError("Taylor importance needs labelled images")
+    grads = _gradients(model, labelled) if criterion == "taylor" else None
     total = sum(p.numel() for p in model.parameters())
     target = (1 - sparsity) * total
-    lo, hi, best = 0.0, 0.99, None
+    lo, hi, tried = 0.0, 0.99, []
     for _ in range(steps):
         mid = (lo + hi) / 2
-        pruned = _prune_once(model, mid, criterion, example_inputs, labelled)
+        pruned = _prune_once(model, mid, criterion, example_inputs, grads)
         n = sum(p.numel() for p in pruned.parameters())
+        tried.append((abs(n - target), mid, pruned))
         if n <= target:
-            hi, best = mid, pruned
+            hi = mid
         else:
             lo = mid
-    if best is None:
-        best = _prune_once(model, hi, criterion, example_inputs, labelled)
-    return best
+    return min(tried, key=lambda t: (t[0], t[1]))[2]
 
 
 __all__ = ["CRITERIA", "tp_prune"]
