@@ -51,7 +51,7 @@ FIELDS = ["model", "variant", "repair", "point", "seed", "accuracy", "achieved",
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("checkpoints", nargs="*")
     p.add_argument("--ratio", choices=["channel", "sparsity"], default="sparsity",
                    help="points are uniform channel ratios or parameter sparsities")
     p.add_argument("--points", default="0.3,0.5,0.7")
@@ -69,7 +69,7 @@ def main() -> int:
     out = Path(args.out)
     csv_path = out.with_suffix(".csv")
     rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
-    info = stamp()
+    info = stamp("python " + " ".join(sys.argv))
     if not args.render_only:
         measure(args, rows, csv_path, info)
     atomic_write_text(render(rows, info, " ".join(sys.argv)), out.with_suffix(".md"))
@@ -131,8 +131,12 @@ def render(rows: list[dict], info: dict, command: str) -> str:
     cells = defaultdict(list)
     for r in rows:
         cells[(r["model"], r["repair"], r["variant"], r["point"])].append(float(r["accuracy"]))
+    commits = ", ".join(f"`{c}`" for c in sorted({r["commit"] for r in rows}))
     lines = ["# Fold defaults: which options win, mean ± std over seeds", "",
-             stamp_markdown(info), "", f"Command: `{command}`", "",
+             f"Rows measured at commit {commits} by the command for this file in "
+             "`benchmarks/fold_defaults.sh` (one thread, machine shared with a training "
+             "job and other benchmarks: times are not comparable).", "",
+             f"Rendered: {stamp_markdown(info)}", "",
              "Accuracy (%) on the full test split, no fine-tuning; each cell is the mean ± "
              "standard deviation over the seeds (n = number of seeds).", ""]
     models = sorted({k[0] for k in cells})
