@@ -38,6 +38,7 @@ from tuneless.methods.fold import fold  # noqa: E402
 # name -> fold options, every one explicit (defaults change); "paper-order" is Algorithm 1's
 # order (BN fused first, running means in the features), the defaults before this sweep
 VARIANTS: dict[str, dict] = {
+    "default": {},  # whatever tuneless.fold does at the commit in the CSV
     "paper-order": {"fuse_bn": True, "norm_stats": True},
     "no-stats": {"fuse_bn": True, "norm_stats": False},
     "unfused": {"fuse_bn": False, "norm_stats": True},
