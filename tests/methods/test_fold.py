@@ -106,6 +106,33 @@ def test_block_features_balance_scales():
         start += w
 
 
+def test_norm_stats_decides_whether_running_means_are_features():
+    """Default: BN running means stay out of the distance (docs/folding.md, Defaults)."""
+    model = _randomise_bn(build_model("resnet20"))
+    from tuneless.graph import find_groups
+
+    g = find_groups(model, X32).reducible[0]
+    means = [s for s in g.norms if s.param == "running_mean"]
+    with_stats = channel_features(model, g, "raw", norm_stats=True)
+    without = channel_features(model, g, "raw", norm_stats=False)
+    assert means and with_stats.shape[1] - without.shape[1] == len(means)
+    for s in means:  # the dropped columns are exactly the running means
+        col = s.channel_rows(model, g.n).float()
+        assert any(torch.equal(with_stats[:, j:j + 1], col)
+                   for j in range(with_stats.shape[1]))
+
+
+def test_algorithm_1_order_is_one_option_away():
+    """fuse_bn=True, norm_stats=True is the paper's order; the defaults differ from it."""
+    model = _randomise_bn(build_model("resnet20")).eval()
+    paper = fold_ar(model, sparsity=0.4, example_inputs=X32, fuse_bn=True, norm_stats=True)
+    default = fold_ar(model, sparsity=0.4, example_inputs=X32)
+    opts = default.tuneless_report["options"]
+    assert opts["fuse_bn"] is False and opts["norm_stats"] is False
+    assert paper.tuneless_report["options"]["fuse_bn"] is True
+    assert paper.tuneless_report["labels"] != default.tuneless_report["labels"]
+
+
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_folds_torchvision_models(name):
     tv = pytest.importorskip("torchvision.models")
