@@ -28,3 +28,20 @@ def test_budget_matches_a_parameter_sparsity(criterion):
 def test_taylor_needs_labels():
     with pytest.raises(TunelessError, match="labelled"):
         tp_prune(build_arch("resnet20").eval(), 0.3, "taylor", X)
+
+
+def test_zero_padding_shortcut_falls_back_to_whole_residual_streams():
+    """Torch-Pruning mis-couples option-A (F.pad) shortcuts; the fallback still prunes."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "breadth"))
+    from option_a_resnet import resnet20
+
+    model = resnet20().eval()
+    small = tp_prune(model, 0.3, "l1", X, steps=8)
+    assert small(X).shape == (2, 10)
+    n0 = sum(p.numel() for p in model.parameters())
+    n1 = sum(p.numel() for p in small.parameters())
+    assert 0.2 <= 1 - n1 / n0 <= 0.4
+    assert getattr(small, "tp_note", "").startswith("residual streams left whole")

@@ -217,6 +217,7 @@ def run(args) -> int:
             achieved = 1 - params / count_params(model)
             acc = accuracy(small, test)
             note = "incl. DeepInversion time" if name == "fold-dir" else ""
+            note = getattr(small, "tp_note", note)  # a Torch-Pruning fallback, if taken
             rows.append({**row, "achieved": round(achieved, 4), "params": params,
                          "accuracy": round(acc, 4), "seconds": round(secs, 2), "note": note})
             print(f"  {name:14s} {sp:.2f} → {achieved:.3f} removed, acc {acc:.4f}, "

@@ -45,12 +45,21 @@ def _gradients(model, labelled) -> dict[str, torch.Tensor]:
     return {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
 
 
-def _prune_once(model, ratio, criterion, x, grads):
+def _fixed_producers(model: nn.Module, x: torch.Tensor) -> set[str]:
+    """Modules writing channel groups tuneless's graph keeps whole (e.g. zero-padded
+    residual streams): the channels neither library may prune, for the fallback below."""
+    from tuneless.graph import find_groups
+
+    return {s.module for g in find_groups(model, x) if not g.reducible for s in g.producers}
+
+
+def _prune_once(model, ratio, criterion, x, grads, keep: set[str] = frozenset()):
     import torch_pruning as tp
 
     m = copy.deepcopy(model).eval()
+    ignored = _classifier(m) + [mod for name, mod in m.named_modules() if name in keep]
     pruner = tp.pruner.MetaPruner(m, x, importance=_importance(tp, criterion),
-                                  pruning_ratio=ratio, ignored_layers=_classifier(m))
+                                  pruning_ratio=ratio, ignored_layers=ignored)
     for k, p in m.named_parameters():
         if grads and k in grads:
             p.grad = grads[k].clone()
@@ -74,12 +83,27 @@ def tp_prune(model: nn.Module, sparsity: float, criterion: str, example_inputs: 
     if criterion == "taylor" and labelled is None:
         raise TunelessError("Taylor importance needs labelled images")
     grads = _gradients(model, labelled) if criterion == "taylor" else None
+    best = _bisect(model, sparsity, criterion, example_inputs, grads, steps, frozenset())
+    if not _runs(model, best, example_inputs):
+        # Torch-Pruning's known trap: a zero-padding (option-A) shortcut couples channels
+        # wrongly and the pruned network does not run. Leave the groups tuneless keeps
+        # whole (the padded residual streams) to neither library, and prune the rest.
+        keep = _fixed_producers(model, example_inputs)
+        best = _bisect(model, sparsity, criterion, example_inputs, grads, steps, keep)
+        if not _runs(model, best, example_inputs):
+            raise TunelessError("Torch-Pruning's pruned network does not run, even with the "
+                                "residual streams left whole")
+        best.tp_note = f"residual streams left whole ({len(keep)} layers ignored)"
+    return best
+
+
+def _bisect(model, sparsity, criterion, x, grads, steps, keep) -> nn.Module:
     total = sum(p.numel() for p in model.parameters())
     target = (1 - sparsity) * total
     lo, hi, tried = 0.0, 0.99, []
     for _ in range(steps):
         mid = (lo + hi) / 2
-        pruned = _prune_once(model, mid, criterion, example_inputs, grads)
+        pruned = _prune_once(model, mid, criterion, x, grads, keep)
         n = sum(p.numel() for p in pruned.parameters())
         tried.append((abs(n - target), mid, pruned))
         if n <= target:
@@ -87,6 +111,14 @@ def tp_prune(model: nn.Module, sparsity: float, criterion: str, example_inputs: 
         else:
             lo = mid
     return min(tried, key=lambda t: (t[0], t[1]))[2]
+
+
+@torch.no_grad()
+def _runs(model: nn.Module, pruned: nn.Module, x: torch.Tensor) -> bool:
+    try:
+        return pruned(x).shape == model(x).shape
+    except RuntimeError:
+        return False
 
 
 __all__ = ["CRITERIA", "tp_prune"]
