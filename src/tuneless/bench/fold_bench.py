@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tuneless.commands.compress import repair_view
 from tuneless.errors import TunelessError
 
 METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error",
@@ -41,9 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-subset", type=int, default=None, help="test images (default: all)")
     p.add_argument("--repair-images", type=int, default=1024,
                    help="real training images for Fold-R and L1+BN")
-    p.add_argument("--repair-view", choices=["train", "plain"], default="train",
+    p.add_argument("--repair-view", choices=["auto", "train", "plain"], default="auto",
                    help="repair images as the checkpoint's training fed them (its crop/flip "
-                        "augmentation; default) or plain")
+                        "augmentation) or plain; auto (default): the training view for BN "
+                        "re-estimation, plain for the least-squares refit")
     p.add_argument("--dir-images", type=int, default=128)
     p.add_argument("--dir-steps", type=int, default=100)
     p.add_argument("--dir-batch", type=int, default=64)
@@ -177,8 +179,9 @@ def run(args) -> int:
         if args.test_subset:
             test = test.subset(args.test_subset, seed=args.seed)
         train = get_dataset(ds, "train", args.data).subset(args.repair_images, seed=args.seed + 1)
-        pad = training_pad(path) if args.repair_view == "train" else None
-        real = train.training_view(pad, seed=args.seed + 2)
+        pad = training_pad(path)
+        views = {"train": train.training_view(pad, seed=args.seed + 2),
+                 "plain": train.training_view(None, seed=args.seed + 2)}
         x = test.tensors(8)[0]
         pending = [(sp, m) for sp in sparsities for m in methods
                    if (path, m, sp) not in done]
@@ -206,6 +209,7 @@ def run(args) -> int:
                 continue
             t0 = time.perf_counter()
             try:
+                real = views[repair_view(args.repair_view, name)]
                 small = compress(name, model, sp, x, real, dir_images, args.features,
                                  args.seed, labelled=train.tensors())
             except (TunelessError, RuntimeError) as exc:  # a peer's model that does not run
@@ -279,9 +283,12 @@ def markdown(rows, info, args) -> str:
     lines += [
              "No fine-tuning anywhere. Fold-R and L1+BN re-estimate BatchNorm statistics on "
              f"{args.repair_images} real training images"
-             + (" augmented as in training (random crop and flip; plain images cost the dense "
-                "ResNet-20 2.9 points)" if getattr(args, "repair_view", "plain") == "train"
-                else " (plain, not augmented)")
+             + {"train": " augmented as in training (random crop and flip; plain images cost "
+                         "the dense ResNet-20 2.9 points)",
+                "plain": " (plain, not augmented)",
+                "auto": " augmented as in training (random crop and flip) for BN "
+                        "re-estimation, plain for the refit rows (the better view of each, "
+                        "docs/folding.md)"}[getattr(args, "repair_view", "plain")]
              + f"; Fold-DIR on {args.dir_images} "
              f"DeepInversion images ({args.dir_steps} steps) synthesised once per model from "
              "the uncompressed network (its time is included in every Fold-DIR row). "

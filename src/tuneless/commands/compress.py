@@ -35,9 +35,11 @@ def add_parser(sub) -> None:
                         "the default location)")
     p.add_argument("--repair-images", type=int, default=1024,
                    help="how many training images the repair sees (default 1024)")
-    p.add_argument("--repair-view", choices=["train", "plain"], default="train",
-                   help="feed the repair images augmented as the checkpoint's training did "
-                        "(default; plain when the checkpoint does not record it) or plain")
+    p.add_argument("--repair-view", choices=["auto", "train", "plain"], default="auto",
+                   help="repair images augmented as the checkpoint's training fed them "
+                        "(train) or plain; auto (default): train for BN re-estimation "
+                        "(fold-r), plain for the least-squares refit (fold-refit), the better "
+                        "view of each in docs/folding.md")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
 
@@ -137,11 +139,22 @@ def repair_images(args, model):
     path = None if args.repair_data == "default" else args.repair_data
     train = get_dataset(_dataset_name(args, model), "train", path).subset(args.repair_images)
     targs = (getattr(model, "tuneless_meta", None) or {}).get("train_args") or {}
-    if args.repair_view == "train" and not targs:
+    view = repair_view(args.repair_view, args.method)
+    if view == "train" and not targs:
         print("note: the model records no training recipe; the repair sees plain images "
               "(if it was trained on random crops, its BN statistics expect them)",
               file=sys.stderr)
-    return train.training_view(recipe_pad(targs) if args.repair_view == "train" else None)
+    return train.training_view(recipe_pad(targs) if view == "train" else None)
+
+
+REFIT_METHODS = ("fold-refit", "fold-refit-error", "prune-l1-refit")
+
+
+def repair_view(choice: str, method: str) -> str:
+    """"train" or "plain": what a data repair should see (auto: measured per repair)."""
+    if choice != "auto":
+        return choice
+    return "plain" if method in REFIT_METHODS else "train"
 
 
 def _test_data(args, model):
