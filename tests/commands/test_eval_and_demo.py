@@ -224,3 +224,19 @@ def test_eval_unknown_dataset_asks_for_it(tmp_path, capsys):
     assert main(["eval", str(path), "--arch", "torch.nn:Linear",
                  "--arch-kwargs", '{"in_features": 5, "out_features": 2}']) == 1
     assert "pass --dataset" in capsys.readouterr().err
+
+
+def test_eval_of_an_imagenet_model_needs_no_dataset(tmp_path, capsys):
+    """A torchvision model is measured at its own input shape, not forced onto CIFAR-10."""
+    import tuneless
+    from tuneless.modelio import build_arch
+
+    tuneless.save(build_arch("torchvision:resnet18").eval(), tmp_path / "r18.pt")
+    assert main(["eval", str(tmp_path / "r18.pt"), "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "none (no test data" in out and "3,224,224" in out and "11.7M" in out
+    assert main(["eval", str(tmp_path / "r18.pt"), "--no-latency", "--input-shape",
+                 "3,128,128"]) == 0
+    assert "3,128,128" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "r18.pt"), "--input-shape", "224,224"]) == 1
+    assert "C,H,W" in capsys.readouterr().err

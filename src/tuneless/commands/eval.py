@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--trust-code", action="store_true",
                    help="let a model file import the architecture or module classes it names "
                         "(runs code: trusted files only)")
+    p.add_argument("--input-shape", metavar="C,H,W",
+                   help="measure size, FLOPs and latency at this input shape (for models "
+                        "with no test data here, e.g. ImageNet-sized torchvision models)")
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     p.add_argument("--threads", type=int, default=1, help="torch threads for timing (default 1)")
     p.add_argument("--repeats", type=int, default=10, help="latency repeats at batch 1")
@@ -45,6 +48,36 @@ def load_any_model(path: str, arch: str | None = None, arch_kwargs: str | None =
 
     return load_model(path, arch=arch, arch_kwargs=arch_kwargs, allow_pickle=unsafe_pickle,
                       trust_code=trust_code)
+
+
+def measure_shape(model, text: str | None) -> tuple[int, ...] | None:
+    """The input shape to measure at: --input-shape, else what the architecture says."""
+    from tuneless.modelio import default_input_shape, parse_input_shape
+
+    if text is None:
+        return default_input_shape(model)
+    shape = parse_input_shape(text)
+    if len(shape) not in (1, 3):
+        raise TunelessError(f"--input-shape {text!r}: give C,H,W for images (e.g. 3,224,224) "
+                            "or one number for vector inputs")
+    return shape
+
+
+def plausible_dataset(model, shape: tuple[int, ...] | None) -> str | None:
+    """guess_dataset, kept only if the model's input shape and class count fit that data."""
+    import torch
+
+    from tuneless.zoo import INPUT_SHAPE
+
+    name = guess_dataset(model)
+    if name is None or (shape is not None and tuple(shape) != INPUT_SHAPE[name]):
+        return None
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, *INPUT_SHAPE[name]))
+    except RuntimeError:
+        return None
+    return name if out.dim() == 2 and out.shape[1] == 10 else None
 
 
 def guess_dataset(model) -> str | None:
@@ -91,14 +124,17 @@ def eval_rows(args: argparse.Namespace) -> list[dict]:
     for path in args.model:
         model = load_any_model(path, args.arch, args.arch_kwargs, args.unsafe_pickle,
                                args.trust_code)
-        name = args.dataset or guess_dataset(model)
-        if name is None:
-            raise TunelessError(f"cannot tell which dataset {path} is for: pass --dataset")
-        if name not in cache:
+        shape = measure_shape(model, args.input_shape)
+        name = args.dataset or plausible_dataset(model, shape)
+        if name is None and shape is None:
+            raise TunelessError(f"cannot tell which dataset {path} is for or what input it "
+                                "takes: pass --dataset or --input-shape C,H,W")
+        if name is not None and name not in cache:
             cache[name] = test_data(name, args.data)
-        data = cache[name]
-        example = torch.zeros(1, *INPUT_SHAPE[name]) if data is None else None
-        row = {"model": Path(path).name, "dataset": name}
+        data = cache.get(name)
+        example = torch.zeros(1, *(shape or INPUT_SHAPE[name])) if data is None else None
+        row = {"model": Path(path).name, "dataset": name or "none (no test data: size, "
+               f"FLOPs and latency at input {','.join(map(str, shape))})"}
         row.update(evaluate(model, data, example, limit=args.limit, path=path,
                             latency_batches=() if args.no_latency else (1, 256),
                             repeats=args.repeats))
