@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from tuneless.errors import TunelessError
 from tuneless.graph.groups import GroupGraph
+from tuneless.options import check_value
 
 TOLERANCE = 0.01
 
@@ -145,7 +146,5 @@ def _round(x: float, n: int, min_channels: int, round_to: int) -> int:
 
 
 def _check_options(min_channels: int, round_to: int) -> None:
-    if min_channels < 1:
-        raise TunelessError(f"min_channels must be ≥ 1, got {min_channels}")
-    if round_to < 1:
-        raise TunelessError(f"round_to must be ≥ 1, got {round_to}")
+    check_value("min_channels", min_channels, int, "channel budget")
+    check_value("round_to", round_to, int, "channel budget")

@@ -49,13 +49,18 @@ def missing_dependency(name: str) -> str:
     return f"this needs {name}, which is not installed: pip install 'tuneless[{extra}]'"
 
 
+def check_threads(args: argparse.Namespace) -> None:
+    """--threads, where a command (or a bench suite) has it: at least 1."""
+    threads = getattr(args, "threads", None)
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise TunelessError(f"--threads must be at least 1, got {threads}")
+
+
 def _check_common(args: argparse.Namespace) -> None:
     """Options many commands share, checked before any work: threads, output paths."""
     from tuneless.io_atomic import check_target
 
-    threads = getattr(args, "threads", None)
-    if threads is not None and (isinstance(threads, bool) or threads < 1):
-        raise TunelessError(f"--threads must be at least 1, got {threads}")
+    check_threads(args)
     if args.command == "bench":  # bench's --out is a folder of tables
         return
     for attr in ("out", "json"):

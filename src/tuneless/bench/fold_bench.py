@@ -182,6 +182,7 @@ def run(args) -> int:
         pad = training_pad(path)
         views = {"train": train.training_view(pad, seed=args.seed + 2),
                  "plain": train.training_view(None, seed=args.seed + 2)}
+        labelled = train.tensors()  # plain view, for Torch-Pruning's Taylor criterion
         x = test.tensors(8)[0]
         pending = [(sp, m) for sp in sparsities for m in methods
                    if (path, m, sp) not in done]
@@ -211,7 +212,7 @@ def run(args) -> int:
             try:
                 real = views[repair_view(args.repair_view, name)]
                 small = compress(name, model, sp, x, real, dir_images, args.features,
-                                 args.seed, labelled=train.tensors())
+                                 args.seed, labelled=labelled)
             except (TunelessError, RuntimeError) as exc:  # a peer's model that does not run
                 rows.append({**row, "note": f"failed: {exc}"})
                 continue

@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 from tuneless.bench import BENCHMARKS, HELP
-from tuneless.errors import TunelessError
+from tuneless.cli import check_threads
 
 
 def add_parser(sub) -> None:
@@ -28,8 +28,6 @@ def run(args: argparse.Namespace) -> int:
                                 description=(mod.__doc__ or "").strip().splitlines()[0])
     mod.add_arguments(p)
     ns = p.parse_args(args.bench_args)
-    threads = getattr(ns, "threads", None)
-    if threads is not None and threads < 1:
-        raise TunelessError(f"--threads must be at least 1, got {threads}")
+    check_threads(ns)
     ns.command_line = getattr(args, "command_line", None)
     return int(mod.run(ns) or 0)

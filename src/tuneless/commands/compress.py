@@ -75,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     if Path(args.out).resolve() == Path(args.model).resolve():
         raise TunelessError("-o would overwrite the input model; choose another path")
-    if Path(args.out).is_dir():
-        raise TunelessError(f"-o {args.out} is a directory, expected a file path")
     if args.sparsity is None and args.channel_ratio is None:
         raise TunelessError("give --sparsity (fraction of parameters) or --channel-ratio")
     method = get_method(args.method)

@@ -154,14 +154,12 @@ def table_formats() -> dict:
 def check_args(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
         raise TunelessError(f"--limit must be at least 1, got {args.limit}")
-    if args.threads < 1 or args.repeats < 1:
-        raise TunelessError("--threads and --repeats must be at least 1")
+    if args.repeats < 1:  # --threads and the --json target: tuneless.cli._check_common
+        raise TunelessError("--repeats must be at least 1")
     if args.json:
         out = Path(args.json).resolve()
         if any(Path(m).resolve() == out for m in args.model):
             raise TunelessError(f"--json {args.json} would overwrite an input model")
-        if out.is_dir():
-            raise TunelessError(f"--json {args.json} is a directory, expected a file path")
 
 
 def run_wikitext2(args: argparse.Namespace) -> int:

@@ -77,11 +77,11 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     """
     from tuneless.llm import fold_llm, is_causal_lm  # lazy; LLM dispatch (issue 6)
 
-    check_model(model, "fold")
     if is_causal_lm(model):  # no BatchNorm; the paper folds LLMs without repair (§1.4)
         if example_inputs is not None:
             options["example_inputs"] = example_inputs
-        return fold_llm(model, sparsity, repair=repair, data=data, **options)
+        return fold_llm(model, sparsity, repair=repair, data=data, **options)  # checks model
+    check_model(model, "fold")
     opts = _options(sparsity, channel_ratio, "ar" if repair is None else repair, options)
     return _fold(model, opts, example_inputs, data)
 
@@ -91,7 +91,6 @@ fold.options_class = FoldOptions
 
 def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
     from tuneless.repair import get_repair
-
 
     unknown = set(options) - set(FoldOptions.__dataclass_fields__)
     if unknown:

@@ -27,7 +27,6 @@ from torch.nn.utils import parametrize
 
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.modelcheck import check_model
-from tuneless.options import check_call
 
 FACTORISABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ALLOCATIONS = ("per-param", "sigma")
@@ -340,9 +339,7 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
     `example_inputs`, if given, checks that the result runs and keeps the output shape.
     The result carries `tuneless_report`: achieved sparsity, parameter counts and per-layer ranks.
     """
-    check_model(model, "svd")
-    check_call(svd, {"min_rank": min_rank, "allocation": allocation, "weighting": weighting},
-               "svd")
+    check_model(model, "svd")  # options are checked one by one below
     given = [k for k, v in (("sparsity", sparsity), ("energy", energy),
                             ("rank_ratio", rank_ratio)) if v is not None]
     if len(given) != 1:
@@ -356,8 +353,6 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
         )
     if weighting not in WEIGHTINGS:
         raise TunelessError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
-    if not isinstance(model, nn.Module):
-        raise TunelessError(f"svd needs a torch.nn.Module, got {type(model).__name__}")
 
     small = copy.deepcopy(model)
     layers, dense = candidate_layers(small, exclude)
