@@ -80,6 +80,10 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     if not path.exists():
         raise TunelessError(f"{what} not found: {path}")
     if path.is_dir():
+        if (path / "config.json").is_file():
+            raise TunelessError(f"{path} is a Hugging Face model folder; the command line "
+                                "compresses PyTorch files only so far: load it with "
+                                "transformers and call tuneless.fold from Python")
         raise TunelessError(f"{what} path is a directory, expected a file: {path}")
     try:
         with open(path, "rb") as fh:
@@ -88,6 +92,10 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise TunelessError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     if not head:
         raise TunelessError(f"corrupt {what} {path}: the file is empty")
+    if head == b"GGUF":
+        raise TunelessError(f"{path} is a GGUF language model; the command line compresses "
+                            "PyTorch files only so far: load it with tuneless.llm.load_gguf "
+                            "and call tuneless.fold from Python")
     if not head.startswith(ZIP_MAGIC) and head[0] != PICKLE_PROTO:
         raise TunelessError(
             f"corrupt {what} {path}: not a PyTorch file (torch.save writes a zip archive)"

@@ -41,6 +41,17 @@ def _crafted(path: Path, arch_ref: str, modules: dict | None = None) -> str:
     return str(path)
 
 
+def _gguf(path: Path) -> str:
+    path.write_bytes(b"GGUF" + bytes(60))  # the magic and a header's worth of zeros
+    return str(path)
+
+
+def _hf_folder(path: Path) -> str:
+    path.mkdir()
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    return str(path)
+
+
 def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     """(case, argv, a substring the one-line error must contain)."""
     ok = _saved(tmp / "lenet.pt")
@@ -103,6 +114,12 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
           "-o", out], "NaN values in"),
         ("missing model file", ["eval", str(tmp / "missing.pt")], "not found"),
         ("a file that is not a model", ["eval", str(tmp / "afile")], "corrupt"),
+        ("a Hugging Face folder given to `compress`",
+         ["compress", _hf_folder(tmp / "hf"), "--method", "fold-ar", "--sparsity", "0.2",
+          "-o", out], "Hugging Face model folder"),
+        ("a GGUF language model given to `compress`",
+         ["compress", _gguf(tmp / "m.gguf"), "--method", "fold-ar", "--sparsity", "0.2",
+          "-o", out], "GGUF language model"),
         ("unknown method", ["compress", ok, "--method", "fold-xyz", "--sparsity", "0.5", "-o",
                             out], "unknown method"),
         ("`export` to an unknown format", ["export", ok, "-o", str(tmp / "m.tflite")],
