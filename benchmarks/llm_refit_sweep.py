@@ -63,7 +63,7 @@ def main() -> int:
     rows = []
     for n, lam, refine, features in settings:
         start = time.process_time()
-        kw = ({"repair": "data", "data": calib[:n], "refit_lambda": lam, "features": features}
+        kw = ({"repair": "refit", "data": calib[:n], "refit_lambda": lam, "features": features}
               if n else {})
         small = fold_llm(model, args.sparsity, schedule=args.schedule, refine=refine, **kw)
         cpu = time.process_time() - start

@@ -4,6 +4,7 @@
     small = tuneless.fold(model, sparsity=0.5, repair="ar", example_inputs=x)
     small = tuneless.prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
     small = tuneless.svd(model, sparsity=0.5)
+    small = tuneless.compress(model, tuneless.FoldConfig(sparsity=0.5))  # the one verb
     tuneless.save(small, "small.pt"); small = tuneless.load("small.pt")
 
 Public names are imported lazily so `import tuneless` stays fast and optional
@@ -18,6 +19,12 @@ from tuneless.errors import TunelessError, UnsupportedModelError
 __version__ = "0.1.0"
 
 _LAZY = {
+    "compress": "tuneless.api",
+    "FoldConfig": "tuneless.api",
+    "PruneConfig": "tuneless.api",
+    "SVDConfig": "tuneless.api",
+    "IFMConfig": "tuneless.api",
+    "register_handler": "tuneless.api",
     "load_checkpoint": "tuneless.checkpoint",
     "save_checkpoint": "tuneless.checkpoint",
     "find_groups": "tuneless.graph",

@@ -27,7 +27,7 @@ from tuneless.checkpoint import (
 from tuneless.data.loader import TensorLoader, get_dataset, recipe_pad
 from tuneless.errors import TunelessError
 from tuneless.evaluate import accuracy
-from tuneless.repair import batchnorms
+from tuneless.modelcheck import batchnorms
 
 
 def read_ingredients(paths: Sequence[str | Path]) -> list[dict]:

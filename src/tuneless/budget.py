@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch.nn as nn
@@ -92,13 +93,8 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
         raise TunelessError(
             f"sparsity {sparsity:.2f} is out of reach: removing every reducible channel down to "
             f"min_channels={min_channels} removes only {most:.3f} of the parameters")
-    lo, hi = 0.0, 1.0  # achieved(lo) <= sparsity
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if achieved(_ratio_counts(graph, mid, min_channels, round_to)) <= sparsity:
-            lo = mid
-        else:
-            hi = mid
+    lo, _ = bisect(lambda r: achieved(_ratio_counts(graph, r, min_channels, round_to))
+                   > sparsity, 0.0, 1.0)  # achieved(lo) <= sparsity
     kept = _ratio_counts(graph, lo, min_channels, round_to)
     kept = _nudge(graph, kept, achieved, sparsity, min_channels, round_to)
     after = param_count(model, graph, kept)
@@ -106,6 +102,20 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
         warnings.warn(f"achieved sparsity {1 - after / before:.3f} for a request of "
                       f"{sparsity:.3f}: the closest the channel counts allow", stacklevel=2)
     return Budget(kept, lo, 1 - after / before, before, after, sparsity)
+
+
+def bisect(reached: Callable[[float], bool], lo: float, hi: float,
+           steps: int = 40) -> tuple[float, float]:
+    """Shrink [lo, hi] around the threshold of a monotone predicate (False at lo, True at
+    hi): the one search behind every "which ratio removes this much" question (CNN channel
+    ratios here, LLM schedule scales in tuneless.llm.plan)."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if reached(mid):
+            hi = mid
+        else:
+            lo = mid
+    return lo, hi
 
 
 def budget_for_ratio(model: nn.Module, graph: GroupGraph, channel_ratio: float,

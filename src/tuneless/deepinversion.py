@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tuneless.errors import TunelessError
-from tuneless.repair import batchnorms
+from tuneless.modelcheck import batchnorms
 
 
 @dataclass

@@ -21,23 +21,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tuneless.decisions import merge
 from tuneless.errors import TunelessError
-from tuneless.llm.refit import StopForward
+from tuneless.hooks import capture
+from tuneless.linalg import ridge_solve
 
 
 def channel_maps_from_labels(labels: dict) -> dict[int, torch.Tensor]:
     """{group id: M (k × n)} with M[c] the mean over cluster c's original channels."""
-    maps = {}
-    for gid, lab in labels.items():
-        lab = torch.as_tensor(lab, dtype=torch.long)
-        u = torch.zeros(len(lab), int(lab.max()) + 1)
-        u[torch.arange(len(lab)), lab] = 1
-        maps[int(gid)] = (u / u.sum(0)).T
-    return maps
+    return {int(gid): merge(lab)[0] for gid, lab in labels.items()}
 
 
 def channel_maps_from_indices(indices: dict, sizes: dict) -> dict[int, torch.Tensor]:
-    """{group id: M (k × n)} selecting the kept channels (pruning)."""
+    """{group id: M (k × n)} selecting the kept channels (pruning), in the order given."""
     maps = {}
     for gid, keep in indices.items():
         keep = torch.as_tensor(keep, dtype=torch.long)
@@ -90,7 +86,7 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     layer (quadratic in depth, memory of one layer at a time).
     Returns the refitted model and sets `refit_report` on it (layers refitted / skipped).
     """
-    from tuneless.repair import image_batches
+    from tuneless.data.loader import image_batches
 
     if ridge < 0:
         raise TunelessError(f"ridge must be ≥ 0, got {ridge}")
@@ -189,22 +185,7 @@ def _output_map(name: str, layer: nn.Module, outputs: dict, maps: dict) -> torch
 
 
 def _capture(model: nn.Module, name: str, x: torch.Tensor, what: str) -> torch.Tensor:
-    box: dict[str, torch.Tensor] = {}
-
-    def hook(_m, args, out):
-        box["v"] = (args[0] if what == "input" else out).detach()
-        raise StopForward
-
-    handle = model.get_submodule(name).register_forward_hook(hook)
-    try:
-        model(x)
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
-    if "v" not in box:
-        raise TunelessError(f"layer {name!r} did not run in the forward pass")
-    return box["v"]
+    return capture(model, model.get_submodule(name), lambda: model(x), what, name).detach()
 
 
 def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -287,11 +268,7 @@ def _solve_layer(small, name, norm, pairs, ridge) -> None:
             rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
         a, b = (rows.T @ rows).double(), (rows.T @ tgt).double()
         xtx, xty = (a, b) if xtx is None else (xtx + a, xty + b)
-    d = xtx.shape[0]
-    xtx += ridge * float(xtx.diagonal().mean().clamp(min=1e-12)) * torch.eye(d, dtype=xtx.dtype)
-    factor, info = torch.linalg.cholesky_ex(xtx)
-    sol = (torch.cholesky_solve(xty, factor) if int(info) == 0
-           else torch.linalg.lstsq(xtx, xty).solution).to(layer.weight.dtype)
+    sol = ridge_solve(xtx, xty, ridge).to(layer.weight.dtype)
     weight, bias = (sol[:-1].T, sol[-1]) if intercept else (sol.T, None)
     layer.weight.copy_(weight.reshape(layer.weight.shape))
     if norm is not None:

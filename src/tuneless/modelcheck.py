@@ -30,3 +30,7 @@ def check_model(model, method: str) -> nn.Module:
 
 
 __all__ = ["check_model"]
+
+
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

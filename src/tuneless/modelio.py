@@ -14,80 +14,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from tuneless.arch import build_arch
 from tuneless.errors import TunelessError
 
-
-def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bool = False,
-               where: str = "") -> nn.Module:
-    """Build an untrained model from an architecture reference and attach `tuneless_arch`.
-
-    ref: a zoo name ("resnet20" or "zoo:resnet20"), "torchvision:resnet18" or "timm:NAME"
-    (untrained: nothing is downloaded), a name given to tuneless.register_architecture, or an
-    import path "pkg.module:Class". An import path resolves only to an nn.Module class of
-    torch.nn / torchvision / timm / tuneless unless trust_code=True (see tuneless.trust):
-    loaders pass the file's reference here, and a file must not choose what code runs.
-    """
-    from tuneless.trust import registered_architecture, resolve_import
-
-    if not isinstance(ref, str) or not ref.strip():
-        raise TunelessError(f"bad architecture reference {ref!r}{_in(where)}")
-    if not isinstance(kwargs or {}, dict):
-        raise TunelessError(f"architecture arguments{_in(where)} must be a dict")
-    kwargs = dict(kwargs or {})
-    ref = ref.strip()
-    registered = registered_architecture(ref)
-    if registered is not None:
-        model = _call(registered, kwargs, ref)
-    elif ref.startswith("torchvision:"):
-        name = ref.split(":", 1)[1]
-        try:
-            import torchvision
-        except ImportError as exc:
-            raise TunelessError("torchvision is not installed (pip install torchvision)") from exc
-        kwargs.setdefault("weights", None)
-        if kwargs["weights"] is not None:
-            raise TunelessError("torchvision weights are not downloaded; load a weights file")
-        try:
-            model = torchvision.models.get_model(name, **kwargs)
-        except (ValueError, TypeError) as exc:
-            raise TunelessError(f"cannot build {ref}: {exc}") from exc
-    elif ref.startswith("timm:"):
-        try:
-            import timm
-        except ImportError as exc:
-            raise TunelessError("timm is not installed (pip install timm)") from exc
-        if kwargs.pop("pretrained", False):
-            raise TunelessError("timm weights are not downloaded; load a weights file")
-        try:
-            model = timm.create_model(ref.split(":", 1)[1], pretrained=False, **kwargs)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise TunelessError(f"cannot build {ref}: {exc}") from exc
-    elif ":" in ref and not ref.startswith("zoo:"):
-        factory = resolve_import(ref, "architecture", trust_code, where)
-        model = _call(factory, kwargs, ref)
-    else:
-        from tuneless.zoo import build_model
-
-        name = ref.removeprefix("zoo:")
-        model = build_model(name, **kwargs)
-        ref = f"zoo:{name}"
-    model.tuneless_arch = {"ref": ref, "kwargs": {k: v for k, v in kwargs.items()
-                                                  if not (k == "weights" and v is None)}}
-    return model
-
-
-def _in(where: str) -> str:
-    return f" in {where}" if where else ""
-
-
-def _call(factory, kwargs: dict, ref: str) -> nn.Module:
-    try:
-        model = factory(**kwargs)
-    except TypeError as exc:
-        raise TunelessError(f"bad arguments for {ref}: {exc}") from exc
-    if not isinstance(model, nn.Module):
-        raise TunelessError(f"{ref} did not return an nn.Module")
-    return model
+__all__ = ["build_arch", "default_input_shape", "example_input", "load_model", "parse_kwargs",
+           "parse_input_shape"]
 
 
 def parse_kwargs(text: str | None) -> dict[str, Any]:

@@ -22,31 +22,49 @@ import torch
 import torch.nn as nn
 
 from tuneless._lazy import make_module_callable
+from tuneless.decisions import Decision, kept_indices, merge, selection
 from tuneless.errors import TunelessError
-from tuneless.graph.groups import CONSUMER, GroupGraph, Slot
+from tuneless.graph.groups import CONSUMER, GroupGraph, Slot, Source
 
-Decision = tuple[torch.Tensor, torch.Tensor] | torch.Tensor  # (M, U) or kept indices
-
-
-def kept_indices(keep, n: int) -> torch.Tensor:
-    """Sorted, validated indices of the channels to keep in an n-channel group."""
-    idx = torch.as_tensor(keep, dtype=torch.long).reshape(-1).sort().values
-    if len(idx) == 0 or len(torch.unique(idx)) != len(idx) or idx[0] < 0 or idx[-1] >= n:
-        raise TunelessError(f"invalid channel selection for a group of {n} channels")
-    return idx
-
-
-def selection(keep: torch.Tensor | list[int], n: int) -> Decision:
-    """(M, U) that keep the listed channels (sorted) of an n-channel group: pruning."""
-    idx = kept_indices(keep, n)
-    M = torch.zeros(len(idx), n)
-    M[torch.arange(len(idx)), idx] = 1.0
-    return M, M.t().contiguous()
-
+__all__ = ["Decision", "kept_indices", "merge", "reduce", "reduce_tensors", "selection"]
 
 @torch.no_grad()
 def reduce(model: nn.Module, graph: GroupGraph, decisions: dict[int, Decision]) -> nn.Module:
     """Return a new model with each decided group reduced; groups not in `decisions` stay."""
+    plans, depthwise = _plans(graph, decisions)
+    # New tensors are computed from the input model, then handed to deepcopy through its
+    # memo, so large replaced tensors are never copied twice.
+    memo: dict[int, object] = {}
+    for (module, param), by_axis in plans.items():
+        owner = model.get_submodule(module) if module else model
+        t = getattr(owner, param)
+        if not isinstance(t, torch.Tensor):
+            raise TunelessError(f"{module}.{param} is not a tensor; cannot reduce it")
+        out = _rewrite(t, by_axis)
+        is_param = isinstance(t, nn.Parameter)
+        memo[id(t)] = nn.Parameter(out, requires_grad=t.requires_grad) if is_param else out
+    new = copy.deepcopy(model, memo)
+    for module in {m for m, _ in plans}:
+        _update_attributes(new.get_submodule(module) if module else new, module in depthwise)
+    return new
+
+
+@torch.no_grad()
+def reduce_tensors(source: Source, graph: GroupGraph,
+                   decisions: dict[int, Decision]) -> dict[str, torch.Tensor]:
+    """The rewritten tensors only, by state-dict key, read from a model or a name → tensor
+    mapping: the core of `reduce`, for callers that hold tensors rather than modules (the
+    streaming folder of checkpoints larger than memory)."""
+    plans, _ = _plans(graph, decisions)
+    out = {}
+    for (module, param), by_axis in plans.items():
+        slot = Slot("producer", module, param, 0)
+        out[slot.key] = _rewrite(slot.tensor(source), by_axis)
+    return out
+
+
+def _plans(graph: GroupGraph, decisions: dict[int, Decision]):
+    """Per tensor and axis, the (slot, n, analysed map) segments to rewrite; depthwise convs."""
     plans: dict[tuple[str, str], dict[int, list]] = defaultdict(lambda: defaultdict(list))
     depthwise: set[str] = set()
     for gid, decision in decisions.items():
@@ -62,25 +80,14 @@ def reduce(model: nn.Module, graph: GroupGraph, decisions: dict[int, Decision]) 
             plans[(s.module, s.param)][s.axis].append((s, g.n, op))
             if s.depthwise:
                 depthwise.add(s.module)
-    # New tensors are computed from the input model, then handed to deepcopy through its
-    # memo, so large replaced tensors are never copied twice.
-    memo: dict[int, object] = {}
-    for (module, param), by_axis in plans.items():
-        owner = model.get_submodule(module) if module else model
-        t = getattr(owner, param)
-        if not isinstance(t, torch.Tensor):
-            raise TunelessError(f"{module}.{param} is not a tensor; cannot reduce it")
-        out = t.detach()
-        for axis, items in by_axis.items():
-            out = _apply_axis(out, axis, items)
-        if out.data_ptr() == t.data_ptr():
-            out = out.clone()
-        is_param = isinstance(t, nn.Parameter)
-        memo[id(t)] = nn.Parameter(out, requires_grad=t.requires_grad) if is_param else out
-    new = copy.deepcopy(model, memo)
-    for module in {m for m, _ in plans}:
-        _update_attributes(new.get_submodule(module) if module else new, module in depthwise)
-    return new
+    return plans, depthwise
+
+
+def _rewrite(t: torch.Tensor, by_axis: dict[int, list]) -> torch.Tensor:
+    out = t.detach()
+    for axis, items in by_axis.items():
+        out = _apply_axis(out, axis, items)
+    return out.clone() if out.data_ptr() == t.data_ptr() else out
 
 
 def _checked_group(graph: GroupGraph, gid: int, M, U):

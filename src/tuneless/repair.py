@@ -9,41 +9,119 @@ Each repair declares whether it needs data and whether it needs BatchNorm.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from tuneless.data.loader import image_batches
 from tuneless.errors import TunelessError
+from tuneless.modelcheck import batchnorms
+
+__all__ = ["REPAIRS", "Repair", "RepairContext", "ar_factors", "batchnorms",
+           "fuse_bn_normalisation", "get_repair", "image_batches", "reestimate_bn",
+           "register_repair", "require_batchnorm"]
+
+
+@dataclass
+class RepairContext:
+    """What a repair may use after the engine has rewritten the model (methods/fold.py)."""
+
+    original: nn.Module  # the uncompressed model, untouched
+    work: nn.Module  # the model the decisions were computed on (BN possibly fused)
+    new: nn.Module  # the reduced model, repaired in place or replaced
+    graph: object  # the GroupGraph
+    labels: dict  # group id -> cluster labels
+    decisions: dict  # group id -> (M, U)
+    options: object  # FoldOptions
+    data: object = None
+    example_inputs: object = None
 
 
 @dataclass(frozen=True)
 class Repair:
+    """A repair and what it needs. `models` says where the name applies ("cnn": traced
+    networks, "llm": decoder language models); one name has one meaning on both."""
+
     name: str
     needs_data: bool
     needs_bn: bool
     summary: str
+    models: tuple[str, ...] = ("cnn",)
+    apply: Callable[[RepairContext], nn.Module] | None = None
 
 
-REPAIRS = {
-    "none": Repair("none", False, False, "no repair (Fold-Naive)"),
-    "ar": Repair("ar", False, True, "closed-form γ rescale from weight correlations (Fold-AR)"),
-    "dir": Repair("dir", False, True, "BN re-estimation on DeepInversion images (Fold-DIR)"),
-    "data": Repair("data", True, True, "BN re-estimation on real images (Fold-R)"),
-    "refit": Repair("refit", True, False, "least-squares refit of every layer on real images "
-                    "(beyond the paper; tuneless.layer_refit)"),
-}
+REPAIRS: dict[str, Repair] = {}
 
 
-def get_repair(name: str) -> Repair:
-    if name not in REPAIRS:
-        raise TunelessError(f"unknown repair {name!r}; choose one of {', '.join(REPAIRS)}")
-    return REPAIRS[name]
+def register_repair(repair: Repair) -> Repair:
+    """Add a repair; the CLI, the benchmarks and the option checks read its declarations."""
+    REPAIRS[repair.name] = repair
+    return repair
 
 
-def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def get_repair(name: str, model_kind: str = "cnn") -> Repair:
+    rep = REPAIRS.get(name)
+    if rep is None or model_kind not in rep.models:
+        names = [n for n, r in REPAIRS.items() if model_kind in r.models]
+        kind = "language models" if model_kind == "llm" else "this model"
+        extra = ""
+        if rep is not None and name == "data":
+            extra = ("; 'data' re-estimates BatchNorm statistics and a language model has none: "
+                     "'refit' is the least-squares repair on your tokens, 'self' on the "
+                     "model's own samples")
+        raise TunelessError(f"repair {name!r} does not apply to {kind}; choose one of "
+                            f"{', '.join(names)}{extra}" if rep is not None else
+                            f"unknown repair {name!r}; choose one of {', '.join(names)}")
+    return rep
+
+
+def _ar(ctx: RepairContext) -> nn.Module:
+    _apply_ar(ctx.work, ctx.new, ctx.graph, ctx.labels)
+    return ctx.new
+
+
+def _refit(ctx: RepairContext) -> nn.Module:
+    from tuneless.layer_refit import refit_layers
+
+    opts = ctx.options
+    maps = {gid: merge for gid, (merge, _) in ctx.decisions.items()}  # M = D⁻¹Uᵀ, k × n
+    return refit_layers(ctx.original, ctx.new, ctx.graph, maps, ctx.data,
+                        num_images=opts.refit_images, batch_size=min(opts.batch_size, 64),
+                        ridge=opts.ridge, inplace=True)
+
+
+def _dir(ctx: RepairContext) -> nn.Module:
+    from tuneless.deepinversion import synthesize
+
+    x, opts = ctx.example_inputs, ctx.options
+    if not isinstance(x, torch.Tensor):
+        raise TunelessError("repair 'dir' needs example_inputs as an image tensor")
+    images = synthesize(ctx.original, x, seed=opts.seed, **opts.inversion)
+    return reestimate_bn(ctx.new, images, batch_size=opts.batch_size, inplace=True)
+
+
+def _data(ctx: RepairContext) -> nn.Module:
+    opts = ctx.options
+    return reestimate_bn(ctx.new, ctx.data, num_images=opts.num_images,
+                         batch_size=opts.batch_size, inplace=True)
+
+
+register_repair(Repair("none", False, False, "no repair (Fold-Naive)", ("cnn", "llm")))
+register_repair(Repair("ar", False, True,
+                       "closed-form γ rescale from weight correlations (Fold-AR)", apply=_ar))
+register_repair(Repair("dir", False, True, "BN re-estimation on DeepInversion images (Fold-DIR)",
+                       apply=_dir))
+register_repair(Repair("data", True, True, "BN re-estimation on real images (Fold-R)",
+                       apply=_data))
+register_repair(Repair("refit", True, False, "least-squares refit on real inputs (beyond the "
+                       "paper): every conv/linear layer of a CNN (tuneless.layer_refit), the "
+                       "o_proj/down_proj of a language model on token ids (tuneless.llm.refit)",
+                       ("cnn", "llm"), apply=_refit))
+register_repair(Repair("self", False, False, "least-squares refit of o_proj/down_proj on text "
+                       "the uncompressed model samples itself (data-free; tuneless.llm.refit)",
+                       ("llm",)))
 
 
 def require_batchnorm(model: nn.Module, repair: str) -> None:
@@ -84,40 +162,35 @@ def ar_factors(rows: torch.Tensor, labels: torch.Tensor, k: int | None = None) -
     return torch.sqrt(n / (1 + (n - 1) * mean_cos)).clamp(min=1.0)
 
 
+@torch.no_grad()
+def _apply_ar(work: nn.Module, new: nn.Module, graph, labels: dict) -> None:
+    """Multiply each merged BN γ by sqrt(N/(1+(N−1)E)), E from its own producer's Ŵ rows."""
+    for g in graph.reducible:
+        if g.id not in labels:
+            continue
+        for s in g.norms:
+            if s.param != "weight" or s.producer is None:
+                continue
+            prod = [p for p in g.producers if p.module == s.producer and p.param == "weight"]
+            if not prod:
+                continue
+            rows = prod[0].channel_rows(work, g.n).double()
+            f = ar_factors(rows, labels[g.id])
+            gamma = s.tensor(new)
+            gamma.narrow(0, _new_offset(graph, s, labels), len(f)).mul_(f.to(gamma.dtype))
+
+
+def _new_offset(graph, slot, labels: dict) -> int:
+    """Where a slot's channels start after reduction (groups side by side on one axis)."""
+    start = 0
+    for g, s in graph.slots():
+        if (s.module, s.param, s.axis) == (slot.module, slot.param, slot.axis) \
+                and s.offset < slot.offset:
+            start += int(labels[g.id].max()) + 1 if g.id in labels else g.n
+    return start
+
+
 # --------------------------------------------------------------------------- BN re-estimation
-
-
-def image_batches(data, batch_size: int = 128, limit: int | None = None) -> Iterator[torch.Tensor]:
-    """Float image batches from a tensor, a (x, y) DataLoader, a TensorDataset or a TensorLoader."""
-    from tuneless.data.loader import TensorDataset, TensorLoader
-
-    if isinstance(data, TensorDataset):
-        data = TensorLoader(data, batch_size)
-    if isinstance(data, torch.Tensor):
-        if data.dim() < 2 or data.shape[0] == 0:
-            raise TunelessError("repair data must be a non-empty batch of images (N × ...)")
-        source: Iterable = data.split(batch_size)
-    elif isinstance(data, Iterable):
-        source = data
-    else:
-        raise TunelessError(
-            f"repair data must be a tensor of images or a DataLoader, got {type(data).__name__}"
-        )
-    seen = 0
-    for batch in source:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if isinstance(x, dict):
-            raise TunelessError("repair data batches must be image tensors, not dicts")
-        if not isinstance(x, torch.Tensor):
-            raise TunelessError(f"repair data yielded {type(x).__name__}, expected image tensors")
-        if limit is not None:
-            x = x[: limit - seen]
-        if len(x) == 0:
-            break
-        yield x.float()
-        seen += len(x)
-        if limit is not None and seen >= limit:
-            break
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from tuneless.arch import _in, build_arch
 from tuneless.errors import TunelessError
 
 FORMAT = "tuneless-model/1"
@@ -94,7 +95,6 @@ def load(path: str | os.PathLike, allow_pickle: bool = False,
 def model_from_saved(obj: dict, where: str, allow_pickle: bool = False,
                      trust_code: bool = False) -> nn.Module:
     from tuneless.checkpoint import weights_sha256
-    from tuneless.modelio import build_arch
 
     if obj.get("mode") == "pickle":
         if not allow_pickle or not isinstance(obj.get("module"), nn.Module):
@@ -135,7 +135,6 @@ def architecture_of(model: nn.Module) -> dict | None:
 
 def changed_modules(model: nn.Module, arch: dict) -> dict[str, dict]:
     """Specs of the submodules of `model` that differ from a freshly built original."""
-    from tuneless.modelio import build_arch
 
     fresh = build_arch(arch["ref"], arch.get("kwargs", {}), trust_code=True)
     specs: dict[str, dict] = {}
@@ -217,10 +216,6 @@ def build_module(spec: dict, trust_code: bool = False, where: str = "") -> nn.Mo
         return cls(**args)
     except (TypeError, ValueError) as exc:
         raise TunelessError(f"cannot rebuild {spec['type']}{_in(where)}: {exc}") from exc
-
-
-def _in(where: str) -> str:
-    return f" in {where}" if where else ""
 
 
 def _swap_in(model: nn.Module, specs: dict[str, dict], sd: dict | None = None,

@@ -7,7 +7,13 @@ from tests.llm.conftest import duplicate_channels, tiny_llama
 from tuneless.errors import TunelessError
 from tuneless.llm import fold_llm
 from tuneless.llm.activation_stats import cholesky_factor, collect_stats
-from tuneless.llm.decide import mlp_features, query_head_features
+from tuneless.llm.adapters import adapter_for, whitening
+
+
+def _groups(model, i, gqa="query-heads"):
+    adapter = adapter_for(model)
+    return adapter.layer_groups(i, adapter.shapes(model)[i], gqa)
+
 
 CALIB = torch.randint(0, 97, (6, 16), generator=torch.Generator().manual_seed(3))
 
@@ -48,7 +54,8 @@ def test_whitened_rows_measure_pre_activation_differences_on_the_calibration_tok
         g = layer.mlp.gate_proj.weight.detach()
         t = {"gate": g, "up": layer.mlp.up_proj.weight.detach(),
              "down": layer.mlp.down_proj.weight.detach()}
-        feats = mlp_features(t, stats[i])
+        lg = _groups(m, i)
+        feats = lg.mlp.features(m, transform=whitening(stats[i], lg.roles))
         x = seen[(i, "gate_proj")]
         expected = ((x @ (g[0] - g[1])) ** 2).mean()
         d = g.shape[1]
@@ -56,18 +63,18 @@ def test_whitened_rows_measure_pre_activation_differences_on_the_calibration_tok
         rms = seen[(i, "down_proj")].pow(2).mean(0).sqrt()
         assert torch.allclose(stats[i].mlp_rms, rms, rtol=1e-4)
         assert torch.allclose(feats[:, 2 * d:], t["down"].T * rms[:, None], rtol=1e-4)
-    heads = query_head_features({"q": m.model.layers[0].self_attn.q_proj.weight.detach(),
-                                 "o": m.model.layers[0].self_attn.o_proj.weight.detach()},
-                                4, stats[0])
+    lg = _groups(m, 0)
+    heads = torch.cat([h.features(m, transform=whitening(stats[0], lg.roles))
+                       for h in lg.heads])
     assert heads.shape[0] == 4 and torch.isfinite(heads).all()
 
 
 def test_fold_llm_uses_activation_features_with_calibration_tokens():
     m = tiny_llama(layers=2, mlp=48)
-    weights = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="data", data=CALIB,
+    weights = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="refit", data=CALIB,
                        features="weights")
-    acts = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="data", data=CALIB)  # auto
-    explicit = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="data", data=CALIB,
+    acts = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="refit", data=CALIB)  # auto
+    explicit = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="refit", data=CALIB,
                         features="activations")
     assert acts.config.intermediate_size == weights.config.intermediate_size == 24
     w_acts = acts.model.layers[0].mlp.gate_proj.weight
@@ -82,7 +89,7 @@ def test_fold_llm_uses_activation_features_with_calibration_tokens():
 def test_duplicates_still_fold_losslessly_with_activation_features():
     m = tiny_llama()
     duplicate_channels(m)
-    f = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="data", data=CALIB, refit_lambda=1e6)
+    f = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="refit", data=CALIB, refit_lambda=1e6)
     x = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref, out = m(x).logits, f(x).logits

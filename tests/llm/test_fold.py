@@ -143,7 +143,7 @@ def test_tuneless_fold_passes_the_repair_to_language_models():
     m = tiny_llama()
     calib = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(2))
     plain = tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5)
-    repaired = tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5, repair="data", data=calib)
+    repaired = tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5, repair="refit", data=calib)
     assert not torch.equal(repaired.model.layers[0].mlp.down_proj.weight,
                            plain.model.layers[0].mlp.down_proj.weight)
     with pytest.raises(TunelessError, match="repair"):  # a CNN repair is refused, not ignored

@@ -57,11 +57,14 @@ def test_refit_brings_the_folded_stream_back_towards_the_original(head_ratio, bi
 def test_fold_llm_repairs_and_their_errors():
     m = tiny_llama()
     with pytest.raises(TunelessError, match="needs tokenizer"):
-        fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="data")
-    with pytest.raises(TunelessError, match="choose None, 'self'"):
+        fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="refit")
+    with pytest.raises(TunelessError, match="does not apply to language models.*'refit' is"):
+        fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="data")  # CNN name: BN re-estimation
+    with pytest.raises(TunelessError, match="does not apply to language models; choose one of "
+                                            "none, refit, self"):
         fold_llm(m, mlp_ratio=0.5, repair="ar")
     plain = fold_llm(m, mlp_ratio=0.5, head_ratio=0.0)
-    data = fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="data", data=CALIB)
+    data = fold_llm(m, mlp_ratio=0.5, head_ratio=0.0, repair="refit", data=CALIB)
     assert data.config.intermediate_size == plain.config.intermediate_size
     assert not torch.equal(data.model.layers[1].mlp.down_proj.weight,
                            plain.model.layers[1].mlp.down_proj.weight)

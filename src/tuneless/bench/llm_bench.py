@@ -71,9 +71,9 @@ def _build(method: str, model, tok, sparsity: float, calib_samples: int, seq_len
         schedule, repair = parts
         if repair is None:
             return fold_llm(model, sparsity=sparsity, schedule=schedule, refine=refine)
-        # the same token ids fold_llm(repair="self"/"data") would draw, made once per run
+        # the same token ids fold_llm(repair="self"/"refit") would draw, made once per run
         return fold_llm(model, sparsity=sparsity, schedule=schedule, refine=refine,
-                        repair="data", data=calib[repair], features=_features(method)[1])
+                        repair="refit", data=calib[repair], features=_features(method)[1])
     if method == "magnitude":
         return magnitude_prune_llm(model, sparsity=sparsity)
     if method == "wanda-sp":
@@ -93,7 +93,8 @@ def _calibration(method: str, model, tok, cache: dict) -> dict:
     from tuneless.llm.fold import calibration_ids
 
     start = time.perf_counter()
-    cache[parts[1]] = calibration_ids(model, parts[1], tok, n=CALIB_SEQUENCES)
+    source = "refit" if parts[1] == "data" else parts[1]  # row name "data": calibration text
+    cache[parts[1]] = calibration_ids(model, source, tok, n=CALIB_SEQUENCES)
     if parts[1] == "self":
         cache["self_seconds"] = time.perf_counter() - start
         print(f"self-generated calibration text {tuple(cache['self'].shape)} in "

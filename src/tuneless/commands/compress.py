@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
         data = data.subset(args.limit, seed=0) if data is not None else None
     kwargs = {k: v for k, v in (("sparsity", args.sparsity),
                                 ("channel_ratio", args.channel_ratio)) if v is not None}
-    if args.method in NEEDS_IMAGES and "data" not in options:
+    if needs_images(method, options) and "data" not in options:
         if args.repair_data is None:
-            raise TunelessError(f"{args.method} re-estimates BatchNorm statistics on real "
+            raise TunelessError(f"{args.method} {needs_images(method, options)} on real "
                                 "images: pass --repair-data PATH (the model's training set)")
         options["data"] = repair_images(args, model)
     try:
@@ -116,7 +116,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-NEEDS_IMAGES = ("fold-r", "fold-refit")
+def needs_images(method, options: dict) -> str:
+    """What the method's repair does with real images ("" when it needs none), read from
+    the repair's own declaration (tuneless.repair.REPAIRS)."""
+    from tuneless.repair import get_repair
+
+    name = {**getattr(method, "fixed", {}), **options}.get("repair")
+    if name is None:
+        return ""
+    rep = get_repair(name)
+    if not rep.needs_data:
+        return ""
+    return ("re-estimates BatchNorm statistics" if rep.needs_bn
+            else "refits every layer by least squares")
 
 
 def nothing_removed(method: str, model, small) -> None:

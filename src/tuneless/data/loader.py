@@ -7,6 +7,7 @@ in torch is several times faster on a small CPU than a per-image DataLoader.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,3 +162,34 @@ def get_dataset(name: str, split: str = "train", path: str | Path | None = None)
         d = load_fashion_mnist(path, split)
     mean, std = NORMALISATION[name]
     return TensorDataset(name, d["x"], d["y"], d["classes"], mean, std)
+
+
+def image_batches(data, batch_size: int = 128, limit: int | None = None) -> Iterator[torch.Tensor]:
+    """Float image batches from a tensor, a (x, y) DataLoader, a TensorDataset or a TensorLoader."""
+    if isinstance(data, TensorDataset):
+        data = TensorLoader(data, batch_size)
+    if isinstance(data, torch.Tensor):
+        if data.dim() < 2 or data.shape[0] == 0:
+            raise TunelessError("repair data must be a non-empty batch of images (N × ...)")
+        source: Iterable = data.split(batch_size)
+    elif isinstance(data, Iterable):
+        source = data
+    else:
+        raise TunelessError(
+            f"repair data must be a tensor of images or a DataLoader, got {type(data).__name__}"
+        )
+    seen = 0
+    for batch in source:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(x, dict):
+            raise TunelessError("repair data batches must be image tensors, not dicts")
+        if not isinstance(x, torch.Tensor):
+            raise TunelessError(f"repair data yielded {type(x).__name__}, expected image tensors")
+        if limit is not None:
+            x = x[: limit - seen]
+        if len(x) == 0:
+            break
+        yield x.float()
+        seen += len(x)
+        if limit is not None and seen >= limit:
+            break

@@ -7,7 +7,7 @@ it (names are stable). Methods decide per group; `tuneless.reduce` rewrites the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +17,10 @@ PRODUCER = "producer"  # writes the channels: rows (axis 0) of conv/linear weigh
 NORM = "norm"  # per-channel params/buffers on the channel space (BN, LN, GN, layer scales)
 CONSUMER = "consumer"  # reads the channels: input axis (axis 1) of the next conv/linear
 KINDS = (PRODUCER, NORM, CONSUMER)
+
+# Where slots find their tensors: a model, or a mapping "module.param" -> tensor (one layer
+# of a checkpoint streamed from disk; the names are the state-dict keys either way).
+Source = nn.Module | Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,22 @@ class Slot:
     producer: str | None = None
     depthwise: bool = False
 
-    def tensor(self, model: nn.Module) -> torch.Tensor:
-        """The full tensor this slot lives in (a parameter or buffer of `model`)."""
-        owner = model.get_submodule(self.module) if self.module else model
+    @property
+    def key(self) -> str:
+        """The state-dict key of the tensor ("module.param")."""
+        return f"{self.module}.{self.param}" if self.module else self.param
+
+    def tensor(self, source: Source) -> torch.Tensor:
+        """The full tensor this slot lives in (a parameter or buffer of a model, or an entry
+        of a name → tensor mapping)."""
+        if not isinstance(source, nn.Module):
+            return source[self.key]
+        owner = source.get_submodule(self.module) if self.module else source
         return getattr(owner, self.param)
 
-    def channel_rows(self, model: nn.Module, n: int) -> torch.Tensor:
+    def channel_rows(self, source: Source, n: int) -> torch.Tensor:
         """An (n, d) view-copy: row i = everything this slot holds for channel i."""
-        t = self.tensor(model).detach()
+        t = self.tensor(source).detach()
         t = t.narrow(self.axis, self.offset * self.block, n * self.block)
         t = t.movedim(self.axis, 0)
         if self.block > 1:  # (n*block, rest...) -> (n, block, rest...)
@@ -83,21 +95,36 @@ class ChannelGroup:
     def reducible(self) -> bool:
         return not self.fixed and bool(self.producers) and bool(self.consumers) and self.n > 1
 
-    def features(self, model: nn.Module, parts: Iterable[str] = KINDS) -> torch.Tensor:
+    def features(self, source: Source, parts: Iterable[str] = KINDS, *,
+                 transform: Callable[[Slot, torch.Tensor], torch.Tensor] | None = None,
+                 project: tuple[int, int] | None = None) -> torch.Tensor:
         """Per-channel feature matrix (n, d): [producer rows | norm params | consumer columns].
 
-        `parts` selects which kinds of slot contribute, in that order.
+        `parts` selects which kinds of slot contribute, in that order. `transform(slot,
+        rows)` maps each slot's (n, d_slot) rows first (activation-aware features whiten
+        producer rows and scale consumer columns). `project=(dim, seed)` returns the
+        features times a seeded Gaussian (d × dim)/√dim, built slot by slot so that the
+        full-width matrix of a very wide group never exists (Johnson–Lindenstrauss).
         """
         parts = tuple(parts)
-        rows = [
-            s.channel_rows(model, self.n).float()
-            for kind in parts
-            for s in self.slots
-            if s.kind == kind
-        ]
-        if not rows:
+        gen = None if project is None else torch.Generator().manual_seed(project[1])
+        out = []
+        for kind in parts:
+            for s in self.slots:
+                if s.kind != kind:
+                    continue
+                rows = s.channel_rows(source, self.n).float()
+                if transform is not None:
+                    rows = transform(s, rows)
+                if gen is not None:
+                    dim = project[0]
+                    rows = rows @ (torch.randn(rows.shape[1], dim, generator=gen) / dim**0.5)
+                    out = [rows] if not out else [out[0] + rows]
+                else:
+                    out.append(rows)
+        if not out:
             return torch.zeros(self.n, 0)
-        return torch.cat(rows, dim=1)
+        return torch.cat(out, dim=1)
 
     def describe(self) -> str:
         names = sorted({s.module for s in self.producers})

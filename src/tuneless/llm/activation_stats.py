@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tuneless.hooks import Moments, StopForward
 from tuneless.llm.adapters import adapter_for
-from tuneless.llm.refit import StopForward
 from tuneless.progress import progress
 
 
@@ -39,23 +39,6 @@ class LayerStats:
     mlp_in: torch.Tensor
     o_rms: torch.Tensor
     mlp_rms: torch.Tensor
-
-
-class _Moments:
-    """Running Σ x xᵀ (or Σ x² when diagonal) over the tokens seen by one module input."""
-
-    def __init__(self, full: bool) -> None:
-        self.full, self.total, self.count = full, None, 0
-
-    def __call__(self, _module, args) -> None:
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        part = (x.T @ x) if self.full else (x * x).sum(0)
-        part = part.double()
-        self.total = part if self.total is None else self.total + part
-        self.count += x.shape[0]
-
-    def mean(self) -> torch.Tensor:
-        return self.total / max(self.count, 1)
 
 
 def cholesky_factor(second_moment: torch.Tensor, rel_jitter: float = 1e-6) -> torch.Tensor:
@@ -81,8 +64,8 @@ def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
     meters, handles = [], []
     for layer in layers:
         proj = adapter.projections(layer)
-        m = {"attn_in": _Moments(True), "mlp_in": _Moments(True), "o": _Moments(False),
-             "down": _Moments(False)}
+        m = {"attn_in": Moments(True), "mlp_in": Moments(True), "o": Moments(False),
+             "down": Moments(False)}
         for key, name in (("attn_in", "q"), ("mlp_in", "gate"), ("o", "o"), ("down", "down")):
             handles.append(proj[name].register_forward_pre_hook(m[key]))
         meters.append(m)

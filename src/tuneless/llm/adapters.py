@@ -1,23 +1,53 @@
-"""Where each LLaMA-family model keeps its attention, gated MLP and norms.
+"""Decoder families as adapters of the one engine: where a family keeps its projections, and
+which channel groups (tuneless.graph.groups) each decoder layer has.
 
-A small adapter per family instead of tracing: the decoder of every supported
-model is `model.model.layers[i]` with `self_attn.{q,k,v,o}_proj` and
-`mlp.{gate,up,down}_proj`; families differ in config names, biases and what
-they call themselves, which is what the adapters record.
+A decoder layer has two kinds of units that shrink together:
+- MLP channels: gate/up rows produce them, down columns consume them;
+- attention heads: with grouped-query attention a kv head and the query heads that read it
+  move as one unit ("kv-groups": k/v rows in blocks of head_dim, q rows and o columns in
+  blocks of group·head_dim), or the query heads are merged inside each kv group
+  ("query-heads": one group per kv head, q rows and o columns in blocks of head_dim).
+
+The groups are ordinary `ChannelGroup`s, so `tuneless.reduce` rewrites an LLM exactly as it
+rewrites a CNN, and the clustering features are `ChannelGroup.features`. An adapter adds
+what tracing cannot know: module names, checkpoint keys, and the Hugging Face attributes
+and config fields that must follow new sizes (`finalize`). A family whose layout is
+LLaMA's is one `register_family` line; another layout overrides `layer_groups`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from tuneless.errors import TunelessError, UnsupportedModelError
+from tuneless.graph.groups import CONSUMER, PRODUCER, ChannelGroup, Slot
+from tuneless.llm.plan import LayerPlan, Shape
+
+SHORT = ("q", "k", "v", "o", "gate", "up", "down")
+ATTN, MLP = ("q", "k", "v", "o"), ("gate", "up", "down")
+
+
+@dataclass
+class LayerGroups:
+    """The channel groups of one decoder layer and the short name of each module they touch."""
+
+    mlp: ChannelGroup
+    heads: list[ChannelGroup]
+    gqa: str
+    roles: dict[str, str] = field(default_factory=dict)  # module name -> q k v o gate up down
+
+    @property
+    def groups(self) -> list[ChannelGroup]:
+        return [self.mlp, *self.heads]
 
 
 @dataclass(frozen=True)
-class LlamaAdapter:
-    """LLaMA 1/2/3 (multi-head or grouped-query attention, SwiGLU MLP, RMSNorm)."""
+class DecoderAdapter:
+    """LLaMA 1/2/3 layout (multi-head or grouped-query attention, gated MLP, RMSNorm); the
+    other families differ in names only or override a method."""
 
     family: str = "llama"
     layer_prefix: str = "model.layers"
@@ -33,28 +63,23 @@ class LlamaAdapter:
     norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.model.layers
+        return model.get_submodule(self.layer_prefix)
 
     def attention(self, layer: nn.Module) -> nn.Module:
         return getattr(layer, self.attn)
 
     def projections(self, layer: nn.Module) -> dict[str, nn.Linear]:
         """The seven linears of one decoder layer under the short names q k v o gate up down."""
-        a, m = getattr(layer, self.attn), getattr(layer, self.mlp)
-        return {
-            "q": getattr(a, self.q),
-            "k": getattr(a, self.k),
-            "v": getattr(a, self.v),
-            "o": getattr(a, self.o),
-            "gate": getattr(m, self.gate),
-            "up": getattr(m, self.up),
-            "down": getattr(m, self.down),
-        }
+        return {short: getattr(getattr(layer, self.attn if short in ATTN else self.mlp),
+                               getattr(self, short)) for short in SHORT}
+
+    def module_name(self, layer: int, short: str) -> str:
+        part = self.attn if short in ATTN else self.mlp
+        return f"{self.layer_prefix}.{layer}.{part}.{getattr(self, short)}"
 
     def tensor_name(self, layer: int, short: str, kind: str = "weight") -> str:
         """The checkpoint key of one projection, for streaming from safetensors."""
-        part = self.attn if short in ("q", "k", "v", "o") else self.mlp
-        return f"{self.layer_prefix}.{layer}.{part}.{getattr(self, short)}.{kind}"
+        return f"{self.module_name(layer, short)}.{kind}"
 
     def head_dim(self, config) -> int:
         hd = getattr(config, "head_dim", None)
@@ -63,34 +88,99 @@ class LlamaAdapter:
     def num_kv_heads(self, config) -> int:
         return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
 
+    def shapes(self, model: nn.Module) -> list[Shape]:
+        """Each layer's current sizes, read from its modules (they may differ per layer)."""
+        hd = self.head_dim(model.config)
+        out = []
+        for layer in self.layers(model):
+            p = self.projections(layer)
+            out.append(Shape(hidden=p["q"].in_features, head_dim=hd,
+                             n_q=p["q"].out_features // hd, n_kv=p["k"].out_features // hd,
+                             n_mlp=p["gate"].out_features, attn_bias=p["q"].bias is not None,
+                             o_bias=p["o"].bias is not None,
+                             mlp_bias=p["gate"].bias is not None))
+        return out
 
-@dataclass(frozen=True)
-class SmolLMAdapter(LlamaAdapter):
-    """SmolLM / SmolLM2: LLaMA layout with grouped-query attention and tied embeddings."""
+    def layer_groups(self, i: int, shape: Shape, gqa: str, first_id: int = 0) -> LayerGroups:
+        """The channel groups of layer i (ids from first_id on)."""
+        names = {short: self.module_name(i, short) for short in SHORT}
+        hd, g = shape.head_dim, shape.group
 
-    family: str = "smollm"
+        def rows(short, bias, offset=0, block=1):
+            out = [Slot(PRODUCER, names[short], "weight", 0, offset, block)]
+            return out + ([Slot(PRODUCER, names[short], "bias", 0, offset, block)] if bias else [])
+
+        mlp = ChannelGroup(first_id, shape.n_mlp,
+                           rows("gate", shape.mlp_bias) + rows("up", shape.mlp_bias)
+                           + [Slot(CONSUMER, names["down"], "weight", 1)])
+        if gqa == "kv-groups" or g == 1:
+            heads = [ChannelGroup(first_id + 1, shape.n_kv,
+                                  rows("k", shape.attn_bias, 0, hd)
+                                  + rows("v", shape.attn_bias, 0, hd)
+                                  + rows("q", shape.attn_bias, 0, g * hd)
+                                  + [Slot(CONSUMER, names["o"], "weight", 1, 0, g * hd)])]
+        else:
+            heads = [ChannelGroup(first_id + 1 + j, g,
+                                  rows("q", shape.attn_bias, j * g, hd)
+                                  + [Slot(CONSUMER, names["o"], "weight", 1, j * g, hd)])
+                     for j in range(shape.n_kv)]
+        return LayerGroups(mlp, heads, "kv-groups" if g == 1 else gqa,
+                           {name: short for short, name in names.items()})
+
+    def kept(self, groups: LayerGroups, shape: Shape, plan: LayerPlan) -> dict[int, int]:
+        """Channels each group keeps under a layer plan (only the groups that shrink)."""
+        out = {}
+        if plan.n_mlp < shape.n_mlp:
+            out[groups.mlp.id] = plan.n_mlp
+        if groups.gqa == "kv-groups":
+            if plan.n_kv < shape.n_kv:
+                out[groups.heads[0].id] = plan.n_kv
+        elif plan.n_q < shape.n_q:
+            out.update({h.id: plan.n_q // plan.n_kv for h in groups.heads})
+        return out
+
+    def finalize(self, model: nn.Module) -> None:
+        """Make the attention/MLP attributes and the config agree with the new tensors:
+        uniform sizes go into the standard fields (plain `from_pretrained` rebuilds the
+        model); per-layer sizes into `config.tuneless_layer_sizes`."""
+        shapes = self.shapes(model)
+        for layer, s in zip(self.layers(model), shapes):
+            self.attention(layer).num_key_value_groups = s.group
+            mlp = getattr(layer, self.mlp)
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size = s.n_mlp
+        cfg = model.config
+        cfg.head_dim = self.head_dim(cfg)
+        sizes = {(s.n_q, s.n_kv, s.n_mlp) for s in shapes}
+        if len(sizes) == 1:
+            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = sizes.pop()
+            if hasattr(cfg, "tuneless_layer_sizes"):
+                del cfg.tuneless_layer_sizes
+        else:
+            cfg.tuneless_layer_sizes = [[s.n_q, s.n_kv, s.n_mlp] for s in shapes]
 
 
-@dataclass(frozen=True)
-class MistralAdapter(LlamaAdapter):
-    """Mistral-style GQA models (model_type "mistral"); same module names as LLaMA."""
-
-    family: str = "mistral"
+ADAPTERS: dict[str, DecoderAdapter] = {}
 
 
-@dataclass(frozen=True)
-class Qwen2Adapter(LlamaAdapter):
-    """Qwen2: LLaMA layout plus q/k/v biases (the engine folds biases with their rows)."""
+def register_family(model_type: str, adapter: DecoderAdapter) -> DecoderAdapter:
+    """Make `model_type` (a Hugging Face config's model_type) foldable with `adapter`."""
+    ADAPTERS[model_type] = adapter
+    return adapter
 
-    family: str = "qwen2"
+
+register_family("llama", DecoderAdapter())
+register_family("smollm", DecoderAdapter(family="smollm"))  # LLaMA layout, tied embeddings
+register_family("mistral", DecoderAdapter(family="mistral"))
+register_family("qwen2", DecoderAdapter(family="qwen2"))  # q/k/v biases fold with their rows
+# Qwen3: per-head q/k RMSNorms act on head_dim, which folding never changes.
+register_family("qwen3", DecoderAdapter(family="qwen3"))
+
+LlamaAdapter = DecoderAdapter  # the name before issue 18
 
 
-ADAPTERS: dict[str, LlamaAdapter] = {
-    "llama": LlamaAdapter(),
-    "smollm": SmolLMAdapter(),
-    "mistral": MistralAdapter(),
-    "qwen2": Qwen2Adapter(),
-}
+def supported() -> str:
+    return ", ".join(sorted(m for m in ADAPTERS if m != "smollm"))
 
 
 def _model_type(config) -> str:
@@ -101,36 +191,75 @@ def _model_type(config) -> str:
     return mtype
 
 
-def adapter_for_config(config) -> LlamaAdapter:
+def adapter_for_config(config) -> DecoderAdapter:
     mtype = _model_type(config)
     if mtype not in ADAPTERS:
         raise UnsupportedModelError(
-            f"model_type {getattr(config, 'model_type', None)!r} has no LLM adapter; supported: "
-            + ", ".join(sorted({"llama", "mistral", "qwen2"}))
-        )
+            f"model_type {getattr(config, 'model_type', None)!r} has no decoder adapter; "
+            f"supported families: {supported()} (tuneless.llm.register_family adds one)")
     return ADAPTERS[mtype]
 
 
+def is_hf_causal_lm(model: object) -> bool:
+    """True for any Hugging Face model with a config and a language-model head."""
+    return (isinstance(model, nn.Module) and getattr(model, "config", None) is not None
+            and hasattr(model.config, "model_type")
+            and (hasattr(model, "lm_head") or "CausalLM" in type(model).__name__))
+
+
 def is_causal_lm(model: object) -> bool:
-    """True for a Hugging Face LLaMA-family causal LM that the LLM folder can handle."""
-    config = getattr(model, "config", None)
-    if config is None or not isinstance(model, nn.Module):
+    """True for a Hugging Face causal LM of a family with an adapter."""
+    if not is_hf_causal_lm(model) or _model_type(model.config) not in ADAPTERS:
         return False
-    if _model_type(config) not in ADAPTERS:
+    adapter = ADAPTERS[_model_type(model.config)]
+    try:
+        adapter.layers(model)
+    except AttributeError:
         return False
-    inner = getattr(model, "model", None)
-    return hasattr(inner, "layers") and hasattr(model, "lm_head")
+    return hasattr(model, "lm_head")
 
 
-def adapter_for(model: nn.Module) -> LlamaAdapter:
-    """The adapter of a model, or a TunelessError naming what is wrong with it."""
+def adapter_for(model: nn.Module) -> DecoderAdapter:
+    """The adapter of a model, or a one-line TunelessError naming what is wrong with it."""
     if not isinstance(model, nn.Module):
         raise TunelessError(
-            f"expected a torch nn.Module language model, got {type(model).__name__}"
-        )
+            f"expected a torch nn.Module language model, got {type(model).__name__}")
+    if is_hf_causal_lm(model) and _model_type(model.config) not in ADAPTERS:
+        adapter_for_config(model.config)  # raises, naming the model_type
     if not is_causal_lm(model):
         raise UnsupportedModelError(
-            f"{type(model).__name__} is not a supported LLaMA-family causal LM "
-            "(need model.model.layers, model.lm_head and model_type llama/mistral/qwen2)"
-        )
+            f"{type(model).__name__} is not a supported decoder-only causal LM (need "
+            f"{DecoderAdapter.layer_prefix}, lm_head and a model_type among: {supported()})")
     return adapter_for_config(model.config)
+
+
+def layer_graph(adapter: DecoderAdapter, shapes: list[Shape], gqa: str,
+                layers: list[int] | None = None):
+    """(GroupGraph, {layer: LayerGroups}) over the given layers (all by default)."""
+    from tuneless.graph.groups import GroupGraph
+
+    per, groups, next_id = {}, [], 0
+    for i in range(len(shapes)) if layers is None else layers:
+        lg = adapter.layer_groups(i, shapes[i], gqa, next_id)
+        per[i] = lg
+        groups.extend(lg.groups)
+        next_id += len(lg.groups)
+    return GroupGraph(groups, "decoder"), per
+
+
+def whitening(stats, roles: dict[str, str]):
+    """The activation-aware feature transform of one layer (tuneless.llm.activation_stats):
+    producer rows mapped through their input's whitening factor, consumer columns scaled by
+    the RMS of the activation each carries."""
+    def transform(slot: Slot, rows: torch.Tensor) -> torch.Tensor:
+        short = roles[slot.module]
+        if slot.kind == PRODUCER and slot.param == "weight":
+            factor = stats.attn_in if short in ("q", "k", "v") else stats.mlp_in
+            return (rows.reshape(-1, factor.shape[0]) @ factor).reshape(rows.shape[0], -1)
+        if slot.kind == CONSUMER:
+            rms = stats.o_rms if short == "o" else stats.mlp_rms
+            n = rows.shape[0]
+            part = rms[slot.offset * slot.block:(slot.offset + n) * slot.block]
+            return (rows.reshape(n, slot.block, -1) * part.reshape(n, slot.block, 1)).reshape(n, -1)
+        return rows
+    return transform

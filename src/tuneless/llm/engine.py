@@ -1,4 +1,4 @@
-"""Run a per-layer decision over a causal LM and return the new, smaller copy."""
+"""Run per-layer decisions over a causal LM through the one engine (tuneless.reduce)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from tuneless.decisions import Decision
 from tuneless.errors import TunelessError
-from tuneless.llm.adapters import adapter_for
+from tuneless.llm.adapters import LayerGroups, adapter_for, layer_graph
+from tuneless.llm.hf import detached_quantizer, plain_copy
 from tuneless.llm.plan import LayerPlan, Shape, make_plan
-from tuneless.llm.reduction import Reduction, apply_reduction
-from tuneless.llm.surgery import layer_shapes, layer_tensors, plain_copy, set_layer, update_config
 from tuneless.progress import progress
+from tuneless.reduce import reduce
 
-Decide = Callable[[int, dict[str, torch.Tensor], Shape, LayerPlan], Reduction]
+Decide = Callable[[int, LayerGroups, Shape, LayerPlan], dict[int, Decision]]
 
 
 def plan_for(
@@ -27,14 +28,8 @@ def plan_for(
     gqa="kv-groups",
 ) -> list[LayerPlan]:
     adapter = adapter_for(model)
-    return make_plan(
-        layer_shapes(adapter, model),
-        sparsity=sparsity,
-        schedule=schedule,
-        head_ratio=head_ratio,
-        mlp_ratio=mlp_ratio,
-        gqa=gqa,
-    )
+    return make_plan(adapter.shapes(model), sparsity=sparsity, schedule=schedule,
+                     head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa)
 
 
 def reduce_llm(
@@ -42,34 +37,36 @@ def reduce_llm(
     plans: list[LayerPlan],
     decide: Decide,
     *,
+    gqa: str = "kv-groups",
     desc: str = "reduce",
     show_progress: bool = False,
 ) -> nn.Module:
-    """Copy the model, then for every layer decide (M, U) and rewrite its projections."""
+    """Decide (M, U) for every group of every layer whose plan shrinks it, then rewrite the
+    whole model once with tuneless.reduce and fix the Hugging Face attributes."""
     adapter = adapter_for(model)
-    shapes = layer_shapes(adapter, model)
+    shapes = adapter.shapes(model)
     if len(plans) != len(shapes):
         raise TunelessError(f"plan has {len(plans)} layers, model has {len(shapes)}")
-    new = plain_copy(model)
-    hd = adapter.head_dim(model.config)
-    layers = adapter.layers(new)
+    changed = [i for i, (s, p) in enumerate(zip(shapes, plans))
+               if p != LayerPlan(s.n_q, s.n_kv, s.n_mlp)]
+    graph, per_layer = layer_graph(adapter, shapes, gqa, changed)
+    decisions: dict[int, Decision] = {}
     with torch.no_grad():
-        for i in progress(
-            range(len(shapes)),
-            total=len(shapes),
-            desc=desc,
-            unit="layer",
-            disable=not show_progress,
-        ):
-            if plans[i] == LayerPlan(shapes[i].n_q, shapes[i].n_kv, shapes[i].n_mlp):
-                continue
-            t = layer_tensors(adapter, layers[i])
-            red = decide(i, t, shapes[i], plans[i])
-            set_layer(adapter, layers[i], apply_reduction(t, red, hd), hd)
-    final = layer_shapes(adapter, new)
-    update_config(new, adapter, [LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in final])
-    new.eval()
-    return new
+        for i in progress(changed, total=len(changed), desc=desc, unit="layer",
+                          disable=not show_progress):
+            decisions.update(decide(i, per_layer[i], shapes[i], plans[i]))
+    if not decisions:
+        return plain_copy(model).eval()
+    with detached_quantizer(model):
+        new = reduce(model, graph, decisions)
+    plain_copy(new, inplace=True)
+    adapter.finalize(new)
+    before, after = block_params(model), block_params(new)
+    new.tuneless_report = {
+        "method": desc, "achieved_sparsity": 1 - after / before, "params_before": before,
+        "params_after": after, "physically_smaller": True, "block_parameters_only": True,
+        "layer_sizes": [[s.n_q, s.n_kv, s.n_mlp] for s in adapter.shapes(new)]}
+    return new.eval()
 
 
 def block_params(model: nn.Module) -> int:

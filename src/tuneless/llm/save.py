@@ -45,6 +45,7 @@ def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> 
 
 
 def _resize(model: nn.Module, sizes: list[list[int]]) -> None:
+    """Rebuild every layer's seven projections at its saved sizes (weights loaded after)."""
     adapter = adapter_for(model)
     hd = adapter.head_dim(model.config)
     layers = adapter.layers(model)
@@ -55,34 +56,15 @@ def _resize(model: nn.Module, sizes: list[list[int]]) -> None:
     for layer, (n_q, n_kv, n_mlp) in zip(layers, sizes):
         p = adapter.projections(layer)
         hidden = p["q"].in_features
-        outs = {
-            "q": n_q * hd,
-            "k": n_kv * hd,
-            "v": n_kv * hd,
-            "o": hidden,
-            "gate": n_mlp,
-            "up": n_mlp,
-            "down": hidden,
-        }
-        ins = {
-            "q": hidden,
-            "k": hidden,
-            "v": hidden,
-            "o": n_q * hd,
-            "gate": hidden,
-            "up": hidden,
-            "down": n_mlp,
-        }
-        attn, mlp = adapter.attention(layer), getattr(layer, adapter.mlp)
+        out = {"q": n_q * hd, "k": n_kv * hd, "v": n_kv * hd, "o": hidden, "gate": n_mlp,
+               "up": n_mlp, "down": hidden}
+        inp = {**dict.fromkeys(out, hidden), "o": n_q * hd, "down": n_mlp}
         for short, lin in p.items():
-            parent = mlp if short in ("gate", "up", "down") else attn
-            new = nn.Linear(
-                ins[short], outs[short], bias=lin.bias is not None, dtype=lin.weight.dtype
-            )
-            setattr(parent, getattr(adapter, short), new)
-        attn.num_key_value_groups = n_q // n_kv
-        if hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = n_mlp
+            parent = getattr(layer, adapter.mlp if short in ("gate", "up", "down")
+                             else adapter.attn)
+            setattr(parent, getattr(adapter, short), nn.Linear(
+                inp[short], out[short], bias=lin.bias is not None, dtype=lin.weight.dtype))
+    adapter.finalize(model)
 
 
 def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,

@@ -18,13 +18,11 @@ from pathlib import Path
 import torch
 
 from tuneless.errors import TunelessError
-from tuneless.llm.adapters import adapter_for_config
-from tuneless.llm.decide import fold_decision
+from tuneless.llm.adapters import adapter_for_config, layer_graph
+from tuneless.llm.decide import fold_decisions
 from tuneless.llm.plan import LayerPlan, Shape, make_plan
-from tuneless.llm.reduction import apply_reduction
 from tuneless.progress import progress as _progress
-
-SHORT = ("q", "k", "v", "o", "gate", "up", "down")
+from tuneless.reduce import reduce_tensors
 
 
 def _weight_map(src: Path) -> dict[str, str]:
@@ -127,17 +125,10 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
             tensors = {key: reader.get(key) for key in layer_keys[i]}
             s, p = shapes[i], plans[i]
             if p != LayerPlan(s.n_q, s.n_kv, s.n_mlp):
-                names = {}
-                for short in SHORT:
-                    for kind in ("weight", "bias"):
-                        key = adapter.tensor_name(i, short, kind)
-                        if key in tensors:
-                            names[short if kind == "weight" else f"{short}.bias"] = key
-                t = {short: tensors[key] for short, key in names.items()}
-                red = fold_decision(t, s, p, gqa, seed=seed + 1000 * i, refine=refine,
-                                    dim=kmeans_dim)
-                for short, val in apply_reduction(t, red, s.head_dim).items():
-                    tensors[names[short]] = val
+                graph, per = layer_graph(adapter, shapes, gqa, [i])
+                decisions = fold_decisions(adapter, tensors, per[i], s, p, seed=seed + 1000 * i,
+                                           refine=refine, dim=kmeans_dim)
+                tensors.update(reduce_tensors(tensors, graph, decisions))
             write(tensors, len(other_keys) + i + 1)
             del tensors
         (tmp / "model.safetensors.index.json").write_text(json.dumps(

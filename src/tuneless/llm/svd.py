@@ -9,28 +9,14 @@ rebuild it); save it with torch.save.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from tuneless.errors import TunelessError
 from tuneless.llm.adapters import adapter_for
-from tuneless.llm.surgery import plain_copy
+from tuneless.llm.hf import plain_copy
+from tuneless.methods.svd import factorise
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
-
-
-def low_rank(lin: nn.Linear, rank: int) -> nn.Sequential:
-    """Best rank-`rank` factorisation (truncated SVD) of a Linear as Linear(I→r)·Linear(r→O)."""
-    w = lin.weight.detach().float()
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    first = nn.Linear(lin.in_features, rank, bias=False, dtype=lin.weight.dtype)
-    second = nn.Linear(rank, lin.out_features, bias=lin.bias is not None, dtype=lin.weight.dtype)
-    with torch.no_grad():
-        first.weight.copy_(vh[:rank])
-        second.weight.copy_(u[:, :rank] * s[:rank])
-        if lin.bias is not None:
-            second.bias.copy_(lin.bias)
-    return nn.Sequential(first, second)
 
 
 def svd_llm(model: nn.Module, sparsity: float) -> nn.Module:
@@ -51,5 +37,5 @@ def svd_llm(model: nn.Module, sparsity: float) -> nn.Module:
             if rank < 1 or rank >= min(o, i) or rank * (o + i) >= o * i:
                 continue
             parent = mlp if short in ("gate", "up", "down") else attn
-            setattr(parent, getattr(adapter, short), low_rank(lin, rank))
+            setattr(parent, getattr(adapter, short), factorise(lin, rank))
     return new.eval()

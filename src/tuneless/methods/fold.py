@@ -75,9 +75,10 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     keep_floor (error allocation keeps at least this share of the uniform count per group),
     num_images, batch_size, inversion (dict of DeepInversion settings), refit_images, ridge.
     """
-    from tuneless.llm import fold_llm, is_causal_lm  # lazy; LLM dispatch (issue 6)
+    from tuneless.llm import fold_llm  # lazy; LLM dispatch (issue 6)
+    from tuneless.llm.adapters import is_hf_causal_lm
 
-    if is_causal_lm(model):  # no BatchNorm; the paper folds LLMs without repair (§1.4)
+    if is_hf_causal_lm(model):  # unsupported families: named, not traced
         if example_inputs is not None:
             options["example_inputs"] = example_inputs
         return fold_llm(model, sparsity, repair=repair, data=data, **options)  # checks model
@@ -124,8 +125,8 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     from tuneless.budget import budget_for_ratio, param_count, solve
     from tuneless.cluster import cluster
     from tuneless.graph import find_groups
-    from tuneless.reduce import reduce
-    from tuneless.repair import get_repair, require_batchnorm
+    from tuneless.reduce import merge, reduce
+    from tuneless.repair import RepairContext, get_repair, require_batchnorm
 
     t0 = time.perf_counter()
     rep = get_repair(opts.repair)
@@ -165,22 +166,12 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
             continue
         kw = {"seed": opts.seed, "n_init": opts.n_init} if opts.cluster == "kmeans" else {}
         c = cluster(feats[g.id], k, method=opts.cluster, **kw)
-        U = c.assignment()
-        M = U.t() / U.sum(0).unsqueeze(1)
-        decisions[g.id], labels[g.id], inertia[str(g.id)] = (M, U), c.labels, c.inertia
+        decisions[g.id], labels[g.id], inertia[str(g.id)] = merge(c.labels, k), c.labels, \
+            c.inertia
     new = reduce(work, graph, decisions) if decisions else copy.deepcopy(model)
-    if decisions and opts.repair == "ar":
-        _apply_ar(work, new, graph, labels)
-    if decisions and opts.repair == "refit":
-        from tuneless.layer_refit import refit_layers
-
-        maps = {gid: merge for gid, (merge, _) in decisions.items()}  # M = D⁻¹Uᵀ, k × n
-        new = refit_layers(model, new, graph, maps, data,
-                           num_images=opts.refit_images, batch_size=min(opts.batch_size, 64),
-                           ridge=opts.ridge, inplace=True)
     t_fold = time.perf_counter() - t0
-    if decisions and opts.repair in ("dir", "data"):
-        new = _reestimate(model, new, opts, data, x)
+    if decisions and rep.apply is not None:
+        new = rep.apply(RepairContext(model, work, new, graph, labels, decisions, opts, data, x))
     new.eval()
     new.tuneless_report = {
         "method": f"fold-{opts.repair}" if opts.repair != "data" else "fold-r",
@@ -259,50 +250,6 @@ def channel_features(model: nn.Module, group, mode: str = "raw",
         out = [b / pnorm if (s.kind == "producer" and pnorm > 0) else b
                for (s, _), b in zip(blocks, out)]
     return torch.cat(out, 1)
-
-
-@torch.no_grad()
-def _apply_ar(work: nn.Module, new: nn.Module, graph, labels: dict) -> None:
-    """Multiply each merged BN γ by sqrt(N/(1+(N−1)E)), E from its own producer's Ŵ rows."""
-    from tuneless.repair import ar_factors
-
-    for g in graph.reducible:
-        if g.id not in labels:
-            continue
-        for s in g.norms:
-            if s.param != "weight" or s.producer is None:
-                continue
-            prod = [p for p in g.producers if p.module == s.producer and p.param == "weight"]
-            if not prod:
-                continue
-            rows = prod[0].channel_rows(work, g.n).double()
-            f = ar_factors(rows, labels[g.id])
-            gamma = s.tensor(new)
-            gamma.narrow(0, _new_offset(graph, s, labels), len(f)).mul_(f.to(gamma.dtype))
-
-
-def _new_offset(graph, slot, labels: dict) -> int:
-    """Where a slot's channels start after reduction (groups side by side on one axis)."""
-    start = 0
-    for g, s in graph.slots():
-        if (s.module, s.param, s.axis) == (slot.module, slot.param, slot.axis) \
-                and s.offset < slot.offset:
-            start += int(labels[g.id].max()) + 1 if g.id in labels else g.n
-    return start
-
-
-def _reestimate(model: nn.Module, new: nn.Module, opts: FoldOptions, data, x) -> nn.Module:
-    from tuneless.repair import reestimate_bn
-
-    if opts.repair == "dir":
-        from tuneless.deepinversion import synthesize
-
-        if not isinstance(x, torch.Tensor):
-            raise TunelessError("repair 'dir' needs example_inputs as an image tensor")
-        images = synthesize(model, x, seed=opts.seed, **opts.inversion)
-        return reestimate_bn(new, images, batch_size=opts.batch_size, inplace=True)
-    return reestimate_bn(new, data, num_images=opts.num_images, batch_size=opts.batch_size,
-                         inplace=True)
 
 
 def _preset(repair: str):

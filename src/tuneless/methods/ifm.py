@@ -29,7 +29,7 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
     from tuneless.cluster import greedy_pairs
     from tuneless.graph import find_groups
     from tuneless.methods.fold import _example
-    from tuneless.reduce import reduce
+    from tuneless.reduce import merge, reduce
 
     check_model(model, "ifm")
     check_call(ifm, {"min_channels": min_channels}, "ifm")
@@ -50,8 +50,7 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
             continue
         feats, summed = weight_features(model, g)
         c = greedy_pairs(feats, k, summed=summed)
-        U = c.assignment()
-        decisions[g.id] = (U.t() / U.sum(0).unsqueeze(1), U)
+        decisions[g.id] = merge(c.labels, k)
     new = reduce(model, graph, decisions) if decisions else copy.deepcopy(model)
     new.eval()
     new.tuneless_report = {

@@ -20,4 +20,5 @@ def preset(
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc
     method.__wrapped_method__ = func  # whose options tuneless.methods.check_options reads
+    method.fixed = dict(fixed)  # e.g. the repair, whose declarations the CLI reads
     return method

@@ -28,14 +28,25 @@ _STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float | None = None,
           criterion: str = "l1", example_inputs=None, min_channels: int = 1,
-          round_to: int = 1, seed: int = 0) -> nn.Module:
+          round_to: int = 1, seed: int = 0, data=None, **llm_options) -> nn.Module:
     """Structured pruning to `sparsity` (fraction of parameters removed) or a uniform
-    `channel_ratio` (fraction of channels removed from every reducible group)."""
+    `channel_ratio` (fraction of channels removed from every reducible group).
+
+    Language models (Hugging Face decoders): criterion "l2" / "magnitude" (data-free, L2 norm
+    of every weight a head or MLP channel owns) or "wanda-sp" (needs data= token-id batches
+    or tokenizer=); sparsity is the fraction of decoder-block parameters, and llm_options
+    (schedule, head_ratio, mlp_ratio, gqa, tokenizer, ...) go to tuneless.llm.
+    """
     from tuneless.budget import budget_for_ratio, solve
     from tuneless.graph import find_groups
+    from tuneless.llm.adapters import is_hf_causal_lm
     from tuneless.modelio import example_input
     from tuneless.reduce import reduce
 
+    if is_hf_causal_lm(model):
+        return _prune_llm(model, sparsity, channel_ratio, criterion, data, llm_options)
+    if llm_options:
+        raise TunelessError(f"unknown prune option(s): {', '.join(sorted(llm_options))}")
     check_model(model, f"prune-{criterion}")
     check_call(prune, {"min_channels": min_channels, "round_to": round_to, "seed": seed},
                f"prune-{criterion}")
@@ -73,6 +84,27 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
         "channels": {str(gid): keep.tolist() for gid, keep in decisions.items()},
     }
     return new
+
+
+LLM_CRITERIA = ("l2", "magnitude", "wanda-sp")
+
+
+def _prune_llm(model, sparsity, channel_ratio, criterion, data, options) -> nn.Module:
+    from tuneless.llm import magnitude_prune_llm, wanda_sp_llm
+
+    if channel_ratio is not None:
+        raise TunelessError("language models take sparsity= (or head_ratio=/mlp_ratio=), "
+                            "not channel_ratio")
+    if criterion in ("l2", "magnitude"):
+        if data is not None:
+            raise TunelessError(f"criterion {criterion!r} is data-free; data= is not used")
+        return magnitude_prune_llm(model, sparsity, **options)
+    if criterion == "wanda-sp":
+        batches = None if data is None else list(data) if isinstance(data, list | tuple) \
+            else [torch.as_tensor(data)]
+        return wanda_sp_llm(model, sparsity, batches=batches, **options)
+    raise TunelessError(f"criterion {criterion!r} does not apply to language models; choose "
+                        f"one of {', '.join(LLM_CRITERIA)}")
 
 
 def channel_importance(model: nn.Module, group, criterion: str,

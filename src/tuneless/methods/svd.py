@@ -184,6 +184,11 @@ def _build_pair(spec: LayerSpectrum, rank: int) -> nn.Sequential:
     return pair
 
 
+def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
+    """The best rank-`rank` pair (truncated SVD, float64) replacing one conv/linear layer."""
+    return _build_pair(_spectrum("", layer), rank)
+
+
 def _why_not_factorisable(name: str, m: nn.Module, parent: nn.Module | None,
                           tied: set[int]) -> str | None:
     if isinstance(parent, nn.MultiheadAttention):
@@ -339,6 +344,15 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
     `example_inputs`, if given, checks that the result runs and keeps the output shape.
     The result carries `tuneless_report`: achieved sparsity, parameter counts and per-layer ranks.
     """
+    from tuneless.llm.adapters import is_hf_causal_lm
+
+    if is_hf_causal_lm(model):  # a decoder LM: the block projections, same budget meaning
+        from tuneless.llm import svd_llm
+
+        if sparsity is None or energy is not None or rank_ratio is not None:
+            raise TunelessError("language models take svd(model, sparsity=) (the fraction of "
+                                "decoder-block parameters removed)")
+        return svd_llm(model, sparsity)
     check_model(model, "svd")  # options are checked one by one below
     given = [k for k, v in (("sparsity", sparsity), ("energy", energy),
                             ("rank_ratio", rank_ratio)) if v is not None]

@@ -1,0 +1,57 @@
+"""Forward hooks shared by the repairs and calibration statistics: stop a forward pass early
+once a hook has what it needs, and capture one module's input or output."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tuneless.errors import TunelessError
+
+
+class StopForward(Exception):
+    """Raised by a hook once it has seen what it needs, to skip the rest of a forward pass."""
+
+
+def capture(model: nn.Module, module: nn.Module, run, what: str = "input", name: str = ""):
+    """What `module` sees ("input": its first positional input; "args": (args, kwargs)) or
+    returns ("output") during `run()` (a call of `model`), stopping the pass right there."""
+    box: dict = {}
+
+    if what == "output":
+        def hook(_m, _args, out):
+            box["v"] = out
+            raise StopForward
+        handle = module.register_forward_hook(hook)
+    else:
+        def hook(_m, args, kwargs):
+            box["v"] = (args, dict(kwargs)) if what == "args" else args[0]
+            raise StopForward
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "v" not in box:
+        raise TunelessError(f"layer {name or type(module).__name__!r} did not run in the "
+                            f"forward pass of {type(model).__name__}")
+    return box["v"]
+
+
+class Moments:
+    """Forward pre-hook: running Σ x xᵀ (full) or Σ x² (diagonal) over the last axis of a
+    module's first input, every token or position a sample."""
+
+    def __init__(self, full: bool) -> None:
+        self.full, self.total, self.count = full, None, 0
+
+    def __call__(self, _module, args) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        part = ((x.T @ x) if self.full else (x * x).sum(0)).double()
+        self.total = part if self.total is None else self.total + part
+        self.count += x.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.total / max(self.count, 1)

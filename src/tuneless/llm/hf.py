@@ -1,0 +1,41 @@
+"""Hugging Face bookkeeping around a rewritten model: GGUF/quantizer markers are dropped
+(the weights are plain tensors already: GGUF is dequantised on load, and the marker would
+block save_pretrained)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+from torch import nn
+
+
+@contextlib.contextmanager
+def detached_quantizer(model: nn.Module) -> Iterator[None]:
+    """The model without its hf_quantizer for the duration (a deepcopy must not copy it)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        model.hf_quantizer = None
+    try:
+        yield
+    finally:
+        if quantizer is not None:
+            model.hf_quantizer = quantizer
+
+
+def plain_copy(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """A copy (or the model itself with inplace=True) with quantizer bookkeeping dropped."""
+    if inplace:
+        new = model
+    else:
+        with detached_quantizer(model):
+            new = copy.deepcopy(model)
+    if hasattr(new, "hf_quantizer"):
+        new.hf_quantizer = None
+    if hasattr(new, "is_quantized"):
+        with contextlib.suppress(AttributeError):
+            new.is_quantized = False
+    if hasattr(new.config, "quantization_config"):
+        del new.config.quantization_config
+    return new

@@ -1,0 +1,125 @@
+"""The contract every decoder-family adapter passes, on a tiny random config of its family:
+duplicated units fold losslessly, ratio 0 is the identity, save/load round-trips, and the
+folded model generates. A new family is one `register_family` line plus an entry here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneless.errors import UnsupportedModelError
+from tuneless.llm import fold_llm, load_folded, save_folded
+from tuneless.llm.adapters import ADAPTERS, adapter_for
+
+IDS = torch.randint(0, 90, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def _config(family: str):
+    import transformers as tf
+
+    common = dict(vocab_size=97, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    if family == "llama":
+        return tf.LlamaConfig(**common), tf.LlamaForCausalLM
+    if family == "mistral":
+        return tf.MistralConfig(**common, sliding_window=None), tf.MistralForCausalLM
+    if family == "qwen2":  # q/k/v biases
+        return tf.Qwen2Config(**common, use_sliding_window=False), tf.Qwen2ForCausalLM
+    if family == "qwen3":  # per-head q/k norms; head_dim set apart from hidden/heads
+        return tf.Qwen3Config(**common, head_dim=8, use_sliding_window=False), \
+            tf.Qwen3ForCausalLM
+    raise AssertionError(family)
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+
+
+def _model(family: str, seed: int = 0):
+    cfg, cls = _config(family)
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    with torch.no_grad():  # random biases, so that folding them is exercised
+        for p in model.parameters():
+            if p.dim() == 1 and not torch.all(p == 1):
+                p.normal_(0, 0.1)
+    return model
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def _duplicate(model, what: str) -> None:
+    """Make the second half of the MLP channels ("mlp") or of the kv groups ("heads") exact
+    copies of the first half, in every layer, through the adapter's own groups."""
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        for i, shape in enumerate(adapter.shapes(model)):
+            lg = adapter.layer_groups(i, shape, "kv-groups")
+            group = lg.mlp if what == "mlp" else lg.heads[0]
+            half = group.n // 2
+            for s in group.slots:
+                t = s.tensor(model)
+                span = half * s.block
+                t.narrow(s.axis, span, span).copy_(t.narrow(s.axis, 0, span))
+                if s.kind == "consumer":  # consumer columns are summed when merged: halve
+                    t.narrow(s.axis, 0, 2 * span).mul_(0.5)
+
+
+def test_every_registered_family_is_in_the_contract():
+    assert {m for m in ADAPTERS if m != "smollm"} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_duplicated_mlp_channels_fold_losslessly(family):
+    model = _model(family)
+    _duplicate(model, "mlp")
+    small = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5)
+    assert small.config.intermediate_size == 16
+    assert torch.allclose(_logits(small), _logits(model), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_duplicated_kv_groups_fold_losslessly(family):
+    model = _model(family)
+    _duplicate(model, "heads")
+    small = fold_llm(model, head_ratio=0.5, mlp_ratio=0.0)
+    assert small.config.num_key_value_heads == 1 and small.config.num_attention_heads == 2
+    assert torch.allclose(_logits(small), _logits(model), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ratio_zero_is_the_identity(family):
+    model = _model(family)
+    same = fold_llm(model, head_ratio=0.0, mlp_ratio=0.0)
+    assert same is not model
+    assert torch.equal(_logits(same), _logits(model))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_load_round_trip_and_generation(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _model(family)
+    small = fold_llm(model, sparsity=0.3)
+    out = save_folded(small, tmp_path / "small")
+    again = load_folded(out)
+    plain = AutoModelForCausalLM.from_pretrained(out)  # uniform sizes: plain transformers
+    assert torch.equal(_logits(again), _logits(small))
+    assert torch.equal(_logits(plain.eval()), _logits(small))
+    gen = again.generate(IDS[:1, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert gen.shape == (1, 9)
+
+
+def test_a_causal_lm_without_an_adapter_is_named_with_the_supported_families():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import tuneless
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2)).eval()
+    for call in (lambda: tuneless.fold(gpt2, sparsity=0.2),
+                 lambda: tuneless.prune(gpt2, sparsity=0.2, criterion="magnitude"),
+                 lambda: tuneless.svd(gpt2, sparsity=0.2)):
+        with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*llama, mistral, qwen2"):
+            call()
