@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--sparsity", type=float, help="fraction of parameters to remove")
     p.add_argument("--channel-ratio", type=float,
                    help="fraction of channels removed from every group (instead of --sparsity)")
-    p.add_argument("-o", "--out", required=True, help="output file (tuneless.save format)")
+    p.add_argument("-o", "--out", required=True,
+                   help="output file (tuneless.save format); for a language model a new "
+                        "folder that transformers loads")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (VALUE parsed as JSON if possible), e.g. round_to=8")
     p.add_argument("--dataset", choices=["cifar10", "fashion-mnist"],
@@ -41,6 +43,8 @@ def add_parser(sub) -> None:
                         "(fold-r), plain for the least-squares refit (fold-refit), the better "
                         "view of each in docs/folding.md")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="cpu",
+                   help="language models: where to compress (cpu, cuda, cuda:1; default cpu)")
 
 
 def parse_options(items: list[str]) -> dict:
@@ -77,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         raise TunelessError("-o would overwrite the input model; choose another path")
     if args.sparsity is None and args.channel_ratio is None:
         raise TunelessError("give --sparsity (fraction of parameters) or --channel-ratio")
+    from tuneless.commands.compress_llm import is_llm_source, run_llm
+
+    if is_llm_source(args.model):  # Hugging Face folder, GGUF file or "smollm2"
+        return run_llm(args, parse_options(args.option))
     method = get_method(args.method)
     options = parse_options(args.option)
     check_options(args.method, options)

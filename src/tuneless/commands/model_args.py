@@ -8,7 +8,9 @@ import argparse
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="tuneless checkpoint or saved model, a pickled nn.Module (with "
-                        "--unsafe-pickle) or a state_dict file (with --arch)")
+                        "--unsafe-pickle), a state_dict file (with --arch); compress also "
+                        "takes a language model: a Hugging Face folder, a .gguf file or "
+                        "'smollm2'")
     p.add_argument("--arch", help="architecture of a state_dict file: a zoo name, "
                                   "torchvision:NAME or pkg.module:Class")
     p.add_argument("--arch-kwargs", help="constructor arguments for --arch, as JSON")

@@ -123,23 +123,29 @@ class TensorLoader:
             yield self.data.normalise(x), self.data.y[idx]
 
 
+# name -> (environment variable, file under shared/data/ beside the repository or None)
+DEFAULT_PATHS = {
+    "cifar10": ("TUNELESS_CIFAR10", "cifar10-jpeg.tar.gz"),
+    "fashion-mnist": ("TUNELESS_FASHION_MNIST", None),
+    "wikitext2": ("TUNELESS_WIKITEXT2", "wikitext-2-raw/wiki.test.raw"),
+}
+
+
 def default_data_path(name: str) -> Path | None:
-    """Where to look for a dataset when the user gives no path."""
-    if name == "cifar10":
-        env = os.environ.get("TUNELESS_CIFAR10")
-        candidates = [Path(env)] if env else []
-        # shared/ sits beside the repository (CI's layout): look upward from the source
-        # tree and from the working directory, wherever the clone is.
-        here = Path(__file__).resolve()
-        for parent in [*list(here.parents)[:6], *Path.cwd().resolve().parents, Path.cwd()]:
-            candidates.append(parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
-        for c in candidates:
-            if c.exists():
-                return c
+    """Where to look for a dataset when the user gives no path: its environment variable,
+    else shared/data/ beside the repository (CI's layout), looked for upward from the source
+    tree and from the working directory, wherever the clone is."""
+    if name not in DEFAULT_PATHS:
         return None
-    if name == "fashion-mnist":
-        env = os.environ.get("TUNELESS_FASHION_MNIST")
+    var, rel = DEFAULT_PATHS[name]
+    env = os.environ.get(var)
+    if env or rel is None:
         return Path(env) if env else None
+    here = Path(__file__).resolve()
+    for parent in [*list(here.parents)[:6], *Path.cwd().resolve().parents, Path.cwd()]:
+        c = parent / "shared" / "data" / rel
+        if c.exists():
+            return c
     return None
 
 

@@ -152,7 +152,10 @@ class DecoderAdapter:
         cfg = model.config
         cfg.head_dim = self.head_dim(cfg)
         sizes = {(s.n_q, s.n_kv, s.n_mlp) for s in shapes}
-        if len(sizes) == 1:
+        # transformers validates hidden_size % num_attention_heads when it saves or loads a
+        # config, even with head_dim set: a head count that does not divide goes the
+        # per-layer way (standard fields keep the original, valid sizes)
+        if len(sizes) == 1 and cfg.hidden_size % next(iter(sizes))[0] == 0:
             cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = sizes.pop()
             if hasattr(cfg, "tuneless_layer_sizes"):
                 del cfg.tuneless_layer_sizes

@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from tuneless._lazy import make_module_callable
+from tuneless.data.loader import default_data_path
 from tuneless.errors import TunelessError
 from tuneless.progress import progress as _progress
 
-WIKITEXT2_TEST = Path("/work/shared/data/wikitext-2-raw/wiki.test.raw")
+WIKITEXT2_TEST = default_data_path("wikitext2")  # TUNELESS_WIKITEXT2 or shared/data; may be None
 
 
 def read_text(path: str | Path) -> str:
@@ -111,6 +112,9 @@ def run_cli(args) -> int:
     args: .model, .data, .seq_len, .max_tokens (None = whole file).
     """
     data = getattr(args, "data", None) or WIKITEXT2_TEST
+    if data is None:
+        raise TunelessError("no WikiText-2 test file found: pass --data PATH (wiki.test.raw) "
+                            "or set TUNELESS_WIKITEXT2")
     seq_len = int(getattr(args, "seq_len", None) or 512)
     max_tokens = getattr(args, "max_tokens", None)
     model, tok = load_model_and_tokenizer(str(args.model))

@@ -23,9 +23,70 @@ from tuneless.errors import TunelessError
 from tuneless.io_atomic import exit_on_signals
 from tuneless.llm.adapters import adapter_for, adapter_for_config
 
+MODELING = '''"""A decoder whose layers have different sizes (folded by tuneless).
+
+Plain transformers, no tuneless needed: each decoder layer is rebuilt at the sizes in
+config.tuneless_layer_sizes ([query heads, kv heads, MLP channels] per layer) before the
+weights load. Load with AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).
+"""
+
+from torch import nn
+from transformers import {base}
+
+
+def _linear(old, n_in, n_out):
+    w = old.weight
+    return nn.Linear(n_in, n_out, bias=old.bias is not None, dtype=w.dtype, device=w.device)
+
+
+class FoldedForCausalLM({base}):
+    def __init__(self, config):
+        super().__init__(config)
+        h = config.hidden_size
+        hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
+        for layer, (n_q, n_kv, n_mlp) in zip(self.{layers}, config.tuneless_layer_sizes):
+            attn, mlp = layer.{attn}, layer.{mlp}
+            attn.{q} = _linear(attn.{q}, h, n_q * hd)
+            attn.{k} = _linear(attn.{k}, h, n_kv * hd)
+            attn.{v} = _linear(attn.{v}, h, n_kv * hd)
+            attn.{o} = _linear(attn.{o}, n_q * hd, h)
+            mlp.{gate} = _linear(mlp.{gate}, h, n_mlp)
+            mlp.{up} = _linear(mlp.{up}, h, n_mlp)
+            mlp.{down} = _linear(mlp.{down}, n_mlp, h)
+            attn.num_key_value_groups = n_q // n_kv
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size = n_mlp
+'''
+
+
+def _hf_base(model: nn.Module) -> str:
+    """The transformers class a model is (or derives from), importable from `transformers`."""
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith("transformers.models."):
+            return cls.__name__
+    raise TunelessError(f"{type(model).__name__} is not a transformers model class")
+
+
+def _write_modeling(model: nn.Module, folder: Path) -> None:
+    """Ship the loader of per-layer sizes with the weights (config auto_map points at it)."""
+    import json
+
+    a = adapter_for(model)
+    code = MODELING.format(base=_hf_base(model), layers=a.layer_prefix, attn=a.attn, mlp=a.mlp,
+                           q=a.q, k=a.k, v=a.v, o=a.o, gate=a.gate, up=a.up, down=a.down)
+    (folder / "modeling_tuneless.py").write_text(code)
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_tuneless.FoldedForCausalLM"}
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
 
 def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
-    """save_pretrained into a new folder, atomically (never over an existing folder)."""
+    """save_pretrained into a new folder, atomically (never over an existing folder).
+
+    Uniform sizes load with plain `AutoModelForCausalLM.from_pretrained`; per-layer sizes
+    with `from_pretrained(folder, trust_remote_code=True)` from the small modeling file
+    written beside the weights (plain transformers; tuneless need not be installed)."""
     adapter_for(model)
     folder = Path(folder)
     if folder.exists():
@@ -35,6 +96,8 @@ def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> 
     with exit_on_signals():  # SIGTERM/SIGHUP still remove the half-written folder
         try:
             model.save_pretrained(str(tmp))
+            if getattr(model.config, "tuneless_layer_sizes", None):
+                _write_modeling(model, tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
             os.replace(tmp, folder)

@@ -18,7 +18,8 @@ REGISTRY: dict[str, str] = {
     "prune-l2": "tuneless.methods.prune:prune_l2",
     "prune-random": "tuneless.methods.prune:prune_random",
     "magnitude": "tuneless.methods.prune:magnitude_prune",
-    # folding (tuneless.methods.fold)
+    # folding (tuneless.methods.fold); "fold" = the default repair of the model kind
+    "fold": "tuneless.methods.fold:fold",
     "fold-naive": "tuneless.methods.fold:fold_naive",
     "fold-ar": "tuneless.methods.fold:fold_ar",
     "fold-dir": "tuneless.methods.fold:fold_dir",

@@ -1,0 +1,47 @@
+"""What the documented one-liner gives on SmolLM2-135M: `tuneless.fold(model, sparsity=0.2)`
+with the library's defaults, or with overrides given as JSON (issue 19's target: perplexity
+≤ 1.5× dense on the first 2,048 WikiText-2 test tokens, ≤ 120 CPU-seconds including the
+repair and its self-generated calibration text). One thread; CPU seconds of this process.
+
+    python benchmarks/llm_default.py                       # the defaults
+    python benchmarks/llm_default.py '{"calib_samples": 32}' '{"refine": true}'
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+
+def main(argv: list[str]) -> int:
+    import tuneless
+    from tuneless.llm import load_smollm2
+    from tuneless.llm.perplexity import WIKITEXT2_TEST, perplexity_of_ids, read_text, tokenize
+
+    torch.set_num_threads(1)
+    model, tok = load_smollm2()
+    ids = tokenize(tok, read_text(WIKITEXT2_TEST))
+
+    def ppl(m):
+        return perplexity_of_ids(m, ids, 512, 2048, progress=False)
+
+    dense = ppl(model)
+    print(f"dense {dense:.2f}", flush=True)
+    for text in argv or ["{}"]:
+        options = json.loads(text)
+        cpu, wall = time.process_time(), time.perf_counter()
+        small = tuneless.fold(model, sparsity=0.2, **options)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        p = ppl(small)
+        print(json.dumps({"options": options, "ppl": round(p, 2), "x_dense": round(p / dense, 3),
+                          "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
+                          "removed": round(small.tuneless_report["achieved_sparsity"], 4)}),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,115 @@
+"""`tuneless compress` on a language model: a Hugging Face folder, a .gguf file or the name
+"smollm2" in; a folder that transformers loads out (tokenizer included)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tuneless.errors import TunelessError
+
+# CLI method name -> (tuneless function, fixed options)
+LLM_METHODS = {
+    "fold": ("fold", {}),
+    "fold-naive": ("fold", {"repair": "none"}),
+    "fold-self": ("fold", {"repair": "self"}),
+    "fold-refit": ("fold", {"repair": "refit"}),
+    "magnitude": ("prune", {"criterion": "magnitude"}),
+    "prune-l2": ("prune", {"criterion": "l2"}),
+    "wanda-sp": ("prune", {"criterion": "wanda-sp"}),
+    "svd": ("svd", {}),
+}
+
+
+def is_llm_source(spec: str) -> bool:
+    """A Hugging Face model folder, a GGUF file, or the packaged SmolLM2."""
+    if spec == "smollm2":
+        return True
+    path = Path(spec)
+    if path.is_dir():
+        return (path / "config.json").is_file()
+    if path.suffix == ".gguf":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def load_llm(spec: str, trust_code: bool = False, device: str = "cpu"):
+    """(model, tokenizer or None) of a language model given on the command line."""
+    from tuneless.llm.gguf import load_gguf, load_smollm2
+    from tuneless.llm.save import load_folded
+
+    if spec == "smollm2":
+        model, tok = load_smollm2()
+    elif Path(spec).is_dir():
+        model = load_folded(spec, trust_code=trust_code)
+        tok = _tokenizer(spec, trust_code)
+    else:
+        model, tok = load_gguf(spec)
+    return model.to(device), tok
+
+
+def _tokenizer(folder: str, trust_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_code)
+    except (OSError, ValueError, KeyError):
+        return None  # weights without tokenizer files: still foldable (self repair uses config)
+
+
+def run_llm(args: argparse.Namespace, options: dict) -> int:
+    import torch
+
+    from tuneless.llm import block_params, save_folded
+    from tuneless.methods.fold import fold
+    from tuneless.methods.prune import prune
+    from tuneless.methods.svd import svd
+
+    if args.method not in LLM_METHODS:
+        raise TunelessError(f"method {args.method!r} does not apply to language models; "
+                            f"choose one of {', '.join(LLM_METHODS)}")
+    if args.channel_ratio is not None:
+        raise TunelessError("language models take --sparsity (fraction of decoder-block "
+                            "parameters), not --channel-ratio")
+    out = Path(args.out)
+    if out.exists():
+        raise TunelessError(f"{out} already exists; the output is a new folder")
+    device = getattr(args, "device", None) or "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TunelessError(f"--device {device}: no CUDA device is available here")
+    name, fixed = LLM_METHODS[args.method]
+    model, tok = load_llm(args.model, args.trust_code, device)
+    if name == "fold" and tok is not None:
+        options.setdefault("tokenizer", tok)
+    if name == "prune" and fixed["criterion"] == "wanda-sp":
+        if tok is None:
+            raise TunelessError("wanda-sp needs calibration text: the model folder has no "
+                                "tokenizer")
+        options.setdefault("tokenizer", tok)
+    func = {"fold": fold, "prune": prune, "svd": svd}[name]
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        small = func(model, sparsity=args.sparsity, **fixed, **options)
+    except TypeError as exc:
+        raise TunelessError(f"method {args.method}: {exc}") from exc
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    before, after = block_params(model), block_params(small)
+    if after >= before:
+        raise TunelessError(f"{args.method} removed nothing at --sparsity {args.sparsity}; "
+                            "nothing written")
+    save_folded(small, out, tokenizer=tok)
+    total_before = sum(p.numel() for p in model.parameters())
+    total_after = sum(p.numel() for p in small.parameters())
+    print(f"{args.method}: decoder blocks {before:,} -> {after:,} parameters "
+          f"({1 - after / before:.1%} removed), whole model {total_before:,} -> "
+          f"{total_after:,}; {seconds:.0f} s ({cpu:.0f} CPU-s)")
+    sizes = getattr(small.config, "tuneless_layer_sizes", None)
+    print(f"wrote {out} (" + ("per-layer sizes: load with AutoModelForCausalLM.from_pretrained"
+                              "(folder, trust_remote_code=True)" if sizes else
+                              "loads with AutoModelForCausalLM.from_pretrained") + ")")
+    return 0

@@ -1,0 +1,119 @@
+"""`tuneless compress` on language models: a Hugging Face folder in, a folder that plain
+transformers loads out (per-layer sizes through the shipped modeling file), with identical
+logits in a process where tuneless cannot even be imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tuneless.cli import main
+
+IDS = torch.randint(0, 90, (1, 16), generator=torch.Generator().manual_seed(0))
+
+LOAD_WITHOUT_TUNELESS = r"""
+import sys
+sys.modules["tuneless"] = None  # any `import tuneless` now fails
+import torch
+from transformers import AutoModelForCausalLM
+folder, ids, out, trust = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust).eval()
+with torch.no_grad():
+    torch.save(model(input_ids=torch.load(ids)).logits, out)
+"""
+
+
+def _tiny_folder(path, hidden=64, heads=4, kv=2, layers=4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=97, hidden_size=hidden, intermediate_size=48, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2)).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def _logits_without_tuneless(folder, tmp_path, trust: bool):
+    torch.save(IDS, tmp_path / "ids.pt")
+    subprocess.run([sys.executable, "-c", LOAD_WITHOUT_TUNELESS, str(folder),
+                    str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt"), "1" if trust else "0"],
+                   check=True, capture_output=True, cwd=tmp_path)
+    return torch.load(tmp_path / "logits.pt")
+
+
+def _logits(folder):
+    from tuneless.llm import load_folded
+
+    with torch.no_grad():
+        return load_folded(folder)(input_ids=IDS).logits
+
+
+def test_uniform_fold_loads_in_plain_transformers_without_tuneless(tmp_path, capsys):
+    _tiny_folder(tmp_path / "dense")
+    out = tmp_path / "small"
+    assert main(["compress", str(tmp_path / "dense"), "--method", "fold", "--sparsity", "0.3",
+                 "--option", "repair=null", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "removed" in text and "loads with AutoModelForCausalLM.from_pretrained" in text
+    assert not (out / "modeling_tuneless.py").exists()
+    assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=False), _logits(out))
+
+
+def test_per_layer_sizes_load_with_the_shipped_modeling_file(tmp_path):
+    _tiny_folder(tmp_path / "dense")
+    out = tmp_path / "small"
+    schedule = json.dumps({"1": [0.0, 0.5], "2": [0.5, 0.25]})
+    assert main(["compress", str(tmp_path / "dense"), "--method", "fold-naive", "--sparsity",
+                 "0.2", "--option", f"schedule={schedule}", "-o", str(out)]) == 1  # both given
+    assert main(["compress", str(tmp_path / "dense"), "--method", "fold-naive",
+                 "--sparsity", "0", "--option", "schedule=paper-mlp", "-o", str(out)]) == 1
+    from tuneless.llm import fold_llm, load_folded, save_folded
+
+    small = fold_llm(load_folded(tmp_path / "dense"),
+                     schedule={1: (0.0, 0.5), 2: (0.5, 0.25)})
+    save_folded(small, out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["tuneless_layer_sizes"][1] == [4, 2, 24] and "auto_map" in cfg
+    ours = _logits(out)
+    with torch.no_grad():
+        assert torch.allclose(ours, small(input_ids=IDS).logits, atol=1e-6)
+    assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=True), ours)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "svd"])
+def test_baselines_through_the_cli(tmp_path, method):
+    _tiny_folder(tmp_path / "dense")
+    assert main(["compress", str(tmp_path / "dense"), "--method", method, "--sparsity", "0.3",
+                 "-o", str(tmp_path / "small")]) == 0
+
+
+def test_llm_cli_errors_are_one_line(tmp_path, capsys):
+    _tiny_folder(tmp_path / "dense")
+    capsys.readouterr()
+    for extra, message in ((["--method", "prune-l1"], "does not apply to language models"),
+                           (["--method", "fold", "--channel-ratio", "0.5"], "take --sparsity"),
+                           (["--method", "fold", "--device", "cuda:3"], "no CUDA device")):
+        argv = ["compress", str(tmp_path / "dense"), "-o", str(tmp_path / "x")] + extra
+        if "--channel-ratio" not in extra:
+            argv += ["--sparsity", "0.2"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+
+
+def test_head_count_that_does_not_divide_hidden_size_saves_and_loads(tmp_path):
+    # 8 -> 6 heads at hidden 256: transformers refuses such a config (hidden % heads), so
+    # the sizes go the per-layer way and the shipped modeling file rebuilds them
+    _tiny_folder(tmp_path / "dense", hidden=256, heads=8, kv=8, layers=2)
+    out = tmp_path / "small"
+    assert main(["compress", str(tmp_path / "dense"), "--method", "fold-naive", "--sparsity",
+                 "0.2", "--option", "head_ratio=0.25", "-o", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_attention_heads"] == 8 and cfg["tuneless_layer_sizes"][0][0] == 6
+    assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=True), _logits(out))
