@@ -58,7 +58,7 @@ def test_uniform_fold_loads_in_plain_transformers_without_tuneless(tmp_path, cap
     _tiny_folder(tmp_path / "dense")
     out = tmp_path / "small"
     assert main(["compress", str(tmp_path / "dense"), "--method", "fold", "--sparsity", "0.3",
-                 "--option", "repair=null", "-o", str(out)]) == 0
+                 "--option", "repair=none", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "removed" in text and "loads with AutoModelForCausalLM.from_pretrained" in text
     assert not (out / "modeling_tuneless.py").exists()
@@ -117,3 +117,17 @@ def test_head_count_that_does_not_divide_hidden_size_saves_and_loads(tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["num_attention_heads"] == 8 and cfg["tuneless_layer_sizes"][0][0] == 6
     assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=True), _logits(out))
+
+
+def test_broken_language_model_inputs_are_one_line(tmp_path, capsys):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(60))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "llama"}')
+    for src, message in ((tmp_path / "m.gguf", "cannot load GGUF"),
+                         (tmp_path / "hf", "hf")):
+        argv = ["compress", str(src), "--method", "fold", "--sparsity", "0.2", "-o",
+                str(tmp_path / "out")]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "out").exists()

@@ -81,7 +81,7 @@ def test_fold_llm_uses_activation_features_with_calibration_tokens():
     assert torch.equal(w_acts, explicit.model.layers[0].mlp.gate_proj.weight)
     assert not torch.equal(w_acts, weights.model.layers[0].mlp.gate_proj.weight)
     with pytest.raises(TunelessError, match="needs calibration tokens"):
-        fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, features="activations")
+        fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, features="activations", repair="none")
     with pytest.raises(TunelessError, match="features="):
         fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, features="whitened")
 

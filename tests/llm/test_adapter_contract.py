@@ -75,7 +75,7 @@ def test_every_registered_family_is_in_the_contract():
 def test_duplicated_mlp_channels_fold_losslessly(family):
     model = _model(family)
     _duplicate(model, "mlp")
-    small = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5)
+    small = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5, repair="none")
     assert small.config.intermediate_size == 16
     assert torch.allclose(_logits(small), _logits(model), atol=1e-4)
 
@@ -84,7 +84,7 @@ def test_duplicated_mlp_channels_fold_losslessly(family):
 def test_duplicated_kv_groups_fold_losslessly(family):
     model = _model(family)
     _duplicate(model, "heads")
-    small = fold_llm(model, head_ratio=0.5, mlp_ratio=0.0)
+    small = fold_llm(model, head_ratio=0.5, mlp_ratio=0.0, repair="none")
     assert small.config.num_key_value_heads == 1 and small.config.num_attention_heads == 2
     assert torch.allclose(_logits(small), _logits(model), atol=1e-4)
 
@@ -92,7 +92,7 @@ def test_duplicated_kv_groups_fold_losslessly(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ratio_zero_is_the_identity(family):
     model = _model(family)
-    same = fold_llm(model, head_ratio=0.0, mlp_ratio=0.0)
+    same = fold_llm(model, head_ratio=0.0, mlp_ratio=0.0, repair="none")
     assert same is not model
     assert torch.equal(_logits(same), _logits(model))
 
@@ -102,7 +102,7 @@ def test_save_load_round_trip_and_generation(family, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = _model(family)
-    small = fold_llm(model, sparsity=0.3)
+    small = fold_llm(model, sparsity=0.3)  # the defaults: schedule, self repair
     out = save_folded(small, tmp_path / "small")
     again = load_folded(out)
     plain = AutoModelForCausalLM.from_pretrained(out)  # uniform sizes: plain transformers

@@ -23,7 +23,8 @@ def test_fold_smollm2_at_20_percent_and_measure_perplexity(tmp_path):
     dense = perplexity_of_ids(model, ids, seq_len=512, progress=False)
     assert 5 < dense < 100
     # uniform plan, fast settings (projected k-means, no refinement) to keep the test short
-    small = fold_llm(model, sparsity=0.2, kmeans_dim=32, refine=False)
+    small = fold_llm(model, sparsity=0.2, kmeans_dim=32, refine=False, schedule="uniform",
+                     repair="none")
     removed = 1 - block_params(small) / block_params(model)
     assert 0.2 <= removed < 0.22
     ppl = perplexity_of_ids(small, ids, seq_len=512, progress=False)

@@ -25,40 +25,46 @@ def fold_llm(
     model: nn.Module,
     sparsity: float | None = None,
     *,
-    schedule="uniform",
+    schedule=None,
     head_ratio: float | None = None,
     mlp_ratio: float | None = None,
     gqa: str = "kv-groups",
     seed: int = 0,
     n_init: int = 1,
-    refine: bool = True,
+    refine: bool = False,
     kmeans_dim: int | None = None,
     progress: bool = False,
     repair: str | None = None,
     example_inputs=None,
     tokenizer=None,
     data: torch.Tensor | None = None,
-    calib_samples: int = 64,
-    calib_len: int = 256,
+    calib_samples: int = 16,
+    calib_len: int = 128,
     refit_lambda: float = 1.0,
+    refit_scope: str = "folded",
     features: str = "auto",
 ) -> nn.Module:
-    """Return a folded copy of a Hugging Face LLaMA-family model.
+    """Return a folded copy of a Hugging Face decoder LM (families: tuneless.llm.adapters).
+
+    The defaults are the best data-free setting measured (docs/llm.md "Defaults"): the
+    paper's MLP schedule, heads kept, and the least-squares repair on 16 sequences of 128
+    tokens the model samples itself. `repair="none"` is the paper's folding without repair.
 
     sparsity: fraction of transformer-block parameters to remove; the schedule's
       ratios are scaled to meet it. Without it, head_ratio/mlp_ratio (uniform) or the
       paper's fixed ratios (schedule="paper") are used as given.
-    schedule: "uniform" (same ratios in every layer; head_ratio defaults to the solved
-      MLP ratio, pass head_ratio=0 to fold MLPs only), "paper" (early and last layers
-      untouched, later layers folded more), "paper-mlp" (the paper's MLP ratios, heads
-      kept; best on SmolLM2), or {layer: (head_ratio, mlp_ratio)}.
+    schedule: "paper-mlp" (default unless ratios are given: the paper's MLP ratios by
+      relative depth, heads kept), "uniform" (the default with head_ratio=/mlp_ratio=; same
+      ratios in every layer; head_ratio defaults to the solved MLP ratio, pass head_ratio=0
+      to fold MLPs only), "paper" (heads too), or {layer: (head_ratio, mlp_ratio)}.
     n_init, refine: k-means restarts and Hartigan refinement (tuneless.cluster.kmeans);
     kmeans_dim: cluster a random projection of wide features (large models).
     example_inputs is accepted for API symmetry with tuneless.fold and not needed.
-    repair: None (the paper: no repair), "self" (data-free: refit o_proj/down_proj by least
-      squares on text the uncompressed model samples itself; the model alone is enough) or
-      "refit" (the same refit on `data`, token ids (batch, seq_len), or on calib_samples windows of
-      the calibration text when only tokenizer= is given). See tuneless.llm.refit.
+    repair: "self" (default; data-free: refit o_proj/down_proj by least squares on text the
+      uncompressed model samples itself; the model alone is enough), "refit" (the same
+      refit on `data`, token ids (batch, seq_len), or on calib_samples windows of the
+      calibration text when only tokenizer= is given) or "none" (the paper). See
+      tuneless.llm.refit.
     gqa: "kv-groups" (a kv head and its query heads are one unit) or "query-heads"
       (query heads clustered inside each kv group; kv heads kept).
     features: what k-means clusters. "weights": the raw weight rows and columns (the
@@ -73,24 +79,17 @@ def fold_llm(
                           "seed": seed, "n_init": n_init, "refine": refine,
                           "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
                           "calib_len": calib_len, "refit_lambda": refit_lambda}, "fold")
-    repair = "none" if repair in (None, "naive") else repair
+    repair = DEFAULT_REPAIR if repair is None else "none" if repair == "naive" else repair
     get_repair(repair, "llm")  # one-line error naming the repairs that apply
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
+    plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa)  # before sampling
     calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
                             "repair='self' (data-free) or repair='refit'")
     stats = (collect_stats(model, calib, show_progress=progress)
              if calib is not None and features != "weights" else None)
-    plans = plan_for(
-        model,
-        sparsity=sparsity,
-        schedule=schedule,
-        head_ratio=head_ratio,
-        mlp_ratio=mlp_ratio,
-        gqa=gqa,
-    )
 
     adapter = adapter_for(model)
 
@@ -101,11 +100,31 @@ def fold_llm(
 
     folded = reduce_llm(model, plans, decide, gqa=gqa, desc="fold", show_progress=progress)
     if calib is not None:
-        refit_consumers(model, folded, calib, lam=refit_lambda, show_progress=progress)
+        refit_consumers(model, folded, calib, lam=refit_lambda, scope=refit_scope,
+                        show_progress=progress)
     return folded
 
 
 FEATURES = ("auto", "weights", "activations")
+DEFAULT_SCHEDULE, DEFAULT_REPAIR = "paper-mlp", "self"  # measured: docs/llm.md "Defaults"
+
+
+def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa):
+    """Per-layer sizes. The default schedule is the paper's MLP schedule, or the uniform one
+    when ratios are given, no sparsity is (nothing to scale), or paper-mlp cannot remove
+    that much (its untouched layers cap it)."""
+    if schedule is not None:
+        return plan_for(model, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
+                        mlp_ratio=mlp_ratio, gqa=gqa)
+    if (head_ratio, mlp_ratio) != (None, None) or sparsity is None:
+        return plan_for(model, sparsity=sparsity, schedule="uniform", head_ratio=head_ratio,
+                        mlp_ratio=mlp_ratio, gqa=gqa)
+    try:
+        return plan_for(model, sparsity=sparsity, schedule=DEFAULT_SCHEDULE, gqa=gqa)
+    except TunelessError as exc:
+        if "cannot remove" not in str(exc):
+            raise
+        return plan_for(model, sparsity=sparsity, schedule="uniform", gqa=gqa)
 
 
 def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: int = 256,

@@ -65,13 +65,21 @@ def ridge_refit(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float) -
     return ridge_solve(a64.T @ a64, a64.T @ y64, lam, prior=w.T).T.to(w.dtype)
 
 
+REFIT_SCOPES = ("folded", "downstream")
+
+
 @torch.no_grad()
 def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *,
-                    lam: float = 1.0, show_progress: bool = False) -> nn.Module:
-    """Refit o_proj / down_proj of every folded layer of `folded` in place (see module doc).
+                    lam: float = 1.0, scope: str = "folded",
+                    show_progress: bool = False) -> nn.Module:
+    """Refit o_proj / down_proj of `folded` in place (see module doc).
 
-    ids: calibration token ids, (batch, seq_len). Returns `folded`.
+    ids: calibration token ids, (batch, seq_len). scope: "folded" refits the consumers whose
+    inputs were merged; "downstream" also every o_proj/down_proj after the first folded
+    layer, so unfolded layers help pull the stream back. Returns `folded`.
     """
+    if scope not in REFIT_SCOPES:
+        raise TunelessError(f"refit scope {scope!r}; choose one of {', '.join(REFIT_SCOPES)}")
     if lam < 0:
         raise TunelessError(f"refit lambda must be ≥ 0, got {lam}")
     if ids.dim() != 2 or ids.shape[1] < 2:
@@ -85,14 +93,18 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
     h_old, kwargs = layer_inputs(original, ids)
     h_new = h_old.clone()
     post = adapter.norms[1]
+    seen_fold = False
     for i in progress(range(len(old_layers)), total=len(old_layers), desc="refit",
                       unit="layer", disable=not show_progress):
         lo, ln = old_layers[i], new_layers[i]
         po, pn = adapter.projections(lo), adapter.projections(ln)
         h_old_out, seen_old = _run(lo, h_old, kwargs, {"mid": getattr(lo, post)})
         h_next = None  # the folded layer's output, when the last refit already gives it
+        folded_here = any(pn[s].in_features != po[s].in_features for s in ("o", "down"))
+        seen_fold = seen_fold or folded_here
         for short in ("o", "down"):
-            if pn[short].in_features == po[short].in_features:
+            same = pn[short].in_features == po[short].in_features
+            if same and not (scope == "downstream" and seen_fold):
                 continue
             _, seen = _run(ln, h_new, kwargs, {"mid": getattr(ln, post), "x": pn[short]})
             if short == "o":  # the attention half must land on the original mid-layer stream
@@ -135,16 +147,21 @@ def self_generated(model: nn.Module, tokenizer=None, n_samples: int = 64, seq_le
 
     The BOS/EOS ids come from the tokenizer when given, else from the model's generation
     config or config, so the model alone is enough."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > 1:
+        seq_len = min(seq_len, limit)  # never sample past the positions the model knows
     bos, eos = _special_ids(model, tokenizer)
     start = bos if bos is not None else eos
-    if start is None:
-        raise TunelessError("neither the tokenizer nor the model config names a BOS or EOS "
-                            "token to start sampling from; pass tokenizer=")
-    pad = eos if eos is not None else start
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        prompt = torch.full((n_samples, 1), start, dtype=torch.long)
+        if start is None:  # no special token named anywhere: start each sample at a random one
+            vocab = int(model.get_input_embeddings().num_embeddings)
+            prompt = torch.randint(0, vocab, (n_samples, 1))
+            start = 0
+        else:
+            prompt = torch.full((n_samples, 1), start, dtype=torch.long)
+        pad = eos if eos is not None else start
         out = model.generate(
             prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
             max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1, top_k=0, top_p=1.0,

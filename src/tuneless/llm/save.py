@@ -152,8 +152,12 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
                             "trust_code=True (--trust-code) only if you trust it") from exc
     sizes = getattr(config, "tuneless_layer_sizes", None)
     if not sizes:
-        return AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=dtype or "auto", trust_remote_code=trust_code).eval()
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                str(folder), dtype=dtype or "auto", trust_remote_code=trust_code).eval()
+        except (OSError, ValueError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TunelessError(f"cannot load the model in {folder}: {first}") from exc
     adapter_for_config(config)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype or torch.float32)
     _resize(model, sizes)

@@ -66,10 +66,10 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     repair: "ar" (closed form, data-free; the default for CNNs), "dir" (DeepInversion images,
     data-free), "data" (BN re-estimation on `data`, a tensor or DataLoader of real inputs),
     "refit" (beyond the paper: every layer re-solved by least squares on `data`, see
-    tuneless.layer_refit), "none". Language models go to tuneless.llm.fold_llm, where the
-    default is no repair and "self"/"data" are its least-squares repairs (data= token ids,
-    options e.g. tokenizer=, features= "auto" | "weights" | "activations" for what its
-    k-means clusters).
+    tuneless.layer_refit), "none". Language models go to tuneless.llm.fold_llm: the paper's
+    MLP schedule and the data-free least-squares repair on the model's own samples ("self")
+    by default; "refit" on data= token ids, "none" = the paper (options e.g. schedule=,
+    tokenizer=, features= "auto" | "weights" | "activations" for what its k-means clusters).
     Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "greedy"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
