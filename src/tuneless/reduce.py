@@ -146,10 +146,13 @@ def _analyse(ab: torch.Tensor) -> tuple:
 def _combine(op: tuple, seg: torch.Tensor, axis: int, block: int) -> torch.Tensor:
     """Apply an analysed map to the n channels (of `block` entries each) along `axis`,
     without a dense matmul or a reordering copy for selections and scatters."""
+    dev = seg.device  # decisions live on the CPU; the model may not
     if op[0] == "select":
-        return seg.index_select(axis, _expand(op[1], block))
+        return seg.index_select(axis, _expand(op[1].to(dev), block))
     if op[0] == "scatter" and seg.is_floating_point():
         _, rows, cols, k, vals = op
+        rows, cols = rows.to(dev), cols.to(dev)
+        vals = None if vals is None else vals.to(dev)
         shape = list(seg.shape)
         shape[axis] = k * block
         out = seg.new_zeros(shape)
@@ -164,6 +167,7 @@ def _combine(op: tuple, seg: torch.Tensor, axis: int, block: int) -> torch.Tenso
     moved = seg.movedim(axis, 0)
     rest = moved.shape[1:]
     flat = moved.reshape(n, -1)
+    ab = ab.to(dev)
     res = ab.to(dtype=flat.dtype) @ flat if seg.is_floating_point() else ab @ flat
     return res.reshape(k * block, *rest).movedim(0, axis)
 
@@ -179,7 +183,8 @@ def _expand(channels: torch.Tensor, block: int) -> torch.Tensor:
     """Channel indices → entry indices when each channel is `block` consecutive entries."""
     if block == 1:
         return channels
-    return (channels[:, None] * block + torch.arange(block)[None, :]).reshape(-1)
+    offsets = torch.arange(block, device=channels.device)
+    return (channels[:, None] * block + offsets[None, :]).reshape(-1)
 
 
 def _update_attributes(m: nn.Module, depthwise: bool) -> None:

@@ -123,3 +123,12 @@ def test_a_causal_lm_without_an_adapter_is_named_with_the_supported_families():
                  lambda: tuneless.svd(gpt2, sparsity=0.2)):
         with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*llama, mistral, qwen2"):
             call()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_bfloat16_model_folds_and_stays_bfloat16(family):
+    model = _model(family).to(torch.bfloat16)
+    small = fold_llm(model, sparsity=0.3, calib_samples=4, calib_len=16)  # defaults + repair
+    assert {p.dtype for p in small.parameters()} == {torch.bfloat16}
+    assert small.config.intermediate_size < 32 or small.config.num_key_value_heads < 2
+    assert torch.isfinite(_logits(small).float()).all()
