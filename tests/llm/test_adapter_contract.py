@@ -28,10 +28,17 @@ def _config(family: str):
     if family == "qwen3":  # per-head q/k norms; head_dim set apart from hidden/heads
         return tf.Qwen3Config(**common, head_dim=8, use_sliding_window=False), \
             tf.Qwen3ForCausalLM
+    if family == "gemma":  # GeGLU, (1 + w) norms
+        return tf.GemmaConfig(**common, head_dim=16), tf.GemmaForCausalLM
+    if family == "gemma2":  # sandwich norms, soft-capping, sliding windows
+        return tf.Gemma2Config(**common, head_dim=24, sliding_window=8), tf.Gemma2ForCausalLM
+    if family == "gemma3_text":  # sandwich norms, q/k norms, head_dim != hidden / heads
+        return tf.Gemma3TextConfig(**common, head_dim=24, sliding_window=8), \
+            tf.Gemma3ForCausalLM
     raise AssertionError(family)
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
 
 
 def _model(family: str, seed: int = 0):
@@ -132,3 +139,20 @@ def test_a_bfloat16_model_folds_and_stays_bfloat16(family):
     assert {p.dtype for p in small.parameters()} == {torch.bfloat16}
     assert small.config.intermediate_size < 32 or small.config.num_key_value_heads < 2
     assert torch.isfinite(_logits(small).float()).all()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text"])
+def test_the_least_squares_repair_pulls_the_stream_back(family):
+    model = _model(family)
+    calib = torch.randint(0, 90, (8, 24), generator=torch.Generator().manual_seed(3))
+
+    def final_hidden(m):
+        with torch.no_grad():
+            return m(input_ids=calib, output_hidden_states=True).hidden_states[-1]
+
+    plain = fold_llm(model, head_ratio=0.5, mlp_ratio=0.5, repair="none")
+    fixed = fold_llm(model, head_ratio=0.5, mlp_ratio=0.5, repair="refit", data=calib)
+    ref = final_hidden(model)
+    err_plain = (final_hidden(plain) - ref).pow(2).mean()
+    err_fixed = (final_hidden(fixed) - ref).pow(2).mean()
+    assert err_fixed < 0.75 * err_plain

@@ -60,7 +60,11 @@ class DecoderAdapter:
     gate: str = "gate_proj"
     up: str = "up_proj"
     down: str = "down_proj"
+    # (norm before attention, norm whose input is the stream between attention and MLP)
     norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    # sandwich norms (Gemma 2/3): applied to the attention and MLP outputs before the
+    # residual add; the least-squares repair then aims through them
+    post_norms: tuple[str, str] | None = None
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layer_prefix)
@@ -178,6 +182,14 @@ register_family("mistral", DecoderAdapter(family="mistral"))
 register_family("qwen2", DecoderAdapter(family="qwen2"))  # q/k/v biases fold with their rows
 # Qwen3: per-head q/k RMSNorms act on head_dim, which folding never changes.
 register_family("qwen3", DecoderAdapter(family="qwen3"))
+# Gemma: LLaMA layout with GeGLU and (1 + w) RMSNorms; head_dim is its own config field.
+register_family("gemma", DecoderAdapter(family="gemma"))
+# Gemma 2/3: sandwich norms around attention and MLP; soft-capping, sliding windows, q/k
+# norms (Gemma 3) and scaled embeddings are untouched by folding.
+_SANDWICH = dict(norms=("input_layernorm", "pre_feedforward_layernorm"),
+                 post_norms=("post_attention_layernorm", "post_feedforward_layernorm"))
+register_family("gemma2", DecoderAdapter(family="gemma2", **_SANDWICH))
+register_family("gemma3_text", DecoderAdapter(family="gemma3", **_SANDWICH))
 
 LlamaAdapter = DecoderAdapter  # the name before issue 18
 

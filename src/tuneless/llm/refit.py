@@ -68,6 +68,19 @@ def ridge_refit(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float) -
 REFIT_SCOPES = ("folded", "downstream")
 
 
+def _through_norm(norm: nn.Module, contribution: torch.Tensor,
+                  reference: torch.Tensor) -> torch.Tensor:
+    """The input y with norm(y) ≈ contribution, for an RMS norm with gain g: y = c / g,
+    scaled per token to the RMS of what the original consumer wrote (`reference`); exact
+    when the contribution is the original's, and linear in c, so least squares applies."""
+    probe = torch.ones(1, contribution.shape[-1], dtype=contribution.dtype,
+                       device=contribution.device)
+    gain = norm(probe)[0]
+    gain = torch.where(gain.abs() > 1e-6, gain, torch.full_like(gain, 1e-6))
+    scale = reference.float().pow(2).mean(-1, keepdim=True).sqrt().to(contribution.dtype)
+    return contribution / gain * scale
+
+
 @torch.no_grad()
 def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *,
                     lam: float = 1.0, scope: str = "folded",
@@ -93,12 +106,16 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
     h_old, kwargs = layer_inputs(original, ids)
     h_new = h_old.clone()
     post = adapter.norms[1]
+    sandwich = adapter.post_norms
     seen_fold = False
     for i in progress(range(len(old_layers)), total=len(old_layers), desc="refit",
                       unit="layer", disable=not show_progress):
         lo, ln = old_layers[i], new_layers[i]
         po, pn = adapter.projections(lo), adapter.projections(ln)
-        h_old_out, seen_old = _run(lo, h_old, kwargs, {"mid": getattr(lo, post)})
+        watch = {"mid": getattr(lo, post)}
+        if sandwich:  # what the original consumers wrote, before their output norms
+            watch.update({"o": getattr(lo, sandwich[0]), "down": getattr(lo, sandwich[1])})
+        h_old_out, seen_old = _run(lo, h_old, kwargs, watch)
         h_next = None  # the folded layer's output, when the last refit already gives it
         folded_here = any(pn[s].in_features != po[s].in_features for s in ("o", "down"))
         seen_fold = seen_fold or folded_here
@@ -111,12 +128,19 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
                 target = seen_old["mid"] - h_new
             else:  # the MLP half must land on the original layer output
                 target = h_old_out - seen["mid"]
+            if sandwich:  # aim at the norm's input: c / gain at the original's scale
+                norm = getattr(ln, sandwich[0] if short == "o" else sandwich[1])
+                target = _through_norm(norm, target, seen_old[short])
             if pn[short].bias is not None:  # the bias stays; the weights fit the rest
                 target = target - pn[short].bias
             w = ridge_refit(seen["x"], target, pn[short].weight, lam)
             pn[short].weight.copy_(w)
             # after the down refit the output is mid + down(x): no second pass of the layer
-            h_next = seen["mid"] + pn["down"](seen["x"]) if short == "down" else None
+            if short == "down":
+                out = pn["down"](seen["x"])
+                h_next = seen["mid"] + (getattr(ln, sandwich[1])(out) if sandwich else out)
+            else:
+                h_next = None
         h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
         h_old = h_old_out
     return folded
