@@ -174,3 +174,17 @@ def test_fill_empty_moves_members_of_the_largest_cluster():
 
     labels = fill_empty(torch.tensor([0, 0, 0, 1, 1]), 4)
     assert sorted(torch.bincount(labels).tolist()) == [1, 1, 1, 2]
+
+
+def test_a_registered_clusterer_is_usable_by_name_and_by_fold():
+    from tuneless.cluster import CLUSTERERS, Clustering, _finish, register_clusterer
+
+    @register_clusterer("first-k")
+    def first_k(x, k, *, seed=0, **_ignored) -> Clustering:  # channel i -> cluster min(i, k-1)
+        return _finish(x, torch.clamp(torch.arange(len(x)), max=k - 1))
+
+    try:
+        c = cluster(torch.randn(6, 3), 3, "first-k", seed=1, n_init=4)
+        assert c.labels.tolist() == [0, 1, 2, 2, 2, 2]
+    finally:
+        del CLUSTERERS["first-k"]

@@ -10,13 +10,14 @@ only ever lower the objective that Lloyd's iterations stop at.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from tuneless.errors import TunelessError
 
-METHODS = ("kmeans", "ward", "greedy")
+CLUSTERERS: dict[str, Callable[..., Clustering]] = {}  # filled by register_clusterer below
 _BATCHED_HARTIGAN = 2**25  # restarts × n × k × dims up to which Hartigan runs batched
 _PAIRWISE_MAX_N = 8192  # precompute the n×n distance matrix for seeding up to this size
 _GRAM_MAX_N = 4096  # Hartigan keeps an n×n Gram matrix for rank-one updates up to this size
@@ -46,19 +47,27 @@ class Clustering:
         return u
 
 
+def register_clusterer(name: str):
+    """Decorator: `fn(x, k, *, seed=0, **options) -> Clustering` becomes cluster(method=name).
+    Options a clusterer has no use for are ignored, so callers pass one set to any method."""
+    def wrap(fn):
+        CLUSTERERS[name] = fn
+        return fn
+    return wrap
+
+
 def cluster(x: torch.Tensor, k: int, method: str = "kmeans", **options) -> Clustering:
     """Cluster the rows of x into exactly k groups with the named method."""
     x = _check(x, k)
     n = x.shape[0]
+    if method not in CLUSTERERS:
+        raise TunelessError(
+            f"unknown clustering method {method!r}; choose one of {', '.join(CLUSTERERS)}")
     if k == n:
         return _finish(x, torch.arange(n))
     if k == 1:
         return _finish(x, torch.zeros(n, dtype=torch.long))
-    run = {"kmeans": kmeans, "ward": ward, "greedy": greedy_pairs}.get(method)
-    if run is None:
-        raise TunelessError(
-            f"unknown clustering method {method!r}; choose one of {', '.join(METHODS)}")
-    return run(x, k, **options)
+    return CLUSTERERS[method](x, k, **options)
 
 
 def fill_empty(labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -144,6 +153,7 @@ def inertia_of(x: torch.Tensor, labels: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- k-means
 
 
+@register_clusterer("kmeans")
 def kmeans(
     x: torch.Tensor,
     k: int,
@@ -516,7 +526,8 @@ def hartigan_batched(x: torch.Tensor, labels: torch.Tensor, k: int,
 # --------------------------------------------------------------------------- others
 
 
-def ward(x: torch.Tensor, k: int) -> Clustering:
+@register_clusterer("ward")
+def ward(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clustering:
     """Ward agglomerative clustering (scipy), cut at exactly k clusters."""
     x = _check(x, k)
     try:
@@ -530,8 +541,9 @@ def ward(x: torch.Tensor, k: int) -> Clustering:
     return _finish(x, labels)
 
 
+@register_clusterer("greedy")
 def greedy_pairs(x: torch.Tensor, k: int, *, weighted: bool = True,
-                 summed: torch.Tensor | None = None) -> Clustering:
+                 summed: torch.Tensor | None = None, seed: int = 0, **_ignored) -> Clustering:
     """IFM's greedy pairing: repeatedly merge the two closest (merged) channels until k remain.
 
     A merged channel's feature is the size-weighted average of its parts; feature

@@ -28,9 +28,20 @@ METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold
            "fold-ar-paper", "fold-r-paper",
            "tp-l1", "tp-l2", "tp-bn", "tp-taylor", "tp-l1-bn", "tp-l2-bn", "tp-bn-bn",
            "tp-taylor-bn")
-NEEDS_BN = {"fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error", "prune-l1-bn",
-            "fold-ar-unfused", "fold-r-unfused", "fold-ar-paper", "fold-r-paper", "tp-bn",
-            "tp-l1-bn", "tp-l2-bn", "tp-bn-bn", "tp-taylor-bn"}
+# The repair each row applies; whether a row needs BatchNorm is the repair's own
+# declaration (tuneless.repair.REPAIRS), plus Torch-Pruning's BN-scale criterion.
+ROW_REPAIR = {"fold-naive": "none", "fold-ar": "ar", "fold-dir": "dir", "fold-r": "data",
+              "fold-ar-error": "ar", "fold-r-error": "data", "fold-ar-unfused": "ar",
+              "fold-r-unfused": "data", "fold-ar-paper": "ar", "fold-r-paper": "data",
+              "prune-l1-bn": "data", "fold-refit": "refit", "fold-refit-error": "refit",
+              "prune-l1-refit": "refit", "tp-l1-bn": "data", "tp-l2-bn": "data",
+              "tp-bn-bn": "data", "tp-taylor-bn": "data"}
+
+
+def needs_bn(name: str) -> bool:
+    from tuneless.repair import get_repair
+
+    return name.startswith("tp-bn") or get_repair(ROW_REPAIR.get(name, "none")).needs_bn
 FIELDS = ["model", "weights", "dense_acc", "method", "requested", "achieved", "params",
           "accuracy", "seconds", "test_images", "commit", "note"]
 
@@ -205,7 +216,7 @@ def run(args) -> int:
                 "test_images": len(test), "commit": info["commit"]}
         for sp, name in pending:
             row = {**base, "method": name, "requested": sp}
-            if name in NEEDS_BN and not has_bn:
+            if needs_bn(name) and not has_bn:
                 rows.append({**row, "note": "n/a: no BatchNorm"})
                 continue
             t0 = time.perf_counter()

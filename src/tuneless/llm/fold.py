@@ -40,7 +40,7 @@ def fold_llm(
     data: torch.Tensor | None = None,
     calib_samples: int = 16,
     calib_len: int = 128,
-    refit_lambda: float = 1.0,
+    refit_lambda: float = 3.0,
     refit_scope: str = "folded",
     features: str = "auto",
 ) -> nn.Module:

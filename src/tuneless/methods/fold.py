@@ -105,6 +105,11 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
             raise TunelessError(f"{name} must be a number in [0, 1), got {v!r}")
     get_repair(opts.repair)
+    from tuneless.cluster import CLUSTERERS
+
+    if opts.cluster not in CLUSTERERS:
+        raise TunelessError(f"unknown clustering method {opts.cluster!r}; choose one of "
+                            f"{', '.join(CLUSTERERS)}")
     if opts.allocation not in ALLOCATIONS:
         raise TunelessError(f"unknown allocation {opts.allocation!r}; choose uniform or error")
     if opts.features not in FEATURES:
@@ -164,8 +169,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         k = kept[g.id]
         if k >= g.n:
             continue
-        kw = {"seed": opts.seed, "n_init": opts.n_init} if opts.cluster == "kmeans" else {}
-        c = cluster(feats[g.id], k, method=opts.cluster, **kw)
+        c = cluster(feats[g.id], k, method=opts.cluster, seed=opts.seed, n_init=opts.n_init)
         decisions[g.id], labels[g.id], inertia[str(g.id)] = merge(c.labels, k), c.labels, \
             c.inertia
     new = reduce(work, graph, decisions) if decisions else copy.deepcopy(model)
