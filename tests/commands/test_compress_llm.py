@@ -131,3 +131,18 @@ def test_broken_language_model_inputs_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_has_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    _tiny_folder(tmp_path / "dense")
+    out = tmp_path / "small"
+    assert main(["compress", str(tmp_path / "dense"), "--method", "fold-naive", "--sparsity",
+                 "0.3", "-o", str(out)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    for f in out.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name

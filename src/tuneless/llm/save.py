@@ -81,6 +81,16 @@ def _write_modeling(model: nn.Module, folder: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def default_modes(folder: Path) -> None:
+    """The permissions a plain mkdir/open would have given (mkdtemp makes the folder 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~umask)
+
+
 def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
     """save_pretrained into a new folder, atomically (never over an existing folder).
 
@@ -100,6 +110,7 @@ def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> 
                 _write_modeling(model, tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
+            default_modes(tmp)
             os.replace(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ from tuneless.errors import TunelessError
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.plan import LayerPlan, Shape, make_plan
+from tuneless.llm.save import default_modes
 from tuneless.progress import progress as _progress
 from tuneless.reduce import reduce_tensors
 
@@ -146,6 +147,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
             if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
                     "config.json", "model.safetensors.index.json"):
                 shutil.copy2(f, tmp / f.name)
+        default_modes(tmp)
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
