@@ -1,5 +1,7 @@
 """What the documented one-liner gives on SmolLM2-135M: `tuneless.fold(model, sparsity=0.2)`
-with the library's defaults, or with overrides given as JSON (issue 19's target: perplexity
+with the library's defaults, or with overrides given as JSON (`"method": "magnitude"` or
+`"wanda-sp"` runs `tuneless.prune` with that criterion instead, for the baselines on equal
+terms; Wanda-sp draws its calibration windows from the Python reference docs) (issue 19's target: perplexity
 ≤ 1.5× dense on the first 2,048 WikiText-2 test tokens, ≤ 120 CPU-seconds including the
 repair and its self-generated calibration text). One thread; CPU seconds of this process.
 
@@ -32,8 +34,15 @@ def main(argv: list[str]) -> int:
     print(f"dense {dense:.2f}", flush=True)
     for text in argv or ["{}"]:
         options = json.loads(text)
+        call = dict(options)
+        method = call.pop("method", "fold")
         cpu, wall = time.process_time(), time.perf_counter()
-        small = tuneless.fold(model, sparsity=0.2, **options)
+        if method == "fold":
+            small = tuneless.fold(model, sparsity=0.2, **call)
+        else:
+            if method == "wanda-sp":
+                call.setdefault("tokenizer", tok)
+            small = tuneless.prune(model, sparsity=0.2, criterion=method, **call)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         p = ppl(small)
         print(json.dumps({"options": options, "ppl": round(p, 2), "x_dense": round(p / dense, 3),

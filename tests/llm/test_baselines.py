@@ -73,3 +73,27 @@ def test_svd_of_low_rank_weights_is_exact():
                     lin.weight.copy_(w[:, :8] @ torch.randn(8, w.shape[1]) * 0.1)
     s = svd_llm(m, sparsity=0.5)
     assert torch.allclose(logits(s), logits(m), atol=1e-4)
+
+
+def test_pruning_baselines_take_folding_s_repair_on_equal_terms():
+    from tests.llm.conftest import tiny_llama
+    from tuneless.llm import magnitude_prune_llm, wanda_sp_llm
+
+    m = tiny_llama(layers=3, mlp=48)
+    calib = torch.randint(0, 97, (8, 24), generator=torch.Generator().manual_seed(1))
+
+    def err(small):
+        with torch.no_grad():
+            a = small(input_ids=calib, output_hidden_states=True).hidden_states[-1]
+            b = m(input_ids=calib, output_hidden_states=True).hidden_states[-1]
+        return (a - b).pow(2).mean()
+
+    for prune, extra in ((magnitude_prune_llm, {"data": calib}),
+                         (wanda_sp_llm, {"batches": [calib]})):
+        plain = prune(m, head_ratio=0.0, mlp_ratio=0.5, **extra) if prune is wanda_sp_llm \
+            else prune(m, head_ratio=0.0, mlp_ratio=0.5)
+        fixed = prune(m, head_ratio=0.0, mlp_ratio=0.5, repair="refit", refit_lambda=0.3,
+                      **extra)
+        assert fixed.config.intermediate_size == plain.config.intermediate_size == 24
+        assert fixed.tuneless_report["repair"] == "refit"
+        assert err(fixed) < 0.75 * err(plain)

@@ -102,7 +102,22 @@ def fold_llm(
     if calib is not None:
         refit_consumers(model, folded, calib, lam=refit_lambda, scope=refit_scope,
                         show_progress=progress)
+        folded.tuneless_report["repair"] = repair
     return folded
+
+
+def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, tokenizer=None,
+                   data=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
+                   refit_lambda: float = 3.0) -> nn.Module:
+    """The same least-squares repair as folding's, for any structured reduction of `model`
+    (the pruning baselines on equal terms): "self", "refit" or None/"none" (nothing)."""
+    repair = "none" if repair in (None, "naive") else repair
+    get_repair(repair, "llm")
+    calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
+    if calib is not None:
+        refit_consumers(model, small, calib, lam=refit_lambda)
+        small.tuneless_report["repair"] = repair
+    return small
 
 
 FEATURES = ("auto", "weights", "activations")

@@ -17,14 +17,18 @@ from tuneless.hooks import Moments
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.decide import magnitude_scores, score_decisions, wanda_sp_scores
 from tuneless.llm.engine import plan_for, reduce_llm
+from tuneless.llm.fold import repair_reduced
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 
 
 def magnitude_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule="uniform",
                         head_ratio: float | None = None, mlp_ratio: float | None = None,
-                        gqa: str = "kv-groups") -> nn.Module:
-    """Data-free structured magnitude pruning of MLP channels and heads."""
+                        gqa: str = "kv-groups", repair: str | None = None, tokenizer=None,
+                        data=None, calib_samples: int = 16, calib_len: int = 128,
+                        seed: int = 0, refit_lambda: float = 3.0) -> nn.Module:
+    """Data-free structured magnitude pruning of MLP channels and heads; `repair` ("self",
+    "refit") applies folding's least-squares repair to the pruned model, on equal terms."""
     check_model(model, "magnitude")
     check_call(magnitude_prune_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
                                      "mlp_ratio": mlp_ratio}, "magnitude")
@@ -36,7 +40,10 @@ def magnitude_prune_llm(model: nn.Module, sparsity: float | None = None, *, sche
     def decide(i, groups, shape, plan):
         return score_decisions(adapter, groups, shape, plan, magnitude_scores(model, groups))
 
-    return reduce_llm(model, plans, decide, gqa=gqa, desc="magnitude")
+    small = reduce_llm(model, plans, decide, gqa=gqa, desc="magnitude")
+    return repair_reduced(model, small, repair, tokenizer=tokenizer, data=data,
+                          calib_samples=calib_samples, calib_len=calib_len, seed=seed,
+                          refit_lambda=refit_lambda)
 
 
 @torch.inference_mode()
@@ -63,11 +70,14 @@ def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=N
                  batches: list[torch.Tensor] | None = None, n_samples: int = 16,
                  seq_len: int = 512, schedule="uniform", head_ratio: float | None = None,
                  mlp_ratio: float | None = None, gqa: str = "kv-groups",
-                 seed: int = 0) -> nn.Module:
+                 seed: int = 0, repair: str | None = None, calib_samples: int = 16,
+                 calib_len: int = 128, refit_lambda: float = 3.0) -> nn.Module:
     """Wanda-sp at the same per-layer sizes as folding; needs calibration text.
 
     Give `batches` (token-id tensors) or a `tokenizer` to draw n_samples windows
-    from the calibration text (tuneless.llm.calibration).
+    from the calibration text (tuneless.llm.calibration). `repair`: folding's
+    least-squares repair on the pruned model ("refit" on the same calibration batches,
+    "self" on the model's own samples), on equal terms.
     """
     from tuneless.errors import TunelessError
     from tuneless.llm.calibration import calibration_batches
@@ -91,4 +101,8 @@ def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=N
         return score_decisions(adapter, groups, shape, plan,
                                wanda_sp_scores(model, groups, norms))
 
-    return reduce_llm(model, plans, decide, gqa=gqa, desc="wanda-sp")
+    small = reduce_llm(model, plans, decide, gqa=gqa, desc="wanda-sp")
+    data = torch.cat([b[:, :calib_len] for b in batches]) if repair == "refit" else None
+    return repair_reduced(model, small, repair, tokenizer=tokenizer, data=data,
+                          calib_samples=calib_samples, calib_len=calib_len, seed=seed,
+                          refit_lambda=refit_lambda)
