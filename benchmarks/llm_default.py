@@ -1,9 +1,10 @@
 """What the documented one-liner gives on SmolLM2-135M: `tuneless.fold(model, sparsity=0.2)`
 with the library's defaults, or with overrides given as JSON (`"method": "magnitude"` or
 `"wanda-sp"` runs `tuneless.prune` with that criterion instead, for the baselines on equal
-terms; Wanda-sp draws its calibration windows from the Python reference docs) (issue 19's target: perplexity
-≤ 1.5× dense on the first 2,048 WikiText-2 test tokens, ≤ 120 CPU-seconds including the
-repair and its self-generated calibration text). One thread; CPU seconds of this process.
+terms; Wanda-sp draws its calibration windows from the Python reference docs). Issue 19's
+target: perplexity ≤ 1.5× dense on the first 2,048 WikiText-2 test tokens, ≤ 120 CPU-s
+including the repair and its self-generated calibration text. One thread; CPU seconds of
+this process.
 
     python benchmarks/llm_default.py                       # the defaults
     python benchmarks/llm_default.py '{"calib_samples": 32}' '{"refine": true}'
