@@ -146,3 +146,22 @@ def test_output_folder_has_ordinary_permissions(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     for f in out.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma", "gemma2",
+                                    "gemma3_text"])
+def test_every_family_through_the_cli_loads_without_tuneless(family, tmp_path):
+    """The default fold (per-layer sizes) of each family's tiny random model, written by the
+    CLI, loads in plain transformers with the shipped modeling file: identical logits."""
+    from tests.llm.test_adapter_contract import _config
+
+    cfg, cls = _config(family, layers=8)
+    torch.manual_seed(0)
+    cls(cfg).eval().save_pretrained(tmp_path / "dense")
+    out = tmp_path / "small"
+    assert main(["compress", str(tmp_path / "dense"), "--method", "fold", "--sparsity", "0.1",
+                 "--option", "calib_samples=4", "--option", "calib_len=16", "-o",
+                 str(out)]) == 0
+    sizes = json.loads((out / "config.json").read_text())["tuneless_layer_sizes"]
+    assert len({tuple(s) for s in sizes}) > 1  # per-layer: the paper's MLP schedule
+    assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=True), _logits(out))

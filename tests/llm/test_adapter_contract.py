@@ -14,11 +14,12 @@ from tuneless.llm.adapters import ADAPTERS, adapter_for
 IDS = torch.randint(0, 90, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
-def _config(family: str):
+def _config(family: str, layers: int = 2):
     import transformers as tf
 
-    common = dict(vocab_size=97, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    common = dict(vocab_size=97, hidden_size=64, intermediate_size=32, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  bos_token_id=1, eos_token_id=2)
     if family == "llama":
         return tf.LlamaConfig(**common), tf.LlamaForCausalLM
     if family == "mistral":
