@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from tuneless.bench.fold_bench import load_any, training_pad
-from tuneless.bench.stamp import stamp, stamp_markdown
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
+from benchmarks.suites.fold_bench import load_any, training_pad
 from tuneless.data import get_dataset
 from tuneless.evaluate import accuracy
 from tuneless.io_atomic import atomic_write_text
+from tuneless.provenance import stamp, stamp_markdown
 from tuneless.repair import reestimate_bn
 
 

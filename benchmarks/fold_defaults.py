@@ -27,13 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tuneless.bench.fold_bench import load_any, training_pad  # noqa: E402
-from tuneless.bench.stamp import stamp, stamp_markdown  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
+from benchmarks.suites.fold_bench import load_any, training_pad  # noqa: E402
 from tuneless.data import get_dataset  # noqa: E402
 from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.methods.fold import fold  # noqa: E402
+from tuneless.provenance import stamp, stamp_markdown  # noqa: E402
 
 # name -> fold options, every one explicit (defaults change); "paper-order" is Algorithm 1's
 # order (BN fused first, running means in the features), the defaults before this sweep

@@ -57,8 +57,8 @@ def main() -> int:
                 key = (r["model"], r["method"], float(r["requested"]))
                 rows[key][mode] = float(r["accuracy"])
                 dense[r["model"]], images[r["model"]] = float(r["dense_acc"]), r["test_images"]
-    from tuneless.bench.stamp import stamp, stamp_markdown
     from tuneless.io_atomic import atomic_write_text
+    from tuneless.provenance import stamp, stamp_markdown
 
     torch.set_num_threads(1)  # the runs use one thread; the stamp records this process's
     command = "python benchmarks/fold_features.py " + " ".join(sys.argv[1:])

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from tuneless.bench.fold_speed import fold_problems
-from tuneless.bench.stamp import stamp, stamp_markdown
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
+from benchmarks.suites.fold_speed import fold_problems
 from tuneless.cluster import embed, kmeans
 from tuneless.io_atomic import atomic_write_text
 from tuneless.methods.fold import fold
+from tuneless.provenance import stamp, stamp_markdown
 from tuneless.zoo import build_model
 
 

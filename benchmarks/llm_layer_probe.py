@@ -24,9 +24,9 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from tuneless.bench.stamp import stamp, stamp_markdown
     from tuneless.llm import fold_llm, load_smollm2
     from tuneless.llm.perplexity import perplexity_of_ids, read_text, tokenize
+    from tuneless.provenance import stamp, stamp_markdown
 
     info = stamp("python benchmarks/llm_layer_probe.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()))

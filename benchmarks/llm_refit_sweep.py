@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from tuneless.bench.stamp import stamp, stamp_markdown
 from tuneless.io_atomic import atomic_write_text
 from tuneless.llm import fold_llm, load_smollm2
 from tuneless.llm.perplexity import WIKITEXT2_TEST, perplexity_of_ids, read_text, tokenize
 from tuneless.llm.refit import self_generated
+from tuneless.provenance import stamp, stamp_markdown
 
 SETTINGS = [  # (calibration sequences, lambda, k-means refinement, clustering features)
     (0, None, False, "weights"), (64, 1.0, False, "weights"), (64, 1.0, False, "activations"),

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tuneless.bench.stamp import stamp, stamp_markdown
 from tuneless.io_atomic import atomic_write_text
 from tuneless.modelio import load_model
+from tuneless.provenance import stamp, stamp_markdown
 from tuneless.smooth import KINDS, SmoothPenalty, penalty_value
 from tuneless.zoo import ARCH_DATASET, INPUT_SHAPE, build_model
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from tuneless.bench.stamp import stamp, stamp_markdown
 from tuneless.data.loader import get_dataset
 from tuneless.errors import TunelessError
 from tuneless.evaluate import accuracy
 from tuneless.io_atomic import atomic_write_text
 from tuneless.methods.svd import svd
 from tuneless.modelio import load_model
+from tuneless.provenance import stamp, stamp_markdown
 
 VARIANTS = [("per-param", "none"), ("sigma", "none"), ("per-param", "bn"), ("sigma", "bn")]
 

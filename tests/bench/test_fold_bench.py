@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.suites.fold_bench import training_pad
 from tuneless import TunelessError
-from tuneless.bench.fold_bench import training_pad
 from tuneless.checkpoint import save_checkpoint
 from tuneless.cli import main
 from tuneless.data.loader import TensorLoader, get_dataset

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tuneless.bench.llm_bench import METHODS, _fold_parts, _schedule
+from benchmarks.suites.llm_bench import METHODS, _fold_parts, _schedule
 
 
 @pytest.mark.parametrize("method, parts", [

@@ -8,7 +8,7 @@ from tuneless.modelio import build_arch
 
 tp = pytest.importorskip("torch_pruning")
 
-from tuneless.bench.peers import tp_prune  # noqa: E402
+from benchmarks.suites.peers import tp_prune  # noqa: E402
 
 X = torch.randn(2, 3, 32, 32)
 

@@ -82,7 +82,7 @@ def test_bench_reports_bad_arguments(checkpoints, tmp_path, capsys):
 
 
 def test_rerun_measures_only_missing_rows(checkpoints, tmp_path, monkeypatch):
-    from tuneless.bench import smooth_bench
+    from benchmarks.suites import smooth_bench
 
     out = tmp_path / "results"
     args = ["bench", "smooth", "--plain", str(checkpoints / "plain.pt"), "--methods", "svd",

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from breadth_cases import TOL, cases, check  # noqa: E402
 
-from tuneless.bench.stamp import stamp, stamp_markdown  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
+from tuneless.provenance import stamp, stamp_markdown  # noqa: E402
 from tuneless.report import render_markdown  # noqa: E402
 
 

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                     latency=not args.no_latency)
     print_rows(rows)
     if args.json:
-        from tuneless.bench.stamp import stamp
+        from tuneless.provenance import stamp
         from tuneless.report import write_json
 
         write_json(rows, args.json, meta=stamp(getattr(args, "command_line", None)))

@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         return run_wikitext2(args)
     import torch
 
-    from tuneless.bench.stamp import stamp
+    from tuneless.provenance import stamp
     from tuneless.report import render_table, write_json
 
     check_args(args)

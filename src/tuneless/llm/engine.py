@@ -55,12 +55,13 @@ def reduce_llm(
         for i in progress(changed, total=len(changed), desc=desc, unit="layer",
                           disable=not show_progress):
             decisions.update(decide(i, per_layer[i], shapes[i], plans[i]))
-    if not decisions:
-        return plain_copy(model).eval()
-    with detached_quantizer(model):
-        new = reduce(model, graph, decisions)
-    plain_copy(new, inplace=True)
-    adapter.finalize(new)
+    if decisions:
+        with detached_quantizer(model):
+            new = reduce(model, graph, decisions)
+        plain_copy(new, inplace=True)
+        adapter.finalize(new)
+    else:
+        new = plain_copy(model)
     before, after = block_params(model), block_params(new)
     new.tuneless_report = {
         "method": desc, "achieved_sparsity": 1 - after / before, "params_before": before,

@@ -84,6 +84,9 @@ def fold_llm(
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
     plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa)  # before sampling
+    shapes = adapter_for(model).shapes(model)
+    if all((s.n_q, s.n_kv, s.n_mlp) == (p.n_q, p.n_kv, p.n_mlp) for s, p in zip(shapes, plans)):
+        return reduce_llm(model, plans, lambda *_: {}, desc="fold")  # nothing to fold or repair
     calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "

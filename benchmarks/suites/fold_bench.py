@@ -147,8 +147,8 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
                              inplace=True)
     if name == "magnitude":
         return magnitude_prune(model, **common)
-    if name.startswith("tp-"):  # Torch-Pruning, same parameter budget (tuneless.bench.peers)
-        from tuneless.bench.peers import tp_prune
+    if name.startswith("tp-"):  # Torch-Pruning, same parameter budget (benchmarks.suites.peers)
+        from benchmarks.suites.peers import tp_prune
 
         rest = name[3:]  # "l1", "l1-bn" (then BN re-estimated on the repair images), ...
         reestimate = rest.endswith("-bn")
@@ -160,10 +160,10 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
 
 
 def run(args) -> int:
-    from tuneless.bench.stamp import stamp
     from tuneless.data import get_dataset
     from tuneless.deepinversion import synthesize
     from tuneless.evaluate import accuracy, count_params
+    from tuneless.provenance import stamp
     from tuneless.repair import batchnorms
 
     torch.set_num_threads(args.threads)
@@ -281,7 +281,7 @@ def _write(out: Path, stem: str, rows, curves, info, args, write_csv: bool = Tru
 
 
 def markdown(rows, info, args) -> str:
-    from tuneless.bench.stamp import stamp_markdown
+    from tuneless.provenance import stamp_markdown
 
     lines = ["# Folding benchmark: accuracy vs fraction of parameters removed", "",
              stamp_markdown(info), ""]

@@ -38,9 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from tuneless.bench.stamp import stamp, stamp_markdown
     from tuneless.io_atomic import atomic_write_text
     from tuneless.methods.fold import fold
+    from tuneless.provenance import stamp, stamp_markdown
     from tuneless.zoo import build_model
 
     torch.set_num_threads(args.threads)
@@ -114,7 +114,7 @@ def compare_with_sklearn(args) -> list[dict]:
     from tuneless.zoo import build_model
 
     if args.weights:
-        from tuneless.bench.fold_bench import load_any
+        from benchmarks.suites.fold_bench import load_any
 
         model = load_any(args.weights)[0]
     else:

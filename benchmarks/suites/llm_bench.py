@@ -118,10 +118,10 @@ def _csv_text(rows: list[dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tuneless.bench.stamp import stamp, stamp_markdown
     from tuneless.errors import TunelessError
     from tuneless.llm import block_params, load_smollm2
     from tuneless.llm.perplexity import WIKITEXT2_TEST, perplexity_of_ids, read_text, tokenize
+    from tuneless.provenance import stamp, stamp_markdown
 
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]

@@ -259,8 +259,8 @@ def write_kept_rows(path: Path, kept: dict[tuple, dict]) -> None:
 
 def write_results(rows: list[dict], models: dict[str, nn.Module], checkpoints: dict[str, str],
                   sparsities: list[float], skipped: dict[str, str], args, info: dict) -> Path:
-    from tuneless.bench.stamp import stamp_markdown
     from tuneless.io_atomic import atomic_write_text
+    from tuneless.provenance import stamp_markdown
     from tuneless.spectral import plot_spectra, spectral_markdown
 
     out = Path(args.out_dir)
@@ -296,7 +296,7 @@ def write_results(rows: list[dict], models: dict[str, nn.Module], checkpoints: d
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuneless.bench.stamp import stamp
+    from tuneless.provenance import stamp
 
     if args.threads:
         torch.set_num_threads(args.threads)
