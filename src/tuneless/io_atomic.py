@@ -186,3 +186,31 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder` to fill; on success it gets the permissions
+    a plain mkdir/open would give and is renamed to `folder` (which must not exist), on any
+    failure or SIGTERM/SIGHUP it is removed: a model folder appears whole or not at all."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    if folder.exists():
+        raise TunelessError(f"{folder} already exists; choose a new output folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    with exit_on_signals():
+        try:
+            yield tmp
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)
+            for f in tmp.iterdir():
+                if f.is_file():
+                    os.chmod(f, 0o666 & ~umask)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

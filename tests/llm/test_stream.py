@@ -41,3 +41,18 @@ def test_streaming_refuses_existing_output_and_leaves_no_temp(sharded, tmp_path)
     with pytest.raises(TunelessError, match="config.json"):
         fold_checkpoint(tmp_path / "dst", tmp_path / "dst2", 0.2, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+def test_streamed_per_layer_fold_loads_with_the_shipped_modeling_file(sharded, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    m, src = sharded
+    out = fold_checkpoint(src, tmp_path / "dst", 0.25, schedule="paper", kmeans_dim=None,
+                          refine=True, progress=False)
+    cfg = json.loads((out / "config.json").read_text())
+    if "tuneless_layer_sizes" not in cfg:
+        pytest.skip("the plan came out uniform for this tiny model")
+    assert (out / "modeling_tuneless.py").is_file()
+    remote = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    with torch.no_grad():
+        assert torch.equal(remote(X).logits, load_folded(out)(X).logits)

@@ -12,15 +12,13 @@ per layer) and load_folded rebuilds each layer at its size before loading weight
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tuneless.errors import TunelessError
-from tuneless.io_atomic import exit_on_signals
+from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for, adapter_for_config
 
 MODELING = '''"""A decoder whose layers have different sizes (folded by tuneless).
@@ -67,28 +65,18 @@ def _hf_base(model: nn.Module) -> str:
     raise TunelessError(f"{type(model).__name__} is not a transformers model class")
 
 
-def _write_modeling(model: nn.Module, folder: Path) -> None:
-    """Ship the loader of per-layer sizes with the weights (config auto_map points at it)."""
+def write_modeling(a, base: str, folder: Path) -> None:
+    """Ship the loader of per-layer sizes with the weights (config auto_map points at it):
+    `a` the family adapter, `base` the transformers class the folded model is."""
     import json
 
-    a = adapter_for(model)
-    code = MODELING.format(base=_hf_base(model), layers=a.layer_prefix, attn=a.attn, mlp=a.mlp,
+    code = MODELING.format(base=base, layers=a.layer_prefix, attn=a.attn, mlp=a.mlp,
                            q=a.q, k=a.k, v=a.v, o=a.o, gate=a.gate, up=a.up, down=a.down)
     (folder / "modeling_tuneless.py").write_text(code)
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_tuneless.FoldedForCausalLM"}
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-
-def default_modes(folder: Path) -> None:
-    """The permissions a plain mkdir/open would have given (mkdtemp makes the folder 0700)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for f in folder.iterdir():
-        if f.is_file():
-            os.chmod(f, 0o666 & ~umask)
 
 
 def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
@@ -98,24 +86,13 @@ def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> 
     with `from_pretrained(folder, trust_remote_code=True)` from the small modeling file
     written beside the weights (plain transformers; tuneless need not be installed)."""
     adapter_for(model)
-    folder = Path(folder)
-    if folder.exists():
-        raise TunelessError(f"{folder} already exists; choose a new output folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    with exit_on_signals():  # SIGTERM/SIGHUP still remove the half-written folder
-        try:
-            model.save_pretrained(str(tmp))
-            if getattr(model.config, "tuneless_layer_sizes", None):
-                _write_modeling(model, tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
-            default_modes(tmp)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return folder
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(str(tmp))
+        if getattr(model.config, "tuneless_layer_sizes", None):
+            write_modeling(adapter_for(model), _hf_base(model), tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return Path(folder)
 
 
 def _resize(model: nn.Module, sizes: list[list[int]]) -> None:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from tuneless.errors import TunelessError
+from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.plan import LayerPlan, Shape, make_plan
-from tuneless.llm.save import default_modes
+from tuneless.llm.save import write_modeling
 from tuneless.progress import progress as _progress
 from tuneless.reduce import reduce_tensors
 
@@ -106,10 +106,8 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         else:
             other_keys.append(key)
     n_shards = n_layers + len(other_keys)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
     new_map, total = {}, 0
-    try:
+    with atomic_folder(dst) as tmp:
         def write(tensors: dict[str, torch.Tensor], k: int) -> None:
             nonlocal total
             name = f"model-{k:05d}-of-{n_shards:05d}.safetensors"
@@ -137,21 +135,18 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         cfg = json.loads((src / "config.json").read_text())
         sizes = {(p.n_q, p.n_kv, p.n_mlp) for p in plans}
         cfg["head_dim"] = shapes[0].head_dim
-        if len(sizes) == 1:
+        if len(sizes) == 1 and config.hidden_size % next(iter(sizes))[0] == 0:
             cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"] = (
                 sizes.pop())
-        else:
+        else:  # per-layer sizes (or a head count transformers' config check refuses)
             cfg["tuneless_layer_sizes"] = [[p.n_q, p.n_kv, p.n_mlp] for p in plans]
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+        if "tuneless_layer_sizes" in cfg:
+            write_modeling(adapter, (cfg.get("architectures") or ["LlamaForCausalLM"])[0], tmp)
         for f in src.iterdir():  # tokenizer and generation files travel with the model
             if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
-                    "config.json", "model.safetensors.index.json"):
+                    "config.json", "model.safetensors.index.json", "modeling_tuneless.py"):
                 shutil.copy2(f, tmp / f.name)
-        default_modes(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst
 
 
