@@ -84,8 +84,10 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
         raise TunelessError(f"--device {device}: no CUDA device is available here")
     name, fixed = LLM_METHODS[args.method]
     model, tok = load_llm(args.model, args.trust_code, device)
-    if name == "fold" and tok is not None:
-        options.setdefault("tokenizer", tok)
+    if name == "fold":
+        options.setdefault("progress", True)  # a minute or more: say what is happening
+        if tok is not None:
+            options.setdefault("tokenizer", tok)
     if name == "prune" and fixed["criterion"] == "wanda-sp":
         if tok is None:
             raise TunelessError("wanda-sp needs calibration text: the model folder has no "

@@ -7,6 +7,8 @@ summed. The residual width is not folded.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -87,6 +89,9 @@ def fold_llm(
     shapes = adapter_for(model).shapes(model)
     if all((s.n_q, s.n_kv, s.n_mlp) == (p.n_q, p.n_kv, p.n_mlp) for s, p in zip(shapes, plans)):
         return reduce_llm(model, plans, lambda *_: {}, desc="fold")  # nothing to fold or repair
+    if progress and repair == "self":
+        print(f"sampling {calib_samples}×{calib_len} tokens from the model itself for the "
+              "data-free repair", file=sys.stderr, flush=True)
     calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
