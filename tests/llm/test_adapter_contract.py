@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneless.errors import UnsupportedModelError
+from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.llm import fold_llm, load_folded, save_folded
 from tuneless.llm.adapters import ADAPTERS, adapter_for
 
@@ -36,10 +36,12 @@ def _config(family: str, layers: int = 2):
     if family == "gemma3_text":  # sandwich norms, q/k norms, head_dim != hidden / heads
         return tf.Gemma3TextConfig(**common, head_dim=24, sliding_window=8), \
             tf.Gemma3ForCausalLM
+    if family == "phi3":  # fused qkv_proj and gate_up_proj
+        return tf.Phi3Config(**common, pad_token_id=0), tf.Phi3ForCausalLM
     raise AssertionError(family)
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"]
 
 
 def _model(family: str, seed: int = 0):
@@ -69,10 +71,10 @@ def _duplicate(model, what: str) -> None:
             half = group.n // 2
             for s in group.slots:
                 t = s.tensor(model)
-                span = half * s.block
-                t.narrow(s.axis, span, span).copy_(t.narrow(s.axis, 0, span))
+                start, span = s.offset * s.block, half * s.block  # fused: slots at offsets
+                t.narrow(s.axis, start + span, span).copy_(t.narrow(s.axis, start, span))
                 if s.kind == "consumer":  # consumer columns are summed when merged: halve
-                    t.narrow(s.axis, 0, 2 * span).mul_(0.5)
+                    t.narrow(s.axis, start, 2 * span).mul_(0.5)
 
 
 def test_every_registered_family_is_in_the_contract():
@@ -129,7 +131,7 @@ def test_a_causal_lm_without_an_adapter_is_named_with_the_supported_families():
     for call in (lambda: tuneless.fold(gpt2, sparsity=0.2),
                  lambda: tuneless.prune(gpt2, sparsity=0.2, criterion="magnitude"),
                  lambda: tuneless.svd(gpt2, sparsity=0.2)):
-        with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*llama, mistral, qwen2"):
+        with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*llama, mistral, phi3, qwen2"):
             call()
 
 
@@ -157,3 +159,11 @@ def test_the_least_squares_repair_pulls_the_stream_back(family):
     err_plain = (final_hidden(plain) - ref).pow(2).mean()
     err_fixed = (final_hidden(fixed) - ref).pow(2).mean()
     assert err_fixed < 0.75 * err_plain
+
+
+def test_phi3_refuses_per_layer_head_counts_by_name():
+    cfg, cls = _config("phi3", layers=8)
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    with pytest.raises(TunelessError, match="head counts must be the same in every layer"):
+        fold_llm(model, sparsity=0.2, schedule="paper", repair="none")

@@ -65,6 +65,7 @@ class DecoderAdapter:
     # sandwich norms (Gemma 2/3): applied to the attention and MLP outputs before the
     # residual add; the least-squares repair then aims through them
     post_norms: tuple[str, str] | None = None
+    fused: bool = False  # one qkv and one gate_up projection (FusedAdapter)
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layer_prefix)
@@ -84,6 +85,15 @@ class DecoderAdapter:
     def tensor_name(self, layer: int, short: str, kind: str = "weight") -> str:
         """The checkpoint key of one projection, for streaming from safetensors."""
         return f"{self.module_name(layer, short)}.{kind}"
+
+    def projection_specs(self) -> list[tuple[str, str, str, str]]:
+        """(parent "attn" | "mlp", module attribute, in size, out size) of each projection
+        module, sizes as expressions in h, hd, n_q, n_kv, n_mlp: what rebuilding a layer at
+        given sizes means (tuneless's loader and the modeling file shipped with a fold)."""
+        return [("attn", self.q, "h", "n_q * hd"), ("attn", self.k, "h", "n_kv * hd"),
+                ("attn", self.v, "h", "n_kv * hd"), ("attn", self.o, "n_q * hd", "h"),
+                ("mlp", self.gate, "h", "n_mlp"), ("mlp", self.up, "h", "n_mlp"),
+                ("mlp", self.down, "n_mlp", "h")]
 
     def head_dim(self, config) -> int:
         hd = getattr(config, "head_dim", None)
@@ -130,6 +140,9 @@ class DecoderAdapter:
                      for j in range(shape.n_kv)]
         return LayerGroups(mlp, heads, "kv-groups" if g == 1 else gqa,
                            {name: short for short, name in names.items()})
+
+    def check_plans(self, plans: list[LayerPlan]) -> None:
+        """Refuse, before any work, sizes this family cannot run (nothing to refuse here)."""
 
     def kept(self, groups: LayerGroups, shape: Shape, plan: LayerPlan) -> dict[int, int]:
         """Channels each group keeps under a layer plan (only the groups that shrink)."""
@@ -190,6 +203,92 @@ _SANDWICH = dict(norms=("input_layernorm", "pre_feedforward_layernorm"),
                  post_norms=("post_attention_layernorm", "post_feedforward_layernorm"))
 register_family("gemma2", DecoderAdapter(family="gemma2", **_SANDWICH))
 register_family("gemma3_text", DecoderAdapter(family="gemma3", **_SANDWICH))
+
+@dataclass(frozen=True)
+class FusedAdapter(DecoderAdapter):
+    """Phi-3 layout: one qkv_proj ([q | k | v] rows) and one gate_up_proj ([gate | up] rows).
+    The groups are the same as LLaMA's, as slots at offsets inside the fused tensors. Phi-3's
+    attention reads the global head count at run time, so head counts must stay uniform
+    across layers (MLP sizes may differ per layer)."""
+
+    q: str = "qkv_proj"
+    k: str = "qkv_proj"
+    v: str = "qkv_proj"
+    gate: str = "gate_up_proj"
+    up: str = "gate_up_proj"
+    fused: bool = True
+
+    def projection_specs(self) -> list[tuple[str, str, str, str]]:
+        return [("attn", self.q, "h", "(n_q + 2 * n_kv) * hd"), ("attn", self.o, "n_q * hd", "h"),
+                ("mlp", self.gate, "h", "2 * n_mlp"), ("mlp", self.down, "n_mlp", "h")]
+
+    def shapes(self, model: nn.Module) -> list[Shape]:
+        hd = self.head_dim(model.config)
+        out = []
+        for layer in self.layers(model):
+            p = self.projections(layer)
+            n_q = p["o"].in_features // hd  # o_proj reads the query heads only
+            n_kv = (p["q"].out_features // hd - n_q) // 2
+            out.append(Shape(hidden=p["q"].in_features, head_dim=hd, n_q=n_q, n_kv=n_kv,
+                             n_mlp=p["gate"].out_features // 2,
+                             attn_bias=p["q"].bias is not None, o_bias=p["o"].bias is not None,
+                             mlp_bias=p["gate"].bias is not None))
+        return out
+
+    def layer_groups(self, i: int, shape: Shape, gqa: str, first_id: int = 0) -> LayerGroups:
+        qkv, o = self.module_name(i, "q"), self.module_name(i, "o")
+        gate_up, down = self.module_name(i, "gate"), self.module_name(i, "down")
+        hd, g, n_q, n_kv = shape.head_dim, shape.group, shape.n_q, shape.n_kv
+
+        def rows(name, bias, offset, block):
+            out = [Slot(PRODUCER, name, "weight", 0, offset, block)]
+            return out + ([Slot(PRODUCER, name, "bias", 0, offset, block)] if bias else [])
+
+        mlp = ChannelGroup(first_id, shape.n_mlp,
+                           rows(gate_up, shape.mlp_bias, 0, 1)
+                           + rows(gate_up, shape.mlp_bias, shape.n_mlp, 1)
+                           + [Slot(CONSUMER, down, "weight", 1)])
+        if gqa == "kv-groups" or g == 1:  # offsets count blocks: k starts at n_q·hd entries
+            heads = [ChannelGroup(first_id + 1, n_kv,
+                                  rows(qkv, shape.attn_bias, 0, g * hd)
+                                  + rows(qkv, shape.attn_bias, n_q, hd)
+                                  + rows(qkv, shape.attn_bias, n_q + n_kv, hd)
+                                  + [Slot(CONSUMER, o, "weight", 1, 0, g * hd)])]
+        else:
+            heads = [ChannelGroup(first_id + 1 + j, g,
+                                  rows(qkv, shape.attn_bias, j * g, hd)
+                                  + [Slot(CONSUMER, o, "weight", 1, j * g, hd)])
+                     for j in range(n_kv)]
+        roles = {qkv: "q", o: "o", gate_up: "gate", down: "down"}
+        return LayerGroups(mlp, heads, "kv-groups" if g == 1 else gqa, roles)
+
+    def check_plans(self, plans: list[LayerPlan]) -> None:
+        if len({(p.n_q, p.n_kv) for p in plans}) > 1:
+            raise TunelessError(f"{self.family}: attention reads one global head count, so "
+                                "head counts must be the same in every layer; use a schedule "
+                                "that keeps heads uniform (e.g. paper-mlp or uniform)")
+
+    def finalize(self, model: nn.Module) -> None:
+        shapes = self.shapes(model)
+        self.check_plans([LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes])
+        heads = {(s.n_q, s.n_kv) for s in shapes}
+        for layer, s in zip(self.layers(model), shapes):
+            attn = self.attention(layer)
+            attn.num_key_value_heads, attn.num_key_value_groups = s.n_kv, s.group
+        cfg = model.config
+        cfg.head_dim = self.head_dim(cfg)  # before the head count changes
+        n_q, n_kv = heads.pop()
+        cfg.num_attention_heads, cfg.num_key_value_heads = n_q, n_kv
+        mlps = {s.n_mlp for s in shapes}
+        if len(mlps) == 1 and cfg.hidden_size % n_q == 0:
+            cfg.intermediate_size = mlps.pop()
+            if hasattr(cfg, "tuneless_layer_sizes"):
+                del cfg.tuneless_layer_sizes
+        else:
+            cfg.tuneless_layer_sizes = [[s.n_q, s.n_kv, s.n_mlp] for s in shapes]
+
+
+register_family("phi3", FusedAdapter(family="phi3"))
 
 LlamaAdapter = DecoderAdapter  # the name before issue 18
 

@@ -28,8 +28,10 @@ def plan_for(
     gqa="kv-groups",
 ) -> list[LayerPlan]:
     adapter = adapter_for(model)
-    return make_plan(adapter.shapes(model), sparsity=sparsity, schedule=schedule,
-                     head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa)
+    plans = make_plan(adapter.shapes(model), sparsity=sparsity, schedule=schedule,
+                      head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa)
+    adapter.check_plans(plans)
+    return plans
 
 
 def reduce_llm(

@@ -44,14 +44,10 @@ class FoldedForCausalLM({base}):
         hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
         for layer, (n_q, n_kv, n_mlp) in zip(self.{layers}, config.tuneless_layer_sizes):
             attn, mlp = layer.{attn}, layer.{mlp}
-            attn.{q} = _linear(attn.{q}, h, n_q * hd)
-            attn.{k} = _linear(attn.{k}, h, n_kv * hd)
-            attn.{v} = _linear(attn.{v}, h, n_kv * hd)
-            attn.{o} = _linear(attn.{o}, n_q * hd, h)
-            mlp.{gate} = _linear(mlp.{gate}, h, n_mlp)
-            mlp.{up} = _linear(mlp.{up}, h, n_mlp)
-            mlp.{down} = _linear(mlp.{down}, n_mlp, h)
+{rebuild}
             attn.num_key_value_groups = n_q // n_kv
+            if hasattr(attn, "num_key_value_heads"):
+                attn.num_key_value_heads = n_kv
             if hasattr(mlp, "intermediate_size"):
                 mlp.intermediate_size = n_mlp
 '''
@@ -70,8 +66,10 @@ def write_modeling(a, base: str, folder: Path) -> None:
     `a` the family adapter, `base` the transformers class the folded model is."""
     import json
 
+    rebuild = "\n".join(f"            {parent}.{name} = _linear({parent}.{name}, {n_in}, {n_out})"
+                        for parent, name, n_in, n_out in a.projection_specs())
     code = MODELING.format(base=base, layers=a.layer_prefix, attn=a.attn, mlp=a.mlp,
-                           q=a.q, k=a.k, v=a.v, o=a.o, gate=a.gate, up=a.up, down=a.down)
+                           rebuild=rebuild)
     (folder / "modeling_tuneless.py").write_text(code)
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -105,17 +103,35 @@ def _resize(model: nn.Module, sizes: list[list[int]]) -> None:
             f"tuneless_layer_sizes has {len(sizes)} entries for {len(layers)} layers"
         )
     for layer, (n_q, n_kv, n_mlp) in zip(layers, sizes):
-        p = adapter.projections(layer)
-        hidden = p["q"].in_features
-        out = {"q": n_q * hd, "k": n_kv * hd, "v": n_kv * hd, "o": hidden, "gate": n_mlp,
-               "up": n_mlp, "down": hidden}
-        inp = {**dict.fromkeys(out, hidden), "o": n_q * hd, "down": n_mlp}
-        for short, lin in p.items():
-            parent = getattr(layer, adapter.mlp if short in ("gate", "up", "down")
-                             else adapter.attn)
-            setattr(parent, getattr(adapter, short), nn.Linear(
-                inp[short], out[short], bias=lin.bias is not None, dtype=lin.weight.dtype))
+        h = adapter.projections(layer)["o"].out_features
+        sizes_of = {"h": h, "hd": hd, "n_q": n_q, "n_kv": n_kv, "n_mlp": n_mlp}
+        for parent_kind, name, n_in, n_out in adapter.projection_specs():
+            parent = getattr(layer, adapter.attn if parent_kind == "attn" else adapter.mlp)
+            old = getattr(parent, name)
+            n_in, n_out = (_size(e, sizes_of) for e in (n_in, n_out))
+            setattr(parent, name, nn.Linear(n_in, n_out, bias=old.bias is not None,
+                                            dtype=old.weight.dtype))
+        attn = adapter.attention(layer)
+        if hasattr(attn, "num_key_value_heads"):
+            attn.num_key_value_heads = n_kv
     adapter.finalize(model)
+
+
+def _size(expr: str, sizes: dict[str, int]) -> int:
+    """Evaluate one of the adapters' own size expressions: names, integers, + and *."""
+    import ast
+
+    def value(node) -> int:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mult):
+            a, b = value(node.left), value(node.right)
+            return a + b if isinstance(node.op, ast.Add) else a * b
+        if isinstance(node, ast.Name):
+            return sizes[node.id]
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        raise TunelessError(f"bad size expression {expr!r}")
+
+    return value(ast.parse(expr, mode="eval").body)
 
 
 def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,

@@ -91,6 +91,9 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         raise TunelessError(f"{dst} already exists; choose a new output folder")
     config = AutoConfig.from_pretrained(str(src))
     adapter = adapter_for_config(config)
+    if adapter.fused:
+        raise TunelessError(f"streaming does not handle {adapter.family}'s fused projections "
+                            "yet; fold it in memory (tuneless compress FOLDER --method fold)")
     weight_map = _weight_map(src)
     shapes = _shapes(config, adapter, weight_map)
     plans = make_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,

@@ -31,7 +31,11 @@ def svd_llm(model: nn.Module, sparsity: float) -> nn.Module:
         return new.eval()
     for layer in adapter.layers(new):
         attn, mlp = adapter.attention(layer), getattr(layer, adapter.mlp)
+        seen: set[int] = set()  # fused families name one module several times
         for short, lin in adapter.projections(layer).items():
+            if id(lin) in seen:
+                continue
+            seen.add(id(lin))
             o, i = lin.out_features, lin.in_features
             rank = int((1.0 - sparsity) * o * i / (o + i))
             if rank < 1 or rank >= min(o, i) or rank * (o + i) >= o * i:
