@@ -15,10 +15,12 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bo
                where: str = "") -> nn.Module:
     """Build an untrained model from an architecture reference and attach `tuneless_arch`.
 
-    ref: a zoo name ("resnet20" or "zoo:resnet20"), "torchvision:resnet18" or "timm:NAME"
-    (untrained: nothing is downloaded), a name given to tuneless.register_architecture, or an
-    import path "pkg.module:Class". An import path resolves only to an nn.Module class of
-    torch.nn / torchvision / timm / tuneless unless trust_code=True (see tuneless.trust):
+    ref: a zoo name ("resnet20" or "zoo:resnet20"), "torchvision:resnet18" (untrained unless
+    kwargs name `weights`, e.g. "DEFAULT", which torchvision downloads) or "timm:NAME"
+    (`pretrained=True` downloads from the hub), a name given to
+    tuneless.register_architecture, or an import path "pkg.module:Class". An import path
+    resolves only to an nn.Module class of torch.nn / torchvision / timm / tuneless unless
+    trust_code=True (see tuneless.trust):
     loaders pass the file's reference here, and a file must not choose what code runs.
     """
     from tuneless.trust import registered_architecture, resolve_import
@@ -39,23 +41,28 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bo
         except ImportError as exc:
             raise TunelessError("torchvision is not installed (pip install torchvision)") from exc
         kwargs.setdefault("weights", None)
-        if kwargs["weights"] is not None:
-            raise TunelessError("torchvision weights are not downloaded; load a weights file")
         try:
             model = torchvision.models.get_model(name, **kwargs)
-        except (ValueError, TypeError) as exc:
-            raise TunelessError(f"cannot build {ref}: {exc}") from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TunelessError(f"cannot build {ref}: {_first_line(exc)}") from exc
+        except (OSError, RuntimeError) as exc:  # a weights enum downloads: offline, hub down
+            raise TunelessError(f"cannot fetch the {kwargs['weights']} weights of {ref} "
+                                f"({_first_line(exc)}); without internet, load a weights "
+                                "file with --arch instead") from exc
     elif ref.startswith("timm:"):
         try:
             import timm
         except ImportError as exc:
             raise TunelessError("timm is not installed (pip install timm)") from exc
-        if kwargs.pop("pretrained", False):
-            raise TunelessError("timm weights are not downloaded; load a weights file")
+        pretrained = bool(kwargs.pop("pretrained", False))
         try:
-            model = timm.create_model(ref.split(":", 1)[1], pretrained=False, **kwargs)
+            model = timm.create_model(ref.split(":", 1)[1], pretrained=pretrained, **kwargs)
+        except (OSError, ConnectionError) as exc:  # pretrained weights come from the hub
+            raise TunelessError(f"cannot fetch the pretrained weights of {ref} "
+                                f"({_first_line(exc)}); without internet, load a weights "
+                                "file with --arch instead") from exc
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise TunelessError(f"cannot build {ref}: {exc}") from exc
+            raise TunelessError(f"cannot build {ref}: {_first_line(exc)}") from exc
     elif ":" in ref and not ref.startswith("zoo:"):
         factory = resolve_import(ref, "architecture", trust_code, where)
         model = _call(factory, kwargs, ref)
@@ -65,9 +72,21 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bo
         name = ref.removeprefix("zoo:")
         model = build_model(name, **kwargs)
         ref = f"zoo:{name}"
+    # the architecture, never its downloaded weights: a saved model carries its own tensors
     model.tuneless_arch = {"ref": ref, "kwargs": {k: v for k, v in kwargs.items()
-                                                  if not (k == "weights" and v is None)}}
+                                                  if k not in ("weights", "pretrained")}}
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def is_reference(spec: str) -> bool:
+    """True for a model given by architecture name on the command line instead of a file:
+    torchvision:NAME, timm:NAME or zoo:NAME."""
+    return isinstance(spec, str) and spec.split(":", 1)[0] in ("torchvision", "timm", "zoo") \
+        and ":" in spec
 
 
 def _in(where: str) -> str:

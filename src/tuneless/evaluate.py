@@ -144,7 +144,7 @@ def evaluate(
     row["flops"] = count_flops(model, example)
     row["weights_bytes"] = size_on_disk(model)
     if path is not None:
-        row["file_bytes"] = os.path.getsize(path)
+        row["file_bytes"] = os.path.getsize(path) if os.path.isfile(path) else None
     for b in latency_batches:
         reps = repeats if b <= 16 else max(3, repeats // 3)
         row[f"latency_b{b}_ms"] = latency_ms(model, batch_of(example, b), repeats=reps,

@@ -14,7 +14,8 @@ TASKS = ("classify", "wikitext2")
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="measure accuracy, size, FLOPs and latency of models")
     p.add_argument("model", nargs="+", metavar="MODEL",
-                   help="checkpoint or saved model file(s); several give a comparison table")
+                   help="checkpoint or saved model file(s), or torchvision:NAME / timm:NAME "
+                        "(untrained); several give a comparison table")
     p.add_argument("--task", choices=TASKS, default="classify",
                    help="classify (images) or wikitext2 (language-model perplexity)")
     p.add_argument("--dataset", choices=["cifar10", "fashion-mnist"],
@@ -43,9 +44,15 @@ def add_parser(sub) -> None:
 
 def load_any_model(path: str, arch: str | None = None, arch_kwargs: str | None = None,
                    unsafe_pickle: bool = False, trust_code: bool = False):
-    """A model from any file tuneless understands: checkpoint, saved model, pickle, state_dict."""
-    from tuneless.modelio import load_model
+    """A model from any file tuneless understands: checkpoint, saved model, pickle, state_dict;
+    or an untrained torchvision:NAME / timm:NAME / zoo:NAME (sizes, FLOPs, latency)."""
+    import os
 
+    from tuneless.arch import build_arch, is_reference
+    from tuneless.modelio import load_model, parse_kwargs
+
+    if is_reference(path) and not os.path.exists(path):
+        return build_arch(path, parse_kwargs(arch_kwargs)).eval()
     return load_model(path, arch=arch, arch_kwargs=arch_kwargs, allow_pickle=unsafe_pickle,
                       trust_code=trust_code)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from tuneless.errors import TunelessError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,14 +22,28 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-code", action="store_true",
                    help="let a model file import the architecture or module classes it names "
                         "(runs code: trusted files only)")
+    p.add_argument("--weights", help="with MODEL = torchvision:NAME, a weights enum name "
+                                     "(DEFAULT, IMAGENET1K_V1, ...); with timm:NAME, "
+                                     "'pretrained' (both download: needs the internet)")
     p.add_argument("--input-shape", help="input shape C,H,W (default: known for zoo and "
                                          "torchvision models)")
 
 
 def load_from_args(args: argparse.Namespace):
     """(model, example input) from the shared arguments."""
-    from tuneless.modelio import example_input, load_model
+    from tuneless.arch import build_arch, is_reference
+    from tuneless.modelio import example_input, load_model, parse_kwargs
 
+    weights = getattr(args, "weights", None)
+    if is_reference(args.model) and not os.path.exists(args.model):
+        kwargs = parse_kwargs(args.arch_kwargs)
+        if weights is not None:
+            kwargs["pretrained" if args.model.startswith("timm:") else "weights"] = (
+                True if args.model.startswith("timm:") else weights)
+        model = build_arch(args.model, kwargs).eval()
+        return model, example_input(model, args.input_shape)
+    if weights is not None:
+        raise TunelessError("--weights goes with MODEL = torchvision:NAME or timm:NAME")
     model = load_model(args.model, arch=args.arch, arch_kwargs=args.arch_kwargs,
                        allow_pickle=args.unsafe_pickle, trust_code=args.trust_code)
     return model, example_input(model, args.input_shape)

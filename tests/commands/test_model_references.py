@@ -1,0 +1,77 @@
+"""MODEL given as torchvision:NAME / timm:NAME on the command line, with or without downloaded
+weights (the download is stubbed: this machine is offline, users are not)."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+
+from tuneless.cli import main
+
+
+def test_untrained_torchvision_model_compresses_and_saves_without_pickle(tmp_path):
+    import tuneless
+
+    out = tmp_path / "r18.pt"
+    assert main(["compress", "torchvision:resnet18", "--method", "fold-ar", "--sparsity", "0.3",
+                 "--input-shape", "3,64,64", "-o", str(out)]) == 0
+    small = tuneless.load(out)  # rebuilt from the recorded builder, no pickle
+    assert small.tuneless_arch["ref"] == "torchvision:resnet18"
+    assert "weights" not in small.tuneless_arch["kwargs"]
+    assert small(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_weights_enum_is_downloaded_through_torchvision(tmp_path, monkeypatch):
+    import torchvision
+
+    seen = []
+    real = torchvision.models.get_model
+
+    def fake_get_model(name, **kwargs):  # what a download would give: known weights
+        seen.append(kwargs.get("weights"))
+        model = real(name, weights=None)
+        torch.manual_seed(7)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.05)
+        return model
+
+    monkeypatch.setattr(torchvision.models, "get_model", fake_get_model)
+    out = tmp_path / "m.pt"
+    assert main(["compress", "torchvision:resnet18", "--weights", "DEFAULT", "--method",
+                 "prune-l1", "--sparsity", "0.3", "--input-shape", "3,64,64", "-o",
+                 str(out)]) == 0
+    assert seen[0] == "DEFAULT"  # then the saver rebuilds the bare architecture
+    assert all(w is None for w in seen[1:])
+
+
+@pytest.mark.parametrize("ref, target", [("torchvision:resnet18", "torchvision.models"),
+                                         ("timm:resnet18", "timm")])
+def test_offline_download_is_one_line(ref, target, tmp_path, monkeypatch, capsys):
+    module = pytest.importorskip(target)
+    name = "get_model" if target == "torchvision.models" else "create_model"
+
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(module, name, offline)
+    weights = "DEFAULT" if ref.startswith("torchvision") else "pretrained"
+    assert main(["compress", ref, "--weights", weights, "--method", "fold-ar", "--sparsity",
+                 "0.3", "-o", str(tmp_path / "x.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot fetch" in err and "without internet" in err and len(err.splitlines()) == 1
+
+
+def test_weights_without_a_reference_is_refused(tmp_path, capsys):
+    assert main(["compress", "models/mlp-fashion-mnist.pt", "--weights", "DEFAULT", "--method",
+                 "fold-ar", "--sparsity", "0.3", "-o", str(tmp_path / "x.pt")]) == 1
+    assert "--weights goes with" in capsys.readouterr().err
+
+
+def test_eval_of_an_untrained_reference_reports_size_and_flops(capsys):
+    assert main(["eval", "torchvision:mobilenet_v2", "--input-shape", "3,64,64",
+                 "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "torchvision:mobilenet_v2" in out and "3.5M" in out
