@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tuneless.provenance import machine  # noqa: E402
 from tuneless.checkpoint import file_sha256, is_checkpoint, read_torch_file  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
+from tuneless.provenance import machine  # noqa: E402
 from tuneless.report import render_markdown  # noqa: E402
 from tuneless.train import TrainConfig  # noqa: E402
 
