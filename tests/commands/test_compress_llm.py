@@ -86,11 +86,17 @@ def test_per_layer_sizes_load_with_the_shipped_modeling_file(tmp_path):
     assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=True), ours)
 
 
-@pytest.mark.parametrize("method", ["magnitude", "svd"])
-def test_baselines_through_the_cli(tmp_path, method):
+def test_baselines_through_the_cli(tmp_path, capsys):
     _tiny_folder(tmp_path / "dense")
-    assert main(["compress", str(tmp_path / "dense"), "--method", method, "--sparsity", "0.3",
-                 "-o", str(tmp_path / "small")]) == 0
+    assert main(["compress", str(tmp_path / "dense"), "--method", "magnitude", "--sparsity",
+                 "0.3", "-o", str(tmp_path / "small")]) == 0
+    assert torch.isfinite(_logits(tmp_path / "small")).all()
+    capsys.readouterr()
+    # factored projections would be a folder nothing can load: refused, nothing written
+    assert main(["compress", str(tmp_path / "dense"), "--method", "svd", "--sparsity", "0.3",
+                 "-o", str(tmp_path / "svd")]) == 1
+    assert "no transformers class can load" in capsys.readouterr().err
+    assert not (tmp_path / "svd").exists()
 
 
 def test_llm_cli_errors_are_one_line(tmp_path, capsys):

@@ -18,8 +18,11 @@ LLM_METHODS = {
     "magnitude": ("prune", {"criterion": "magnitude"}),
     "prune-l2": ("prune", {"criterion": "l2"}),
     "wanda-sp": ("prune", {"criterion": "wanda-sp"}),
-    "svd": ("svd", {}),
 }
+# svd of a decoder gives two Linears per projection: no transformers class loads that, so the
+# command line does not write it (tuneless.svd(llm, sparsity=) from Python does it in memory)
+NOT_SAVABLE = {"svd": "svd factors each projection into two Linears, which no transformers "
+                      "class can load; call tuneless.svd(model, sparsity=) from Python"}
 
 
 def is_llm_source(spec: str) -> bool:
@@ -68,8 +71,9 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     from tuneless.llm import block_params, save_folded
     from tuneless.methods.fold import fold
     from tuneless.methods.prune import prune
-    from tuneless.methods.svd import svd
 
+    if args.method in NOT_SAVABLE:
+        raise TunelessError(f"{args.method} on a language model: {NOT_SAVABLE[args.method]}")
     if args.method not in LLM_METHODS:
         raise TunelessError(f"method {args.method!r} does not apply to language models; "
                             f"choose one of {', '.join(LLM_METHODS)}")
@@ -93,7 +97,7 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
             raise TunelessError("wanda-sp needs calibration text: the model folder has no "
                                 "tokenizer")
         options.setdefault("tokenizer", tok)
-    func = {"fold": fold, "prune": prune, "svd": svd}[name]
+    func = {"fold": fold, "prune": prune}[name]
     start, cpu = time.perf_counter(), time.process_time()
     try:
         small = func(model, sparsity=args.sparsity, **fixed, **options)
