@@ -21,7 +21,7 @@ import torch
 
 def main(argv: list[str]) -> int:
     import tuneless
-    from tuneless.llm import load_smollm2
+    from tuneless.llm import block_params, load_smollm2
     from tuneless.llm.perplexity import WIKITEXT2_TEST, perplexity_of_ids, read_text, tokenize
 
     torch.set_num_threads(1)
@@ -40,6 +40,12 @@ def main(argv: list[str]) -> int:
         cpu, wall = time.process_time(), time.perf_counter()
         if method == "fold":
             small = tuneless.fold(model, sparsity=0.2, **call)
+        elif method == "svd":  # plain, or SVD-LLM whitening with "whiten": "self" | "data"
+            from tuneless.llm import svd_llm
+
+            if call.get("whiten") == "data":
+                call.setdefault("tokenizer", tok)
+            small = svd_llm(model, 0.2, **call)
         else:
             if method == "wanda-sp":
                 call.setdefault("tokenizer", tok)
@@ -48,7 +54,7 @@ def main(argv: list[str]) -> int:
         p = ppl(small)
         print(json.dumps({"options": options, "ppl": round(p, 2), "x_dense": round(p / dense, 3),
                           "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
-                          "removed": round(small.tuneless_report["achieved_sparsity"], 4)}),
+                          "removed": round(1 - block_params(small) / block_params(model), 4)}),
               flush=True)
     return 0
 

@@ -97,3 +97,44 @@ def test_pruning_baselines_take_folding_s_repair_on_equal_terms():
         assert fixed.config.intermediate_size == plain.config.intermediate_size == 24
         assert fixed.tuneless_report["repair"] == "refit"
         assert err(fixed) < 0.75 * err(plain)
+
+
+def test_whitened_svd_keeps_the_output_directions_of_the_inputs_it_sees():
+    """Hand-checkable case: inputs that only ever move along e0 (plus a little e1), W whose
+    largest singular direction is e2 (never excited). Plain rank-1 SVD keeps the useless e2
+    direction; the whitened one keeps what the inputs excite, and its error equals the
+    discarded singular value² of W·L (Eckart–Young in the whitened space)."""
+    from tuneless.llm.activation_stats import cholesky_factor
+    from tuneless.llm.svd import whitened_factorise
+    from tuneless.methods.svd import factorise
+
+    lin = torch.nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 10.0]]))
+    x = torch.zeros(1000, 3)
+    x[:, 0] = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    x[:, 1] = 0.1 * torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    c = x.T.double() @ x.double() / len(x)
+    factor = cholesky_factor(c)
+
+    def err(pair):
+        with torch.no_grad():
+            return float(((lin(x) - pair(x)) ** 2).sum(1).mean())
+
+    plain, white = factorise(lin, 1), whitened_factorise(lin, 1, factor)
+    assert err(white) < 0.01 * err(plain)  # plain keeps e2, which the inputs never excite
+    s = torch.linalg.svdvals(lin.weight.double() @ factor.double())
+    assert abs(err(white) - float(s[1] ** 2)) < 1e-3 * float(s[0] ** 2)
+
+
+def test_svd_llm_whitened_on_self_samples_runs_and_keeps_the_budget():
+    from tests.llm.conftest import tiny_llama
+    from tuneless.llm import block_params, svd_llm
+
+    m = tiny_llama(layers=2, mlp=48)
+    plain, white = svd_llm(m, 0.3), svd_llm(m, 0.3, whiten="self", calib_samples=4,
+                                           calib_len=16)
+    assert block_params(plain) == block_params(white) < block_params(m)
+    ids = torch.randint(0, 97, (1, 8))
+    with torch.no_grad():
+        assert torch.isfinite(white(input_ids=ids).logits).all()

@@ -56,19 +56,21 @@ def cholesky_factor(second_moment: torch.Tensor, rel_jitter: float = 1e-6) -> to
 
 
 @torch.no_grad()
-def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
-                  show_progress: bool = False) -> list[LayerStats]:
-    """Run the model on calibration ids (batch, seq_len) once and return per-layer stats."""
+def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_size: int,
+             show_progress: bool) -> list[dict[str, Moments]]:
+    """One pass over calibration ids: per layer, the input moments of the modules that read
+    the attention input ("q"), the MLP input ("gate"), the head outputs ("o") and the MLP
+    channels ("down"); full second moments or diagonals as `full` says."""
     adapter = adapter_for(model)
     layers = adapter.layers(model)
     meters, handles = [], []
     for layer in layers:
         proj = adapter.projections(layer)
-        m = {"attn_in": Moments(True), "mlp_in": Moments(True), "o": Moments(False),
-             "down": Moments(False)}
-        for key, name in (("attn_in", "q"), ("mlp_in", "gate"), ("o", "o"), ("down", "down")):
-            handles.append(proj[name].register_forward_pre_hook(m[key]))
+        m = {name: Moments(full[name]) for name in ("q", "gate", "o", "down")}
+        for name, meter in m.items():
+            handles.append(proj[name].register_forward_pre_hook(meter))
         meters.append(m)
+
     def stop(*_args):  # everything needed is seen: skip the final norm and the vocabulary head
         raise StopForward
 
@@ -84,6 +86,22 @@ def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
     finally:
         for h in handles:
             h.remove()
-    return [LayerStats(cholesky_factor(m["attn_in"].mean()), cholesky_factor(m["mlp_in"].mean()),
+    return meters
+
+
+def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
+                  show_progress: bool = False) -> list[LayerStats]:
+    """Run the model on calibration ids (batch, seq_len) once and return per-layer stats."""
+    full = {"q": True, "gate": True, "o": False, "down": False}
+    return [LayerStats(cholesky_factor(m["q"].mean()), cholesky_factor(m["gate"].mean()),
                        m["o"].mean().sqrt().float(), m["down"].mean().sqrt().float())
-            for m in meters]
+            for m in _moments(model, ids, full, batch_size, show_progress)]
+
+
+def input_factors(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
+                  show_progress: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Per layer, L with L Lᵀ = E[x xᵀ] of the input of each projection, by the short name of
+    the module that reads it ("q" for q/k/v, "gate" for gate/up, "o", "down")."""
+    full = dict.fromkeys(("q", "gate", "o", "down"), True)
+    return [{k: cholesky_factor(v.mean()) for k, v in m.items()}
+            for m in _moments(model, ids, full, batch_size, show_progress)]

@@ -1,14 +1,19 @@
-"""Plain SVD baseline for LLMs: every projection in the blocks becomes two thin Linears.
+"""SVD baselines for LLMs: every projection in the blocks becomes two thin Linears.
 
 Same budget meaning as folding: `sparsity` is the fraction of block parameters
 removed. Each (O×I) Linear keeps rank r = ⌊(1−s)·O·I/(O+I)⌋, so every matrix
 loses the same fraction; a layer whose rank would not save parameters stays dense.
+Plain SVD truncates W; with `whiten` (SVD-LLM style, Wang et al. 2024) it truncates W·L,
+where L Lᵀ = E[x xᵀ] over calibration tokens of the projection's input, so the discarded
+directions are the ones that change the projection's *outputs* least on those inputs
+(Eckart–Young in the whitened space), then maps back: W' = U_r S_r · (V_rᵀ L⁻¹).
 The result is not a standard LlamaForCausalLM layout (plain from_pretrained cannot
 rebuild it); save it with torch.save.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from tuneless.errors import TunelessError
@@ -19,17 +24,51 @@ from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 
 
-def svd_llm(model: nn.Module, sparsity: float) -> nn.Module:
-    """Return a copy whose block projections are truncated-SVD factor pairs."""
+def whitened_factorise(lin: nn.Linear, rank: int, factor: torch.Tensor) -> nn.Sequential:
+    """The rank-`rank` pair minimising E‖(W − W′)x‖² for inputs with E[x xᵀ] = factor·factorᵀ."""
+    w, L = lin.weight.detach().double(), factor.double()
+    u, s, vh = torch.linalg.svd(w @ L, full_matrices=False)
+    first_w = torch.linalg.solve(L.T, vh[:rank].T).T  # V_rᵀ L⁻¹
+    first = nn.Linear(lin.in_features, rank, bias=False, dtype=lin.weight.dtype)
+    second = nn.Linear(rank, lin.out_features, bias=lin.bias is not None,
+                       dtype=lin.weight.dtype)
+    with torch.no_grad():
+        first.weight.copy_(first_w)
+        second.weight.copy_(u[:, :rank] * s[:rank])
+        if lin.bias is not None:
+            second.bias.copy_(lin.bias)
+    return nn.Sequential(first, second).to(lin.weight.device)
+
+
+def svd_llm(model: nn.Module, sparsity: float, *, whiten: str | None = None, tokenizer=None,
+            data=None, calib_samples: int = 16, calib_len: int = 128,
+            seed: int = 0) -> nn.Module:
+    """Return a copy whose block projections are truncated-SVD factor pairs.
+
+    whiten: None (plain SVD), "self" (SVD-LLM whitening on text the model samples itself:
+    data-free) or "data" (on `data` token ids, or calibration windows with tokenizer=)."""
     check_model(model, "svd")
-    check_call(svd_llm, {"sparsity": sparsity}, "svd")
+    check_call(svd_llm, {"sparsity": sparsity, "calib_samples": calib_samples,
+                         "calib_len": calib_len, "seed": seed}, "svd")
     adapter = adapter_for(model)
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity={sparsity} must be in [0, 1)")
+    if whiten not in (None, "self", "data"):
+        raise TunelessError(f"whiten={whiten!r}; choose None, 'self' or 'data'")
+    factors = None
+    if whiten is not None and sparsity > 0:
+        from tuneless.llm.activation_stats import input_factors
+        from tuneless.llm.fold import calibration_ids
+
+        ids = calibration_ids(model, "self" if whiten == "self" else "refit", tokenizer, data,
+                              calib_samples, calib_len, seed)
+        factors = input_factors(model, ids)
     new = plain_copy(model)
     if sparsity == 0.0:
         return new.eval()
-    for layer in adapter.layers(new):
+    reader = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate",
+              "down": "down"}  # whose input each projection reads
+    for li, layer in enumerate(adapter.layers(new)):
         attn, mlp = adapter.attention(layer), getattr(layer, adapter.mlp)
         seen: set[int] = set()  # fused families name one module several times
         for short, lin in adapter.projections(layer).items():
@@ -41,5 +80,7 @@ def svd_llm(model: nn.Module, sparsity: float) -> nn.Module:
             if rank < 1 or rank >= min(o, i) or rank * (o + i) >= o * i:
                 continue
             parent = mlp if short in ("gate", "up", "down") else attn
-            setattr(parent, getattr(adapter, short), factorise(lin, rank))
+            pair = (factorise(lin, rank) if factors is None
+                    else whitened_factorise(lin, rank, factors[li][reader[short]]))
+            setattr(parent, getattr(adapter, short), pair)
     return new.eval()
