@@ -205,14 +205,12 @@ def _write_outputs(rows, args, info, provenance: str, n_tokens: int,
 
 
 def _plot(rows, dense, path, used, seq_len) -> None:
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tuneless.io_atomic import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in METHODS:
@@ -224,8 +222,6 @@ def _plot(rows, dense, path, used, seq_len) -> None:
     ax.set_ylabel("WikiText-2 perplexity (log)")
     ax.set_title(f"SmolLM2-135M, {used} tokens, seq_len {seq_len}")
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    from tuneless.report import save_figure
+
+    save_figure(fig, path, dpi=120)

@@ -195,7 +195,6 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tuneless.io_atomic import atomic_write_bytes
 
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
     labels = list(dict.fromkeys(r["model"] for r in rows))
@@ -214,11 +213,9 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes.flat[0].set_ylabel("test accuracy (%)", fontsize=8)
     axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    from tuneless.report import save_figure
+
+    save_figure(fig, path, dpi=110)
 
 
 def _key(row: dict, sha: str, limit) -> tuple:

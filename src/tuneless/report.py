@@ -154,3 +154,18 @@ __all__ = [
     "columns_of", "format_value", "human_bytes", "human_count", "relative_to",
     "render_markdown", "render_table", "to_json", "write_json",
 ]
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG atomically and close it (every plot of the package)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from tuneless.io_atomic import atomic_write_bytes
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)

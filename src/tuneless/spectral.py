@@ -11,7 +11,6 @@ remove from it before accuracy must suffer.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from tuneless.errors import TunelessError
-from tuneless.io_atomic import atomic_write_bytes
+from tuneless.report import save_figure
 
 LEVELS = (0.90, 0.95, 0.99)
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -136,11 +135,7 @@ def plot_spectra(models: dict[str, nn.Module], path: str | os.PathLike,
         ax.axis("off")
     axes.flat[0].set_ylabel("σ / σ_max", fontsize=7)
     axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    save_figure(fig, path, dpi=110)
     return names
 
 
