@@ -12,8 +12,8 @@ on the original one:
 
 A: the consumer's inputs in the folded model, Y: what the layer must add to the folded
 stream to reach the original stream. The ridge term pulls towards the folded weights
-(fold_llm's defaults, 64 sequences of 256 tokens and λ = 1, were the best settings in
-docs/results/llm_refit_sweep.md). Calibration tokens come either from text
+(fold_llm's defaults, 16 sequences of 128 tokens and λ = 3, were chosen over 3 seeds:
+docs/llm.md "Defaults"). Calibration tokens come either from text
 (`repair="refit"`) or from the uncompressed model's own samples (`repair="self"`, no data:
 the language-model analogue of Fold-DIR's synthetic images).
 """
