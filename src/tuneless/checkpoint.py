@@ -81,9 +81,9 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise TunelessError(f"{what} not found: {path}")
     if path.is_dir():
         if (path / "config.json").is_file():
-            raise TunelessError(f"{path} is a Hugging Face model folder; the command line "
-                                "compresses PyTorch files only so far: load it with "
-                                "transformers and call tuneless.fold from Python")
+            raise TunelessError(f"{path} is a Hugging Face model folder: `tuneless compress` "
+                                "and `tuneless eval --task wikitext2` take it; this command "
+                                "reads PyTorch model files")
         raise TunelessError(f"{what} path is a directory, expected a file: {path}")
     try:
         with open(path, "rb") as fh:
@@ -93,9 +93,9 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     if not head:
         raise TunelessError(f"corrupt {what} {path}: the file is empty")
     if head == b"GGUF":
-        raise TunelessError(f"{path} is a GGUF language model; the command line compresses "
-                            "PyTorch files only so far: load it with tuneless.llm.load_gguf "
-                            "and call tuneless.fold from Python")
+        raise TunelessError(f"{path} is a GGUF language model: `tuneless compress` and "
+                            "`tuneless eval --task wikitext2` take it; this command reads "
+                            "PyTorch model files")
     if not head.startswith(ZIP_MAGIC) and head[0] != PICKLE_PROTO:
         raise TunelessError(
             f"corrupt {what} {path}: not a PyTorch file (torch.save writes a zip archive)"
