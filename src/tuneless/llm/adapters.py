@@ -65,7 +65,11 @@ class DecoderAdapter:
     # sandwich norms (Gemma 2/3): applied to the attention and MLP outputs before the
     # residual add; the least-squares repair then aims through them
     post_norms: tuple[str, str] | None = None
-    fused: bool = False  # one qkv and one gate_up projection (FusedAdapter)
+
+    @property
+    def fused(self) -> bool:
+        """One module holds q, k and v (and gate and up): Phi-3's layout (FusedAdapter)."""
+        return self.q == self.k
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layer_prefix)
@@ -108,19 +112,25 @@ class DecoderAdapter:
         out = []
         for layer in self.layers(model):
             p = self.projections(layer)
-            out.append(Shape(hidden=p["q"].in_features, head_dim=hd,
-                             n_q=p["q"].out_features // hd, n_kv=p["k"].out_features // hd,
-                             n_mlp=p["gate"].out_features, attn_bias=p["q"].bias is not None,
-                             o_bias=p["o"].bias is not None,
+            n_q = p["o"].in_features // hd  # o_proj reads the query heads only
+            qkv_rows = sum(m.out_features for m in {id(p[s]): p[s] for s in "qkv"}.values())
+            out.append(Shape(hidden=p["q"].in_features, head_dim=hd, n_q=n_q,
+                             n_kv=(qkv_rows // hd - n_q) // 2, n_mlp=p["down"].in_features,
+                             attn_bias=p["q"].bias is not None, o_bias=p["o"].bias is not None,
                              mlp_bias=p["gate"].bias is not None))
         return out
+
+    def segment_start(self, short: str, shape: Shape) -> int:
+        """Where a projection's rows start inside its module (0 unless fused)."""
+        return 0
 
     def layer_groups(self, i: int, shape: Shape, gqa: str, first_id: int = 0) -> LayerGroups:
         """The channel groups of layer i (ids from first_id on)."""
         names = {short: self.module_name(i, short) for short in SHORT}
         hd, g = shape.head_dim, shape.group
 
-        def rows(short, bias, offset=0, block=1):
+        def rows(short, bias, offset=0, block=1):  # offsets in blocks, past a fused segment
+            offset += self.segment_start(short, shape) // block
             out = [Slot(PRODUCER, names[short], "weight", 0, offset, block)]
             return out + ([Slot(PRODUCER, names[short], "bias", 0, offset, block)] if bias else [])
 
@@ -168,16 +178,26 @@ class DecoderAdapter:
                 mlp.intermediate_size = s.n_mlp
         cfg = model.config
         cfg.head_dim = self.head_dim(cfg)
-        sizes = {(s.n_q, s.n_kv, s.n_mlp) for s in shapes}
-        # transformers validates hidden_size % num_attention_heads when it saves or loads a
-        # config, even with head_dim set: a head count that does not divide goes the
-        # per-layer way (standard fields keep the original, valid sizes)
-        if len(sizes) == 1 and cfg.hidden_size % next(iter(sizes))[0] == 0:
-            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = sizes.pop()
-            if hasattr(cfg, "tuneless_layer_sizes"):
-                del cfg.tuneless_layer_sizes
-        else:
-            cfg.tuneless_layer_sizes = [[s.n_q, s.n_kv, s.n_mlp] for s in shapes]
+        for key, value in self.config_fields(cfg.hidden_size, shapes).items():
+            if value is not None:
+                setattr(cfg, key, value)
+            elif hasattr(cfg, key):
+                delattr(cfg, key)
+
+    def config_fields(self, hidden_size: int, sizes: list) -> dict:
+        """The config fields that describe layers of these sizes (a Shape or LayerPlan per
+        layer; None = remove the field), for a config object or a config.json alike.
+
+        Uniform sizes go into the standard fields (plain `from_pretrained` rebuilds the
+        model); per-layer sizes into `tuneless_layer_sizes`. transformers validates
+        hidden_size % num_attention_heads when it saves or loads a config, even with head_dim
+        set, so a head count that does not divide goes the per-layer way too."""
+        layers = [[s.n_q, s.n_kv, s.n_mlp] for s in sizes]
+        if len({tuple(x) for x in layers}) == 1 and hidden_size % layers[0][0] == 0:
+            n_q, n_kv, n_mlp = layers[0]
+            return {"num_attention_heads": n_q, "num_key_value_heads": n_kv,
+                    "intermediate_size": n_mlp, "tuneless_layer_sizes": None}
+        return {"tuneless_layer_sizes": layers}
 
 
 ADAPTERS: dict[str, DecoderAdapter] = {}
@@ -216,51 +236,15 @@ class FusedAdapter(DecoderAdapter):
     v: str = "qkv_proj"
     gate: str = "gate_up_proj"
     up: str = "gate_up_proj"
-    fused: bool = True
 
     def projection_specs(self) -> list[tuple[str, str, str, str]]:
         return [("attn", self.q, "h", "(n_q + 2 * n_kv) * hd"), ("attn", self.o, "n_q * hd", "h"),
                 ("mlp", self.gate, "h", "2 * n_mlp"), ("mlp", self.down, "n_mlp", "h")]
 
-    def shapes(self, model: nn.Module) -> list[Shape]:
-        hd = self.head_dim(model.config)
-        out = []
-        for layer in self.layers(model):
-            p = self.projections(layer)
-            n_q = p["o"].in_features // hd  # o_proj reads the query heads only
-            n_kv = (p["q"].out_features // hd - n_q) // 2
-            out.append(Shape(hidden=p["q"].in_features, head_dim=hd, n_q=n_q, n_kv=n_kv,
-                             n_mlp=p["gate"].out_features // 2,
-                             attn_bias=p["q"].bias is not None, o_bias=p["o"].bias is not None,
-                             mlp_bias=p["gate"].bias is not None))
-        return out
-
-    def layer_groups(self, i: int, shape: Shape, gqa: str, first_id: int = 0) -> LayerGroups:
-        qkv, o = self.module_name(i, "q"), self.module_name(i, "o")
-        gate_up, down = self.module_name(i, "gate"), self.module_name(i, "down")
-        hd, g, n_q, n_kv = shape.head_dim, shape.group, shape.n_q, shape.n_kv
-
-        def rows(name, bias, offset, block):
-            out = [Slot(PRODUCER, name, "weight", 0, offset, block)]
-            return out + ([Slot(PRODUCER, name, "bias", 0, offset, block)] if bias else [])
-
-        mlp = ChannelGroup(first_id, shape.n_mlp,
-                           rows(gate_up, shape.mlp_bias, 0, 1)
-                           + rows(gate_up, shape.mlp_bias, shape.n_mlp, 1)
-                           + [Slot(CONSUMER, down, "weight", 1)])
-        if gqa == "kv-groups" or g == 1:  # offsets count blocks: k starts at n_q·hd entries
-            heads = [ChannelGroup(first_id + 1, n_kv,
-                                  rows(qkv, shape.attn_bias, 0, g * hd)
-                                  + rows(qkv, shape.attn_bias, n_q, hd)
-                                  + rows(qkv, shape.attn_bias, n_q + n_kv, hd)
-                                  + [Slot(CONSUMER, o, "weight", 1, 0, g * hd)])]
-        else:
-            heads = [ChannelGroup(first_id + 1 + j, g,
-                                  rows(qkv, shape.attn_bias, j * g, hd)
-                                  + [Slot(CONSUMER, o, "weight", 1, j * g, hd)])
-                     for j in range(n_kv)]
-        roles = {qkv: "q", o: "o", gate_up: "gate", down: "down"}
-        return LayerGroups(mlp, heads, "kv-groups" if g == 1 else gqa, roles)
+    def segment_start(self, short: str, shape: Shape) -> int:
+        hd = shape.head_dim
+        return {"k": shape.n_q * hd, "v": (shape.n_q + shape.n_kv) * hd,
+                "up": shape.n_mlp}.get(short, 0)
 
     def check_plans(self, plans: list[LayerPlan]) -> None:
         if len({(p.n_q, p.n_kv) for p in plans}) > 1:
@@ -268,24 +252,18 @@ class FusedAdapter(DecoderAdapter):
                                 "head counts must be the same in every layer; use a schedule "
                                 "that keeps heads uniform (e.g. paper-mlp or uniform)")
 
+    def config_fields(self, hidden_size: int, sizes: list) -> dict:
+        """As LLaMA's, and the head counts always in the standard fields: Phi-3's attention
+        reads them at run time (they are uniform: check_plans)."""
+        return {**super().config_fields(hidden_size, sizes),
+                "num_attention_heads": sizes[0].n_q, "num_key_value_heads": sizes[0].n_kv}
+
     def finalize(self, model: nn.Module) -> None:
         shapes = self.shapes(model)
         self.check_plans([LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes])
-        heads = {(s.n_q, s.n_kv) for s in shapes}
+        super().finalize(model)
         for layer, s in zip(self.layers(model), shapes):
-            attn = self.attention(layer)
-            attn.num_key_value_heads, attn.num_key_value_groups = s.n_kv, s.group
-        cfg = model.config
-        cfg.head_dim = self.head_dim(cfg)  # before the head count changes
-        n_q, n_kv = heads.pop()
-        cfg.num_attention_heads, cfg.num_key_value_heads = n_q, n_kv
-        mlps = {s.n_mlp for s in shapes}
-        if len(mlps) == 1 and cfg.hidden_size % n_q == 0:
-            cfg.intermediate_size = mlps.pop()
-            if hasattr(cfg, "tuneless_layer_sizes"):
-                del cfg.tuneless_layer_sizes
-        else:
-            cfg.tuneless_layer_sizes = [[s.n_q, s.n_kv, s.n_mlp] for s in shapes]
+            self.attention(layer).num_key_value_heads = s.n_kv
 
 
 register_family("phi3", FusedAdapter(family="phi3"))

@@ -136,13 +136,9 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         (tmp / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": new_map}, indent=1))
         cfg = json.loads((src / "config.json").read_text())
-        sizes = {(p.n_q, p.n_kv, p.n_mlp) for p in plans}
         cfg["head_dim"] = shapes[0].head_dim
-        if len(sizes) == 1 and config.hidden_size % next(iter(sizes))[0] == 0:
-            cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"] = (
-                sizes.pop())
-        else:  # per-layer sizes (or a head count transformers' config check refuses)
-            cfg["tuneless_layer_sizes"] = [[p.n_q, p.n_kv, p.n_mlp] for p in plans]
+        fields = adapter.config_fields(config.hidden_size, plans)  # as an in-memory fold
+        cfg.update({k: v for k, v in fields.items() if v is not None})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
         if "tuneless_layer_sizes" in cfg:
             write_modeling(adapter, (cfg.get("architectures") or ["LlamaForCausalLM"])[0], tmp)
