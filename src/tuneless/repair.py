@@ -63,18 +63,16 @@ def register_repair(repair: Repair) -> Repair:
 
 def get_repair(name: str, model_kind: str = "cnn") -> Repair:
     rep = REPAIRS.get(name)
-    if rep is None or model_kind not in rep.models:
-        names = [n for n, r in REPAIRS.items() if model_kind in r.models]
-        kind = "language models" if model_kind == "llm" else "this model"
-        extra = ""
-        if rep is not None and name == "data":
-            extra = ("; 'data' re-estimates BatchNorm statistics and a language model has none: "
-                     "'refit' is the least-squares repair on your tokens, 'self' on the "
-                     "model's own samples")
-        raise TunelessError(f"repair {name!r} does not apply to {kind}; choose one of "
-                            f"{', '.join(names)}{extra}" if rep is not None else
-                            f"unknown repair {name!r}; choose one of {', '.join(names)}")
-    return rep
+    if rep is not None and model_kind in rep.models:
+        return rep
+    names = ", ".join(n for n, r in REPAIRS.items() if model_kind in r.models)
+    if rep is None:
+        raise TunelessError(f"unknown repair {name!r}; choose one of {names}")
+    kind = "language models" if model_kind == "llm" else "this model"
+    hint = ("; 'data' re-estimates BatchNorm statistics and a language model has none: 'refit' "
+            "is the least-squares repair on your tokens, 'self' on the model's own samples"
+            if name == "data" else "")
+    raise TunelessError(f"repair {name!r} does not apply to {kind}; choose one of {names}{hint}")
 
 
 def _ar(ctx: RepairContext) -> nn.Module:

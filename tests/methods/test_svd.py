@@ -234,8 +234,8 @@ def test_bn_weighting_full_rank_identity_on_resnet20():
     bn_scale = (model.layer2[1].bn1.running_var + 1e-5).rsqrt() * model.layer2[1].bn1.weight
     spec_pair = svd(model, rank_ratio=1.0, weighting="bn")
     assert spec_pair.tuneless_report["bn_weighted_layers"] == 21  # every conv of ResNet-20
-    from tuneless.methods.svd import _build_pair, _spectrum
+    from tuneless.methods.svd import _spectrum, build_pair
 
-    pair = _build_pair(_spectrum("c", conv, bn_scale.detach().double()), 32)
+    pair = build_pair(_spectrum("c", conv, bn_scale.detach().double()), 32)
     x = torch.randn(2, 32, 8, 8)
     assert (pair(x) - conv(x)).abs().max().item() <= 1e-4

@@ -68,6 +68,7 @@ def _tokenizer(folder: str, trust_code: bool):
 def run_llm(args: argparse.Namespace, options: dict) -> int:
     import torch
 
+    from tuneless.evaluate import count_params
     from tuneless.llm import block_params, save_folded
     from tuneless.methods.fold import fold
     from tuneless.methods.prune import prune
@@ -109,8 +110,7 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
         raise TunelessError(f"{args.method} removed nothing at --sparsity {args.sparsity}; "
                             "nothing written")
     save_folded(small, out, tokenizer=tok)
-    total_before = sum(p.numel() for p in model.parameters())
-    total_after = sum(p.numel() for p in small.parameters())
+    total_before, total_after = count_params(model), count_params(small)
     print(f"{args.method}: decoder blocks {before:,} -> {after:,} parameters "
           f"({1 - after / before:.1%} removed), whole model {total_before:,} -> "
           f"{total_after:,}; {seconds:.0f} s ({cpu:.0f} CPU-s)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from tuneless.cluster import cluster, fill_empty
+from tuneless.cluster import cluster
 from tuneless.decisions import Decision, merge, selection
 from tuneless.graph.groups import CONSUMER, Source
 from tuneless.llm.activation_stats import LayerStats
@@ -24,10 +24,10 @@ from tuneless.llm.plan import LayerPlan, Shape
 
 def kmeans_labels(x: torch.Tensor, k: int, *, seed: int = 0, n_init: int = 1,
                   refine: bool = True) -> torch.Tensor:
-    """Labels 0..k-1, every cluster used, of k-means on the rows of x."""
-    labels = cluster(x.float(), k, "kmeans", seed=seed, n_init=n_init, refine=refine,
-                     max_iter=100).labels
-    return fill_empty(labels, k) if 1 < k < len(x) else labels
+    """Labels 0..k-1, every cluster used (tuneless.cluster guarantees it), of k-means on the
+    rows of x."""
+    return cluster(x.float(), k, "kmeans", seed=seed, n_init=n_init, refine=refine,
+                   max_iter=100).labels
 
 
 def fold_decisions(adapter: DecoderAdapter, source: Source, lg: LayerGroups, shape: Shape,

