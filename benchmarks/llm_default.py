@@ -1,7 +1,8 @@
 """What the documented one-liner gives on SmolLM2-135M: `tuneless.fold(model, sparsity=0.2)`
 with the library's defaults, or with overrides given as JSON (`"method": "magnitude"` or
-`"wanda-sp"` runs `tuneless.prune` with that criterion instead, for the baselines on equal
-terms; Wanda-sp draws its calibration windows from the Python reference docs). Issue 19's
+`"wanda-sp"` runs `tuneless.prune` with that criterion instead, `"flap"` FLAP, `"svd"` SVD,
+for the baselines on equal terms; Wanda-sp and FLAP draw their calibration windows from the
+Python reference docs). Issue 19's
 target: perplexity ≤ 1.5× dense on the first 2,048 WikiText-2 test tokens, ≤ 120 CPU-s
 including the repair and its self-generated calibration text. One thread; CPU seconds of
 this process.
@@ -40,6 +41,12 @@ def main(argv: list[str]) -> int:
         cpu, wall = time.process_time(), time.perf_counter()
         if method == "fold":
             small = tuneless.fold(model, sparsity=0.2, **call)
+        elif method == "flap":  # FLAP (adaptive structure, bias compensation) on real text
+            from tuneless.llm import flap_llm
+
+            call.setdefault("tokenizer", tok)
+            small = flap_llm(model, None if isinstance(call.get("schedule"), dict) else 0.2,
+                             **call)
         elif method == "svd":  # plain, or SVD-LLM whitening with "whiten": "self" | "data"
             from tuneless.llm import svd_llm
 

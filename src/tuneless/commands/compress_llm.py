@@ -18,6 +18,7 @@ LLM_METHODS = {
     "magnitude": ("prune", {"criterion": "magnitude"}),
     "prune-l2": ("prune", {"criterion": "l2"}),
     "wanda-sp": ("prune", {"criterion": "wanda-sp"}),
+    "flap": ("prune", {"criterion": "flap"}),
 }
 # svd of a decoder gives two Linears per projection: no transformers class loads that, so the
 # command line does not write it (tuneless.svd(llm, sparsity=) from Python does it in memory)
@@ -93,10 +94,10 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
         options.setdefault("progress", True)  # a minute or more: say what is happening
         if tok is not None:
             options.setdefault("tokenizer", tok)
-    if name == "prune" and fixed["criterion"] == "wanda-sp":
+    if name == "prune" and fixed["criterion"] in ("wanda-sp", "flap"):
         if tok is None:
-            raise TunelessError("wanda-sp needs calibration text: the model folder has no "
-                                "tokenizer")
+            raise TunelessError(f"{fixed['criterion']} needs calibration text: the model "
+                                "folder has no tokenizer")
         options.setdefault("tokenizer", tok)
     func = {"fold": fold, "prune": prune}[name]
     start, cpu = time.perf_counter(), time.process_time()

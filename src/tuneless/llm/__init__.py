@@ -17,6 +17,7 @@ _LAZY = {
     "adapter_for": "tuneless.llm.adapters",
     "magnitude_prune_llm": "tuneless.llm.prune",
     "wanda_sp_llm": "tuneless.llm.prune",
+    "flap_llm": "tuneless.llm.flap",
     "svd_llm": "tuneless.llm.svd",
     "perplexity": "tuneless.llm.perplexity",
     "load_gguf": "tuneless.llm.gguf",

@@ -33,8 +33,8 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     `channel_ratio` (fraction of channels removed from every reducible group).
 
     Language models (Hugging Face decoders): criterion "l2" / "magnitude" (data-free, L2 norm
-    of every weight a head or MLP channel owns) or "wanda-sp" (needs data= token-id batches
-    or tokenizer=); sparsity is the fraction of decoder-block parameters, and llm_options
+    of every weight a head or MLP channel owns), "wanda-sp" or "flap" (tuneless.llm.flap;
+    both need data= token-id batches or tokenizer=); sparsity is the fraction of decoder-block parameters, and llm_options
     (schedule, head_ratio, mlp_ratio, gqa, tokenizer, ...) go to tuneless.llm.
     """
     from tuneless.budget import budget_for_ratio, solve
@@ -86,11 +86,11 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     return new
 
 
-LLM_CRITERIA = ("l2", "magnitude", "wanda-sp")
+LLM_CRITERIA = ("l2", "magnitude", "wanda-sp", "flap")
 
 
 def _prune_llm(model, sparsity, channel_ratio, criterion, data, options) -> nn.Module:
-    from tuneless.llm import magnitude_prune_llm, wanda_sp_llm
+    from tuneless.llm import flap_llm, magnitude_prune_llm, wanda_sp_llm
 
     if channel_ratio is not None:
         raise TunelessError("language models take sparsity= (or head_ratio=/mlp_ratio=), "
@@ -99,10 +99,11 @@ def _prune_llm(model, sparsity, channel_ratio, criterion, data, options) -> nn.M
         if data is not None:
             raise TunelessError(f"criterion {criterion!r} is data-free; data= is not used")
         return magnitude_prune_llm(model, sparsity, **options)
-    if criterion == "wanda-sp":
+    if criterion in ("wanda-sp", "flap"):
         batches = None if data is None else list(data) if isinstance(data, list | tuple) \
             else [torch.as_tensor(data)]
-        return wanda_sp_llm(model, sparsity, batches=batches, **options)
+        func = wanda_sp_llm if criterion == "wanda-sp" else flap_llm
+        return func(model, sparsity, batches=batches, **options)
     raise TunelessError(f"criterion {criterion!r} does not apply to language models; choose "
                         f"one of {', '.join(LLM_CRITERIA)}")
 

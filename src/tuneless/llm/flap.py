@@ -1,0 +1,256 @@
+"""FLAP (An et al., AAAI 2024) as a baseline in the folding harness: a data-driven,
+retraining-free structured pruner.
+
+Three parts, as published:
+1. **Fluctuation metric.** Input column j of a consumer W (o_proj, down_proj) scores
+   Var(X_j)·||W[:, j]||²: a channel whose input barely varies over the calibration tokens
+   can be replaced by its mean. A unit (MLP channel, kv group of heads) scores the sum over
+   its columns.
+2. **Adaptive structure.** Scores are standardised within each layer and module kind
+   ((s − mean)/std), then ranked globally across layers and between attention and MLP;
+   the lowest are removed until the parameter budget is met, so the per-layer sizes come
+   out of the ranking instead of a schedule.
+3. **Bias compensation.** The removed columns' mean contribution W[:, removed]·E[X_removed]
+   becomes a bias of the consumer, so the layer's mean output is unchanged.
+
+Folding's least-squares repair can follow (`repair="self" | "refit"`), on equal terms.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tuneless.errors import TunelessError
+from tuneless.graph.groups import CONSUMER, Source
+from tuneless.llm.adapters import LayerGroups, adapter_for, layer_graph
+from tuneless.llm.decide import score_decisions
+from tuneless.llm.engine import reduce_llm
+from tuneless.llm.plan import LayerPlan, Shape
+from tuneless.modelcheck import check_model
+from tuneless.options import check_call
+
+STRUCTURES = ("adaptive", "uniform")
+
+
+class ColumnMoments:
+    """Forward pre-hook: per input column, the count, Σx and Σx² over every token (float64)."""
+
+    def __init__(self) -> None:
+        self.count, self.first, self.second = 0, None, None
+
+    def __call__(self, _module, args) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        s1, s2 = x.sum(0), (x * x).sum(0)
+        self.first = s1 if self.first is None else self.first + s1
+        self.second = s2 if self.second is None else self.second + s2
+        self.count += x.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.first / max(self.count, 1)
+
+    def variance(self) -> torch.Tensor:
+        """Sample variance (n − 1 in the denominator, as FLAP)."""
+        n = max(self.count, 2)
+        return ((self.second - self.first ** 2 / n) / (n - 1)).clamp(min=0)
+
+
+@torch.no_grad()
+def consumer_moments(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, ColumnMoments]:
+    """Per o_proj / down_proj (by module name): mean and variance of each input column."""
+    adapter = adapter_for(model)
+    meters, hooks = {}, []
+    for i, layer in enumerate(adapter.layers(model)):
+        p = adapter.projections(layer)
+        for short in ("o", "down"):
+            meters[adapter.module_name(i, short)] = m = ColumnMoments()
+            hooks.append(p[short].register_forward_pre_hook(m))
+    try:
+        model.eval()
+        for x in batches:
+            model(input_ids=x, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return meters
+
+
+def _columns(slot, unit: int) -> slice:
+    return slice((slot.offset + unit) * slot.block, (slot.offset + unit + 1) * slot.block)
+
+
+def fluctuation_scores(source: Source, lg: LayerGroups,
+                       moments: dict[str, ColumnMoments]) -> dict[int, torch.Tensor]:
+    """Per group: each unit's Σ over its consumer columns j of Var(X_j)·||W[:, j]||²."""
+    out = {}
+    for g in lg.groups:
+        total = torch.zeros(g.n, dtype=torch.float64)
+        for s in g.slots:
+            if s.kind != CONSUMER:
+                continue
+            rows = s.channel_rows(source, g.n).double().reshape(g.n, s.block, -1)
+            var = moments[s.module].variance()[s.offset * s.block:(s.offset + g.n) * s.block]
+            total += (rows.pow(2).sum(-1) * var.reshape(g.n, s.block)).sum(1)
+        out[g.id] = total
+    return out
+
+
+def _standardised(scores: torch.Tensor) -> torch.Tensor:
+    if len(scores) < 2:
+        return torch.zeros_like(scores)
+    std = scores.std()
+    return (scores - scores.mean()) / (std if float(std) > 0 else 1.0)
+
+
+def unit_costs(shape: Shape) -> tuple[int, int]:
+    """Block parameters one MLP channel and one kv group of heads carry (rows, columns,
+    biases)."""
+    mlp = 3 * shape.hidden + 2 * shape.mlp_bias
+    head = shape.head_dim * (shape.hidden * (2 * shape.group + 2)
+                             + (shape.group + 2) * shape.attn_bias)
+    return mlp, head
+
+
+def adaptive_plans(shapes: list[Shape], scores: list[tuple[torch.Tensor, torch.Tensor]],
+                   sparsity: float) -> list[LayerPlan]:
+    """FLAP's global ranking of standardised scores: remove the lowest-scoring units (MLP
+    channels, kv groups of heads), across layers and module kinds, until `sparsity` of the
+    block parameters is gone; every layer keeps at least one unit of each kind.
+
+    scores: per layer, (MLP channel scores, kv-group scores)."""
+    total = sum(s.params() for s in shapes)
+    entries = []  # (z, layer, kind, unit cost)
+    for i, (shape, pair) in enumerate(zip(shapes, scores)):
+        for kind, (unit_scores, cost) in enumerate(zip(pair, unit_costs(shape))):
+            entries += [(float(v), i, kind, cost) for v in _standardised(unit_scores)]
+    entries.sort(key=lambda e: e[0])
+    left = [[s.n_mlp, s.n_kv] for s in shapes]
+    removed, need = 0, sparsity * total
+    for _z, i, kind, cost in entries:
+        if removed >= need:
+            break
+        if left[i][kind] > 1:
+            left[i][kind] -= 1
+            removed += cost
+    if removed < need:
+        raise TunelessError(f"FLAP cannot remove {sparsity:.0%} of the block parameters "
+                            "while keeping one unit of each kind per layer")
+    return [LayerPlan(n_kv * s.group, n_kv, n_mlp) for s, (n_mlp, n_kv) in zip(shapes, left)]
+
+
+@torch.no_grad()
+def compensate_bias(model: nn.Module, small: nn.Module,
+                    kept: list[tuple[LayerGroups, dict[int, torch.Tensor]]],
+                    moments: dict[str, ColumnMoments]) -> None:
+    """Add W[:, removed]·E[X_removed] of every shrunk consumer to its bias (created if absent;
+    its siblings get zero biases so that the family's config flag describes the model).
+
+    kept: per shrunk layer, its groups and the kept unit indices by group id."""
+    for lg, by_group in kept:
+        for g in lg.groups:
+            if g.id not in by_group:
+                continue
+            gone = torch.ones(g.n, dtype=torch.bool)
+            gone[by_group[g.id]] = False
+            for s in g.slots:
+                if s.kind != CONSUMER:
+                    continue
+                cols = torch.cat([torch.arange(g.n * s.block).reshape(g.n, s.block)[u]
+                                  for u in torch.nonzero(gone).squeeze(1).tolist()])
+                cols = cols + s.offset * s.block
+                w = model.get_submodule(s.module).weight.double()
+                shift = w[:, cols] @ moments[s.module].mean()[cols]
+                target = small.get_submodule(s.module)
+                if target.bias is None:
+                    target.bias = nn.Parameter(torch.zeros(target.out_features,
+                                                           dtype=target.weight.dtype))
+                target.bias.add_(shift.to(target.bias.dtype))
+    _bias_flags(adapter_for(small), small)
+
+
+def _bias_flags(adapter, model: nn.Module) -> None:
+    """Give every projection of a bias-carrying kind a (zero) bias and set the config flag,
+    so plain transformers rebuilds the same modules (mlp_bias / attention_bias)."""
+    layers = adapter.layers(model)
+    kinds = {"mlp_bias": ("gate", "up", "down"), "attention_bias": ("q", "k", "v", "o")}
+    for flag, shorts in kinds.items():
+        if not any(adapter.projections(layer)[shorts[-1]].bias is not None for layer in layers):
+            continue
+        if not hasattr(model.config, flag):
+            raise TunelessError(f"{type(model).__name__} has no config.{flag}: FLAP's bias "
+                                "compensation cannot be saved for this family; use bias=False")
+        for layer in layers:
+            p = adapter.projections(layer)
+            for short in shorts:
+                mod = p[short]
+                if mod.bias is None:
+                    mod.bias = nn.Parameter(torch.zeros(mod.out_features, dtype=mod.weight.dtype,
+                                                        device=mod.weight.device))
+        setattr(model.config, flag, True)
+
+
+def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
+             batches: list[torch.Tensor] | None = None, n_samples: int = 16,
+             seq_len: int = 512, structure: str = "adaptive", schedule="uniform",
+             gqa: str = "kv-groups", bias: bool = True, seed: int = 0,
+             repair: str | None = None, calib_samples: int = 16, calib_len: int = 128,
+             refit_lambda: float = 3.0) -> nn.Module:
+    """FLAP: fluctuation scores, global adaptive structure, bias compensation (module doc).
+
+    structure="uniform" uses `schedule` (folding's per-layer sizes, for equal terms; a dict
+    {layer: (head_ratio, mlp_ratio)} without sparsity) and FLAP's metric within each layer.
+    `repair`: folding's least-squares repair afterwards ("refit" on the same calibration
+    batches, "self" on the model's own samples).
+    """
+    from tuneless.llm.calibration import calibration_batches
+    from tuneless.llm.engine import plan_for
+    from tuneless.llm.fold import repair_reduced
+
+    check_model(model, "flap")
+    check_call(flap_llm, {"sparsity": sparsity, "seed": seed, "n_samples": n_samples,
+                          "seq_len": seq_len}, "flap")
+    if structure not in STRUCTURES:
+        raise TunelessError(f"structure={structure!r}; choose one of {', '.join(STRUCTURES)}")
+    if structure == "adaptive" and (sparsity is None or not 0.0 < sparsity < 0.9):
+        raise TunelessError(f"FLAP's adaptive structure needs sparsity in (0, 0.9), got "
+                            f"{sparsity}")
+    if batches is None:
+        if tokenizer is None:
+            raise TunelessError("flap needs calibration data: pass tokenizer= or batches=")
+        batches = calibration_batches(tokenizer, n_samples, seq_len, seed)
+    adapter = adapter_for(model)
+    if bias:  # refuse a family whose config cannot describe the biases, before any work
+        for flag in ("mlp_bias", "attention_bias"):
+            if not hasattr(model.config, flag):
+                raise TunelessError(f"{type(model).__name__} has no config.{flag}: FLAP's "
+                                    "bias compensation cannot be saved for it; use bias=False")
+    if structure == "adaptive" and gqa != "kv-groups":
+        raise TunelessError("FLAP's adaptive structure ranks whole kv groups: use "
+                            "gqa='kv-groups' or structure='uniform'")
+    moments = consumer_moments(model, batches)
+    shapes = adapter.shapes(model)
+    _, per_layer = layer_graph(adapter, shapes, gqa)
+    if structure == "adaptive":
+        pairs = []
+        for i in range(len(shapes)):
+            sc = fluctuation_scores(model, per_layer[i], moments)
+            pairs.append((sc[per_layer[i].mlp.id], sc[per_layer[i].heads[0].id]))
+        plans = adaptive_plans(shapes, pairs, sparsity)
+        adapter.check_plans(plans)
+    else:
+        plans = plan_for(model, sparsity=sparsity, schedule=schedule, gqa=gqa)
+    kept: list[tuple[LayerGroups, dict[int, torch.Tensor]]] = []
+
+    def decide(i, groups, shape, plan):
+        scores = {gid: v.float() for gid, v in fluctuation_scores(model, groups, moments).items()}
+        out = score_decisions(adapter, groups, shape, plan, scores)
+        kept.append((groups, {gid: m_u[0].argmax(1) for gid, m_u in out.items()}))
+        return out
+
+    small = reduce_llm(model, plans, decide, gqa=gqa, desc="flap")
+    if bias:
+        compensate_bias(model, small, kept, moments)
+    data = torch.cat([b[:, :calib_len] for b in batches]) if repair == "refit" else None
+    return repair_reduced(model, small, repair, tokenizer=tokenizer, data=data,
+                          calib_samples=calib_samples, calib_len=calib_len, seed=seed,
+                          refit_lambda=refit_lambda)
