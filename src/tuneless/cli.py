@@ -11,7 +11,8 @@ from tuneless import __version__
 from tuneless.errors import TunelessError
 
 # Each module in tuneless.commands provides add_parser(subparsers) and run(args) -> int.
-COMMANDS = ["demo", "train", "average", "eval", "inspect", "compress", "export", "bench"]
+COMMANDS = ["demo", "train", "average", "eval", "inspect", "compress", "generate", "export",
+            "bench"]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

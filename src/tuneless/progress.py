@@ -30,4 +30,22 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit:
         if now - last > 30 or (total and i == total):
             last = now
             pos = f"{i}/{total}" if total else str(i)
-            print(f"{desc} {pos} {i / max(now, 1e-9):.1f} {unit}/s", file=sys.stderr, flush=True)
+            rate = i / max(now, 1e-9)
+            left = f", ~{(total - i) / rate:.0f} s left" if total and i < total else ""
+            print(f"{desc} {pos} {rate:.2f} {unit}/s{left}", file=sys.stderr, flush=True)
+
+
+class Ticker:
+    """A progress display advanced by hand, for loops run by someone else (the steps of
+    transformers' generate): `update()` per step, `close()` at the end."""
+
+    def __init__(self, total: int, desc: str = "", unit: str = "it", disable: bool = False):
+        self._steps = iter(progress(range(total), total=total, desc=desc, unit=unit,
+                                    disable=disable))
+
+    def update(self) -> None:
+        next(self._steps, None)
+
+    def close(self) -> None:
+        for _ in self._steps:
+            pass

@@ -81,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
         raise TunelessError("-o would overwrite the input model; choose another path")
     if args.sparsity is None and args.channel_ratio is None:
         raise TunelessError("give --sparsity (fraction of parameters) or --channel-ratio")
-    from tuneless.commands.compress_llm import is_llm_source, run_llm
+    from tuneless.commands.compress_llm import run_llm
+    from tuneless.llm.source import is_llm_source
 
-    if is_llm_source(args.model):  # Hugging Face folder, GGUF file or "smollm2"
+    if is_llm_source(args.model):  # HF folder, GGUF file, Hub id or "smollm2"
         return run_llm(args, parse_options(args.option))
     method = get_method(args.method)
     options = parse_options(args.option)

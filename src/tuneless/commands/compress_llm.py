@@ -1,5 +1,6 @@
-"""`tuneless compress` on a language model: a Hugging Face folder, a .gguf file or the name
-"smollm2" in; a folder that transformers loads out (tokenizer included)."""
+"""`tuneless compress` on a language model: a Hugging Face folder, a .gguf file, a Hub id or
+the name "smollm2" in (tuneless.llm.source); a folder that transformers loads out (tokenizer
+included)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 from tuneless.errors import TunelessError
+from tuneless.llm.source import load_llm
 
 # CLI method name -> (tuneless function, fixed options)
 LLM_METHODS = {
@@ -24,46 +26,6 @@ LLM_METHODS = {
 # command line does not write it (tuneless.svd(llm, sparsity=) from Python does it in memory)
 NOT_SAVABLE = {"svd": "svd factors each projection into two Linears, which no transformers "
                       "class can load; call tuneless.svd(model, sparsity=) from Python"}
-
-
-def is_llm_source(spec: str) -> bool:
-    """A Hugging Face model folder, a GGUF file, or the packaged SmolLM2."""
-    if spec == "smollm2":
-        return True
-    path = Path(spec)
-    if path.is_dir():
-        return (path / "config.json").is_file()
-    if path.suffix == ".gguf":
-        return True
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
-def load_llm(spec: str, trust_code: bool = False, device: str = "cpu"):
-    """(model, tokenizer or None) of a language model given on the command line."""
-    from tuneless.llm.gguf import load_gguf, load_smollm2
-    from tuneless.llm.save import load_folded
-
-    if spec == "smollm2":
-        model, tok = load_smollm2()
-    elif Path(spec).is_dir():
-        model = load_folded(spec, trust_code=trust_code)
-        tok = _tokenizer(spec, trust_code)
-    else:
-        model, tok = load_gguf(spec)
-    return model.to(device), tok
-
-
-def _tokenizer(folder: str, trust_code: bool):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_code)
-    except (OSError, ValueError, KeyError):
-        return None  # weights without tokenizer files: still foldable (self repair uses config)
 
 
 def run_llm(args: argparse.Namespace, options: dict) -> int:
@@ -89,7 +51,7 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TunelessError(f"--device {device}: no CUDA device is available here")
     name, fixed = LLM_METHODS[args.method]
-    model, tok = load_llm(args.model, args.trust_code, device)
+    model, tok = load_llm(args.model, trust_code=args.trust_code, device=device)
     if name == "fold":
         options.setdefault("progress", True)  # a minute or more: say what is happening
         if tok is not None:

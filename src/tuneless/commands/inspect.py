@@ -23,11 +23,48 @@ def group_rows(graph) -> list[dict]:
     return rows
 
 
+def llm_rows(model) -> list[dict]:
+    """Per decoder layer: its sizes and block parameters (tuneless.llm.adapters)."""
+    from tuneless.llm.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    rows = []
+    for i, (layer, s) in enumerate(zip(adapter.layers(model), adapter.shapes(model))):
+        rows.append({"layer": i, "query heads": s.n_q, "kv heads": s.n_kv,
+                     "head dim": s.head_dim, "MLP channels": s.n_mlp,
+                     "parameters": sum(p.numel() for p in layer.parameters())})
+    return rows
+
+
+def inspect_llm(args: argparse.Namespace) -> int:
+    """A language model: its family, per-layer sizes and what folding can merge."""
+    from tuneless.evaluate import count_params
+    from tuneless.llm import block_params
+    from tuneless.llm.adapters import adapter_for
+    from tuneless.llm.source import load_llm
+    from tuneless.report import render_table
+
+    model, _tok = load_llm(args.model, trust_code=args.trust_code)
+    adapter = adapter_for(model)  # an unsupported family: one line naming the supported ones
+    s = adapter.shapes(model)[0]
+    print(f"{type(model).__name__} (family {adapter.family}): {count_params(model):,} "
+          f"parameters, {block_params(model):,} in {len(adapter.layers(model))} decoder layers")
+    print(render_table(llm_rows(model)))
+    print(f"foldable per layer: MLP channels (gate/up rows merge, down columns sum) and, with "
+          f"gqa='kv-groups', whole kv groups ({s.group} query heads each); with "
+          f"gqa='query-heads', query heads inside each kv group. The residual width "
+          f"({s.hidden}), embeddings, norms and the vocabulary head stay.")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from tuneless.evaluate import count_params
     from tuneless.graph import find_groups
+    from tuneless.llm.source import is_llm_source
     from tuneless.report import render_table
 
+    if is_llm_source(args.model):
+        return inspect_llm(args)
     model, x = load_from_args(args)
     graph = find_groups(model, x)
     print(f"{type(model).__name__}: {count_params(model):,} parameters, input "

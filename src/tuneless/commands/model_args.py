@@ -11,9 +11,9 @@ from tuneless.errors import TunelessError
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="tuneless checkpoint or saved model, a pickled nn.Module (with "
-                        "--unsafe-pickle), a state_dict file (with --arch); compress also "
-                        "takes a language model: a Hugging Face folder, a .gguf file or "
-                        "'smollm2'")
+                        "--unsafe-pickle), a state_dict file (with --arch); compress and "
+                        "inspect also take a language model: a Hugging Face folder, a .gguf "
+                        "file, a Hub id (ORG/NAME) or 'smollm2'")
     p.add_argument("--arch", help="architecture of a state_dict file: a zoo name, "
                                   "torchvision:NAME or pkg.module:Class")
     p.add_argument("--arch-kwargs", help="constructor arguments for --arch, as JSON")

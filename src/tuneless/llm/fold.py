@@ -93,7 +93,8 @@ def fold_llm(
     if progress and repair == "self":
         print(f"sampling {calib_samples}×{calib_len} tokens from the model itself for the "
               "data-free repair", file=sys.stderr, flush=True)
-    calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
+    calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed,
+                            show_progress=progress)
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
                             "repair='self' (data-free) or repair='refit'")
@@ -150,7 +151,7 @@ def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa):
 
 
 def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: int = 256,
-                    seed: int = 0) -> torch.Tensor | None:
+                    seed: int = 0, show_progress: bool = False) -> torch.Tensor | None:
     """Token ids (n, seq_len) for the least-squares repair, or None when there is no repair:
     the model's own samples ("self"), `data`, or windows of the calibration text ("refit")."""
     if repair not in ("self", "refit"):
@@ -159,7 +160,7 @@ def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: i
         ids = torch.as_tensor(data)
         return ids[None] if ids.dim() == 1 else ids
     if repair == "self":  # the model's own BOS token starts it: no tokenizer needed
-        return self_generated(model, tokenizer, n, seq_len, seed)
+        return self_generated(model, tokenizer, n, seq_len, seed, show_progress)
     if tokenizer is None:
         raise TunelessError("repair='refit' needs tokenizer= (calibration text) or data= token "
                             "ids")

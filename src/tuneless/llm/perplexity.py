@@ -83,29 +83,6 @@ def perplexity(
     return perplexity_of_ids(model, tokenize(tokenizer, text), seq_len, max_tokens, progress)
 
 
-def load_model_and_tokenizer(spec: str):
-    """ "smollm2" (the packaged GGUF), a .gguf file, or a Hugging Face folder / tuneless folder."""
-    from tuneless.llm.gguf import load_gguf, load_smollm2
-
-    if spec == "smollm2":
-        return load_smollm2()
-    path = Path(spec)
-    if path.suffix == ".gguf":
-        return load_gguf(path)
-    if not path.is_dir():
-        raise TunelessError(f"model {spec!r} is neither 'smollm2', a .gguf file nor a model folder")
-    from transformers import AutoTokenizer
-
-    from tuneless.llm.save import load_folded
-
-    model = load_folded(path)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise TunelessError(f"no tokenizer in {path} (save it beside the model): {exc}") from exc
-    return model, tok
-
-
 def run_cli(args) -> int:
     """`tuneless eval --task wikitext2 MODEL`.
 
@@ -117,7 +94,9 @@ def run_cli(args) -> int:
                             "or set TUNELESS_WIKITEXT2")
     seq_len = int(getattr(args, "seq_len", None) or 512)
     max_tokens = getattr(args, "max_tokens", None)
-    model, tok = load_model_and_tokenizer(str(args.model))
+    from tuneless.llm.source import load_llm
+
+    model, tok = load_llm(str(args.model), need_tokenizer=True)
     ids = tokenize(tok, read_text(data))
     start = time.perf_counter()
     ppl = perplexity_of_ids(model, ids, seq_len=seq_len, max_tokens=max_tokens)

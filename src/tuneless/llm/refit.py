@@ -27,7 +27,7 @@ from tuneless.errors import TunelessError
 from tuneless.hooks import capture
 from tuneless.linalg import ridge_solve
 from tuneless.llm.adapters import adapter_for
-from tuneless.progress import progress
+from tuneless.progress import Ticker, progress
 
 
 def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -146,6 +146,17 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
     return folded
 
 
+class _Tick:
+    """A logits processor that changes nothing and advances a progress display per step."""
+
+    def __init__(self, ticker: Ticker) -> None:
+        self.ticker = ticker
+
+    def __call__(self, _input_ids, scores):
+        self.ticker.update()
+        return scores
+
+
 @torch.no_grad()
 def _special_ids(model: nn.Module, tokenizer) -> tuple[int | None, int | None]:
     """(BOS, EOS) token ids: the tokenizer's, else the generation config's, else the config's."""
@@ -165,7 +176,7 @@ def _special_ids(model: nn.Module, tokenizer) -> tuple[int | None, int | None]:
 
 
 def self_generated(model: nn.Module, tokenizer=None, n_samples: int = 64, seq_len: int = 256,
-                   seed: int = 0) -> torch.Tensor:
+                   seed: int = 0, show_progress: bool = False) -> torch.Tensor:
     """(n_samples, seq_len) token ids sampled from the model itself (temperature 1, no top-k),
     starting from its beginning-of-sequence token: calibration text without any data.
 
@@ -186,11 +197,14 @@ def self_generated(model: nn.Module, tokenizer=None, n_samples: int = 64, seq_le
         else:
             prompt = torch.full((n_samples, 1), start, dtype=torch.long)
         pad = eos if eos is not None else start
+        ticker = Ticker(seq_len - 1, desc="sampling calibration text", unit="token",
+                        disable=not show_progress)
         out = model.generate(
             prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
             max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1, top_k=0, top_p=1.0,
-            temperature=1.0, pad_token_id=pad,
+            temperature=1.0, pad_token_id=pad, logits_processor=[_Tick(ticker)],
         )
+        ticker.close()
     finally:
         torch.random.set_rng_state(state)
     return out[:, :seq_len]

@@ -34,8 +34,9 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
 
     Language models (Hugging Face decoders): criterion "l2" / "magnitude" (data-free, L2 norm
     of every weight a head or MLP channel owns), "wanda-sp" or "flap" (tuneless.llm.flap;
-    both need data= token-id batches or tokenizer=); sparsity is the fraction of decoder-block parameters, and llm_options
-    (schedule, head_ratio, mlp_ratio, gqa, tokenizer, ...) go to tuneless.llm.
+    both need data= token-id batches or tokenizer=); sparsity is the fraction of
+    decoder-block parameters, and llm_options (schedule, head_ratio, mlp_ratio, gqa,
+    tokenizer, ...) go to tuneless.llm.
     """
     from tuneless.budget import budget_for_ratio, solve
     from tuneless.graph import find_groups
