@@ -80,6 +80,9 @@ def test_per_layer_sizes_load_with_the_shipped_modeling_file(tmp_path):
     save_folded(small, out)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["tuneless_layer_sizes"][1] == [4, 2, 24] and "auto_map" in cfg
+    # transformers' own per-layer record, for a loader that builds such layers natively
+    assert cfg["per_layer_config"]["2"] == {"num_attention_heads": 2, "num_key_value_heads": 1,
+                                            "intermediate_size": 36}
     ours = _logits(out)
     with torch.no_grad():
         assert torch.allclose(ours, small(input_ids=IDS).logits, atol=1e-6)

@@ -74,7 +74,24 @@ def write_modeling(a, base: str, folder: Path) -> None:
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_tuneless.FoldedForCausalLM"}
+    cfg.update(native_per_layer(cfg))
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def native_per_layer(cfg: dict) -> dict:
+    """The per-layer sizes also in transformers' own `per_layer_config` (layer → overrides),
+    for a loader that builds heterogeneous layers natively; global reads stay allowed so that
+    today's classes (which build uniform layers, then the shipped file resizes them) load it.
+    Skipped when a head count does not divide hidden_size: transformers validates each
+    layer's config and would refuse it."""
+    sizes = cfg.get("tuneless_layer_sizes")
+    hidden = cfg.get("hidden_size")
+    if not sizes or not hidden or any(hidden % n_q for n_q, _, _ in sizes):
+        return {}
+    return {"allow_global_per_layer_attribute_access": True,
+            "per_layer_config": {str(i): {"num_attention_heads": n_q, "num_key_value_heads": n_kv,
+                                          "intermediate_size": n_mlp}
+                                 for i, (n_q, n_kv, n_mlp) in enumerate(sizes)}}
 
 
 def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
