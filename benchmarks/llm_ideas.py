@@ -1,0 +1,183 @@
+"""Ideas for better data-free LLM folding, measured on SmolLM2-135M at 20% of block
+parameters (issue 20 item 3). Each prints one JSON line per setting: WikiText-2 perplexity
+on the first 2,048 test tokens (dense 29.92) and CPU seconds of the fold. One thread.
+
+    python benchmarks/llm_ideas.py allocation '{"norm": "rel"}' '{"norm": "errt"}'
+    python benchmarks/llm_ideas.py sampling '{"temperature": 0.7}' '{"top_p": 0.9}'
+    python benchmarks/llm_ideas.py features '{"seed": 0}'
+
+allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
+  alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
+  weighted by "rel" = 1/E||residual||², "errt" = per-token ||error||²/||residual||²,
+  "abs" = unweighted, "y" = 1/E||MLP output||²), greedy on the curves to the same budget;
+  compare with the default paper-mlp schedule.
+sampling: the self-generated calibration text drawn at another temperature / top-p.
+features: k-means on activation-space features (each channel's activations over the
+  calibration tokens × the norm of its down_proj column) instead of whitened weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+SILU = torch.nn.functional.silu
+
+
+def error_curves(model, calib, ratios, seed=0):
+    """Per layer: MLP output error after folding that layer alone at each ratio + refit."""
+    from tuneless.decisions import merge
+    from tuneless.llm.activation_stats import collect_stats
+    from tuneless.llm.adapters import adapter_for, layer_graph, whitening
+    from tuneless.llm.decide import kmeans_labels
+    from tuneless.llm.refit import ridge_refit
+
+    stats = collect_stats(model, calib)
+    ad = adapter_for(model)
+    layers = ad.layers(model)
+    xs, res = {}, {}
+    hooks = []
+    for i, layer in enumerate(layers):
+        hooks.append(ad.projections(layer)["gate"].register_forward_pre_hook(
+            lambda _m, a, i=i: xs.__setitem__(i, a[0].reshape(-1, a[0].shape[-1]))))
+        hooks.append(layer.register_forward_hook(
+            lambda _m, _a, o, i=i: res.__setitem__(
+                i, (o[0] if isinstance(o, tuple) else o).reshape(xs[i].shape).pow(2).sum(1))))
+    with torch.no_grad():
+        model(input_ids=calib, use_cache=False)
+    for h in hooks:
+        h.remove()
+    _, per = layer_graph(ad, ad.shapes(model), "kv-groups")
+    out = []
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            p = ad.projections(layer)
+            g, u, d = p["gate"].weight, p["up"].weight, p["down"].weight
+            x = xs[i]
+            y = (SILU(x @ g.T) * (x @ u.T)) @ d.T
+            feats = per[i].mlp.features(model, transform=whitening(stats[i], per[i].roles))
+            row = {"y2": float(y.pow(2).sum(1).mean()), "r2": float(res[i].mean()), "err": [],
+                   "errt": []}
+            for r in ratios:
+                k = max(1, round(g.shape[0] * (1 - r)))
+                m, onehot = merge(kmeans_labels(feats, k, seed=seed + 1000 * i, refine=False), k)
+                h = SILU(x @ (m @ g).T) * (x @ (m @ u).T)
+                e = (h @ ridge_refit(h, y, d @ onehot, 3.0).T - y).pow(2).sum(1)
+                row["err"].append(float(e.mean()))
+                row["errt"].append(float((e / res[i]).mean()))
+            out.append(row)
+    return out
+
+
+def allocate(curves, ratios, norm, mean_ratio, step=0.025, cap=0.6):
+    """Greedy MLP ratios per layer on piecewise-linear error curves, mean = mean_ratio."""
+    rs = [0.0, *ratios]
+
+    def err(i, r):
+        es = [0.0, *curves[i]["errt" if norm == "errt" else "err"]]
+        for a, b, ea, eb in zip(rs, rs[1:], es, es[1:]):
+            if r <= b + 1e-9:
+                return ea + (eb - ea) * (r - a) / (b - a)
+        return es[-1]
+
+    weight = [1.0 if norm in ("abs", "errt") else 1.0 / c["r2" if norm == "rel" else "y2"]
+              for c in curves]
+    r = [0.0] * len(curves)
+    while sum(r) < mean_ratio * len(curves) - 1e-9:
+        _, best = min((weight[i] * (err(i, r[i] + step) - err(i, r[i])), i)
+                      for i in range(len(curves)) if r[i] + step <= cap + 1e-9)
+        r[best] += step
+    return r
+
+
+def main(argv: list[str]) -> int:
+    import tuneless
+    import tuneless.llm.fold as fold_module
+    from tuneless.llm import block_params, load_smollm2
+    from tuneless.llm.perplexity import WIKITEXT2_TEST, perplexity_of_ids, read_text, tokenize
+    from tuneless.llm.refit import _special_ids, self_generated
+
+    torch.set_num_threads(1)
+    what, specs = argv[0], [json.loads(s) for s in argv[1:]] or [{}]
+    model, tok = load_smollm2()
+    ids = tokenize(tok, read_text(WIKITEXT2_TEST))
+    curves = None
+    ratios = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    for o in specs:
+        seed = o.get("seed", 0)
+        cpu = time.process_time()
+        if what == "allocation":
+            if curves is None:
+                curves = error_curves(model, self_generated(model, None, 16, 128, seed), ratios)
+            # the MLP share of a block: 20% of block parameters from MLPs alone
+            mean = 0.2 * block_params(model) / sum(
+                sum(p.numel() for p in layer.mlp.parameters()) for layer in model.model.layers)
+            r = allocate(curves, ratios, o["norm"], mean, cap=o.get("cap", 0.6))
+            small = tuneless.fold(model, schedule={i: (0.0, x) for i, x in enumerate(r)},
+                                  seed=seed)
+        elif what == "sampling":
+            temperature, top_p = o.get("temperature", 1.0), o.get("top_p", 1.0)
+
+            def sample(model, tokenizer=None, n=16, length=128, seed=0, show_progress=False,
+                       temperature=temperature, top_p=top_p):
+                bos, eos = _special_ids(model, tokenizer)
+                state = torch.random.get_rng_state()
+                torch.manual_seed(seed)
+                prompt = torch.full((n, 1), bos, dtype=torch.long)
+                out = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                     do_sample=True, max_new_tokens=length - 1,
+                                     min_new_tokens=length - 1, top_k=0, top_p=top_p,
+                                     temperature=temperature, pad_token_id=eos)
+                torch.random.set_rng_state(state)
+                return out[:, :length]
+
+            fold_module.self_generated = sample
+            small = tuneless.fold(model, sparsity=0.2, seed=seed)
+        elif what == "features":
+            small = _fold_on_activations(model, seed)
+        else:
+            raise SystemExit(f"unknown experiment {what!r}")
+        cpu = time.process_time() - cpu
+        p = perplexity_of_ids(small, ids, 512, 2048, progress=False)
+        print(json.dumps({"experiment": what, **o, "ppl": round(p, 2),
+                          "x_dense": round(p / 29.92, 3), "cpu_s": round(cpu, 1),
+                          "layer_sizes": small.tuneless_report.get("layer_sizes")
+                          if what == "allocation" else None}), flush=True)
+    return 0
+
+
+def _fold_on_activations(model, seed):
+    from tuneless.decisions import merge
+    from tuneless.llm.adapters import adapter_for
+    from tuneless.llm.decide import kmeans_labels
+    from tuneless.llm.engine import reduce_llm
+    from tuneless.llm.fold import _plans, calibration_ids, repair_reduced
+
+    ad = adapter_for(model)
+    layers = ad.layers(model)
+    calib = calibration_ids(model, "self", None, None, 16, 128, seed)
+    acts = {}
+    hooks = [ad.projections(layer)["down"].register_forward_pre_hook(
+        lambda _m, a, i=i: acts.__setitem__(i, a[0].reshape(-1, a[0].shape[-1]).T.contiguous()))
+        for i, layer in enumerate(layers)]
+    with torch.no_grad():
+        model(input_ids=calib, use_cache=False)
+    for h in hooks:
+        h.remove()
+
+    def decide(i, groups, shape, plan):
+        d = ad.projections(layers[i])["down"].weight
+        return {gid: merge(kmeans_labels(acts[i] * d.norm(dim=0)[:, None], k,
+                                         seed=seed + 1000 * i, refine=False), k)
+                for gid, k in ad.kept(groups, shape, plan).items()}
+
+    folded = reduce_llm(model, _plans(model, 0.2, None, None, None, "kv-groups"), decide,
+                        desc="fold")
+    return repair_reduced(model, folded, "self", calib=calib, refit_lambda=3.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
