@@ -45,7 +45,7 @@ class Moments:
     module's first input, every token or position a sample."""
 
     def __init__(self, full: bool) -> None:
-        self.full, self.total, self.count = full, None, 0
+        self.full, self.total, self.count, self.synced = full, None, 0, False
 
     def __call__(self, _module, args) -> None:
         x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
@@ -54,4 +54,10 @@ class Moments:
         self.count += x.shape[0]
 
     def mean(self) -> torch.Tensor:
+        """The mean over every token seen, by all ranks under torch.distributed."""
+        if not self.synced:
+            from tuneless.distributed import all_sum
+
+            count = all_sum(torch.tensor([float(self.count)], dtype=torch.float64))
+            self.total, self.count, self.synced = all_sum(self.total), int(count.item()), True
         return self.total / max(self.count, 1)

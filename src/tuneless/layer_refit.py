@@ -91,7 +91,9 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     if ridge < 0:
         raise TunelessError(f"ridge must be ≥ 0, got {ridge}")
     small = small if inplace else copy.deepcopy(small)
-    batches = list(image_batches(data, batch_size, num_images))
+    from tuneless.distributed import my_batches
+
+    batches = list(my_batches(image_batches(data, batch_size, num_images)))  # this rank's
     if sum(len(b) for b in batches) < 2:
         raise TunelessError("the least-squares refit needs at least 2 images")
     was = original.training, small.training
@@ -268,7 +270,9 @@ def _solve_layer(small, name, norm, pairs, ridge) -> None:
             rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
         a, b = (rows.T @ rows).double(), (rows.T @ tgt).double()
         xtx, xty = (a, b) if xtx is None else (xtx + a, xty + b)
-    sol = ridge_solve(xtx, xty, ridge).to(layer.weight.dtype)
+    from tuneless.distributed import all_sum
+
+    sol = ridge_solve(all_sum(xtx), all_sum(xty), ridge).to(layer.weight.dtype)  # all ranks
     weight, bias = (sol[:-1].T, sol[-1]) if intercept else (sol.T, None)
     layer.weight.copy_(weight.reshape(layer.weight.shape))
     if norm is not None:

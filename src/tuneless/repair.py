@@ -213,11 +213,15 @@ def reestimate_bn(model: nn.Module, data, *, num_images: int | None = None,
         bn.momentum = None
         bn.track_running_stats = True
         bn.train()
+    from tuneless.distributed import all_sum, merge_batchnorm_stats, my_batches
+
     seen = 0
     try:
-        for x in image_batches(data, batch_size, num_images):
+        for x in my_batches(image_batches(data, batch_size, num_images)):  # this rank's share
             model(x)
             seen += len(x)
+        merge_batchnorm_stats(bns)
+        seen = int(all_sum(torch.tensor([seen])).item())
     finally:
         for bn, (momentum, track) in saved.items():
             bn.momentum, bn.track_running_stats = momentum, track

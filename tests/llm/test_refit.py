@@ -32,6 +32,28 @@ def test_ridge_refit_recovers_an_exact_linear_map_and_keeps_weights_at_large_lam
     assert torch.allclose(ridge_refit(a, y, w_old, 1e9), w_old, atol=1e-4)
 
 
+def test_row_weights_count_like_repeated_rows():
+    a = torch.randn(30, 4, generator=G)
+    y, w_old = torch.randn(30, 3, generator=G), torch.randn(3, 4, generator=G)
+    weight = torch.ones(30)
+    weight[:10] = 3.0  # the first ten rows three times over
+    repeated = torch.cat([a[:10], a[:10], a])
+    want = ridge_refit(repeated, torch.cat([y[:10], y[:10], y]), w_old, 0.5)
+    assert torch.allclose(ridge_refit(a, y, w_old, 0.5, weight), want, atol=1e-5)
+
+
+def test_stream_weighting_is_a_refit_option():
+    m = tiny_llama(layers=2, mlp=48)
+    f = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="none")
+    g = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="none")
+    refit_consumers(m, f, CALIB, lam=1.0)
+    refit_consumers(m, g, CALIB, lam=1.0, weighting="stream")
+    assert not torch.equal(f.model.layers[0].mlp.down_proj.weight,
+                           g.model.layers[0].mlp.down_proj.weight)
+    with pytest.raises(TunelessError, match="refit weighting 'x'"):
+        refit_consumers(m, g, CALIB, weighting="x")
+
+
 @pytest.mark.parametrize("head_ratio, bias", [(0.0, False), (0.5, False), (0.5, True)])
 def test_refit_brings_the_folded_stream_back_towards_the_original(head_ratio, bias):
     m = tiny_llama(layers=3, mlp=48, bias=bias)

@@ -82,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
     if args.sparsity is None and args.channel_ratio is None:
         raise TunelessError("give --sparsity (fraction of parameters) or --channel-ratio")
     from tuneless.commands.compress_llm import run_llm
+    from tuneless.distributed import init_from_env, is_main
     from tuneless.llm.source import is_llm_source
 
+    # under torchrun: every rank calibrates on its share of the data; rank 0 writes
+    init_from_env(getattr(args, "device", None) or "cpu")
     if is_llm_source(args.model):  # HF folder, GGUF file, Hub id or "smollm2"
         return run_llm(args, parse_options(args.option))
     method = get_method(args.method)
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     except TypeError as exc:
         raise TunelessError(f"method {args.method}: {exc}") from exc
     nothing_removed(args.method, model, small)
+    if not is_main():
+        return 0
     info = save(small, args.out, meta={"source": str(args.model), "method": args.method,
                                        **kwargs, "options": options})
     rows = [{"model": "before", **measure(model, x, data)},

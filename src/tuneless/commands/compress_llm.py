@@ -72,6 +72,10 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     if after >= before:
         raise TunelessError(f"{args.method} removed nothing at --sparsity {args.sparsity}; "
                             "nothing written")
+    from tuneless.distributed import is_main
+
+    if not is_main():  # torchrun: every rank holds the same result; rank 0 writes it
+        return 0
     save_folded(small, out, tokenizer=tok)
     total_before, total_after = count_params(model), count_params(small)
     print(f"{args.method}: decoder blocks {before:,} -> {after:,} parameters "

@@ -12,6 +12,7 @@ import sys
 import torch
 from torch import nn
 
+from tuneless.distributed import shard
 from tuneless.errors import TunelessError
 from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
@@ -45,6 +46,7 @@ def fold_llm(
     calib_len: int = 128,
     refit_lambda: float = 3.0,
     refit_scope: str = "folded",
+    refit_weighting: str = "none",
     features: str = "auto",
 ) -> nn.Module:
     """Return a folded copy of a Hugging Face decoder LM (families: tuneless.llm.adapters).
@@ -95,6 +97,8 @@ def fold_llm(
               "data-free repair", file=sys.stderr, flush=True)
     calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed,
                             show_progress=progress)
+    if calib is not None:  # under torchrun: statistics and refit on this rank's sequences
+        calib = shard(calib)
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
                             "repair='self' (data-free) or repair='refit'")
@@ -108,13 +112,15 @@ def fold_llm(
 
     folded = reduce_llm(model, plans, decide, gqa=gqa, desc="fold", show_progress=progress)
     return repair_reduced(model, folded, repair, calib=calib, refit_lambda=refit_lambda,
-                          refit_scope=refit_scope, progress=progress)
+                          refit_scope=refit_scope, refit_weighting=refit_weighting,
+                          progress=progress)
 
 
 def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, tokenizer=None,
                    data=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
                    refit_lambda: float = 3.0, refit_scope: str = "folded",
-                   calib: torch.Tensor | None = None, progress: bool = False) -> nn.Module:
+                   refit_weighting: str = "none", calib: torch.Tensor | None = None,
+                   progress: bool = False) -> nn.Module:
     """The least-squares repair of folding, for any structured reduction of `model` (the
     pruning baselines get it on equal terms): "self", "refit" or None/"none" (nothing).
     `calib`: token ids already drawn for this repair (folding draws them first, for its
@@ -123,9 +129,10 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
     get_repair(repair, "llm")
     if calib is None:
         calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
+        calib = None if calib is None else shard(calib)
     if calib is not None:
         refit_consumers(model, small, calib, lam=refit_lambda, scope=refit_scope,
-                        show_progress=progress)
+                        weighting=refit_weighting, show_progress=progress)
         small.tuneless_report["repair"] = repair
     return small
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tuneless.distributed import all_sum
 from tuneless.errors import TunelessError
 from tuneless.hooks import capture
 from tuneless.linalg import ridge_solve
@@ -59,13 +60,30 @@ def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, watch: dict[str, 
     return out, seen
 
 
-def ridge_refit(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:
-    """argmin_W' ||a W'ᵀ − y||² + λ·mean(diag aᵀa)·||W' − w||² in float64 (a: N×k, y: N×d)."""
+def ridge_refit(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+    """argmin_W' Σ_t ω_t ||W' a_t − y_t||² + λ·mean(diag aᵀΩa)·||W' − w||² in float64
+    (a: N×k, y: N×d; weight ω per row, all ones by default)."""
     a64, y64 = a.reshape(-1, a.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
-    return ridge_solve(a64.T @ a64, a64.T @ y64, lam, prior=w.T).T.to(w.dtype)
+    if weight is not None:
+        root = weight.reshape(-1, 1).double().sqrt()
+        a64, y64 = a64 * root, y64 * root
+    gram, cross = all_sum(a64.T @ a64), all_sum(a64.T @ y64)  # every rank's tokens
+    return ridge_solve(gram, cross, lam, prior=w.T).T.to(w.dtype)
 
 
 REFIT_SCOPES = ("folded", "downstream")
+# "stream": each token's squared error divided by the energy of the residual stream it lands
+# on (the next RMS norm divides by that), and for a sandwich norm also by the energy of the
+# consumer's output it normalises; "none": every token alike.
+REFIT_WEIGHTINGS = ("stream", "none")
+
+
+def _token_weight(stream: torch.Tensor, normalised: torch.Tensor | None) -> torch.Tensor:
+    w = 1.0 / stream.float().pow(2).mean(-1).clamp(min=1e-12)
+    if normalised is not None:
+        w = w / normalised.float().pow(2).mean(-1).clamp(min=1e-12)
+    return w
 
 
 def _through_norm(norm: nn.Module, contribution: torch.Tensor,
@@ -83,7 +101,7 @@ def _through_norm(norm: nn.Module, contribution: torch.Tensor,
 
 @torch.no_grad()
 def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *,
-                    lam: float = 1.0, scope: str = "folded",
+                    lam: float = 1.0, scope: str = "folded", weighting: str = "none",
                     show_progress: bool = False) -> nn.Module:
     """Refit o_proj / down_proj of `folded` in place (see module doc).
 
@@ -93,6 +111,9 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
     """
     if scope not in REFIT_SCOPES:
         raise TunelessError(f"refit scope {scope!r}; choose one of {', '.join(REFIT_SCOPES)}")
+    if weighting not in REFIT_WEIGHTINGS:
+        raise TunelessError(f"refit weighting {weighting!r}; choose one of "
+                            f"{', '.join(REFIT_WEIGHTINGS)}")
     if lam < 0:
         raise TunelessError(f"refit lambda must be ≥ 0, got {lam}")
     if ids.dim() != 2 or ids.shape[1] < 2:
@@ -125,15 +146,19 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
                 continue
             _, seen = _run(ln, h_new, kwargs, {"mid": getattr(ln, post), "x": pn[short]})
             if short == "o":  # the attention half must land on the original mid-layer stream
-                target = seen_old["mid"] - h_new
+                stream = seen_old["mid"]
+                target = stream - h_new
             else:  # the MLP half must land on the original layer output
-                target = h_old_out - seen["mid"]
+                stream = h_old_out
+                target = stream - seen["mid"]
             if sandwich:  # aim at the norm's input: c / gain at the original's scale
                 norm = getattr(ln, sandwich[0] if short == "o" else sandwich[1])
                 target = _through_norm(norm, target, seen_old[short])
             if pn[short].bias is not None:  # the bias stays; the weights fit the rest
                 target = target - pn[short].bias
-            w = ridge_refit(seen["x"], target, pn[short].weight, lam)
+            weight = (_token_weight(stream, seen_old[short] if sandwich else None)
+                      if weighting == "stream" else None)
+            w = ridge_refit(seen["x"], target, pn[short].weight, lam, weight)
             pn[short].weight.copy_(w)
             # after the down refit the output is mid + down(x): no second pass of the layer
             if short == "down":

@@ -1,0 +1,40 @@
+"""Data-parallel calibration (issue 21): two CPU processes under torchrun (gloo) fold a
+tiny Llama with the least-squares repair and a small CNN with Fold-R and with the layer
+refit, each rank on half the calibration data, and get the one-process result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+WORKER = Path(__file__).with_name("worker.py")
+ROOT = WORKER.parents[2]
+
+
+def _run(args, out, env_extra=None):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+           "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run([sys.executable, *args, str(WORKER), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.load(out)
+
+
+def test_two_ranks_equal_one_process(tmp_path):
+    one = _run([], tmp_path / "one.pt")
+    two = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+               tmp_path / "two.pt")
+    assert (one["rows"], two["rows"]) == (8, 4)  # each rank saw half the sequences
+    assert (one["refit_images"], two["refit_images"]) == (64, 32)  # and half the images
+    for part in ("llm", "fold_r", "refit"):
+        for name, value in one[part].items():
+            if value.is_floating_point():
+                assert (value - two[part][name]).abs().max() <= 1e-5, (part, name)
+            else:
+                assert torch.equal(value, two[part][name]), (part, name)
