@@ -38,3 +38,27 @@ def test_two_ranks_equal_one_process(tmp_path):
                 assert (value - two[part][name]).abs().max() <= 1e-5, (part, name)
             else:
                 assert torch.equal(value, two[part][name]), (part, name)
+
+
+def test_compress_under_torchrun_writes_the_one_process_folder(tmp_path):
+    import os
+
+    from safetensors.torch import load_file
+
+    from tests.commands.test_compress_llm import _tiny_folder
+
+    _tiny_folder(tmp_path / "dense")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+           "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    argv = ["-m", "tuneless.cli", "compress", str(tmp_path / "dense"), "--method", "fold",
+            "--sparsity", "0.3", "-o"]
+    for launch, out in (([], "one"), (["-m", "torch.distributed.run", "--standalone",
+                                       "--nproc_per_node", "2"], "two")):
+        done = subprocess.run([sys.executable, *launch, *argv, str(tmp_path / out)], env=env,
+                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one, two = (load_file(tmp_path / o / "model.safetensors") for o in ("one", "two"))
+    assert one.keys() == two.keys()
+    for key in one:
+        assert (one[key] - two[key]).abs().max() <= 1e-5, key
