@@ -5,6 +5,7 @@ on the first 2,048 test tokens (dense 29.92) and CPU seconds of the fold. One th
     python benchmarks/llm_ideas.py allocation '{"norm": "rel"}' '{"norm": "errt"}'
     python benchmarks/llm_ideas.py sampling '{"temperature": 0.7}' '{"top_p": 0.9}'
     python benchmarks/llm_ideas.py features '{"seed": 0}'
+    python benchmarks/llm_ideas.py refit-lambda '{"layers": [12, 16, 20, 24]}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -14,6 +15,9 @@ allocation: per-layer MLP fold ratios chosen from measured error curves (each la
 sampling: the self-generated calibration text drawn at another temperature / top-p.
 features: k-means on activation-space features (each channel's activations over the
   calibration tokens × the norm of its down_proj column) instead of whitened weights.
+refit-lambda: one layer's MLP folded to 50% alone, ridge-refit on 16×128 self-generated
+  tokens at several λ; the error on 16×128 other self-generated tokens (held out), as a
+  fraction of the MLP output's energy (prints one line per layer).
 """
 
 from __future__ import annotations
@@ -103,6 +107,10 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     what, specs = argv[0], [json.loads(s) for s in argv[1:]] or [{}]
     model, tok = load_smollm2()
+    if what == "refit-lambda":
+        for o in specs:
+            _refit_lambda(model, o.get("layers", [12, 16, 20, 24]))
+        return 0
     ids = tokenize(tok, read_text(WIKITEXT2_TEST))
     curves = None
     ratios = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
@@ -147,6 +155,49 @@ def main(argv: list[str]) -> int:
                           "layer_sizes": small.tuneless_report.get("layer_sizes")
                           if what == "allocation" else None}), flush=True)
     return 0
+
+
+def _refit_lambda(model, layer_ids, lams=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0)):
+    from tuneless.decisions import merge
+    from tuneless.llm.activation_stats import collect_stats
+    from tuneless.llm.adapters import adapter_for, layer_graph, whitening
+    from tuneless.llm.decide import kmeans_labels
+    from tuneless.llm.refit import ridge_refit, self_generated
+
+    calib, held = (self_generated(model, None, 16, 128, s) for s in (0, 99))
+    stats = collect_stats(model, calib)
+    ad = adapter_for(model)
+    layers = ad.layers(model)
+
+    def mlp_inputs(ids):
+        xs = {}
+        hooks = [ad.projections(layer)["gate"].register_forward_pre_hook(
+            lambda _m, a, i=i: xs.__setitem__(i, a[0].reshape(-1, a[0].shape[-1])))
+            for i, layer in enumerate(layers)]
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+        for h in hooks:
+            h.remove()
+        return xs
+
+    xs, xh = mlp_inputs(calib), mlp_inputs(held)
+    _, per = layer_graph(ad, ad.shapes(model), "kv-groups")
+    with torch.no_grad():
+        for i in layer_ids:
+            p = ad.projections(layers[i])
+            g, u, d = p["gate"].weight, p["up"].weight, p["down"].weight
+            y, yh = ((SILU(x @ g.T) * (x @ u.T)) @ d.T for x in (xs[i], xh[i]))
+            k = g.shape[0] // 2
+            feats = per[i].mlp.features(model, transform=whitening(stats[i], per[i].roles))
+            m, onehot = merge(kmeans_labels(feats, k, seed=1000 * i, refine=False), k)
+            h, hh = (SILU(x @ (m @ g).T) * (x @ (m @ u).T) for x in (xs[i], xh[i]))
+            row = {"layer": i, "no refit": float((hh @ (d @ onehot).T - yh).pow(2).sum()
+                                                  / yh.pow(2).sum())}
+            for lam in lams:
+                w = ridge_refit(h, y, d @ onehot, lam)
+                row[f"lambda {lam}"] = float((hh @ w.T - yh).pow(2).sum() / yh.pow(2).sum())
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in row.items()}), flush=True)
 
 
 def _fold_on_activations(model, seed):
