@@ -74,6 +74,8 @@ def download(repo: str) -> Path:
 def load_llm(spec: str, *, trust_code: bool = False, device: str = "cpu",
              need_tokenizer: bool = False):
     """(model, tokenizer or None) of a language model named on the command line."""
+    import transformers  # noqa: F401  (every source needs it: a missing one is named first)
+
     from tuneless.llm.gguf import load_gguf, load_smollm2
     from tuneless.llm.save import load_folded
 
