@@ -11,7 +11,7 @@ tuneless bench llm --tokens 2048 --seq-len 512 --sparsities 0.2,0.1,0.3 --calib-
 
 # 2. Out-of-core: a random 3.21 B-parameter Llama-3.2-3B-shaped bf16 checkpoint (~6 GB),
 #    folded layer by layer at 20% (paper schedule); peak RSS from /usr/bin/time -v.
-BIG=${BIG:-/root/bigllama}
+BIG=${BIG:-${TMPDIR:-/tmp}/bigllama}
 [ -d "$BIG" ] || python benchmarks/make_random_llama.py "$BIG"
 rm -rf "$BIG-fold20"
 /usr/bin/time -v python -m tuneless.llm.stream "$BIG" "$BIG-fold20" --sparsity 0.2 \

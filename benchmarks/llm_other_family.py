@@ -4,7 +4,7 @@ Hugging Face folder; a GGUF is dequantised once and cached as a folder beside it
 (`<file>.hf/`). Perplexity on the first 2,048 WikiText-2 test tokens (windows of 512, no
 BOS added, as for SmolLM2), one thread; one JSON line per setting:
 
-    python benchmarks/llm_other_family.py /root/gemma-3-270m-q4_k_m.gguf '{}' \\
+    python benchmarks/llm_other_family.py gemma-3-270m-q4_k_m.gguf '{}' \\
         '{"repair": "none"}' '{"method": "wanda-sp", "schedule": "paper-mlp"}'
 
 Settings are tuneless.fold options, or {"method": CRITERION, ...} for tuneless.prune

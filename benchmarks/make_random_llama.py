@@ -5,7 +5,7 @@ For the out-of-core folding demo: the default is a Llama-3.2-3B-shaped model
 embeddings) = 3.21 B parameters, ~6.4 GB. One shard per decoder layer, written
 one tensor group at a time so this script itself stays small in memory.
 
-    python benchmarks/make_random_llama.py /root/bigllama
+    python benchmarks/make_random_llama.py ./bigllama
 """
 
 from __future__ import annotations
