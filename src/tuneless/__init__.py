@@ -45,6 +45,7 @@ _LAZY = {
     "SmoothPenalty": "tuneless.smooth",
     "register_architecture": "tuneless.trust",
     "register_module": "tuneless.trust",
+    "set_progress": "tuneless.progress",
 }
 
 

@@ -21,6 +21,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         description="Compress trained PyTorch networks without data and without fine-tuning.",
     )
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on error")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress displays (also TUNELESS_PROGRESS=0)")
     parser.add_argument("--version", action="version", version=f"tuneless {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     runners = {}
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.quiet:
+        from tuneless.progress import set_progress
+
+        set_progress(False)
     try:
         _check_common(args)
         return int(runners[args.command](args) or 0)

@@ -29,8 +29,12 @@ def accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 500,
     """
     was_training = model.training
     model.eval()
+    from tuneless.progress import progress
+
     correct = seen = 0
-    for x, y in TensorLoader(data, batch_size):
+    n = len(data) if limit is None else min(limit, len(data))
+    for x, y in progress(TensorLoader(data, batch_size), total=-(-n // batch_size),
+                         desc="accuracy", unit="batch"):
         if limit is not None and seen + len(y) > limit:
             x, y = x[: limit - seen], y[: limit - seen]
         correct += (model(x).argmax(1) == y).sum().item()

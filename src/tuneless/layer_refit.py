@@ -116,7 +116,10 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
         cache = _cached_targets(original, plan, batches, cache_bytes)
         if cache is not None:
             _refit_in_one_pass(small, plan, batches, cache, ridge)
-        for name, norm, out_map in plan:
+        from tuneless.progress import progress
+
+        for name, norm, out_map in progress(plan, total=len(plan), desc="refit",
+                                            unit="layer", disable=cache is not None):
             if cache is None:
                 pairs = _pairs(original, small, name, norm, out_map, batches)
                 _solve_layer(small, name, norm, pairs, ridge)
@@ -237,17 +240,22 @@ def _refit_in_one_pass(small: nn.Module, plan: list, batches: list, cache: dict,
     """Refit every planned layer during a single forward pass of the small model over all
     images: a hook solves each layer just before it runs, so its input already reflects
     every earlier refit (the same problems as capturing layer by layer, in linear time)."""
+    from tuneless.progress import Ticker
+
     sizes = [len(b) for b in batches]
+    ticker = Ticker(len(plan), desc="refit", unit="layer")
 
     def solve(module, args, name, norm):
         pairs = ((_rows(module, chunk), cache[name][i])
                  for i, chunk in enumerate(args[0].split(sizes)))
         _solve_layer(small, name, norm, pairs, ridge)
+        ticker.update()
 
     hooks = [small.get_submodule(name).register_forward_pre_hook(
         lambda m, a, name=name, norm=norm: solve(m, a, name, norm)) for name, norm, _ in plan]
     try:
         small(torch.cat(batches))
+        ticker.close()
     finally:
         for h in hooks:
             h.remove()

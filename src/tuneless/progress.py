@@ -1,19 +1,40 @@
-"""A progress bar that uses tqdm when installed and degrades to periodic log lines."""
+"""A progress bar that uses tqdm when installed and degrades to periodic log lines.
+
+On by default for every step that can take more than a few seconds; off with
+`tuneless.set_progress(False)`, the environment variable TUNELESS_PROGRESS=0, or the
+command line's `--quiet`. Without a terminal, a step reports every 30 s with the time
+left, and once at its end if it took more than SLOW seconds (fast steps stay silent).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
+SLOW = 5.0
+_enabled: bool | None = None  # None: TUNELESS_PROGRESS decides (on unless "0")
+
+
+def set_progress(on: bool) -> None:
+    """Turn every progress display of tuneless on or off (for this process)."""
+    global _enabled
+    _enabled = bool(on)
+
+
+def progress_enabled() -> bool:
+    if _enabled is not None:
+        return _enabled
+    return os.environ.get("TUNELESS_PROGRESS", "1") not in ("0", "false", "no", "off")
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
              disable: bool = False) -> Iterator[T]:
     """Iterate with a progress display on stderr."""
-    if disable:
+    if disable or not progress_enabled():
         yield from items
         return
     try:
@@ -27,7 +48,7 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit:
     for i, item in enumerate(items, 1):
         yield item
         now = time.perf_counter() - start
-        if now - last > 30 or (total and i == total):
+        if now - last > 30 or (total and i == total and now > SLOW):
             last = now
             pos = f"{i}/{total}" if total else str(i)
             rate = i / max(now, 1e-9)

@@ -217,7 +217,11 @@ def reestimate_bn(model: nn.Module, data, *, num_images: int | None = None,
 
     seen = 0
     try:
-        for x in my_batches(image_batches(data, batch_size, num_images)):  # this rank's share
+        from tuneless.progress import progress
+
+        total = None if num_images is None else -(-num_images // batch_size)
+        for x in progress(my_batches(image_batches(data, batch_size, num_images)), total=total,
+                          desc="BN re-estimation", unit="batch"):  # this rank's share
             model(x)
             seen += len(x)
         merge_batchnorm_stats(bns)

@@ -7,8 +7,6 @@ summed. The residual width is not folded.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import nn
 
@@ -37,7 +35,7 @@ def fold_llm(
     n_init: int = 1,
     refine: bool = False,
     kmeans_dim: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     repair: str | None = None,
     example_inputs=None,
     tokenizer=None,
@@ -80,6 +78,10 @@ def fold_llm(
     """
     check_model(model, "fold")
     adapter = adapter_for(model)  # an unsupported family is named before any work
+    if progress is None:  # follow tuneless.set_progress / TUNELESS_PROGRESS
+        from tuneless.progress import progress_enabled
+
+        progress = progress_enabled()
     check_call(fold_llm, {"sparsity": sparsity, "head_ratio": head_ratio, "mlp_ratio": mlp_ratio,
                           "seed": seed, "n_init": n_init, "refine": refine,
                           "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
@@ -92,9 +94,6 @@ def fold_llm(
     shapes = adapter.shapes(model)
     if all((s.n_q, s.n_kv, s.n_mlp) == (p.n_q, p.n_kv, p.n_mlp) for s, p in zip(shapes, plans)):
         return reduce_llm(model, plans, lambda *_: {}, desc="fold")  # nothing to fold or repair
-    if progress and repair == "self":
-        print(f"sampling {calib_samples}×{calib_len} tokens from the model itself for the "
-              "data-free repair", file=sys.stderr, flush=True)
     calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed,
                             show_progress=progress)
     if calib is not None:  # under torchrun: statistics and refit on this rank's sequences

@@ -164,8 +164,11 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         kept, achieved, ratio, before, after = b.kept, b.sparsity, b.channel_ratio, \
             b.params_before, b.params_after
 
+    from tuneless.progress import progress
+
     decisions, labels, inertia = {}, {}, {}
-    for g in graph.reducible:
+    for g in progress(graph.reducible, total=len(graph.reducible), desc="clustering",
+                      unit="group"):
         k = kept[g.id]
         if k >= g.n:
             continue
