@@ -42,6 +42,23 @@ def test_row_weights_count_like_repeated_rows():
     assert torch.allclose(ridge_refit(a, y, w_old, 0.5, weight), want, atol=1e-5)
 
 
+def test_the_refit_target_follows_the_family():
+    from tests.llm.test_adapter_contract import _model
+
+    calib = torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(3))
+    for family, resolved in (("llama", "stream"), ("gemma3_text", "local")):
+        model = _model(family)
+        runs = {}
+        for target in ("auto", "stream", "local"):
+            f = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5, repair="none")
+            refit_consumers(model, f, calib, lam=1.0, target=target)
+            runs[target] = f.model.layers[1].mlp.down_proj.weight
+        assert torch.equal(runs["auto"], runs[resolved]), family
+        assert not torch.equal(runs["stream"], runs["local"]), family
+    with pytest.raises(TunelessError, match="refit target 'x'"):
+        refit_consumers(model, f, calib, target="x")
+
+
 def test_stream_weighting_is_a_refit_option():
     m = tiny_llama(layers=2, mlp=48)
     f = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="none")

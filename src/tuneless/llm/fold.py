@@ -45,6 +45,7 @@ def fold_llm(
     refit_lambda: float = 3.0,
     refit_scope: str = "folded",
     refit_weighting: str = "none",
+    refit_target: str = "auto",
     features: str = "auto",
 ) -> nn.Module:
     """Return a folded copy of a Hugging Face decoder LM (families: tuneless.llm.adapters).
@@ -112,13 +113,14 @@ def fold_llm(
     folded = reduce_llm(model, plans, decide, gqa=gqa, desc="fold", show_progress=progress)
     return repair_reduced(model, folded, repair, calib=calib, refit_lambda=refit_lambda,
                           refit_scope=refit_scope, refit_weighting=refit_weighting,
-                          progress=progress)
+                          refit_target=refit_target, progress=progress)
 
 
 def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, tokenizer=None,
                    data=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
                    refit_lambda: float = 3.0, refit_scope: str = "folded",
-                   refit_weighting: str = "none", calib: torch.Tensor | None = None,
+                   refit_weighting: str = "none", refit_target: str = "auto",
+                   calib: torch.Tensor | None = None,
                    progress: bool = False) -> nn.Module:
     """The least-squares repair of folding, for any structured reduction of `model` (the
     pruning baselines get it on equal terms): "self", "refit" or None/"none" (nothing).
@@ -131,7 +133,8 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
         calib = None if calib is None else shard(calib)
     if calib is not None:
         refit_consumers(model, small, calib, lam=refit_lambda, scope=refit_scope,
-                        weighting=refit_weighting, show_progress=progress)
+                        weighting=refit_weighting, target=refit_target,
+                        show_progress=progress)
         small.tuneless_report["repair"] = repair
     return small
 

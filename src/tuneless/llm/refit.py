@@ -77,6 +77,12 @@ REFIT_SCOPES = ("folded", "downstream")
 # on (the next RMS norm divides by that), and for a sandwich norm also by the energy of the
 # consumer's output it normalises; "none": every token alike.
 REFIT_WEIGHTINGS = ("stream", "none")
+# "stream": land on the original residual stream (also undoing the drift of earlier layers);
+# "local": reproduce only this layer's own original contribution from the folded inputs;
+# "auto": "local" for families with sandwich norms (Gemma 2/3: a sublayer's output is
+# renormalised per token before it is added, so it cannot carry a correction of the stream's
+# drift), "stream" otherwise. Measured: docs/llm.md "Defaults".
+REFIT_TARGETS = ("auto", "stream", "local")
 
 
 def _token_weight(stream: torch.Tensor, normalised: torch.Tensor | None) -> torch.Tensor:
@@ -102,15 +108,18 @@ def _through_norm(norm: nn.Module, contribution: torch.Tensor,
 @torch.no_grad()
 def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *,
                     lam: float = 1.0, scope: str = "folded", weighting: str = "none",
-                    show_progress: bool = False) -> nn.Module:
+                    target: str = "auto", show_progress: bool = False) -> nn.Module:
     """Refit o_proj / down_proj of `folded` in place (see module doc).
 
     ids: calibration token ids, (batch, seq_len). scope: "folded" refits the consumers whose
     inputs were merged; "downstream" also every o_proj/down_proj after the first folded
-    layer, so unfolded layers help pull the stream back. Returns `folded`.
+    layer, so unfolded layers help pull the stream back. target: what a refit consumer aims
+    at (REFIT_TARGETS). weighting: per-token weights (REFIT_WEIGHTINGS). Returns `folded`.
     """
     if scope not in REFIT_SCOPES:
         raise TunelessError(f"refit scope {scope!r}; choose one of {', '.join(REFIT_SCOPES)}")
+    if target not in REFIT_TARGETS:
+        raise TunelessError(f"refit target {target!r}; choose one of {', '.join(REFIT_TARGETS)}")
     if weighting not in REFIT_WEIGHTINGS:
         raise TunelessError(f"refit weighting {weighting!r}; choose one of "
                             f"{', '.join(REFIT_WEIGHTINGS)}")
@@ -119,6 +128,8 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise TunelessError(f"calibration ids must be (batch, seq_len ≥ 2), got {tuple(ids.shape)}")
     adapter = adapter_for(original)
+    if target == "auto":
+        target = "local" if adapter.post_norms else "stream"
     old_layers, new_layers = adapter.layers(original), adapter.layers(folded)
     if len(old_layers) != len(new_layers):
         raise TunelessError("the folded model has a different number of layers than the original")
@@ -147,18 +158,18 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
             _, seen = _run(ln, h_new, kwargs, {"mid": getattr(ln, post), "x": pn[short]})
             if short == "o":  # the attention half must land on the original mid-layer stream
                 stream = seen_old["mid"]
-                target = stream - h_new
+                goal = stream - (h_new if target == "stream" else h_old)
             else:  # the MLP half must land on the original layer output
                 stream = h_old_out
-                target = stream - seen["mid"]
+                goal = stream - (seen["mid"] if target == "stream" else seen_old["mid"])
             if sandwich:  # aim at the norm's input: c / gain at the original's scale
                 norm = getattr(ln, sandwich[0] if short == "o" else sandwich[1])
-                target = _through_norm(norm, target, seen_old[short])
+                goal = _through_norm(norm, goal, seen_old[short])
             if pn[short].bias is not None:  # the bias stays; the weights fit the rest
-                target = target - pn[short].bias
+                goal = goal - pn[short].bias
             weight = (_token_weight(stream, seen_old[short] if sandwich else None)
                       if weighting == "stream" else None)
-            w = ridge_refit(seen["x"], target, pn[short].weight, lam, weight)
+            w = ridge_refit(seen["x"], goal, pn[short].weight, lam, weight)
             pn[short].weight.copy_(w)
             # after the down refit the output is mid + down(x): no second pass of the layer
             if short == "down":
