@@ -55,28 +55,11 @@ class ColumnMoments:
         return ((self.second - self.first ** 2 / n) / (n - 1)).clamp(min=0)
 
 
-@torch.no_grad()
 def consumer_moments(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, ColumnMoments]:
     """Per o_proj / down_proj (by module name): mean and variance of each input column."""
-    adapter = adapter_for(model)
-    meters, hooks = {}, []
-    for i, layer in enumerate(adapter.layers(model)):
-        p = adapter.projections(layer)
-        for short in ("o", "down"):
-            meters[adapter.module_name(i, short)] = m = ColumnMoments()
-            hooks.append(p[short].register_forward_pre_hook(m))
-    try:
-        model.eval()
-        for x in batches:
-            model(input_ids=x, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    return meters
+    from tuneless.llm.prune import consumer_meters
 
-
-def _columns(slot, unit: int) -> slice:
-    return slice((slot.offset + unit) * slot.block, (slot.offset + unit + 1) * slot.block)
+    return consumer_meters(model, batches, ColumnMoments)
 
 
 def fluctuation_scores(source: Source, lg: LayerGroups,

@@ -47,14 +47,15 @@ def magnitude_prune_llm(model: nn.Module, sparsity: float | None = None, *, sche
 
 
 @torch.inference_mode()
-def input_norms(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """||X||₂ per input column of every down_proj and o_proj (by module name), all tokens."""
+def consumer_meters(model: nn.Module, batches: list[torch.Tensor], make_meter) -> dict:
+    """Run the model on token batches with a fresh `make_meter()` forward pre-hook on every
+    o_proj and down_proj; the meters by module name (what the pruning scores read)."""
     adapter = adapter_for(model)
     meters, hooks = {}, []
     for i, layer in enumerate(adapter.layers(model)):
         p = adapter.projections(layer)
         for short in ("down", "o"):
-            meters[adapter.module_name(i, short)] = m = Moments(full=False)
+            meters[adapter.module_name(i, short)] = m = make_meter()
             hooks.append(p[short].register_forward_pre_hook(m))
     try:
         model.eval()
@@ -63,6 +64,12 @@ def input_norms(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, torc
     finally:
         for h in hooks:
             h.remove()
+    return meters
+
+
+def input_norms(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """||X||₂ per input column of every down_proj and o_proj (by module name), all tokens."""
+    meters = consumer_meters(model, batches, lambda: Moments(full=False))
     return {name: m.total.sqrt().float() for name, m in meters.items()}
 
 
