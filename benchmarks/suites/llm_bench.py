@@ -3,11 +3,13 @@ perplexity at 10/20/30/40% of decoder-block parameters removed, no fine-tuning.
 
 Every baseline appears as published and with folding's least-squares repair on the same
 tokens, so "which channels" and "how repaired" separate; every row names its calibration
-source, and data-free rows are marked. Calibration tokens are drawn once per run: the
-model's own samples ("self", 16 × 128 tokens, fold_llm's default) and windows of the Python
-reference docs ("docs", real text that is not WikiText). The `fold` row is the documented
-one-liner `tuneless.fold(model, sparsity=s)` and includes its own sampling in its seconds;
-the other rows get the shared tokens and their seconds exclude sampling.
+source, and data-free rows are marked. "Fold's schedule" is the default fold's: paper-mlp,
+or uniform where paper-mlp cannot remove that much (40%). Calibration tokens are drawn
+once per run: the model's own samples ("self", 16 × 128 tokens, fold_llm's default) and
+windows of the Python reference docs ("docs", real text that is not WikiText). The `fold`
+row is the documented one-liner `tuneless.fold(model, sparsity=s)` and includes its own
+sampling in its seconds; the other rows get the shared tokens and their seconds exclude
+sampling.
 Rows are appended to a partial CSV as they finish, so an interrupted run resumes.
 Writes docs/results/llm_<model>.{csv,md,png}.
 """
@@ -28,12 +30,13 @@ METHODS = {
     "fold": ("the default: paper-mlp schedule, self repair, activation features", ""),
     "fold-naive": ("the paper: paper-mlp, no repair, weight features", ""),
     "fold-docs": ("fold with the refit on real text (data-driven upper reference)", "docs"),
-    "magnitude": ("structured magnitude, paper-mlp, no repair (the paper's baseline)", ""),
+    "magnitude": ("structured magnitude on fold's schedule, no repair (the paper's baseline)",
+                  ""),
     "magnitude+self": ("magnitude + the self repair", ""),
     "wanda-sp": ("Wanda-sp as published: uniform, no repair", "docs"),
-    "wanda-sp+self": ("Wanda-sp scores, paper-mlp + the self repair", "docs"),
+    "wanda-sp+self": ("Wanda-sp scores on fold's schedule + the self repair", "docs"),
     "flap": ("FLAP as published: adaptive structure, bias compensation", "docs"),
-    "flap+self": ("FLAP metric + bias, paper-mlp + the self repair", "docs"),
+    "flap+self": ("FLAP metric + bias on fold's schedule + the self repair", "docs"),
     "svd-llm": ("SVD-LLM-style whitened truncation", "docs"),
     "svd-llm-self": ("whitened truncation on self-generated text", ""),
 }
@@ -54,12 +57,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results"))
 
 
+def schedule_for(model, sparsity: float) -> str:
+    """The schedule the default fold uses at this budget: paper-mlp, or uniform where
+    paper-mlp's untouched layers cap it (tuneless.llm.fold), so the baselines that take
+    folding's schedule take the same one."""
+    from tuneless.llm.engine import plan_for
+    from tuneless.llm.plan import BudgetOutOfReach
+
+    try:
+        plan_for(model, sparsity=sparsity, schedule="paper-mlp")
+    except BudgetOutOfReach:
+        return "uniform"
+    return "paper-mlp"
+
+
 def build(method: str, model, tok, sparsity: float, calib: dict):
     """The compressed model of one row (tuneless public API, one call)."""
     import tuneless
     from tuneless.llm import flap_llm, svd_llm
 
     self_ids, docs = calib["self"], calib["docs"]
+    schedule = schedule_for(model, sparsity)
     if method == "fold":
         return tuneless.fold(model, sparsity=sparsity)
     if method == "fold-naive":
@@ -68,19 +86,19 @@ def build(method: str, model, tok, sparsity: float, calib: dict):
         return tuneless.fold(model, sparsity=sparsity, repair="refit", data=docs)
     if method.startswith("magnitude"):
         small = tuneless.prune(model, sparsity=sparsity, criterion="magnitude",
-                               schedule="paper-mlp")
+                               schedule=schedule)
         return _repaired(model, small, self_ids) if method.endswith("+self") else small
     if method == "wanda-sp":
         return tuneless.prune(model, sparsity=sparsity, criterion="wanda-sp", data=[docs])
     if method == "wanda-sp+self":
         small = tuneless.prune(model, sparsity=sparsity, criterion="wanda-sp", data=[docs],
-                               schedule="paper-mlp")
+                               schedule=schedule)
         return _repaired(model, small, self_ids)
     if method == "flap":
         return flap_llm(model, sparsity, batches=[docs])
     if method == "flap+self":
         small = flap_llm(model, sparsity, batches=[docs], structure="uniform",
-                         schedule="paper-mlp")
+                         schedule=schedule)
         return _repaired(model, small, self_ids)
     if method == "svd-llm":
         return svd_llm(model, sparsity, whiten="data", data=docs)
