@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
                  "removed": f"{1 - block_params(small) / dense_blocks:.3f}",
                  "block_params": block_params(small), "ppl": f"{ppl(small, None):.3f}",
                  "seconds": "", "cpu_seconds": "", "note": f"all {ids.numel()} tokens"})
+    _write_outputs(rows, args, name, stamp_markdown(info), ids.numel())  # also when resumed
     partial.unlink(missing_ok=True)
     return 0
 
