@@ -59,10 +59,10 @@ def shard(rows: torch.Tensor) -> torch.Tensor:
     return rows[bounds[rank]:bounds[rank + 1]]
 
 
-def shard_indices(n: int) -> range:
-    """The indices in range(n) of this rank's contiguous block (for batches of a stream)."""
+def my_share(n: int) -> int:
+    """How many of n batches `my_batches` gives this rank."""
     rank, size = world()
-    return range(n * rank // size, n * (rank + 1) // size)
+    return len(range(rank, n, size))
 
 
 def my_batches(batches):

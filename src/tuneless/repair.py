@@ -213,13 +213,13 @@ def reestimate_bn(model: nn.Module, data, *, num_images: int | None = None,
         bn.momentum = None
         bn.track_running_stats = True
         bn.train()
-    from tuneless.distributed import all_sum, merge_batchnorm_stats, my_batches
+    from tuneless.distributed import all_sum, merge_batchnorm_stats, my_batches, my_share
 
     seen = 0
     try:
         from tuneless.progress import progress
 
-        total = None if num_images is None else -(-num_images // batch_size)
+        total = None if num_images is None else my_share(-(-num_images // batch_size))
         for x in progress(my_batches(image_batches(data, batch_size, num_images)), total=total,
                           desc="BN re-estimation", unit="batch"):  # this rank's share
             model(x)

@@ -4,6 +4,7 @@ refit, each rank on half the calibration data, and get the one-process result.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +15,16 @@ WORKER = Path(__file__).with_name("worker.py")
 ROOT = WORKER.parents[2]
 
 
-def _run(args, out, env_extra=None):
-    import os
-
+def _env() -> dict:
+    """A child's environment: this checkout importable, one thread, no inherited world."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
            "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    done = subprocess.run([sys.executable, *args, str(WORKER), str(out)], env=env,
+    return env
+
+
+def _run(args, out):
+    done = subprocess.run([sys.executable, *args, str(WORKER), str(out)], env=_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return torch.load(out)
@@ -41,21 +45,16 @@ def test_two_ranks_equal_one_process(tmp_path):
 
 
 def test_compress_under_torchrun_writes_the_one_process_folder(tmp_path):
-    import os
-
     from safetensors.torch import load_file
 
     from tests.commands.test_compress_llm import _tiny_folder
 
     _tiny_folder(tmp_path / "dense")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-           "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
     argv = ["-m", "tuneless.cli", "compress", str(tmp_path / "dense"), "--method", "fold",
             "--sparsity", "0.3", "-o"]
     for launch, out in (([], "one"), (["-m", "torch.distributed.run", "--standalone",
                                        "--nproc_per_node", "2"], "two")):
-        done = subprocess.run([sys.executable, *launch, *argv, str(tmp_path / out)], env=env,
+        done = subprocess.run([sys.executable, *launch, *argv, str(tmp_path / out)], env=_env(),
                               capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
     one, two = (load_file(tmp_path / o / "model.safetensors") for o in ("one", "two"))

@@ -52,10 +52,8 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
         raise TunelessError(f"--device {device}: no CUDA device is available here")
     name, fixed = LLM_METHODS[args.method]
     model, tok = load_llm(args.model, trust_code=args.trust_code, device=device)
-    if name == "fold":
-        options.setdefault("progress", True)  # a minute or more: say what is happening
-        if tok is not None:
-            options.setdefault("tokenizer", tok)
+    if name == "fold" and tok is not None:  # progress follows --quiet (tuneless.progress)
+        options.setdefault("tokenizer", tok)
     if name == "prune" and fixed["criterion"] in ("wanda-sp", "flap"):
         if tok is None:
             raise TunelessError(f"{fixed['criterion']} needs calibration text: the model "

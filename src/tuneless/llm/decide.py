@@ -67,20 +67,30 @@ def magnitude_scores(source: Source, lg: LayerGroups) -> dict[int, torch.Tensor]
     return {g.id: g.features(source).pow(2).sum(1).sqrt() for g in lg.groups}
 
 
+def consumer_scores(source: Source, lg: LayerGroups, column_stats: dict[str, torch.Tensor],
+                    score, dtype: torch.dtype = torch.float32) -> dict[int, torch.Tensor]:
+    """Per group: each unit's score summed over its consumer (o_proj, down_proj) columns.
+
+    column_stats: module name -> one statistic per input column of that consumer;
+    score(columns (n, block, out), stats (n, block)) -> (n,) for the group's n units."""
+    out = {}
+    for g in lg.groups:
+        total = torch.zeros(g.n, dtype=dtype)
+        for s in g.slots:
+            if s.kind != CONSUMER:
+                continue
+            rows = s.channel_rows(source, g.n).to(dtype).reshape(g.n, s.block, -1)
+            stat = column_stats[s.module][s.offset * s.block:(s.offset + g.n) * s.block]
+            total += score(rows, stat.to(dtype).reshape(g.n, s.block))
+        out[g.id] = total
+    return out
+
+
 def wanda_sp_scores(source: Source, lg: LayerGroups,
                     input_norms: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Wanda-sp: an input column j of the consumer (down_proj, o_proj) scores
     Σ_i |W_ij|·||X_j||₂; a unit scores the sum over its columns.
 
     input_norms: module name -> ||X_j||₂ per input column of that consumer."""
-    out = {}
-    for g in lg.groups:
-        total = torch.zeros(g.n)
-        for s in g.slots:
-            if s.kind != CONSUMER:
-                continue
-            rows = s.channel_rows(source, g.n).float().abs().reshape(g.n, s.block, -1)
-            norm = input_norms[s.module][s.offset * s.block:(s.offset + g.n) * s.block]
-            total += (rows * norm.reshape(g.n, s.block, 1)).sum((1, 2))
-        out[g.id] = total
-    return out
+    return consumer_scores(source, lg, input_norms,
+                           lambda rows, norm: (rows.abs() * norm.unsqueeze(2)).sum((1, 2)))

@@ -24,13 +24,15 @@ from torch import nn
 from tuneless.errors import TunelessError
 from tuneless.graph.groups import CONSUMER, Source
 from tuneless.llm.adapters import LayerGroups, adapter_for, layer_graph
-from tuneless.llm.decide import score_decisions
+from tuneless.llm.decide import consumer_scores, score_decisions
 from tuneless.llm.engine import reduce_llm
 from tuneless.llm.plan import LayerPlan, Shape
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 
 STRUCTURES = ("adaptive", "uniform")
+# config flag -> the projections it gives biases to (LLaMA-layout configs)
+BIAS_FLAGS = {"mlp_bias": ("gate", "up", "down"), "attention_bias": ("q", "k", "v", "o")}
 
 
 class ColumnMoments:
@@ -65,17 +67,9 @@ def consumer_moments(model: nn.Module, batches: list[torch.Tensor]) -> dict[str,
 def fluctuation_scores(source: Source, lg: LayerGroups,
                        moments: dict[str, ColumnMoments]) -> dict[int, torch.Tensor]:
     """Per group: each unit's Σ over its consumer columns j of Var(X_j)·||W[:, j]||²."""
-    out = {}
-    for g in lg.groups:
-        total = torch.zeros(g.n, dtype=torch.float64)
-        for s in g.slots:
-            if s.kind != CONSUMER:
-                continue
-            rows = s.channel_rows(source, g.n).double().reshape(g.n, s.block, -1)
-            var = moments[s.module].variance()[s.offset * s.block:(s.offset + g.n) * s.block]
-            total += (rows.pow(2).sum(-1) * var.reshape(g.n, s.block)).sum(1)
-        out[g.id] = total
-    return out
+    variances = {name: m.variance() for name, m in moments.items()}
+    return consumer_scores(source, lg, variances,
+                           lambda rows, var: (rows.pow(2).sum(-1) * var).sum(1), torch.float64)
 
 
 def _standardised(scores: torch.Tensor) -> torch.Tensor:
@@ -138,30 +132,27 @@ def compensate_bias(model: nn.Module, small: nn.Module,
             for s in g.slots:
                 if s.kind != CONSUMER:
                     continue
-                cols = torch.cat([torch.arange(g.n * s.block).reshape(g.n, s.block)[u]
-                                  for u in torch.nonzero(gone).squeeze(1).tolist()])
-                cols = cols + s.offset * s.block
+                units = torch.nonzero(gone).squeeze(1) + s.offset
+                cols = (units.unsqueeze(1) * s.block + torch.arange(s.block)).reshape(-1)
                 w = model.get_submodule(s.module).weight.double()
                 shift = w[:, cols] @ moments[s.module].mean()[cols]
                 target = small.get_submodule(s.module)
                 if target.bias is None:
-                    target.bias = nn.Parameter(torch.zeros(target.out_features,
-                                                           dtype=target.weight.dtype))
+                    target.bias = nn.Parameter(torch.zeros(
+                        target.out_features, dtype=target.weight.dtype,
+                        device=target.weight.device))
                 target.bias.add_(shift.to(target.bias.dtype))
     _bias_flags(adapter_for(small), small)
 
 
 def _bias_flags(adapter, model: nn.Module) -> None:
     """Give every projection of a bias-carrying kind a (zero) bias and set the config flag,
-    so plain transformers rebuilds the same modules (mlp_bias / attention_bias)."""
+    so plain transformers rebuilds the same modules (mlp_bias / attention_bias; flap_llm
+    has checked the family's config has both)."""
     layers = adapter.layers(model)
-    kinds = {"mlp_bias": ("gate", "up", "down"), "attention_bias": ("q", "k", "v", "o")}
-    for flag, shorts in kinds.items():
+    for flag, shorts in BIAS_FLAGS.items():
         if not any(adapter.projections(layer)[shorts[-1]].bias is not None for layer in layers):
             continue
-        if not hasattr(model.config, flag):
-            raise TunelessError(f"{type(model).__name__} has no config.{flag}: FLAP's bias "
-                                "compensation cannot be saved for this family; use bias=False")
         for layer in layers:
             p = adapter.projections(layer)
             for short in shorts:
@@ -203,7 +194,7 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
         batches = calibration_batches(tokenizer, n_samples, seq_len, seed)
     adapter = adapter_for(model)
     if bias:  # refuse a family whose config cannot describe the biases, before any work
-        for flag in ("mlp_bias", "attention_bias"):
+        for flag in BIAS_FLAGS:
             if not hasattr(model.config, flag):
                 raise TunelessError(f"{type(model).__name__} has no config.{flag}: FLAP's "
                                     "bias compensation cannot be saved for it; use bias=False")
@@ -213,19 +204,18 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
     moments = consumer_moments(model, batches)
     shapes = adapter.shapes(model)
     _, per_layer = layer_graph(adapter, shapes, gqa)
+    # per layer, the scores of its groups in LayerGroups order ([mlp, *heads]), once
+    layer_scores = [list(fluctuation_scores(model, per_layer[i], moments).values())
+                    for i in range(len(shapes))]
     if structure == "adaptive":
-        pairs = []
-        for i in range(len(shapes)):
-            sc = fluctuation_scores(model, per_layer[i], moments)
-            pairs.append((sc[per_layer[i].mlp.id], sc[per_layer[i].heads[0].id]))
-        plans = adaptive_plans(shapes, pairs, sparsity)
+        plans = adaptive_plans(shapes, [(sc[0], sc[1]) for sc in layer_scores], sparsity)
         adapter.check_plans(plans)
     else:
         plans = plan_for(model, sparsity=sparsity, schedule=schedule, gqa=gqa)
     kept: list[tuple[LayerGroups, dict[int, torch.Tensor]]] = []
 
     def decide(i, groups, shape, plan):
-        scores = {gid: v.float() for gid, v in fluctuation_scores(model, groups, moments).items()}
+        scores = {g.id: v.float() for g, v in zip(groups.groups, layer_scores[i])}
         out = score_decisions(adapter, groups, shape, plan, scores)
         kept.append((groups, {gid: m_u[0].argmax(1) for gid, m_u in out.items()}))
         return out
