@@ -167,3 +167,31 @@ def test_phi3_refuses_per_layer_head_counts_by_name():
     model = cls(cfg).eval()
     with pytest.raises(TunelessError, match="head counts must be the same in every layer"):
         fold_llm(model, sparsity=0.2, schedule="paper", repair="none")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_inputs_replay_every_layer_exactly(family):
+    """The refit replays decoder layers one at a time; each must see its own mask and rotary
+    table (Gemma 2/3 alternate sliding and full attention: a window shorter than IDS)."""
+    from tuneless.llm.refit import layer_inputs
+
+    cfg, cls = _config(family, layers=4)
+    if family == "gemma3_text":
+        cfg.layer_types = ["sliding_attention", "full_attention"] * 2
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    layers = adapter_for(model).layers(model)
+    outs = []
+    handles = [layer.register_forward_hook(
+        lambda _m, _a, out: outs.append(out[0] if isinstance(out, tuple) else out))
+        for layer in layers]
+    with torch.no_grad():
+        model(input_ids=IDS, use_cache=False)
+        for h in handles:
+            h.remove()
+        hidden, per_layer = layer_inputs(model, IDS)
+        assert len(per_layer) == len(layers)
+        for layer, kwargs, want in zip(layers, per_layer, outs):
+            hidden = layer(hidden, **kwargs)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            torch.testing.assert_close(hidden, want, rtol=0, atol=0)

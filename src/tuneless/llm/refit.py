@@ -25,20 +25,46 @@ from torch import nn
 
 from tuneless.distributed import all_sum
 from tuneless.errors import TunelessError
-from tuneless.hooks import capture
+from tuneless.hooks import StopForward
 from tuneless.linalg import ridge_solve
 from tuneless.llm.adapters import adapter_for
 from tuneless.progress import Ticker, progress
 
 
-def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The hidden states entering decoder layer 0 and the keyword arguments every layer gets
-    (rotary position embeddings, attention mask), captured from one forward call."""
-    first = adapter_for(model).layers(model)[0]
-    args, kwargs = capture(model, first, lambda: model(input_ids=ids, use_cache=False), "args")
-    hidden = args[0] if args else kwargs.pop("hidden_states")
-    kwargs.pop("hidden_states", None)
-    return hidden, kwargs
+def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+    """The hidden states entering decoder layer 0 and, per layer, the keyword arguments that
+    layer gets (rotary position embeddings, attention mask), from one forward call.
+
+    Per layer, not once: families that mix attention types (Gemma 2/3, Qwen2 with sliding
+    windows) give each layer the mask and rotary table of its own type."""
+    layers = adapter_for(model).layers(model)
+    first: dict = {}
+    per_layer: list[dict | None] = [None] * len(layers)
+
+    def record(i: int):
+        def hook(_m, args, kwargs):
+            kw = dict(kwargs)
+            if i == 0:
+                first["hidden"] = args[0] if args else kw["hidden_states"]
+            kw.pop("hidden_states", None)
+            per_layer[i] = kw
+            if i == len(layers) - 1:
+                raise StopForward  # nothing after the last layer's inputs is needed
+        return hook
+
+    handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True)
+               for i, layer in enumerate(layers)]
+    try:
+        model(input_ids=ids, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if any(kw is None for kw in per_layer):
+        raise TunelessError(f"not every decoder layer of {type(model).__name__} ran in its "
+                            "forward pass")
+    return first["hidden"], per_layer
 
 
 def _out(result) -> torch.Tensor:
@@ -135,14 +161,14 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
         raise TunelessError("the folded model has a different number of layers than the original")
     original.eval()
     folded.eval()
-    h_old, kwargs = layer_inputs(original, ids)
+    h_old, layer_kwargs = layer_inputs(original, ids)
     h_new = h_old.clone()
     post = adapter.norms[1]
     sandwich = adapter.post_norms
     seen_fold = False
     for i in progress(range(len(old_layers)), total=len(old_layers), desc="refit",
                       unit="layer", disable=not show_progress):
-        lo, ln = old_layers[i], new_layers[i]
+        lo, ln, kwargs = old_layers[i], new_layers[i], layer_kwargs[i]
         po, pn = adapter.projections(lo), adapter.projections(ln)
         watch = {"mid": getattr(lo, post)}
         if sandwich:  # what the original consumers wrote, before their output norms
