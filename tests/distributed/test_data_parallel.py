@@ -61,3 +61,28 @@ def test_compress_under_torchrun_writes_the_one_process_folder(tmp_path):
     assert one.keys() == two.keys()
     for key in one:
         assert (one[key] - two[key]).abs().max() <= 1e-5, key
+
+
+def test_streamed_repaired_fold_under_torchrun_equals_one_process(tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.llm.conftest import tiny_llama
+
+    tiny_llama(layers=3, mlp=48).save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    torch.save(torch.randint(0, 97, (8, 16), generator=torch.Generator().manual_seed(2)),
+               tmp_path / "ids.pt")
+    argv = ["-m", "tuneless.llm.stream", str(tmp_path / "src"), "--sparsity", "0.25",
+            "--repair", "refit", "--calib-ids", str(tmp_path / "ids.pt"), "--schedule", "paper"]
+    for launch, out in (([], "one"), (["-m", "torch.distributed.run", "--standalone",
+                                       "--nproc_per_node", "2"], "two")):
+        done = subprocess.run([sys.executable, *launch, *argv[:3], str(tmp_path / out),
+                               *argv[3:]], env=_env(), capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path)
+        assert done.returncode == 0 and "error" not in done.stdout, \
+            done.stdout + done.stderr[-2000:]
+    assert "rank 1:" in done.stdout and "peak RSS" in done.stdout
+    one, two = ({k: v for f in sorted((tmp_path / o).glob("*.safetensors"))
+                 for k, v in load_file(f).items()} for o in ("one", "two"))
+    assert one.keys() == two.keys()
+    for key in one:
+        assert (one[key] - two[key]).abs().max() <= 1e-5, key

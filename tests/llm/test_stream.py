@@ -56,3 +56,52 @@ def test_streamed_per_layer_fold_loads_with_the_shipped_modeling_file(sharded, t
     remote = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     with torch.no_grad():
         assert torch.equal(remote(X).logits, load_folded(out)(X).logits)
+
+
+CALIB = torch.randint(0, 97, (6, 20), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "paper"])
+def test_streamed_repaired_fold_equals_the_in_memory_one(sharded, tmp_path, schedule):
+    m, src = sharded
+    out = fold_checkpoint(src, tmp_path / "dst", 0.25, schedule=schedule, kmeans_dim=None,
+                          refine=True, repair="refit", data=CALIB, progress=False)
+    want = fold_llm(m, sparsity=0.25, schedule=schedule, refine=True, repair="refit",
+                    data=CALIB)
+    plain = fold_llm(m, sparsity=0.25, schedule=schedule, refine=True, repair="none")
+    got = load_folded(out)
+    with torch.no_grad():
+        diff = (got(X).logits - want(X).logits).abs().max()
+        assert diff < 1e-4
+        assert (plain(X).logits - want(X).logits).abs().max() > 100 * diff  # a real repair
+
+
+def test_streamed_repair_of_a_sliding_window_family(tmp_path):
+    """Gemma 3: sandwich norms, q/k norms, rotary tables rebuilt on the shell, per-layer masks."""
+    from tests.llm.test_adapter_contract import _config
+
+    cfg, cls = _config("gemma3_text", layers=4)
+    cfg.layer_types = ["sliding_attention", "full_attention"] * 2
+    torch.manual_seed(0)
+    m = cls(cfg).eval()
+    m.save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    calib = torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(1))
+    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", head_ratio=0.5, mlp_ratio=0.5,
+                          kmeans_dim=None, repair="refit", data=calib, progress=False)
+    want = fold_llm(m, head_ratio=0.5, mlp_ratio=0.5, repair="refit", data=calib)
+    with torch.no_grad():
+        x = calib[:2]
+        torch.testing.assert_close(load_folded(out)(x).logits, want(x).logits, rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_streamed_repair_names_what_it_cannot_do(sharded, tmp_path):
+    _, src = sharded
+    with pytest.raises(TunelessError, match="whole model"):
+        fold_checkpoint(src, tmp_path / "a", 0.2, repair="self", progress=False)
+    with pytest.raises(TunelessError, match="needs data= token ids or tokenizer="):
+        fold_checkpoint(src, tmp_path / "b", 0.2, repair="refit", progress=False)
+    with pytest.raises(TunelessError, match="integer"):
+        fold_checkpoint(src, tmp_path / "c", 0.2, repair="refit", data=torch.rand(2, 8),
+                        progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

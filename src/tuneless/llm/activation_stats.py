@@ -55,6 +55,13 @@ def cholesky_factor(second_moment: torch.Tensor, rel_jitter: float = 1e-6) -> to
     return (vecs * vals.clamp(min=0).sqrt()).float()
 
 
+def _watch(adapter, layer: nn.Module, full: dict[str, bool]):
+    """Moments meters on the inputs of a layer's q, gate, o and down projections."""
+    proj = adapter.projections(layer)
+    meters = {name: Moments(full[name]) for name in ("q", "gate", "o", "down")}
+    return meters, [proj[name].register_forward_pre_hook(m) for name, m in meters.items()]
+
+
 @torch.no_grad()
 def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_size: int,
              show_progress: bool) -> list[dict[str, Moments]]:
@@ -65,11 +72,9 @@ def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_s
     layers = adapter.layers(model)
     meters, handles = [], []
     for layer in layers:
-        proj = adapter.projections(layer)
-        m = {name: Moments(full[name]) for name in ("q", "gate", "o", "down")}
-        for name, meter in m.items():
-            handles.append(proj[name].register_forward_pre_hook(meter))
+        m, h = _watch(adapter, layer, full)
         meters.append(m)
+        handles += h
 
     def stop(*_args):  # everything needed is seen: skip the final norm and the vocabulary head
         raise StopForward
@@ -89,13 +94,43 @@ def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_s
     return meters
 
 
+_STATS = {"q": True, "gate": True, "o": False, "down": False}  # full moments or diagonals
+
+
+def _layer_stats(m: dict[str, Moments]) -> LayerStats:
+    return LayerStats(cholesky_factor(m["q"].mean()), cholesky_factor(m["gate"].mean()),
+                      m["o"].mean().sqrt().float(), m["down"].mean().sqrt().float())
+
+
 def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
                   show_progress: bool = False) -> list[LayerStats]:
     """Run the model on calibration ids (batch, seq_len) once and return per-layer stats."""
-    full = {"q": True, "gate": True, "o": False, "down": False}
-    return [LayerStats(cholesky_factor(m["q"].mean()), cholesky_factor(m["gate"].mean()),
-                       m["o"].mean().sqrt().float(), m["down"].mean().sqrt().float())
-            for m in _moments(model, ids, full, batch_size, show_progress)]
+    return [_layer_stats(m) for m in _moments(model, ids, _STATS, batch_size, show_progress)]
+
+
+@torch.no_grad()
+def layer_stats(adapter, layer: nn.Module, hidden: torch.Tensor, kwargs: dict, *,
+                batch_size: int = 16) -> LayerStats:
+    """The same statistics for one decoder layer, from the hidden states entering it (the
+    streamed fold: layers one at a time, batches as collect_stats runs them)."""
+    meters, handles = _watch(adapter, layer, _STATS)
+    try:
+        for start in range(0, len(hidden), batch_size):
+            part = {k: _rows(v, start, batch_size, len(hidden)) for k, v in kwargs.items()}
+            layer(hidden[start:start + batch_size], **part)
+    finally:
+        for h in handles:
+            h.remove()
+    return _layer_stats(meters)
+
+
+def _rows(value, start: int, size: int, batch: int):
+    """A keyword argument cut to the batch rows [start, start + size) where it has them."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch > 1:
+        return value[start:start + size]
+    if isinstance(value, tuple):
+        return tuple(_rows(v, start, size, batch) for v in value)
+    return value
 
 
 def input_factors(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,

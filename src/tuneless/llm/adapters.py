@@ -109,16 +109,17 @@ class DecoderAdapter:
     def shapes(self, model: nn.Module) -> list[Shape]:
         """Each layer's current sizes, read from its modules (they may differ per layer)."""
         hd = self.head_dim(model.config)
-        out = []
-        for layer in self.layers(model):
-            p = self.projections(layer)
-            n_q = p["o"].in_features // hd  # o_proj reads the query heads only
-            qkv_rows = sum(m.out_features for m in {id(p[s]): p[s] for s in "qkv"}.values())
-            out.append(Shape(hidden=p["q"].in_features, head_dim=hd, n_q=n_q,
-                             n_kv=(qkv_rows // hd - n_q) // 2, n_mlp=p["down"].in_features,
-                             attn_bias=p["q"].bias is not None, o_bias=p["o"].bias is not None,
-                             mlp_bias=p["gate"].bias is not None))
-        return out
+        return [self.layer_shape(layer, hd) for layer in self.layers(model)]
+
+    def layer_shape(self, layer: nn.Module, hd: int) -> Shape:
+        """One decoder layer's sizes, read from its projections (head_dim hd)."""
+        p = self.projections(layer)
+        n_q = p["o"].in_features // hd  # o_proj reads the query heads only
+        qkv_rows = sum(m.out_features for m in {id(p[s]): p[s] for s in "qkv"}.values())
+        return Shape(hidden=p["q"].in_features, head_dim=hd, n_q=n_q,
+                     n_kv=(qkv_rows // hd - n_q) // 2, n_mlp=p["down"].in_features,
+                     attn_bias=p["q"].bias is not None, o_bias=p["o"].bias is not None,
+                     mlp_bias=p["gate"].bias is not None)
 
     def segment_start(self, short: str, shape: Shape) -> int:
         """Where a projection's rows start inside its module (0 unless fused)."""
@@ -170,19 +171,25 @@ class DecoderAdapter:
         """Make the attention/MLP attributes and the config agree with the new tensors:
         uniform sizes go into the standard fields (plain `from_pretrained` rebuilds the
         model); per-layer sizes into `config.tuneless_layer_sizes`."""
+        hd = self.head_dim(model.config)
+        for layer in self.layers(model):
+            self.finalize_layer(layer, hd)
         shapes = self.shapes(model)
-        for layer, s in zip(self.layers(model), shapes):
-            self.attention(layer).num_key_value_groups = s.group
-            mlp = getattr(layer, self.mlp)
-            if hasattr(mlp, "intermediate_size"):
-                mlp.intermediate_size = s.n_mlp
         cfg = model.config
-        cfg.head_dim = self.head_dim(cfg)
+        cfg.head_dim = hd
         for key, value in self.config_fields(cfg.hidden_size, shapes).items():
             if value is not None:
                 setattr(cfg, key, value)
             elif hasattr(cfg, key):
                 delattr(cfg, key)
+
+    def finalize_layer(self, layer: nn.Module, hd: int) -> None:
+        """One layer's attention/MLP attributes from its tensors' sizes."""
+        s = self.layer_shape(layer, hd)
+        self.attention(layer).num_key_value_groups = s.group
+        mlp = getattr(layer, self.mlp)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = s.n_mlp
 
     def config_fields(self, hidden_size: int, sizes: list) -> dict:
         """The config fields that describe layers of these sizes (a Shape or LayerPlan per
@@ -262,8 +269,10 @@ class FusedAdapter(DecoderAdapter):
         shapes = self.shapes(model)
         self.check_plans([LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes])
         super().finalize(model)
-        for layer, s in zip(self.layers(model), shapes):
-            self.attention(layer).num_key_value_heads = s.n_kv
+
+    def finalize_layer(self, layer: nn.Module, hd: int) -> None:
+        super().finalize_layer(layer, hd)
+        self.attention(layer).num_key_value_heads = self.layer_shape(layer, hd).n_kv
 
 
 register_family("phi3", FusedAdapter(family="phi3"))

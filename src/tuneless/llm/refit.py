@@ -142,6 +142,30 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
     layer, so unfolded layers help pull the stream back. target: what a refit consumer aims
     at (REFIT_TARGETS). weighting: per-token weights (REFIT_WEIGHTINGS). Returns `folded`.
     """
+    check_refit_options(scope, target, weighting, lam)
+    if ids.dim() != 2 or ids.shape[1] < 2:
+        raise TunelessError(f"calibration ids must be (batch, seq_len ≥ 2), got {tuple(ids.shape)}")
+    adapter = adapter_for(original)
+    old_layers, new_layers = adapter.layers(original), adapter.layers(folded)
+    if len(old_layers) != len(new_layers):
+        raise TunelessError("the folded model has a different number of layers than the original")
+    original.eval()
+    folded.eval()
+    h_old, layer_kwargs = layer_inputs(original, ids)
+    h_new = h_old.clone()
+    seen_fold = False
+    for i in progress(range(len(old_layers)), total=len(old_layers), desc="refit",
+                      unit="layer", disable=not show_progress):
+        seen_fold = seen_fold or is_folded(adapter, old_layers[i], new_layers[i])
+        h_old, h_new = refit_layer(
+            adapter, old_layers[i], new_layers[i], h_old, h_new, layer_kwargs[i], lam=lam,
+            refit_unfolded=scope == "downstream" and seen_fold, weighting=weighting,
+            target=target)
+    return folded
+
+
+def check_refit_options(scope: str, target: str, weighting: str, lam: float) -> None:
+    """One-line errors for refit options (before any work)."""
     if scope not in REFIT_SCOPES:
         raise TunelessError(f"refit scope {scope!r}; choose one of {', '.join(REFIT_SCOPES)}")
     if target not in REFIT_TARGETS:
@@ -151,61 +175,60 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
                             f"{', '.join(REFIT_WEIGHTINGS)}")
     if lam < 0:
         raise TunelessError(f"refit lambda must be ≥ 0, got {lam}")
-    if ids.dim() != 2 or ids.shape[1] < 2:
-        raise TunelessError(f"calibration ids must be (batch, seq_len ≥ 2), got {tuple(ids.shape)}")
-    adapter = adapter_for(original)
+
+
+@torch.no_grad()
+def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
+                h_new: torch.Tensor, kwargs: dict, *, lam: float, refit_unfolded: bool = False,
+                weighting: str = "none", target: str = "auto"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refit one decoder layer's consumers in place: `lo` the original layer, `ln` its folded
+    version, h_old / h_new the original and folded streams entering it; refit_unfolded also
+    refits consumers whose width did not change. Returns both streams after the layer. The
+    in-memory and the streamed fold both walk the layers with this."""
     if target == "auto":
         target = "local" if adapter.post_norms else "stream"
-    old_layers, new_layers = adapter.layers(original), adapter.layers(folded)
-    if len(old_layers) != len(new_layers):
-        raise TunelessError("the folded model has a different number of layers than the original")
-    original.eval()
-    folded.eval()
-    h_old, layer_kwargs = layer_inputs(original, ids)
-    h_new = h_old.clone()
-    post = adapter.norms[1]
-    sandwich = adapter.post_norms
-    seen_fold = False
-    for i in progress(range(len(old_layers)), total=len(old_layers), desc="refit",
-                      unit="layer", disable=not show_progress):
-        lo, ln, kwargs = old_layers[i], new_layers[i], layer_kwargs[i]
-        po, pn = adapter.projections(lo), adapter.projections(ln)
-        watch = {"mid": getattr(lo, post)}
-        if sandwich:  # what the original consumers wrote, before their output norms
-            watch.update({"o": getattr(lo, sandwich[0]), "down": getattr(lo, sandwich[1])})
-        h_old_out, seen_old = _run(lo, h_old, kwargs, watch)
-        h_next = None  # the folded layer's output, when the last refit already gives it
-        folded_here = any(pn[s].in_features != po[s].in_features for s in ("o", "down"))
-        seen_fold = seen_fold or folded_here
-        for short in ("o", "down"):
-            same = pn[short].in_features == po[short].in_features
-            if same and not (scope == "downstream" and seen_fold):
-                continue
-            _, seen = _run(ln, h_new, kwargs, {"mid": getattr(ln, post), "x": pn[short]})
-            if short == "o":  # the attention half must land on the original mid-layer stream
-                stream = seen_old["mid"]
-                goal = stream - (h_new if target == "stream" else h_old)
-            else:  # the MLP half must land on the original layer output
-                stream = h_old_out
-                goal = stream - (seen["mid"] if target == "stream" else seen_old["mid"])
-            if sandwich:  # aim at the norm's input: c / gain at the original's scale
-                norm = getattr(ln, sandwich[0] if short == "o" else sandwich[1])
-                goal = _through_norm(norm, goal, seen_old[short])
-            if pn[short].bias is not None:  # the bias stays; the weights fit the rest
-                goal = goal - pn[short].bias
-            weight = (_token_weight(stream, seen_old[short] if sandwich else None)
-                      if weighting == "stream" else None)
-            w = ridge_refit(seen["x"], goal, pn[short].weight, lam, weight)
-            pn[short].weight.copy_(w)
-            # after the down refit the output is mid + down(x): no second pass of the layer
-            if short == "down":
-                out = pn["down"](seen["x"])
-                h_next = seen["mid"] + (getattr(ln, sandwich[1])(out) if sandwich else out)
-            else:
-                h_next = None
-        h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
-        h_old = h_old_out
-    return folded
+    post, sandwich = adapter.norms[1], adapter.post_norms
+    po, pn = adapter.projections(lo), adapter.projections(ln)
+    watch = {"mid": getattr(lo, post)}
+    if sandwich:  # what the original consumers wrote, before their output norms
+        watch.update({"o": getattr(lo, sandwich[0]), "down": getattr(lo, sandwich[1])})
+    h_old_out, seen_old = _run(lo, h_old, kwargs, watch)
+    h_next = None  # the folded layer's output, when the last refit already gives it
+    for short in ("o", "down"):
+        same = pn[short].in_features == po[short].in_features
+        if same and not refit_unfolded:
+            continue
+        _, seen = _run(ln, h_new, kwargs, {"mid": getattr(ln, post), "x": pn[short]})
+        if short == "o":  # the attention half must land on the original mid-layer stream
+            stream = seen_old["mid"]
+            goal = stream - (h_new if target == "stream" else h_old)
+        else:  # the MLP half must land on the original layer output
+            stream = h_old_out
+            goal = stream - (seen["mid"] if target == "stream" else seen_old["mid"])
+        if sandwich:  # aim at the norm's input: c / gain at the original's scale
+            norm = getattr(ln, sandwich[0] if short == "o" else sandwich[1])
+            goal = _through_norm(norm, goal, seen_old[short])
+        if pn[short].bias is not None:  # the bias stays; the weights fit the rest
+            goal = goal - pn[short].bias
+        weight = (_token_weight(stream, seen_old[short] if sandwich else None)
+                  if weighting == "stream" else None)
+        w = ridge_refit(seen["x"], goal, pn[short].weight, lam, weight)
+        pn[short].weight.copy_(w)
+        # after the down refit the output is mid + down(x): no second pass of the layer
+        if short == "down":
+            out = pn["down"](seen["x"])
+            h_next = seen["mid"] + (getattr(ln, sandwich[1])(out) if sandwich else out)
+        else:
+            h_next = None
+    h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
+    return h_old_out, h_new
+
+
+def is_folded(adapter, lo: nn.Module, ln: nn.Module) -> bool:
+    """Whether a consumer (o_proj / down_proj) of the layer lost input channels."""
+    po, pn = adapter.projections(lo), adapter.projections(ln)
+    return any(pn[s].in_features != po[s].in_features for s in ("o", "down"))
 
 
 class _Tick:

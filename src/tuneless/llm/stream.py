@@ -9,6 +9,7 @@ input folder is only read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from tuneless.distributed import init_from_env, is_main, shard, world
 from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.plan import LayerPlan, Shape, make_plan
+from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import write_modeling
 from tuneless.progress import progress as _progress
 from tuneless.reduce import reduce_tensors
@@ -73,13 +76,24 @@ def _shapes(config, adapter, weight_map) -> list[Shape]:
 def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: float | None = None,
                     *, schedule="uniform", head_ratio: float | None = None,
                     mlp_ratio: float | None = None, gqa: str = "kv-groups", seed: int = 0,
-                    refine: bool = False, kmeans_dim: int | None = 128,
-                    progress: bool = True) -> Path:
+                    refine: bool = False, kmeans_dim: int | None = 128, n_init: int = 1,
+                    repair: str = "none", data: torch.Tensor | None = None, tokenizer=None,
+                    features: str = "auto", calib_samples: int = 16, calib_len: int = 128,
+                    refit_lambda: float = 3.0, refit_target: str = "auto",
+                    refit_weighting: str = "none", progress: bool = True) -> Path:
     """Fold a sharded safetensors checkpoint folder into a new folder, layer by layer.
 
     Same options as fold_llm; by default k-means runs on a 128-dimensional random
     projection of the features and without Hartigan refinement, which keeps a
     multi-billion-parameter layer to seconds on a CPU.
+
+    repair="refit" streams the least-squares repair too (the same as fold_llm's, layer by
+    layer): calibration token ids from `data` (batch, seq_len), or calib_samples windows of
+    the calibration text when a `tokenizer` is given; with features="auto" the k-means
+    features are activation-aware, from the same tokens. Memory: one original and one
+    folded layer in float32, the calibration hidden states and the refit's normal equations.
+    repair="self" (the model's own samples) needs the whole model to generate from: fold in
+    memory, or sample once and pass the ids as `data`.
     """
     from safetensors.torch import save_file
     from transformers import AutoConfig
@@ -89,6 +103,14 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         raise TunelessError(f"{src} has no config.json; not a checkpoint folder")
     if dst.exists():
         raise TunelessError(f"{dst} already exists; choose a new output folder")
+    if repair not in ("none", "refit"):
+        raise TunelessError(f"streamed folding repairs with 'refit' or 'none', not {repair!r}"
+                            + (" (the model's own samples need the whole model: fold in memory, "
+                               "or pass sampled ids as data= with repair='refit')"
+                               if repair == "self" else ""))
+    if features not in ("auto", "weights", "activations"):
+        raise TunelessError(f"features={features!r}; choose auto, weights or activations")
+    check_refit_options("folded", refit_target, refit_weighting, refit_lambda)
     config = AutoConfig.from_pretrained(str(src))
     adapter = adapter_for_config(config)
     if adapter.fused:
@@ -99,6 +121,13 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     plans = make_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
                       mlp_ratio=mlp_ratio, gqa=gqa)
     reader = _Reader(src, weight_map)
+    walk = None
+    if repair == "refit":
+        ids = _calibration(data, tokenizer, calib_samples, calib_len, seed)
+        walk = _RepairWalk(config, adapter, reader, weight_map, ids, features != "weights",
+                           dict(lam=refit_lambda, target=refit_target, weighting=refit_weighting))
+    elif features == "activations":
+        raise TunelessError("features='activations' needs calibration tokens: repair='refit'")
     n_layers = len(shapes)
     prefix = adapter.layer_prefix + "."
     layer_keys: list[list[str]] = [[] for _ in range(n_layers)]
@@ -110,9 +139,12 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
             other_keys.append(key)
     n_shards = n_layers + len(other_keys)
     new_map, total = {}, 0
-    with atomic_folder(dst) as tmp:
+    main = is_main()  # under torchrun every rank computes the same fold; rank 0 writes it
+    with (atomic_folder(dst) if main else _nowhere()) as tmp:
         def write(tensors: dict[str, torch.Tensor], k: int) -> None:
             nonlocal total
+            if not main:
+                return
             name = f"model-{k:05d}-of-{n_shards:05d}.safetensors"
             save_file({key: t.contiguous() for key, t in tensors.items()}, str(tmp / name),
                       metadata={"format": "pt"})
@@ -126,13 +158,19 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                            unit="layer", disable=not progress):
             tensors = {key: reader.get(key) for key in layer_keys[i]}
             s, p = shapes[i], plans[i]
+            stats = walk.stats(i, tensors) if walk is not None else None
             if p != LayerPlan(s.n_q, s.n_kv, s.n_mlp):
                 graph, per = layer_graph(adapter, shapes, gqa, [i])
                 decisions = fold_decisions(adapter, tensors, per[i], s, p, seed=seed + 1000 * i,
-                                           refine=refine, dim=kmeans_dim)
+                                           n_init=n_init, refine=refine, dim=kmeans_dim,
+                                           stats=stats)
                 tensors.update(reduce_tensors(tensors, graph, decisions))
+            if walk is not None:
+                tensors = walk.repair(i, tensors)
             write(tensors, len(other_keys) + i + 1)
             del tensors
+        if not main:
+            return dst
         (tmp / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": new_map}, indent=1))
         cfg = json.loads((src / "config.json").read_text())
@@ -147,6 +185,64 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                     "config.json", "model.safetensors.index.json", "modeling_tuneless.py"):
                 shutil.copy2(f, tmp / f.name)
     return dst
+
+
+@contextlib.contextmanager
+def _nowhere():
+    yield None
+
+
+def _calibration(data, tokenizer, n: int, seq_len: int, seed: int) -> torch.Tensor:
+    if data is not None:
+        ids = torch.as_tensor(data)
+        ids = ids[None] if ids.dim() == 1 else ids
+    elif tokenizer is not None:
+        from tuneless.llm.calibration import calibration_batches
+
+        ids = torch.cat(calibration_batches(tokenizer, n, seq_len, seed), 0)
+    else:
+        raise TunelessError("repair='refit' needs data= token ids or tokenizer= (calibration "
+                            "text)")
+    if ids.dim() != 2 or ids.shape[1] < 2 or ids.is_floating_point():
+        raise TunelessError(f"calibration ids must be integer (batch, seq_len ≥ 2), got "
+                            f"{tuple(ids.shape)}")
+    return shard(ids)  # under torchrun: this rank's sequences; the refit all-reduces
+
+
+class _RepairWalk:
+    """The two residual streams (original, folded) walked through the layers as they stream
+    by, with the per-layer statistics and refit of the in-memory repair."""
+
+    def __init__(self, config, adapter, reader, weight_map, ids, activations: bool,
+                 refit: dict) -> None:
+        from tuneless.llm.stream_shell import Shell
+
+        self.adapter, self.activations, self.refit = adapter, activations, refit
+        self.shell = Shell(config, adapter, reader.get, list(weight_map))
+        self.h_old, self.kwargs = self.shell.inputs(ids)
+        self.shell.release_embeddings()
+        self.h_new = self.h_old.clone()
+        self.original = None
+
+    def stats(self, i: int, tensors: dict[str, torch.Tensor]):
+        from tuneless.llm.activation_stats import layer_stats
+
+        self.original = self.shell.layer(i, tensors)
+        if not self.activations:
+            return None
+        return layer_stats(self.adapter, self.original, self.h_old, self.kwargs[i])
+
+    def repair(self, i: int, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Refit layer i's consumers; the folded layer's tensors in the checkpoint's dtypes."""
+        from tuneless.llm.refit import refit_layer
+
+        folded = self.shell.layer(i, tensors)
+        self.h_old, self.h_new = refit_layer(self.adapter, self.original, folded, self.h_old,
+                                             self.h_new, self.kwargs[i], **self.refit)
+        self.original = None
+        prefix = f"{self.adapter.layer_prefix}.{i}."
+        state = folded.state_dict()
+        return {key: state[key[len(prefix):]].to(t.dtype) for key, t in tensors.items()}
 
 
 def check_checkpoint(folder: str | os.PathLike) -> int:
@@ -200,20 +296,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gqa", default="kv-groups")
     ap.add_argument("--kmeans-dim", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repair", default="none", choices=("none", "refit"),
+                    help="refit: the least-squares repair, streamed (calibration text from "
+                         "the checkpoint's tokenizer, or --calib-ids)")
+    ap.add_argument("--calib-ids", type=Path,
+                    help="a torch.save'd integer tensor (batch, seq_len) of calibration ids")
+    ap.add_argument("--calib-samples", type=int, default=16)
+    ap.add_argument("--calib-len", type=int, default=128)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    init_from_env()  # under torchrun: calibration sharded, statistics all-reduced
     start = time.perf_counter()
     try:
+        data, tok = None, None
+        if args.repair == "refit" and args.calib_ids is not None:
+            data = torch.load(args.calib_ids, weights_only=True)  # tensors only, no code
+        elif args.repair == "refit":
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(args.src))
         fold_checkpoint(args.src, args.dst, args.sparsity, schedule=args.schedule, gqa=args.gqa,
-                        kmeans_dim=args.kmeans_dim)
-    except TunelessError as exc:
-        print(f"error: {exc}")
+                        kmeans_dim=args.kmeans_dim, repair=args.repair, data=data,
+                        tokenizer=tok, calib_samples=args.calib_samples,
+                        calib_len=args.calib_len)
+    except (TunelessError, OSError, ValueError) as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         return 1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    seconds = time.perf_counter() - start
+    if not is_main():  # the folder is rank 0's to write; each rank reports its own memory
+        print(f"rank {world()[0]}: {seconds:.0f} s; peak RSS {peak:.2f} GiB")
+        return 0
     size = sum(f.stat().st_size for f in args.dst.glob("*.safetensors")) / 2**30
     src = sum(f.stat().st_size for f in args.src.glob("*.safetensors")) / 2**30
     print(f"folded {args.src} ({src:.2f} GiB) -> {args.dst} ({size:.2f} GiB) in "
-          f"{time.perf_counter() - start:.0f} s; peak RSS {peak:.2f} GiB")
+          f"{seconds:.0f} s; peak RSS {peak:.2f} GiB")
     return 0
 
 

@@ -1,0 +1,135 @@
+"""A checkpoint's model with its decoder layers left on disk, for the streamed repair.
+
+The least-squares repair walks the layers in order on calibration tokens (tuneless.llm.refit).
+Streamed, only the part of the model around the layers is built for real (embeddings,
+masks, rotary tables: what the first layer's inputs and every layer's keyword arguments
+come from); the layers themselves are built on the meta device and materialised one at
+a time from the checkpoint's tensors, so memory holds one original and one folded layer
+plus the calibration hidden states.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from tuneless.errors import TunelessError
+from tuneless.hooks import StopForward
+
+
+class _Recorder(nn.Module):
+    """Stands in for decoder layer i: records its inputs, passes the hidden states on."""
+
+    def __init__(self, i: int, last: int, box: dict) -> None:
+        super().__init__()
+        self.i, self.last, self.box = i, last, box
+
+    def forward(self, hidden, *args, **kwargs):
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        if self.i == 0:
+            self.box["hidden"] = hidden
+        kwargs.pop("hidden_states", None)
+        self.box.setdefault("kwargs", {})[self.i] = kwargs
+        if self.i == self.last:
+            raise StopForward
+        return (hidden,)  # older transformers index [0]; newer ones pass it on (unwrapped)
+
+
+def _materialise(module: nn.Module, skip: set[int]) -> None:
+    """Replace meta parameters/buffers of every module but those in `skip` by CPU tensors."""
+    for mod in module.modules():
+        if id(mod) in skip:
+            continue
+        for name, p in list(mod._parameters.items()):
+            if p is not None and p.is_meta:
+                mod._parameters[name] = nn.Parameter(torch.empty_like(p, device="cpu"),
+                                                     requires_grad=False)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and b.is_meta:
+                mod._buffers[name] = torch.empty_like(b, device="cpu")
+
+
+def _non_persistent(mod: nn.Module) -> bool:
+    return any(name in mod._non_persistent_buffers_set for name in mod._buffers)
+
+
+class Shell:
+    """Build with the checkpoint's config and a `get(key)` tensor reader; then
+    `inputs(ids)` gives (hidden states entering layer 0, per-layer kwargs) and `layer(i, t)`
+    materialises decoder layer i from its tensors `t` (full checkpoint names)."""
+
+    def __init__(self, config, adapter, get, keys) -> None:
+        import transformers
+        from transformers import AutoModelForCausalLM
+
+        if int(transformers.__version__.split(".")[0]) < 5:
+            raise TunelessError("the streamed repair needs transformers>=5 (it rebuilds the "
+                                "rotary tables of a model built on the meta device)")
+        self.adapter, self.head_dim = adapter, adapter.head_dim(config)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(copy.deepcopy(config)).float()
+        layers = adapter.layers(model)
+        self.meta_layers = list(layers)
+        self.box: dict = {}
+        for i in range(len(layers)):
+            layers[i] = _Recorder(i, len(layers) - 1, self.box)
+        head = model.get_output_embeddings()  # never runs: the last recorder stops the pass
+        skip = {id(head)} if head is not None else set()
+        skip |= {id(m) for r in layers for m in r.modules()}
+        _materialise(model, skip)
+        for mod in model.modules():  # rotary tables, embedding scales: not in checkpoints
+            if id(mod) not in skip and _non_persistent(mod):
+                model._init_weights(mod)
+        state = model.state_dict()
+        outside = [k for k in keys if not k.startswith(adapter.layer_prefix + ".")]
+        for key in outside:
+            if key in state and not state[key].is_meta:
+                state[key].copy_(get(key).float())
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def inputs(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        self.box.clear()
+        try:
+            self.model(input_ids=ids, use_cache=False)
+        except StopForward:
+            pass
+        kwargs = self.box.get("kwargs", {})
+        if "hidden" not in self.box or len(kwargs) != len(self.meta_layers):
+            raise TunelessError("the decoder layers did not all run in the model's forward pass")
+        return self.box["hidden"], [kwargs[i] for i in range(len(self.meta_layers))]
+
+    def release_embeddings(self) -> None:
+        """Free the input embeddings once the calibration inputs are known (the largest
+        tensor outside the layers)."""
+        emb = self.model.get_input_embeddings()
+        emb.weight = nn.Parameter(torch.empty_like(emb.weight, device="meta"),
+                                  requires_grad=False)
+
+    def layer(self, i: int, tensors: dict[str, torch.Tensor]) -> nn.Module:
+        """Decoder layer i at the sizes of `tensors` (original or folded), in float32."""
+        prefix = f"{self.adapter.layer_prefix}.{i}."
+        layer = copy.deepcopy(self.meta_layers[i])
+        for mod in layer.modules():  # buffers no checkpoint holds, rebuilt before loading
+            if _non_persistent(mod):
+                _materialise(mod, set())
+                self.model._init_weights(mod)
+        state = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+        for name, t in state.items():  # folded tensors change shapes: parameters follow them
+            owner, _, leaf = name.rpartition(".")
+            mod = layer.get_submodule(owner)
+            if leaf in mod._parameters:
+                mod._parameters[leaf] = nn.Parameter(t.float().clone(), requires_grad=False)
+            elif leaf in mod._buffers:
+                mod._buffers[leaf] = t.float().clone()
+            if isinstance(mod, nn.Linear) and leaf == "weight":
+                mod.out_features, mod.in_features = t.shape
+        missing = [n for n, p in list(layer.named_parameters()) + list(layer.named_buffers())
+                   if p.is_meta]
+        if missing:
+            raise TunelessError(f"layer {i}: tensors missing from the checkpoint: "
+                                f"{', '.join(missing[:3])}")
+        self.adapter.finalize_layer(layer, self.head_dim)
+        return layer.eval()
