@@ -188,3 +188,21 @@ def test_a_registered_clusterer_is_usable_by_name_and_by_fold():
         assert c.labels.tolist() == [0, 1, 2, 2, 2, 2]
     finally:
         del CLUSTERERS["first-k"]
+
+
+def test_the_cholesky_embedding_of_wide_groups_keeps_every_distance():
+    """From _CHOLESKY_MIN_N channels embed() factors the Gram matrix + εI: each pairwise
+    squared distance gains the same 2ε, so k-means partitions rank exactly as before."""
+    from tuneless.cluster import _CHOLESKY_MIN_N, embed
+
+    g = torch.Generator().manual_seed(0)
+    n = _CHOLESKY_MIN_N
+    x = torch.randn(n, 64, generator=g) @ torch.randn(64, 3 * n, generator=g)  # rank 64
+    z = embed(x)
+    assert z.shape == (n, n)
+    want = torch.cdist(x.double(), x.double()).pow(2)
+    got = torch.cdist(z.double(), z.double()).pow(2)
+    off = ~torch.eye(n, dtype=torch.bool)
+    shift = (got - want)[off]
+    assert float(shift.std()) <= 1e-4 * float(want[off].mean())  # one constant shift
+    assert abs(float(shift.mean())) <= 1e-4 * float(want[off].mean())  # and a tiny one

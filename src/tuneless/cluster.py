@@ -20,6 +20,7 @@ from tuneless.errors import TunelessError
 CLUSTERERS: dict[str, Callable[..., Clustering]] = {}  # filled by register_clusterer below
 _BATCHED_HARTIGAN = 2**25  # restarts × n × k × dims up to which Hartigan runs batched
 _PAIRWISE_MAX_N = 8192  # precompute the n×n distance matrix for seeding up to this size
+_CHOLESKY_MIN_N = 1024  # embed: Cholesky instead of eigh from this many channels
 _GRAM_MAX_N = 4096  # Hartigan keeps an n×n Gram matrix for rank-one updates up to this size
 _REFRESH = 256  # Hartigan rounds between exact recomputations of the centroid inner products
 _BATCH_ELEMENTS = 2**26  # restarts × n × k distance entries computed at once
@@ -193,7 +194,9 @@ def kmeans(
     z = z.to(dtype)
     g = torch.Generator().manual_seed(int(seed))
     tol_abs = float(tol * z.double().pow(2).sum() / (n * d))  # tol × mean feature variance
-    pairwise = _pairwise_sq(z) if n <= _PAIRWISE_MAX_N else None
+    zz = z @ z.T if n <= max(_PAIRWISE_MAX_N, _GRAM_MAX_N) else None  # one Gram for both
+    pairwise = _pairwise_sq(z, zz) if n <= _PAIRWISE_MAX_N else None
+    gram = zz if n <= _GRAM_MAX_N else None
 
     best_labels, best_inertia = None, math.inf
     per_batch = max(1, _BATCH_ELEMENTS // (n * k)) if work <= 5e7 else 1
@@ -209,14 +212,14 @@ def kmeans(
             labels, inertias = _lloyd(z, z[seeds], max_iter, tol_abs)
         if refine and b > 1:  # small problems: refine every restart, Lloyd optima differ
             labels = (hartigan_batched(z, labels, k) if b * n * k * z.shape[1] <= _BATCHED_HARTIGAN
-                      else torch.stack([hartigan(z, lab, k) for lab in labels]))
+                      else torch.stack([hartigan(z, lab, k, gram=gram) for lab in labels]))
             inertias = torch.tensor([_objective(z, lab, k) for lab in labels])
         i = int(torch.argmin(inertias))
         if float(inertias[i]) < best_inertia:
             best_inertia, best_labels = float(inertias[i]), labels[i].clone()
         done += b
     if refine and per_batch == 1:
-        best_labels = hartigan(z, best_labels, k)
+        best_labels = hartigan(z, best_labels, k, gram=gram)
     return _finish(x, best_labels, z, k)
 
 
@@ -242,6 +245,10 @@ def embed(x: torch.Tensor) -> torch.Tensor:
     directions, so a wide feature matrix (a conv's rows and its consumers' columns,
     thousands of values per channel) clusters exactly as well in n dimensions. Large
     problems use a float32 Gram matrix (one n×n×d product, the dominant cost of a fold).
+    From _CHOLESKY_MIN_N channels the factor is a Cholesky one of the Gram matrix plus εI
+    (5× faster than the eigendecomposition at 4,096): that adds the same ε·(n − k) to the
+    objective of every partition and leaves every Hartigan move's gain unchanged (it is
+    one extra orthogonal direction per point), so the clustering is the same.
     """
     small = x.shape[0] * x.shape[0] * x.shape[1] <= 2e7
     xc = x.double() if small else x.float()
@@ -250,14 +257,23 @@ def embed(x: torch.Tensor) -> torch.Tensor:
     if d <= 2 * n:  # no real reduction: the eigendecomposition would cost more than it saves
         return xc
     gram = xc @ xc.T
+    if n >= _CHOLESKY_MIN_N:
+        g64 = (gram.double() + gram.T.double()) / 2
+        eps = float(g64.diagonal().mean().clamp(min=1e-30)) * 1e-9
+        eye = torch.eye(n, dtype=torch.float64)
+        for _ in range(6):
+            factor, info = torch.linalg.cholesky_ex(g64 + eps * eye)
+            if int(info) == 0:
+                return factor.to(xc.dtype)
+            eps *= 100
     vals, vecs = torch.linalg.eigh((gram + gram.T) / 2)
     keep = vals > vals.max().clamp(min=0) * (1e-12 if small else 1e-7)
     return vecs[:, keep] * vals[keep].sqrt()
 
 
-def _pairwise_sq(x: torch.Tensor) -> torch.Tensor:
+def _pairwise_sq(x: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
     sq = (x * x).sum(1)
-    p = sq[:, None] + sq[None, :] - 2 * (x @ x.T)
+    p = sq[:, None] + sq[None, :] - 2 * (x @ x.T if gram is None else gram)
     return p.clamp_(min=0)
 
 
@@ -376,7 +392,8 @@ def _relocate_empty(x: torch.Tensor, cents: torch.Tensor, empty: torch.Tensor,
     return cents
 
 
-def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 1000) -> torch.Tensor:
+def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 1000,
+             gram: torch.Tensor | None = None) -> torch.Tensor:
     """Hartigan single-point moves: move i from a to b when it lowers the k-means objective.
 
     Moving i changes the objective by |b|/(|b|+1)·d(i,b)² − |a|/(|a|−1)·d(i,a)². Each round
@@ -386,21 +403,29 @@ def hartigan(x: torch.Tensor, labels: torch.Tensor, k: int, max_rounds: int = 10
     step, so their inner products with all points follow from one Gram-matrix column
     (O(n) instead of O(n·d)), and only points whose best target was touched are
     rescanned. Exact values are recomputed every `_REFRESH` rounds and before stopping.
+    gram: x xᵀ when the caller has it already.
     """
     n, d = x.shape
     labels = labels.clone()
     sizes = torch.bincount(labels, minlength=k).to(x.dtype)
     sums = torch.zeros(k, d, dtype=x.dtype).index_add_(0, labels, x)
-    gram = x @ x.T if n <= _GRAM_MAX_N else None
+    if gram is None and n <= _GRAM_MAX_N:
+        gram = x @ x.T
     sq_x = (x * x).sum(1)
     ar = torch.arange(n)
     scale = torch.finfo(x.dtype).eps * 64
     slot = torch.full((k,), -1, dtype=torch.long)
 
     def exact():
-        """inner[i, c] = x_i · centroid_c, |centroid|², distances and best targets, recomputed."""
-        cents = sums / sizes.clamp(min=1)[:, None]
-        inner, cnorm = x @ cents.T, (cents * cents).sum(1)
+        """inner[i, c] = x_i · centroid_c, |centroid|², distances and best targets, recomputed.
+        Wide groups read them off the Gram matrix (n² work instead of n·k·d)."""
+        if gram is not None and n >= _CHOLESKY_MIN_N:
+            per = sizes.clamp(min=1)
+            inner = torch.zeros(n, k, dtype=x.dtype).index_add_(1, labels, gram) / per
+            cnorm = torch.zeros(k, dtype=x.dtype).index_add_(0, labels, inner[ar, labels]) / per
+        else:
+            cents = sums / sizes.clamp(min=1)[:, None]
+            inner, cnorm = x @ cents.T, (cents * cents).sum(1)
         dist = (sq_x[:, None] + cnorm[None, :] - 2 * inner).clamp_(min=0)
         return (inner, cnorm, dist, *_best_targets(dist, sizes, labels, ar))
 
