@@ -5,6 +5,9 @@ limit, one thread. Writes docs/breadth-torchvision.md (and a JSONL of the rows).
 
     python benchmarks/breadth_torchvision.py [--out docs/breadth-torchvision.md]
         [--only NAME ...] [--limit-s 900]
+
+Rows go to docs/breadth-torchvision.jsonl as they finish; rerunning resumes from it
+(delete a model's line to measure it again).
 """
 
 from __future__ import annotations
@@ -81,9 +84,16 @@ def main(argv: list[str]) -> int:
     from tuneless.report import render_markdown
 
     names = args.only or sorted(torchvision.models.list_models(module=torchvision.models))
-    rows = []
     log = Path(args.out).with_suffix(".jsonl")
+    done_rows = {}  # rerunning the command resumes: rows already in the log are kept
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            done_rows[row["model"]] = row
+    rows = [done_rows[n] for n in names if n in done_rows]
     for name in names:
+        if name in done_rows:
+            continue
         try:
             done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
                                   text=True, timeout=args.limit_s)
@@ -96,6 +106,7 @@ def main(argv: list[str]) -> int:
         rows.append(row)
         with open(log, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+    rows.sort(key=lambda r: names.index(r["model"]))
     folded = sum(r.get("fold") == "yes" for r in rows)
     pruned = sum(r.get("prune") == "yes" for r in rows)
     s = stamp(command="python benchmarks/breadth_torchvision.py")

@@ -16,3 +16,16 @@ BIG=${BIG:-${TMPDIR:-/tmp}/bigllama}
 rm -rf "$BIG-fold20"
 /usr/bin/time -v python -m tuneless.llm.stream "$BIG" "$BIG-fold20" --sparsity 0.2 \
     --schedule paper --threads 1 2>&1 | grep -E "folded|Maximum resident|Elapsed"
+
+# 3. The same checkpoint folded with the streamed least-squares repair (issue 21): 8 random
+#    sequences of 128 token ids as calibration (the weights are random, so real text would
+#    mean nothing), 1 process and 2 processes under torchrun; peak RSS per process.
+python -c "import torch; torch.save(torch.randint(0, 128256, (8, 128), generator=torch.Generator().manual_seed(0)), '$BIG-ids.pt')"
+rm -rf "$BIG-refit20" "$BIG-refit20-2"
+/usr/bin/time -v python -m tuneless.llm.stream "$BIG" "$BIG-refit20" --sparsity 0.2 \
+    --schedule paper --threads 1 --repair refit --calib-ids "$BIG-ids.pt" 2>&1 \
+    | grep -E "folded|Maximum resident|Elapsed"
+OMP_NUM_THREADS=1 /usr/bin/time -v python -m torch.distributed.run --standalone --nproc_per_node 2 \
+    -m tuneless.llm.stream "$BIG" "$BIG-refit20-2" --sparsity 0.2 --schedule paper \
+    --threads 1 --repair refit --calib-ids "$BIG-ids.pt" 2>&1 \
+    | grep -E "folded|rank 1|Maximum resident|Elapsed"

@@ -105,3 +105,15 @@ def test_streamed_repair_names_what_it_cannot_do(sharded, tmp_path):
         fold_checkpoint(src, tmp_path / "c", 0.2, repair="refit", data=torch.rand(2, 8),
                         progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_streamed_repair_of_a_bfloat16_checkpoint_keeps_its_dtype(tmp_path):
+    m = tiny_llama(layers=2, mlp=48).to(torch.bfloat16)
+    m.save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", 0.25, repair="refit", data=CALIB,
+                          progress=False)
+    got = load_folded(out)
+    assert {p.dtype for p in got.parameters()} == {torch.bfloat16}
+    assert sum(p.numel() for p in got.parameters()) < sum(p.numel() for p in m.parameters())
+    with torch.no_grad():
+        assert torch.isfinite(got(X).logits.float()).all()
