@@ -37,12 +37,13 @@ class _Recorder(nn.Module):
         return (hidden,)  # older transformers index [0]; newer ones pass it on (unwrapped)
 
 
-def _materialise(module: nn.Module, skip: set[int]) -> None:
-    """Replace meta parameters/buffers of every module but those in `skip` by CPU tensors."""
+def _materialise(module: nn.Module, skip: set[int], params: bool = True) -> None:
+    """Replace meta buffers (and parameters) of every module but those in `skip` by CPU
+    tensors."""
     for mod in module.modules():
         if id(mod) in skip:
             continue
-        for name, p in list(mod._parameters.items()):
+        for name, p in list(mod._parameters.items()) if params else ():
             if p is not None and p.is_meta:
                 mod._parameters[name] = nn.Parameter(torch.empty_like(p, device="cpu"),
                                                      requires_grad=False)
@@ -76,17 +77,26 @@ class Shell:
         for i in range(len(layers)):
             layers[i] = _Recorder(i, len(layers) - 1, self.box)
         head = model.get_output_embeddings()  # never runs: the last recorder stops the pass
+        emb = model.get_input_embeddings()
+        emb_key = next(n for n, m in model.named_modules() if m is emb) + ".weight"
         skip = {id(head)} if head is not None else set()
         skip |= {id(m) for r in layers for m in r.modules()}
-        _materialise(model, skip)
+        _materialise(model, skip | {id(emb)})
+        _materialise(emb, set(), params=False)  # the embedding table itself loads below
         for mod in model.modules():  # rotary tables, embedding scales: not in checkpoints
             if id(mod) not in skip and _non_persistent(mod):
-                model._init_weights(mod)
+                model._init_weights(mod)  # (the still-meta embedding table is left alone)
         state = model.state_dict()
-        outside = [k for k in keys if not k.startswith(adapter.layer_prefix + ".")]
-        for key in outside:
-            if key in state and not state[key].is_meta:
-                state[key].copy_(get(key).float())
+        for key in keys:
+            if key.startswith(adapter.layer_prefix + "."):
+                continue
+            if key == emb_key:  # the largest tensor: kept in the checkpoint's dtype, one copy;
+                emb.weight = nn.Parameter(get(key), requires_grad=False)  # lookups → float32
+                emb.register_forward_hook(lambda _m, _a, out: out.float())
+            elif key in state and not state[key].is_meta:
+                state[key].copy_(get(key))
+        if emb.weight.is_meta:
+            raise TunelessError(f"the checkpoint has no {emb_key}")
         self.model = model.eval()
 
     @torch.no_grad()
