@@ -184,3 +184,13 @@ def test_fold_r_reestimates_bn_from_data():
         pre = small.conv1(data)
     assert torch.allclose(bn.running_mean, pre.mean((0, 2, 3)), atol=1e-4)
     assert not bn.training
+
+
+def test_fold_rounds_channel_counts_like_prune():
+    model = build_model("resnet20").eval()
+    small = fold(model, sparsity=0.4, round_to=8, example_inputs=X32)
+    kept = small.tuneless_report["kept"]
+    assert all(k % 8 == 0 for k in kept.values())
+    assert small.tuneless_report["options"]["round_to"] == 8
+    with pytest.raises(TunelessError, match="round_to"):
+        fold(model, sparsity=0.4, round_to=0, example_inputs=X32)

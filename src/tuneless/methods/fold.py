@@ -46,6 +46,7 @@ class FoldOptions:
     seed: int = 0
     n_init: int | str = "auto"
     min_channels: int = 1
+    round_to: int = 1  # channel counts rounded to multiples of this (fast kernels); uniform
     max_ratio: float = 0.9  # error allocation: keep at least 10% of every group
     keep_floor: float = 0.5  # error allocation: and at least this share of uniform's count
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
@@ -71,7 +72,8 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     by default; "refit" on data= token ids, "none" = the paper (options e.g. schedule=,
     tokenizer=, features= "auto" | "weights" | "activations" for what its k-means clusters).
     Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "greedy"),
-    features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, max_ratio,
+    features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, round_to
+    (channel counts in multiples of it, as for prune), max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
     num_images, batch_size, inversion (dict of DeepInversion settings), refit_images, ridge.
     """
@@ -114,6 +116,10 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         raise TunelessError(f"unknown allocation {opts.allocation!r}; choose uniform or error")
     if opts.features not in FEATURES:
         raise TunelessError(f"unknown features {opts.features!r}; choose one of {FEATURES}")
+    if not (isinstance(opts.round_to, int) and opts.round_to >= 1):
+        raise TunelessError(f"round_to must be an integer ≥ 1, got {opts.round_to!r}")
+    if opts.allocation == "error" and opts.round_to != 1:
+        raise TunelessError("round_to applies to allocation='uniform' only")
     if opts.allocation == "error" and opts.sparsity is None:
         raise TunelessError("allocation='error' needs a sparsity (a global parameter budget)")
     if not 0.0 < opts.max_ratio < 1.0:
@@ -159,8 +165,10 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         before, after = param_count(model, graph), param_count(model, graph, kept)
         achieved, ratio = 1 - after / before, None
     else:
-        b = (solve(model, graph, opts.sparsity, opts.min_channels) if opts.sparsity is not None
-             else budget_for_ratio(model, graph, opts.channel_ratio, opts.min_channels))
+        b = (solve(model, graph, opts.sparsity, opts.min_channels, opts.round_to)
+             if opts.sparsity is not None
+             else budget_for_ratio(model, graph, opts.channel_ratio, opts.min_channels,
+                                   opts.round_to))
         kept, achieved, ratio, before, after = b.kept, b.sparsity, b.channel_ratio, \
             b.params_before, b.params_after
 

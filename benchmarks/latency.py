@@ -1,0 +1,158 @@
+"""Real CPU speed-up of folded networks, dense and folded timed interleaved (issue 22 item 3).
+
+For each benchmark network the fold that removes half of the FLOPs (a uniform channel ratio
+found by bisection; `round_to` 1 and 8), BatchNorm fused into the convolutions in both
+models (as `tuneless export` does), then latency at batch 1 and 64 in PyTorch
+(torch.utils.benchmark) and in ONNX Runtime (one intra-op thread), the dense and the
+folded model measured in alternating rounds so that drift in the machine's speed hits both
+alike. Reports the median per round and the spread (interquartile range) of the ratio
+folded / dense, beside the FLOP ratio; the issue's target is a latency ratio within 15% of
+the FLOP ratio. Weights do not change the timing: the folds use the default data-free
+repair. Run on a quiet machine:
+
+    python benchmarks/latency.py [--models resnet20,resnet56,vgg11] [--rounds 15]
+        [--out docs/results/latency]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from tuneless.evaluate import batch_of, count_flops  # noqa: E402
+from tuneless.export import _export_onnx, fuse_conv_bn  # noqa: E402
+from tuneless.io_atomic import atomic_write_text  # noqa: E402
+from tuneless.methods.fold import fold  # noqa: E402
+from tuneless.modelio import load_model  # noqa: E402
+from tuneless.provenance import stamp, stamp_markdown  # noqa: E402
+from tuneless.report import render_markdown  # noqa: E402
+
+CHECKPOINTS = {"resnet20": "models/resnet20-cifar10.pt",
+               "resnet56": "models/resnet56-avg-cifar10.pt",
+               "vgg11": "models/vgg11_bn-w0.5-cifar10.pt"}
+FIELDS = ["model", "round_to", "batch", "runtime", "flop_ratio", "dense_ms", "folded_ms",
+          "latency_ratio", "ratio_iqr", "within_15pct"]
+
+
+def half_flops(model, x, round_to: int):
+    """The fold whose FLOPs are closest to half the dense model's (bisection on the ratio)."""
+    dense = count_flops(model, x)
+    lo, hi, best = 0.0, 0.9, None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        small = fold(model, channel_ratio=mid, example_inputs=x, round_to=round_to)
+        ratio = count_flops(small, x) / dense
+        if best is None or abs(ratio - 0.5) < abs(best[1] - 0.5):
+            best = (small, ratio)
+        lo, hi = (mid, hi) if ratio > 0.5 else (lo, mid)
+    return best
+
+
+def _torch_runner(model):
+    from torch.utils.benchmark import Timer
+
+    def run(x):
+        t = Timer("m(x)", globals={"m": model, "x": x}, num_threads=1)
+        return t.blocked_autorange(min_run_time=0.3).median * 1000
+    return run
+
+
+def _ort_runner(model, x):
+    import onnxruntime as ort
+
+    data = _export_onnx(model, x, 1, [True])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(batch):
+        feed = {name: batch.numpy()}
+        session.run(None, feed)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 0.3:
+            session.run(None, feed)
+            n += 1
+        return (time.perf_counter() - t0) / n * 1000
+    return run
+
+
+def interleaved(dense_run, folded_run, x, rounds: int) -> tuple[float, float, float, float]:
+    """Median dense and folded ms over alternating rounds, the median of the per-round
+    ratios and its interquartile range."""
+    d, f = [], []
+    for r in range(rounds):
+        pair = ((dense_run, d), (folded_run, f)) if r % 2 == 0 else ((folded_run, f),
+                                                                     (dense_run, d))
+        for run, out in pair:
+            out.append(run(x))
+    ratios = sorted(b / a for a, b in zip(d, f))
+    q = statistics.quantiles(ratios, n=4)
+    return statistics.median(d), statistics.median(f), statistics.median(ratios), q[2] - q[0]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="resnet20,resnet56,vgg11")
+    p.add_argument("--round-to", default="1,8")
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--out", default="docs/results/latency")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    info = stamp("python benchmarks/latency.py " + " ".join(sys.argv[1:]))
+    rows = []
+    for name in args.models.split(","):
+        model = load_model(CHECKPOINTS[name]).eval()
+        x1 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        dense_fused = fuse_conv_bn(model, x1)[0].eval()
+        for rt in (int(v) for v in args.round_to.split(",")):
+            small, flop_ratio = half_flops(model, x1, rt)
+            small_fused = fuse_conv_bn(small, x1)[0].eval()
+            for batch in (int(v) for v in args.batches.split(",")):
+                x = batch_of(x1, batch)
+                for runtime in ("pytorch", "onnxruntime"):
+                    if runtime == "pytorch":
+                        runs = _torch_runner(dense_fused), _torch_runner(small_fused)
+                    else:
+                        runs = _ort_runner(dense_fused, x1), _ort_runner(small_fused, x1)
+                    with torch.no_grad():
+                        dms, fms, ratio, iqr = interleaved(*runs, x, args.rounds)
+                    row = {"model": name, "round_to": rt, "batch": batch, "runtime": runtime,
+                           "flop_ratio": round(flop_ratio, 3), "dense_ms": round(dms, 3),
+                           "folded_ms": round(fms, 3), "latency_ratio": round(ratio, 3),
+                           "ratio_iqr": round(iqr, 3),
+                           "within_15pct": "yes" if ratio <= 1.15 * flop_ratio else "no"}
+                    print(row, flush=True)
+                    rows.append(row)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    out = Path(args.out)
+    atomic_write_text(buf.getvalue(), out.with_suffix(".csv"))
+    met = sum(r["within_15pct"] == "yes" for r in rows)
+    text = ("# Latency of folded networks: dense and folded interleaved\n\n"
+            + stamp_markdown(info) + "\n"
+            "Half of the FLOPs removed (uniform channel ratio by bisection), BatchNorm fused in "
+            "both models, one thread; `latency_ratio` is the median over "
+            f"{args.rounds} alternating rounds of folded / dense, `ratio_iqr` its "
+            "interquartile range. Target (issue 22): latency ratio ≤ 1.15 × FLOP ratio.\n\n"
+            f"**Within 15% of the FLOP ratio: {met} of {len(rows)} rows.**\n\n"
+            + render_markdown(rows, FIELDS) + "\n")
+    atomic_write_text(text, out.with_suffix(".md"))
+    print(f"wrote {out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
