@@ -48,8 +48,11 @@ class Moments:
         self.full, self.total, self.count, self.synced = full, None, 0, False
 
     def __call__(self, _module, args) -> None:
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        part = ((x.T @ x) if self.full else (x * x).sum(0)).double()
+        # float64 products: partial sums then agree to ~1e-16 however the tokens are split
+        # over ranks or batches (float32 ones differ at 1e-7, enough to flip near-tied k-means
+        # assignments: 1 vs 2 processes on the random 3.2 B checkpoint, docs/scaling.md)
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        part = (x.T @ x) if self.full else (x * x).sum(0)
         self.total = part if self.total is None else self.total + part
         self.count += x.shape[0]
 
