@@ -46,6 +46,13 @@ VARIANTS: dict[str, dict] = {
     "unfused-no-stats": {"fuse_bn": False, "norm_stats": False},
     "unfused-no-stats-n10": {"fuse_bn": False, "norm_stats": False, "n_init": 10},
     "no-stats-n10": {"fuse_bn": True, "norm_stats": False, "n_init": 10},
+    # Fold-DIR's cost is DeepInversion's: images × steps forward/backward passes (issue 17
+    # asks for < 90 s on ResNet-56); the default is 128 images × 100 steps
+    "dir-s50": {"inversion": {"steps": 50}},
+    "dir-s25": {"inversion": {"steps": 25}},
+    "dir-i64": {"inversion": {"num_images": 64}},
+    "dir-i64-s50": {"inversion": {"num_images": 64, "steps": 50}},
+    "dir-s50-lr02": {"inversion": {"steps": 50, "lr": 0.2}},
 }
 FIELDS = ["model", "variant", "repair", "point", "seed", "accuracy", "achieved", "seconds",
           "dense_acc", "test_images", "commit"]
