@@ -1,0 +1,51 @@
+"""Fold-AR of torchvision's resnet18 / mobilenet_v2 / efficientnet_b0 at 30%: wall time of
+`tuneless.fold` (issue 17's < 2 s target), median of 3 random-weight models per network at
+1×3×224×224, with 1 and 2 threads. Run on a quiet machine:
+
+    python benchmarks/fold_speed_torchvision.py [--models resnet18,mobilenet_v2,efficientnet_b0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def main() -> int:
+    import torchvision
+
+    from tuneless.methods.fold import fold
+    from tuneless.progress import set_progress
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="resnet18,mobilenet_v2,efficientnet_b0")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    set_progress(False)
+    x = torch.randn(1, 3, 224, 224)
+    fold(torchvision.models.resnet18().eval(), sparsity=0.3, example_inputs=x)  # warm up
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for name in args.models.split(","):
+            times = []
+            for r in range(args.repeats):
+                torch.manual_seed(r)
+                model = getattr(torchvision.models, name)().eval()
+                t0 = time.perf_counter()
+                fold(model, sparsity=0.3, example_inputs=x)
+                times.append(time.perf_counter() - t0)
+            print(f"{name} threads {threads}: median {statistics.median(times):.2f} s "
+                  f"({', '.join(f'{t:.2f}' for t in times)})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
