@@ -117,3 +117,16 @@ def test_streamed_repair_of_a_bfloat16_checkpoint_keeps_its_dtype(tmp_path):
     assert sum(p.numel() for p in got.parameters()) < sum(p.numel() for p in m.parameters())
     with torch.no_grad():
         assert torch.isfinite(got(X).logits.float()).all()
+
+
+def test_stream_cli_names_a_bad_calibration_file(sharded, tmp_path, capsys):
+    from tuneless.llm.stream import main
+
+    _, src = sharded
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    torch.save({"ids": CALIB}, tmp_path / "dict.pt")
+    for name, want in (("junk.pt", "not a saved tensor"), ("dict.pt", "holds a dict")):
+        assert main([str(src), str(tmp_path / "out"), "--repair", "refit", "--calib-ids",
+                     str(tmp_path / name)]) == 1
+        assert want in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -310,7 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data, tok = None, None
         if args.repair == "refit" and args.calib_ids is not None:
-            data = torch.load(args.calib_ids, weights_only=True)  # tensors only, no code
+            try:
+                data = torch.load(args.calib_ids, weights_only=True)  # tensors only, no code
+            except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+                raise TunelessError(f"--calib-ids {args.calib_ids}: not a saved tensor "
+                                    f"({str(exc).splitlines()[0][:120]})") from exc
+            if not isinstance(data, torch.Tensor):
+                raise TunelessError(f"--calib-ids {args.calib_ids} holds a "
+                                    f"{type(data).__name__}, not a tensor of token ids")
         elif args.repair == "refit":
             from transformers import AutoTokenizer
 

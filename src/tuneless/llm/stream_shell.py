@@ -130,10 +130,11 @@ class Shell:
         for name, t in state.items():  # folded tensors change shapes: parameters follow them
             owner, _, leaf = name.rpartition(".")
             mod = layer.get_submodule(owner)
+            value = t.to(torch.float32, copy=True)  # one copy, whatever the stored dtype
             if leaf in mod._parameters:
-                mod._parameters[leaf] = nn.Parameter(t.float().clone(), requires_grad=False)
+                mod._parameters[leaf] = nn.Parameter(value, requires_grad=False)
             elif leaf in mod._buffers:
-                mod._buffers[leaf] = t.float().clone()
+                mod._buffers[leaf] = value
             if isinstance(mod, nn.Linear) and leaf == "weight":
                 mod.out_features, mod.in_features = t.shape
         missing = [n for n, p in list(layer.named_parameters()) + list(layer.named_buffers())
