@@ -21,7 +21,7 @@ CLUSTERERS: dict[str, Callable[..., Clustering]] = {}  # filled by register_clus
 _BATCHED_HARTIGAN = 2**25  # restarts × n × k × dims up to which Hartigan runs batched
 _PAIRWISE_MAX_N = 8192  # precompute the n×n distance matrix for seeding up to this size
 _CHOLESKY_MIN_N = 1024  # embed: Cholesky instead of eigh from this many channels
-_GRAM_MAX_N = 4096  # Hartigan keeps an n×n Gram matrix for rank-one updates up to this size
+_GRAM_MAX_N = 8192  # Hartigan keeps an n×n Gram matrix for rank-one updates up to this size
 _REFRESH = 256  # Hartigan rounds between exact recomputations of the centroid inner products
 _BATCH_ELEMENTS = 2**26  # restarts × n × k distance entries computed at once
 
