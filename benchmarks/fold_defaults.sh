@@ -19,3 +19,11 @@ sweep models/resnet56-avg-cifar10.pt --repairs ar,data --variants paper-order,un
   --out docs/results/fold-defaults-resnet56
 sweep models/mlp-fashion-mnist.pt --repairs ar,data \
   --variants paper-order,no-stats,unfused-no-stats --out docs/results/fold-defaults-mlp
+# Fold-DIR's cost (issue 17: < 90 s on ResNet-56 at equal accuracy): DeepInversion images
+# × steps, and a shorter schedule at twice the learning rate
+sweep models/resnet56-avg-cifar10.pt --repairs dir --points 0.5 \
+  --variants default,dir-i64-s50,dir-s25,dir-s50-lr02 --out docs/results/fold-dir-cost-resnet56
+sweep models/resnet56-avg-cifar10.pt --repairs dir --points 0.3,0.7 --variants default,dir-s50-lr02 \
+  --out docs/results/fold-dir-cost-resnet56
+sweep models/resnet20-cifar10.pt --repairs dir --variants dir-s50-lr02,default \
+  --out docs/results/fold-dir-cost-resnet20
