@@ -194,16 +194,12 @@ def _nowhere():
 
 
 def _calibration(data, tokenizer, n: int, seq_len: int, seed: int) -> torch.Tensor:
-    if data is not None:
-        ids = torch.as_tensor(data)
-        ids = ids[None] if ids.dim() == 1 else ids
-    elif tokenizer is not None:
-        from tuneless.llm.calibration import calibration_batches
+    from tuneless.llm.fold import calibration_ids
 
-        ids = torch.cat(calibration_batches(tokenizer, n, seq_len, seed), 0)
-    else:
+    if data is None and tokenizer is None:
         raise TunelessError("repair='refit' needs data= token ids or tokenizer= (calibration "
                             "text)")
+    ids = calibration_ids(None, "refit", tokenizer, data, n, seq_len, seed)  # as in memory
     if ids.dim() != 2 or ids.shape[1] < 2 or ids.is_floating_point():
         raise TunelessError(f"calibration ids must be integer (batch, seq_len ≥ 2), got "
                             f"{tuple(ids.shape)}")
