@@ -45,18 +45,24 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def my_range(n: int, what: str = "calibration rows") -> range:
+    """This rank's contiguous block of range(n); the blocks of all ranks, in rank order,
+    are range(n). Every rank needs at least one item."""
+    rank, size = world()
+    if n < size:
+        from tuneless.errors import TunelessError
+
+        raise TunelessError(f"{n} {what} cannot be shared by {size} ranks")
+    return range(n * rank // size, n * (rank + 1) // size)
+
+
 def shard(rows: torch.Tensor) -> torch.Tensor:
     """This rank's contiguous block of rows (calibration sequences or images); the blocks
     of all ranks, in rank order, are the rows in order. Every rank needs at least one."""
-    rank, size = world()
-    if size == 1:
+    if world()[1] == 1:
         return rows
-    if len(rows) < size:
-        from tuneless.errors import TunelessError
-
-        raise TunelessError(f"{len(rows)} calibration rows cannot be shared by {size} ranks")
-    bounds = [len(rows) * r // size for r in range(size + 1)]
-    return rows[bounds[rank]:bounds[rank + 1]]
+    mine = my_range(len(rows))
+    return rows[mine.start:mine.stop]
 
 
 def my_share(n: int) -> int:

@@ -25,6 +25,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "min_channels": (1, None),
     "round_to": (1, None),
     "n_init": (1, None),
+    "calib_blocks": (1, None),
     "num_images": (1, None),
     "refit_images": (2, None),
     "min_rank": (1, None),

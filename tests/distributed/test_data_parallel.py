@@ -1,6 +1,7 @@
 """Data-parallel calibration (issue 21): two CPU processes under torchrun (gloo) fold a
-tiny Llama with the least-squares repair and a small CNN with Fold-R and with the layer
-refit, each rank on half the calibration data, and get the one-process result."""
+tiny Llama with the least-squares repair (on given ids, and data-free on text each rank
+samples its half of) and a small CNN with Fold-R and with the layer refit, each rank on
+half the calibration data, and get the one-process result."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def test_two_ranks_equal_one_process(tmp_path):
                tmp_path / "two.pt")
     assert (one["rows"], two["rows"]) == (8, 4)  # each rank saw half the sequences
     assert (one["refit_images"], two["refit_images"]) == (64, 32)  # and half the images
-    for part in ("llm", "fold_r", "refit"):
+    # rank 0 sampled only its block of the self-generated text: the one process's first half
+    assert one["sampled"].shape == (6, 12) and torch.equal(two["sampled"], one["sampled"][:3])
+    for part in ("llm", "fold_r", "refit", "self"):
         for name, value in one[part].items():
             if value.is_floating_point():
                 assert (value - two[part][name]).abs().max() <= 1e-5, (part, name)

@@ -47,11 +47,18 @@ def main(out: str) -> int:
                            example_inputs=x, batch_size=16)
     refit = tuneless.fold(tiny_cnn(), channel_ratio=0.5, repair="refit", data=images,
                           example_inputs=x, batch_size=16)
+    # the data-free repair: the model samples its calibration text in 2 seeded blocks, one
+    # per rank under torchrun
+    self = tuneless.fold(tiny_llama(), head_ratio=0.5, mlp_ratio=0.5, repair="self",
+                         calib_samples=6, calib_len=12, calib_blocks=2)
     from tuneless.distributed import shard
+    from tuneless.llm.fold import rank_calibration_ids
 
+    sampled = rank_calibration_ids(tiny_llama(), "self", None, None, 6, 12, blocks=2)
     if is_main():  # and what this rank itself saw: its share of the data
         torch.save({"llm": llm.state_dict(), "fold_r": fold_r.state_dict(),
-                    "refit": refit.state_dict(), "rows": len(shard(ids)),
+                    "refit": refit.state_dict(), "self": self.state_dict(),
+                    "rows": len(shard(ids)), "sampled": sampled,
                     "refit_images": refit.refit_report["images"]}, out)
     return 0
 

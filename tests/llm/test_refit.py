@@ -123,6 +123,25 @@ def test_self_generated_text_is_seeded_and_full_length():
     assert f.config.intermediate_size == 16
 
 
+def test_self_sampling_in_blocks_can_be_shared():
+    """Each block is seeded on its own: sampling some blocks gives exactly those rows of
+    sampling them all, so ranks can split the work. One block is the unblocked sampler."""
+    m = tiny_llama()
+    whole = self_generated(m, Tok(), n_samples=5, seq_len=8, seed=4, blocks=2)
+    parts = [self_generated(m, Tok(), n_samples=5, seq_len=8, seed=4, blocks=2, which=range(b,
+                                                                                        b + 1))
+             for b in (0, 1)]
+    assert [len(p) for p in parts] == [2, 3] and torch.equal(torch.cat(parts), whole)
+    one = self_generated(m, Tok(), n_samples=5, seq_len=8, seed=4)
+    assert torch.equal(one, self_generated(m, Tok(), n_samples=5, seq_len=8, seed=4, blocks=1))
+    assert not torch.equal(one, whole)  # a different seeding, as documented
+    with pytest.raises(TunelessError, match="calib_blocks=6 must be between 1 and the number "
+                                            "of sequences"):
+        self_generated(m, Tok(), n_samples=5, seq_len=8, blocks=6)
+    with pytest.raises(TunelessError, match="fold option calib_blocks must be at least 1"):
+        fold_llm(m, mlp_ratio=0.5, repair="self", calib_blocks=0)
+
+
 def test_self_sampling_needs_only_the_model():
     """Data-free repair from the model alone: BOS/EOS come from its (generation) config."""
     m = tiny_llama()

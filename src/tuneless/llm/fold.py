@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tuneless.distributed import shard
+from tuneless.distributed import my_range, shard, world
 from tuneless.errors import TunelessError
 from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
@@ -42,6 +42,7 @@ def fold_llm(
     data: torch.Tensor | None = None,
     calib_samples: int = 16,
     calib_len: int = 128,
+    calib_blocks: int = 1,
     refit_lambda: float = 3.0,
     refit_scope: str = "folded",
     refit_weighting: str = "none",
@@ -69,6 +70,10 @@ def fold_llm(
       refit on `data`, token ids (batch, seq_len), or on calib_samples windows of the
       calibration text when only tokenizer= is given) or "none" (the paper). See
       tuneless.llm.refit.
+    calib_blocks: "self" samples its sequences in this many seeded batches. Under torchrun
+      each rank samples only its share of the blocks when there are at least as many
+      blocks as ranks (else every rank samples them all); one process with the same
+      calib_blocks gives the same model. One block is fastest on one process.
     gqa: "kv-groups" (a kv head and its query heads are one unit) or "query-heads"
       (query heads clustered inside each kv group; kv heads kept).
     features: what k-means clusters. "weights": the raw weight rows and columns (the
@@ -86,6 +91,7 @@ def fold_llm(
     check_call(fold_llm, {"sparsity": sparsity, "head_ratio": head_ratio, "mlp_ratio": mlp_ratio,
                           "seed": seed, "n_init": n_init, "refine": refine,
                           "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
+                          "calib_blocks": calib_blocks,
                           "calib_len": calib_len, "refit_lambda": refit_lambda}, "fold")
     repair = DEFAULT_REPAIR if repair is None else "none" if repair == "naive" else repair
     get_repair(repair, "llm")  # one-line error naming the repairs that apply
@@ -95,10 +101,9 @@ def fold_llm(
     shapes = adapter.shapes(model)
     if all((s.n_q, s.n_kv, s.n_mlp) == (p.n_q, p.n_kv, p.n_mlp) for s, p in zip(shapes, plans)):
         return reduce_llm(model, plans, lambda *_: {}, desc="fold")  # nothing to fold or repair
-    calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed,
-                            show_progress=progress)
-    if calib is not None:  # under torchrun: statistics and refit on this rank's sequences
-        calib = shard(calib)
+    # under torchrun: statistics and refit on this rank's sequences
+    calib = rank_calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed,
+                                 show_progress=progress, blocks=calib_blocks)
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
                             "repair='self' (data-free) or repair='refit'")
@@ -120,7 +125,7 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
                    data=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
                    refit_lambda: float = 3.0, refit_scope: str = "folded",
                    refit_weighting: str = "none", refit_target: str = "auto",
-                   calib: torch.Tensor | None = None,
+                   calib: torch.Tensor | None = None, calib_blocks: int = 1,
                    progress: bool = False) -> nn.Module:
     """The least-squares repair of folding, for any structured reduction of `model` (the
     pruning baselines get it on equal terms): "self", "refit" or None/"none" (nothing).
@@ -129,8 +134,8 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
     repair = "none" if repair in (None, "naive") else repair
     get_repair(repair, "llm")
     if calib is None:
-        calib = calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed)
-        calib = None if calib is None else shard(calib)
+        calib = rank_calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len,
+                                     seed, blocks=calib_blocks)
     if calib is not None:
         refit_consumers(model, small, calib, lam=refit_lambda, scope=refit_scope,
                         weighting=refit_weighting, target=refit_target,
@@ -176,3 +181,19 @@ def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: i
     from tuneless.llm.calibration import calibration_batches
 
     return torch.cat(calibration_batches(tokenizer, n, seq_len, seed), 0)
+
+
+def rank_calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: int = 256,
+                         seed: int = 0, show_progress: bool = False,
+                         blocks: int = 1) -> torch.Tensor | None:
+    """This rank's share of `calibration_ids` (all of them on one process). Self-sampled
+    ids in at least as many blocks as ranks are sampled only where they are used."""
+    rank, size = world()
+    if repair == "self" and size > 1 and blocks >= size:
+        return self_generated(model, tokenizer, n, seq_len, seed, show_progress and rank == 0,
+                              blocks=blocks, which=my_range(blocks, "calibration blocks"))
+    if repair == "self":
+        ids = self_generated(model, tokenizer, n, seq_len, seed, show_progress, blocks=blocks)
+    else:
+        ids = calibration_ids(model, repair, tokenizer, data, n, seq_len, seed, show_progress)
+    return None if ids is None else shard(ids)

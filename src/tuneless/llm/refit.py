@@ -261,15 +261,39 @@ def _special_ids(model: nn.Module, tokenizer) -> tuple[int | None, int | None]:
 
 
 def self_generated(model: nn.Module, tokenizer=None, n_samples: int = 64, seq_len: int = 256,
-                   seed: int = 0, show_progress: bool = False) -> torch.Tensor:
+                   seed: int = 0, show_progress: bool = False, *, blocks: int = 1,
+                   which: range | None = None) -> torch.Tensor:
     """(n_samples, seq_len) token ids sampled from the model itself (temperature 1, no top-k),
     starting from its beginning-of-sequence token: calibration text without any data.
 
     The BOS/EOS ids come from the tokenizer when given, else from the model's generation
-    config or config, so the model alone is enough."""
+    config or config, so the model alone is enough. The rows are sampled in `blocks`
+    contiguous blocks, each one batch seeded by (seed, block): a block's rows do not depend
+    on which other blocks are sampled, so ranks can share the sampling (`which`: the blocks
+    to sample, all by default) and together hold the rows one process samples. One block
+    is one batch, the fastest on one process."""
+    if not 1 <= blocks <= n_samples:
+        raise TunelessError(f"calib_blocks={blocks} must be between 1 and the number of "
+                            f"sequences ({n_samples})")
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(limit, int) and limit > 1:
         seq_len = min(seq_len, limit)  # never sample past the positions the model knows
+    which = range(blocks) if which is None else which
+    bounds = [n_samples * b // blocks for b in range(blocks + 1)]
+    ticker = Ticker((seq_len - 1) * len(which), desc="sampling calibration text",
+                    unit="token", disable=not show_progress)
+    out = [_sample_block(model, tokenizer, bounds[b + 1] - bounds[b], seq_len,
+                         seed + _BLOCK_SEED_STRIDE * b, ticker) for b in which]
+    ticker.close()
+    return torch.cat(out, 0)
+
+
+_BLOCK_SEED_STRIDE = 1_000_003  # block b of seed s draws from seed s + stride * b
+
+
+def _sample_block(model, tokenizer, n: int, seq_len: int, seed: int, ticker) -> torch.Tensor:
+    """n sequences of seq_len tokens sampled in one batch from the global RNG seeded by
+    `seed` (restored afterwards)."""
     bos, eos = _special_ids(model, tokenizer)
     start = bos if bos is not None else eos
     state = torch.random.get_rng_state()
@@ -277,19 +301,16 @@ def self_generated(model: nn.Module, tokenizer=None, n_samples: int = 64, seq_le
     try:
         if start is None:  # no special token named anywhere: start each sample at a random one
             vocab = int(model.get_input_embeddings().num_embeddings)
-            prompt = torch.randint(0, vocab, (n_samples, 1))
+            prompt = torch.randint(0, vocab, (n, 1))
             start = 0
         else:
-            prompt = torch.full((n_samples, 1), start, dtype=torch.long)
+            prompt = torch.full((n, 1), start, dtype=torch.long)
         pad = eos if eos is not None else start
-        ticker = Ticker(seq_len - 1, desc="sampling calibration text", unit="token",
-                        disable=not show_progress)
         out = model.generate(
             prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
             max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1, top_k=0, top_p=1.0,
             temperature=1.0, pad_token_id=pad, logits_processor=[_Tick(ticker)],
         )
-        ticker.close()
     finally:
         torch.random.set_rng_state(state)
     return out[:, :seq_len]
