@@ -1,12 +1,17 @@
-"""Which SVD rank allocation keeps more accuracy: per-param or sigma, with or without BN weighting.
+"""Which SVD rank allocation keeps more accuracy: per-param or sigma, BN weighting, whitening.
 
     python benchmarks/svd_allocation.py models/mlp-fashion-mnist.pt
     python benchmarks/svd_allocation.py run.resume.pt --arch resnet20 --dataset cifar10 --append
+    python benchmarks/svd_allocation.py models/vgg11_bn-w0.5-cifar10.pt --variants whiten
 
 For each fraction of parameters removed, the test accuracy (no fine-tuning) of svd(...) with
 allocation "per-param" (energy lost per parameter saved) and "sigma" (normalised σ² alone), each
-with weighting "none" and "bn" (error measured after the following BatchNorm). Accepts anything
-tuneless.modelio.load_model reads (a bare state_dict or a resume file needs --arch).
+with weighting "none" and "bn" (error measured after the following BatchNorm); --variants
+whiten compares the input whitenings instead (per-param allocation): none, "bn" (data-free,
+from the BatchNorm each layer reads) and "data" (the input patches' second moment on
+--whiten-images training images, plain view), each with and without the output-side BN
+weighting. Accepts anything tuneless.modelio.load_model reads (a bare state_dict or a
+resume file needs --arch).
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ from tuneless.methods.svd import svd
 from tuneless.modelio import load_model
 from tuneless.provenance import stamp, stamp_markdown
 
-VARIANTS = [("per-param", "none"), ("sigma", "none"), ("per-param", "bn"), ("sigma", "bn")]
+VARIANTS = {
+    "allocation": [("per-param", "none", "none"), ("sigma", "none", "none"),
+                   ("per-param", "bn", "none"), ("sigma", "bn", "none")],
+    "whiten": [("per-param", w, wh) for wh in ("none", "bn", "data") for w in ("none", "bn")],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a random subset of N test images (seed 0)")
     ap.add_argument("--out", default="docs/results/svd_allocation.md")
     ap.add_argument("--append", action="store_true", help="add a section to an existing --out")
+    ap.add_argument("--variants", choices=sorted(VARIANTS), default="allocation")
+    ap.add_argument("--whiten-images", type=int, default=256)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     info = stamp("python benchmarks/svd_allocation.py " + " ".join(sys.argv[1:]))
@@ -52,20 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     sparsities = [float(s) for s in args.sparsities.split(",")]
     dense = accuracy(model, test)
     print(f"dense {dense:.4f}", file=sys.stderr, flush=True)
-    head = "| allocation | weighting | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
-    lines = [head, "|---|---|" + "---:|" * len(sparsities)]
-    for allocation, weighting in VARIANTS:
+    images = None
+    if args.variants == "whiten":
+        images = get_dataset(dataset, "train").subset(args.whiten_images, seed=1).tensors()[0]
+    head = ("| allocation | weighting | whiten | " + " | ".join(f"{s:.0%}" for s in sparsities)
+            + " |")
+    lines = [head, "|---|---|---|" + "---:|" * len(sparsities)]
+    for allocation, weighting, whiten in VARIANTS[args.variants]:
         cells = []
         for s in sparsities:
             try:
-                small = svd(model, sparsity=s, allocation=allocation, weighting=weighting)
+                small = svd(model, sparsity=s, allocation=allocation, weighting=weighting,
+                            whiten=whiten, data=images, whiten_images=args.whiten_images)
             except TunelessError as exc:
                 cells.append(f"n/a ({exc})")
                 continue
             acc = accuracy(small, test)
             cells.append(f"{100 * acc:.2f}")
-            print(f"{allocation} {weighting} {s}: {acc:.4f}", file=sys.stderr, flush=True)
-        lines.append(f"| {allocation} | {weighting} | " + " | ".join(cells) + " |")
+            print(f"{allocation} {weighting} {whiten} {s}: {acc:.4f}", file=sys.stderr,
+                  flush=True)
+        lines.append(f"| {allocation} | {weighting} | {whiten} | " + " | ".join(cells) + " |")
     images = f"a random {args.limit} of the" if args.limit else "all"
     section = "\n".join([
         f"## {Path(args.model).name} ({dataset}, dense {100 * dense:.2f}%)", "",
@@ -74,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters removed.", "", *lines, "",
     ])
     out = Path(args.out)
-    title = "# SVD rank allocation: per-param vs sigma, BN weighting\n\n"
+    title = "# SVD rank allocation: per-param vs sigma, BN weighting, input whitening\n\n"
     text = (out.read_text() if args.append and out.exists() else title) + section + "\n"
     atomic_write_text(text, out)
     print(section)

@@ -114,6 +114,8 @@ def _svd(model, config: SVDConfig, example_inputs, data):
     if config.channel_ratio is not None:
         raise TunelessError("SVDConfig takes sparsity= (or options energy= / rank_ratio=)")
     extra = {} if config.sparsity is None else {"sparsity": config.sparsity}
+    if data is not None:  # whiten="data" reads it; the data-free variants ignore it
+        extra["data"] = data
     return svd(model, example_inputs=example_inputs, **extra, **config.options)
 
 

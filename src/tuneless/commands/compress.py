@@ -135,7 +135,10 @@ def needs_images(method, options: dict) -> str:
     the repair's own declaration (tuneless.repair.REPAIRS)."""
     from tuneless.repair import get_repair
 
-    name = {**getattr(method, "fixed", {}), **options}.get("repair")
+    merged = {**getattr(method, "fixed", {}), **options}
+    if merged.get("whiten") == "data":  # svd's data-driven whitening
+        return "whitens each truncation by its input's second moment"
+    name = merged.get("repair")
     if name is None:
         return ""
     rep = get_repair(name)

@@ -31,6 +31,7 @@ from tuneless.modelcheck import check_model
 FACTORISABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ALLOCATIONS = ("per-param", "sigma")
 WEIGHTINGS = ("none", "bn")
+WHITENINGS = ("none", "bn", "data")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class LayerSpectrum:
     s: torch.Tensor
     vh: torch.Tensor
     row_scale: torch.Tensor | None = None  # the SVD was of diag(row_scale)·M
+    col_factor: torch.Tensor | None = None  # ... ·L: a vector (diagonal L) or lower-triangular
 
     @property
     def full_rank(self) -> int:
@@ -116,14 +118,16 @@ def thin_svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return (m @ evecs) * inv, s, evecs.T
 
 
-def _spectrum(name: str, layer: nn.Module, row_scale: torch.Tensor | None = None
-              ) -> LayerSpectrum:
+def _spectrum(name: str, layer: nn.Module, row_scale: torch.Tensor | None = None,
+              col_factor: torch.Tensor | None = None) -> LayerSpectrum:
     w = layer.weight.detach()
     m = w.reshape(w.shape[0], -1).double()
     if row_scale is not None:
         m = m * row_scale[:, None]
+    if col_factor is not None:
+        m = m * col_factor if col_factor.dim() == 1 else m @ col_factor
     u, s, vh = thin_svd(m)
-    return LayerSpectrum(name, layer, w.shape[0], m.shape[1], u, s, vh, row_scale)
+    return LayerSpectrum(name, layer, w.shape[0], m.shape[1], u, s, vh, row_scale, col_factor)
 
 
 def following_norms(model: nn.Module) -> dict[str, nn.Module]:
@@ -162,6 +166,11 @@ def build_pair(spec: LayerSpectrum, rank: int) -> nn.Sequential:
     w = layer.weight
     kw = {"device": w.device, "dtype": w.dtype}
     first_w = spec.vh[:rank]
+    if spec.col_factor is not None and spec.col_factor.dim() == 1:
+        first_w = first_w / spec.col_factor
+    elif spec.col_factor is not None:  # Vᵀ_r L⁻¹
+        first_w = torch.linalg.solve_triangular(spec.col_factor, first_w, upper=False,
+                                                left=False)
     second_w = spec.u[:, :rank] * spec.s[:rank]
     if spec.row_scale is not None:
         second_w = second_w / spec.row_scale[:, None]
@@ -300,6 +309,19 @@ def ranks_by_budget(spectra: list[LayerSpectrum], target: int, allocation: str, 
     return best[1]
 
 
+def _column_factors(model: nn.Module, layers: dict[str, nn.Module], whiten: str, data,
+                    images: int) -> dict[str, torch.Tensor]:
+    """Layer name → its input factor L (a vector: diagonal) for `whiten`."""
+    from tuneless.whitening import bn_input_scales, cholesky_factor, input_second_moments
+
+    if whiten == "bn":
+        return {k: v for k, v in bn_input_scales(model).items() if k in layers}
+    if whiten == "data":
+        moments = input_second_moments(model, layers, data, images=images)
+        return {name: cholesky_factor(m) for name, m in moments.items()}
+    return {}
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -329,8 +351,8 @@ def _check_runs(original: nn.Module, small: nn.Module, example_inputs) -> None:
 
 def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None = None,
         rank_ratio: float | None = None, example_inputs=None, min_rank: int = 1,
-        allocation: str = "per-param", weighting: str = "none",
-        exclude: Iterable[str] = ()) -> nn.Module:
+        allocation: str = "per-param", weighting: str = "none", whiten: str = "none",
+        data=None, whiten_images: int = 256, exclude: Iterable[str] = ()) -> nn.Module:
     """A new model whose conv/linear layers are truncated-SVD pairs; the input is left untouched.
 
     Give exactly one of:
@@ -342,6 +364,12 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
     Layers whose chosen rank is not below break-even stay dense. `exclude` names modules to keep
     dense. weighting="bn" (data-free) truncates diag(|γ|/σ)·W instead of W for a layer followed
     by a BatchNorm, i.e. measures the error after the norm, where it reaches the next layer.
+    whiten (the input side, tuneless.whitening) truncates W·L, LLᵀ = E[xxᵀ] of the layer's
+    input, so each layer loses the least *output* energy and the global allocation compares
+    output errors: "bn" (data-free) takes each input channel's second moment from the
+    BatchNorm it reads (through ReLU, pooling, flattening; other layers stay unwhitened),
+    "data" the Cholesky factor of the input patches' second moment over `whiten_images`
+    images of `data` (SVD-LLM's whitening).
     `example_inputs`, if given, checks that the result runs and keeps the output shape.
     The result carries `tuneless_report`: achieved sparsity, parameter counts and per-layer ranks.
     """
@@ -368,6 +396,12 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
         )
     if weighting not in WEIGHTINGS:
         raise TunelessError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    if whiten not in WHITENINGS:
+        raise TunelessError(f"whiten must be one of {', '.join(WHITENINGS)}, got {whiten!r}")
+    if whiten == "data" and data is None:
+        raise TunelessError("whiten='data' needs data= (real input images)")
+    if isinstance(whiten_images, bool) or not isinstance(whiten_images, int) or whiten_images < 2:
+        raise TunelessError(f"whiten_images must be an integer ≥ 2, got {whiten_images!r}")
 
     small = copy.deepcopy(model)
     layers, dense = candidate_layers(small, exclude)
@@ -377,8 +411,9 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
             + (f" ({'; '.join(f'{k}: {v}' for k, v in dense.items())})" if dense else "")
         )
     norms = following_norms(small) if weighting == "bn" else {}
-    spectra = [_spectrum(name, m, norm_scale(norms[name]) if name in norms else None)
-               for name, m in layers]
+    cols = _column_factors(small, dict(layers), whiten, data, whiten_images)
+    spectra = [_spectrum(name, m, norm_scale(norms[name]) if name in norms else None,
+                         cols.get(name)) for name, m in layers]
     total = sum(p.numel() for p in small.parameters())
     if sparsity is not None:
         s = _check_fraction(sparsity, "sparsity", low_open=False)
@@ -407,8 +442,9 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
         "method": "svd",
         "options": {"sparsity": sparsity, "energy": energy, "rank_ratio": rank_ratio,
                     "min_rank": min_rank, "allocation": allocation, "weighting": weighting,
+                    "whiten": whiten, "whiten_images": whiten_images if whiten == "data" else None,
                     "exclude": sorted(exclude)},
-        "bn_weighted_layers": len(norms),
+        "bn_weighted_layers": len(norms), "whitened_layers": len(cols),
         "requested_sparsity": sparsity, "achieved_sparsity": 1 - after / total,
         "params_before": total, "params_after": after, "physically_smaller": True,
         "layers_replaced": sum(r["rank"] is not None for r in rows),
