@@ -84,6 +84,23 @@ def test_ward_matches_objective_of_its_labels():
     assert r.inertia == pytest.approx(inertia_of(x, r.labels))
 
 
+@pytest.mark.parametrize("n, d, k", [(40, 5, 7), (300, 20, 240), (200, 400, 3), (1100, 8, 900)])
+def test_ward_is_scipys_ward(n, d, k):
+    """The torch nearest-neighbour chain cuts the same partition as scipy's Ward linkage
+    (the 1,100-channel case goes through the Cholesky embedding)."""
+    hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(n)) * torch.logspace(0, -1, d)
+    ours = ward(x, k).labels
+    ref = hierarchy.cut_tree(hierarchy.linkage(x.double().numpy(), method="ward"),
+                             n_clusters=k).reshape(-1)
+    assert torch.equal(ours, canonical_labels(torch.from_numpy(ref.astype("int64"))))
+
+
+def test_ward_of_duplicates_merges_the_duplicates_first():
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [5.0, 5.0], [9.0, 0.0]])
+    assert ward(x, 3).labels.tolist() == [0, 0, 1, 1, 2]
+
+
 def test_canonical_labels():
     assert canonical_labels(torch.tensor([3, 3, 1, 0, 1])).tolist() == [0, 0, 1, 2, 1]
 

@@ -553,17 +553,72 @@ def hartigan_batched(x: torch.Tensor, labels: torch.Tensor, k: int,
 
 @register_clusterer("ward")
 def ward(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clustering:
-    """Ward agglomerative clustering (scipy), cut at exactly k clusters."""
+    """Ward agglomerative clustering cut at exactly k clusters (deterministic: `seed` is
+    ignored). Torch only: the nearest-neighbour chain on a dense matrix of merge costs."""
     x = _check(x, k)
-    try:
-        from scipy.cluster.hierarchy import cut_tree, linkage
-    except ImportError as exc:  # pragma: no cover - scipy is an optional dependency
-        raise TunelessError("cluster method 'ward' needs scipy (pip install scipy)") from exc
-    if k == x.shape[0]:
-        return _finish(x, torch.arange(k))
-    z = linkage(x.double().numpy(), method="ward")
-    labels = torch.from_numpy(cut_tree(z, n_clusters=k).reshape(-1).astype("int64"))
-    return _finish(x, labels)
+    n = x.shape[0]
+    if k == n:
+        return _finish(x, torch.arange(n))
+    merges = ward_merges(x)
+    return _finish(x, cut_merges(merges, n, k))
+
+
+def ward_merges(x: torch.Tensor) -> list[tuple[int, int, float]]:
+    """The n − 1 merges (slot a, slot b, cost) of Ward's agglomeration, in the order the
+    nearest-neighbour chain finds them. A merge keeps slot a for the new cluster. The cost
+    is the increase of the within-cluster sum of squares, n_a n_b/(n_a + n_b)·‖c_a − c_b‖²,
+    updated by the Lance–Williams formula; Ward's costs are reducible, so this gives the
+    dendrogram of greedy (smallest cost first) agglomeration in O(n²)."""
+    n = x.shape[0]
+    dtype = torch.float64 if n <= 8192 else torch.float32
+    z = embed(x).to(dtype)
+    cost = _pairwise_sq(z) * 0.5  # two singletons: ½‖x_a − x_b‖²
+    cost.fill_diagonal_(math.inf)
+    size = torch.ones(n, dtype=dtype)
+    active = torch.ones(n, dtype=torch.bool)
+    merges: list[tuple[int, int, float]] = []
+    chain: list[int] = []
+    while len(merges) < n - 1:
+        if not chain:
+            chain.append(int(active.nonzero()[0]))
+        a = chain[-1]
+        row = cost[a]
+        b = int(torch.argmin(row))
+        if len(chain) > 1 and row[chain[-2]] <= row[b]:
+            b = chain[-2]  # ties go back down the chain, so it cannot cycle
+        if len(chain) < 2 or b != chain[-2]:
+            chain.append(b)
+            continue
+        chain.pop(), chain.pop()
+        h = float(row[b])
+        na, nb = size[a], size[b]
+        new = ((na + size) * cost[a] + (nb + size) * cost[b] - size * h) / (na + nb + size)
+        new[~active] = math.inf
+        new[a] = new[b] = math.inf
+        cost[a], cost[:, a] = new, new
+        cost[b], cost[:, b] = math.inf, math.inf
+        size[a] = na + nb
+        active[b] = False
+        merges.append((a, b, h))
+    return merges
+
+
+def cut_merges(merges: list[tuple[int, int, float]], n: int, k: int) -> torch.Tensor:
+    """Labels of the k clusters left after the n − k cheapest merges (cheapest first; the
+    chain's order breaks ties, which keeps every merge after the merges it builds on)."""
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    order = sorted(range(len(merges)), key=lambda m: (merges[m][2], m))
+    for m in order[: n - k]:
+        a, b, _ = merges[m]
+        parent[find(b)] = find(a)
+    return torch.tensor([find(i) for i in range(n)])
 
 
 @register_clusterer("greedy")
