@@ -8,9 +8,10 @@ For each fraction of parameters removed, the test accuracy (no fine-tuning) of s
 allocation "per-param" (energy lost per parameter saved) and "sigma" (normalised σ² alone), each
 with weighting "none" and "bn" (error measured after the following BatchNorm); --variants
 whiten compares the input whitenings instead (per-param allocation): none, "bn" (data-free,
-from the BatchNorm each layer reads) and "data" (the input patches' second moment on
---whiten-images training images, plain view), each with and without the output-side BN
-weighting. Accepts anything tuneless.modelio.load_model reads (a bare state_dict or a
+from the BatchNorm each layer reads), "dir" (data-free: the second moment on the model's
+own DeepInversion images, Fold-DIR's defaults, seed --seed; synthesised once and shared by
+the rows, as svd(whiten="dir", seed=) would make them) and "data" (on --whiten-images
+training images, plain view), each with and without the output-side BN weighting. Accepts anything tuneless.modelio.load_model reads (a bare state_dict or a
 resume file needs --arch).
 """
 
@@ -33,7 +34,8 @@ from tuneless.provenance import stamp, stamp_markdown
 VARIANTS = {
     "allocation": [("per-param", "none", "none"), ("sigma", "none", "none"),
                    ("per-param", "bn", "none"), ("sigma", "bn", "none")],
-    "whiten": [("per-param", w, wh) for wh in ("none", "bn", "data") for w in ("none", "bn")],
+    "whiten": [("per-param", w, wh) for wh in ("none", "bn", "dir", "data")
+               for w in ("none", "bn")],
 }
 
 
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--append", action="store_true", help="add a section to an existing --out")
     ap.add_argument("--variants", choices=sorted(VARIANTS), default="allocation")
     ap.add_argument("--whiten-images", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0, help="DeepInversion seed (whiten dir)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     info = stamp("python benchmarks/svd_allocation.py " + " ".join(sys.argv[1:]))
@@ -63,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     sparsities = [float(s) for s in args.sparsities.split(",")]
     dense = accuracy(model, test)
     print(f"dense {dense:.4f}", file=sys.stderr, flush=True)
-    images = None
+    images = {}
     if args.variants == "whiten":
-        images = get_dataset(dataset, "train").subset(args.whiten_images, seed=1).tensors()[0]
+        images["data"] = get_dataset(dataset, "train").subset(args.whiten_images,
+                                                              seed=1).tensors()[0]
+        from tuneless.deepinversion import synthesize
+
+        images["dir"] = synthesize(model, test.tensors(8)[0], seed=args.seed)
     head = ("| allocation | weighting | whiten | " + " | ".join(f"{s:.0%}" for s in sparsities)
             + " |")
     lines = [head, "|---|---|---|" + "---:|" * len(sparsities)]
@@ -73,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for s in sparsities:
             try:
+                data = images.get(whiten)
                 small = svd(model, sparsity=s, allocation=allocation, weighting=weighting,
-                            whiten=whiten, data=images, whiten_images=args.whiten_images)
+                            whiten="data" if whiten == "dir" else whiten, data=data,
+                            whiten_images=len(data) if data is not None else 256)
             except TunelessError as exc:
                 cells.append(f"n/a ({exc})")
                 continue

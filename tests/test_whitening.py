@@ -65,7 +65,7 @@ def test_input_second_moments_of_a_linear_and_a_conv():
     assert torch.allclose(got["7"], h.T @ h / 6, atol=1e-6)
     with pytest.raises(TunelessError, match="needs data="):
         svd(net, sparsity=0.3, whiten="data")
-    with pytest.raises(TunelessError, match="whiten must be one of none, bn, data"):
+    with pytest.raises(TunelessError, match="whiten must be one of none, bn, dir, data"):
         svd(net, sparsity=0.3, whiten="yes")
 
 
@@ -104,3 +104,16 @@ def test_cholesky_factor_reproduces_the_moment():
     m = a @ a.T + torch.eye(5, dtype=torch.float64)
     f = cholesky_factor(m, ridge=0.0)
     assert torch.allclose(f @ f.T, m)
+
+
+def test_data_free_whitening_from_the_models_own_images():
+    """whiten='dir': DeepInversion images of the model replace real data (seeded)."""
+    net = _net()
+    x = torch.randn(2, 3, 8, 8)
+    kw = dict(sparsity=0.3, whiten="dir", example_inputs=x,
+              inversion={"num_images": 8, "batch_size": 4, "steps": 2})
+    a, b = svd(net, **kw), svd(net, **kw)
+    assert a.tuneless_report["whitened_layers"] == 3
+    assert a.tuneless_report["options"]["whiten_images"] == 8
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                  b.state_dict().values()))

@@ -31,7 +31,7 @@ from tuneless.modelcheck import check_model
 FACTORISABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ALLOCATIONS = ("per-param", "sigma")
 WEIGHTINGS = ("none", "bn")
-WHITENINGS = ("none", "bn", "data")
+WHITENINGS = ("none", "bn", "dir", "data")
 
 
 @dataclass
@@ -309,6 +309,19 @@ def ranks_by_budget(spectra: list[LayerSpectrum], target: int, allocation: str, 
     return best[1]
 
 
+def _inverted_images(model: nn.Module, example_inputs, inversion: dict, seed: int
+                     ) -> tuple[torch.Tensor, int]:
+    from tuneless.deepinversion import synthesize
+    from tuneless.modelio import example_input
+
+    x = example_inputs if isinstance(example_inputs, torch.Tensor) else example_input(model)
+    if not isinstance(x, torch.Tensor) or x.dim() < 3:
+        raise TunelessError("whiten='dir' needs example_inputs= (a batch of images) to know "
+                            "the input shape")
+    images = synthesize(model, x, seed=seed, **inversion)
+    return images, len(images)
+
+
 def _column_factors(model: nn.Module, layers: dict[str, nn.Module], whiten: str, data,
                     images: int) -> dict[str, torch.Tensor]:
     """Layer name → its input factor L (a vector: diagonal) for `whiten`."""
@@ -316,7 +329,7 @@ def _column_factors(model: nn.Module, layers: dict[str, nn.Module], whiten: str,
 
     if whiten == "bn":
         return {k: v for k, v in bn_input_scales(model).items() if k in layers}
-    if whiten == "data":
+    if whiten in ("data", "dir"):
         moments = input_second_moments(model, layers, data, images=images)
         return {name: cholesky_factor(m) for name, m in moments.items()}
     return {}
@@ -352,7 +365,8 @@ def _check_runs(original: nn.Module, small: nn.Module, example_inputs) -> None:
 def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None = None,
         rank_ratio: float | None = None, example_inputs=None, min_rank: int = 1,
         allocation: str = "per-param", weighting: str = "none", whiten: str = "none",
-        data=None, whiten_images: int = 256, exclude: Iterable[str] = ()) -> nn.Module:
+        data=None, whiten_images: int = 256, inversion: dict | None = None, seed: int = 0,
+        exclude: Iterable[str] = ()) -> nn.Module:
     """A new model whose conv/linear layers are truncated-SVD pairs; the input is left untouched.
 
     Give exactly one of:
@@ -368,8 +382,10 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
     input, so each layer loses the least *output* energy and the global allocation compares
     output errors: "bn" (data-free) takes each input channel's second moment from the
     BatchNorm it reads (through ReLU, pooling, flattening; other layers stay unwhitened),
-    "data" the Cholesky factor of the input patches' second moment over `whiten_images`
-    images of `data` (SVD-LLM's whitening).
+    "dir" (data-free) the Cholesky factor of the input patches' second moment on images
+    the model itself synthesises by DeepInversion (Fold-DIR's; `inversion` overrides its
+    settings, `seed` seeds it; minutes on a CPU), "data" the same on `whiten_images` real
+    images of `data` (SVD-LLM's whitening). Measured in docs/smooth-svd.md.
     `example_inputs`, if given, checks that the result runs and keeps the output shape.
     The result carries `tuneless_report`: achieved sparsity, parameter counts and per-layer ranks.
     """
@@ -400,6 +416,8 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
         raise TunelessError(f"whiten must be one of {', '.join(WHITENINGS)}, got {whiten!r}")
     if whiten == "data" and data is None:
         raise TunelessError("whiten='data' needs data= (real input images)")
+    if whiten == "dir":  # the model's own DeepInversion images stand in for data
+        data, whiten_images = _inverted_images(model, example_inputs, inversion or {}, seed)
     if isinstance(whiten_images, bool) or not isinstance(whiten_images, int) or whiten_images < 2:
         raise TunelessError(f"whiten_images must be an integer ≥ 2, got {whiten_images!r}")
 
@@ -442,7 +460,9 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
         "method": "svd",
         "options": {"sparsity": sparsity, "energy": energy, "rank_ratio": rank_ratio,
                     "min_rank": min_rank, "allocation": allocation, "weighting": weighting,
-                    "whiten": whiten, "whiten_images": whiten_images if whiten == "data" else None,
+                    "whiten": whiten,
+                    "whiten_images": whiten_images if whiten in ("data", "dir") else None,
+                    "inversion": inversion, "seed": seed,
                     "exclude": sorted(exclude)},
         "bn_weighted_layers": len(norms), "whitened_layers": len(cols),
         "requested_sparsity": sparsity, "achieved_sparsity": 1 - after / total,
