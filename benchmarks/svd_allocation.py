@@ -11,8 +11,9 @@ whiten compares the input whitenings instead (per-param allocation): none, "bn" 
 from the BatchNorm each layer reads), "dir" (data-free: the second moment on the model's
 own DeepInversion images, Fold-DIR's defaults, seed --seed; synthesised once and shared by
 the rows, as svd(whiten="dir", seed=) would make them) and "data" (on --whiten-images
-training images, plain view), each with and without the output-side BN weighting. Accepts anything tuneless.modelio.load_model reads (a bare state_dict or a
-resume file needs --arch).
+training images, plain view), each with and without the output-side BN weighting.
+Accepts anything tuneless.modelio.load_model reads (a bare state_dict or a resume file
+needs --arch).
 """
 
 from __future__ import annotations
