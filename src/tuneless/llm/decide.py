@@ -23,17 +23,17 @@ from tuneless.llm.plan import LayerPlan, Shape
 
 
 def kmeans_labels(x: torch.Tensor, k: int, *, seed: int = 0, n_init: int = 1,
-                  refine: bool = True) -> torch.Tensor:
-    """Labels 0..k-1, every cluster used (tuneless.cluster guarantees it), of k-means on the
-    rows of x."""
-    return cluster(x.float(), k, "kmeans", seed=seed, n_init=n_init, refine=refine,
+                  refine: bool = True, method: str = "kmeans") -> torch.Tensor:
+    """Labels 0..k-1, every cluster used (tuneless.cluster guarantees it), of k-means (or
+    another tuneless.cluster method) on the rows of x."""
+    return cluster(x.float(), k, method, seed=seed, n_init=n_init, refine=refine,
                    max_iter=100).labels
 
 
 def fold_decisions(adapter: DecoderAdapter, source: Source, lg: LayerGroups, shape: Shape,
                    plan: LayerPlan, *, seed: int = 0, n_init: int = 1, refine: bool = True,
-                   dim: int | None = None, stats: LayerStats | None = None
-                   ) -> dict[int, Decision]:
+                   dim: int | None = None, stats: LayerStats | None = None,
+                   method: str = "kmeans") -> dict[int, Decision]:
     """k-means on each shrinking group's features; mean for producers, sum for consumers.
 
     dim: cluster a seeded random projection of the MLP features when they are wider than
@@ -46,11 +46,12 @@ def fold_decisions(adapter: DecoderAdapter, source: Source, lg: LayerGroups, sha
             wide = dim is not None and 3 * shape.hidden > dim
             feats = g.features(source, transform=transform,
                                project=(dim, seed) if wide else None)
-            labels = kmeans_labels(feats, k, seed=seed, n_init=n_init, refine=refine)
+            labels = kmeans_labels(feats, k, seed=seed, n_init=n_init, refine=refine,
+                                   method=method)
         else:
             j = lg.heads.index(g) if lg.gqa == "query-heads" else 0
             labels = kmeans_labels(g.features(source, transform=transform), k, seed=seed + j,
-                                   n_init=max(n_init, 3))
+                                   n_init=max(n_init, 3), method=method)
         out[gid] = merge(labels, k)
     return out
 

@@ -34,6 +34,7 @@ def fold_llm(
     seed: int = 0,
     n_init: int = 1,
     refine: bool = False,
+    cluster: str = "kmeans",
     kmeans_dim: int | None = None,
     progress: bool | None = None,
     repair: str | None = None,
@@ -63,6 +64,7 @@ def fold_llm(
       ratios in every layer; head_ratio defaults to the solved MLP ratio, pass head_ratio=0
       to fold MLPs only), "paper" (heads too), or {layer: (head_ratio, mlp_ratio)}.
     n_init, refine: k-means restarts and Hartigan refinement (tuneless.cluster.kmeans);
+    cluster: "kmeans" or "ward" (deterministic agglomerative; tuneless.cluster.ward);
     kmeans_dim: cluster a random projection of wide features (large models).
     example_inputs is accepted for API symmetry with tuneless.fold and not needed.
     repair: "self" (default; data-free: refit o_proj/down_proj by least squares on text the
@@ -97,6 +99,8 @@ def fold_llm(
     get_repair(repair, "llm")  # one-line error naming the repairs that apply
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
+    if cluster not in ("kmeans", "ward"):
+        raise TunelessError(f"cluster={cluster!r}; choose kmeans or ward")
     plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa)  # before sampling
     shapes = adapter.shapes(model)
     if all((s.n_q, s.n_kv, s.n_mlp) == (p.n_q, p.n_kv, p.n_mlp) for s, p in zip(shapes, plans)):
@@ -113,7 +117,7 @@ def fold_llm(
     def decide(i, groups, shape, plan):
         return fold_decisions(adapter, model, groups, shape, plan, seed=seed + 1000 * i,
                               n_init=n_init, refine=refine, dim=kmeans_dim,
-                              stats=None if stats is None else stats[i])
+                              stats=None if stats is None else stats[i], method=cluster)
 
     folded = reduce_llm(model, plans, decide, gqa=gqa, desc="fold", show_progress=progress)
     return repair_reduced(model, folded, repair, calib=calib, refit_lambda=refit_lambda,
