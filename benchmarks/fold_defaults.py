@@ -47,6 +47,8 @@ VARIANTS: dict[str, dict] = {
     "unfused-no-stats-n10": {"fuse_bn": False, "norm_stats": False, "n_init": 10},
     "no-stats-n10": {"fuse_bn": True, "norm_stats": False, "n_init": 10},
     "ward": {"cluster": "ward"},  # agglomerative (deterministic): one seed is enough
+    "ward-hartigan": {"cluster": "ward-hartigan"},  # Ward, then Hartigan moves
+    "kmeans+ward": {"cluster": "kmeans+ward"},  # the better objective of the two
     # Fold-DIR's cost is DeepInversion's: images × steps forward/backward passes (issue 17
     # asks for < 90 s on ResNet-56); the default is 128 images × 100 steps
     "dir-s50": {"inversion": {"steps": 50}},

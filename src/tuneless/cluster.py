@@ -563,6 +563,28 @@ def ward(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clustering:
     return _finish(x, cut_merges(merges, n, k))
 
 
+@register_clusterer("ward-hartigan")
+def ward_hartigan(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clustering:
+    """Ward's partition refined by Hartigan single-point moves (a local k-means optimum
+    started from Ward; deterministic)."""
+    x = _check(x, k)
+    n = x.shape[0]
+    if k == n:
+        return _finish(x, torch.arange(n))
+    labels = canonical_labels(cut_merges(ward_merges(x), n, k))
+    z = embed(x)
+    return _finish(x, hartigan(z, labels, k), z, k)
+
+
+@register_clusterer("kmeans+ward")
+def kmeans_or_ward(x: torch.Tensor, k: int, **options) -> Clustering:
+    """The lower-objective partition of k-means (its restarts, seeded) and Ward + Hartigan
+    (one more, deterministic start)."""
+    a = kmeans(x, k, **options)
+    b = ward_hartigan(x, k)
+    return b if b.inertia < a.inertia else a
+
+
 def ward_merges(x: torch.Tensor) -> list[tuple[int, int, float]]:
     """The n − 1 merges (slot a, slot b, cost) of Ward's agglomeration, in the order the
     nearest-neighbour chain finds them. A merge keeps slot a for the new cluster. The cost

@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "ifm": "tuneless.methods.ifm:ifm",
     # low rank (tuneless.methods.svd)
     "svd": "tuneless.methods.svd:svd",
+    "fold+svd": "tuneless.methods.fold_svd:fold_svd",
 }
 
 
