@@ -65,20 +65,29 @@ def _feeding_norm(node, modules) -> tuple[nn.Module | None, bool]:
         node = args[0]
 
 
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def traced_layers(model: nn.Module) -> tuple[list[tuple[torch.fx.Node, nn.Module]], dict]:
+    """The conv/linear calls of the model's torch.fx graph as (node, module), and the
+    name → module map; nothing when the model cannot be traced."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:
+        return [], {}
+    modules = dict(model.named_modules())
+    return [(node, modules[node.target]) for node in graph.nodes
+            if node.op == "call_module" and isinstance(modules.get(node.target), _LAYERS)
+            ], modules
+
+
 def bn_input_scales(model: nn.Module) -> dict[str, torch.Tensor]:
     """Layer name → RMS of each weight column's input (float64, length C_in·k), for every
     conv/linear whose input comes from one BatchNorm through ReLU, pooling, flattening or
     dropout. Empty if the model cannot be traced by torch.fx."""
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:
-        return {}
-    modules = dict(model.named_modules())
+    layers, modules = traced_layers(model)
     out = {}
-    for node in graph.nodes:
-        layer = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            continue
+    for node, layer in layers:
         if not node.args or not isinstance(node.args[0], torch.fx.Node):
             continue
         norm, relu = _feeding_norm(node.args[0], modules)

@@ -135,15 +135,11 @@ def following_norms(model: nn.Module) -> dict[str, nn.Module]:
 
     Empty if the model cannot be traced; the caller then weighs every output channel alike.
     """
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:
-        return {}
-    modules = dict(model.named_modules())
+    from tuneless.whitening import traced_layers
+
+    layers, modules = traced_layers(model)
     out = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), FACTORISABLE):
-            continue
+    for node, _ in layers:
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module":
             norm = modules.get(users[0].target)
