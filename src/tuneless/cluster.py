@@ -559,8 +559,7 @@ def ward(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clustering:
     n = x.shape[0]
     if k == n:
         return _finish(x, torch.arange(n))
-    merges = ward_merges(x)
-    return _finish(x, cut_merges(merges, n, k))
+    return _finish(x, cut_merges(ward_merges(embed(x)), n, k))
 
 
 @register_clusterer("ward-hartigan")
@@ -571,8 +570,8 @@ def ward_hartigan(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clus
     n = x.shape[0]
     if k == n:
         return _finish(x, torch.arange(n))
-    labels = canonical_labels(cut_merges(ward_merges(x), n, k))
-    z = embed(x)
+    z = embed(x)  # one embedding serves Ward and the Hartigan moves
+    labels = canonical_labels(cut_merges(ward_merges(z), n, k))
     return _finish(x, hartigan(z, labels, k), z, k)
 
 
@@ -585,18 +584,18 @@ def kmeans_or_ward(x: torch.Tensor, k: int, **options) -> Clustering:
     return b if b.inertia < a.inertia else a
 
 
-def ward_merges(x: torch.Tensor) -> list[tuple[int, int, float]]:
-    """The n − 1 merges (slot a, slot b, cost) of Ward's agglomeration, in the order the
-    nearest-neighbour chain finds them. A merge keeps slot a for the new cluster. The cost
-    is the increase of the within-cluster sum of squares, n_a n_b/(n_a + n_b)·‖c_a − c_b‖²,
+def ward_merges(z: torch.Tensor) -> list[tuple[int, int, float]]:
+    """The n − 1 merges (slot a, slot b, cost) of Ward's agglomeration of the rows of z (an
+    embedding from `embed`, or any rows), in the order the nearest-neighbour chain finds
+    them. A merge keeps slot a for the new cluster. The cost is the increase of the
+    within-cluster sum of squares, n_a n_b/(n_a + n_b)·‖c_a − c_b‖²,
     updated by the Lance–Williams formula; Ward's costs are reducible, so this gives the
     dendrogram of greedy (smallest cost first) agglomeration in O(n²)."""
-    n = x.shape[0]
-    dtype = torch.float64 if n <= 8192 else torch.float32
-    z = embed(x).to(dtype)
+    n = z.shape[0]
+    z = z.to(torch.float64 if n <= 8192 else torch.float32)
     cost = _pairwise_sq(z) * 0.5  # two singletons: ½‖x_a − x_b‖²
     cost.fill_diagonal_(math.inf)
-    size = torch.ones(n, dtype=dtype)
+    size = torch.ones(n, dtype=z.dtype)
     active = torch.ones(n, dtype=torch.bool)
     merges: list[tuple[int, int, float]] = []
     chain: list[int] = []

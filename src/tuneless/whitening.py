@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tuneless.errors import TunelessError
+from tuneless.hooks import Moments
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
                  nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
@@ -65,19 +66,18 @@ def _feeding_norm(node, modules) -> tuple[nn.Module | None, bool]:
         node = args[0]
 
 
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
 def traced_layers(model: nn.Module) -> tuple[list[tuple[torch.fx.Node, nn.Module]], dict]:
     """The conv/linear calls of the model's torch.fx graph as (node, module), and the
     name → module map; nothing when the model cannot be traced."""
+    from tuneless.methods.svd import FACTORISABLE
+
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:
         return [], {}
     modules = dict(model.named_modules())
     return [(node, modules[node.target]) for node in graph.nodes
-            if node.op == "call_module" and isinstance(modules.get(node.target), _LAYERS)
+            if node.op == "call_module" and isinstance(modules.get(node.target), FACTORISABLE)
             ], modules
 
 
@@ -106,33 +106,25 @@ def bn_input_scales(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-class _PatchMoments:
-    """Σ xxᵀ over sampled input patches of one layer (float64)."""
+class _PatchMoments(Moments):
+    """Σ xxᵀ (float64) over a linear's input rows, or over sampled input patches of a conv."""
 
     def __init__(self, layer: nn.Module, positions: int, generator: torch.Generator) -> None:
+        super().__init__(full=True)
         self.layer, self.positions, self.gen = layer, positions, generator
-        self.sum: torch.Tensor | None = None
-        self.count = 0
 
-    def __call__(self, _module, args) -> None:
-        x = args[0].detach()
+    def __call__(self, module, args) -> None:
         layer = self.layer
         if isinstance(layer, nn.Linear):
-            rows = x.reshape(-1, x.shape[-1])
-        elif isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros" \
-                and not isinstance(layer.padding, str):
-            cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation,
-                            padding=layer.padding, stride=layer.stride)  # (N, C·k, L)
-            n, d, npos = cols.shape
-            take = min(self.positions, npos)
-            idx = torch.randperm(npos, generator=self.gen)[:take]
-            rows = cols[:, :, idx].permute(0, 2, 1).reshape(-1, d)
-        else:
-            return  # other convs: left unwhitened
-        rows = rows.double()
-        g = rows.T @ rows
-        self.sum = g if self.sum is None else self.sum + g
-        self.count += rows.shape[0]
+            return super().__call__(module, args)
+        if not (isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros"
+                and not isinstance(layer.padding, str)):
+            return None  # other convs: left unwhitened
+        cols = F.unfold(args[0].detach(), layer.kernel_size, dilation=layer.dilation,
+                        padding=layer.padding, stride=layer.stride)  # (N, C·k, L)
+        n, d, npos = cols.shape
+        idx = torch.randperm(npos, generator=self.gen)[:min(self.positions, npos)]
+        return super().__call__(module, (cols[:, :, idx].permute(0, 2, 1).reshape(-1, d),))
 
 
 @torch.no_grad()
@@ -162,7 +154,7 @@ def input_second_moments(model: nn.Module, layers: dict[str, nn.Module], data,
         model.train(was)
     if seen == 0:
         raise TunelessError("whiten='data' needs data= images; none were given")
-    return {name: m.sum / m.count for name, m in moments.items() if m.sum is not None}
+    return {name: m.mean() for name, m in moments.items() if m.total is not None}
 
 
 def cholesky_factor(second: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
