@@ -66,18 +66,19 @@ def _feeding_norm(node, modules) -> tuple[nn.Module | None, bool]:
         node = args[0]
 
 
+LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what SVD factorises, too
+
+
 def traced_layers(model: nn.Module) -> tuple[list[tuple[torch.fx.Node, nn.Module]], dict]:
     """The conv/linear calls of the model's torch.fx graph as (node, module), and the
     name → module map; nothing when the model cannot be traced."""
-    from tuneless.methods.svd import FACTORISABLE
-
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:
         return [], {}
     modules = dict(model.named_modules())
     return [(node, modules[node.target]) for node in graph.nodes
-            if node.op == "call_module" and isinstance(modules.get(node.target), FACTORISABLE)
+            if node.op == "call_module" and isinstance(modules.get(node.target), LAYERS)
             ], modules
 
 

@@ -27,8 +27,10 @@ from torch.nn.utils import parametrize
 
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.modelcheck import check_model
+from tuneless.whitening import (LAYERS, bn_input_scales, cholesky_factor,
+                                 input_second_moments, traced_layers)
 
-FACTORISABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+FACTORISABLE = LAYERS  # conv/linear (tuneless.whitening walks the same layers)
 ALLOCATIONS = ("per-param", "sigma")
 WEIGHTINGS = ("none", "bn")
 WHITENINGS = ("none", "bn", "dir", "data")
@@ -135,8 +137,6 @@ def following_norms(model: nn.Module) -> dict[str, nn.Module]:
 
     Empty if the model cannot be traced; the caller then weighs every output channel alike.
     """
-    from tuneless.whitening import traced_layers
-
     layers, modules = traced_layers(model)
     out = {}
     for node, _ in layers:
@@ -321,8 +321,6 @@ def _inverted_images(model: nn.Module, example_inputs, inversion: dict, seed: in
 def _column_factors(model: nn.Module, layers: dict[str, nn.Module], whiten: str, data,
                     images: int) -> dict[str, torch.Tensor]:
     """Layer name → its input factor L (a vector: diagonal) for `whiten`."""
-    from tuneless.whitening import bn_input_scales, cholesky_factor, input_second_moments
-
     if whiten == "bn":
         return {k: v for k, v in bn_input_scales(model).items() if k in layers}
     if whiten in ("data", "dir"):
