@@ -27,8 +27,13 @@ from torch.nn.utils import parametrize
 
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.modelcheck import check_model
-from tuneless.whitening import (LAYERS, bn_input_scales, cholesky_factor,
-                                 input_second_moments, traced_layers)
+from tuneless.whitening import (
+    LAYERS,
+    bn_input_scales,
+    cholesky_factor,
+    input_second_moments,
+    traced_layers,
+)
 
 FACTORISABLE = LAYERS  # conv/linear (tuneless.whitening walks the same layers)
 ALLOCATIONS = ("per-param", "sigma")
