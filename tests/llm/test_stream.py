@@ -19,13 +19,18 @@ def sharded(tmp_path):
     return m, tmp_path / "src"
 
 
-@pytest.mark.parametrize("schedule", ["uniform", "paper"])
+@pytest.mark.parametrize("schedule", ["uniform", "paper", None])
 def test_streaming_fold_equals_in_memory_fold(sharded, tmp_path, schedule):
     m, src = sharded
-    out = fold_checkpoint(src, tmp_path / "dst", 0.25, schedule=schedule, kmeans_dim=None,
+    sparsity = 0.1 if schedule is None else 0.25  # paper-mlp reaches 10% on 3 layers
+    out = fold_checkpoint(src, tmp_path / "dst", sparsity, schedule=schedule, kmeans_dim=None,
                           refine=True, progress=False)
-    want = fold_llm(m, sparsity=0.25, schedule=schedule, refine=True, repair="none")
+    want = fold_llm(m, sparsity=sparsity, schedule=schedule, refine=True, repair="none")
     got = load_folded(out)
+    if schedule is None:  # both default to the paper's MLP schedule: attention untouched
+        assert [a.self_attn.o_proj.in_features for a in got.model.layers] == \
+            [a.self_attn.o_proj.in_features for a in m.model.layers]
+        assert any(a.mlp.down_proj.in_features < 48 for a in got.model.layers)
     assert check_checkpoint(out) == sum(p.numel() for p in got.parameters())
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) >= 3  # one shard per layer at least

@@ -15,8 +15,8 @@ from tuneless.errors import TunelessError
 from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.decide import fold_decisions
-from tuneless.llm.engine import plan_for, reduce_llm
-from tuneless.llm.plan import BudgetOutOfReach
+from tuneless.llm.engine import reduce_llm
+from tuneless.llm.plan import resolve_plan
 from tuneless.llm.refit import refit_consumers, self_generated
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
@@ -149,23 +149,16 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
 
 
 FEATURES = ("auto", "weights", "activations")
-DEFAULT_SCHEDULE, DEFAULT_REPAIR = "paper-mlp", "self"  # measured: docs/llm.md "Defaults"
+DEFAULT_REPAIR = "self"  # measured: docs/llm.md "Defaults"
 
 
 def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa):
-    """Per-layer sizes. The default schedule is the paper's MLP schedule, or the uniform one
-    when ratios are given, no sparsity is (nothing to scale), or paper-mlp cannot remove
-    that much (its untouched layers cap it)."""
-    if schedule is not None:
-        return plan_for(model, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
-                        mlp_ratio=mlp_ratio, gqa=gqa)
-    if (head_ratio, mlp_ratio) != (None, None) or sparsity is None:
-        return plan_for(model, sparsity=sparsity, schedule="uniform", head_ratio=head_ratio,
-                        mlp_ratio=mlp_ratio, gqa=gqa)
-    try:
-        return plan_for(model, sparsity=sparsity, schedule=DEFAULT_SCHEDULE, gqa=gqa)
-    except BudgetOutOfReach:
-        return plan_for(model, sparsity=sparsity, schedule="uniform", gqa=gqa)
+    """Per-layer sizes (tuneless.llm.plan.resolve_plan), checked by the family's adapter."""
+    adapter = adapter_for(model)
+    plans = resolve_plan(adapter.shapes(model), sparsity=sparsity, schedule=schedule,
+                         head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa)
+    adapter.check_plans(plans)
+    return plans
 
 
 def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: int = 256,

@@ -220,3 +220,24 @@ def _solve_uniform(shapes, sparsity, head_ratio, gqa) -> list[LayerPlan]:
         raise BudgetOutOfReach(f"cannot remove {sparsity:.0%} of the block parameters "
                                "uniformly")
     return best
+
+
+DEFAULT_SCHEDULE = "paper-mlp"  # measured: docs/llm.md "Defaults"
+
+
+def resolve_plan(shapes, *, sparsity=None, schedule=None, head_ratio=None, mlp_ratio=None,
+                 gqa="kv-groups") -> list[LayerPlan]:
+    """Per-layer sizes with the default schedule when none is given (in memory and
+    streamed alike): the paper's MLP schedule, or the uniform one when ratios are given,
+    no sparsity is (nothing to scale), or paper-mlp cannot remove that much (its untouched
+    layers cap it)."""
+    if schedule is not None:
+        return make_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
+                         mlp_ratio=mlp_ratio, gqa=gqa)
+    if (head_ratio, mlp_ratio) != (None, None) or sparsity is None:
+        return make_plan(shapes, sparsity=sparsity, schedule="uniform", head_ratio=head_ratio,
+                         mlp_ratio=mlp_ratio, gqa=gqa)
+    try:
+        return make_plan(shapes, sparsity=sparsity, schedule=DEFAULT_SCHEDULE, gqa=gqa)
+    except BudgetOutOfReach:
+        return make_plan(shapes, sparsity=sparsity, schedule="uniform", gqa=gqa)

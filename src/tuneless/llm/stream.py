@@ -23,7 +23,7 @@ from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.decide import fold_decisions
-from tuneless.llm.plan import LayerPlan, Shape, make_plan
+from tuneless.llm.plan import LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import write_modeling
 from tuneless.progress import progress as _progress
@@ -75,7 +75,7 @@ def _shapes(config, adapter, weight_map) -> list[Shape]:
 
 
 def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: float | None = None,
-                    *, schedule="uniform", head_ratio: float | None = None,
+                    *, schedule=None, head_ratio: float | None = None,
                     mlp_ratio: float | None = None, gqa: str = "kv-groups", seed: int = 0,
                     refine: bool = False, kmeans_dim: int | None = 128, n_init: int = 1,
                     repair: str = "none", data: torch.Tensor | None = None, tokenizer=None,
@@ -84,7 +84,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                     refit_weighting: str = "none", progress: bool = True) -> Path:
     """Fold a sharded safetensors checkpoint folder into a new folder, layer by layer.
 
-    Same options as fold_llm; by default k-means runs on a 128-dimensional random
+    Same options and schedule as fold_llm; by default k-means runs on a 128-dimensional random
     projection of the features and without Hartigan refinement, which keeps a
     multi-billion-parameter layer to seconds on a CPU.
 
@@ -119,8 +119,8 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                             "yet; fold it in memory (tuneless compress FOLDER --method fold)")
     weight_map = _weight_map(src)
     shapes = _shapes(config, adapter, weight_map)
-    plans = make_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
-                      mlp_ratio=mlp_ratio, gqa=gqa)
+    plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
+                         mlp_ratio=mlp_ratio, gqa=gqa)
     reader = _Reader(src, weight_map)
     walk = None
     if repair == "refit":
@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", type=Path)
     ap.add_argument("dst", type=Path)
     ap.add_argument("--sparsity", type=float, default=0.2)
-    ap.add_argument("--schedule", default="uniform", choices=("uniform", "paper"))
+    ap.add_argument("--schedule", default=None, choices=("paper-mlp", "uniform", "paper"),
+                    help="per-layer ratios (default: paper-mlp, as in memory)")
     ap.add_argument("--gqa", default="kv-groups")
     ap.add_argument("--kmeans-dim", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
