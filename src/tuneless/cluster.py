@@ -559,7 +559,7 @@ def ward(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clustering:
     n = x.shape[0]
     if k == n:
         return _finish(x, torch.arange(n))
-    return _finish(x, cut_merges(ward_merges(embed(x)), n, k))
+    return _finish(x, ward_labels(embed(x), k))
 
 
 @register_clusterer("ward-hartigan")
@@ -571,7 +571,7 @@ def ward_hartigan(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clus
     if k == n:
         return _finish(x, torch.arange(n))
     z = embed(x)  # one embedding serves Ward and the Hartigan moves
-    labels = canonical_labels(cut_merges(ward_merges(z), n, k))
+    labels = canonical_labels(ward_labels(z, k))
     return _finish(x, hartigan(z, labels, k), z, k)
 
 
@@ -584,49 +584,51 @@ def kmeans_or_ward(x: torch.Tensor, k: int, **options) -> Clustering:
     return b if b.inertia < a.inertia else a
 
 
-def ward_merges(z: torch.Tensor) -> list[tuple[int, int, float]]:
-    """The n − 1 merges (slot a, slot b, cost) of Ward's agglomeration of the rows of z (an
-    embedding from `embed`, or any rows), in the order the nearest-neighbour chain finds
-    them. A merge keeps slot a for the new cluster. The cost is the increase of the
-    within-cluster sum of squares, n_a n_b/(n_a + n_b)·‖c_a − c_b‖²,
-    updated by the Lance–Williams formula; Ward's costs are reducible, so this gives the
-    dendrogram of greedy (smallest cost first) agglomeration in O(n²)."""
+def ward_labels(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Labels of Ward's agglomeration of the rows of z cut at k clusters (scipy's partition).
+
+    A merge raises the within-cluster sum of squares by n_a n_b/(n_a + n_b)·‖c_a − c_b‖²,
+    kept for all pairs and updated by the Lance–Williams formula. Ward's costs are
+    reducible, so every pair of reciprocal nearest neighbours is a merge of the dendrogram
+    and all of them can be merged at once: each round is a few matrix operations. Rounds
+    stop once no later merge can be among the n − k cheapest, which are then applied
+    (cheapest first; a merge never costs less than the merges it builds on).
+    """
     n = z.shape[0]
     z = z.to(torch.float64 if n <= 8192 else torch.float32)
     cost = _pairwise_sq(z) * 0.5  # two singletons: ½‖x_a − x_b‖²
     cost.fill_diagonal_(math.inf)
     size = torch.ones(n, dtype=z.dtype)
-    active = torch.ones(n, dtype=torch.bool)
-    merges: list[tuple[int, int, float]] = []
-    chain: list[int] = []
-    while len(merges) < n - 1:
-        if not chain:
-            chain.append(int(active.nonzero()[0]))
-        a = chain[-1]
-        row = cost[a]
-        b = int(torch.argmin(row))
-        if len(chain) > 1 and row[chain[-2]] <= row[b]:
-            b = chain[-2]  # ties go back down the chain, so it cannot cycle
-        if len(chain) < 2 or b != chain[-2]:
-            chain.append(b)
-            continue
-        chain.pop(), chain.pop()
-        h = float(row[b])
-        na, nb = size[a], size[b]
-        new = ((na + size) * cost[a] + (nb + size) * cost[b] - size * h) / (na + nb + size)
-        new[~active] = math.inf
-        new[a] = new[b] = math.inf
-        cost[a], cost[:, a] = new, new
-        cost[b], cost[:, b] = math.inf, math.inf
-        size[a] = na + nb
-        active[b] = False
-        merges.append((a, b, h))
-    return merges
-
-
-def cut_merges(merges: list[tuple[int, int, float]], n: int, k: int) -> torch.Tensor:
-    """Labels of the k clusters left after the n − k cheapest merges (cheapest first; the
-    chain's order breaks ties, which keeps every merge after the merges it builds on)."""
+    idx = torch.arange(n)
+    done: list[torch.Tensor] = []  # per round: (pairs, 3) of slot a (kept), slot b, cost
+    heights = torch.empty(0, dtype=z.dtype)
+    left = n
+    while left > 1:
+        near, near_idx = cost.min(1)
+        if len(heights) >= n - k and heights.kthvalue(n - k).values <= near.min():
+            break  # every later merge costs at least near.min()
+        pair = (near_idx[near_idx] == idx) & (idx < near_idx) & torch.isfinite(near)
+        a, b, h = idx[pair], near_idx[pair], near[pair]
+        na, nb, rest = size[a, None], size[b, None], size[None, :]
+        rows = ((na + rest) * cost[a] + (nb + rest) * cost[b] - rest * h[:, None]) \
+            / (na + nb + rest)  # merged cluster → every old cluster
+        merged = na + nb  # (pairs, 1)
+        nat, nbt = na.T, nb.T
+        between = ((nat + merged) * rows[:, a] + (nbt + merged) * rows[:, b]
+                   - merged * h[None, :]) / (nat + nbt + merged)  # merged → merged
+        between.fill_diagonal_(math.inf)
+        rows[:, b] = math.inf
+        rows[:, a] = between
+        cost[a] = rows
+        cost[:, a] = rows.T
+        cost[b] = math.inf
+        cost[:, b] = math.inf
+        size[a] = merged.squeeze(1)
+        done.append(torch.stack([a.to(z.dtype), b.to(z.dtype), h], 1))
+        heights = torch.cat([heights, h])
+        left -= len(a)
+    merges = torch.cat(done) if done else torch.empty(0, 3, dtype=z.dtype)
+    order = sorted(range(len(merges)), key=lambda m: (float(merges[m, 2]), m))[: n - k]
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -635,10 +637,8 @@ def cut_merges(merges: list[tuple[int, int, float]], n: int, k: int) -> torch.Te
             i = parent[i]
         return i
 
-    order = sorted(range(len(merges)), key=lambda m: (merges[m][2], m))
-    for m in order[: n - k]:
-        a, b, _ = merges[m]
-        parent[find(b)] = find(a)
+    for m in order:
+        parent[find(int(merges[m, 1]))] = find(int(merges[m, 0]))
     return torch.tensor([find(i) for i in range(n)])
 
 
