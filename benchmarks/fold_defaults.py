@@ -49,11 +49,6 @@ VARIANTS: dict[str, dict] = {
     "ward": {"cluster": "ward"},  # agglomerative (deterministic): one seed is enough
     "ward-hartigan": {"cluster": "ward-hartigan"},  # Ward, then Hartigan moves
     "kmeans+ward": {"cluster": "kmeans+ward"},  # the better objective of the two
-    "auto": {"cluster": "auto"},  # Ward + Hartigan on single-producer groups, else k-means
-    "act": {"features": "act"},  # data-free activation-aware features (consumer-weighted)
-    "act-pre": {"features": "act-pre"},  # the same without the consumer weighting
-    "act-param": {"features": "act-param"},  # raw parameters in pre-activation units
-    "act-auto": {"features": "act", "cluster": "auto"},
     # Fold-DIR's cost is DeepInversion's: images × steps forward/backward passes (issue 17
     # asks for < 90 s on ResNet-56); the default is 128 images × 100 steps
     "dir-s50": {"inversion": {"steps": 50}},

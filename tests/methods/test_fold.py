@@ -194,25 +194,3 @@ def test_fold_rounds_channel_counts_like_prune():
     assert small.tuneless_report["options"]["round_to"] == 8
     with pytest.raises(TunelessError, match="round_to"):
         fold(model, sparsity=0.4, round_to=0, example_inputs=X32)
-
-
-def test_auto_cluster_uses_ward_on_single_producer_groups_and_kmeans_on_residual_ones():
-    from tuneless.cluster import cluster
-    from tuneless.graph import find_groups
-    from tuneless.methods.fold import group_clusterer
-
-    model = _randomise_bn(build_model("resnet20")).eval()
-    graph = find_groups(model, X32)
-    residual = [g for g in graph.reducible if len({s.module for s in g.producers}) > 1]
-    plain = [g for g in graph.reducible if len({s.module for s in g.producers}) == 1]
-    assert residual and plain
-    assert {group_clusterer("auto", g) for g in residual} == {"kmeans"}
-    assert {group_clusterer("auto", g) for g in plain} == {"ward-hartigan"}
-    assert group_clusterer("kmeans", plain[0]) == "kmeans"
-    small = fold(model, channel_ratio=0.5, cluster="auto", example_inputs=X32)
-    labels = small.tuneless_report["labels"]
-    feats = {g.id: channel_features(model, g, "raw", False) for g in graph.reducible}
-    for g in graph.reducible:  # each group's partition is its clusterer's partition
-        k = small.tuneless_report["kept"][str(g.id)]
-        want = cluster(feats[g.id], k, method=group_clusterer("auto", g), seed=0)
-        assert torch.equal(torch.tensor(labels[str(g.id)]), want.labels), g.id

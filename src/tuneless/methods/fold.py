@@ -23,7 +23,7 @@ from tuneless.methods.preset import preset
 from tuneless.modelcheck import check_model
 from tuneless.options import check_dataclass
 
-FEATURES = ("raw", "block", "gamma", "act", "act-pre", "act-param")
+FEATURES = ("raw", "block", "gamma")
 ALLOCATIONS = ("uniform", "error")
 _SKIP_NORM = ("running_var", "num_batches_tracked")
 
@@ -71,8 +71,7 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     MLP schedule and the data-free least-squares repair on the model's own samples ("self")
     by default; "refit" on data= token ids, "none" = the paper (options e.g. schedule=,
     tokenizer=, features= "auto" | "weights" | "activations" for what its k-means clusters).
-    Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "ward-hartigan"
-    | "auto": Ward + Hartigan on single-producer groups, k-means on residual ones | "greedy"),
+    Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "greedy"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, round_to
     (channel counts in multiples of it, as for prune), max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
@@ -110,9 +109,9 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
     get_repair(opts.repair)
     from tuneless.cluster import CLUSTERERS
 
-    if opts.cluster not in CLUSTERERS and opts.cluster != "auto":
-        raise TunelessError(f"unknown clustering method {opts.cluster!r}; choose auto or one "
-                            f"of {', '.join(CLUSTERERS)}")
+    if opts.cluster not in CLUSTERERS:
+        raise TunelessError(f"unknown clustering method {opts.cluster!r}; choose one of "
+                            f"{', '.join(CLUSTERERS)}")
     if opts.allocation not in ALLOCATIONS:
         raise TunelessError(f"unknown allocation {opts.allocation!r}; choose uniform or error")
     if opts.features not in FEATURES:
@@ -154,17 +153,8 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     if opts.fuse_bn:
         _fuse_checked(work, graph, x)
 
-    if opts.features in ("act", "act-pre", "act-param"):
-        from tuneless.whitening import bn_input_scales
-
-        scales = bn_input_scales(work)
-        feats = {g.id: (param_sensitivity_features(work, g, scales)
-                        if opts.features == "act-param"
-                        else activation_features(work, g, scales, opts.features == "act"))
-                 for g in graph.reducible}
-    else:
-        feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
-                 for g in graph.reducible}
+    feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
+             for g in graph.reducible}
     if opts.allocation == "error":
         from tuneless.allocation import error_allocation
 
@@ -190,8 +180,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         k = kept[g.id]
         if k >= g.n:
             continue
-        c = cluster(feats[g.id], k, method=group_clusterer(opts.cluster, g), seed=opts.seed,
-                    n_init=opts.n_init)
+        c = cluster(feats[g.id], k, method=opts.cluster, seed=opts.seed, n_init=opts.n_init)
         decisions[g.id], labels[g.id], inertia[str(g.id)] = merge(c.labels, k), c.labels, \
             c.inertia
     new = reduce(work, graph, decisions) if decisions else copy.deepcopy(model)
@@ -209,16 +198,6 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
     }
     return new
-
-
-def group_clusterer(method: str, group) -> str:
-    """The clusterer for one group: `method`, or for "auto" Ward + Hartigan where one layer
-    produces the group's channels and k-means where several do (a residual sum). Measured
-    (docs/folding.md "Ward clustering"): Ward + Hartigan wins on plain stacks (VGG, MLP),
-    k-means on the ResNets' residual groups."""
-    if method != "auto":
-        return method
-    return "kmeans" if len({s.module for s in group.producers}) > 1 else "ward-hartigan"
 
 
 def _example(model: nn.Module, example_inputs):
@@ -286,90 +265,6 @@ def channel_features(model: nn.Module, group, mode: str = "raw",
         out = [b / pnorm if (s.kind == "producer" and pnorm > 0) else b
                for (s, _), b in zip(blocks, out)]
     return torch.cat(out, 1)
-
-
-def activation_features(model: nn.Module, group, scales: dict[str, torch.Tensor],
-                        consumer_weight: bool = True) -> torch.Tensor:
-    """Data-free activation-aware features: what merging two channels changes in the
-    function, not in the weights.
-
-    Per producer, a channel's pre-activation is γ·u + β with u = (w·x − μ)/σ of unit
-    variance; with the layer's input whitened by the RMS its BatchNorm implies (`scales`,
-    from tuneless.whitening.bn_input_scales), E[(z_i − z_j)²] ≈ (β_i − β_j)² +
-    ‖γ_i ŵ_i − γ_j ŵ_j‖² for the unit-norm whitened rows ŵ, so [γ ŵ | β] are the
-    features (a producer without BatchNorm: its whitened row and bias as they are). With
-    `consumer_weight`, a channel's features are scaled by the norm of what its consumers
-    read from it, since the merged channel's error reaches the output through them.
-    """
-    n = group.n
-    norms: dict[str, dict[str, torch.Tensor]] = {}
-    for s in group.norms:
-        if s.producer is not None:
-            norms.setdefault(s.producer, {})[s.param] = s.channel_rows(model, n).double()
-    blocks = []
-    for s in group.producers:
-        rows = s.channel_rows(model, n).double()
-        bn = norms.get(s.module)
-        if s.param != "weight":
-            if bn is None:
-                blocks.append(rows)  # a bias without BatchNorm: the offset itself
-            continue
-        scale = scales.get(s.module)
-        if scale is not None and not s.depthwise and scale.numel() == rows.shape[1]:
-            rows = rows * scale
-        if bn is None:
-            blocks.append(rows)
-            continue
-        gamma = bn.get("weight", torch.ones(n, 1, dtype=torch.float64))
-        beta = bn.get("bias", torch.zeros(n, 1, dtype=torch.float64))
-        unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        blocks += [unit * gamma, beta]
-    x = torch.cat(blocks, 1)
-    if consumer_weight:
-        reach = torch.zeros(n, dtype=torch.float64)
-        for s in group.consumers:
-            if s.param == "weight":
-                reach += s.channel_rows(model, n).double().pow(2).sum(1)
-        x = x * reach.sqrt().unsqueeze(1)
-    return x.float()
-
-
-def param_sensitivity_features(model: nn.Module, group,
-                               scales: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The parameters that merging averages, each block in units of the pre-activation it
-    moves: producer rows whitened by their input RMS and scaled by the group's mean γ/σ,
-    γ and β as they are, consumer columns scaled by the group's mean activation RMS."""
-    from tuneless.whitening import relu_second_moment
-
-    n = group.n
-    norms: dict[str, dict[str, torch.Tensor]] = {}
-    for s in group.norms:
-        if s.producer is not None:
-            norms.setdefault(s.producer, {})[s.param] = s.channel_rows(model, n).double()
-    blocks, act_rms = [], []
-    for s in group.producers:
-        rows = s.channel_rows(model, n).double()
-        bn = norms.get(s.module)
-        if s.param != "weight":
-            if bn is None:
-                blocks.append(rows)
-            continue
-        scale = scales.get(s.module)
-        if scale is not None and not s.depthwise and scale.numel() == rows.shape[1]:
-            rows = rows * scale
-        if bn is None:
-            blocks.append(rows)
-            continue
-        gamma = bn.get("weight", torch.ones(n, 1, dtype=torch.float64))
-        beta = bn.get("bias", torch.zeros(n, 1, dtype=torch.float64))
-        var = bn.get("running_var", torch.ones(n, 1, dtype=torch.float64))
-        blocks += [rows * float((gamma.abs() / var.sqrt().clamp_min(1e-6)).mean()), gamma, beta]
-        act_rms.append(relu_second_moment(beta.reshape(-1), gamma.reshape(-1)).mean().sqrt())
-    rms = float(sum(act_rms) / len(act_rms)) if act_rms else 1.0
-    for s in group.consumers:
-        if s.param == "weight":
-            blocks.append(s.channel_rows(model, n).double() * rms)
-    return torch.cat(blocks, 1).float()
 
 
 def _preset(repair: str):
