@@ -71,7 +71,8 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     MLP schedule and the data-free least-squares repair on the model's own samples ("self")
     by default; "refit" on data= token ids, "none" = the paper (options e.g. schedule=,
     tokenizer=, features= "auto" | "weights" | "activations" for what its k-means clusters).
-    Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "greedy"),
+    Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "ward-hartigan"
+    | "kmeans+ward" | "greedy"; docs/folding.md "Ward clustering"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, round_to
     (channel counts in multiples of it, as for prune), max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
