@@ -159,7 +159,8 @@ def render(rows: list[dict], info: dict, command: str) -> str:
             lines += [f"## {model}, repair {repair} (dense {100 * float(dense):.2f}%)", "",
                       "| variant | " + " | ".join(pts) + " |",
                       "|---|" + "---|" * len(pts)]
-            for v in [v for v in VARIANTS if any(k[:3] == (model, repair, v) for k in cells)]:
+            known = list(VARIANTS) + sorted({k[2] for k in cells} - set(VARIANTS))  # removed ones
+            for v in [v for v in known if any(k[:3] == (model, repair, v) for k in cells)]:
                 out = []
                 for pt in pts:
                     a = cells.get((model, repair, v, pt), [])

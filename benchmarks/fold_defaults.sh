@@ -27,3 +27,11 @@ sweep models/resnet56-avg-cifar10.pt --repairs dir --points 0.3,0.7 --variants d
   --out docs/results/fold-dir-cost-resnet56
 sweep models/resnet20-cifar10.pt --repairs dir --variants dir-s50-lr02,default \
   --out docs/results/fold-dir-cost-resnet20
+# Measured, not adopted, code removed again (run these at commit d4c1ec2, where the variants
+# exist; docs/folding.md "Two more ideas"): Ward + Hartigan on single-producer groups only
+# ("auto"), and data-free activation-aware features ("act", "act-pre", "act-param").
+#   sweep models/resnet20-cifar10.pt --repairs ar,data --variants auto --out docs/results/fold-auto-resnet20
+#   sweep models/resnet56-avg-cifar10.pt --repairs ar,data --variants auto --out docs/results/fold-auto-resnet56
+#   sweep models/resnet20-cifar10.pt --repairs ar --variants act,act-pre --seeds 0 --out docs/results/fold-act-resnet20
+#   sweep models/resnet20-cifar10.pt --repairs ar --variants act-param --seeds 0,1 --out docs/results/fold-act-resnet20
+#   sweep models/vgg11_bn-w0.5-cifar10.pt --ratio channel --repairs ar --variants act,act-param --seeds 0 --out docs/results/fold-act-vgg11

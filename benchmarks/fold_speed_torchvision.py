@@ -3,6 +3,10 @@
 1×3×224×224, with 1 and 2 threads. Run on a quiet machine:
 
     python benchmarks/fold_speed_torchvision.py [--models resnet18,mobilenet_v2,efficientnet_b0]
+        [--clusters kmeans,ward-hartigan]
+
+Each line also gives the summed clustering objective (within-cluster sum of squares over
+all groups) of the last model, so clusterers compare on quality as well as time.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def main() -> int:
     p.add_argument("--models", default="resnet18,mobilenet_v2,efficientnet_b0")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--clusters", default="kmeans", help="fold's cluster= values to time")
     args = p.parse_args()
     set_progress(False)
     x = torch.randn(1, 3, 224, 224)
@@ -35,15 +40,18 @@ def main() -> int:
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         for name in args.models.split(","):
-            times = []
-            for r in range(args.repeats):
-                torch.manual_seed(r)
-                model = getattr(torchvision.models, name)().eval()
-                t0 = time.perf_counter()
-                fold(model, sparsity=0.3, example_inputs=x)
-                times.append(time.perf_counter() - t0)
-            print(f"{name} threads {threads}: median {statistics.median(times):.2f} s "
-                  f"({', '.join(f'{t:.2f}' for t in times)})", flush=True)
+            for method in args.clusters.split(","):
+                times = []
+                for r in range(args.repeats):
+                    torch.manual_seed(r)
+                    model = getattr(torchvision.models, name)().eval()
+                    t0 = time.perf_counter()
+                    out = fold(model, sparsity=0.3, example_inputs=x, cluster=method)
+                    times.append(time.perf_counter() - t0)
+                obj = sum(out.tuneless_report["kmeans_inertia"].values())
+                print(f"{name} {method} threads {threads}: median "
+                      f"{statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})"
+                      f"; objective {obj:.6g}", flush=True)
     return 0
 
 
