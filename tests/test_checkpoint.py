@@ -126,3 +126,31 @@ def test_old_checkpoints_with_torch_version_object_still_load(tmp_path, ckpt):
     obj["torch_version"] = torch.__version__  # a TorchVersion, as files before the fix held
     torch.save(obj, path)
     assert read_torch_file(path)["arch"] == "mlp"
+
+
+def test_convert_checkpoint_to_float16_halves_the_weights_and_loads_as_float32(ckpt, tmp_path):
+    from tuneless.checkpoint import convert_checkpoint
+
+    path, model = ckpt
+    dst = tmp_path / "half.pt"
+    meta = convert_checkpoint(path, dst, test_accuracy=0.49)
+    assert meta["stored_dtype"] == "float16" and meta["test_accuracy"] == 0.49
+    raw = torch.load(dst, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in raw["state_dict"].values()
+               if v.is_floating_point())
+    loaded = load_checkpoint(dst)  # hash verified on the float16 weights
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-2, rtol=1e-2)
+        assert not torch.equal(loaded(x), model(x))  # really rounded
+    assert dst.stat().st_size < 0.6 * path.stat().st_size
+    with pytest.raises(TunelessError, match="already exists"):
+        convert_checkpoint(path, dst)
+    big = build_model("mlp", width=0.05).eval()
+    with torch.no_grad():
+        next(big.parameters()).fill_(1e6)
+    save_checkpoint(tmp_path / "big.pt", big, "mlp", {"width": 0.05}, "fashion-mnist")
+    with pytest.raises(TunelessError, match="overflow"):
+        convert_checkpoint(tmp_path / "big.pt", tmp_path / "big16.pt")
+    assert not (tmp_path / "big16.pt").exists()

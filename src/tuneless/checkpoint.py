@@ -64,6 +64,37 @@ def save_checkpoint(
     return meta
 
 
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
+                       dtype: torch.dtype = torch.float16,
+                       test_accuracy: float | None = None) -> dict[str, Any]:
+    """Write `src` again with its floating-point weights stored as `dtype` (half the bytes
+    for float16); loading casts them back to the model's float32. The weights hash is
+    recomputed, `stored_dtype` records the change and, since rounding moves accuracy a
+    little, `test_accuracy` is the re-measured one (None keeps no stale figure: pass it).
+    Never overwrites: dst must not exist."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        raise TunelessError(f"{dst} already exists; choose a new file")
+    obj = read_torch_file(src)
+    if not is_checkpoint(obj):
+        raise TunelessError(f"{src} is not a tuneless checkpoint (no '{FORMAT}' format tag)")
+    if weights_sha256(obj["state_dict"]) != obj.get("weights_sha256"):
+        raise TunelessError(f"corrupt checkpoint {src}: weights do not match their recorded "
+                            "sha256")
+    if not dtype.is_floating_point:
+        raise TunelessError(f"store dtype must be floating point, got {dtype}")
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
+    too_big = [k for k, v in obj["state_dict"].items()
+               if v.is_floating_point() and not torch.isfinite(sd[k]).all()]
+    if too_big:
+        raise TunelessError(f"{src}: {too_big[0]} does not fit in {dtype} (overflow)")
+    out = {k: v for k, v in obj.items() if k != "resume"}
+    out.update(state_dict=sd, weights_sha256=weights_sha256(sd), test_accuracy=test_accuracy,
+               stored_dtype=str(dtype).removeprefix("torch."))
+    atomic_torch_save(out, dst)
+    return {k: v for k, v in out.items() if k != "state_dict"}
+
+
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format
 PICKLE_PROTO = 0x80  # torch.save's legacy format starts with a pickle protocol opcode
 
