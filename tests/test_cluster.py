@@ -223,3 +223,18 @@ def test_the_cholesky_embedding_of_wide_groups_keeps_every_distance():
     shift = (got - want)[off]
     assert float(shift.std()) <= 1e-4 * float(want[off].mean())  # one constant shift
     assert abs(float(shift.mean())) <= 1e-4 * float(want[off].mean())  # and a tiny one
+
+
+def test_ward_labels_cut_at_every_k_is_a_nested_sequence_of_partitions():
+    from tuneless.cluster import ward_labels
+
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(3)).double()
+    assert torch.equal(ward_labels(x, 40), torch.arange(40))
+    prev = None
+    for k in range(40, 0, -1):  # each cut merges clusters of the finer one, never splits
+        lab = ward_labels(x, k)
+        assert len(set(lab.tolist())) == k
+        if prev is not None:
+            for c in set(prev.tolist()):
+                assert len(set(lab[prev == c].tolist())) == 1
+        prev = lab

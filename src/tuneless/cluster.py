@@ -595,6 +595,8 @@ def ward_labels(z: torch.Tensor, k: int) -> torch.Tensor:
     (cheapest first; a merge never costs less than the merges it builds on).
     """
     n = z.shape[0]
+    if k >= n:
+        return torch.arange(n)
     z = z.to(torch.float64 if n <= 8192 else torch.float32)
     cost = _pairwise_sq(z) * 0.5  # two singletons: ½‖x_a − x_b‖²
     cost.fill_diagonal_(math.inf)
