@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsities", default=",".join(map(str, DEFAULT_SPARSITIES)),
                    help="fractions of parameters to remove")
     p.add_argument("--svd-allocation", default="per-param", choices=["per-param", "sigma"])
+    p.add_argument("--repair-images", type=int, default=1024,
+                   help="real training images for methods whose repair needs data (Fold-R: "
+                        "the checkpoint's training view, as `bench fold`; refit: plain)")
     p.add_argument("--data", help="dataset path (default: the checkpoint's dataset, found locally)")
     p.add_argument("--limit", type=int, help="evaluate on a random N test images (seed 0)")
     p.add_argument("--out-dir", default="docs/results")
@@ -95,11 +98,29 @@ def load_methods(names: list[str]) -> tuple[dict, dict[str, str]]:
     return found, skipped
 
 
+def repair_images(method, model: nn.Module, dataset: str, args: argparse.Namespace):
+    """The images a method's repair needs (None when it needs none): the same first
+    `--repair-images` training images for every model, in the checkpoint's training view
+    for BatchNorm re-estimation and plain for the least-squares refit (`bench fold`'s
+    defaults), so data-driven rows compare on equal terms."""
+    from tuneless.data.loader import get_dataset, recipe_pad
+    from tuneless.repair import get_repair
+
+    repair = getattr(method, "fixed", {}).get("repair")
+    if repair is None or not get_repair(repair).needs_data:
+        return None
+    train = get_dataset(dataset, "train", args.data).subset(args.repair_images, seed=1)
+    pad = recipe_pad(model.tuneless_meta.get("train_args")) if repair == "data" else None
+    return train.training_view(pad, seed=2)
+
+
 def compress_and_score(method, name: str, model: nn.Module, sparsity: float, x: torch.Tensor,
-                       test, svd_allocation: str) -> dict:
+                       test, svd_allocation: str, data=None) -> dict:
     from tuneless.evaluate import accuracy, count_params
 
     opts = {"allocation": svd_allocation} if name == "svd" else {}
+    if data is not None:
+        opts["data"] = data
     t0 = time.perf_counter()
     try:
         small = method(model, example_inputs=x, sparsity=sparsity, **opts)
@@ -154,12 +175,13 @@ def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float]
             for s in sparsities:
                 old = kept.get(_key({"model": label, "method": name, "requested": s}, sha,
                                     args.limit))
-                if old is not None:
+                if old is not None and "accuracy" in old:  # rows without a number: retried
                     rows.append(old)
                     continue
                 r = measured({"model": label, "method": name, "requested": s,
-                              **compress_and_score(method, name, model, s, x, test,
-                                                   args.svd_allocation)}, sha)
+                              **compress_and_score(
+                                  method, name, model, s, x, test, args.svd_allocation,
+                                  repair_images(method, model, dataset, args))}, sha)
                 acc = r.get("accuracy")
                 print(f"  {name} @ {s:.0%}: " + (f"{acc:.4f} (removed {r['achieved']:.1%})"
                       if acc is not None else f"n/a: {r['note']}"), file=sys.stderr, flush=True)

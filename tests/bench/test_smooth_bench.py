@@ -108,3 +108,25 @@ def test_rerun_measures_only_missing_rows(checkpoints, tmp_path, monkeypatch):
     assert [r["method"] for r in rows] == ["dense", "svd", "svd"]
     calls.clear()
     assert main([*args, "--fresh"]) == 0 and len(calls) == 2
+
+
+def test_methods_whose_repair_needs_data_get_the_repair_images(checkpoints, tmp_path,
+                                                                monkeypatch):
+    from benchmarks.suites import smooth_bench
+
+    out = tmp_path / "results"
+    seen = {}
+    real = smooth_bench.compress_and_score
+
+    def spying(method, name, *a, **k):
+        seen[name] = a[-1] if len(a) == 6 else k.get("data")
+        return real(method, name, *a, **k)
+
+    monkeypatch.setattr(smooth_bench, "compress_and_score", spying)
+    assert main(["bench", "smooth", "--plain", str(checkpoints / "plain.pt"), "--methods",
+                 "fold-refit,svd", "--sparsities", "0.3", "--limit", "500",
+                 "--repair-images", "64", "--out-dir", str(out), "--name", "d"]) == 0
+    assert seen["svd"] is None and len(seen["fold-refit"]) == 64
+    rows = list(csv.DictReader((out / "d.csv").read_text().splitlines()[2:]))
+    refit = next(r for r in rows if r["method"] == "fold-refit")
+    assert 0.0 <= float(refit["accuracy"]) <= 1.0  # measured, not "needs data"
