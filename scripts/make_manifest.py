@@ -124,6 +124,17 @@ def full_command(train_args: dict, out: str) -> str:
     return " && ".join(stage_command(a, o) for a, o in stages(train_args, out))
 
 
+def command(obj: dict, out: str) -> str:
+    """How to remake the file: its training steps, then, for weights stored in float16
+    (models/ has a size budget), the conversion of the float32 result."""
+    targs = obj.get("train_args") or {}
+    if obj.get("stored_dtype") != "float16":
+        return full_command(targs, out)
+    wide = out.removesuffix(".pt") + ".fp32.pt"
+    return (f"{full_command(targs, wide)} && "
+            f"python scripts/halve_checkpoint.py {shlex.quote(wide)} {shlex.quote(out)}")
+
+
 CHECK_IMAGES = 1000
 
 
@@ -173,7 +184,7 @@ def entry_for(path: Path, old: dict | None) -> dict:
         "params": params,
         "epochs": sum(a.get("epochs") or 0 for a, _ in steps),
         "train_seconds": sum(stage_seconds(a) for a, _ in steps),
-        "command": full_command(targs, repo_path(path)),
+        "command": command(obj, repo_path(path)),
         "sha256": sha,
         "bytes": path.stat().st_size,
         "weights_sha256": obj.get("weights_sha256"),
