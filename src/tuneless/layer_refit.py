@@ -71,7 +71,7 @@ TARGET_CACHE_BYTES = 2 * 2**30  # keep the original's targets in memory up to th
 
 @torch.no_grad()
 def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, torch.Tensor],
-                 data, *, num_images: int | None = 256, batch_size: int = 64,
+                 data, *, num_images: int | None = 1024, batch_size: int = 64,
                  ridge: float = 1e-4, inplace: bool = False,
                  cache_bytes: int = TARGET_CACHE_BYTES) -> nn.Module:
     """Refit every conv (groups = 1) and linear of `small` to the original's outputs.
