@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 # inputs that differ from 1×3×64×64, and constructor options (no auxiliary heads)
-SHAPES = {"maxvit_t": 224, "inception_v3": 96}
+SHAPES = {"maxvit_t": 224, "inception_v3": 96, "vit_h_14": 56}  # vit_h_14: its 14-px patches
 KWARGS = {"inception_v3": {"aux_logits": False, "init_weights": False},
           "googlenet": {"aux_logits": False, "init_weights": False},
           "vit_b_16": {"image_size": 64}, "vit_b_32": {"image_size": 64},
