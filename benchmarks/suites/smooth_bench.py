@@ -98,20 +98,23 @@ def load_methods(names: list[str]) -> tuple[dict, dict[str, str]]:
     return found, skipped
 
 
-def repair_images(method, model: nn.Module, dataset: str, args: argparse.Namespace):
-    """The images a method's repair needs (None when it needs none): the same first
-    `--repair-images` training images for every model, in the checkpoint's training view
-    for BatchNorm re-estimation and plain for the least-squares refit (`bench fold`'s
-    defaults), so data-driven rows compare on equal terms."""
+def repair_views(model: nn.Module, dataset: str, args: argparse.Namespace) -> dict:
+    """The same first `--repair-images` training images for every model, in the checkpoint's
+    training view and plain; `repair_view` picks per method as `bench fold` does, so
+    data-driven rows compare on equal terms."""
     from tuneless.data.loader import get_dataset, recipe_pad
+
+    train = get_dataset(dataset, "train", args.data).subset(args.repair_images, seed=1)
+    pad = recipe_pad(model.tuneless_meta.get("train_args"))
+    return {"train": train.training_view(pad, seed=2), "plain": train.training_view(None, seed=2)}
+
+
+def needs_data(method) -> bool:
+    """Whether the method's fixed repair (e.g. fold-r's "data") needs real images."""
     from tuneless.repair import get_repair
 
     repair = getattr(method, "fixed", {}).get("repair")
-    if repair is None or not get_repair(repair).needs_data:
-        return None
-    train = get_dataset(dataset, "train", args.data).subset(args.repair_images, seed=1)
-    pad = recipe_pad(model.tuneless_meta.get("train_args")) if repair == "data" else None
-    return train.training_view(pad, seed=2)
+    return repair is not None and get_repair(repair).needs_data
 
 
 def compress_and_score(method, name: str, model: nn.Module, sparsity: float, x: torch.Tensor,
@@ -138,6 +141,7 @@ def compress_and_score(method, name: str, model: nn.Module, sparsity: float, x: 
 def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float],
              args: argparse.Namespace) -> tuple[list[dict], dict[str, nn.Module]]:
     from tuneless.checkpoint import file_sha256, load_checkpoint
+    from tuneless.commands.compress import repair_view
     from tuneless.data.loader import get_dataset
     from tuneless.evaluate import accuracy, count_params
     from tuneless.zoo import INPUT_SHAPE
@@ -171,6 +175,7 @@ def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float]
                       "params": count_params(model), "accuracy": round(dense, 4),
                       "seconds": 0.0, "note": ""}, sha)
         print(f"{label}: dense accuracy {rows[-1]['accuracy']}", file=sys.stderr, flush=True)
+        views = None  # repair images, built when a method first needs them
         for name, method in methods.items():
             for s in sparsities:
                 old = kept.get(_key({"model": label, "method": name, "requested": s}, sha,
@@ -178,10 +183,13 @@ def run_grid(checkpoints: dict[str, str], methods: dict, sparsities: list[float]
                 if old is not None and "accuracy" in old:  # rows without a number: retried
                     rows.append(old)
                     continue
+                real = None
+                if needs_data(method):
+                    views = views or repair_views(model, dataset, args)
+                    real = views[repair_view("auto", name)]
                 r = measured({"model": label, "method": name, "requested": s,
-                              **compress_and_score(
-                                  method, name, model, s, x, test, args.svd_allocation,
-                                  repair_images(method, model, dataset, args))}, sha)
+                              **compress_and_score(method, name, model, s, x, test,
+                                                   args.svd_allocation, real)}, sha)
                 acc = r.get("accuracy")
                 print(f"  {name} @ {s:.0%}: " + (f"{acc:.4f} (removed {r['achieved']:.1%})"
                       if acc is not None else f"n/a: {r['note']}"), file=sys.stderr, flush=True)
