@@ -13,24 +13,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tuneless.checkpoint import convert_checkpoint, load_checkpoint  # noqa: E402
+from tuneless.checkpoint import convert_checkpoint, read_torch_file  # noqa: E402
 from tuneless.data import get_dataset  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
-from tuneless.io_atomic import atomic_torch_save  # noqa: E402
 
 
 def main(src: str, dst: str) -> int:
     import torch
 
     torch.set_num_threads(1)
-    convert_checkpoint(src, dst)  # refuses an existing dst
-    model = load_checkpoint(dst)
-    acc = accuracy(model, get_dataset(model.tuneless_meta["dataset"], "test"))
-    obj = torch.load(dst, weights_only=True)
-    obj["test_accuracy"] = acc
-    atomic_torch_save(obj, dst)
-    before = load_checkpoint(src).tuneless_meta.get("test_accuracy")
-    print(f"{dst}: float16, test accuracy {acc:.4f} (float32 file: {before})")
+    meta = convert_checkpoint(  # refuses an existing dst; one write, accuracy included
+        src, dst, measure=lambda m: accuracy(m, get_dataset(m.tuneless_meta["dataset"], "test")))
+    before = read_torch_file(src).get("test_accuracy")
+    print(f"{dst}: float16, test accuracy {meta['test_accuracy']:.4f} (float32 file: {before})")
     return 0
 
 

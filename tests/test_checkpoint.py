@@ -133,8 +133,10 @@ def test_convert_checkpoint_to_float16_halves_the_weights_and_loads_as_float32(c
 
     path, model = ckpt
     dst = tmp_path / "half.pt"
-    meta = convert_checkpoint(path, dst, test_accuracy=0.49)
+    measured = []
+    meta = convert_checkpoint(path, dst, measure=lambda m: measured.append(m) or 0.49)
     assert meta["stored_dtype"] == "float16" and meta["test_accuracy"] == 0.49
+    assert all(p.dtype == torch.float32 for p in measured[0].parameters())  # the halved model
     raw = torch.load(dst, weights_only=True)
     assert all(v.dtype == torch.float16 for v in raw["state_dict"].values()
                if v.is_floating_point())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,31 +67,29 @@ def save_checkpoint(
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
                        dtype: torch.dtype = torch.float16,
-                       test_accuracy: float | None = None) -> dict[str, Any]:
+                       measure: Callable[[nn.Module], float] | None = None) -> dict[str, Any]:
     """Write `src` again with its floating-point weights stored as `dtype` (half the bytes
     for float16); loading casts them back to the model's float32. The weights hash is
-    recomputed, `stored_dtype` records the change and, since rounding moves accuracy a
-    little, `test_accuracy` is the re-measured one (None keeps no stale figure: pass it).
-    Never overwrites: dst must not exist."""
+    recomputed and `stored_dtype` records the change. Rounding moves accuracy a little, so
+    the float32 figure is not kept: `measure(model)` of the converted model, if given, is
+    recorded as its test_accuracy (else none). Never overwrites: dst must not exist."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
         raise TunelessError(f"{dst} already exists; choose a new file")
-    obj = read_torch_file(src)
-    if not is_checkpoint(obj):
-        raise TunelessError(f"{src} is not a tuneless checkpoint (no '{FORMAT}' format tag)")
-    if weights_sha256(obj["state_dict"]) != obj.get("weights_sha256"):
-        raise TunelessError(f"corrupt checkpoint {src}: weights do not match their recorded "
-                            "sha256")
     if not dtype.is_floating_point:
         raise TunelessError(f"store dtype must be floating point, got {dtype}")
-    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
-    too_big = [k for k, v in obj["state_dict"].items()
+    obj = read_torch_file(src)
+    state = checked_state(obj, str(src))
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    too_big = [k for k, v in state.items()
                if v.is_floating_point() and not torch.isfinite(sd[k]).all()]
     if too_big:
         raise TunelessError(f"{src}: {too_big[0]} does not fit in {dtype} (overflow)")
     out = {k: v for k, v in obj.items() if k != "resume"}
-    out.update(state_dict=sd, weights_sha256=weights_sha256(sd), test_accuracy=test_accuracy,
+    out.update(state_dict=sd, weights_sha256=weights_sha256(sd), test_accuracy=None,
                stored_dtype=str(dtype).removeprefix("torch."))
+    if measure is not None:
+        out["test_accuracy"] = measure(model_from_checkpoint(out, str(dst)))
     atomic_torch_save(out, dst)
     return {k: v for k, v in out.items() if k != "state_dict"}
 
@@ -151,15 +150,9 @@ def is_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
-def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> nn.Module:
-    """Build the architecture a checkpoint names and load its weights; eval mode."""
-    obj = read_torch_file(path)
-    return model_from_checkpoint(obj, str(path), verify=verify)
-
-
-def model_from_checkpoint(obj: dict, where: str = "checkpoint", verify: bool = True) -> nn.Module:
-    from tuneless.zoo import build_model
-
+def checked_state(obj: Any, where: str = "checkpoint", verify: bool = True) -> dict:
+    """The state dict of a tuneless checkpoint, after checking its format tag, its fields and
+    (verify) the weights against their recorded sha256; one-line errors otherwise."""
     if not is_checkpoint(obj):
         raise TunelessError(f"{where} is not a tuneless checkpoint (no '{FORMAT}' format tag)")
     sd = obj.get("state_dict")
@@ -169,6 +162,19 @@ def model_from_checkpoint(obj: dict, where: str = "checkpoint", verify: bool = T
         raise TunelessError(
             f"corrupt checkpoint {where}: weights do not match their recorded sha256"
         )
+    return sd
+
+
+def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> nn.Module:
+    """Build the architecture a checkpoint names and load its weights; eval mode."""
+    obj = read_torch_file(path)
+    return model_from_checkpoint(obj, str(path), verify=verify)
+
+
+def model_from_checkpoint(obj: dict, where: str = "checkpoint", verify: bool = True) -> nn.Module:
+    from tuneless.zoo import build_model
+
+    sd = checked_state(obj, where, verify)
     model = build_model(obj["arch"], **obj.get("arch_kwargs", {}))
     try:
         model.load_state_dict(sd)
