@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tuneless.checkpoint import convert_checkpoint, read_torch_file  # noqa: E402
 from tuneless.data import get_dataset  # noqa: E402
+from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
 
 
@@ -32,4 +33,7 @@ def main(src: str, dst: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         raise SystemExit(__doc__)
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    try:
+        sys.exit(main(sys.argv[1], sys.argv[2]))
+    except TunelessError as exc:
+        raise SystemExit(f"error: {exc}") from None
