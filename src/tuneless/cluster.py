@@ -602,12 +602,11 @@ def ward_labels(z: torch.Tensor, k: int) -> torch.Tensor:
     cost.fill_diagonal_(math.inf)
     size = torch.ones(n, dtype=z.dtype)
     idx = torch.arange(n)
-    done: list[torch.Tensor] = []  # per round: (pairs, 3) of slot a (kept), slot b, cost
-    heights = torch.empty(0, dtype=z.dtype)
+    merges = torch.empty(0, 3, dtype=z.dtype)  # rows: slot a (kept), slot b, cost
     left = n
     while left > 1:
         near, near_idx = cost.min(1)
-        if len(heights) >= n - k and heights.kthvalue(n - k).values <= near.min():
+        if len(merges) >= n - k and merges[:, 2].kthvalue(n - k).values <= near.min():
             break  # every later merge costs at least near.min()
         pair = (near_idx[near_idx] == idx) & (idx < near_idx) & torch.isfinite(near)
         a, b, h = idx[pair], near_idx[pair], near[pair]
@@ -626,11 +625,9 @@ def ward_labels(z: torch.Tensor, k: int) -> torch.Tensor:
         cost[b] = math.inf
         cost[:, b] = math.inf
         size[a] = merged.squeeze(1)
-        done.append(torch.stack([a.to(z.dtype), b.to(z.dtype), h], 1))
-        heights = torch.cat([heights, h])
+        merges = torch.cat([merges, torch.stack([a.to(z.dtype), b.to(z.dtype), h], 1)])
         left -= len(a)
-    merges = torch.cat(done) if done else torch.empty(0, 3, dtype=z.dtype)
-    order = sorted(range(len(merges)), key=lambda m: (float(merges[m, 2]), m))[: n - k]
+    cheapest = torch.sort(merges[:, 2], stable=True).indices[: n - k]  # ties: earlier first
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -639,8 +636,8 @@ def ward_labels(z: torch.Tensor, k: int) -> torch.Tensor:
             i = parent[i]
         return i
 
-    for m in order:
-        parent[find(int(merges[m, 1]))] = find(int(merges[m, 0]))
+    for a, b in merges[cheapest, :2].long().tolist():
+        parent[find(b)] = find(a)
     return torch.tensor([find(i) for i in range(n)])
 
 
