@@ -7,8 +7,9 @@ and when and where it was trained. Run after adding a checkpoint:
     python scripts/make_manifest.py            # update the manifest
     python scripts/make_manifest.py --check    # verify files against it (exit 1 on mismatch)
 
-An entry whose sha256 is unchanged keeps its recorded date and machine; a new or changed
-file gets today's date and this machine (train on the machine you run this on).
+An entry whose sha256 is unchanged, or whose file is the same training run stored in
+another dtype, keeps its recorded date and machine; a new or retrained file gets today's
+date and this machine (train on the machine you run this on).
 """
 
 from __future__ import annotations
@@ -169,10 +170,13 @@ def entry_for(path: Path, old: dict | None) -> dict:
     sha = file_sha256(path)
     params = sum(t.numel() for k, t in obj["state_dict"].items()
                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
-    # the same weights re-saved (e.g. in the reproducible byte layout) keep date and machine
-    keep = old if old and (old.get("sha256") == sha or old.get("weights_sha256")
-                           == obj.get("weights_sha256")) else None
     steps = stages(targs, repo_path(path))
+    # the same weights re-saved (e.g. in the reproducible byte layout), or the same training
+    # run stored in another dtype (scripts/halve_checkpoint.py), keep date and machine
+    same_run = bool(old and obj.get("stored_dtype") and old.get("params") == params
+                    and old.get("train_seconds") == sum(stage_seconds(a) for a, _ in steps))
+    keep = old if old and (old.get("sha256") == sha or old.get("weights_sha256")
+                           == obj.get("weights_sha256") or same_run) else None
     return {
         "file": repo_path(path),
         "arch": obj["arch"],
