@@ -56,10 +56,8 @@ VARIANTS: dict[str, dict] = {
     "dir-i64": {"inversion": {"num_images": 64}},
     "dir-i64-s50": {"inversion": {"num_images": 64, "steps": 50}},
     "dir-s50-lr02": {"inversion": {"steps": 50, "lr": 0.2}},
-    # coarse-to-fine: the first steps optimise a half-resolution image (a quarter the cost)
-    "dir-c50": {"inversion": {"coarse_steps": 50}},
-    "dir-c75": {"inversion": {"coarse_steps": 75}},
-    "dir-s150-c120": {"inversion": {"steps": 150, "coarse_steps": 120}},
+    # (dir-c50 / dir-c75: {"inversion": {"coarse_steps": 50 / 75}}, the first steps at half
+    # resolution; the option existed at commit 623c902 only: it lost, docs/folding.md)
 }
 FIELDS = ["model", "variant", "repair", "point", "seed", "accuracy", "achieved", "seconds",
           "dense_acc", "test_images", "commit"]

@@ -25,6 +25,9 @@ sweep models/resnet56-avg-cifar10.pt --repairs dir --points 0.5 \
   --variants default,dir-i64-s50,dir-s25,dir-s50-lr02 --out docs/results/fold-dir-cost-resnet56
 sweep models/resnet56-avg-cifar10.pt --repairs dir --points 0.3,0.7 --variants default,dir-s50-lr02 \
   --out docs/results/fold-dir-cost-resnet56
+# coarse-to-fine DeepInversion (rows measured at commit 623c902, where the option existed):
+#   sweep models/resnet56-avg-cifar10.pt --repairs dir --points 0.5 --variants dir-c50,dir-c75 \
+#     --out docs/results/fold-dir-cost-resnet56
 sweep models/resnet20-cifar10.pt --repairs dir --variants dir-s50-lr02,default \
   --out docs/results/fold-dir-cost-resnet20
 # Measured, not adopted, code removed again (run these at commit d4c1ec2, where the variants

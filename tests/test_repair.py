@@ -116,9 +116,3 @@ def test_deepinversion_moves_bn_statistics_towards_the_model():
     assert images.shape == (32, 3, 16, 16)
     assert gap(images) < 0.5 * start
     assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
-    # coarse-to-fine: most steps at half resolution, the result still full size and close
-    coarse = synthesize(m, x, num_images=32, batch_size=32, steps=60, lr=0.1, coarse_steps=45)
-    assert coarse.shape == (32, 3, 16, 16)
-    assert gap(coarse) < 0.5 * start
-    with pytest.raises(TunelessError, match="coarse_steps"):
-        synthesize(m, x, steps=10, coarse_steps=10)

@@ -35,7 +35,6 @@ class InversionConfig:
     l2_weight: float = 1e-5  # keeps pixel values bounded
     jitter: int = 2  # random shifts in pixels, applied each step
     flip: bool = True
-    coarse_steps: int = 0  # of `steps`, how many optimise a half-resolution image first
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -47,8 +46,6 @@ def _check(cfg: InversionConfig) -> None:
         raise TunelessError("DeepInversion needs num_images ≥ 2 and batch_size ≥ 2 (BN statistics)")
     if cfg.steps < 1 or cfg.lr <= 0:
         raise TunelessError("DeepInversion needs steps ≥ 1 and lr > 0")
-    if not 0 <= cfg.coarse_steps < cfg.steps:
-        raise TunelessError("DeepInversion needs 0 ≤ coarse_steps < steps")
 
 
 def synthesize(model: nn.Module, example_inputs: torch.Tensor,
@@ -100,27 +97,14 @@ def synthesize(model: nn.Module, example_inputs: torch.Tensor,
 
 
 def _invert_batch(model, shape, b, num_classes, cfg, g, stats, t_mean, t_var, progress):
-    coarse = cfg.coarse_steps if len(shape) == 3 and min(shape[1:]) >= 8 else 0
-    start = (shape[0], shape[1] // 2, shape[2] // 2) if coarse else shape
-    x = torch.randn((b, *start), generator=g)
+    x = torch.randn((b, *shape), generator=g).requires_grad_(True)
     y = torch.randint(0, num_classes, (b,), generator=g)
-    if coarse:  # a quarter of the pixels per step; upsampled for the full-resolution steps
-        x = _optimise(model, x, y, coarse, cfg, g, stats, t_mean, t_var, progress,
-                      jitter=max(1, cfg.jitter // 2))
-        x = F.interpolate(x, size=shape[1:], mode="bilinear", align_corners=False)
-    return _optimise(model, x, y, cfg.steps - coarse, cfg, g, stats, t_mean, t_var, progress,
-                     jitter=cfg.jitter)
-
-
-def _optimise(model, x, y, steps, cfg, g, stats, t_mean, t_var, progress, jitter):
-    b = x.shape[0]
-    x = x.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    for _ in range(cfg.steps):
         inp = x
-        if jitter and x.dim() == 4:
-            dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=g).tolist()
+        if cfg.jitter and x.dim() == 4:
+            dx, dy = torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=g).tolist()
             inp = torch.roll(inp, shifts=(dx, dy), dims=(2, 3))
         if cfg.flip and x.dim() == 4 and bool(torch.rand(1, generator=g) < 0.5):
             inp = torch.flip(inp, dims=(3,))
