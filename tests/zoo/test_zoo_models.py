@@ -21,6 +21,7 @@ def test_output_shape_and_plain_modules(name):
 
 @pytest.mark.parametrize("name, expected", [
     ("resnet20", 272_474),  # He et al. 2016: 0.27M
+    ("resnet20a", 269_722),  # the same without the two projection shortcuts
     ("resnet32", 466_906),  # 0.46M
     ("resnet56", 855_770),  # 0.85M
     ("lenet5", 61_706),
@@ -35,6 +36,25 @@ def test_resnet_depths_and_projection_shortcuts():
     assert isinstance(m.layer2[0].shortcut[0], nn.Conv2d) and len(m.layer1[0].shortcut) == 0
     assert [m.layer1[0].conv1.out_channels, m.layer2[0].conv1.out_channels,
             m.layer3[0].conv1.out_channels] == [16, 32, 64]
+
+
+def test_zero_padding_shortcuts():
+    """Option A: the stage's first block keeps every other pixel of its input and appends
+    zero channels; no parameters, and the residual stream stays fixed for folding."""
+    from tuneless.graph import find_groups
+    from tuneless.zoo.resnet_cifar import PadShortcut
+
+    m = build_model("resnet20a").eval()
+    sc = m.layer2[0].shortcut
+    assert isinstance(sc, PadShortcut) and len(m.layer1[0].shortcut) == 0
+    x = torch.randn(2, 16, 32, 32)
+    y = sc(x)
+    assert y.shape == (2, 32, 16, 16)
+    assert torch.equal(y[:, :16], x[:, :, ::2, ::2]) and not y[:, 16:].any()
+    graph = find_groups(m, torch.randn(2, 3, 32, 32))
+    assert len(graph.reducible) == 9  # the blocks' inner channels only
+    with pytest.raises(ValueError, match="shortcut"):
+        build_model("resnet20", width=1.0).__class__(20, shortcut="conv")
 
 
 def test_width_multipliers():

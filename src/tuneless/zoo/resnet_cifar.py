@@ -1,4 +1,10 @@
-"""CIFAR ResNets (He et al. 2016): ResNet-20/32/56 with 16-32-64 widths and a ResNet-18."""
+"""CIFAR ResNets (He et al. 2016): ResNet-20/32/56 with 16-32-64 widths and a ResNet-18.
+
+The 6n+2 ResNets come with projection shortcuts (1×1 conv + BN, "option B") or, as in
+the paper's CIFAR experiments and most public CIFAR checkpoints, parameter-free
+zero-padding shortcuts ("option A": subsample, pad the new channels with zeros), which
+couple each stage's residual channels to the previous stage's.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,32 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class PadShortcut(nn.Module):
+    """Option A: keep every stride-th pixel and append zero channels up to `planes`."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.extra = stride, planes - in_planes
+
+    def forward(self, x):
+        x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 shortcut: str = "projection") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
+        if (stride != 1 or in_planes != planes) and shortcut == "pad":
+            self.shortcut = PadShortcut(in_planes, planes, stride)
+        elif stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
             )
@@ -28,12 +49,15 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """The 6n+2-layer CIFAR ResNet with projection (1×1 conv) shortcuts."""
+    """The 6n+2-layer CIFAR ResNet; shortcut "projection" (1×1 conv + BN) or "pad" (zeros)."""
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, width: float = 1.0) -> None:
+    def __init__(self, depth: int = 20, num_classes: int = 10, width: float = 1.0,
+                 shortcut: str = "projection") -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        if shortcut not in ("projection", "pad"):
+            raise ValueError(f"shortcut must be 'projection' or 'pad', got {shortcut!r}")
         n = (depth - 2) // 6
         widths = [max(1, round(16 * width)), max(1, round(32 * width)), max(1, round(64 * width))]
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
@@ -42,7 +66,8 @@ class CifarResNet(nn.Module):
         for i, planes in enumerate(widths):
             blocks = []
             for j in range(n):
-                blocks.append(BasicBlock(in_planes, planes, 2 if (i > 0 and j == 0) else 1))
+                blocks.append(BasicBlock(in_planes, planes, 2 if (i > 0 and j == 0) else 1,
+                                         shortcut))
                 in_planes = planes
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
@@ -92,6 +117,11 @@ def resnet32(num_classes: int = 10, width: float = 1.0) -> CifarResNet:
 
 def resnet56(num_classes: int = 10, width: float = 1.0) -> CifarResNet:
     return CifarResNet(56, num_classes, width)
+
+
+def resnet20a(num_classes: int = 10, width: float = 1.0) -> CifarResNet:
+    """ResNet-20 with zero-padding shortcuts (option A), the common public CIFAR layout."""
+    return CifarResNet(20, num_classes, width, shortcut="pad")
 
 
 def resnet18(num_classes: int = 10, width: float = 1.0) -> ResNet18:
