@@ -28,8 +28,8 @@ def test_inspect_names_the_padding_op(tmp_path, capsys):
     _, path = state_dict_file(tmp_path)
     assert main(["inspect", str(path), *ARCH]) == 0
     out = capsys.readouterr().out
-    assert "F.pad" in out and "pads the channel dimension" in out
-    assert "14 groups: 9 reducible" in out
+    assert "F.pad" in out and "appends zero channels" in out
+    assert "16 groups: 10 reducible" in out
 
 
 def test_compress_option_a_resnet_to_half(tmp_path, capsys):

@@ -109,11 +109,53 @@ def test_unknown_ops_fix_their_channels_with_a_reason(pattern, module, word):
     assert graph.reducible  # the rest of the model stays reducible
 
 
-def test_option_a_padding_shortcut_names_the_pad_op():
+def test_option_a_padding_shortcut_splits_the_streams():
+    """F.pad(x, (0, 0, 0, 0, 8, 8)) lays stage 2's stream out as [zeros | stage 1 | zeros]:
+    the stage-1 channels stay one group through all three stages (reducible), the zero
+    channels, whose number the lambda hard-codes, are fixed with a reason naming the op."""
     graph = find_groups(resnet20_option_a(), X32)
-    stream = group_of(graph, "layer2.0.conv2")
-    assert stream.fixed and any("F.pad" in r and "channel" in r for r in stream.reasons)
-    assert len(graph.reducible) == 9  # only the blocks' inner channels
+    stem = group_of(graph, "conv1")
+    assert stem.reducible and stem.n == 16
+    offsets = {s.module: s.offset for s in stem.slots if s.kind == PRODUCER}
+    assert offsets["layer2.2.conv2"] == 8 and offsets["layer3.2.conv2"] == 24
+    writers = [g for g in graph for s in g.slots
+               if s.module == "layer2.0.conv2" and s.kind == PRODUCER]
+    assert sorted(g.n for g in writers) == [8, 8, 16]  # [zeros | stage 1 | zeros]
+    for zeros in (g for g in writers if g is not stem):
+        assert zeros.fixed and any("F.pad" in r and "zero channels" in r for r in zeros.reasons)
+    assert len(graph.reducible) == 10  # the blocks' inner channels and the stage-1 stream
+
+
+@pytest.mark.parametrize("make", [lambda: build_model("resnet20a"), resnet20_option_a],
+                         ids=["pad-after", "pad-both-sides"])
+def test_option_a_stream_merge_is_exact_for_duplicate_channels(make):
+    """Channel 1 of the stage-1 stream made a copy of channel 0 in every layer that writes
+    it (stem, every block's conv2 + BN in all stages, at each stage's offset): merging the
+    two through the split stream groups must leave the function unchanged."""
+    from tuneless.decisions import merge
+    from tuneless.reduce import reduce
+
+    torch.manual_seed(0)
+    model = make().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias, 0, 0.1)
+    graph = find_groups(model, X32)
+    stream = group_of(graph, "conv1")
+    with torch.no_grad():
+        for s in stream.slots:
+            if s.kind in (PRODUCER, NORM):
+                t = getattr(model.get_submodule(s.module), s.param)
+                t.narrow(s.axis, s.offset + 1, 1).copy_(t.narrow(s.axis, s.offset, 1))
+        before = model(X32)
+        labels = torch.tensor([0, 0, *range(1, stream.n - 1)])
+        small = reduce(copy.deepcopy(model), graph, {stream.id: merge(labels)})
+        after = small(X32)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert torch.allclose(after, before, atol=1e-5, rtol=1e-4)
 
 
 def test_grouped_conv_is_fixed_and_unknown_weighted_module_too():

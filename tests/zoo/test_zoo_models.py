@@ -40,7 +40,8 @@ def test_resnet_depths_and_projection_shortcuts():
 
 def test_zero_padding_shortcuts():
     """Option A: the stage's first block keeps every other pixel of its input and appends
-    zero channels; no parameters, and the residual stream stays fixed for folding."""
+    zero channels; no parameters. The stage-1 stream folds through all stages, the appended
+    zero channels stay fixed (tests/graph/test_discover.py)."""
     from tuneless.graph import find_groups
     from tuneless.zoo.resnet_cifar import PadShortcut
 
@@ -52,7 +53,7 @@ def test_zero_padding_shortcuts():
     assert y.shape == (2, 32, 16, 16)
     assert torch.equal(y[:, :16], x[:, :, ::2, ::2]) and not y[:, 16:].any()
     graph = find_groups(m, torch.randn(2, 3, 32, 32))
-    assert len(graph.reducible) == 9  # the blocks' inner channels only
+    assert len(graph.reducible) == 10  # the blocks' inner channels and the stage-1 stream
     with pytest.raises(ValueError, match="shortcut"):
         build_model("resnet20", width=1.0).__class__(20, shortcut="conv")
 

@@ -1,7 +1,14 @@
-"""Union-find over channel spaces, collecting slots and the reasons a space is fixed."""
+"""Union-find over channel spaces, collecting slots and the reasons a space is fixed.
+
+A space can also be split into consecutive parts when an element-wise op meets it laid
+out in finer segments than it was created with (a zero-padding shortcut adds a stage's
+stream to [previous stream | zero channels]): slots recorded on the whole space are
+shared out to its parts when the groups are resolved.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 from tuneless.graph.groups import ChannelGroup, Slot
@@ -16,6 +23,7 @@ class GroupBuilder:
         self._n: list[int] = []
         self._slots: dict[int, list[Slot]] = defaultdict(list)
         self._reasons: dict[int, list[str]] = defaultdict(list)
+        self._split: dict[int, list[tuple[int, int]]] = {}  # root -> its consecutive parts
 
     def new(self, n: int, reason: str | None = None) -> int:
         gid = len(self._parent)
@@ -39,13 +47,41 @@ class GroupBuilder:
             sizes = f"{self._n[ra]} vs {self._n[rb]}"
             self.fix([ra, rb], f"joined channel spaces of different sizes ({sizes})")
         self._parent[rb] = ra
+        for why in self._reasons.pop(rb, []):  # a root holds every reason of its members
+            if why not in self._reasons[ra]:
+                self._reasons[ra].append(why)
         return ra
 
     def fix(self, gids, reason: str) -> None:
         for g in gids:
-            r = self.find(g)
-            if reason not in self._reasons[r]:
-                self._reasons[r].append(reason)
+            for r, _ in self.parts(g):
+                if reason not in self._reasons[r]:
+                    self._reasons[r].append(reason)
+
+    def parts(self, gid: int) -> list[tuple[int, int]]:
+        """The space as its finest consecutive parts, [(root id, channels), ...]."""
+        r = self.find(gid)
+        if r not in self._split:
+            return [(r, self._n[r])]
+        return [p for g, _ in self._split[r] for p in self.parts(g)]
+
+    def _cut(self, parts: list[tuple[int, int]], cuts: set[int]) -> list[tuple[int, int]]:
+        """Split the parts that straddle a cut position (channel offsets along the layout)."""
+        out, pos = [], 0
+        for g, n in parts:
+            inner = sorted(c - pos for c in cuts if pos < c < pos + n)
+            if inner:
+                sizes = [b - a for a, b in zip([0, *inner], [*inner, n])]
+                kids = [self.new(k) for k in sizes]
+                for k in kids:
+                    for why in self._reasons.get(g, []):
+                        self.fix([k], why)
+                self._split[g] = list(zip(kids, sizes))
+                out += list(zip(kids, sizes))
+            else:
+                out.append((g, n))
+            pos += n
+        return out
 
     def fix_layout(self, layout: Layout | None, reason: str) -> None:
         if layout is not None:
@@ -62,11 +98,20 @@ class GroupBuilder:
             off += n
 
     def union_layouts(self, a: Layout, b: Layout, where: str) -> Layout | None:
-        """Element-wise op of two channel tensors: same channel index ⇒ same group."""
-        if [n for _, n in a.segs] == [n for _, n in b.segs] and a.block == b.block:
-            for (ga, _), (gb, _) in zip(a.segs, b.segs):
-                self.union(ga, gb)
-            return a
+        """Element-wise op of two channel tensors: same channel index ⇒ same group. Where
+        one side is cut into finer segments than the other, the coarser space is split."""
+        if a.channels == b.channels and a.block == b.block:
+            pa = [p for g, _ in a.segs for p in self.parts(g)]
+            pb = [p for g, _ in b.segs for p in self.parts(g)]
+            cuts = set(_offsets(pa)) | set(_offsets(pb))
+            # a space that appears twice on one side would need two different cuts
+            twice = any(cuts != set(_offsets(p)) and len({g for g, _ in p}) < len(p)
+                        for p in (pa, pb))
+            if not twice:
+                pa, pb = self._cut(pa, cuts), self._cut(pb, cuts)
+                for (ga, _), (gb, _) in zip(pa, pb, strict=True):
+                    self.union(ga, gb)
+                return Layout(a.dim, tuple(pa), a.block)
         reason = f"{where} combines tensors whose channels are laid out differently"
         self.fix_layout(a, reason)
         self.fix_layout(b, reason)
@@ -77,13 +122,18 @@ class GroupBuilder:
         roots: dict[int, ChannelGroup] = {}
         for g in range(len(self._parent)):
             r = self.find(g)
+            if r in self._split:  # its slots go to its parts, at their offsets
+                continue
             grp = roots.setdefault(r, ChannelGroup(id=r, n=self._n[r]))
+            grp.reasons = list(self._reasons.get(r, []))
+        for g in range(len(self._parent)):
             for s in self._slots.get(g, []):
-                if s not in grp.slots:
-                    grp.slots.append(s)
-            for why in self._reasons.get(g, []):
-                if why not in grp.reasons:
-                    grp.reasons.append(why)
+                off = 0
+                for part, n in self.parts(g):
+                    moved = s if off == 0 else dataclasses.replace(s, offset=s.offset + off)
+                    if moved not in roots[part].slots:
+                        roots[part].slots.append(moved)
+                    off += n
         out = []
         for new_id, grp in enumerate(sorted(roots.values(), key=lambda g: g.id)):
             grp.id = new_id
@@ -91,6 +141,15 @@ class GroupBuilder:
             out.append(grp)
         _fix_shared_tensors(out)
         return out
+
+
+def _offsets(parts: list[tuple[int, int]]) -> list[int]:
+    """Start offsets of consecutive parts."""
+    out, pos = [], 0
+    for _, n in parts:
+        out.append(pos)
+        pos += n
+    return out
 
 
 def _fix_shared_tensors(groups: list[ChannelGroup]) -> None:

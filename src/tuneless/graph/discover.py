@@ -456,11 +456,18 @@ class _Walker:
         k = len(pad) // 2  # pairs apply to the last k dims, last dim first
         from_end = nd - 1 - x.dim
         if from_end < k and (pad[2 * from_end] or pad[2 * from_end + 1]):
-            reason = (f"F.pad at '{node.name}' pads the channel dimension "
-                      "(zero-padding shortcut): channel positions are hard-coded")
-            self.b.fix_layout(x, reason)
-            n = shape_of(node)[x.dim]
-            self.env[node] = Layout(x.dim, ((self.b.new(n, reason), n),))
+            lo, hi = pad[2 * from_end], pad[2 * from_end + 1]
+            mode = _arg(node, 2, "mode", "constant")
+            value = _arg(node, 3, "value", None)
+            if (not isinstance(lo, int) or not isinstance(hi, int) or lo < 0 or hi < 0
+                    or x.block != 1 or mode != "constant" or value not in (None, 0, 0.0)):
+                raise _Unsupported("pads the channel dimension other than with zero channels")
+            # a zero-padding shortcut: the input's channels keep their groups between zero
+            # channels whose number the code hard-codes (those stay fixed)
+            reason = (f"F.pad at '{node.name}' appends zero channels to the channel "
+                      "dimension (zero-padding shortcut): their number is hard-coded")
+            zeros = lambda n: ((self.b.new(n, reason), n),) if n else ()  # noqa: E731
+            self.env[node] = Layout(x.dim, zeros(lo) + x.segs + zeros(hi))
             return
         self.env[node] = x
 
