@@ -171,10 +171,11 @@ def entry_for(path: Path, old: dict | None) -> dict:
     params = sum(t.numel() for k, t in obj["state_dict"].items()
                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     steps = stages(targs, repo_path(path))
+    train_seconds = sum(stage_seconds(a) for a, _ in steps)
     # the same weights re-saved (e.g. in the reproducible byte layout), or the same training
     # run stored in another dtype (scripts/halve_checkpoint.py), keep date and machine
     same_run = bool(old and obj.get("stored_dtype") and old.get("params") == params
-                    and old.get("train_seconds") == sum(stage_seconds(a) for a, _ in steps))
+                    and old.get("train_seconds") == train_seconds)
     keep = old if old and (old.get("sha256") == sha or old.get("weights_sha256")
                            == obj.get("weights_sha256") or same_run) else None
     return {
@@ -187,7 +188,7 @@ def entry_for(path: Path, old: dict | None) -> dict:
         "check_images": CHECK_IMAGES,
         "params": params,
         "epochs": sum(a.get("epochs") or 0 for a, _ in steps),
-        "train_seconds": sum(stage_seconds(a) for a, _ in steps),
+        "train_seconds": train_seconds,
         "command": command(obj, repo_path(path)),
         "sha256": sha,
         "bytes": path.stat().st_size,

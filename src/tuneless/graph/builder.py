@@ -73,9 +73,8 @@ class GroupBuilder:
             if inner:
                 sizes = [b - a for a, b in zip([0, *inner], [*inner, n])]
                 kids = [self.new(k) for k in sizes]
-                for k in kids:
-                    for why in self._reasons.get(g, []):
-                        self.fix([k], why)
+                for k in kids:  # a part of a fixed space is fixed for the same reasons
+                    self._reasons[k] = list(self._reasons.get(g, []))
                 self._split[g] = list(zip(kids, sizes))
                 out += list(zip(kids, sizes))
             else:
@@ -124,8 +123,8 @@ class GroupBuilder:
             r = self.find(g)
             if r in self._split:  # its slots go to its parts, at their offsets
                 continue
-            grp = roots.setdefault(r, ChannelGroup(id=r, n=self._n[r]))
-            grp.reasons = list(self._reasons.get(r, []))
+            if r not in roots:
+                roots[r] = ChannelGroup(id=r, n=self._n[r], reasons=list(self._reasons.get(r, [])))
         for g in range(len(self._parent)):
             for s in self._slots.get(g, []):
                 off = 0

@@ -466,8 +466,9 @@ class _Walker:
             # channels whose number the code hard-codes (those stay fixed)
             reason = (f"F.pad at '{node.name}' appends zero channels to the channel "
                       "dimension (zero-padding shortcut): their number is hard-coded")
-            zeros = lambda n: ((self.b.new(n, reason), n),) if n else ()  # noqa: E731
-            self.env[node] = Layout(x.dim, zeros(lo) + x.segs + zeros(hi))
+            lo_seg = ((self.b.new(lo, reason), lo),) if lo else ()
+            hi_seg = ((self.b.new(hi, reason), hi),) if hi else ()
+            self.env[node] = Layout(x.dim, lo_seg + x.segs + hi_seg)
             return
         self.env[node] = x
 

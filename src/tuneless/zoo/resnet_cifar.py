@@ -35,12 +35,10 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
-        if (stride != 1 or in_planes != planes) and shortcut == "pad":
-            self.shortcut = PadShortcut(in_planes, planes, stride)
-        elif stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+        if stride != 1 or in_planes != planes:
+            self.shortcut = PadShortcut(in_planes, planes, stride) if shortcut == "pad" else \
+                nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                              nn.BatchNorm2d(planes))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
