@@ -128,3 +128,39 @@ def test_cached_targets_give_the_same_refit_as_per_layer_capture():
     assert fast.refit_report["refitted"] == slow.refit_report["refitted"]
     for (k, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items(), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
+
+
+def test_output_map_of_a_producer_feeding_several_groups_is_block_diagonal():
+    """A stream producer behind a zero-padded shortcut writes [pad | carried | pad] spans,
+    each its own group: the map follows reduce's layout, identity where nothing changed."""
+    from tuneless.layer_refit import _output_map
+
+    layer = nn.Conv2d(3, 2 + 1 + 2, 1)  # small: 2 (of 3) + 1 untouched + 2 (of 2) rows
+    outputs = {"c": [(7, 4, 2, 1), (5, 0, 3, 1)]}  # (group, offset, n, block), unsorted
+    m5 = channel_maps_from_labels({"5": [0, 1, 0]})[5]
+    got = _output_map("c", layer, outputs, {5: m5})
+    want = torch.block_diag(m5, torch.eye(1), torch.eye(2))
+    assert torch.equal(got, want)
+    assert _output_map("c", nn.Conv2d(3, 4, 1), outputs, {5: m5}) is None  # widths disagree
+
+
+@pytest.mark.parametrize("pad", ["after", "both-sides"])
+def test_refit_reaches_every_layer_of_an_option_a_resnet(pad):
+    """Zero-padding shortcuts split the streams into several groups per producer; the refit
+    must still re-solve those producers (it used to skip them) and beat no repair."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "breadth"))
+    from option_a_resnet import resnet20 as resnet20_option_a
+
+    model = _randomise_bn(build_model("resnet20a") if pad == "after" else resnet20_option_a())
+    x = _images(2, 32)
+    calib, held = _images(96, 32), _images(32, 32, seed=1)
+    for small in (fold(model, sparsity=0.5, repair="refit", example_inputs=x, data=calib),
+                  tuneless.refit(model, prune(model, sparsity=0.5, criterion="l1",
+                                              example_inputs=x), calib, example_inputs=x)):
+        assert small.refit_report["skipped"] == []
+        assert "layer2.0.conv2" in small.refit_report["refitted"]
+    none = fold(model, sparsity=0.5, repair="none", example_inputs=x)
+    assert _error(model, small, held) < 0.5 * _error(model, none, held)

@@ -139,7 +139,8 @@ def _layout(graph) -> tuple[dict[str, list], dict[str, str]]:
     for g in graph.groups:
         for s in g.slots:
             if s.kind == "producer" and s.param == "weight" and s.axis == 0:
-                outputs.setdefault(s.module, []).append((g.id, s.offset, g.n))
+                outputs.setdefault(s.module, []).append((g.id, s.offset * s.block,
+                                                         g.n * s.block, s.block))
             if s.kind == "norm" and s.param == "weight" and s.producer is not None:
                 norm_after[s.producer] = s.module
     return outputs, norm_after
@@ -175,18 +176,32 @@ def _unsupported(layer: nn.Module, before: nn.Module, norm: str | None,
 
 
 def _output_map(name: str, layer: nn.Module, outputs: dict, maps: dict) -> torch.Tensor | None:
-    """(out_small × out_original) map of the layer's output channels, or None if split."""
-    slots = outputs.get(name, [])
+    """(out_small × out_original) map of the layer's output channels, or None if unknown.
+
+    A producer may feed several groups (a zero-padded shortcut splits a stream into the
+    channels it carries and the ones it pads): `tuneless.reduce` rebuilds its rows span by
+    span in offset order and copies the rows no group owns, so the map is block-diagonal
+    in that order, with identity blocks for unchanged spans.
+    """
+    slots = sorted(outputs.get(name, []), key=lambda s: s[1])
     n_out = layer.weight.shape[0]
     if not slots:
         return torch.eye(n_out)
-    if len(slots) != 1 or slots[0][1] != 0:
+    if any(block != 1 for *_, block in slots):
         return None
-    gid, _, n = slots[0]
-    m = maps.get(gid)
-    if m is None:
-        return torch.eye(n) if n == n_out else None
-    return m if m.shape[0] == n_out else None
+    blocks, pos = [], 0
+    for gid, lo, n, _ in slots:
+        if lo < pos:
+            return None  # overlapping spans: not a layout reduce produces
+        if lo > pos:
+            blocks.append(torch.eye(lo - pos))
+        m = maps.get(gid)
+        blocks.append(torch.eye(n) if m is None else m)
+        pos = lo + n
+    tail = n_out - sum(b.shape[0] for b in blocks)  # rows after the last span, copied
+    if tail < 0:
+        return None
+    return torch.block_diag(*blocks, *([torch.eye(tail)] if tail else []))
 
 
 def _capture(model: nn.Module, name: str, x: torch.Tensor, what: str) -> torch.Tensor:
