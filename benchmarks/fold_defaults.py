@@ -58,7 +58,15 @@ VARIANTS: dict[str, dict] = {
     "dir-s50-lr02": {"inversion": {"steps": 50, "lr": 0.2}},
     # (dir-c50 / dir-c75: {"inversion": {"coarse_steps": 50 / 75}}, the first steps at half
     # resolution; the option existed at commit 623c902 only: it lost, docs/folding.md)
+    # Residual streams lose stream_share × the ratio of the other groups (1: uniform)
+    "streams-0.5": {"stream_share": 0.5},
+    "streams-0.25": {"stream_share": 0.25},
+    "streams-0": {"stream_share": 0.0},
+    "streams-1": {"stream_share": 1.0},
 }
+# Baselines on the same per-group widths: "repairs" that prune by L1 norm with the variant's
+# stream_share, then re-estimate BN on the same images or refit on them
+PRUNE_REPAIRS = ("l1-bn", "l1-refit")
 FIELDS = ["model", "variant", "repair", "point", "seed", "accuracy", "achieved", "seconds",
           "dense_acc", "test_images", "commit"]
 
@@ -75,6 +83,8 @@ def main() -> int:
     p.add_argument("--repair-images", type=int, default=1024)
     p.add_argument("--view", choices=["train", "plain"], default="train",
                    help="data repairs see the images augmented as training fed them, or plain")
+    p.add_argument("--test-images", type=int, default=None,
+                   help="a seeded subset of the test split (default: all of it)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/results/fold-defaults")
     p.add_argument("--render-only", action="store_true")
@@ -98,6 +108,8 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
         model, arch, ds = load_any(path)
         label = Path(path).stem + ("" if args.view == "train" else " (plain images)")
         test = get_dataset(ds, "test")
+        if args.test_images:
+            test = test.subset(args.test_images)
         train = get_dataset(ds, "train").subset(args.repair_images, seed=1)
         real = train.training_view(training_pad(path) if args.view == "train" else None, seed=2)
         x = test.tensors(8)[0]
@@ -116,10 +128,14 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                         if repair == "none":  # Fold-Naive never fused BN, in any version
                             opts["fuse_bn"] = False
                         t0 = time.perf_counter()
+                        if repair in PRUNE_REPAIRS and seed != seeds[0]:
+                            continue  # L1 pruning is deterministic
                         try:
-                            small = fold(model, repair=repair, example_inputs=x, seed=seed,
-                                         data=real if repair in ("data", "refit") else None,
-                                         **kw, **opts)
+                            small = (_pruned(model, repair, x, real, kw, opts)
+                                     if repair in PRUNE_REPAIRS else
+                                     fold(model, repair=repair, example_inputs=x, seed=seed,
+                                          data=real if repair in ("data", "refit") else None,
+                                          **kw, **opts))
                         except TunelessError as exc:  # e.g. AR on a network without BN
                             print(f"{label} {repair} {variant}: skipped ({exc})", flush=True)
                             break
@@ -141,6 +157,19 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                         atomic_write_text(buf.getvalue(), csv_path)
 
 
+def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
+    """L1 pruning at the variant's per-group widths, then the named data repair."""
+    from tuneless.layer_refit import refit
+    from tuneless.methods.prune import prune
+    from tuneless.repair import reestimate_bn
+
+    small = prune(model, criterion="l1", example_inputs=x,
+                  stream_share=opts.get("stream_share", 1.0), **kw)
+    if repair == "l1-bn":
+        return reestimate_bn(small, real, inplace=True)
+    return refit(model, small, real, example_inputs=x, inplace=True)
+
+
 def render(rows: list[dict], info: dict, command: str) -> str:
     cells = defaultdict(list)
     for r in rows:
@@ -151,7 +180,8 @@ def render(rows: list[dict], info: dict, command: str) -> str:
              "`benchmarks/fold_defaults.sh` (one thread, machine shared with a training "
              "job and other benchmarks: times are not comparable).", "",
              f"Rendered: {stamp_markdown(info)}", "",
-             "Accuracy (%) on the full test split, no fine-tuning; each cell is the mean ± "
+             "Accuracy (%) on the test split (`test_images` in the CSV: 10,000 is all of it), "
+             "no fine-tuning; each cell is the mean ± "
              "standard deviation over the seeds (n = number of seeds).", ""]
     models = sorted({k[0] for k in cells})
     for model in models:

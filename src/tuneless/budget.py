@@ -75,11 +75,15 @@ def counts_for_ratio(graph: GroupGraph, channel_ratio: float, min_channels: int 
 
 
 def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: int = 1,
-          round_to: int = 1) -> Budget:
-    """Per-group counts removing `sparsity` of all parameters (±1 point), from a uniform ratio."""
+          round_to: int = 1, stream_share: float = 1.0) -> Budget:
+    """Per-group counts removing `sparsity` of all parameters (±1 point), from one ratio r:
+    r of every group's channels, stream_share·r of a residual stream's (1: uniform, the
+    paper's; 0: streams kept whole). A stream's channels run through every block of its
+    stage, so each one removed costs more than an inner channel (docs/folding.md)."""
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     _check_options(min_channels, round_to)
+    check_share(stream_share)
     before = param_count(model, graph)
     if not graph.reducible:
         raise TunelessError("the model has no reducible channel groups (see `tuneless inspect`)")
@@ -93,9 +97,10 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
         raise TunelessError(
             f"sparsity {sparsity:.2f} is out of reach: removing every reducible channel down to "
             f"min_channels={min_channels} removes only {most:.3f} of the parameters")
-    lo, _ = bisect(lambda r: achieved(_ratio_counts(graph, r, min_channels, round_to))
-                   > sparsity, 0.0, 1.0)  # achieved(lo) <= sparsity
-    kept = _ratio_counts(graph, lo, min_channels, round_to)
+    lo, _ = bisect(lambda r: achieved(_ratio_counts(graph, r, min_channels, round_to,
+                                                    stream_share)) > sparsity,
+                   0.0, 1.0)  # achieved(lo) <= sparsity
+    kept = _ratio_counts(graph, lo, min_channels, round_to, stream_share)
     kept = _nudge(graph, kept, achieved, sparsity, min_channels, round_to)
     after = param_count(model, graph, kept)
     if abs(1 - after / before - sparsity) > TOLERANCE:
@@ -129,8 +134,15 @@ def budget_for_ratio(model: nn.Module, graph: GroupGraph, channel_ratio: float,
     return Budget(kept, channel_ratio, 1 - after / before, before, after, None)
 
 
-def _ratio_counts(graph, r, min_channels, round_to):
-    return {g.id: _round(g.n * (1 - r), g.n, min_channels, round_to) for g in graph.reducible}
+def _ratio_counts(graph, r, min_channels, round_to, stream_share=1.0):
+    return {g.id: _round(g.n * (1 - (stream_share * r if g.stream else r)), g.n, min_channels,
+                         round_to) for g in graph.reducible}
+
+
+def check_share(stream_share: float) -> None:
+    if isinstance(stream_share, bool) or not isinstance(stream_share, (int, float)) \
+            or not 0.0 <= stream_share <= 1.0:
+        raise TunelessError(f"stream_share must be a number in [0, 1], got {stream_share!r}")
 
 
 def _nudge(graph, kept, achieved, target, min_channels, round_to):

@@ -95,6 +95,11 @@ class ChannelGroup:
     def reducible(self) -> bool:
         return not self.fixed and bool(self.producers) and bool(self.consumers) and self.n > 1
 
+    @property
+    def stream(self) -> bool:
+        """Written by more than one layer (an elementwise op joins them): a residual stream."""
+        return len({s.module for s in self.producers}) > 1
+
     def features(self, source: Source, parts: Iterable[str] = KINDS, *,
                  transform: Callable[[Slot, torch.Tensor], torch.Tensor] | None = None,
                  project: tuple[int, int] | None = None) -> torch.Tensor:

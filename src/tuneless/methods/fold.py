@@ -36,6 +36,7 @@ class FoldOptions:
     channel_ratio: float | None = None
     repair: str = "ar"
     allocation: str = "uniform"
+    stream_share: float = 1.0  # uniform allocation by sparsity: streams lose this share of r
     cluster: str = "kmeans"
     features: str = "raw"  # measured best: docs/results/fold-features.md
     # Measured defaults (docs/folding.md, benchmarks/fold_defaults.py, 3 seeds, every
@@ -125,6 +126,9 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         raise TunelessError("round_to applies to allocation='uniform' only")
     if opts.allocation == "error" and opts.sparsity is None:
         raise TunelessError("allocation='error' needs a sparsity (a global parameter budget)")
+    from tuneless.budget import check_share
+
+    check_share(opts.stream_share)
     if not 0.0 < opts.max_ratio < 1.0:
         raise TunelessError(f"max_ratio must be in (0, 1), got {opts.max_ratio}")
     if not 0.0 <= opts.keep_floor <= 1.0:
@@ -168,7 +172,8 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         before, after = param_count(model, graph), param_count(model, graph, kept)
         achieved, ratio = 1 - after / before, None
     else:
-        b = (solve(model, graph, opts.sparsity, opts.min_channels, opts.round_to)
+        b = (solve(model, graph, opts.sparsity, opts.min_channels, opts.round_to,
+                   opts.stream_share)
              if opts.sparsity is not None
              else budget_for_ratio(model, graph, opts.channel_ratio, opts.min_channels,
                                    opts.round_to))

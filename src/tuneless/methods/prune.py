@@ -28,7 +28,8 @@ _STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float | None = None,
           criterion: str = "l1", example_inputs=None, min_channels: int = 1,
-          round_to: int = 1, seed: int = 0, data=None, **llm_options) -> nn.Module:
+          round_to: int = 1, seed: int = 0, data=None, stream_share: float = 1.0,
+          **llm_options) -> nn.Module:
     """Structured pruning to `sparsity` (fraction of parameters removed) or a uniform
     `channel_ratio` (fraction of channels removed from every reducible group).
 
@@ -51,6 +52,9 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     check_model(model, f"prune-{criterion}")
     check_call(prune, {"min_channels": min_channels, "round_to": round_to, "seed": seed},
                f"prune-{criterion}")
+    from tuneless.budget import check_share
+
+    check_share(stream_share)
     if criterion not in CRITERIA:
         raise TunelessError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if (sparsity is None) == (channel_ratio is None):
@@ -60,7 +64,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     if not graph.reducible:
         raise UnsupportedModelError(_nothing_reducible(model, graph))
     if sparsity is not None:
-        budget = solve(model, graph, sparsity, min_channels, round_to)
+        budget = solve(model, graph, sparsity, min_channels, round_to, stream_share)
     else:
         budget = budget_for_ratio(model, graph, channel_ratio, min_channels, round_to)
     gen = torch.Generator().manual_seed(seed)
@@ -78,7 +82,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
         "channel_ratio": budget.channel_ratio, "achieved_sparsity": budget.sparsity,
         "params_before": budget.params_before, "params_after": budget.params_after,
         "options": {"criterion": criterion, "min_channels": min_channels,
-                    "round_to": round_to, "seed": seed},
+                    "round_to": round_to, "seed": seed, "stream_share": stream_share},
         "physically_smaller": True, "groups": len(graph),
         "reducible_groups": len(graph.reducible),
         "kept": {str(k): v for k, v in budget.kept.items()},
