@@ -60,3 +60,41 @@ def test_out_of_range_requests_are_errors(resnet):
         solve(model, graph, 0.5, round_to=0)
     with pytest.raises(TunelessError, match="cannot keep"):
         param_count(model, graph, {graph.reducible[0].id: 0})
+
+
+def test_residual_streams_are_the_groups_several_layers_write(resnet):
+    _, graph = resnet
+    streams = [g for g in graph.reducible if g.stream]
+    assert len(streams) == 3  # one per stage of a projection-shortcut ResNet
+    assert all(len({s.module for s in g.producers}) > 1 for g in streams)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
+def test_stream_share_scales_the_streams_ratio_only(resnet, share):
+    model, graph = resnet
+    b = solve(model, graph, 0.5, stream_share=share)
+    assert abs(b.sparsity - 0.5) <= 0.01
+    inner = [1 - b.kept[g.id] / g.n for g in graph.reducible if not g.stream]
+    stream = [1 - b.kept[g.id] / g.n for g in graph.reducible if g.stream]
+    if share == 0.0:
+        assert all(r == 0 for r in stream) and min(inner) >= 0.5
+    else:  # rounding and the ±1-point nudge aside, stream ratio ≈ share × inner ratio
+        assert abs(sum(stream) / len(stream) - share * sum(inner) / len(inner)) < 0.08
+
+
+def test_fold_and_prune_share_the_stream_default_and_reject_bad_shares(resnet):
+    import tuneless
+    from tuneless.budget import STREAM_SHARE
+
+    model, graph = resnet
+    x = torch.randn(2, 3, 32, 32)
+    want = solve(model, graph, 0.4).kept
+    for small in (tuneless.fold(model, sparsity=0.4, example_inputs=x),
+                  tuneless.prune(model, sparsity=0.4, example_inputs=x)):
+        assert {int(k): v for k, v in small.tuneless_report["kept"].items()} == want
+    assert 0 < STREAM_SHARE < 1
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(TunelessError, match="stream_share"):
+            tuneless.fold(model, sparsity=0.4, example_inputs=x, stream_share=bad)
+        with pytest.raises(TunelessError, match="stream_share"):
+            tuneless.prune(model, sparsity=0.4, example_inputs=x, stream_share=bad)

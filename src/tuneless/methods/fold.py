@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from tuneless.budget import STREAM_SHARE
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.methods.preset import preset
 from tuneless.modelcheck import check_model
@@ -36,7 +37,9 @@ class FoldOptions:
     channel_ratio: float | None = None
     repair: str = "ar"
     allocation: str = "uniform"
-    stream_share: float = 1.0  # uniform allocation by sparsity: streams lose this share of r
+    # a sparsity budget removes stream_share × r of a residual stream's channels and r of
+    # every other group's (1.0: the paper's uniform ratio; budget.STREAM_SHARE, measured)
+    stream_share: float = STREAM_SHARE
     cluster: str = "kmeans"
     features: str = "raw"  # measured best: docs/results/fold-features.md
     # Measured defaults (docs/folding.md, benchmarks/fold_defaults.py, 3 seeds, every
@@ -74,7 +77,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     MLP schedule and the data-free least-squares repair on the model's own samples ("self")
     by default; "refit" on data= token ids, "none" = the paper (options e.g. schedule=,
     tokenizer=, features= "auto" | "weights" | "activations" for what its k-means clusters).
-    Options: allocation ("uniform" | "error"), cluster ("kmeans" | "ward" | "ward-hartigan"
+    Options: allocation ("uniform" | "error"), stream_share (residual streams lose this share
+    of the other groups' channel ratio under a sparsity budget; 1 = the paper's uniform
+    ratio; channel_ratio= is always uniform), cluster ("kmeans" | "ward" | "ward-hartigan"
     | "kmeans+ward" | "greedy"; docs/folding.md "Ward clustering"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, round_to
     (channel counts in multiples of it, as for prune), max_ratio,

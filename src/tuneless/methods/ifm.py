@@ -16,15 +16,18 @@ import time
 import torch
 import torch.nn as nn
 
+from tuneless.budget import STREAM_SHARE
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 
 
 def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float | None = None,
-        example_inputs=None, min_channels: int = 1) -> nn.Module:
+        example_inputs=None, min_channels: int = 1,
+        stream_share: float = STREAM_SHARE) -> nn.Module:
     """Merge channels greedily until `sparsity` of the parameters (or `channel_ratio` of
-    every group's channels) is removed; returns a new model."""
+    every group's channels) is removed; returns a new model. stream_share: as for
+    tuneless.fold (the same per-group widths)."""
     from tuneless.budget import budget_for_ratio, solve
     from tuneless.cluster import greedy_pairs
     from tuneless.graph import find_groups
@@ -41,7 +44,8 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
     if not graph.reducible:
         raise UnsupportedModelError(f"nothing to merge in {type(model).__name__}: every channel "
                                     "group is fixed")
-    b = (solve(model, graph, sparsity, min_channels) if sparsity is not None
+    b = (solve(model, graph, sparsity, min_channels, stream_share=stream_share)
+         if sparsity is not None
          else budget_for_ratio(model, graph, channel_ratio, min_channels))
     decisions = {}
     for g in graph.reducible:

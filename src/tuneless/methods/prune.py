@@ -17,6 +17,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from tuneless.budget import STREAM_SHARE
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.methods.preset import preset
 from tuneless.modelcheck import check_model
@@ -28,10 +29,12 @@ _STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float | None = None,
           criterion: str = "l1", example_inputs=None, min_channels: int = 1,
-          round_to: int = 1, seed: int = 0, data=None, stream_share: float = 1.0,
+          round_to: int = 1, seed: int = 0, data=None, stream_share: float = STREAM_SHARE,
           **llm_options) -> nn.Module:
     """Structured pruning to `sparsity` (fraction of parameters removed) or a uniform
     `channel_ratio` (fraction of channels removed from every reducible group).
+    Under a sparsity budget residual streams lose `stream_share` of the ratio the other
+    groups lose (the same widths as tuneless.fold; 1 = uniform).
 
     Language models (Hugging Face decoders): criterion "l2" / "magnitude" (data-free, L2 norm
     of every weight a head or MLP channel owns), "wanda-sp" or "flap" (tuneless.llm.flap;
