@@ -107,6 +107,8 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
                    0.0, 1.0)  # achieved(lo) <= sparsity
     kept = _ratio_counts(graph, lo, min_channels, round_to, stream_share)
     kept = _nudge(graph, kept, achieved, sparsity, min_channels, round_to)
+    if abs(achieved(kept) - sparsity) > TOLERANCE and len(graph.reducible) <= _SWAP_MAX_GROUPS:
+        kept = _swap(graph, kept, achieved, sparsity, min_channels, round_to)
     after = param_count(model, graph, kept)
     if abs(1 - after / before - sparsity) > TOLERANCE:
         warnings.warn(f"achieved sparsity {1 - after / before:.3f} for a request of "
@@ -165,6 +167,37 @@ def _nudge(graph, kept, achieved, target, min_channels, round_to):
                 break
             kept, cur = trial, new
     return kept
+
+
+def _swap(graph, kept, achieved, target, min_channels, round_to):
+    """Small networks, where one channel is several points of the budget: move round_to
+    channels between two groups (or add / remove at one) while that gets closer."""
+    groups = list(graph.reducible)
+    floor = max(min_channels, 1)
+    cur = abs(achieved(kept) - target)
+    for _ in range(4 * len(groups)):
+        best = None
+        for a in [None, *groups]:  # a loses round_to channels, b gains them
+            for b in [None, *groups]:
+                if a is b:
+                    continue
+                trial = dict(kept)
+                if a is not None:
+                    trial[a.id] -= round_to
+                if b is not None:
+                    trial[b.id] += round_to
+                if any(not floor <= trial[g.id] <= g.n for g in (a, b) if g is not None):
+                    continue
+                err = abs(achieved(trial) - target)
+                if err < cur - 1e-12 and (best is None or err < best[0]):
+                    best = (err, trial)
+        if best is None:
+            break
+        cur, kept = best
+    return kept
+
+
+_SWAP_MAX_GROUPS = 48  # above this, channels are fine-grained enough for _nudge alone
 
 
 def _round(x: float, n: int, min_channels: int, round_to: int) -> int:
