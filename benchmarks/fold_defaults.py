@@ -65,8 +65,8 @@ VARIANTS: dict[str, dict] = {
     "streams-1": {"stream_share": 1.0},
 }
 # Baselines on the same per-group widths: "repairs" that prune by L1 norm with the variant's
-# stream_share, then re-estimate BN on the same images or refit on them
-PRUNE_REPAIRS = ("l1-bn", "l1-refit")
+# stream_share, then nothing ("l1"), BN re-estimated on the same images, or refit on them
+PRUNE_REPAIRS = ("l1", "l1-bn", "l1-refit")
 FIELDS = ["model", "variant", "repair", "point", "seed", "accuracy", "achieved", "seconds",
           "dense_acc", "test_images", "commit"]
 
@@ -165,6 +165,8 @@ def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
 
     small = prune(model, criterion="l1", example_inputs=x,
                   stream_share=opts.get("stream_share", 1.0), **kw)
+    if repair == "l1":
+        return small
     if repair == "l1-bn":
         return reestimate_bn(small, real, inplace=True)
     return refit(model, small, real, example_inputs=x, inplace=True)
