@@ -306,7 +306,7 @@ def markdown(rows, info, args) -> str:
              "the uncompressed network (its time is included in every Fold-DIR row). "
              "`fold-refit`, `fold-refit-error` and `prune-l1-refit` (beyond the paper) "
              "re-solve every conv and "
-             "linear layer by least squares on the first 256 of those images "
+             "linear layer by least squares on (up to the first 1,024 of) those images "
              "(tuneless.layer_refit). "
              "`magnitude` is unstructured (zeros, not smaller). Cells: accuracy (achieved "
              "fraction removed, seconds).", ""]
