@@ -75,8 +75,7 @@ def counts_for_ratio(graph: GroupGraph, channel_ratio: float, min_channels: int 
     if not 0.0 <= channel_ratio < 1.0:
         raise TunelessError(f"channel_ratio must be in [0, 1), got {channel_ratio}")
     _check_options(min_channels, round_to)
-    return {g.id: _round(g.n * (1 - channel_ratio), g.n, min_channels, round_to)
-            for g in graph.reducible}
+    return _ratio_counts(graph, channel_ratio, min_channels, round_to)
 
 
 def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: int = 1,
@@ -88,7 +87,7 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     _check_options(min_channels, round_to)
-    check_share(stream_share)
+    check_value("stream_share", stream_share, float, "channel budget")
     before = param_count(model, graph)
     if not graph.reducible:
         raise TunelessError("the model has no reducible channel groups (see `tuneless inspect`)")
@@ -144,12 +143,6 @@ def budget_for_ratio(model: nn.Module, graph: GroupGraph, channel_ratio: float,
 def _ratio_counts(graph, r, min_channels, round_to, stream_share=1.0):
     return {g.id: _round(g.n * (1 - (stream_share * r if g.stream else r)), g.n, min_channels,
                          round_to) for g in graph.reducible}
-
-
-def check_share(stream_share: float) -> None:
-    if isinstance(stream_share, bool) or not isinstance(stream_share, (int, float)) \
-            or not 0.0 <= stream_share <= 1.0:
-        raise TunelessError(f"stream_share must be a number in [0, 1], got {stream_share!r}")
 
 
 def _nudge(graph, kept, achieved, target, min_channels, round_to):

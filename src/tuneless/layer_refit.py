@@ -139,8 +139,7 @@ def _layout(graph) -> tuple[dict[str, list], dict[str, str]]:
     for g in graph.groups:
         for s in g.slots:
             if s.kind == "producer" and s.param == "weight" and s.axis == 0:
-                outputs.setdefault(s.module, []).append((g.id, s.offset * s.block,
-                                                         g.n * s.block, s.block))
+                outputs.setdefault(s.module, []).append((g.id, s.offset, g.n, s.block))
             if s.kind == "norm" and s.param == "weight" and s.producer is not None:
                 norm_after[s.producer] = s.module
     return outputs, norm_after

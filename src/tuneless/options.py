@@ -31,6 +31,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "min_rank": (1, None),
     "ridge": (0, None),
     "keep_floor": (0, 1),
+    "stream_share": (0, 1),
 }
 # string values an option may take when its type also allows a number
 STRING_CHOICES: dict[str, tuple[str, ...]] = {"n_init": ("auto",)}

@@ -131,9 +131,6 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         raise TunelessError("round_to applies to allocation='uniform' only")
     if opts.allocation == "error" and opts.sparsity is None:
         raise TunelessError("allocation='error' needs a sparsity (a global parameter budget)")
-    from tuneless.budget import check_share
-
-    check_share(opts.stream_share)
     if not 0.0 < opts.max_ratio < 1.0:
         raise TunelessError(f"max_ratio must be in (0, 1), got {opts.max_ratio}")
     if not 0.0 <= opts.keep_floor <= 1.0:

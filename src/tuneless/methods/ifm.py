@@ -35,7 +35,7 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
     from tuneless.reduce import merge, reduce
 
     check_model(model, "ifm")
-    check_call(ifm, {"min_channels": min_channels}, "ifm")
+    check_call(ifm, {"min_channels": min_channels, "stream_share": stream_share}, "ifm")
     if (sparsity is None) == (channel_ratio is None):
         raise TunelessError("give exactly one of sparsity or channel_ratio")
     t0 = time.perf_counter()

@@ -53,11 +53,8 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     if llm_options:
         raise TunelessError(f"unknown prune option(s): {', '.join(sorted(llm_options))}")
     check_model(model, f"prune-{criterion}")
-    check_call(prune, {"min_channels": min_channels, "round_to": round_to, "seed": seed},
-               f"prune-{criterion}")
-    from tuneless.budget import check_share
-
-    check_share(stream_share)
+    check_call(prune, {"min_channels": min_channels, "round_to": round_to, "seed": seed,
+                       "stream_share": stream_share}, f"prune-{criterion}")
     if criterion not in CRITERIA:
         raise TunelessError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if (sparsity is None) == (channel_ratio is None):
