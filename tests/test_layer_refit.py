@@ -164,3 +164,56 @@ def test_refit_reaches_every_layer_of_an_option_a_resnet(pad):
         assert "layer2.0.conv2" in small.refit_report["refitted"]
     none = fold(model, sparsity=0.5, repair="none", example_inputs=x)
     assert _error(model, small, held) < 0.5 * _error(model, none, held)
+
+
+def test_a_merged_channels_target_is_the_mean_after_the_clamp():
+    from tuneless.layer_refit import _Target
+
+    z = torch.tensor([[2.0, -1.0, 5.0], [-3.0, -1.0, 1.0], [8.0, 6.0, -2.0]])  # rows: samples
+    m = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])  # channels 0+1 merged, 2 kept
+    for lo, hi in ((0.0, float("inf")), (0.0, 6.0)):
+        t = _Target(m, (lo, hi))(z)
+        assert torch.equal(t.clamp(lo, hi), z.clamp(lo, hi) @ m.T), (lo, hi)
+        assert torch.equal(t[:, 1], z[:, 2])  # a kept channel's target is itself
+    assert torch.equal(_Target(m)(z), z @ m.T)  # no clamp: the plain mean
+    assert _Target(m, (0.0, float("inf")))(z)[0, 0] == 1.0  # relu(mean) would give 0.5
+
+
+class _Pair(nn.Module):
+    """conv → BN → act (→ pool) → conv: the group between the convs passes `act`."""
+
+    def __init__(self, act, pool: bool = False) -> None:
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.act, self.pool = act, nn.MaxPool2d(2) if pool else nn.Identity()
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(self.pool(self.act(self.bn(self.conv1(x)))))
+
+
+@pytest.mark.parametrize("act, pool, clamp", [
+    (nn.ReLU(), False, (0.0, float("inf"))), (nn.ReLU(inplace=True), True, (0.0, float("inf"))),
+    (nn.ReLU6(), False, (0.0, 6.0)), (nn.GELU(), False, None), (nn.Identity(), False, None),
+    (nn.LeakyReLU(0.1), True, None)])
+def test_the_clamp_after_a_layer_is_measured_through_pooling(act, pool, clamp):
+    from tuneless.layer_refit import _clamp_after
+
+    model = _Pair(act, pool).eval()
+    with torch.no_grad():
+        model.conv1.weight.mul_(20)  # outputs beyond 6 as well as below 0
+    assert _clamp_after(model, "bn", ["conv2"], _images(4)) == clamp
+
+
+def test_refit_targets_merged_channels_after_their_relu():
+    model = _randomise_bn(build_model("resnet20"))
+    x = _images(2)
+    small = fold(model, sparsity=0.5, repair="refit", example_inputs=x, data=_images(64))
+    clamped = small.refit_report["clamped"]
+    # every block's conv1 → bn1 → relu group; the streams pass an addition first
+    assert {n for n in clamped if n.endswith("conv1") and "layer" in n} == {
+        f"layer{i}.{j}.conv1" for i in (1, 2, 3) for j in range(3)}
+    assert not any(n.endswith("conv2") for n in clamped), clamped
+    pruned = prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
+    assert tuneless.refit(model, pruned, _images(64), example_inputs=x).refit_report[
+        "clamped"] == []  # kept channels: nothing to average

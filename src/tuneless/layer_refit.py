@@ -15,7 +15,9 @@ steps, no fine-tuning.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -84,7 +86,8 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     come from one forward pass per batch and the small model is refitted during a single
     pass over all images (linear in depth); otherwise both models run a partial pass per
     layer (quadratic in depth, memory of one layer at a time).
-    Returns the refitted model and sets `refit_report` on it (layers refitted / skipped).
+    Returns the refitted model and sets `refit_report` on it (layers refitted / skipped /
+    whose merged channels were targeted after the clamp that follows them).
     """
     from tuneless.data.loader import image_batches
 
@@ -102,7 +105,8 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     outputs, norm_after = _layout(graph)
     done, skipped = [], []
     try:
-        plan = []  # (layer name, norm after it, output map) of every layer to refit
+        plan = []  # (layer name, norm after it, its _Target) of every layer to refit
+        readers = _consumers(graph)
         for name in _forward_order(original, batches[0][:1]):
             layer = small.get_submodule(name)
             why = _unsupported(layer, original.get_submodule(name), norm_after.get(name), small)
@@ -112,22 +116,27 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
             if why is not None:
                 skipped.append(f"{name}: {why}")
             else:
-                plan.append((name, norm_after.get(name), out_map))
+                norm = norm_after.get(name)
+                clamp = (_clamp_after(original, norm or name, readers.get(name, []),
+                                      batches[0][:_PROBE_IMAGES])
+                         if _merges(out_map) else None)
+                plan.append((name, norm, _Target(out_map, clamp)))
         cache = _cached_targets(original, plan, batches, cache_bytes)
         if cache is not None:
             _refit_in_one_pass(small, plan, batches, cache, ridge)
         from tuneless.progress import progress
 
-        for name, norm, out_map in progress(plan, total=len(plan), desc="refit",
-                                            unit="layer", disable=cache is not None):
+        for name, norm, target in progress(plan, total=len(plan), desc="refit",
+                                           unit="layer", disable=cache is not None):
             if cache is None:
-                pairs = _pairs(original, small, name, norm, out_map, batches)
+                pairs = _pairs(original, small, name, norm, target, batches)
                 _solve_layer(small, name, norm, pairs, ridge)
             done.append(name)
     finally:
         original.train(was[0])
         small.train(was[1])
     small.refit_report = {"refitted": done, "skipped": skipped,
+                          "clamped": [name for name, _, t in plan if t.clamp is not None],
                           "images": sum(len(b) for b in batches), "ridge": ridge}
     return small
 
@@ -215,12 +224,83 @@ def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _targets(t: torch.Tensor, out_map: torch.Tensor) -> torch.Tensor:
-    if t.dim() == 4:  # (b, c, h, w) → (b·h·w, c)
-        t = t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
-    else:
-        t = t.reshape(-1, t.shape[-1])
-    return t @ out_map.T.to(t.dtype)
+@dataclass
+class _Target:
+    """What a small layer is refitted to: the original's outputs through `map`; with a
+    `clamp` (lo, hi) that follows the layer, a merged channel's target t has clamp(t) =
+    the mean of its members' clamped outputs (t = that mean where it lies strictly inside
+    (lo, hi), else the mean before the clamp, which is then on the same side)."""
+
+    map: torch.Tensor
+    clamp: tuple[float, float] | None = None
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 4:  # (b, c, h, w) → (b·h·w, c)
+            t = t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
+        else:
+            t = t.reshape(-1, t.shape[-1])
+        m = self.map.T.to(t.dtype)
+        if self.clamp is None:
+            return t @ m
+        lo, hi = self.clamp
+        after = t.clamp(lo, hi) @ m
+        return torch.where((after > lo) & (after < hi), after, t @ m)
+
+
+_CLAMPS = ((0.0, 6.0), (0.0, math.inf))  # ReLU6, ReLU: the narrower first
+_PROBE_IMAGES = 8
+
+
+def _merges(out_map: torch.Tensor) -> bool:
+    """Whether some output channel averages several original ones (not a selection)."""
+    return bool(((out_map != 0).sum(1) > 1).any())
+
+
+def _consumers(graph) -> dict[str, list[str]]:
+    """Per producer: the layers reading its groups (where a clamp after it must show)."""
+    readers: dict[str, list[str]] = {}
+    for g in graph.groups:
+        names = list(dict.fromkeys(s.module for s in g.consumers))
+        for s in g.producers:
+            readers.setdefault(s.module, []).extend(names)
+    return readers
+
+
+@torch.no_grad()
+def _clamp_after(model: nn.Module, site: str, readers: list[str],
+                 x: torch.Tensor) -> tuple[float, float] | None:
+    """The clamp every path from `site`'s output to its readers starts with, or None:
+    clamping the output at (lo, hi) leaves every reader's input exactly as it was (tried
+    only where the probe's outputs cross each finite bound, so the test can fail)."""
+    if not readers:
+        return None
+    module = model.get_submodule(site)
+    z = _capture(model, site, x, "output").clone()
+    before = _reader_inputs(model, readers, x)
+    for lo, hi in _CLAMPS:
+        if (math.isfinite(lo) and not bool((z < lo).any())) or \
+                (math.isfinite(hi) and not bool((z > hi).any())):
+            continue
+        handle = module.register_forward_hook(lambda _m, _a, out, lo=lo, hi=hi: out.clamp(lo, hi))
+        try:
+            after = _reader_inputs(model, readers, x)
+        finally:
+            handle.remove()
+        if all(torch.equal(a, b) for a, b in zip(before, after)):
+            return lo, hi
+    return None
+
+
+def _reader_inputs(model: nn.Module, readers: list[str], x: torch.Tensor) -> list[torch.Tensor]:
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda _m, a, n=n: seen.setdefault(n, a[0].detach().clone())) for n in readers]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [seen.get(n, torch.empty(0)) for n in readers]
 
 
 def _cached_targets(original: nn.Module, plan: list, batches: list,
@@ -230,9 +310,9 @@ def _cached_targets(original: nn.Module, plan: list, batches: list,
     take more than `budget` bytes (judged from the first batch)."""
     cache: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in plan}
     hooks = []
-    for name, norm, out_map in plan:
-        def hook(_m, _a, out, name=name, out_map=out_map):
-            cache[name].append(_targets(out.detach(), out_map))
+    for name, norm, target in plan:
+        def hook(_m, _a, out, name=name, target=target):
+            cache[name].append(target(out.detach()))
         hooks.append(original.get_submodule(norm or name).register_forward_hook(hook))
     try:
         for i, xb in enumerate(batches):
@@ -275,12 +355,12 @@ def _refit_in_one_pass(small: nn.Module, plan: list, batches: list, cache: dict,
             h.remove()
 
 
-def _pairs(original, small, name, norm, out_map, batches) -> Iterator[tuple]:
+def _pairs(original, small, name, norm, target, batches) -> Iterator[tuple]:
     layer = small.get_submodule(name)
     for xb in batches:
         inp = _capture(small, name, xb, "input")
         tgt = _capture(original, norm or name, xb, "output")
-        yield _rows(layer, inp), _targets(tgt, out_map)
+        yield _rows(layer, inp), target(tgt)
 
 
 def _solve_layer(small, name, norm, pairs, ridge) -> None:
