@@ -163,8 +163,8 @@ def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
     from tuneless.methods.prune import prune
     from tuneless.repair import reestimate_bn
 
-    small = prune(model, criterion="l1", example_inputs=x,
-                  stream_share=opts.get("stream_share", 1.0), **kw)
+    share = {"stream_share": opts["stream_share"]} if "stream_share" in opts else {}
+    small = prune(model, criterion="l1", example_inputs=x, **share, **kw)  # the fold's widths
     if repair == "l1":
         return small
     if repair == "l1-bn":

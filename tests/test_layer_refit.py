@@ -217,3 +217,18 @@ def test_refit_targets_merged_channels_after_their_relu():
     pruned = prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
     assert tuneless.refit(model, pruned, _images(64), example_inputs=x).refit_report[
         "clamped"] == []  # kept channels: nothing to average
+
+
+def test_self_repair_is_the_refit_on_the_models_own_deepinversion_images():
+    from tuneless.deepinversion import synthesize
+
+    model = _randomise_bn(build_model("resnet20"))
+    x = _images(2)
+    inv = {"num_images": 8, "batch_size": 8, "steps": 2}
+    small = fold(model, sparsity=0.5, repair="self", example_inputs=x, inversion=inv, seed=3)
+    same = fold(model, sparsity=0.5, repair="refit", example_inputs=x, seed=3,
+                data=synthesize(model, x, seed=3, **inv))
+    held = _images(16, seed=2)
+    assert torch.equal(small(held), same(held)) and small.refit_report["images"] == 8
+    none = fold(model, sparsity=0.5, repair="none", example_inputs=x, seed=3)
+    assert _error(model, small, held) < _error(model, none, held)

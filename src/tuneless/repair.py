@@ -1,4 +1,5 @@
-"""Repairs that undo the variance collapse of folding: none, AR (closed form), DIR and data.
+"""Repairs that undo the variance collapse of folding: none, AR (closed form), DIR, data,
+and the least-squares refits (on real inputs, or on inputs the model synthesises: self).
 
 Averaging k channels into one shrinks the activation's variance; the next BN then
 normalises with statistics that no longer fit. AR rescales the merged BN γ in
@@ -100,6 +101,18 @@ def _dir(ctx: RepairContext) -> nn.Module:
     return reestimate_bn(ctx.new, images, batch_size=opts.batch_size, inplace=True)
 
 
+def _self(ctx: RepairContext) -> nn.Module:
+    """The refit, with DeepInversion images of the uncompressed model as its data: the CNN
+    counterpart of a language model refitted on the text it samples itself (no data)."""
+    from tuneless.deepinversion import synthesize
+
+    x, opts = ctx.example_inputs, ctx.options
+    if not isinstance(x, torch.Tensor):
+        raise TunelessError("repair 'self' needs example_inputs as an image tensor")
+    images = synthesize(ctx.original, x, seed=opts.seed, **opts.inversion)
+    return _refit(RepairContext(**{**vars(ctx), "data": images}))
+
+
 def _data(ctx: RepairContext) -> nn.Module:
     opts = ctx.options
     return reestimate_bn(ctx.new, ctx.data, num_images=opts.num_images,
@@ -117,9 +130,10 @@ register_repair(Repair("refit", True, False, "least-squares refit on real inputs
                        "paper): every conv/linear layer of a CNN (tuneless.layer_refit), the "
                        "o_proj/down_proj of a language model on token ids (tuneless.llm.refit)",
                        ("cnn", "llm"), apply=_refit))
-register_repair(Repair("self", False, False, "least-squares refit of o_proj/down_proj on text "
-                       "the uncompressed model samples itself (data-free; tuneless.llm.refit)",
-                       ("llm",)))
+register_repair(Repair("self", False, True, "least-squares refit on inputs the uncompressed "
+                       "model makes itself (data-free): every conv/linear of a CNN on its "
+                       "DeepInversion images, the o_proj/down_proj of a language model on "
+                       "text it samples (tuneless.llm.refit)", ("cnn", "llm"), apply=_self))
 
 
 def require_batchnorm(model: nn.Module, repair: str) -> None:

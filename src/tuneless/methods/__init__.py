@@ -25,6 +25,7 @@ REGISTRY: dict[str, str] = {
     "fold-dir": "tuneless.methods.fold:fold_dir",
     "fold-r": "tuneless.methods.fold:fold_r",
     "fold-refit": "tuneless.methods.fold:fold_refit",
+    "fold-self": "tuneless.methods.fold:fold_self",
     "ifm": "tuneless.methods.ifm:ifm",
     # low rank (tuneless.methods.svd)
     "svd": "tuneless.methods.svd:svd",

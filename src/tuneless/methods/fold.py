@@ -59,7 +59,7 @@ class FoldOptions:
     refit_images: int = 1024
     ridge: float = 1e-4  # repair "refit": Tikhonov weight relative to mean diag(XᵀX)
     batch_size: int = 128
-    inversion: dict = field(default_factory=dict)  # DeepInversion overrides (Fold-DIR)
+    inversion: dict = field(default_factory=dict)  # DeepInversion overrides (dir, self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,10 +73,12 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     repair: "ar" (closed form, data-free; the default for CNNs), "dir" (DeepInversion images,
     data-free), "data" (BN re-estimation on `data`, a tensor or DataLoader of real inputs),
     "refit" (beyond the paper: every layer re-solved by least squares on `data`, see
-    tuneless.layer_refit), "none". Language models go to tuneless.llm.fold_llm: the paper's
-    MLP schedule and the data-free least-squares repair on the model's own samples ("self")
-    by default; "refit" on data= token ids, "none" = the paper (options e.g. schedule=,
-    tokenizer=, features= "auto" | "weights" | "activations" for what its k-means clusters).
+    tuneless.layer_refit), "self" (the same refit on DeepInversion images of the model:
+    data-free, minutes of synthesis; docs/folding.md), "none". Language models go to
+    tuneless.llm.fold_llm: the paper's MLP schedule and the data-free least-squares repair
+    on the model's own samples ("self") by default; "refit" on data= token ids, "none" =
+    the paper (options e.g. schedule=, tokenizer=, features= "auto" | "weights" |
+    "activations" for what its k-means clusters).
     Options: allocation ("uniform" | "error"), stream_share (residual streams lose this share
     of the other groups' channel ratio under a sparsity budget; 1 = the paper's uniform
     ratio; channel_ratio= is always uniform), cluster ("kmeans" | "ward" | "ward-hartigan"
@@ -287,3 +289,4 @@ fold_ar = _preset("ar")
 fold_dir = _preset("dir")
 fold_r = _preset("data")
 fold_refit = _preset("refit")
+fold_self = _preset("self")
