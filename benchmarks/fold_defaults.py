@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict] = {
     "dir-s50-lr02": {"inversion": {"steps": 50, "lr": 0.2}},
     # (dir-c50 / dir-c75: {"inversion": {"coarse_steps": 50 / 75}}, the first steps at half
     # resolution; the option existed at commit 623c902 only: it lost, docs/folding.md)
+    # repair "self": DeepInversion settings for the images its refit sees
+    "self-i256-s50": {"inversion": {"num_images": 256, "steps": 50, "lr": 0.2}},
+    "self-i128-s50": {"inversion": {"num_images": 128, "steps": 50, "lr": 0.2}},
     # Residual streams lose stream_share × the ratio of the other groups (1: uniform)
     "streams-0.5": {"stream_share": 0.5},
     "streams-0.25": {"stream_share": 0.25},
@@ -66,7 +69,13 @@ VARIANTS: dict[str, dict] = {
 }
 # Baselines on the same per-group widths: "repairs" that prune by L1 norm with the variant's
 # stream_share, then nothing ("l1"), BN re-estimated on the same images, or refit on them
-PRUNE_REPAIRS = ("l1", "l1-bn", "l1-refit")
+PRUNE_REPAIRS = ("l1", "l1-bn", "l1-refit", "l1-self")
+# "self" (and "l1-self": L1 pruning + the same refit) refits on DeepInversion images of the
+# dense model; they depend only on the model, the seed and the inversion settings, so they
+# are synthesised once per (checkpoint, seed, settings) and handed to repair="refit" — the
+# same computation as fold(repair="self") (tests/test_layer_refit.py checks it); each
+# row's seconds include the synthesis
+_IMAGES: dict = {}
 FIELDS = ["model", "variant", "repair", "point", "seed", "accuracy", "achieved", "seconds",
           "dense_acc", "test_images", "commit"]
 
@@ -77,7 +86,9 @@ def main() -> int:
     p.add_argument("--ratio", choices=["channel", "sparsity"], default="sparsity",
                    help="points are uniform channel ratios or parameter sparsities")
     p.add_argument("--points", default="0.3,0.5,0.7")
-    p.add_argument("--repairs", default="ar,data", help="fold repairs: none, ar, data, refit")
+    p.add_argument("--repairs", default="ar,data",
+                   help="fold repairs: none, ar, dir, data, refit, self; L1 pruning + a "
+                        "repair: l1, l1-bn, l1-refit, l1-self")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--repair-images", type=int, default=1024)
@@ -131,15 +142,21 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                         if repair in PRUNE_REPAIRS and seed != seeds[0]:
                             continue  # L1 pruning is deterministic
                         try:
-                            small = (_pruned(model, repair, x, real, kw, opts)
+                            synth = 0.0
+                            if repair in ("self", "l1-self"):
+                                real_or_synth, synth = _self_images(path, model, x, seed, opts)
+                            else:
+                                real_or_synth = real
+                            small = (_pruned(model, repair, x, real_or_synth, kw, opts)
                                      if repair in PRUNE_REPAIRS else
-                                     fold(model, repair=repair, example_inputs=x, seed=seed,
-                                          data=real if repair in ("data", "refit") else None,
-                                          **kw, **opts))
+                                     fold(model, repair="refit" if repair == "self" else repair,
+                                          example_inputs=x, seed=seed,
+                                          data=real_or_synth if repair in ("data", "refit", "self")
+                                          else None, **kw, **opts))
                         except TunelessError as exc:  # e.g. AR on a network without BN
                             print(f"{label} {repair} {variant}: skipped ({exc})", flush=True)
                             break
-                        secs = time.perf_counter() - t0
+                        secs = time.perf_counter() - t0 + synth
                         acc = accuracy(small, test)
                         achieved = small.tuneless_report["achieved_sparsity"]
                         rows.append({"model": label, "variant": variant, "repair": repair,
@@ -155,6 +172,21 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                         w.writeheader()
                         w.writerows(rows)
                         atomic_write_text(buf.getvalue(), csv_path)
+
+
+def _self_images(path: str, model, x, seed: int, opts: dict) -> tuple[torch.Tensor, float]:
+    """DeepInversion images for repair "self" and the seconds they took (once per key)."""
+    import json
+
+    from tuneless.deepinversion import synthesize
+
+    inv = opts.get("inversion", {})
+    key = (path, seed, json.dumps(inv, sort_keys=True))
+    if key not in _IMAGES:
+        t0 = time.perf_counter()
+        images = synthesize(model, x, seed=seed, **inv)
+        _IMAGES[key] = images, time.perf_counter() - t0
+    return _IMAGES[key]
 
 
 def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
