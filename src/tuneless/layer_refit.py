@@ -10,6 +10,12 @@ included: the layer and its BN form one affine map, solved together; the BN is l
 the identity plus the fitted bias. This is the reconstruction step of channel-pruning
 methods (He et al. 2017) and the CNN counterpart of `tuneless.llm.refit`: no gradient
 steps, no fine-tuning.
+
+Where a merged group's channels pass a ReLU (or ReLU6) before anything reads them, the
+consumers should see the mean of the members *after* the clamp, not the clamp of their
+mean (which drops every member that fires while the average does not): such a layer is
+refitted so that its clamped output is that mean. Which clamp follows is measured, not
+assumed (clamping the layer's output first must leave every consumer's input unchanged).
 """
 
 from __future__ import annotations
