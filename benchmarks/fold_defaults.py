@@ -99,6 +99,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/results/fold-defaults")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--script", default="benchmarks/fold_defaults.sh",
+                   help="the script whose command produced --out (named in the table)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -107,7 +109,7 @@ def main() -> int:
     info = stamp("python " + " ".join(sys.argv))
     if not args.render_only:
         measure(args, rows, csv_path, info)
-    atomic_write_text(render(rows, info, " ".join(sys.argv)), out.with_suffix(".md"))
+    atomic_write_text(render(rows, info, args.script), out.with_suffix(".md"))
     return 0
 
 
@@ -204,19 +206,22 @@ def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
     return refit(model, small, real, example_inputs=x, inplace=True)
 
 
-def render(rows: list[dict], info: dict, command: str) -> str:
-    cells = defaultdict(list)
+def render(rows: list[dict], info: dict, script: str) -> str:
+    cells, secs = defaultdict(list), defaultdict(list)
     for r in rows:
-        cells[(r["model"], r["repair"], r["variant"], r["point"])].append(float(r["accuracy"]))
+        key = (r["model"], r["repair"], r["variant"], r["point"])
+        cells[key].append(float(r["accuracy"]))
+        secs[key].append(float(r["seconds"]))
     commits = ", ".join(f"`{c}`" for c in sorted({r["commit"] for r in rows}))
     lines = ["# Fold defaults: which options win, mean ± std over seeds", "",
              f"Rows measured at commit {commits} by the command for this file in "
-             "`benchmarks/fold_defaults.sh` (one thread, machine shared with a training "
+             f"`{script}` (one thread, machine shared with a training "
              "job and other benchmarks: times are not comparable).", "",
              f"Rendered: {stamp_markdown(info)}", "",
              "Accuracy (%) on the test split (`test_images` in the CSV: 10,000 is all of it), "
              "no fine-tuning; each cell is the mean ± "
-             "standard deviation over the seeds (n = number of seeds).", ""]
+             "standard deviation over the seeds (n = number of seeds) and the mean seconds "
+             "per compression, repair included.", ""]
     models = sorted({k[0] for k in cells})
     for model in models:
         for repair in sorted({k[1] for k in cells if k[0] == model}):
@@ -234,7 +239,9 @@ def render(rows: list[dict], info: dict, command: str) -> str:
                         out.append("")
                         continue
                     sd = statistics.stdev(a) if len(a) > 1 else 0.0
-                    out.append(f"{100 * statistics.mean(a):.2f} ± {100 * sd:.2f} (n={len(a)})")
+                    t = statistics.mean(secs[(model, repair, v, pt)])
+                    out.append(f"{100 * statistics.mean(a):.2f} ± {100 * sd:.2f} "
+                               f"(n={len(a)}, {t:.0f} s)")
                 lines.append(f"| {v} | " + " | ".join(out) + " |")
             lines.append("")
     return "\n".join(lines) + "\n"

@@ -208,8 +208,8 @@ def test_the_clamp_after_a_layer_is_measured_through_pooling(act, pool, clamp):
 def test_refit_targets_merged_channels_after_their_relu():
     model = _randomise_bn(build_model("resnet20"))
     x = _images(2)
-    small = fold(model, sparsity=0.5, repair="refit", example_inputs=x, data=_images(64))
-    clamped = small.refit_report["clamped"]
+    small = fold(model, sparsity=0.5, repair="refit", example_inputs=x, data=_images(128, size=32))
+    clamped = small.refit_report["clamped"]  # stage 3: 128 × 8 × 8 rows ≥ 10 × 577 unknowns
     # every block's conv1 → bn1 → relu group; the streams pass an addition first
     assert {n for n in clamped if n.endswith("conv1") and "layer" in n} == {
         f"layer{i}.{j}.conv1" for i in (1, 2, 3) for j in range(3)}
@@ -217,6 +217,21 @@ def test_refit_targets_merged_channels_after_their_relu():
     pruned = prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
     assert tuneless.refit(model, pruned, _images(64), example_inputs=x).refit_report[
         "clamped"] == []  # kept channels: nothing to average
+
+
+def test_a_layer_with_few_rows_per_unknown_keeps_the_plain_mean_target():
+    """A fully connected layer on as many images as it has inputs would fit the clamped
+    target to the sample: only the conv layers, with rows to spare, are clamp-targeted."""
+    from tuneless.layer_refit import MIN_ROWS_PER_UNKNOWN
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 16 * 16, 16), nn.ReLU(),
+                          nn.Linear(16, 10))
+    model = _randomise_bn(model)
+    x, data = _images(2), _images(64)
+    assert 64 < MIN_ROWS_PER_UNKNOWN * (8 * 16 * 16 + 1)  # the hidden linear: too few rows
+    small = fold(model, sparsity=0.5, repair="refit", example_inputs=x, data=data, seed=0)
+    assert small.refit_report["clamped"] == ["0"]
 
 
 def test_self_repair_is_the_refit_on_the_models_own_deepinversion_images():

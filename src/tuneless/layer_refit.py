@@ -16,6 +16,9 @@ consumers should see the mean of the members *after* the clamp, not the clamp of
 mean (which drops every member that fires while the average does not): such a layer is
 refitted so that its clamped output is that mean. Which clamp follows is measured, not
 assumed (clamping the layer's output first must leave every consumer's input unchanged).
+That target is not linear in the layer's input, so it is used only where the fit has
+many more rows than unknowns (convolutions, not a fully connected layer on a thousand
+images, which would fit the sample instead of the function).
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
                 clamp = (_clamp_after(original, norm or name, readers.get(name, []),
                                       batches[0][:_PROBE_IMAGES])
                          if _merges(out_map) else None)
+                if clamp is not None and not _rows_enough(original, name, batches):
+                    clamp = None
                 plan.append((name, norm, _Target(out_map, clamp)))
         cache = _cached_targets(original, plan, batches, cache_bytes)
         if cache is not None:
@@ -255,6 +260,9 @@ class _Target:
 
 _CLAMPS = ((0.0, 6.0), (0.0, math.inf))  # ReLU6, ReLU: the narrower first
 _PROBE_IMAGES = 8
+# rows per unknown below which a layer keeps the plain mean target (3, 10 and 30 measured
+# alike on VGG11-BN; anything ≥ 3 recovers the MLP: docs/folding.md "Clamp-aware targets")
+MIN_ROWS_PER_UNKNOWN = 10
 
 
 def _merges(out_map: torch.Tensor) -> bool:
@@ -295,6 +303,22 @@ def _clamp_after(model: nn.Module, site: str, readers: list[str],
         if all(torch.equal(a, b) for a, b in zip(before, after)):
             return lo, hi
     return None
+
+
+def _rows_enough(model: nn.Module, name: str, batches: list) -> bool:
+    """Whether the layer sees MIN_ROWS_PER_UNKNOWN × as many least-squares rows (images ×
+    output positions) as each output has unknowns. The target after a clamp is not linear
+    in the layer's input, so with about as many rows as unknowns (a fully connected layer
+    on a thousand images) the fit follows the sample and not the function; the plain mean
+    target, which the inputs reproduce exactly where they are the original's, is kept."""
+    from tuneless.distributed import all_sum
+
+    layer = model.get_submodule(name)
+    out = _capture(model, name, batches[0][:1], "output")
+    per_image = out.numel() // max(1, out.shape[-1] if isinstance(layer, nn.Linear)
+                                   else out.shape[1])
+    images = int(all_sum(torch.tensor(sum(len(b) for b in batches))))
+    return per_image * images >= MIN_ROWS_PER_UNKNOWN * (layer.weight[0].numel() + 1)
 
 
 def _reader_inputs(model: nn.Module, readers: list[str], x: torch.Tensor) -> list[torch.Tensor]:
