@@ -1,9 +1,10 @@
-"""`tuneless compress` with a repair that needs training images (fold-r)."""
+"""`tuneless compress` with repairs that need training images (fold-r) or none (fold-self)."""
 
 import torch
 
 from tuneless.checkpoint import save_checkpoint
 from tuneless.cli import main
+from tuneless.methods.fold import fold
 from tuneless.serialize import load
 from tuneless.zoo import build_model
 
@@ -59,3 +60,21 @@ def test_limit_is_a_random_subset_and_must_be_positive(tmp_path, tiny_fashion, c
     assert "--limit" in capsys.readouterr().err
     assert main([*base, "--limit", "50"]) == 0
     assert "top1" in capsys.readouterr().out
+
+
+def test_fold_self_needs_no_data_and_refits_on_synthesised_images(tmp_path, capsys):
+    model, path = _checkpoint(tmp_path, augment=False)
+    out = tmp_path / "self.pt"
+    inv = '{"num_images": 8, "batch_size": 8, "steps": 2}'
+    rc = main(["compress", str(path), "--method", "fold-self", "--sparsity", "0.3",
+               "-o", str(out), "--option", f"inversion={inv}"])
+    assert rc == 0, capsys.readouterr().err
+    small = load(out)
+    x = torch.randn(4, 1, 28, 28)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    same = fold(model, sparsity=0.3, repair="self", example_inputs=torch.randn(2, 1, 28, 28),
+                inversion={"num_images": 8, "batch_size": 8, "steps": 2})
+    naive = fold(model, sparsity=0.3, repair="none", example_inputs=torch.randn(2, 1, 28, 28))
+    small.eval(), same.eval(), naive.eval()
+    assert torch.allclose(small(x), same(x), atol=1e-5)  # the API's fold-self, refitted
+    assert not torch.allclose(small(x), naive(x), atol=1e-3)
