@@ -41,8 +41,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 # Optional dependencies by import name -> the extra that installs them.
 OPTIONAL_EXTRAS = {
     "torchvision": "vision", "PIL": "vision", "transformers": "llm", "safetensors": "llm",
-    "gguf": "llm", "huggingface_hub": "llm", "matplotlib": "bench", "scipy": "bench",
-    "sklearn": "bench", "timm": "timm", "onnx": "export", "onnxruntime": "export",
+    "gguf": "llm", "accelerate": "llm", "huggingface_hub": "llm", "matplotlib": "bench",
+    "scipy": "bench", "sklearn": "bench", "timm": "timm", "onnx": "export", "onnxruntime": "export",
 }
 
 

@@ -46,6 +46,10 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
         )
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except (OSError, ValueError, KeyError) as exc:
+        if "accelerate" in str(exc) and importlib.util.find_spec("accelerate") is None:
+            from tuneless.cli import missing_dependency
+
+            raise TunelessError(missing_dependency("accelerate")) from exc
         raise TunelessError(f"cannot load GGUF {path.name}: {exc}") from exc
     model = plain_copy(model).eval()
     return model, tok
