@@ -11,16 +11,21 @@ from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.llm import gguf  # noqa: E402
 
 
-def test_missing_accelerate_names_the_llm_extra(tmp_path, monkeypatch):
+def _refusing_loader(tmp_path, monkeypatch, message: str):
+    """A .gguf path whose loading raises transformers' ValueError with `message`."""
     import transformers
 
-    path = tmp_path / "m.gguf"
-    path.write_bytes(b"GGUF")
-
     def refuse(*_a, **_k):
-        raise ValueError("accelerate is required when loading a GGUF file")
+        raise ValueError(message)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    return path
+
+
+def test_missing_accelerate_names_the_llm_extra(tmp_path, monkeypatch):
+    path = _refusing_loader(tmp_path, monkeypatch, "accelerate is required for a GGUF file")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "accelerate" else real(name, *a))
@@ -29,14 +34,6 @@ def test_missing_accelerate_names_the_llm_extra(tmp_path, monkeypatch):
 
 
 def test_other_load_errors_keep_their_message(tmp_path, monkeypatch):
-    import transformers
-
-    path = tmp_path / "m.gguf"
-    path.write_bytes(b"GGUF")
-
-    def refuse(*_a, **_k):
-        raise ValueError("unsupported architecture xyz")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    path = _refusing_loader(tmp_path, monkeypatch, "unsupported architecture xyz")
     with pytest.raises(TunelessError, match="cannot load GGUF m.gguf: unsupported architecture"):
         gguf.load_gguf(path)
