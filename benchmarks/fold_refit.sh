@@ -23,12 +23,18 @@ refit models/lenet5-fashion-mnist.pt lenet5
 R20A=${R20A:-runs/resnet20a-cifar10.pt}
 if [ -f "$R20A" ]; then refit "$R20A" resnet20a; else echo "skipped resnet20a: no $R20A"; fi
 refit models/resnet56-avg-cifar10.pt resnet56
+# does another clustering close fold + refit's gap at 30%? (ResNet-20; it does not)
+sweep models/resnet20-cifar10.pt --points 0.1,0.3,0.5 --repairs refit \
+  --variants ward-hartigan,paper-order,no-stats --out docs/results/fold-refit-variants-resnet20
 # data-free: fold + refit on DeepInversion images of the dense model, default inversion
 # settings and 256 images x 50 steps at lr 0.2
 self() {
   sweep "$1" --repairs self,l1-self --variants default,self-i256-s50 --out "docs/results/fold-self-$2"
 }
 self models/resnet20-cifar10.pt resnet20
+if [ -f "$R20A" ]; then
+  sweep "$R20A" --repairs self,l1-self --variants default --out docs/results/fold-self-resnet20a
+fi
 # VGG11-BN at the uniform channel ratios of the paper-code comparison (issue 17), full split
 python benchmarks/fold_defaults.py models/vgg11_bn-w0.5-cifar10.pt --ratio channel \
   --points 0.3,0.5,0.7 --repairs self --variants default,self-i256-s50 \
