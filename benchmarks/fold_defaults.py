@@ -104,12 +104,13 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    csv_path = out.with_suffix(".csv")
+    out = out.with_suffix("") if out.suffix in (".csv", ".md") else out
+    csv_path = out.parent / (out.name + ".csv")  # not with_suffix: "w0.5" is no suffix
     rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
     info = stamp("python " + " ".join(sys.argv))
     if not args.render_only:
         measure(args, rows, csv_path, info)
-    atomic_write_text(render(rows, info, args.script), out.with_suffix(".md"))
+    atomic_write_text(render(rows, info, args.script), out.parent / (out.name + ".md"))
     return 0
 
 
