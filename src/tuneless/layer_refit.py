@@ -116,7 +116,10 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     try:
         plan = []  # (layer name, norm after it, its _Target) of every layer to refit
         readers = _consumers(graph)
-        for name in _forward_order(original, batches[0][:1]):
+        from tuneless.distributed import all_sum
+
+        images = int(all_sum(torch.tensor(sum(len(b) for b in batches))))  # all ranks'
+        for name, per_image in _forward_order(original, batches[0][:1]).items():
             layer = small.get_submodule(name)
             why = _unsupported(layer, original.get_submodule(name), norm_after.get(name), small)
             out_map = _output_map(name, layer, outputs, maps)
@@ -126,11 +129,10 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
                 skipped.append(f"{name}: {why}")
             else:
                 norm = norm_after.get(name)
+                fits = _rows_enough(original.get_submodule(name), per_image * images)
                 clamp = (_clamp_after(original, norm or name, readers.get(name, []),
                                       batches[0][:_PROBE_IMAGES])
-                         if _merges(out_map) else None)
-                if clamp is not None and not _rows_enough(original, name, batches):
-                    clamp = None
+                         if _merges(out_map) and fits else None)
                 plan.append((name, norm, _Target(out_map, clamp)))
         cache = _cached_targets(original, plan, batches, cache_bytes)
         if cache is not None:
@@ -165,17 +167,23 @@ def _layout(graph) -> tuple[dict[str, list], dict[str, str]]:
     return outputs, norm_after
 
 
-def _forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Conv and linear layers in the order the forward pass first runs them."""
-    order: list[str] = []
-    hooks = [m.register_forward_hook(lambda _m, _a, _o, n=n: order.append(n))
+def _forward_order(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Conv and linear layers in the order the forward pass first runs them, each with the
+    least-squares rows one input gives it (its output positions: H·W for a conv)."""
+    order: dict[str, int] = {}
+
+    def seen(module, out, name):
+        channels = out.shape[1] if isinstance(module, nn.Conv2d) else out.shape[-1]
+        order.setdefault(name, out.numel() // max(1, len(x) * channels))
+
+    hooks = [m.register_forward_hook(lambda m, _a, out, n=n: seen(m, out, n))
              for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         model(x)
     finally:
         for h in hooks:
             h.remove()
-    return list(dict.fromkeys(order))
+    return order
 
 
 def _unsupported(layer: nn.Module, before: nn.Module, norm: str | None,
@@ -305,20 +313,14 @@ def _clamp_after(model: nn.Module, site: str, readers: list[str],
     return None
 
 
-def _rows_enough(model: nn.Module, name: str, batches: list) -> bool:
-    """Whether the layer sees MIN_ROWS_PER_UNKNOWN × as many least-squares rows (images ×
-    output positions) as each output has unknowns. The target after a clamp is not linear
-    in the layer's input, so with about as many rows as unknowns (a fully connected layer
-    on a thousand images) the fit follows the sample and not the function; the plain mean
-    target, which the inputs reproduce exactly where they are the original's, is kept."""
-    from tuneless.distributed import all_sum
-
-    layer = model.get_submodule(name)
-    out = _capture(model, name, batches[0][:1], "output")
-    per_image = out.numel() // max(1, out.shape[-1] if isinstance(layer, nn.Linear)
-                                   else out.shape[1])
-    images = int(all_sum(torch.tensor(sum(len(b) for b in batches))))
-    return per_image * images >= MIN_ROWS_PER_UNKNOWN * (layer.weight[0].numel() + 1)
+def _rows_enough(layer: nn.Module, rows: int) -> bool:
+    """Whether `rows` least-squares rows (images × output positions) are MIN_ROWS_PER_UNKNOWN
+    × the unknowns of each of the original `layer`'s outputs. The target after a clamp is
+    not linear in the layer's input, so with about as many rows as unknowns (a fully
+    connected layer on a thousand images) the fit follows the sample and not the function;
+    the plain mean target, which the inputs reproduce exactly where they are the
+    original's, is kept."""
+    return rows >= MIN_ROWS_PER_UNKNOWN * (layer.weight[0].numel() + 1)
 
 
 def _reader_inputs(model: nn.Module, readers: list[str], x: torch.Tensor) -> list[torch.Tensor]:

@@ -91,26 +91,25 @@ def _refit(ctx: RepairContext) -> nn.Module:
                         ridge=opts.ridge, inplace=True)
 
 
-def _dir(ctx: RepairContext) -> nn.Module:
+def _synthesized(ctx: RepairContext, repair: str) -> torch.Tensor:
+    """DeepInversion images of the uncompressed model (the data-free repairs' inputs)."""
     from tuneless.deepinversion import synthesize
 
-    x, opts = ctx.example_inputs, ctx.options
+    x = ctx.example_inputs
     if not isinstance(x, torch.Tensor):
-        raise TunelessError("repair 'dir' needs example_inputs as an image tensor")
-    images = synthesize(ctx.original, x, seed=opts.seed, **opts.inversion)
-    return reestimate_bn(ctx.new, images, batch_size=opts.batch_size, inplace=True)
+        raise TunelessError(f"repair '{repair}' needs example_inputs as an image tensor")
+    return synthesize(ctx.original, x, seed=ctx.options.seed, **ctx.options.inversion)
+
+
+def _dir(ctx: RepairContext) -> nn.Module:
+    return reestimate_bn(ctx.new, _synthesized(ctx, "dir"), batch_size=ctx.options.batch_size,
+                         inplace=True)
 
 
 def _self(ctx: RepairContext) -> nn.Module:
     """The refit, with DeepInversion images of the uncompressed model as its data: the CNN
     counterpart of a language model refitted on the text it samples itself (no data)."""
-    from tuneless.deepinversion import synthesize
-
-    x, opts = ctx.example_inputs, ctx.options
-    if not isinstance(x, torch.Tensor):
-        raise TunelessError("repair 'self' needs example_inputs as an image tensor")
-    images = synthesize(ctx.original, x, seed=opts.seed, **opts.inversion)
-    return _refit(RepairContext(**{**vars(ctx), "data": images}))
+    return _refit(RepairContext(**{**vars(ctx), "data": _synthesized(ctx, "self")}))
 
 
 def _data(ctx: RepairContext) -> nn.Module:
