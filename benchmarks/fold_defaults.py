@@ -30,6 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
 from benchmarks.suites.fold_bench import load_any, training_pad  # noqa: E402
 from tuneless.data import get_dataset  # noqa: E402
+from tuneless.cluster import CLUSTERERS, shallow_ward  # noqa: E402
+from functools import partial  # noqa: E402
+
+# other cut depths for cluster="auto", measured beside its default (SHALLOW_CUT)
+CLUSTERERS.setdefault("auto85", partial(shallow_ward, shallow_cut=0.85))
+CLUSTERERS.setdefault("auto50", partial(shallow_ward, shallow_cut=0.5))
 from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
@@ -61,6 +67,10 @@ VARIANTS: dict[str, dict] = {
     # repair "self": DeepInversion settings for the images its refit sees
     "self-i256-s50": {"inversion": {"num_images": 256, "steps": 50, "lr": 0.2}},
     "self-i128-s50": {"inversion": {"num_images": 128, "steps": 50, "lr": 0.2}},
+    # Ward + Hartigan on shallow cuts (k ≥ cut·n), k-means on deeper ones (cluster="auto")
+    "auto": {"cluster": "auto"},
+    "auto85": {"cluster": "auto85"},
+    "auto50": {"cluster": "auto50"},
     # Residual streams lose stream_share × the ratio of the other groups (1: uniform)
     "streams-0.5": {"stream_share": 0.5},
     "streams-0.25": {"stream_share": 0.25},

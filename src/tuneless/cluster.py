@@ -584,6 +584,24 @@ def kmeans_or_ward(x: torch.Tensor, k: int, **options) -> Clustering:
     return b if b.inertia < a.inertia else a
 
 
+SHALLOW_CUT = 0.7  # "auto": groups keeping at least this share of their channels use Ward
+
+
+@register_clusterer("auto")
+def shallow_ward(x: torch.Tensor, k: int, *, shallow_cut: float = SHALLOW_CUT,
+                 **options) -> Clustering:
+    """Ward + Hartigan where the cut is shallow (k ≥ shallow_cut·n), k-means elsewhere.
+
+    A shallow cut only has to find the n − k cheapest merges, which Ward does in a few
+    vectorised rounds, where k-means++ seeding takes k sequential steps per group; deep
+    cuts (k-means wins there on residual networks, docs/folding.md) keep k-means.
+    """
+    x = _check(x, k)
+    if k >= shallow_cut * x.shape[0]:
+        return ward_hartigan(x, k)
+    return kmeans(x, k, **options)
+
+
 def ward_labels(z: torch.Tensor, k: int) -> torch.Tensor:
     """Labels of Ward's agglomeration of the rows of z cut at k clusters (scipy's partition).
 
