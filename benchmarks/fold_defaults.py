@@ -34,8 +34,7 @@ from tuneless.cluster import CLUSTERERS, shallow_ward  # noqa: E402
 from functools import partial  # noqa: E402
 
 # other cut depths for cluster="auto", measured beside its default (SHALLOW_CUT)
-CLUSTERERS.setdefault("auto85", partial(shallow_ward, shallow_cut=0.85))
-CLUSTERERS.setdefault("auto50", partial(shallow_ward, shallow_cut=0.5))
+CLUSTERERS.setdefault("shallow-all", partial(shallow_ward, min_width=0))  # any width
 from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
@@ -67,10 +66,10 @@ VARIANTS: dict[str, dict] = {
     # repair "self": DeepInversion settings for the images its refit sees
     "self-i256-s50": {"inversion": {"num_images": 256, "steps": 50, "lr": 0.2}},
     "self-i128-s50": {"inversion": {"num_images": 128, "steps": 50, "lr": 0.2}},
-    # Ward + Hartigan on shallow cuts (k ≥ cut·n), k-means on deeper ones (cluster="auto")
+    # Ward + Hartigan on shallow cuts (k ≥ 0.7·n) of wide groups (n ≥ 256), k-means
+    # elsewhere (cluster="auto"); "shallow-all": the same on groups of any width
     "auto": {"cluster": "auto"},
-    "auto85": {"cluster": "auto85"},
-    "auto50": {"cluster": "auto50"},
+    "shallow-all": {"cluster": "shallow-all"},
     # Residual streams lose stream_share × the ratio of the other groups (1: uniform)
     "streams-0.5": {"stream_share": 0.5},
     "streams-0.25": {"stream_share": 0.25},

@@ -241,13 +241,16 @@ def test_ward_labels_cut_at_every_k_is_a_nested_sequence_of_partitions():
 
 
 def test_auto_is_ward_hartigan_on_shallow_cuts_and_kmeans_on_deep_ones():
-    """cluster="auto": k ≥ shallow_cut·n takes Ward + Hartigan's partition (deterministic,
-    whatever the seed), deeper cuts take k-means' (seeded) partition."""
-    x = torch.randn(60, 12, generator=torch.Generator().manual_seed(3))
-    shallow = cluster(x, 45, method="auto", seed=5)
-    assert torch.equal(shallow.labels, cluster(x, 45, method="ward-hartigan").labels)
-    assert torch.equal(shallow.labels, cluster(x, 45, method="auto", seed=9).labels)
-    deep = cluster(x, 20, method="auto", seed=5)
-    assert torch.equal(deep.labels, kmeans(x, 20, seed=5).labels)
-    assert torch.equal(cluster(x, 45, method="auto", shallow_cut=0.9, seed=5).labels,
-                       kmeans(x, 45, seed=5).labels)
+    """cluster="auto": a wide group's shallow cut takes Ward + Hartigan's partition
+    (deterministic, whatever the seed); deeper cuts and narrow groups take k-means'."""
+    x = torch.randn(300, 12, generator=torch.Generator().manual_seed(3))
+    shallow = cluster(x, 225, method="auto", seed=5)
+    assert torch.equal(shallow.labels, cluster(x, 225, method="ward-hartigan").labels)
+    assert torch.equal(shallow.labels, cluster(x, 225, method="auto", seed=9).labels)
+    deep = cluster(x, 150, method="auto", seed=5)
+    assert torch.equal(deep.labels, kmeans(x, 150, seed=5).labels)
+    narrow = x[:200]  # below the width where Ward takes over
+    assert torch.equal(cluster(narrow, 180, method="auto", seed=5).labels,
+                       kmeans(narrow, 180, seed=5).labels)
+    assert torch.equal(cluster(x, 225, method="auto", shallow_cut=0.9, seed=5).labels,
+                       kmeans(x, 225, seed=5).labels)

@@ -584,20 +584,27 @@ def kmeans_or_ward(x: torch.Tensor, k: int, **options) -> Clustering:
     return b if b.inertia < a.inertia else a
 
 
-SHALLOW_CUT = 0.7  # "auto": groups keeping at least this share of their channels use Ward
+# "auto": groups of at least WARD_MIN_WIDTH channels that keep at least SHALLOW_CUT of them
+# use Ward + Hartigan (docs/folding.md "Shallow cuts of wide groups")
+SHALLOW_CUT = 0.7
+WARD_MIN_WIDTH = 256
 
 
 @register_clusterer("auto")
 def shallow_ward(x: torch.Tensor, k: int, *, shallow_cut: float = SHALLOW_CUT,
-                 **options) -> Clustering:
-    """Ward + Hartigan where the cut is shallow (k ≥ shallow_cut·n), k-means elsewhere.
+                 min_width: int = WARD_MIN_WIDTH, **options) -> Clustering:
+    """Ward + Hartigan for a shallow cut of a wide group (n ≥ min_width, k ≥ shallow_cut·n),
+    k-means elsewhere.
 
     A shallow cut only has to find the n − k cheapest merges, which Ward does in a few
-    vectorised rounds, where k-means++ seeding takes k sequential steps per group; deep
-    cuts (k-means wins there on residual networks, docs/folding.md) keep k-means.
+    vectorised rounds, where k-means++ seeding takes k sequential steps and every restart
+    a Hartigan pass: on ImageNet-sized networks those groups are most of a fold's time.
+    Narrow groups keep k-means: cheap there, and Ward was better on some residual
+    networks and worse on others (docs/folding.md).
     """
     x = _check(x, k)
-    if k >= shallow_cut * x.shape[0]:
+    n = x.shape[0]
+    if n >= min_width and k >= shallow_cut * n:
         return ward_hartigan(x, k)
     return kmeans(x, k, **options)
 
