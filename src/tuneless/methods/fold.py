@@ -40,7 +40,9 @@ class FoldOptions:
     # a sparsity budget removes stream_share × r of a residual stream's channels and r of
     # every other group's (1.0: the paper's uniform ratio; budget.STREAM_SHARE, measured)
     stream_share: float = STREAM_SHARE
-    cluster: str = "kmeans"
+    # Ward + Hartigan on shallow cuts of wide groups, k-means elsewhere (tuneless.cluster
+    # "auto"; same accuracy on every benchmark network, docs/folding.md "Shallow cuts")
+    cluster: str = "auto"
     features: str = "raw"  # measured best: docs/results/fold-features.md
     # Measured defaults (docs/folding.md, benchmarks/fold_defaults.py, 3 seeds, every
     # benchmark network): cluster and merge the raw conv + BN rather than fusing BN first
@@ -81,8 +83,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     "activations" for what its k-means clusters).
     Options: allocation ("uniform" | "error"), stream_share (residual streams lose this share
     of the other groups' channel ratio under a sparsity budget; 1 = the paper's uniform
-    ratio; channel_ratio= is always uniform), cluster ("kmeans" | "ward" | "ward-hartigan"
-    | "kmeans+ward" | "greedy"; docs/folding.md "Ward clustering"),
+    ratio; channel_ratio= is always uniform), cluster ("auto": Ward + Hartigan where a group of
+    ≥ 256 channels keeps ≥ 70% of them, k-means elsewhere; "kmeans" | "ward" |
+    "ward-hartigan" | "kmeans+ward" | "greedy"; docs/folding.md "Shallow cuts"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, round_to
     (channel counts in multiples of it, as for prune), max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
