@@ -68,7 +68,8 @@ VARIANTS: dict[str, dict] = {
     "self-i128-s50": {"inversion": {"num_images": 128, "steps": 50, "lr": 0.2}},
     # Ward + Hartigan on shallow cuts (k ≥ 0.7·n) of wide groups (n ≥ 256), k-means
     # elsewhere (cluster="auto"); "shallow-all": the same on groups of any width
-    "auto": {"cluster": "auto"},
+    "auto": {"cluster": "auto"},  # the default since it was measured
+    "kmeans": {"cluster": "kmeans"},  # the default before
     "shallow-all": {"cluster": "shallow-all"},
     # Residual streams lose stream_share × the ratio of the other groups (1: uniform)
     "streams-0.5": {"stream_share": 0.5},

@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# cluster="auto" (Ward + Hartigan on shallow cuts, k ≥ 0.7·n; k-means on deeper ones)
-# against the k-means default, data-free Fold-AR, 3 seeds, every benchmark network, in one
-# run per network (docs/folding.md "Shallow cuts"). Each command resumes its CSV.
+# Shallow cuts (docs/folding.md "Shallow cuts of wide groups"): k-means (the default before)
+# against cluster="auto" (Ward + Hartigan where a group of ≥ 256 channels keeps ≥ 70% of
+# them, k-means elsewhere; the default since) and "shallow-all" (the same rule on groups of
+# any width), 3 seeds, every benchmark network, Fold-AR (the data-free default), plus
+# Fold-R / Fold-Naive at the VGG paper point and the refit at 10–30%. Each line resumes its
+# CSV. About 2 hours on one thread; the refit rows' k-means and L1 + refit rows come from
+# benchmarks/fold_refit.sh (same code path, copied into these CSVs with their commits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-V=${VARIANTS:-default,auto}
-python benchmarks/fold_defaults.py models/vgg11_bn-w0.5-cifar10.pt --ratio channel \
-  --points 0.3,0.5,0.7 --repairs ar --variants "$V" --script benchmarks/fold_shallow.sh \
-  --out docs/results/fold-shallow-vgg11-ratio
-sweep() {
-  python benchmarks/fold_defaults.py --test-images 2000 --points 0.1,0.3,0.5,0.7,0.8 \
-    --repairs ar --variants "$V" --script benchmarks/fold_shallow.sh "$@"
-}
-sweep models/resnet20-cifar10.pt --out docs/results/fold-shallow-resnet20
-sweep models/resnet56-avg-cifar10.pt --out docs/results/fold-shallow-resnet56
-sweep models/vgg11_bn-w0.5-cifar10.pt --out docs/results/fold-shallow-vgg11
-sweep models/mlp-fashion-mnist.pt --out docs/results/fold-shallow-mlp
-sweep models/lenet5-fashion-mnist.pt --out docs/results/fold-shallow-lenet5
+V=${VARIANTS:-kmeans,auto,shallow-all}
+run() { python benchmarks/fold_defaults.py --script benchmarks/fold_shallow.sh "$@"; }
+run models/vgg11_bn-w0.5-cifar10.pt --ratio channel --points 0.3,0.5,0.7 --repairs ar \
+  --variants "$V" --out docs/results/fold-shallow-vgg11-ratio
+run models/vgg11_bn-w0.5-cifar10.pt --ratio channel --points 0.3 --repairs none,data \
+  --variants auto --out docs/results/fold-shallow-vgg11-ratio
 R20A=${R20A:-runs/resnet20a-cifar10.pt}
-if [ -f "$R20A" ]; then sweep "$R20A" --out docs/results/fold-shallow-resnet20a; fi
+nets=(models/resnet20-cifar10.pt:resnet20 models/resnet56-avg-cifar10.pt:resnet56
+      models/vgg11_bn-w0.5-cifar10.pt:vgg11 models/mlp-fashion-mnist.pt:mlp)
+[ -f "$R20A" ] && nets+=("$R20A:resnet20a")
+for pair in "${nets[@]}"; do
+  run "${pair%%:*}" --test-images 2000 --points 0.1,0.3,0.5,0.7,0.8 --repairs ar \
+    --variants "$V" --out "docs/results/fold-shallow-${pair##*:}"
+done
+refit() {
+  run "$1" --view plain --test-images 2000 --points "$3" --repairs refit --variants "$4" \
+    --out "docs/results/fold-shallow-refit-$2"
+}
+refit models/resnet20-cifar10.pt resnet20 0.1,0.3,0.5 shallow-all
+refit models/vgg11_bn-w0.5-cifar10.pt vgg11 0.1,0.3 shallow-all,auto
+refit models/vgg11_bn-w0.5-cifar10.pt vgg11 0.5 shallow-all
+refit models/mlp-fashion-mnist.pt mlp 0.1,0.3 auto
+[ -f "$R20A" ] && refit "$R20A" resnet20a 0.1,0.3,0.5 shallow-all
