@@ -14,7 +14,7 @@ tuneless bench llm --tokens 2048 --seq-len 512 --sparsities 0.2,0.1,0.3 --calib-
 BIG=${BIG:-${TMPDIR:-/tmp}/bigllama}
 [ -d "$BIG" ] || python benchmarks/make_random_llama.py "$BIG"
 rm -rf "$BIG-fold20"
-/usr/bin/time -v python -m tuneless.llm.stream "$BIG" "$BIG-fold20" --sparsity 0.2 \
+/usr/bin/time -v python -m tuneless.llm.stream "$BIG" "$BIG-fold20" --sparsity 0.2 --repair none \
     --schedule paper --threads 1 2>&1 | grep -E "folded|Maximum resident|Elapsed"
 
 # 3. The same checkpoint folded with the streamed least-squares repair (issue 21): 8 random

@@ -24,7 +24,7 @@ def test_streaming_fold_equals_in_memory_fold(sharded, tmp_path, schedule):
     m, src = sharded
     sparsity = 0.1 if schedule is None else 0.25  # paper-mlp reaches 10% on 3 layers
     out = fold_checkpoint(src, tmp_path / "dst", sparsity, schedule=schedule, kmeans_dim=None,
-                          refine=True, progress=False)
+                          refine=True, repair="none", progress=False)
     want = fold_llm(m, sparsity=sparsity, schedule=schedule, refine=True, repair="none")
     got = load_folded(out)
     if schedule is None:  # both default to the paper's MLP schedule: attention untouched
@@ -53,7 +53,7 @@ def test_streamed_per_layer_fold_loads_with_the_shipped_modeling_file(sharded, t
 
     m, src = sharded
     out = fold_checkpoint(src, tmp_path / "dst", 0.25, schedule="paper", kmeans_dim=None,
-                          refine=True, progress=False)
+                          refine=True, repair="none", progress=False)
     cfg = json.loads((out / "config.json").read_text())
     if "tuneless_layer_sizes" not in cfg:
         pytest.skip("the plan came out uniform for this tiny model")
@@ -100,10 +100,43 @@ def test_streamed_repair_of_a_sliding_window_family(tmp_path):
                                    atol=1e-4)
 
 
+def test_streamed_default_is_the_in_memory_default_self_repair(sharded, tmp_path):
+    """repair="self" streamed: the checkpoint samples its own calibration text one layer at a
+    time (the same tokens as the loaded model samples), then the streamed refit; equal to
+    the in-memory default fold."""
+    m, src = sharded
+    out = fold_checkpoint(src, tmp_path / "dst", 0.25, schedule="uniform", kmeans_dim=None,
+                          calib_samples=4, calib_len=12, progress=False)
+    want = fold_llm(m, sparsity=0.25, schedule="uniform", calib_samples=4, calib_len=12)
+    plain = fold_llm(m, sparsity=0.25, schedule="uniform", repair="none")
+    with torch.no_grad():
+        diff = (load_folded(out)(X).logits - want(X).logits).abs().max()
+        assert diff < 1e-4
+        assert (plain(X).logits - want(X).logits).abs().max() > 100 * diff
+
+
+def test_streamed_sampling_model_samples_what_the_loaded_model_samples(sharded):
+    from transformers import AutoConfig
+
+    from tuneless.llm.adapters import adapter_for_config
+    from tuneless.llm.refit import self_generated
+    from tuneless.llm.stream import _Reader, _weight_map
+    from tuneless.llm.stream_shell import sampling_model
+
+    m, src = sharded
+    config = AutoConfig.from_pretrained(str(src))
+    weights = _weight_map(src)
+    lazy = sampling_model(config, adapter_for_config(config), _Reader(src, weights).get,
+                          list(weights))
+    assert not any(p.is_meta for p in lazy.parameters())
+    assert torch.equal(self_generated(lazy, None, 3, 9, seed=2), self_generated(m, None, 3, 9,
+                                                                                 seed=2))
+
+
 def test_streamed_repair_names_what_it_cannot_do(sharded, tmp_path):
     _, src = sharded
-    with pytest.raises(TunelessError, match="whole model"):
-        fold_checkpoint(src, tmp_path / "a", 0.2, repair="self", progress=False)
+    with pytest.raises(TunelessError, match="'self', 'refit' or 'none'"):
+        fold_checkpoint(src, tmp_path / "a", 0.2, repair="data", progress=False)
     with pytest.raises(TunelessError, match="needs data= token ids or tokenizer="):
         fold_checkpoint(src, tmp_path / "b", 0.2, repair="refit", progress=False)
     with pytest.raises(TunelessError, match="integer"):

@@ -78,7 +78,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                     *, schedule=None, head_ratio: float | None = None,
                     mlp_ratio: float | None = None, gqa: str = "kv-groups", seed: int = 0,
                     refine: bool = False, kmeans_dim: int | None = 128, n_init: int = 1,
-                    repair: str = "none", data: torch.Tensor | None = None, tokenizer=None,
+                    repair: str = "self", data: torch.Tensor | None = None, tokenizer=None,
                     features: str = "auto", calib_samples: int = 16, calib_len: int = 128,
                     refit_lambda: float = 3.0, refit_target: str = "auto",
                     refit_weighting: str = "none", progress: bool = True) -> Path:
@@ -88,13 +88,17 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     projection of the features and without Hartigan refinement, which keeps a
     multi-billion-parameter layer to seconds on a CPU.
 
-    repair="refit" streams the least-squares repair too (the same as fold_llm's, layer by
-    layer): calibration token ids from `data` (batch, seq_len), or calib_samples windows of
-    the calibration text when a `tokenizer` is given; with features="auto" the k-means
-    features are activation-aware, from the same tokens. Memory: one original and one
-    folded layer in float32, the calibration hidden states and the refit's normal equations.
-    repair="self" (the model's own samples) needs the whole model to generate from: fold in
-    memory, or sample once and pass the ids as `data`.
+    repair: as fold_llm's, and the same default. "self" (data-free) first samples
+    calib_samples × calib_len tokens from the checkpoint itself with its layers built one at
+    a time for each decoding step (tuneless.llm.stream_shell.sampling_model: the same
+    samples as the loaded float32 model gives; every step reads every layer, so sampling
+    costs about calib_len passes over the checkpoint's tensors), then refits as "refit"
+    does. "refit" streams the least-squares repair on token ids from `data` (batch,
+    seq_len), or on calib_samples windows of the calibration text when a `tokenizer` is
+    given; "none" folds only. With features="auto" the k-means features are
+    activation-aware, from the calibration tokens. Memory: one original and one folded
+    layer in float32, the embeddings in float32 while sampling, the calibration hidden
+    states and the refit's normal equations.
     """
     from safetensors.torch import save_file
     from transformers import AutoConfig
@@ -104,11 +108,10 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         raise TunelessError(f"{src} has no config.json; not a checkpoint folder")
     if dst.exists():
         raise TunelessError(f"{dst} already exists; choose a new output folder")
-    if repair not in ("none", "refit"):
-        raise TunelessError(f"streamed folding repairs with 'refit' or 'none', not {repair!r}"
-                            + (" (the model's own samples need the whole model: fold in memory, "
-                               "or pass sampled ids as data= with repair='refit')"
-                               if repair == "self" else ""))
+    repair = "none" if repair in (None, "naive") else repair
+    if repair not in ("self", "refit", "none"):
+        raise TunelessError(f"streamed folding repairs with 'self', 'refit' or 'none', not "
+                            f"{repair!r}")
     if features not in ("auto", "weights", "activations"):
         raise TunelessError(f"features={features!r}; choose auto, weights or activations")
     check_refit_options("folded", refit_target, refit_weighting, refit_lambda)
@@ -123,12 +126,16 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                          mlp_ratio=mlp_ratio, gqa=gqa)
     reader = _Reader(src, weight_map)
     walk = None
-    if repair == "refit":
-        ids = _calibration(data, tokenizer, calib_samples, calib_len, seed)
+    if repair in ("self", "refit"):
+        ids = (_self_calibration(src, config, adapter, reader, weight_map, tokenizer,
+                                 calib_samples, calib_len, seed, progress)
+               if repair == "self" else _calibration(data, tokenizer, calib_samples, calib_len,
+                                                      seed))
         walk = _RepairWalk(config, adapter, reader, weight_map, ids, features != "weights",
                            dict(lam=refit_lambda, target=refit_target, weighting=refit_weighting))
     elif features == "activations":
-        raise TunelessError("features='activations' needs calibration tokens: repair='refit'")
+        raise TunelessError("features='activations' needs calibration tokens: repair='self' "
+                            "or 'refit'")
     n_layers = len(shapes)
     prefix = adapter.layer_prefix + "."
     layer_keys: list[list[str]] = [[] for _ in range(n_layers)]
@@ -204,6 +211,23 @@ def _calibration(data, tokenizer, n: int, seq_len: int, seed: int) -> torch.Tens
         raise TunelessError(f"calibration ids must be integer (batch, seq_len ≥ 2), got "
                             f"{tuple(ids.shape)}")
     return shard(ids)  # under torchrun: this rank's sequences; the refit all-reduces
+
+
+def _self_calibration(src: Path, config, adapter, reader, weight_map, tokenizer, n: int,
+                      seq_len: int, seed: int, show_progress: bool) -> torch.Tensor:
+    """The in-memory fold's data-free calibration text, sampled from the checkpoint with one
+    layer in memory at a time; under torchrun every rank samples all and keeps its share."""
+    from transformers import GenerationConfig
+
+    from tuneless.llm.refit import self_generated
+    from tuneless.llm.stream_shell import sampling_model
+
+    generation = None
+    if (src / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(str(src))
+    model = sampling_model(config, adapter, reader.get, list(weight_map), generation)
+    ids = self_generated(model, tokenizer, n, seq_len, seed, show_progress and is_main())
+    return shard(ids)
 
 
 class _RepairWalk:
@@ -294,9 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gqa", default="kv-groups")
     ap.add_argument("--kmeans-dim", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repair", default="none", choices=("none", "refit"),
-                    help="refit: the least-squares repair, streamed (calibration text from "
-                         "the checkpoint's tokenizer, or --calib-ids)")
+    ap.add_argument("--repair", default="self", choices=("self", "refit", "none"),
+                    help="self (default, data-free, as in memory): the least-squares repair on "
+                         "text the checkpoint samples itself; refit: on calibration text from "
+                         "the checkpoint's tokenizer, or --calib-ids; none: fold only")
     ap.add_argument("--calib-ids", type=Path,
                     help="a torch.save'd integer tensor (batch, seq_len) of calibration ids")
     ap.add_argument("--calib-samples", type=int, default=16)

@@ -144,3 +144,52 @@ class Shell:
                                 f"{', '.join(missing[:3])}")
         self.adapter.finalize_layer(layer, self.head_dim)
         return layer.eval()
+
+
+class _LazyLayer(nn.Module):
+    """Stands in for decoder layer i during sampling: builds the layer from the checkpoint
+    for each call and drops it after, so memory holds one layer (plus the KV cache)."""
+
+    def __init__(self, build, meta_layer: nn.Module) -> None:
+        super().__init__()
+        self._build = build
+        for name, value in vars(meta_layer).items():  # e.g. attention_type, read by the model
+            if not name.startswith("_") and not isinstance(value, nn.Module | torch.Tensor):
+                setattr(self, name, value)
+
+    def forward(self, *args, **kwargs):
+        return self._build()(*args, **kwargs)
+
+
+def sampling_model(config, adapter, get, keys, generation_config=None) -> nn.Module:
+    """The checkpoint's causal LM in float32 with every decoder layer lazy (`_LazyLayer`):
+    `generate` works on it as on the loaded model, one layer in memory at a time, so the
+    streamed fold can sample its own calibration text (repair="self") out of core."""
+    shell = Shell(config, adapter, get, keys)
+    model = shell.model
+    layers = adapter.layers(model)
+    prefix = adapter.layer_prefix + "."
+    per_layer: list[list[str]] = [[] for _ in layers]
+    for key in keys:
+        if key.startswith(prefix):
+            per_layer[int(key[len(prefix):].split(".")[0])].append(key)
+    for i in range(len(layers)):
+        def build(i=i):
+            return shell.layer(i, {key: get(key) for key in per_layer[i]})
+        layers[i] = _LazyLayer(build, shell.meta_layers[i])
+    emb = model.get_input_embeddings()
+    emb.weight = nn.Parameter(emb.weight.detach().float(), requires_grad=False)
+    emb._forward_hooks.clear()  # the table is float32 now: no cast on the way out
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.is_meta:
+        head_key = next((k for k in keys if k.endswith("lm_head.weight")), None)
+        if head_key is not None and not getattr(config, "tie_word_embeddings", False):
+            head.weight = nn.Parameter(get(head_key).float(), requires_grad=False)
+        else:  # tied: the output projection is the embedding table
+            head.weight = emb.weight
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise TunelessError(f"cannot sample from the checkpoint: {left[0]} was not loaded")
+    if generation_config is not None:
+        model.generation_config = generation_config
+    return model.eval()
