@@ -23,6 +23,9 @@ for pair in "${nets[@]}"; do
   run "${pair%%:*}" --test-images 2000 --points 0.1,0.3,0.5,0.7,0.8 --repairs ar \
     --variants "$V" --out "docs/results/fold-shallow-${pair##*:}"
 done
+# the VGG at 10–50% again on the full test split (the 2,000-image cells differ by < 0.5)
+run models/vgg11_bn-w0.5-cifar10.pt --points 0.1,0.3,0.5 --repairs ar --variants kmeans,auto \
+  --out docs/results/fold-shallow-vgg11-full
 refit() {
   run "$1" --view plain --test-images 2000 --points "$3" --repairs refit --variants "$4" \
     --out "docs/results/fold-shallow-refit-$2"
