@@ -74,6 +74,7 @@ class Shell:
         layers = adapter.layers(model)
         self.meta_layers = list(layers)
         self.box: dict = {}
+        self._cast = None  # the hook that casts embedding lookups to float32
         for i in range(len(layers)):
             layers[i] = _Recorder(i, len(layers) - 1, self.box)
         head = model.get_output_embeddings()  # never runs: the last recorder stops the pass
@@ -92,7 +93,7 @@ class Shell:
                 continue
             if key == emb_key:  # the largest tensor: kept in the checkpoint's dtype, one copy;
                 emb.weight = nn.Parameter(get(key), requires_grad=False)  # lookups → float32
-                emb.register_forward_hook(lambda _m, _a, out: out.float())
+                self._cast = emb.register_forward_hook(lambda _m, _a, out: out.float())
             elif key in state and not state[key].is_meta:
                 state[key].copy_(get(key))
         if emb.weight.is_meta:
@@ -179,7 +180,7 @@ def sampling_model(config, adapter, get, keys, generation_config=None) -> nn.Mod
         layers[i] = _LazyLayer(build, shell.meta_layers[i])
     emb = model.get_input_embeddings()
     emb.weight = nn.Parameter(emb.weight.detach().float(), requires_grad=False)
-    emb._forward_hooks.clear()  # the table is float32 now: no cast on the way out
+    shell._cast.remove()  # the table is float32 now: no cast on the way out
     head = model.get_output_embeddings()
     if head is not None and head.weight.is_meta:
         head_key = next((k for k in keys if k.endswith("lm_head.weight")), None)
