@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
 from benchmarks.suites.fold_bench import load_any, training_pad  # noqa: E402
-from tuneless.data import get_dataset  # noqa: E402
 from tuneless.cluster import CLUSTERERS, shallow_ward  # noqa: E402
-from functools import partial  # noqa: E402
+from tuneless.data import get_dataset  # noqa: E402
 
 # other cut depths for cluster="auto", measured beside its default (SHALLOW_CUT)
 CLUSTERERS.setdefault("shallow-all", partial(shallow_ward, min_width=0))  # any width
