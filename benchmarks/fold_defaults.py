@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suite
 from benchmarks.suites.fold_bench import load_any, training_pad  # noqa: E402
 from tuneless.cluster import CLUSTERERS, shallow_ward  # noqa: E402
 from tuneless.data import get_dataset  # noqa: E402
-
-# other cut depths for cluster="auto", measured beside its default (SHALLOW_CUT)
-CLUSTERERS.setdefault("shallow-all", partial(shallow_ward, min_width=0))  # any width
 from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.methods.fold import fold  # noqa: E402
 from tuneless.provenance import stamp, stamp_markdown  # noqa: E402
+
+# cluster="auto"'s rule on groups of any width (the default applies it from 256 channels)
+CLUSTERERS.setdefault("shallow-all", partial(shallow_ward, min_width=0))
 
 # name -> fold options, every one explicit (defaults change); "paper-order" is Algorithm 1's
 # order (BN fused first, running means in the features), the defaults before this sweep

@@ -194,3 +194,24 @@ def test_fold_rounds_channel_counts_like_prune():
     assert small.tuneless_report["options"]["round_to"] == 8
     with pytest.raises(TunelessError, match="round_to"):
         fold(model, sparsity=0.4, round_to=0, example_inputs=X32)
+
+
+def test_default_clustering_is_auto_and_leaves_narrow_networks_as_k_means_folds_them():
+    """cluster="auto" only changes groups of ≥ 256 channels: a ResNet-20 (16–64 channels)
+    folds exactly as with k-means; a 512-wide MLP group cut lightly goes to Ward + Hartigan."""
+    torch.manual_seed(0)
+    net = _randomise_bn(build_model("resnet20")).eval()
+    auto = fold(net, sparsity=0.3, example_inputs=X32, seed=3)
+    assert auto.tuneless_report["options"]["cluster"] == "auto"
+    km = fold(net, sparsity=0.3, example_inputs=X32, seed=3, cluster="kmeans")
+    assert auto.tuneless_report["labels"] == km.tuneless_report["labels"]
+    mlp = nn.Sequential(nn.Linear(20, 512), nn.BatchNorm1d(512), nn.ReLU(),
+                        nn.Linear(512, 4)).eval()
+    _randomise_bn(mlp)
+    x = torch.randn(8, 20)
+    a = fold(mlp, channel_ratio=0.2, example_inputs=x, seed=1).tuneless_report["labels"]
+    w = fold(mlp, channel_ratio=0.2, example_inputs=x, seed=1,
+             cluster="ward-hartigan").tuneless_report["labels"]
+    assert a == w
+    assert a != fold(mlp, channel_ratio=0.2, example_inputs=x, seed=1,
+                     cluster="kmeans").tuneless_report["labels"]
