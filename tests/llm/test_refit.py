@@ -59,6 +59,26 @@ def test_the_refit_target_follows_the_family():
         refit_consumers(model, f, calib, target="x")
 
 
+def test_a_numeric_refit_target_aims_between_local_and_stream():
+    """target=α: the local contribution plus α × the drift. 0 and 1 are "local" and "stream"
+    exactly; in layer 1 (layer 0's inputs and goal are the same for every α, attention is
+    not folded) the ridge solution is linear in the goal, so α = 0.5 is the average."""
+    from tests.llm.test_adapter_contract import _model
+
+    calib = torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(3))
+    model = _model("llama")
+    runs = {}
+    for target in ("stream", "local", 0.0, 1.0, 0.5):
+        f = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5, repair="none")
+        refit_consumers(model, f, calib, lam=1.0, target=target)
+        runs[target] = f.model.layers[1].mlp.down_proj.weight
+    assert torch.equal(runs[0.0], runs["local"]) and torch.equal(runs[1.0], runs["stream"])
+    assert torch.allclose(runs[0.5], (runs["local"] + runs["stream"]) / 2, atol=1e-5)
+    for bad in (2.5, -0.1, True):
+        with pytest.raises(TunelessError, match="drift share"):
+            refit_consumers(model, f, calib, target=bad)
+
+
 def test_stream_weighting_is_a_refit_option():
     m = tiny_llama(layers=2, mlp=48)
     f = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="none")

@@ -107,8 +107,10 @@ REFIT_WEIGHTINGS = ("stream", "none")
 # "local": reproduce only this layer's own original contribution from the folded inputs;
 # "auto": "local" for families with sandwich norms (Gemma 2/3: a sublayer's output is
 # renormalised per token before it is added, so it cannot carry a correction of the stream's
-# drift), "stream" otherwise. Measured: docs/llm.md "Defaults".
+# drift), "stream" otherwise. Measured: docs/llm.md "Defaults". A number α in [0, 2] aims
+# between the two: the local contribution plus α times the drift ("local" = 0, "stream" = 1).
 REFIT_TARGETS = ("auto", "stream", "local")
+_DRIFT_SHARE = {"stream": 1.0, "local": 0.0}
 
 
 def _token_weight(stream: torch.Tensor, normalised: torch.Tensor | None) -> torch.Tensor:
@@ -134,7 +136,7 @@ def _through_norm(norm: nn.Module, contribution: torch.Tensor,
 @torch.no_grad()
 def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *,
                     lam: float = 1.0, scope: str = "folded", weighting: str = "none",
-                    target: str = "auto", show_progress: bool = False) -> nn.Module:
+                    target: str | float = "auto", show_progress: bool = False) -> nn.Module:
     """Refit o_proj / down_proj of `folded` in place (see module doc).
 
     ids: calibration token ids, (batch, seq_len). scope: "folded" refits the consumers whose
@@ -164,12 +166,14 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
     return folded
 
 
-def check_refit_options(scope: str, target: str, weighting: str, lam: float) -> None:
+def check_refit_options(scope: str, target: str | float, weighting: str, lam: float) -> None:
     """One-line errors for refit options (before any work)."""
     if scope not in REFIT_SCOPES:
         raise TunelessError(f"refit scope {scope!r}; choose one of {', '.join(REFIT_SCOPES)}")
-    if target not in REFIT_TARGETS:
-        raise TunelessError(f"refit target {target!r}; choose one of {', '.join(REFIT_TARGETS)}")
+    numeric = isinstance(target, int | float) and not isinstance(target, bool)
+    if not (target in REFIT_TARGETS if isinstance(target, str) else numeric and 0 <= target <= 2):
+        raise TunelessError(f"refit target {target!r}; choose one of {', '.join(REFIT_TARGETS)} "
+                            "or a drift share between 0 and 2")
     if weighting not in REFIT_WEIGHTINGS:
         raise TunelessError(f"refit weighting {weighting!r}; choose one of "
                             f"{', '.join(REFIT_WEIGHTINGS)}")
@@ -180,7 +184,7 @@ def check_refit_options(scope: str, target: str, weighting: str, lam: float) -> 
 @torch.no_grad()
 def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
                 h_new: torch.Tensor, kwargs: dict, *, lam: float, refit_unfolded: bool = False,
-                weighting: str = "none", target: str = "auto"
+                weighting: str = "none", target: str | float = "auto"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refit one decoder layer's consumers in place: `lo` the original layer, `ln` its folded
     version, h_old / h_new the original and folded streams entering it; refit_unfolded also
@@ -188,6 +192,7 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
     in-memory and the streamed fold both walk the layers with this."""
     if target == "auto":
         target = "local" if adapter.post_norms else "stream"
+    alpha = _DRIFT_SHARE[target] if isinstance(target, str) else float(target)
     post, sandwich = adapter.norms[1], adapter.post_norms
     po, pn = adapter.projections(lo), adapter.projections(ln)
     watch = {"mid": getattr(lo, post)}
@@ -202,10 +207,10 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         _, seen = _run(ln, h_new, kwargs, {"mid": getattr(ln, post), "x": pn[short]})
         if short == "o":  # the attention half must land on the original mid-layer stream
             stream = seen_old["mid"]
-            goal = stream - (h_new if target == "stream" else h_old)
+            goal = stream - _between(h_old, h_new, alpha)
         else:  # the MLP half must land on the original layer output
             stream = h_old_out
-            goal = stream - (seen["mid"] if target == "stream" else seen_old["mid"])
+            goal = stream - _between(seen_old["mid"], seen["mid"], alpha)
         if sandwich:  # aim at the norm's input: c / gain at the original's scale
             norm = getattr(ln, sandwich[0] if short == "o" else sandwich[1])
             goal = _through_norm(norm, goal, seen_old[short])
@@ -223,6 +228,11 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
             h_next = None
     h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
     return h_old_out, h_new
+
+
+def _between(old: torch.Tensor, new: torch.Tensor, alpha: float) -> torch.Tensor:
+    """old + α·(new − old), exactly `old` or `new` at α = 0 or 1."""
+    return old if alpha == 0 else new if alpha == 1 else old + alpha * (new - old)
 
 
 def is_folded(adapter, lo: nn.Module, ln: nn.Module) -> bool:
