@@ -26,6 +26,13 @@ done
 # the VGG at 10–50% again on the full test split (the 2,000-image cells differ by < 0.5)
 run models/vgg11_bn-w0.5-cifar10.pt --points 0.1,0.3,0.5 --repairs ar --variants kmeans,auto \
   --out docs/results/fold-shallow-vgg11-full
+# Fold-R (BN re-estimation on 1,024 training images) on the two networks the rule touches
+for pair in models/vgg11_bn-w0.5-cifar10.pt:vgg11 models/mlp-fashion-mnist.pt:mlp; do
+  run "${pair%%:*}" --test-images 2000 --points 0.1,0.3,0.5 --repairs data \
+    --variants kmeans,auto --out "docs/results/fold-shallow-fold-r-${pair##*:}"
+done
+run models/vgg11_bn-w0.5-cifar10.pt --points 0.3 --repairs data --variants kmeans,auto \
+  --out docs/results/fold-shallow-fold-r-vgg11-full
 refit() {
   run "$1" --view plain --test-images 2000 --points "$3" --repairs refit --variants "$4" \
     --out "docs/results/fold-shallow-refit-$2"
