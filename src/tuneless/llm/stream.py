@@ -23,9 +23,11 @@ from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.decide import fold_decisions
+from tuneless.llm.fold import DEFAULT_REPAIR
 from tuneless.llm.plan import LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import write_modeling
+from tuneless.llm.stream_shell import split_layer_keys
 from tuneless.progress import progress as _progress
 from tuneless.reduce import reduce_tensors
 
@@ -78,7 +80,8 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                     *, schedule=None, head_ratio: float | None = None,
                     mlp_ratio: float | None = None, gqa: str = "kv-groups", seed: int = 0,
                     refine: bool = False, kmeans_dim: int | None = 128, n_init: int = 1,
-                    repair: str = "self", data: torch.Tensor | None = None, tokenizer=None,
+                    repair: str = DEFAULT_REPAIR, data: torch.Tensor | None = None,
+                    tokenizer=None,
                     features: str = "auto", calib_samples: int = 16, calib_len: int = 128,
                     refit_lambda: float = 3.0, refit_target: str = "auto",
                     refit_weighting: str = "none", progress: bool = True) -> Path:
@@ -137,14 +140,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         raise TunelessError("features='activations' needs calibration tokens: repair='self' "
                             "or 'refit'")
     n_layers = len(shapes)
-    prefix = adapter.layer_prefix + "."
-    layer_keys: list[list[str]] = [[] for _ in range(n_layers)]
-    other_keys = []
-    for key in weight_map:
-        if key.startswith(prefix):
-            layer_keys[int(key[len(prefix):].split(".")[0])].append(key)
-        else:
-            other_keys.append(key)
+    layer_keys, other_keys = split_layer_keys(weight_map, adapter.layer_prefix + ".", n_layers)
     n_shards = n_layers + len(other_keys)
     new_map, total = {}, 0
     main = is_main()  # under torchrun every rank computes the same fold; rank 0 writes it
@@ -318,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gqa", default="kv-groups")
     ap.add_argument("--kmeans-dim", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repair", default="self", choices=("self", "refit", "none"),
+    ap.add_argument("--repair", default=DEFAULT_REPAIR, choices=("self", "refit", "none"),
                     help="self (default, data-free, as in memory): the least-squares repair on "
                          "text the checkpoint samples itself; refit: on calibration text from "
                          "the checkpoint's tokenizer, or --calib-ids; none: fold only")

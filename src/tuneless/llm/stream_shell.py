@@ -147,6 +147,18 @@ class Shell:
         return layer.eval()
 
 
+def split_layer_keys(keys, prefix: str, n_layers: int) -> tuple[list[list[str]], list[str]]:
+    """Checkpoint tensor names by decoder layer (names under `prefix` + "i."), and the rest."""
+    per_layer: list[list[str]] = [[] for _ in range(n_layers)]
+    others = []
+    for key in keys:
+        if key.startswith(prefix):
+            per_layer[int(key[len(prefix):].split(".")[0])].append(key)
+        else:
+            others.append(key)
+    return per_layer, others
+
+
 class _LazyLayer(nn.Module):
     """Stands in for decoder layer i during sampling: builds the layer from the checkpoint
     for each call and drops it after, so memory holds one layer (plus the KV cache)."""
@@ -169,11 +181,7 @@ def sampling_model(config, adapter, get, keys, generation_config=None) -> nn.Mod
     shell = Shell(config, adapter, get, keys)
     model = shell.model
     layers = adapter.layers(model)
-    prefix = adapter.layer_prefix + "."
-    per_layer: list[list[str]] = [[] for _ in layers]
-    for key in keys:
-        if key.startswith(prefix):
-            per_layer[int(key[len(prefix):].split(".")[0])].append(key)
+    per_layer, _ = split_layer_keys(keys, adapter.layer_prefix + ".", len(layers))
     for i in range(len(layers)):
         def build(i=i):
             return shell.layer(i, {key: get(key) for key in per_layer[i]})
