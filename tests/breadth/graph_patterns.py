@@ -139,6 +139,54 @@ class GroupedNorm(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class SameConv2d(nn.Conv2d):
+    """TensorFlow "same" padding for a fixed image size, then F.conv2d on its own weights
+    (the EfficientNet-Lite port's Conv2dStaticSamePadding): fx traces through it, so the
+    engine sees a padding module and a functional conv, not a Conv2d module."""
+
+    def __init__(self, *args, image_size: int = 16, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        k, s = self.kernel_size[0], self.stride[0]
+        pad = max((-(-image_size // s) - 1) * s + k - image_size, 0)
+        self.static_padding = nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+
+    def forward(self, x):
+        x = self.static_padding(x)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class StdConv2d(nn.Conv2d):
+    """Weight standardisation: the weights are transformed before the conv, so merging the
+    raw rows is not merging the layer's function; its channels must stay fixed."""
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         training=True).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class SamePadding(nn.Module):
+    """An inverted-residual block built from "same"-padding conv subclasses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = SameConv2d(3, 16, 3, stride=2, bias=False)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.expand = SameConv2d(16, 48, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(48)
+        self.dw = SameConv2d(48, 48, 3, groups=48, bias=False, image_size=8)
+        self.bn2 = nn.BatchNorm2d(48)
+        self.project = SameConv2d(48, 16, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu6(self.bn0(self.stem(x)))
+        y = F.relu6(self.bn2(self.dw(F.relu6(self.bn1(self.expand(x))))))
+        x = x + self.bn3(self.project(y))
+        return self.fc(x.mean((2, 3)))
+
+
 class NothingToReduce(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -151,5 +199,5 @@ class NothingToReduce(nn.Module):
 PATTERNS = {
     "concat": Concat, "split": Split, "squeeze_excite": SqueezeExcite,
     "shared_module": SharedModule, "multi_output": MultiOutput, "unknown_op": UnknownOp,
-    "channels_last": ChannelsLast, "grouped_norm": GroupedNorm,
+    "channels_last": ChannelsLast, "grouped_norm": GroupedNorm, "same_padding": SamePadding,
 }

@@ -221,3 +221,19 @@ def test_tied_weights_are_fixed():
     graph = find_groups(Tied(), torch.randn(1, 4))
     assert not graph.reducible
     assert any("tied" in r for r in group_of(graph, "a").reasons)
+
+
+def test_conv_subclass_with_same_padding_folds_like_its_module():
+    from graph_patterns import StdConv2d
+
+    graph = find_groups(PATTERNS["same_padding"](), torch.randn(2, 3, 16, 16))
+    inner = group_of(graph, "expand")
+    assert inner.reducible and inner.n == 48
+    assert {s.module for s in inner.producers} == {"expand", "dw"}  # depthwise joins
+    assert {s.module for s in inner.consumers} == {"project"}
+    stream = group_of(graph, "stem")
+    assert stream is group_of(graph, "project") and stream.reducible
+    std = nn.Sequential(nn.Conv2d(3, 8, 3), StdConv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    g = find_groups(std, X32)
+    assert not group_of(g, "0").reducible  # read by a weight-standardised conv
+    assert any("not a module's own parameter" in r for r in group_of(g, "0").reasons)

@@ -56,6 +56,8 @@ _BINARY_FUNCS = {
 }
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 _POW = {operator.pow, torch.pow}
+_CONV_FOR = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
+_LAYER_FUNCS = {*_CONV_FOR, F.linear}
 _IGNORED_FUNCS = {getattr, torch._assert, len, isinstance}
 # library functions wrapped as fx leaves that act on whole samples or elements
 _ELEMENTWISE_BY_NAME = {"stochastic_depth", "drop_path"}
@@ -349,8 +351,37 @@ class _Walker:
                                  shape=_arg(node, 1, "normalized_shape", ()))
         elif t in (torch.unsqueeze,):
             self.unsqueeze(node, args[1])
+        elif t in _LAYER_FUNCS:
+            self.own_layer_call(node)
         else:
             raise _Unsupported("")
+
+    def own_layer_call(self, node: fx.Node) -> None:
+        """F.conv*/F.linear on a module's own parameters, as a Conv2d subclass with
+        TensorFlow-style "same" padding computes itself (EfficientNet ports, timm's
+        Conv2dSame): the call is that module, so it folds like one. Anything else that
+        reads the weights (weight standardisation, a second use) keeps it unsupported."""
+        t, linear = node.target, node.target is F.linear
+        w, b = _arg(node, 1, "weight", None), _arg(node, 2, "bias", None)
+        if not (isinstance(w, fx.Node) and w.op == "get_attr"
+                and w.target.endswith(".weight")):
+            raise _Unsupported("its weight is not a module's own parameter")
+        name = w.target.rpartition(".")[0]
+        m = self.model.get_submodule(name)
+        kind = nn.Linear if linear else _CONV_FOR[t]
+        if not isinstance(m, kind) or getattr(m, "transposed", False):
+            raise _Unsupported(f"'{name}' is not a {kind.__name__}")
+        if m.bias is None and b is not None or m.bias is not None and not (
+                isinstance(b, fx.Node) and b.op == "get_attr" and b.target == f"{name}.bias"):
+            raise _Unsupported(f"its bias is not the bias of '{name}'")
+        if not linear and _arg(node, 6, "groups", 1) != m.groups:
+            raise _Unsupported(f"its groups differ from those of '{name}'")
+        for user_of in (n for n in self.gm.graph.nodes if n.op == "get_attr"
+                        and n.target in (f"{name}.weight", f"{name}.bias")):
+            if any(u.target is not t or u.args[0] is user_of for u in user_of.users):
+                raise _Unsupported(f"the parameters of '{name}' are read by another op")
+        x = self.val(node.args[0])
+        (self.linear if linear else self.conv)(node, name, m, x)
 
     def visit_method(self, node: fx.Node) -> None:
         t = node.target
