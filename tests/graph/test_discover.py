@@ -237,3 +237,5 @@ def test_conv_subclass_with_same_padding_folds_like_its_module():
     g = find_groups(std, X32)
     assert not group_of(g, "0").reducible  # read by a weight-standardised conv
     assert any("not a module's own parameter" in r for r in group_of(g, "0").reasons)
+    bn = group_of(graph, "bn1", kind=NORM)
+    assert {s.producer for s in bn.slots if s.kind == NORM and s.module == "bn1"} == {"expand"}

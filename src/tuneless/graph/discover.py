@@ -93,6 +93,7 @@ class _Walker:
         self.env: dict[fx.Node, object] = {}
         self.module_out: dict[str, Layout] = {}  # shared modules write one channel space
         self.module_in: dict[str, Layout] = {}
+        self.layer_calls: dict[fx.Node, str] = {}  # F.conv*/F.linear node → its module
 
     # ---- helpers -------------------------------------------------------------------------
     def val(self, a):
@@ -273,6 +274,7 @@ class _Walker:
             sm = self.gm.get_submodule(src.target)
             if isinstance(sm, nn.modules.conv._ConvNd | nn.Linear):
                 producer = src.target
+        producer = self.layer_calls.get(src, producer)
         for p in params:
             self.b.add_layout_slots(
                 x, lambda gid, off, p=p: Slot(NORM, name, p, 0, off, producer=producer))
@@ -382,6 +384,7 @@ class _Walker:
                 raise _Unsupported(f"the parameters of '{name}' are read by another op")
         x = self.val(node.args[0])
         (self.linear if linear else self.conv)(node, name, m, x)
+        self.layer_calls[node] = name
 
     def visit_method(self, node: fx.Node) -> None:
         t = node.target
