@@ -21,7 +21,6 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,17 +28,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
+from benchmarks.suites import clusterers  # noqa: E402,F401  (registers shallow-all, wide*)
 from benchmarks.suites.fold_bench import load_any, training_pad  # noqa: E402
-from tuneless.cluster import CLUSTERERS, shallow_ward  # noqa: E402
 from tuneless.data import get_dataset  # noqa: E402
 from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.methods.fold import fold  # noqa: E402
 from tuneless.provenance import stamp, stamp_markdown  # noqa: E402
-
-# cluster="auto"'s rule on groups of any width (the default applies it from 256 channels)
-CLUSTERERS.setdefault("shallow-all", partial(shallow_ward, min_width=0))
 
 # name -> fold options, every one explicit (defaults change); "paper-order" is Algorithm 1's
 # order (BN fused first, running means in the features), the defaults before this sweep
@@ -71,6 +67,9 @@ VARIANTS: dict[str, dict] = {
     "auto": {"cluster": "auto"},  # the default since it was measured
     "kmeans": {"cluster": "kmeans"},  # the default before
     "shallow-all": {"cluster": "shallow-all"},
+    # Ward + Hartigan on every group of ≥ 128 / ≥ 256 channels, k-means on narrower ones
+    "wide128": {"cluster": "wide128"},
+    "wide256": {"cluster": "wide256"},
     # Residual streams lose stream_share × the ratio of the other groups (1: uniform)
     "streams-0.5": {"stream_share": 0.5},
     "streams-0.25": {"stream_share": 0.25},

@@ -25,15 +25,15 @@ import io
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
 
-from tuneless.cluster import CLUSTERERS, shallow_ward  # noqa: E402
+from benchmarks.suites import clusterers  # noqa: E402,F401  (registers wide128)
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.provenance import stamp  # noqa: E402
 
@@ -45,7 +45,6 @@ VARIANTS = {  # fold options; pruning methods ignore them except the widths
     "ward-hartigan": {"cluster": "ward-hartigan"},
     "wide128": {"cluster": "wide128"},
 }
-CLUSTERERS.setdefault("wide128", partial(shallow_ward, min_width=128, shallow_cut=0.0))
 METHODS = ("fold-ar", "fold-none", "fold-r", "fold-refit", "l1", "l1-bn", "l1-refit")
 
 

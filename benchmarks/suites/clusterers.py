@@ -1,0 +1,19 @@
+"""Clustering rules measured against the default but not (yet) in the library.
+
+Importing this module registers them under names `tuneless.fold(cluster=...)` accepts, so
+every benchmark measures the same rule under the same name.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from tuneless.cluster import CLUSTERERS, shallow_ward
+
+# cluster="auto"'s rule (Ward + Hartigan on a shallow cut of a wide group) on any width
+CLUSTERERS.setdefault("shallow-all", partial(shallow_ward, min_width=0))
+# Ward + Hartigan on every group of at least 128 / 256 channels, at any cut depth (the
+# paper's code clusters by Ward; Ward + Hartigan won on the VGG and the MLP, whose wide
+# groups these are, and lost on the ResNets' narrow ones: docs/folding.md)
+CLUSTERERS.setdefault("wide128", partial(shallow_ward, min_width=128, shallow_cut=0.0))
+CLUSTERERS.setdefault("wide256", partial(shallow_ward, min_width=256, shallow_cut=0.0))
