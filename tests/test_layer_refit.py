@@ -31,7 +31,44 @@ def test_maps_average_clusters_and_select_kept_channels():
     m = channel_maps_from_labels({"3": [0, 1, 0, 1, 1]})[3]
     assert torch.allclose(m, torch.tensor([[0.5, 0, 0.5, 0, 0], [0, 1 / 3, 0, 1 / 3, 1 / 3]]))
     s = channel_maps_from_indices({"2": [4, 1]}, {2: 5})[2]
-    assert s.tolist() == [[0, 0, 0, 0, 1], [0, 1, 0, 0, 0]]
+    assert s.tolist() == [[0, 1, 0, 0, 0], [0, 0, 0, 0, 1]]  # reduce keeps channels sorted
+
+
+class _HalfDead(nn.Module):
+    """Two groups of 8 channels, 4 of each dead (zero rows, γ = β = 0): pruning them is
+    exact. The live channels' norms rank them out of index order (6, 7, 1, 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+        scale = torch.tensor([0, 2, 0, 1, 0, 0, 4, 3.0])
+        with torch.no_grad():
+            for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
+                w = torch.randn(conv.weight.shape, generator=g).sign() * 0.1
+                conv.weight.copy_(w * scale.view(-1, 1, 1, 1))
+                bn.weight.copy_((0.5 + torch.rand(8, generator=g)) * (scale > 0))
+                bn.bias.copy_(torch.randn(8, generator=g) * (scale > 0))
+                bn.running_var.copy_(0.5 + torch.rand(8, generator=g))
+        self.eval()
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_refit_keeps_an_exact_pruning_exact_whatever_order_prune_ranks_channels():
+    model, x = _HalfDead(), _images(2)
+    pruned = prune(model, channel_ratio=0.5, criterion="l1", example_inputs=x)
+    ranked = pruned.tuneless_report["channels"]["1"]
+    assert ranked != sorted(ranked)
+    held = _images(16, seed=1)
+    assert _error(model, pruned, held) < 1e-10  # the dead channels went
+    fixed = tuneless.refit(model, pruned, _images(64), example_inputs=x, ridge=0.0)
+    assert _error(model, fixed, held) < 1e-8
 
 
 def test_refit_keeps_an_exact_fold_exact():

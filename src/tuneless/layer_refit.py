@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tuneless.decisions import merge
+from tuneless.decisions import merge, selection
 from tuneless.errors import TunelessError
 from tuneless.hooks import capture
 from tuneless.linalg import ridge_solve
@@ -44,14 +44,10 @@ def channel_maps_from_labels(labels: dict) -> dict[int, torch.Tensor]:
 
 
 def channel_maps_from_indices(indices: dict, sizes: dict) -> dict[int, torch.Tensor]:
-    """{group id: M (k × n)} selecting the kept channels (pruning), in the order given."""
-    maps = {}
-    for gid, keep in indices.items():
-        keep = torch.as_tensor(keep, dtype=torch.long)
-        m = torch.zeros(len(keep), sizes[int(gid)])
-        m[torch.arange(len(keep)), keep] = 1
-        maps[int(gid)] = m
-    return maps
+    """{group id: M (k × n)} selecting the kept channels (pruning) in ascending order, the
+    order `tuneless.reduce` keeps them in whatever order the report lists them (prune
+    lists them by importance)."""
+    return {int(gid): selection(keep, sizes[int(gid)])[0] for gid, keep in indices.items()}
 
 
 def refit(original: nn.Module, small: nn.Module, data, *, example_inputs=None,
