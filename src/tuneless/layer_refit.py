@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from tuneless.decisions import merge, selection
 from tuneless.errors import TunelessError
 from tuneless.hooks import capture
 from tuneless.linalg import ridge_solve
+from tuneless.patches import conv_patches
 
 
 def channel_maps_from_labels(labels: dict) -> dict[int, torch.Tensor]:
@@ -117,7 +117,8 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
         images = int(all_sum(torch.tensor(sum(len(b) for b in batches))))  # all ranks'
         for name, per_image in _forward_order(original, batches[0][:1]).items():
             layer = small.get_submodule(name)
-            why = _unsupported(layer, original.get_submodule(name), norm_after.get(name), small)
+            why = _unsupported(layer, original.get_submodule(name), norm_after.get(name), small,
+                               lambda name=name: _capture(small, name, batches[0][:1], "input"))
             out_map = _output_map(name, layer, outputs, maps)
             if why is None and out_map is None:
                 why = "its output channels span several groups"
@@ -183,11 +184,16 @@ def _forward_order(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
 
 
 def _unsupported(layer: nn.Module, before: nn.Module, norm: str | None,
-                 small: nn.Module) -> str | None:
+                 small: nn.Module, layer_input) -> str | None:
+    """Why `layer` cannot be refitted, or None. layer_input() gives an input it sees, to
+    probe a conv subclass with its own forward (run only for those)."""
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         return "grouped/depthwise conv (refit per group not implemented)"
     if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
         return f"padding_mode {layer.padding_mode!r}"
+    if isinstance(layer, nn.Conv2d) and type(layer).forward is not nn.Conv2d.forward \
+            and conv_patches(layer, layer_input()) is None:
+        return "its forward does not run a zero-padded conv2d on its own weight"
     if type(layer) is not type(before):
         return "layer type changed by compression"
     if norm is not None:
@@ -234,7 +240,10 @@ def _capture(model: nn.Module, name: str, x: torch.Tensor, what: str) -> torch.T
 def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Design matrix: one row per output position (conv patches) or per sample (linear)."""
     if isinstance(layer, nn.Conv2d):
-        cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+        cols = conv_patches(layer, x)  # the padding its own forward applies, if any
+        if cols is None:
+            raise TunelessError(f"cannot refit {type(layer).__name__}: its forward is not a "
+                                "zero-padded conv2d on its own weight")
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     return x.reshape(-1, x.shape[-1])
 

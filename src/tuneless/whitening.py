@@ -19,10 +19,10 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from tuneless.errors import TunelessError
 from tuneless.hooks import Moments
+from tuneless.patches import conv_patches
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
                  nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
@@ -118,11 +118,9 @@ class _PatchMoments(Moments):
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return super().__call__(module, args)
-        if not (isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros"
-                and not isinstance(layer.padding, str)):
+        cols = conv_patches(layer, args[0].detach()) if isinstance(layer, nn.Conv2d) else None
+        if cols is None:
             return None  # other convs: left unwhitened
-        cols = F.unfold(args[0].detach(), layer.kernel_size, dilation=layer.dilation,
-                        padding=layer.padding, stride=layer.stride)  # (N, C·k, L)
         n, d, npos = cols.shape
         idx = torch.randperm(npos, generator=self.gen)[:min(self.positions, npos)]
         return super().__call__(module, (cols[:, :, idx].permute(0, 2, 1).reshape(-1, d),))

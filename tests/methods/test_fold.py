@@ -30,7 +30,10 @@ def test_duplicated_channels_fold_to_half_width_exactly(repair, features):
     small = fold(model, channel_ratio=0.5, repair=repair, example_inputs=X32, features=features)
     assert small.conv1.out_channels == 4 and small.conv2.out_channels == 4
     assert small.fc.in_features == 4
-    assert (small(X32) - model(X32)).abs().max() <= 1e-5
+    # exact up to float32 rounding: outputs reach ~170, where one ulp is 1.5e-5 (AR's factor
+    # is 1 only up to rounding of the cosines)
+    out = model(X32)
+    assert (small(X32) - out).abs().max() <= 1e-6 * out.abs().max()
 
 
 def _projected(weight: torch.Tensor, labels: list[int]) -> torch.Tensor:
