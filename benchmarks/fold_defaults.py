@@ -78,7 +78,7 @@ VARIANTS: dict[str, dict] = {
 }
 # Baselines on the same per-group widths: "repairs" that prune by L1 norm with the variant's
 # stream_share, then nothing ("l1"), BN re-estimated on the same images, or refit on them
-PRUNE_REPAIRS = ("l1", "l1-bn", "l1-refit", "l1-self")
+PRUNE_REPAIRS = ("l1", "l1-bn", "l1-match", "l1-refit", "l1-self")
 # "self" (and "l1-self": L1 pruning + the same refit) refits on DeepInversion images of the
 # dense model; they depend only on the model, the seed and the inversion settings, so they
 # are synthesised once per (checkpoint, seed, settings) and handed to repair="refit" — the
@@ -96,8 +96,8 @@ def main() -> int:
                    help="points are uniform channel ratios or parameter sparsities")
     p.add_argument("--points", default="0.3,0.5,0.7")
     p.add_argument("--repairs", default="ar,data",
-                   help="fold repairs: none, ar, dir, data, refit, self; L1 pruning + a "
-                        "repair: l1, l1-bn, l1-refit, l1-self")
+                   help="fold repairs: none, ar, dir, data, match, refit, self; L1 pruning + a "
+                        "repair: l1, l1-bn, l1-match, l1-refit, l1-self")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--repair-images", type=int, default=1024)
@@ -163,7 +163,8 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                                      if repair in PRUNE_REPAIRS else
                                      fold(model, repair="refit" if repair == "self" else repair,
                                           example_inputs=x, seed=seed,
-                                          data=real_or_synth if repair in ("data", "refit", "self")
+                                          data=real_or_synth
+                                          if repair in ("data", "match", "refit", "self")
                                           else None, **kw, **opts))
                         except TunelessError as exc:  # e.g. AR on a network without BN
                             print(f"{label} {repair} {variant}: skipped ({exc})", flush=True)
@@ -203,6 +204,7 @@ def _self_images(path: str, model, x, seed: int, opts: dict) -> tuple[torch.Tens
 
 def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
     """L1 pruning at the variant's per-group widths, then the named data repair."""
+    from tuneless.bn_match import match_bn
     from tuneless.layer_refit import refit
     from tuneless.methods.prune import prune
     from tuneless.repair import reestimate_bn
@@ -213,6 +215,8 @@ def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
         return small
     if repair == "l1-bn":
         return reestimate_bn(small, real, inplace=True)
+    if repair == "l1-match":
+        return match_bn(model, small, real, example_inputs=x, inplace=True)
     return refit(model, small, real, example_inputs=x, inplace=True)
 
 

@@ -45,7 +45,8 @@ VARIANTS = {  # fold options; pruning methods ignore them except the widths
     "ward-hartigan": {"cluster": "ward-hartigan"},
     "wide128": {"cluster": "wide128"},
 }
-METHODS = ("fold-ar", "fold-none", "fold-r", "fold-refit", "l1", "l1-bn", "l1-refit")
+METHODS = ("fold-ar", "fold-none", "fold-r", "fold-match", "fold-refit", "l1", "l1-bn",
+           "l1-match", "l1-refit")
 
 
 def load_efficientnet_lite0():
@@ -84,6 +85,7 @@ def fidelity(dense_logits: torch.Tensor, logits: torch.Tensor) -> tuple[float, f
 
 
 def compress(model, method: str, x, real, point: float, seed: int, opts: dict):
+    from tuneless.bn_match import match_bn
     from tuneless.layer_refit import refit
     from tuneless.methods.fold import fold
     from tuneless.methods.prune import prune
@@ -91,12 +93,14 @@ def compress(model, method: str, x, real, point: float, seed: int, opts: dict):
 
     if method.startswith("fold-"):
         repair = {"fold-ar": "ar", "fold-none": "none", "fold-r": "data",
-                  "fold-refit": "refit"}[method]
+                  "fold-match": "match", "fold-refit": "refit"}[method]
         return fold(model, sparsity=point, repair=repair, example_inputs=x, seed=seed,
-                    data=real if repair in ("data", "refit") else None, **opts)
+                    data=real if repair in ("data", "match", "refit") else None, **opts)
     small = prune(model, sparsity=point, criterion="l1", example_inputs=x)  # fold's widths
     if method == "l1-bn":
         return reestimate_bn(small, real, inplace=True)
+    if method == "l1-match":
+        return match_bn(model, small, real, example_inputs=x, inplace=True)
     if method == "l1-refit":
         return refit(model, small, real, example_inputs=x, inplace=True)
     return small

@@ -34,6 +34,7 @@ _LAZY = {
     "fold": "tuneless.methods.fold",
     "svd": "tuneless.methods.svd",
     "refit": "tuneless.layer_refit",
+    "match_bn": "tuneless.bn_match",
     "save": "tuneless.serialize",
     "load": "tuneless.serialize",
     "load_model": "tuneless.modelio",

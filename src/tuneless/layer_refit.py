@@ -57,6 +57,13 @@ def refit(original: nn.Module, small: nn.Module, data, *, example_inputs=None,
     The channel maps come from `small.tuneless_report` (fold: cluster labels; prune: kept
     channels); options go to `refit_layers` (num_images, batch_size, ridge, inplace).
     """
+    graph, maps = maps_from_report(original, small, example_inputs)
+    return refit_layers(original, small, graph, maps, data, **options)
+
+
+def maps_from_report(original: nn.Module, small: nn.Module, example_inputs=None):
+    """(graph of `original`, {group id: (k × n) map}) for a model tuneless folded or pruned
+    from it, read from `small.tuneless_report`."""
     from tuneless.graph import find_groups
     from tuneless.modelio import example_input
 
@@ -68,9 +75,10 @@ def refit(original: nn.Module, small: nn.Module, data, *, example_inputs=None,
     elif "channels" in report:
         maps = channel_maps_from_indices(report["channels"], {g.id: g.n for g in graph.groups})
     else:
-        raise TunelessError("refit needs a model compressed by tuneless.fold or tuneless.prune "
-                            "(its tuneless_report names the channels it kept or merged)")
-    return refit_layers(original, small, graph, maps, data, **options)
+        raise TunelessError("this repair needs a model compressed by tuneless.fold or "
+                            "tuneless.prune (its tuneless_report names the channels it kept "
+                            "or merged)")
+    return graph, maps
 
 
 TARGET_CACHE_BYTES = 2 * 2**30  # keep the original's targets in memory up to this size

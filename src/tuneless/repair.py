@@ -118,6 +118,15 @@ def _data(ctx: RepairContext) -> nn.Module:
                          batch_size=opts.batch_size, inplace=True)
 
 
+def _match(ctx: RepairContext) -> nn.Module:
+    from tuneless.bn_match import match_bn_layers
+
+    opts = ctx.options
+    maps = {gid: merge for gid, (merge, _) in ctx.decisions.items()}
+    return match_bn_layers(ctx.original, ctx.new, ctx.graph, maps, ctx.data,
+                           num_images=opts.num_images, batch_size=opts.batch_size, inplace=True)
+
+
 register_repair(Repair("none", False, False, "no repair (Fold-Naive)", ("cnn", "llm")))
 register_repair(Repair("ar", False, True,
                        "closed-form γ rescale from weight correlations (Fold-AR)", apply=_ar))
@@ -125,6 +134,10 @@ register_repair(Repair("dir", False, True, "BN re-estimation on DeepInversion im
                        apply=_dir))
 register_repair(Repair("data", True, True, "BN re-estimation on real images (Fold-R)",
                        apply=_data))
+register_repair(Repair("match", True, True, "BN statistics matched to the uncompressed "
+                       "model's on real images (REPAIR-style, beyond the paper; "
+                       "tuneless.bn_match): unchanged channels stay unchanged on any data",
+                       apply=_match))
 register_repair(Repair("refit", True, False, "least-squares refit on real inputs (beyond the "
                        "paper): every conv/linear layer of a CNN (tuneless.layer_refit), the "
                        "o_proj/down_proj of a language model on token ids (tuneless.llm.refit)",
