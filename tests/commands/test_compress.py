@@ -43,6 +43,18 @@ def test_fold_r_reestimates_on_the_given_training_images(tmp_path, tiny_fashion,
     assert "achieved sparsity" in capsys.readouterr().out
 
 
+def test_fold_match_matches_statistics_on_the_given_images(tmp_path, tiny_fashion, capsys):
+    model, path = _checkpoint(tmp_path, augment=False)
+    out = tmp_path / "small.pt"
+    rc = main(["compress", str(path), "--method", "fold-match", "--sparsity", "0.3", "-o",
+               str(out), "--repair-data", str(tiny_fashion), "--repair-images", "64"])
+    assert rc == 0, capsys.readouterr().err
+    small = load(out)
+    assert small.tuneless_report["method"] == "fold-match"
+    bn = [m for m in small.modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+
+
 def test_repair_images_must_be_at_least_two(tmp_path, tiny_fashion, capsys):
     _, path = _checkpoint(tmp_path, augment=False)
     rc = main(["compress", str(path), "--method", "fold-r", "--sparsity", "0.3",

@@ -144,6 +144,8 @@ def needs_images(method, options: dict) -> str:
     rep = get_repair(name)
     if not rep.needs_data:
         return ""
+    if name == "match":
+        return "matches BatchNorm statistics to the uncompressed model's"
     return ("re-estimates BatchNorm statistics" if rep.needs_bn
             else "refits every layer by least squares")
 

@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "fold-ar": "tuneless.methods.fold:fold_ar",
     "fold-dir": "tuneless.methods.fold:fold_dir",
     "fold-r": "tuneless.methods.fold:fold_r",
+    "fold-match": "tuneless.methods.fold:fold_match",
     "fold-refit": "tuneless.methods.fold:fold_refit",
     "fold-self": "tuneless.methods.fold:fold_self",
     "ifm": "tuneless.methods.ifm:ifm",
