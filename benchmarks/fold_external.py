@@ -38,7 +38,7 @@ from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.provenance import stamp  # noqa: E402
 
 FIELDS = ["model", "method", "variant", "point", "seed", "agreement", "kl", "achieved",
-          "seconds", "eval_images", "commit"]
+          "seconds", "eval_images", "refit_images", "commit"]
 VARIANTS = {  # fold options; pruning methods ignore them except the widths
     "default": {},
     "kmeans": {"cluster": "kmeans"},
@@ -84,7 +84,8 @@ def fidelity(dense_logits: torch.Tensor, logits: torch.Tensor) -> tuple[float, f
     return agree, kl
 
 
-def compress(model, method: str, x, real, point: float, seed: int, opts: dict):
+def compress(model, method: str, x, real, point: float, seed: int, opts: dict,
+             refit_images: int | None = None):
     from tuneless.bn_match import match_bn
     from tuneless.layer_refit import refit
     from tuneless.methods.fold import fold
@@ -94,6 +95,8 @@ def compress(model, method: str, x, real, point: float, seed: int, opts: dict):
     if method.startswith("fold-"):
         repair = {"fold-ar": "ar", "fold-none": "none", "fold-r": "data",
                   "fold-match": "match", "fold-refit": "refit"}[method]
+        if repair == "refit" and refit_images:
+            opts = {"refit_images": refit_images, **opts}
         return fold(model, sparsity=point, repair=repair, example_inputs=x, seed=seed,
                     data=real if repair in ("data", "match", "refit") else None, **opts)
     small = prune(model, sparsity=point, criterion="l1", example_inputs=x)  # fold's widths
@@ -102,7 +105,8 @@ def compress(model, method: str, x, real, point: float, seed: int, opts: dict):
     if method == "l1-match":
         return match_bn(model, small, real, example_inputs=x, inplace=True)
     if method == "l1-refit":
-        return refit(model, small, real, example_inputs=x, inplace=True)
+        return refit(model, small, real, example_inputs=x, inplace=True,
+                     **({"num_images": refit_images} if refit_images else {}))
     return small
 
 
@@ -114,6 +118,9 @@ def main() -> int:
     ap.add_argument("--variants", default="default")
     ap.add_argument("--eval-images", type=int, default=1000)
     ap.add_argument("--repair-images", type=int, default=512)
+    ap.add_argument("--refit-images", type=int, default=None,
+                    help="images the refits see, fold and L1 alike (default: all repair "
+                         "images; each costs a forward pass and its patches at 224×224)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/results/fold-external")
     ap.add_argument("--render-only", action="store_true")
@@ -155,7 +162,8 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                     if dense is None:
                         dense = logits_of(model, images)
                     t0 = time.perf_counter()
-                    small = compress(model, method, x, real, pt, seed, VARIANTS[variant])
+                    small = compress(model, method, x, real, pt, seed, VARIANTS[variant],
+                                     args.refit_images)
                     secs = time.perf_counter() - t0
                     agree, kl = fidelity(dense, logits_of(small, images))
                     rows.append({"model": "efficientnet-lite0", "method": method,
@@ -163,6 +171,8 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                                  "agreement": f"{agree:.4f}", "kl": f"{kl:.4f}",
                                  "achieved": f"{small.tuneless_report['achieved_sparsity']:.4f}",
                                  "seconds": f"{secs:.1f}", "eval_images": str(len(images)),
+                                 "refit_images": (str(args.refit_images or len(real))
+                                                  if method.endswith("refit") else ""),
                                  "commit": info["commit"]})
                     print(f"{method} {variant} {pt} seed {seed}: agreement {agree:.4f} "
                           f"KL {kl:.4f} ({secs:.1f} s)", flush=True)
