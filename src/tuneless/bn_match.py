@@ -18,6 +18,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from tuneless.bn_stats import output_statistics, reestimate_bn
 from tuneless.errors import TunelessError
 
 
@@ -32,7 +33,6 @@ def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, da
     channels cannot be mapped keeps its parameters and is only re-estimated.
     """
     from tuneless.layer_refit import _layout, _output_map
-    from tuneless.repair import reestimate_bn
 
     small = small if inplace else copy.deepcopy(small)
     outputs, norm_after = _layout(graph)
@@ -53,48 +53,6 @@ def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, da
         bn.weight.copy_(torch.sign(bn.weight) * (m @ std[norm]).to(bn.weight.dtype))
     return reestimate_bn(small, data, num_images=num_images, batch_size=batch_size,
                          inplace=True)
-
-
-@torch.no_grad()
-def output_statistics(model: nn.Module, names: list[str], data, num_images: int | None,
-                      batch_size: int) -> tuple[dict, dict]:
-    """Per module name: the per-channel (axis 1) mean and standard deviation of its output
-    over `data`, the model in eval mode (float64 sums; all ranks under torch.distributed)."""
-    from tuneless.data.loader import image_batches
-    from tuneless.distributed import all_sum, my_batches
-
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def hook(name):
-        def record(_m, _args, out):
-            dims = [0, *range(2, out.dim())]
-            o = out.detach().double()
-            part = torch.stack([o.sum(dims), (o * o).sum(dims)])
-            sums[name] = part if name not in sums else sums[name] + part
-            counts[name] = counts.get(name, 0) + out.numel() // out.shape[1]
-        return record
-
-    hooks = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    was = model.training
-    model.eval()
-    try:
-        for x in my_batches(image_batches(data, batch_size, num_images)):
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    mean, std = {}, {}
-    for n in names:
-        if n not in sums:
-            raise TunelessError(f"statistics matching: {n} did not run on the images")
-        total = all_sum(sums[n])
-        count = float(all_sum(torch.tensor([float(counts[n])], dtype=torch.float64)))
-        mu = total[0] / count
-        mean[n] = mu.float()
-        std[n] = (total[1] / count - mu * mu).clamp(min=0).sqrt().float()
-    return mean, std
 
 
 def match_bn(original: nn.Module, small: nn.Module, data, *, example_inputs=None,

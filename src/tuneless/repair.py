@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from tuneless.bn_stats import reestimate_bn
 from tuneless.data.loader import image_batches
 from tuneless.errors import TunelessError
 from tuneless.modelcheck import batchnorms
@@ -212,53 +213,6 @@ def _new_offset(graph, slot, labels: dict) -> int:
                 and s.offset < slot.offset:
             start += int(labels[g.id].max()) + 1 if g.id in labels else g.n
     return start
-
-
-# --------------------------------------------------------------------------- BN re-estimation
-
-
-@torch.no_grad()
-def reestimate_bn(model: nn.Module, data, *, num_images: int | None = None,
-                  batch_size: int = 128, inplace: bool = False) -> nn.Module:
-    """Reset every BatchNorm's running statistics and re-estimate them from images (REPAIR).
-
-    Running stats become the exact (cumulative, momentum=None) average over the
-    batches; only BN layers are in train mode, so dropout and the like stay off.
-    """
-    import copy
-
-    model = model if inplace else copy.deepcopy(model)
-    bns = batchnorms(model)
-    if not bns:
-        raise TunelessError("BN re-estimation needs BatchNorm layers but the model has none")
-    was_training = model.training
-    saved = {bn: (bn.momentum, bn.track_running_stats) for bn in bns}
-    model.eval()
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.track_running_stats = True
-        bn.train()
-    from tuneless.distributed import all_sum, merge_batchnorm_stats, my_batches, my_share
-
-    seen = 0
-    try:
-        from tuneless.progress import progress
-
-        total = None if num_images is None else my_share(-(-num_images // batch_size))
-        for x in progress(my_batches(image_batches(data, batch_size, num_images)), total=total,
-                          desc="BN re-estimation", unit="batch"):  # this rank's share
-            model(x)
-            seen += len(x)
-        merge_batchnorm_stats(bns)
-        seen = int(all_sum(torch.tensor([seen])).item())
-    finally:
-        for bn, (momentum, track) in saved.items():
-            bn.momentum, bn.track_running_stats = momentum, track
-        model.train(was_training)
-    if seen < 2:
-        raise TunelessError(f"BN re-estimation needs at least 2 images, got {seen}")
-    return model
 
 
 def describe() -> str:
