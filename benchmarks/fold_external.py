@@ -189,6 +189,7 @@ def render(rows: list[dict], info: dict, args) -> str:
         cells.setdefault((r["method"], r["variant"]), []).append(r)
     points = sorted({r["point"] for r in rows}, key=float)
     commits = sorted({r["commit"] for r in rows})
+    refit_n = {r.get("refit_images") or "" for r in rows if r["method"].endswith("refit")} - {""}
     lines = [
         "# EfficientNet-Lite0 (pretrained, external): fidelity to the dense network", "",
         f"Rows measured at commit {', '.join(f'`{c}`' for c in commits)} by "
@@ -198,7 +199,9 @@ def render(rows: list[dict], info: dict, args) -> str:
         f"{rows[0]['eval_images'] if rows else '?'} CIFAR-10 test images upscaled to 224×224 "
         "(no ImageNet data here), mean ± sd over seeds (n), and the mean KL(dense ‖ "
         "compressed) in nats; no fine-tuning. Repairs: 512 CIFAR-10 training images in "
-        "the same view; pruning at the fold's per-group widths.", "",
+        "the same view; pruning at the fold's per-group widths"
+        + (f"; the refits (fold and L1 alike) see {', '.join(sorted(refit_n))} of them"
+           if refit_n else "") + ".", "",
         "| method | variant | " + " | ".join(f"{float(p):.0%} removed" for p in points) + " |",
         "|---|---|" + "---|" * len(points),
     ]
