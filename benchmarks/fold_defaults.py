@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
 from benchmarks.suites import clusterers  # noqa: E402,F401  (registers shallow-all, wide*)
 from benchmarks.suites.fold_bench import load_any, training_pad  # noqa: E402
+from benchmarks.suites.rows import write_rows  # noqa: E402
 from tuneless.data import get_dataset  # noqa: E402
 from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
@@ -180,11 +180,7 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                                      "test_images": str(len(test)), "commit": info["commit"]})
                         print(f"{label} {repair} {variant} {pt} seed {seed}: {acc:.4f} "
                               f"({secs:.1f} s)", flush=True)
-                        buf = io.StringIO()
-                        w = csv.DictWriter(buf, FIELDS)
-                        w.writeheader()
-                        w.writerows(rows)
-                        atomic_write_text(buf.getvalue(), csv_path)
+                        write_rows(rows, FIELDS, csv_path)
 
 
 def _self_images(path: str, model, x, seed: int, opts: dict) -> tuple[torch.Tensor, float]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
 
 from benchmarks.suites import clusterers  # noqa: E402,F401  (registers wide128)
+from benchmarks.suites.rows import write_rows  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.provenance import stamp  # noqa: E402
 
@@ -176,11 +176,7 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                                  "commit": info["commit"]})
                     print(f"{method} {variant} {pt} seed {seed}: agreement {agree:.4f} "
                           f"KL {kl:.4f} ({secs:.1f} s)", flush=True)
-                    buf = io.StringIO()
-                    w = csv.DictWriter(buf, FIELDS)
-                    w.writeheader()
-                    w.writerows(rows)
-                    atomic_write_text(buf.getvalue(), csv_path)
+                    write_rows(rows, FIELDS, csv_path)
 
 
 def render(rows: list[dict], info: dict, args) -> str:
