@@ -36,6 +36,7 @@ from tuneless.evaluate import accuracy  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.methods.fold import fold  # noqa: E402
 from tuneless.provenance import stamp, stamp_markdown  # noqa: E402
+from tuneless.repair import get_repair  # noqa: E402
 
 # name -> fold options, every one explicit (defaults change); "paper-order" is Algorithm 1's
 # order (BN fused first, running means in the features), the defaults before this sweep
@@ -159,13 +160,13 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                                 real_or_synth, synth = _self_images(path, model, x, seed, opts)
                             else:
                                 real_or_synth = real
+                            fold_repair = "refit" if repair == "self" else repair
                             small = (_pruned(model, repair, x, real_or_synth, kw, opts)
                                      if repair in PRUNE_REPAIRS else
-                                     fold(model, repair="refit" if repair == "self" else repair,
-                                          example_inputs=x, seed=seed,
-                                          data=real_or_synth
-                                          if repair in ("data", "match", "refit", "self")
-                                          else None, **kw, **opts))
+                                     fold(model, repair=fold_repair, example_inputs=x,
+                                          seed=seed, data=real_or_synth
+                                          if get_repair(fold_repair).needs_data else None,
+                                          **kw, **opts))
                         except TunelessError as exc:  # e.g. AR on a network without BN
                             print(f"{label} {repair} {variant}: skipped ({exc})", flush=True)
                             break

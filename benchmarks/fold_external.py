@@ -90,7 +90,7 @@ def compress(model, method: str, x, real, point: float, seed: int, opts: dict,
     from tuneless.layer_refit import refit
     from tuneless.methods.fold import fold
     from tuneless.methods.prune import prune
-    from tuneless.repair import reestimate_bn
+    from tuneless.repair import get_repair, reestimate_bn
 
     if method.startswith("fold-"):
         repair = {"fold-ar": "ar", "fold-none": "none", "fold-r": "data",
@@ -98,7 +98,7 @@ def compress(model, method: str, x, real, point: float, seed: int, opts: dict,
         if repair == "refit" and refit_images:
             opts = {"refit_images": refit_images, **opts}
         return fold(model, sparsity=point, repair=repair, example_inputs=x, seed=seed,
-                    data=real if repair in ("data", "match", "refit") else None, **opts)
+                    data=real if get_repair(repair).needs_data else None, **opts)
     small = prune(model, sparsity=point, criterion="l1", example_inputs=x)  # fold's widths
     if method == "l1-bn":
         return reestimate_bn(small, real, inplace=True)

@@ -43,7 +43,7 @@ def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, da
             continue
         m = _output_map(producer, small.get_submodule(producer), outputs, maps)
         if m is not None and m.shape[0] == bn.num_features:
-            plan[norm] = m / m.sum(1, keepdim=True).clamp(min=1e-12)  # cluster means
+            plan[norm] = m  # rows: cluster means, selections or identity
     if not plan:
         raise TunelessError("statistics matching found no BatchNorm after a conv or linear")
     mean, std = output_statistics(original, list(plan), data, num_images, batch_size)

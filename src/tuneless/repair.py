@@ -40,6 +40,11 @@ class RepairContext:
     data: object = None
     example_inputs: object = None
 
+    @property
+    def maps(self) -> dict:
+        """Group id -> M (k × n): each new channel in the original's channels."""
+        return {gid: merge for gid, (merge, _) in self.decisions.items()}
+
 
 @dataclass(frozen=True)
 class Repair:
@@ -52,6 +57,7 @@ class Repair:
     summary: str
     models: tuple[str, ...] = ("cnn",)
     apply: Callable[[RepairContext], nn.Module] | None = None
+    uses_images: str = ""  # what it does with real images, for the CLI's messages
 
 
 REPAIRS: dict[str, Repair] = {}
@@ -86,8 +92,7 @@ def _refit(ctx: RepairContext) -> nn.Module:
     from tuneless.layer_refit import refit_layers
 
     opts = ctx.options
-    maps = {gid: merge for gid, (merge, _) in ctx.decisions.items()}  # M = D⁻¹Uᵀ, k × n
-    return refit_layers(ctx.original, ctx.new, ctx.graph, maps, ctx.data,
+    return refit_layers(ctx.original, ctx.new, ctx.graph, ctx.maps, ctx.data,
                         num_images=opts.refit_images, batch_size=min(opts.batch_size, 64),
                         ridge=opts.ridge, inplace=True)
 
@@ -123,8 +128,7 @@ def _match(ctx: RepairContext) -> nn.Module:
     from tuneless.bn_match import match_bn_layers
 
     opts = ctx.options
-    maps = {gid: merge for gid, (merge, _) in ctx.decisions.items()}
-    return match_bn_layers(ctx.original, ctx.new, ctx.graph, maps, ctx.data,
+    return match_bn_layers(ctx.original, ctx.new, ctx.graph, ctx.maps, ctx.data,
                            num_images=opts.num_images, batch_size=opts.batch_size, inplace=True)
 
 
@@ -134,15 +138,17 @@ register_repair(Repair("ar", False, True,
 register_repair(Repair("dir", False, True, "BN re-estimation on DeepInversion images (Fold-DIR)",
                        apply=_dir))
 register_repair(Repair("data", True, True, "BN re-estimation on real images (Fold-R)",
-                       apply=_data))
+                       apply=_data, uses_images="re-estimates BatchNorm statistics"))
 register_repair(Repair("match", True, True, "BN statistics matched to the uncompressed "
                        "model's on real images (REPAIR-style, beyond the paper; "
                        "tuneless.bn_match): unchanged channels stay unchanged on any data",
-                       apply=_match))
+                       apply=_match,
+                       uses_images="matches BatchNorm statistics to the uncompressed model's"))
 register_repair(Repair("refit", True, False, "least-squares refit on real inputs (beyond the "
                        "paper): every conv/linear layer of a CNN (tuneless.layer_refit), the "
                        "o_proj/down_proj of a language model on token ids (tuneless.llm.refit)",
-                       ("cnn", "llm"), apply=_refit))
+                       ("cnn", "llm"), apply=_refit,
+                       uses_images="refits every layer by least squares"))
 register_repair(Repair("self", False, True, "least-squares refit on inputs the uncompressed "
                        "model makes itself (data-free): every conv/linear of a CNN on its "
                        "DeepInversion images, the o_proj/down_proj of a language model on "

@@ -142,12 +142,7 @@ def needs_images(method, options: dict) -> str:
     if name is None:
         return ""
     rep = get_repair(name)
-    if not rep.needs_data:
-        return ""
-    if name == "match":
-        return "matches BatchNorm statistics to the uncompressed model's"
-    return ("re-estimates BatchNorm statistics" if rep.needs_bn
-            else "refits every layer by least squares")
+    return rep.uses_images if rep.needs_data else ""
 
 
 def nothing_removed(method: str, model, small) -> None:
