@@ -58,6 +58,8 @@ VARIANTS: dict[str, dict] = {
     "dir-i64": {"inversion": {"num_images": 64}},
     "dir-i64-s50": {"inversion": {"num_images": 64, "steps": 50}},
     "dir-s50-lr02": {"inversion": {"steps": 50, "lr": 0.2}},
+    "dir-s25-lr02": {"inversion": {"steps": 25, "lr": 0.2}},
+    "dir-s12-lr02": {"inversion": {"steps": 12, "lr": 0.2}},
     # (dir-c50 / dir-c75: {"inversion": {"coarse_steps": 50 / 75}}, the first steps at half
     # resolution; the option existed at commit 623c902 only: it lost, docs/folding.md)
     # repair "self": DeepInversion settings for the images its refit sees
@@ -79,13 +81,22 @@ VARIANTS: dict[str, dict] = {
 }
 # Baselines on the same per-group widths: "repairs" that prune by L1 norm with the variant's
 # stream_share, then nothing ("l1"), BN re-estimated on the same images, or refit on them
-PRUNE_REPAIRS = ("l1", "l1-bn", "l1-match", "l1-refit", "l1-self")
+PRUNE_REPAIRS = ("l1", "l1-bn", "l1-match", "l1-refit", "l1-self", "l1-dir-match",
+                 "l1-noise-match")
 # "self" (and "l1-self": L1 pruning + the same refit) refits on DeepInversion images of the
 # dense model; they depend only on the model, the seed and the inversion settings, so they
 # are synthesised once per (checkpoint, seed, settings) and handed to repair="refit" — the
 # same computation as fold(repair="self") (tests/test_layer_refit.py checks it); each
 # row's seconds include the synthesis
 _IMAGES: dict = {}
+SYNTH_REPAIRS = ("self", "l1-self", "dir-match", "l1-dir-match", "dir-cached")
+# data-free statistics matching: the dense model's per-channel BN outputs matched on
+# DeepInversion images ("dir-match") or on Gaussian noise of the input's shape
+# ("noise-match"), then re-estimated on them (repair "match" given those images)
+NOISE_REPAIRS = ("noise-match", "l1-noise-match")
+# "dir-cached" is Fold-DIR (BN re-estimation) on the same cached images as "dir-match"
+FOLD_REPAIR = {"self": "refit", "dir-match": "match", "noise-match": "match",
+               "dir-cached": "data"}
 FIELDS = ["model", "variant", "repair", "point", "seed", "accuracy", "achieved", "seconds",
           "dense_acc", "test_images", "commit"]
 
@@ -156,11 +167,13 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                             continue  # L1 pruning is deterministic
                         try:
                             synth = 0.0
-                            if repair in ("self", "l1-self"):
+                            if repair in SYNTH_REPAIRS:
                                 real_or_synth, synth = _self_images(path, model, x, seed, opts)
+                            elif repair in NOISE_REPAIRS:
+                                real_or_synth = _noise(x, seed)
                             else:
                                 real_or_synth = real
-                            fold_repair = "refit" if repair == "self" else repair
+                            fold_repair = FOLD_REPAIR.get(repair, repair)
                             small = (_pruned(model, repair, x, real_or_synth, kw, opts)
                                      if repair in PRUNE_REPAIRS else
                                      fold(model, repair=fold_repair, example_inputs=x,
@@ -182,6 +195,12 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                         print(f"{label} {repair} {variant} {pt} seed {seed}: {acc:.4f} "
                               f"({secs:.1f} s)", flush=True)
                         write_rows(rows, FIELDS, csv_path)
+
+
+def _noise(x: torch.Tensor, seed: int, n: int = 128) -> torch.Tensor:
+    """n standard-normal inputs shaped like x (the data-free matching's images)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *x.shape[1:]), generator=g)
 
 
 def _self_images(path: str, model, x, seed: int, opts: dict) -> tuple[torch.Tensor, float]:
@@ -212,7 +231,7 @@ def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
         return small
     if repair == "l1-bn":
         return reestimate_bn(small, real, inplace=True)
-    if repair == "l1-match":
+    if repair in ("l1-match", "l1-dir-match", "l1-noise-match"):
         return match_bn(model, small, real, example_inputs=x, inplace=True)
     return refit(model, small, real, example_inputs=x, inplace=True)
 

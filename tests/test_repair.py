@@ -116,3 +116,45 @@ def test_deepinversion_moves_bn_statistics_towards_the_model():
     assert images.shape == (32, 3, 16, 16)
     assert gap(images) < 0.5 * start
     assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+
+
+def _trained_resnet20():
+    """resnet20 with non-trivial BN statistics (random weights, stats from random images)."""
+    torch.manual_seed(0)
+    m = build_model("resnet20")
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.randn(16, 3, 32, 32))
+    return m.eval()
+
+
+def test_fold_dir_matches_statistics_on_its_own_deepinversion_images():
+    """repair="dir" = DeepInversion images (DIR_MATCH_INVERSION under the user's overrides),
+    then statistics matching on them; dir_stats="reestimate" = the paper's re-estimation."""
+    from tuneless import fold
+    from tuneless.repair import DIR_MATCH_INVERSION
+
+    m = _trained_resnet20()
+    x = torch.randn(4, 3, 32, 32)
+    inv = {"num_images": 8, "batch_size": 8, "steps": 2}
+    kw = dict(sparsity=0.3, example_inputs=x, seed=1)
+    got = fold(m, repair="dir", inversion=inv, **kw)
+    images = synthesize(m, x, seed=1, **{**DIR_MATCH_INVERSION, **inv})
+    want = fold(m, repair="match", data=images, **kw)
+    paper = fold(m, repair="dir", inversion=inv, dir_stats="reestimate", **kw)
+    paper_want = fold(m, repair="data", data=synthesize(m, x, seed=1, **inv), **kw)
+    probe = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(got(probe), want(probe), atol=1e-5)
+        assert torch.allclose(paper(probe), paper_want(probe), atol=1e-5)
+        assert not torch.allclose(got(probe), paper(probe), atol=1e-3)
+    assert got.tuneless_report["options"]["dir_stats"] == "match"
+
+
+def test_fold_dir_stats_is_validated():
+    from tuneless import fold
+
+    with pytest.raises(TunelessError, match="unknown dir_stats 'exact'"):
+        fold(build_model("resnet20"), sparsity=0.3, repair="dir", dir_stats="exact",
+             example_inputs=torch.randn(2, 3, 32, 32))

@@ -23,7 +23,8 @@ from tuneless.commands.compress import repair_view
 from tuneless.errors import TunelessError
 
 METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error",
-           "ifm", "prune-l1", "prune-l2", "prune-l1-bn", "magnitude", "fold-refit",
+           "ifm", "prune-l1", "prune-l2", "prune-l1-bn", "prune-l1-dir", "magnitude",
+           "fold-refit",
            "prune-l1-refit", "fold-refit-error", "fold-ar-unfused", "fold-r-unfused",
            "fold-ar-paper", "fold-r-paper",
            "tp-l1", "tp-l2", "tp-bn", "tp-taylor", "tp-l1-bn", "tp-l2-bn", "tp-bn-bn",
@@ -33,9 +34,22 @@ METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold
 ROW_REPAIR = {"fold-naive": "none", "fold-ar": "ar", "fold-dir": "dir", "fold-r": "data",
               "fold-ar-error": "ar", "fold-r-error": "data", "fold-ar-unfused": "ar",
               "fold-r-unfused": "data", "fold-ar-paper": "ar", "fold-r-paper": "data",
-              "prune-l1-bn": "data", "fold-refit": "refit", "fold-refit-error": "refit",
-              "prune-l1-refit": "refit", "tp-l1-bn": "data", "tp-l2-bn": "data",
-              "tp-bn-bn": "data", "tp-taylor-bn": "data"}
+              "prune-l1-bn": "data", "prune-l1-dir": "dir", "fold-refit": "refit",
+              "fold-refit-error": "refit", "prune-l1-refit": "refit", "tp-l1-bn": "data",
+              "tp-l2-bn": "data", "tp-bn-bn": "data", "tp-taylor-bn": "data"}
+
+
+DIR_ROWS = ("fold-dir", "prune-l1-dir")  # rows on the same DeepInversion images
+
+
+def dir_settings(args) -> dict:
+    """DeepInversion settings of the DIR rows: repair "dir"'s, with the flags given."""
+    from tuneless.repair import dir_inversion
+
+    cfg = {**dir_inversion("match"), "num_images": args.dir_images, "batch_size": args.dir_batch}
+    cfg.update({k: v for k, v in (("steps", args.dir_steps), ("lr", args.dir_lr))
+                if v is not None})
+    return cfg
 
 
 def needs_bn(name: str) -> bool:
@@ -58,7 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "augmentation) or plain; auto (default): the training view for BN "
                         "re-estimation, plain for the least-squares refit")
     p.add_argument("--dir-images", type=int, default=128)
-    p.add_argument("--dir-steps", type=int, default=100)
+    p.add_argument("--dir-steps", type=int, default=None,
+                   help="DeepInversion steps (default: what repair 'dir' uses)")
+    p.add_argument("--dir-lr", type=float, default=None,
+                   help="DeepInversion learning rate (default: what repair 'dir' uses)")
     p.add_argument("--dir-batch", type=int, default=64)
     p.add_argument("--features", default="raw", help="fold feature scaling: raw|block|gamma")
     p.add_argument("--threads", type=int, default=1)
@@ -128,8 +145,8 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
         repair = "ar" if name.startswith("fold-ar") else "data"  # the defaults until 2026-11-30
         return fold(model, repair=repair, fuse_bn=True, norm_stats=True,
                     data=repair_images if repair == "data" else None, **fold_kw)
-    if name == "fold-dir":  # images synthesised once per model, reused: BN re-estimation on them
-        return fold(model, repair="data", data=dir_images, **fold_kw)
+    if name == "fold-dir":  # images synthesised once per model, reused: repair "dir" on
+        return fold(model, repair="match", data=dir_images, **fold_kw)  # them (matching)
     if name == "ifm":
         return ifm(model, **common)
     if name in ("prune-l1", "prune-l2"):
@@ -145,6 +162,11 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
     if name == "prune-l1-bn":
         return reestimate_bn(prune(model, criterion="l1", seed=seed, **common), repair_images,
                              inplace=True)
+    if name == "prune-l1-dir":  # L1 + Fold-DIR's repair on the same DeepInversion images
+        from tuneless.bn_match import match_bn
+
+        return match_bn(model, prune(model, criterion="l1", seed=seed, **common), dir_images,
+                        example_inputs=x, inplace=True)
     if name == "magnitude":
         return magnitude_prune(model, **common)
     if name.startswith("tp-"):  # Torch-Pruning, same parameter budget (benchmarks.suites.peers)
@@ -206,10 +228,9 @@ def run(args) -> int:
         print(f"{label}: dense accuracy {dense:.4f} on {len(test)} test images", flush=True)
         has_bn = bool(batchnorms(model))
         dir_images, dir_seconds = None, 0.0
-        if has_bn and any(m == "fold-dir" for _, m in pending):
+        if has_bn and any(m in DIR_ROWS for _, m in pending):
             t0 = time.perf_counter()
-            dir_images = synthesize(model, x, num_images=args.dir_images, steps=args.dir_steps,
-                                    batch_size=args.dir_batch, seed=args.seed)
+            dir_images = synthesize(model, x, **dir_settings(args), seed=args.seed)
             dir_seconds = time.perf_counter() - t0
             print(f"  DeepInversion: {args.dir_images} images in {dir_seconds:.0f} s", flush=True)
         base = {"model": label, "weights": path, "dense_acc": round(dense, 4),
@@ -227,12 +248,12 @@ def run(args) -> int:
             except (TunelessError, RuntimeError) as exc:  # a peer's model that does not run
                 rows.append({**row, "note": f"failed: {exc}"})
                 continue
-            secs = time.perf_counter() - t0 + (dir_seconds if name == "fold-dir" else 0.0)
+            secs = time.perf_counter() - t0 + (dir_seconds if name in DIR_ROWS else 0.0)
             nonzero = name == "magnitude"
             params = count_params(small, nonzero=nonzero)
             achieved = 1 - params / count_params(model)
             acc = accuracy(small, test)
-            note = "incl. DeepInversion time" if name == "fold-dir" else ""
+            note = "incl. DeepInversion time" if name in DIR_ROWS else ""
             note = getattr(small, "tp_note", note)  # a Torch-Pruning fallback, if taken
             rows.append({**row, "achieved": round(achieved, 4), "params": params,
                          "accuracy": round(acc, 4), "seconds": round(secs, 2), "note": note})
@@ -301,9 +322,10 @@ def markdown(rows, info, args) -> str:
                 "auto": " augmented as in training (random crop and flip) for BN "
                         "re-estimation, plain for the refit rows (the better view of each, "
                         "docs/folding.md)"}[getattr(args, "repair_view", "plain")]
-             + f"; Fold-DIR on {args.dir_images} "
-             f"DeepInversion images ({args.dir_steps} steps) synthesised once per model from "
-             "the uncompressed network (its time is included in every Fold-DIR row). "
+             + f"; Fold-DIR (and L1 + the same repair, `prune-l1-dir`) on {args.dir_images} "
+             f"DeepInversion images ({dir_settings(args)['steps']} steps) synthesised once "
+             "per model from the uncompressed network, BN statistics matched to the "
+             "uncompressed network's on them (its time is included in every such row). "
              "`fold-refit`, `fold-refit-error` and `prune-l1-refit` (beyond the paper) "
              "re-solve every conv and "
              "linear layer by least squares on (up to the first 1,024 of) those images "

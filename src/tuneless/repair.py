@@ -97,19 +97,35 @@ def _refit(ctx: RepairContext) -> nn.Module:
                         ridge=opts.ridge, inplace=True)
 
 
-def _synthesized(ctx: RepairContext, repair: str) -> torch.Tensor:
-    """DeepInversion images of the uncompressed model (the data-free repairs' inputs)."""
+# Fold-DIR's DeepInversion settings when it matches statistics (the default): matching
+# aims at what the original computes on the images, so it needs far less optimised images
+# than re-estimation, which aims at the training statistics (docs/folding.md "Fold-DIR
+# with statistics matching"; re-estimation keeps InversionConfig's 100 steps at lr 0.1)
+DIR_MATCH_INVERSION = {"steps": 50, "lr": 0.2}
+
+
+def _synthesized(ctx: RepairContext, repair: str, defaults: dict | None = None) -> torch.Tensor:
+    """DeepInversion images of the uncompressed model (the data-free repairs' inputs);
+    `defaults` under the user's `inversion` overrides."""
     from tuneless.deepinversion import synthesize
 
     x = ctx.example_inputs
     if not isinstance(x, torch.Tensor):
         raise TunelessError(f"repair '{repair}' needs example_inputs as an image tensor")
-    return synthesize(ctx.original, x, seed=ctx.options.seed, **ctx.options.inversion)
+    settings = {**(defaults or {}), **ctx.options.inversion}
+    return synthesize(ctx.original, x, seed=ctx.options.seed, **settings)
+
+
+def dir_inversion(dir_stats: str) -> dict:
+    """The DeepInversion settings repair "dir" uses before the user's overrides."""
+    return dict(DIR_MATCH_INVERSION) if dir_stats == "match" else {}
 
 
 def _dir(ctx: RepairContext) -> nn.Module:
-    return reestimate_bn(ctx.new, _synthesized(ctx, "dir"), batch_size=ctx.options.batch_size,
-                         inplace=True)
+    images = _synthesized(ctx, "dir", dir_inversion(ctx.options.dir_stats))
+    if ctx.options.dir_stats == "match":
+        return _match(RepairContext(**{**vars(ctx), "data": images}))
+    return reestimate_bn(ctx.new, images, batch_size=ctx.options.batch_size, inplace=True)
 
 
 def _self(ctx: RepairContext) -> nn.Module:
@@ -135,8 +151,9 @@ def _match(ctx: RepairContext) -> nn.Module:
 register_repair(Repair("none", False, False, "no repair (Fold-Naive)", ("cnn", "llm")))
 register_repair(Repair("ar", False, True,
                        "closed-form γ rescale from weight correlations (Fold-AR)", apply=_ar))
-register_repair(Repair("dir", False, True, "BN re-estimation on DeepInversion images (Fold-DIR)",
-                       apply=_dir))
+register_repair(Repair("dir", False, True, "DeepInversion images of the uncompressed model, "
+                       "then BN statistics matched to its own on them (Fold-DIR; "
+                       "dir_stats='reestimate': the paper's BN re-estimation)", apply=_dir))
 register_repair(Repair("data", True, True, "BN re-estimation on real images (Fold-R)",
                        apply=_data, uses_images="re-estimates BatchNorm statistics"))
 register_repair(Repair("match", True, True, "BN statistics matched to the uncompressed "

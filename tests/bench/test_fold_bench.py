@@ -114,3 +114,17 @@ def test_bench_fold_unfused_variants_and_their_comparisons(mlp_checkpoint, tmp_p
         assert float(rows[m]["accuracy"]) > 0.3
     md = (tmp_path / "uf.md").read_text()
     assert "Fold-AR unfused − fused" in md and "Fold-R unfused − (L1 + same BN" in md
+
+
+def test_bench_fold_dir_rows_share_their_deepinversion_images(mlp_checkpoint, tmp_path):
+    """fold-dir and prune-l1-dir (L1 + the same data-free repair) run on one synthesis."""
+    code = main(["bench", "fold", str(mlp_checkpoint), "--methods", "fold-dir,prune-l1-dir",
+                 "--sparsities", "0.3", "--test-subset", "300", "--dir-images", "16",
+                 "--dir-batch", "16", "--dir-steps", "2", "--out", str(tmp_path), "--name", "d"])
+    assert code == 0
+    text = (tmp_path / "d.csv").read_text().splitlines()
+    rows = list(csv.DictReader(line for line in text if not line.startswith("#")))
+    assert {r["method"] for r in rows} == {"fold-dir", "prune-l1-dir"}
+    assert all(r["note"] == "incl. DeepInversion time" and float(r["accuracy"]) > 0.2
+               for r in rows)
+    assert "2 steps" in (tmp_path / "d.md").read_text()

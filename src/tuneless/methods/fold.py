@@ -26,6 +26,7 @@ from tuneless.options import check_dataclass
 
 FEATURES = ("raw", "block", "gamma")
 ALLOCATIONS = ("uniform", "error")
+DIR_STATS = ("match", "reestimate")
 _SKIP_NORM = ("running_var", "num_batches_tracked")
 
 
@@ -62,6 +63,11 @@ class FoldOptions:
     ridge: float = 1e-4  # repair "refit": Tikhonov weight relative to mean diag(XᵀX)
     batch_size: int = 128
     inversion: dict = field(default_factory=dict)  # DeepInversion overrides (dir, self)
+    # repair "dir": what it does with its DeepInversion images. "match": every BN's output
+    # mean/std set to the uncompressed model's on them, then re-estimated (tuneless.bn_match;
+    # measured better and cheaper, docs/folding.md "Fold-DIR with statistics matching");
+    # "reestimate": BN re-estimation on them, the paper's Fold-DIR
+    dir_stats: str = "match"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +79,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     group's channels) and repair it; returns a new model, the input is untouched.
 
     repair: "ar" (closed form, data-free; the default for CNNs), "dir" (DeepInversion images,
-    data-free), "data" (BN re-estimation on `data`, a tensor or DataLoader of real inputs),
+    data-free; BN statistics matched to the original's on them, dir_stats="reestimate" for
+    the paper's re-estimation), "data" (BN re-estimation on `data`, a tensor or DataLoader of
+    real inputs),
     "refit" (beyond the paper: every layer re-solved by least squares on `data`, see
     tuneless.layer_refit), "self" (the same refit on DeepInversion images of the model:
     data-free, minutes of synthesis; docs/folding.md), "none". Language models go to
@@ -89,7 +97,8 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, round_to
     (channel counts in multiples of it, as for prune), max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
-    num_images, batch_size, inversion (dict of DeepInversion settings), refit_images, ridge.
+    num_images, batch_size, inversion (dict of DeepInversion settings), dir_stats,
+    refit_images, ridge.
     """
     from tuneless.llm import fold_llm  # lazy; LLM dispatch (issue 6)
     from tuneless.llm.adapters import is_hf_causal_lm
@@ -128,6 +137,9 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
                             f"{', '.join(CLUSTERERS)}")
     if opts.allocation not in ALLOCATIONS:
         raise TunelessError(f"unknown allocation {opts.allocation!r}; choose uniform or error")
+    if opts.dir_stats not in DIR_STATS:
+        raise TunelessError(f"unknown dir_stats {opts.dir_stats!r}; choose one of "
+                            f"{', '.join(DIR_STATS)}")
     if opts.features not in FEATURES:
         raise TunelessError(f"unknown features {opts.features!r}; choose one of {FEATURES}")
     if not (isinstance(opts.round_to, int) and opts.round_to >= 1):
