@@ -13,6 +13,10 @@ run() { python benchmarks/fold_defaults.py --script benchmarks/fold_dir_match.sh
 for pair in models/resnet20-cifar10.pt:resnet20 models/vgg11_bn-w0.5-cifar10.pt:vgg11 \
             models/mlp-fashion-mnist.pt:mlp models/resnet56-avg-cifar10.pt:resnet56; do
   out="docs/results/fold-dir-match-${pair##*:}"
+  case "${pair##*:}" in resnet20|resnet56)  # the first probe (seed 0; 25 steps at lr 0.1)
+    run "${pair%%:*}" --test-images 2000 --points 0.3,0.5,0.7 --seeds 0 --out "$out" \
+      --repairs dir-cached,dir-match,l1-dir-match --variants default,dir-s50-lr02,dir-s25 ;;
+  esac
   run "${pair%%:*}" --test-images 2000 --points 0.1,0.3,0.5,0.7,0.8 --repairs dir-match,dir-cached \
     --variants dir-s25-lr02,dir-s12-lr02,dir-s50-lr02,default --out "$out"
   run "${pair%%:*}" --test-images 2000 --points 0.1,0.3,0.5,0.7,0.8 --repairs ar,l1-dir-match \

@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 extra=("$@")
 S=0.1,0.3,0.5,0.6,0.7,0.8
 TP=tp-l1,tp-l2,tp-bn,tp-taylor,tp-l1-bn,tp-l2-bn,tp-bn-bn,tp-taylor-bn
-OURS=fold-ar,fold-r,prune-l1-bn,fold-refit,prune-l1-refit
+OURS=fold-ar,fold-dir,prune-l1-dir,fold-r,prune-l1-bn,fold-refit,prune-l1-refit
 bench() { tuneless bench fold "$@" --threads 1 --out docs/results --sparsities "$S" --resume "${extra[@]}"; }
 bench models/resnet20-cifar10.pt --name fold-peers-resnet20 --methods "$OURS,$TP,fold-ar-paper,fold-r-paper"
 bench models/resnet56-avg-cifar10.pt --name fold-peers-resnet56 --methods "$OURS,$TP"
 bench models/vgg11_bn-w0.5-cifar10.pt --name fold-peers-vgg11 --methods "$OURS,$TP"
-bench models/mlp-fashion-mnist.pt --name fold-peers-mlp --methods "fold-ar,fold-r,prune-l1-bn,fold-refit,prune-l1-refit,tp-l1,tp-l2,tp-taylor"
+bench models/mlp-fashion-mnist.pt --name fold-peers-mlp --methods "fold-ar,fold-dir,prune-l1-dir,fold-r,prune-l1-bn,fold-refit,prune-l1-refit,tp-l1,tp-l2,tp-taylor"

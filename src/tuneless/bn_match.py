@@ -26,26 +26,32 @@ from tuneless.errors import TunelessError
 def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, data, *,
                     num_images: int | None = None, batch_size: int = 128,
                     inplace: bool = False) -> nn.Module:
-    """Match every BatchNorm right after a conv/linear of `small` to `original` on data.
+    """Match every affine BatchNorm of `small` to `original` on data, then re-estimate.
 
     graph: the channel groups of `original`; maps: {group id: (k × n)} the small model's
-    channels in the original's (tuneless.layer_refit.channel_maps_from_*). A BatchNorm whose
-    channels cannot be mapped keeps its parameters and is only re-estimated.
+    channels in the original's (tuneless.layer_refit.channel_maps_from_*). A BatchNorm's
+    channels map through the groups it belongs to, wherever it sits (after a conv, or on a
+    residual stream as in pre-activation networks); one the graph does not place keeps the
+    original's channels if its width is unchanged, otherwise its parameters (and is only
+    re-estimated).
     """
-    from tuneless.layer_refit import _layout, _output_map
+    from tuneless.layer_refit import _output_map
 
     small = small if inplace else copy.deepcopy(small)
-    outputs, norm_after = _layout(graph)
+    spans = _norm_spans(graph)
     plan = {}
-    for producer, norm in norm_after.items():
-        bn = small.get_submodule(norm)
+    for name, bn in small.named_modules():
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine:
             continue
-        m = _output_map(producer, small.get_submodule(producer), outputs, maps)
+        if name in spans:
+            m = _output_map(name, bn, spans, maps)
+        else:
+            same = getattr(original.get_submodule(name), "num_features", None) == bn.num_features
+            m = torch.eye(bn.num_features) if same else None
         if m is not None and m.shape[0] == bn.num_features:
-            plan[norm] = m  # rows: cluster means, selections or identity
+            plan[name] = m  # rows: cluster means, selections or identity
     if not plan:
-        raise TunelessError("statistics matching found no BatchNorm after a conv or linear")
+        raise TunelessError("statistics matching found no BatchNorm whose channels it can map")
     mean, std = output_statistics(original, list(plan), data, num_images, batch_size)
     for norm, m in plan.items():
         bn = small.get_submodule(norm)
@@ -53,6 +59,17 @@ def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, da
         bn.weight.copy_(torch.sign(bn.weight) * (m @ std[norm]).to(bn.weight.dtype))
     return reestimate_bn(small, data, num_images=num_images, batch_size=batch_size,
                          inplace=True)
+
+
+def _norm_spans(graph) -> dict[str, list]:
+    """Per norm module: its (group id, offset, n, block) channel spans, the layout
+    `layer_refit._output_map` reads (a norm on a concatenation spans several groups)."""
+    spans: dict[str, list] = {}
+    for g in graph.groups:
+        for s in g.slots:
+            if s.kind == "norm" and s.param == "weight":
+                spans.setdefault(s.module, []).append((g.id, s.offset, g.n, s.block))
+    return spans
 
 
 def match_bn(original: nn.Module, small: nn.Module, data, *, example_inputs=None,

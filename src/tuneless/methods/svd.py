@@ -382,7 +382,7 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
     output errors: "bn" (data-free) takes each input channel's second moment from the
     BatchNorm it reads (through ReLU, pooling, flattening; other layers stay unwhitened),
     "dir" (data-free) the Cholesky factor of the input patches' second moment on images
-    the model itself synthesises by DeepInversion (Fold-DIR's; `inversion` overrides its
+    the model itself synthesises by DeepInversion (InversionConfig; `inversion` overrides its
     settings, `seed` seeds it; minutes on a CPU), "data" the same on `whiten_images` real
     images of `data` (SVD-LLM's whitening). Measured in docs/smooth-svd.md.
     `example_inputs`, if given, checks that the result runs and keeps the output shape.
