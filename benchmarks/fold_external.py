@@ -46,7 +46,25 @@ VARIANTS = {  # fold options; pruning methods ignore them except the widths
     "wide128": {"cluster": "wide128"},
 }
 METHODS = ("fold-ar", "fold-none", "fold-r", "fold-match", "fold-refit", "l1", "l1-bn",
-           "l1-match", "l1-refit")
+           "l1-match", "l1-refit", "fold-dir", "fold-dir-paper", "l1-dir")
+# data-free rows on DeepInversion images of the dense network, synthesised once per seed
+# and settings: Fold-DIR as tuneless.fold(repair="dir") does it (statistics matching on
+# images of repair "dir"'s settings), the paper's (BN re-estimation on images of
+# InversionConfig's defaults), and L1 + the same matching on Fold-DIR's images
+DIR_ROWS = {"fold-dir": "match", "fold-dir-paper": "reestimate", "l1-dir": "match"}
+_IMAGES: dict = {}
+
+
+def dir_images(model, x, seed: int, stats: str) -> tuple[torch.Tensor, float]:
+    """The DeepInversion images of a DIR row and the seconds they took (once per key)."""
+    from tuneless.deepinversion import synthesize
+    from tuneless.repair import dir_inversion
+
+    if (seed, stats) not in _IMAGES:
+        t0 = time.perf_counter()
+        images = synthesize(model, x, seed=seed, **dir_inversion(stats))
+        _IMAGES[seed, stats] = images, time.perf_counter() - t0
+    return _IMAGES[seed, stats]
 
 
 def load_efficientnet_lite0():
@@ -92,6 +110,9 @@ def compress(model, method: str, x, real, point: float, seed: int, opts: dict,
     from tuneless.methods.prune import prune
     from tuneless.repair import get_repair, reestimate_bn
 
+    if method in ("fold-dir", "fold-dir-paper"):  # `real` holds the DeepInversion images
+        return fold(model, sparsity=point, repair="match" if method == "fold-dir" else "data",
+                    example_inputs=x, seed=seed, data=real, **opts)
     if method.startswith("fold-"):
         repair = {"fold-ar": "ar", "fold-none": "none", "fold-r": "data",
                   "fold-match": "match", "fold-refit": "refit"}[method]
@@ -102,7 +123,7 @@ def compress(model, method: str, x, real, point: float, seed: int, opts: dict,
     small = prune(model, sparsity=point, criterion="l1", example_inputs=x)  # fold's widths
     if method == "l1-bn":
         return reestimate_bn(small, real, inplace=True)
-    if method == "l1-match":
+    if method in ("l1-match", "l1-dir"):
         return match_bn(model, small, real, example_inputs=x, inplace=True)
     if method == "l1-refit":
         return refit(model, small, real, example_inputs=x, inplace=True,
@@ -162,9 +183,13 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                     if dense is None:
                         dense = logits_of(model, images)
                     t0 = time.perf_counter()
-                    small = compress(model, method, x, real, pt, seed, VARIANTS[variant],
+                    synth, data = 0.0, real
+                    if method in DIR_ROWS:
+                        data, synth = dir_images(model, x, seed, DIR_ROWS[method])
+                        t0 = time.perf_counter()
+                    small = compress(model, method, x, data, pt, seed, VARIANTS[variant],
                                      args.refit_images)
-                    secs = time.perf_counter() - t0
+                    secs = time.perf_counter() - t0 + synth
                     agree, kl = fidelity(dense, logits_of(small, images))
                     rows.append({"model": "efficientnet-lite0", "method": method,
                                  "variant": variant, "point": f"{pt}", "seed": f"{seed}",
