@@ -13,7 +13,7 @@ from tuneless.methods.prune import prune
 from tuneless.repair import reestimate_bn
 from tuneless.zoo import build_model
 
-from .methods.fold_models import X32, DuplicatedCNN, _randomise_bn
+from .methods.fold_models import X32, DuplicatedCNN, _randomise_bn, duplicate_pairs
 from .test_layer_refit import _error, _HalfDead, _images
 
 torch.set_num_threads(1)
@@ -82,11 +82,7 @@ class _PreActDuplicated(nn.Module):
             for conv in (self.conv1, self.conv2):
                 conv.weight.copy_(0.3 * torch.randn(4, 4, 3, 3, generator=g).repeat(2, 2, 1, 1))
             self.fc.weight.copy_(torch.randn(10, 4, generator=g).repeat(1, 2))
-            for bn in (self.bn1, self.bn2, self.bn3):
-                bn.weight.copy_((0.5 + torch.rand(4, generator=g)).repeat(2))
-                bn.bias.copy_(torch.randn(4, generator=g).repeat(2))
-                bn.running_mean.copy_(torch.randn(4, generator=g).repeat(2))
-                bn.running_var.copy_((0.5 + torch.rand(4, generator=g)).repeat(2))
+            duplicate_pairs(g, self.bn1, self.bn2, self.bn3)
         self.eval()
 
     def forward(self, x):

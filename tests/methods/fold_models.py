@@ -24,6 +24,16 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@torch.no_grad()
+def duplicate_pairs(g: torch.Generator, *bns: nn.BatchNorm2d) -> None:
+    """Random BN parameters and statistics whose 8 channels are 4 duplicate pairs."""
+    for bn in bns:
+        bn.weight.copy_((0.5 + torch.rand(4, generator=g)).repeat(2))
+        bn.bias.copy_(torch.randn(4, generator=g).repeat(2))
+        bn.running_mean.copy_(torch.randn(4, generator=g).repeat(2))
+        bn.running_var.copy_((0.5 + torch.rand(4, generator=g)).repeat(2))
+
+
 class DuplicatedCNN(nn.Module):
     """Two hidden channel groups whose 8 channels are 4 exact duplicate pairs."""
 
@@ -40,11 +50,7 @@ class DuplicatedCNN(nn.Module):
             self.conv2.weight.copy_(torch.randn(4, 4, 3, 3, generator=g).repeat(2, 2, 1, 1))
             self.conv2.bias.copy_(torch.randn(4, generator=g).repeat(2))
             self.fc.weight.copy_(torch.randn(10, 4, generator=g).repeat(1, 2))
-            for bn in (self.bn1, self.bn2):
-                bn.weight.copy_((0.5 + torch.rand(4, generator=g)).repeat(2))
-                bn.bias.copy_(torch.randn(4, generator=g).repeat(2))
-                bn.running_mean.copy_(torch.randn(4, generator=g).repeat(2))
-                bn.running_var.copy_((0.5 + torch.rand(4, generator=g)).repeat(2))
+            duplicate_pairs(g, self.bn1, self.bn2)
         self.eval()
 
     def forward(self, x):
