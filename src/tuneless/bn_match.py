@@ -39,6 +39,7 @@ def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, da
 
     small = small if inplace else copy.deepcopy(small)
     spans = _norm_spans(graph)
+    twins = dict(original.named_modules())
     plan = {}
     for name, bn in small.named_modules():
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine:
@@ -46,7 +47,7 @@ def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, da
         if name in spans:
             m = _output_map(name, bn, spans, maps)
         else:
-            same = getattr(original.get_submodule(name), "num_features", None) == bn.num_features
+            same = getattr(twins.get(name), "num_features", None) == bn.num_features
             m = torch.eye(bn.num_features) if same else None
         if m is not None and m.shape[0] == bn.num_features:
             plan[name] = m  # rows: cluster means, selections or identity
