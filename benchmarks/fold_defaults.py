@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suite
 from benchmarks.suites import clusterers  # noqa: E402,F401  (registers shallow-all, wide*)
 from benchmarks.suites.fold_bench import load_any, training_pad  # noqa: E402
 from benchmarks.suites.rows import write_rows  # noqa: E402
+from benchmarks.suites.synthesis import synthesized  # noqa: E402
 from tuneless.data import get_dataset  # noqa: E402
 from tuneless.errors import TunelessError  # noqa: E402
 from tuneless.evaluate import accuracy  # noqa: E402
@@ -88,7 +89,6 @@ PRUNE_REPAIRS = ("l1", "l1-bn", "l1-match", "l1-refit", "l1-self", "l1-dir-match
 # are synthesised once per (checkpoint, seed, settings) and handed to repair="refit" — the
 # same computation as fold(repair="self") (tests/test_layer_refit.py checks it); each
 # row's seconds include the synthesis
-_IMAGES: dict = {}
 SYNTH_REPAIRS = ("self", "l1-self", "dir-match", "l1-dir-match", "dir-cached")
 # data-free statistics matching: the dense model's per-channel BN outputs matched on
 # DeepInversion images ("dir-match") or on Gaussian noise of the input's shape
@@ -204,18 +204,8 @@ def _noise(x: torch.Tensor, seed: int, n: int = 128) -> torch.Tensor:
 
 
 def _self_images(path: str, model, x, seed: int, opts: dict) -> tuple[torch.Tensor, float]:
-    """DeepInversion images for repair "self" and the seconds they took (once per key)."""
-    import json
-
-    from tuneless.deepinversion import synthesize
-
-    inv = opts.get("inversion", {})
-    key = (path, seed, json.dumps(inv, sort_keys=True))
-    if key not in _IMAGES:
-        t0 = time.perf_counter()
-        images = synthesize(model, x, seed=seed, **inv)
-        _IMAGES[key] = images, time.perf_counter() - t0
-    return _IMAGES[key]
+    """DeepInversion images for the synthetic-image repairs and the seconds they took."""
+    return synthesized(path, model, x, seed, opts.get("inversion", {}))
 
 
 def _pruned(model, repair: str, x, real, kw: dict, opts: dict):

@@ -34,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suite
 
 from benchmarks.suites import clusterers  # noqa: E402,F401  (registers wide128)
 from benchmarks.suites.rows import write_rows  # noqa: E402
+from benchmarks.suites.synthesis import synthesized  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
 from tuneless.provenance import stamp  # noqa: E402
+from tuneless.repair import dir_inversion  # noqa: E402
 
 FIELDS = ["model", "method", "variant", "point", "seed", "agreement", "kl", "achieved",
           "seconds", "eval_images", "refit_images", "commit"]
@@ -52,19 +54,6 @@ METHODS = ("fold-ar", "fold-none", "fold-r", "fold-match", "fold-refit", "l1", "
 # images of repair "dir"'s settings), the paper's (BN re-estimation on images of
 # InversionConfig's defaults), and L1 + the same matching on Fold-DIR's images
 DIR_ROWS = {"fold-dir": "match", "fold-dir-paper": "reestimate", "l1-dir": "match"}
-_IMAGES: dict = {}
-
-
-def dir_images(model, x, seed: int, stats: str) -> tuple[torch.Tensor, float]:
-    """The DeepInversion images of a DIR row and the seconds they took (once per key)."""
-    from tuneless.deepinversion import synthesize
-    from tuneless.repair import dir_inversion
-
-    if (seed, stats) not in _IMAGES:
-        t0 = time.perf_counter()
-        images = synthesize(model, x, seed=seed, **dir_inversion(stats))
-        _IMAGES[seed, stats] = images, time.perf_counter() - t0
-    return _IMAGES[seed, stats]
 
 
 def load_efficientnet_lite0():
@@ -185,7 +174,8 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                     t0 = time.perf_counter()
                     synth, data = 0.0, real
                     if method in DIR_ROWS:
-                        data, synth = dir_images(model, x, seed, DIR_ROWS[method])
+                        data, synth = synthesized("efficientnet-lite0", model, x, seed,
+                                                  dir_inversion(DIR_ROWS[method]))
                         t0 = time.perf_counter()
                     small = compress(model, method, x, data, pt, seed, VARIANTS[variant],
                                      args.refit_images)
