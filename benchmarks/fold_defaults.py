@@ -173,6 +173,7 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                                 real_or_synth = _noise(x, seed)
                             else:
                                 real_or_synth = real
+                            t0 = time.perf_counter()  # the synthesis counts once, as `synth`
                             fold_repair = FOLD_REPAIR.get(repair, repair)
                             small = (_pruned(model, repair, x, real_or_synth, kw, opts)
                                      if repair in PRUNE_REPAIRS else
