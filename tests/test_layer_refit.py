@@ -167,18 +167,18 @@ def test_cached_targets_give_the_same_refit_as_per_layer_capture():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
 
 
-def test_output_map_of_a_producer_feeding_several_groups_is_block_diagonal():
+def testchannel_map_of_a_producer_feeding_several_groups_is_block_diagonal():
     """A stream producer behind a zero-padded shortcut writes [pad | carried | pad] spans,
     each its own group: the map follows reduce's layout, identity where nothing changed."""
-    from tuneless.layer_refit import _output_map
+    from tuneless.layer_refit import channel_map
 
     layer = nn.Conv2d(3, 2 + 1 + 2, 1)  # small: 2 (of 3) + 1 untouched + 2 (of 2) rows
     outputs = {"c": [(7, 4, 2, 1), (5, 0, 3, 1)]}  # (group, offset, n, block), unsorted
     m5 = channel_maps_from_labels({"5": [0, 1, 0]})[5]
-    got = _output_map("c", layer, outputs, {5: m5})
+    got = channel_map("c", layer, outputs, {5: m5})
     want = torch.block_diag(m5, torch.eye(1), torch.eye(2))
     assert torch.equal(got, want)
-    assert _output_map("c", nn.Conv2d(3, 4, 1), outputs, {5: m5}) is None  # widths disagree
+    assert channel_map("c", nn.Conv2d(3, 4, 1), outputs, {5: m5}) is None  # widths disagree
 
 
 @pytest.mark.parametrize("pad", ["after", "both-sides"])

@@ -35,17 +35,17 @@ def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, da
     original's channels if its width is unchanged, otherwise its parameters (and is only
     re-estimated).
     """
-    from tuneless.layer_refit import _output_map
+    from tuneless.layer_refit import channel_map, channel_spans
 
     small = small if inplace else copy.deepcopy(small)
-    spans = _norm_spans(graph)
+    spans = channel_spans(graph, "norm")
     twins = dict(original.named_modules())
     plan = {}
     for name, bn in small.named_modules():
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine:
             continue
         if name in spans:
-            m = _output_map(name, bn, spans, maps)
+            m = channel_map(name, bn, spans, maps)
         else:
             same = getattr(twins.get(name), "num_features", None) == bn.num_features
             m = torch.eye(bn.num_features) if same else None
@@ -60,17 +60,6 @@ def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, da
         bn.weight.copy_(torch.sign(bn.weight) * (m @ std[norm]).to(bn.weight.dtype))
     return reestimate_bn(small, data, num_images=num_images, batch_size=batch_size,
                          inplace=True)
-
-
-def _norm_spans(graph) -> dict[str, list]:
-    """Per norm module: its (group id, offset, n, block) channel spans, the layout
-    `layer_refit._output_map` reads (a norm on a concatenation spans several groups)."""
-    spans: dict[str, list] = {}
-    for g in graph.groups:
-        for s in g.slots:
-            if s.kind == "norm" and s.param == "weight":
-                spans.setdefault(s.module, []).append((g.id, s.offset, g.n, s.block))
-    return spans
 
 
 def match_bn(original: nn.Module, small: nn.Module, data, *, example_inputs=None,

@@ -127,7 +127,7 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
             layer = small.get_submodule(name)
             why = _unsupported(layer, original.get_submodule(name), norm_after.get(name), small,
                                lambda name=name: _capture(small, name, batches[0][:1], "input"))
-            out_map = _output_map(name, layer, outputs, maps)
+            out_map = channel_map(name, layer, outputs, maps)
             if why is None and out_map is None:
                 why = "its output channels span several groups"
             if why is not None:
@@ -160,16 +160,22 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
 
 
 def _layout(graph) -> tuple[dict[str, list], dict[str, str]]:
-    """Per producer: its (group id, offset, n) output slots; per producer: the norm right after."""
-    outputs: dict[str, list] = {}
-    norm_after: dict[str, str] = {}
+    """Per producer: its output spans (channel_spans); per producer: the norm right after."""
+    norm_after = {s.producer: s.module for g in graph.groups for s in g.norms
+                  if s.param == "weight" and s.producer is not None}
+    return channel_spans(graph, "producer"), norm_after
+
+
+def channel_spans(graph, kind: str) -> dict[str, list]:
+    """Per module with `kind` slots ("producer": the channels a conv/linear writes, "norm":
+    a norm's features): the (group id, offset, n, block) spans of its weight's first axis,
+    the layout `channel_map` reads (a norm on a concatenation spans several groups)."""
+    spans: dict[str, list] = {}
     for g in graph.groups:
         for s in g.slots:
-            if s.kind == "producer" and s.param == "weight" and s.axis == 0:
-                outputs.setdefault(s.module, []).append((g.id, s.offset, g.n, s.block))
-            if s.kind == "norm" and s.param == "weight" and s.producer is not None:
-                norm_after[s.producer] = s.module
-    return outputs, norm_after
+            if s.kind == kind and s.param == "weight" and s.axis == 0:
+                spans.setdefault(s.module, []).append((g.id, s.offset, g.n, s.block))
+    return spans
 
 
 def _forward_order(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
@@ -212,15 +218,17 @@ def _unsupported(layer: nn.Module, before: nn.Module, norm: str | None,
     return None
 
 
-def _output_map(name: str, layer: nn.Module, outputs: dict, maps: dict) -> torch.Tensor | None:
-    """(out_small × out_original) map of the layer's output channels, or None if unknown.
+def channel_map(name: str, layer: nn.Module, spans: dict, maps: dict) -> torch.Tensor | None:
+    """(small × original) map of the channels a layer writes (a conv/linear's outputs, a
+    norm's features: `spans[name]` lists their (group id, offset, n, block) spans), or None
+    if unknown. Shared by the refit and statistics matching (tuneless.bn_match).
 
     A producer may feed several groups (a zero-padded shortcut splits a stream into the
     channels it carries and the ones it pads): `tuneless.reduce` rebuilds its rows span by
     span in offset order and copies the rows no group owns, so the map is block-diagonal
     in that order, with identity blocks for unchanged spans.
     """
-    slots = sorted(outputs.get(name, []), key=lambda s: s[1])
+    slots = sorted(spans.get(name, []), key=lambda s: s[1])
     n_out = layer.weight.shape[0]
     if not slots:
         return torch.eye(n_out)
