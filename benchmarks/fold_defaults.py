@@ -74,6 +74,9 @@ VARIANTS: dict[str, dict] = {
     # Ward + Hartigan on every group of ≥ 128 / ≥ 256 channels, k-means on narrower ones
     "wide128": {"cluster": "wide128"},
     "wide256": {"cluster": "wide256"},
+    # auto's rule from a deeper cut: groups of ≥ 256 channels keeping ≥ 60% / 50% of them
+    "cut60": {"cluster": "cut60"},
+    "cut50": {"cluster": "cut50"},
     # Residual streams lose stream_share × the ratio of the other groups (1: uniform)
     "streams-0.5": {"stream_share": 0.5},
     "streams-0.25": {"stream_share": 0.25},

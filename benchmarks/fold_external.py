@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.suites
 
-from benchmarks.suites import clusterers  # noqa: E402,F401  (registers wide128)
+from benchmarks.suites import clusterers  # noqa: E402,F401  (registers wide128, cut60)
 from benchmarks.suites.rows import write_rows  # noqa: E402
 from benchmarks.suites.synthesis import synthesized  # noqa: E402
 from tuneless.io_atomic import atomic_write_text  # noqa: E402
@@ -46,6 +46,7 @@ VARIANTS = {  # fold options; pruning methods ignore them except the widths
     "kmeans": {"cluster": "kmeans"},
     "ward-hartigan": {"cluster": "ward-hartigan"},
     "wide128": {"cluster": "wide128"},
+    "cut60": {"cluster": "cut60"},
 }
 METHODS = ("fold-ar", "fold-none", "fold-r", "fold-match", "fold-refit", "l1", "l1-bn",
            "l1-match", "l1-refit", "fold-dir", "fold-dir-paper", "l1-dir")

@@ -17,3 +17,8 @@ CLUSTERERS.setdefault("shallow-all", partial(shallow_ward, min_width=0))
 # groups these are, and lost on the ResNets' narrow ones: docs/folding.md)
 CLUSTERERS.setdefault("wide128", partial(shallow_ward, min_width=128, shallow_cut=0.0))
 CLUSTERERS.setdefault("wide256", partial(shallow_ward, min_width=256, shallow_cut=0.0))
+# cluster="auto"'s rule with a deeper cut threshold: Ward + Hartigan on groups of >= 256
+# channels that keep >= 60% / 50% of them (auto: 70%; the VGG's paper point r = 0.3 keeps
+# 69.9% of a 256-wide group, just outside auto's rule)
+CLUSTERERS.setdefault("cut60", partial(shallow_ward, shallow_cut=0.6))
+CLUSTERERS.setdefault("cut50", partial(shallow_ward, shallow_cut=0.5))
