@@ -5,10 +5,7 @@
 # and fold_defaults.sh, same script and protocol), 3 seeds. Only networks with a group of
 # >= 256 channels can change: the VGG11-BN 1/2, the MLP, and the external EfficientNet-Lite0
 # (benchmarks/fold_external.py --variants cut60). Each line resumes its CSV.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-run() { python benchmarks/fold_defaults.py --script benchmarks/fold_cut.sh "$@"; }
+source "$(dirname "$0")/sweep_env.sh"
 VGG=models/vgg11_bn-w0.5-cifar10.pt
 MLP=models/mlp-fashion-mnist.pt
 # the paper-code comparison of issue 17: channel ratio 0.3 / 0.5 / 0.7, full test split

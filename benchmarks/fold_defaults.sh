@@ -2,9 +2,7 @@
 # Regenerates docs/results/fold-defaults-*.{csv,md}: the 3-seed sweep that chose the fold
 # defaults (benchmarks/fold_defaults.py; docs/folding.md "Defaults"). Each command resumes
 # its CSV, so an interrupted run continues. About 4 hours on one thread of this CPU.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/sweep_env.sh"
 sweep() { python benchmarks/fold_defaults.py "$@"; }
 ALL=paper-order,no-stats,unfused,unfused-no-stats,unfused-no-stats-n10,no-stats-n10
 FOUR=paper-order,no-stats,unfused-no-stats,unfused-no-stats-n10

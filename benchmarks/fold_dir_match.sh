@@ -6,10 +6,7 @@
 # network, 3 seeds, 2,000 test images (docs/folding.md "Fold-DIR with statistics
 # matching"). Each line resumes its CSV; about 1.5 h on one thread (ResNet-56 half of it).
 # The images are synthesised once per (network, seed, schedule) and shared by the rows.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-run() { python benchmarks/fold_defaults.py --script benchmarks/fold_dir_match.sh "$@"; }
+source "$(dirname "$0")/sweep_env.sh"
 for pair in models/resnet20-cifar10.pt:resnet20 models/vgg11_bn-w0.5-cifar10.pt:vgg11 \
             models/mlp-fashion-mnist.pt:mlp models/resnet56-avg-cifar10.pt:resnet56; do
   out="docs/results/fold-dir-match-${pair##*:}"

@@ -6,9 +6,7 @@
 # Same per-group widths, 1,024 plain training images, first 2,000 test images; the fold
 # rows take 3 seeds, L1 is deterministic. Each command resumes its CSV. About 4 hours on
 # one thread of this CPU.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/sweep_env.sh"
 sweep() {
   python benchmarks/fold_defaults.py --view plain --test-images 2000 \
     --points 0.1,0.3,0.5,0.7,0.8 --script benchmarks/fold_refit.sh "$@"

@@ -6,11 +6,8 @@
 # Fold-R / Fold-Naive at the VGG paper point and the refit at 10–30%. Each line resumes its
 # CSV. About 2 hours on one thread; the refit rows' k-means and L1 + refit rows come from
 # benchmarks/fold_refit.sh (same code path, copied into these CSVs with their commits).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/sweep_env.sh"
 V=${VARIANTS:-kmeans,auto,shallow-all}
-run() { python benchmarks/fold_defaults.py --script benchmarks/fold_shallow.sh "$@"; }
 run models/vgg11_bn-w0.5-cifar10.pt --ratio channel --points 0.3,0.5,0.7 --repairs ar \
   --variants "$V" --out docs/results/fold-shallow-vgg11-ratio
 run models/vgg11_bn-w0.5-cifar10.pt --ratio channel --points 0.3 --repairs none,data \

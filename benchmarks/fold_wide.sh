@@ -5,10 +5,7 @@
 # nothing on ResNet-20/56 and LeNet-5 (no group of >= 128 channels), so it is measured on
 # the VGG11-BN 1/2 and the MLP, and on an external network in benchmarks/fold_external.py.
 # Each line resumes its CSV; about 1.5 hours on one thread.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-run() { python benchmarks/fold_defaults.py --script benchmarks/fold_wide.sh "$@"; }
+source "$(dirname "$0")/sweep_env.sh"
 VGG=models/vgg11_bn-w0.5-cifar10.pt
 MLP=models/mlp-fashion-mnist.pt
 # the paper-code comparison of issue 17: channel ratio 0.3 / 0.5 / 0.7, full test split

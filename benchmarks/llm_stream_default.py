@@ -27,7 +27,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from tuneless.llm import fold_checkpoint, load_folded, load_smollm2
-    from tuneless.llm.gguf import _cache_dir
+    from tuneless.llm.gguf import smollm2_cache_dir
     from tuneless.llm.perplexity import WIKITEXT2_TEST, perplexity_of_ids, read_text, tokenize
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,7 +35,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None, help="keep the folded folder here")
     args = p.parse_args()
     torch.set_num_threads(1)
-    src = _cache_dir()
+    src = smollm2_cache_dir()
     if not (src / "config.json").is_file():
         load_smollm2()  # writes the float32 safetensors folder the stream reads
     work = Path(tempfile.mkdtemp())

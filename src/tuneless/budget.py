@@ -8,6 +8,7 @@ within ±1 point of the request; the achieved value is reported, never assumed.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,27 +47,40 @@ class Budget:
 
 def param_count(model: nn.Module, graph: GroupGraph, kept: dict[int, int] | None = None) -> int:
     """Parameters the model would have after reducing group id → kept channels."""
-    kept = kept or {}
-    shrink: dict[tuple[str, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for g in graph:
-        if g.id not in kept:
-            continue
-        k = kept[g.id]
-        if not 1 <= k <= g.n:
-            raise TunelessError(f"group {g.id} has {g.n} channels; cannot keep {k}")
-        for s in g.slots:
-            shrink[(s.module, s.param)][s.axis] += (g.n - k) * s.block
-    total = 0
-    for mod_name, mod in model.named_modules():
-        for p_name, p in mod.named_parameters(recurse=False):
-            shape = list(p.shape)
-            for axis, d in shrink.get((mod_name, p_name), {}).items():
-                shape[axis] -= d
-            n = 1
-            for s in shape:
-                n *= s
-            total += n
-    return total
+    return param_counter(model, graph)(kept)
+
+
+def param_counter(model: nn.Module, graph: GroupGraph) -> Callable[[dict | None], int]:
+    """`param_count` for one model and graph, its shapes read once: budget searches call it
+    hundreds of times, and walking the modules each time was most of a solve's cost."""
+    shapes = {(mod_name, p_name): tuple(p.shape)
+              for mod_name, mod in model.named_modules()
+              for p_name, p in mod.named_parameters(recurse=False)}
+    total = sum(math.prod(s) for s in shapes.values())
+
+    def count(kept: dict[int, int] | None = None) -> int:
+        kept = kept or {}
+        shrink: dict[tuple[str, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        for g in graph:
+            if g.id not in kept:
+                continue
+            k = kept[g.id]
+            if not 1 <= k <= g.n:
+                raise TunelessError(f"group {g.id} has {g.n} channels; cannot keep {k}")
+            for s in g.slots:
+                shrink[(s.module, s.param)][s.axis] += (g.n - k) * s.block
+        out = total
+        for key, by_axis in shrink.items():
+            shape = shapes.get(key)
+            if shape is None:  # a buffer (running statistics): not a parameter
+                continue
+            new = list(shape)
+            for axis, d in by_axis.items():
+                new[axis] -= d
+            out += math.prod(new) - math.prod(shape)
+        return out
+
+    return count
 
 
 def counts_for_ratio(graph: GroupGraph, channel_ratio: float, min_channels: int = 1,
@@ -88,12 +102,13 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     _check_options(min_channels, round_to)
     check_value("stream_share", stream_share, float, "channel budget")
-    before = param_count(model, graph)
+    count = param_counter(model, graph)
+    before = count(None)
     if not graph.reducible:
         raise TunelessError("the model has no reducible channel groups (see `tuneless inspect`)")
 
     def achieved(kept):
-        return 1 - param_count(model, graph, kept) / before
+        return 1 - count(kept) / before
 
     floor = {g.id: min(g.n, max(min_channels, 1)) for g in graph.reducible}
     most = achieved(floor)
@@ -108,7 +123,7 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
     kept = _nudge(graph, kept, achieved, sparsity, min_channels, round_to)
     if abs(achieved(kept) - sparsity) > TOLERANCE and len(graph.reducible) <= _SWAP_MAX_GROUPS:
         kept = _swap(graph, kept, achieved, sparsity, min_channels, round_to)
-    after = param_count(model, graph, kept)
+    after = count(kept)
     if abs(1 - after / before - sparsity) > TOLERANCE:
         warnings.warn(f"achieved sparsity {1 - after / before:.3f} for a request of "
                       f"{sparsity:.3f}: the closest the channel counts allow", stacklevel=2)

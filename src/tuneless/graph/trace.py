@@ -37,15 +37,18 @@ def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
                 f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {msg})"
             ) from exc
         gm = fx.GraphModule(model, graph, type(model).__name__)
-        for run in (lambda: model(*example_inputs),  # the real error, said plainly
-                    lambda: ShapeProp(gm).propagate(*example_inputs)):
-            try:
-                run()
-            except Exception as exc:
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise UnsupportedModelError(
-                    f"{type(model).__name__} does not run on the example input ({msg})"
-                ) from exc
+        try:
+            ShapeProp(gm).propagate(*example_inputs)
+        except Exception as exc:
+            err = exc
+            try:  # the model's own forward gives the plainer error when it fails too
+                model(*example_inputs)
+            except Exception as own:
+                err = own
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UnsupportedModelError(
+                f"{type(model).__name__} does not run on the example input ({msg})"
+            ) from err
     finally:
         for m, t in modes.items():
             m.training = t

@@ -55,7 +55,9 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     return model, tok
 
 
-def _cache_dir() -> Path:
+def smollm2_cache_dir() -> Path:
+    """The float32 safetensors folder `load_smollm2` writes once (TUNELESS_CACHE or
+    ~/.cache/tuneless): a checkpoint folder the streamed fold can read."""
     root = os.environ.get("TUNELESS_CACHE") or Path.home() / ".cache" / "tuneless"
     return Path(root) / "smollm2-135m-instruct-f32"
 
@@ -65,7 +67,7 @@ def load_smollm2(cache: bool = True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
-    folder = _cache_dir()
+    folder = smollm2_cache_dir()
     if cache and (folder / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
         return model.eval(), AutoTokenizer.from_pretrained(str(folder))

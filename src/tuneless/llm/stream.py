@@ -80,7 +80,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                     *, schedule=None, head_ratio: float | None = None,
                     mlp_ratio: float | None = None, gqa: str = "kv-groups", seed: int = 0,
                     refine: bool = False, kmeans_dim: int | None = 128, n_init: int = 1,
-                    repair: str = DEFAULT_REPAIR, data: torch.Tensor | None = None,
+                    repair: str | None = DEFAULT_REPAIR, data: torch.Tensor | None = None,
                     tokenizer=None,
                     features: str = "auto", calib_samples: int = 16, calib_len: int = 128,
                     refit_lambda: float = 3.0, refit_target: str = "auto",
@@ -91,10 +91,11 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     projection of the features and without Hartigan refinement, which keeps a
     multi-billion-parameter layer to seconds on a CPU.
 
-    repair: as fold_llm's, and the same default. "self" (data-free) first samples
-    calib_samples × calib_len tokens from the checkpoint itself with its layers built one at
-    a time for each decoding step (tuneless.llm.stream_shell.sampling_model: the same
-    samples as the loaded float32 model gives; every step reads every layer, so sampling
+    repair: as fold_llm's, and the same default (None means the default). "self"
+    (data-free) first samples calib_samples × calib_len tokens from the checkpoint itself
+    with its layers built one at a time for each decoding step
+    (tuneless.llm.stream_shell.sampling_model: the same samples as the loaded float32 model
+    gives; every step reads every layer, so sampling
     costs about calib_len passes over the checkpoint's tensors), then refits as "refit"
     does. "refit" streams the least-squares repair on token ids from `data` (batch,
     seq_len), or on calib_samples windows of the calibration text when a `tokenizer` is
@@ -111,7 +112,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         raise TunelessError(f"{src} has no config.json; not a checkpoint folder")
     if dst.exists():
         raise TunelessError(f"{dst} already exists; choose a new output folder")
-    repair = "none" if repair in (None, "naive") else repair
+    repair = DEFAULT_REPAIR if repair is None else "none" if repair == "naive" else repair
     if repair not in ("self", "refit", "none"):
         raise TunelessError(f"streamed folding repairs with 'self', 'refit' or 'none', not "
                             f"{repair!r}")
