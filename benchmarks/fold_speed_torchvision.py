@@ -1,9 +1,10 @@
 """Fold-AR of torchvision's resnet18 / mobilenet_v2 / efficientnet_b0 at 30%: wall time of
 `tuneless.fold` (issue 17's < 2 s target), median of 3 random-weight models per network at
-1×3×224×224, with 1 and 2 threads. Run on a quiet machine:
+1×3×224×224, with 1 and 2 threads; the clusterers given alternate on the same model in
+each round. Run on a quiet machine:
 
     python benchmarks/fold_speed_torchvision.py [--models resnet18,mobilenet_v2,efficientnet_b0]
-        [--clusters kmeans,ward-hartigan]
+        [--clusters auto,cut70,kmeans,ward-hartigan]
 
 Each line also gives the summed clustering objective (within-cluster sum of squares over
 all groups) of the last model, so clusterers compare on quality as well as time.
@@ -20,11 +21,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
     import torchvision
 
+    from benchmarks.suites import clusterers  # noqa: F401  (registers cut70, wide128, ...)
     from tuneless.methods.fold import fold
     from tuneless.progress import set_progress
 
@@ -32,7 +35,7 @@ def main() -> int:
     p.add_argument("--models", default="resnet18,mobilenet_v2,efficientnet_b0")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--clusters", default="kmeans", help="fold's cluster= values to time")
+    p.add_argument("--clusters", default="auto", help="fold's cluster= values to time")
     args = p.parse_args()
     set_progress(False)
     x = torch.randn(1, 3, 224, 224)
@@ -40,18 +43,21 @@ def main() -> int:
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         for name in args.models.split(","):
-            for method in args.clusters.split(","):
-                times = []
-                for r in range(args.repeats):
+            methods = args.clusters.split(",")
+            times: dict[str, list[float]] = {m: [] for m in methods}
+            objective = {}
+            for r in range(args.repeats):  # the clusterers interleaved, same model per round
+                for method in methods:
                     torch.manual_seed(r)
                     model = getattr(torchvision.models, name)().eval()
                     t0 = time.perf_counter()
                     out = fold(model, sparsity=0.3, example_inputs=x, cluster=method)
-                    times.append(time.perf_counter() - t0)
-                obj = sum(out.tuneless_report["kmeans_inertia"].values())
+                    times[method].append(time.perf_counter() - t0)
+                    objective[method] = sum(out.tuneless_report["kmeans_inertia"].values())
+            for method, ts in times.items():
                 print(f"{name} {method} threads {threads}: median "
-                      f"{statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})"
-                      f"; objective {obj:.6g}", flush=True)
+                      f"{statistics.median(ts):.2f} s ({', '.join(f'{t:.2f}' for t in ts)})"
+                      f"; objective {objective[method]:.6g}", flush=True)
     return 0
 
 

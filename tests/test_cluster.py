@@ -254,3 +254,8 @@ def test_auto_is_ward_hartigan_on_shallow_cuts_and_kmeans_on_deep_ones():
                        kmeans(narrow, 180, seed=5).labels)
     assert torch.equal(cluster(x, 225, method="auto", shallow_cut=0.9, seed=5).labels,
                        kmeans(x, 225, seed=5).labels)
+    # the default cut: Ward + Hartigan from 60% of the channels kept, k-means below
+    assert torch.equal(cluster(x, 180, method="auto", seed=5).labels,
+                       cluster(x, 180, method="ward-hartigan").labels)
+    assert torch.equal(cluster(x, 179, method="auto", seed=5).labels,
+                       kmeans(x, 179, seed=5).labels)

@@ -17,8 +17,10 @@ CLUSTERERS.setdefault("shallow-all", partial(shallow_ward, min_width=0))
 # groups these are, and lost on the ResNets' narrow ones: docs/folding.md)
 CLUSTERERS.setdefault("wide128", partial(shallow_ward, min_width=128, shallow_cut=0.0))
 CLUSTERERS.setdefault("wide256", partial(shallow_ward, min_width=256, shallow_cut=0.0))
-# cluster="auto"'s rule with a deeper cut threshold: Ward + Hartigan on groups of >= 256
-# channels that keep >= 60% / 50% of them (auto: 70%; the VGG's paper point r = 0.3 keeps
-# 69.9% of a 256-wide group, just outside auto's rule)
+# cluster="auto"'s rule with other cut thresholds: Ward + Hartigan on groups of >= 256
+# channels that keep >= 70% ("cut70": auto until it was measured against the others) /
+# 60% ("cut60": auto since) / 50% of them (the VGG's paper point r = 0.3 keeps 69.9% of a
+# 256-wide group, just outside the 70% rule)
+CLUSTERERS.setdefault("cut70", partial(shallow_ward, shallow_cut=0.7))
 CLUSTERERS.setdefault("cut60", partial(shallow_ward, shallow_cut=0.6))
 CLUSTERERS.setdefault("cut50", partial(shallow_ward, shallow_cut=0.5))

@@ -92,6 +92,24 @@ def test_seed_makes_fold_repeatable_and_input_untouched():
     assert count_params(a) == a.tuneless_report["params_after"]
 
 
+def test_groups_clustered_side_by_side_give_the_one_thread_partitions():
+    """With two torch threads the groups are clustered concurrently, one thread each: the
+    same labels as a one-thread run, and the caller's thread count restored."""
+    model = _randomise_bn(build_model("vgg11_bn", width=0.5))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fold_ar(model, sparsity=0.5, example_inputs=X32, seed=2)
+        torch.set_num_threads(2)
+        two = fold_ar(model, sparsity=0.5, example_inputs=X32, seed=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert one.tuneless_report["labels"] == two.tuneless_report["labels"]
+    sa, sb = one.state_dict(), two.state_dict()  # the repair's sums may round per thread count
+    assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa)
+
+
 def test_block_features_balance_scales():
     model = _randomise_bn(build_model("resnet20"))
     from tuneless.graph import find_groups

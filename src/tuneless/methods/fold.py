@@ -92,7 +92,7 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     Options: allocation ("uniform" | "error"), stream_share (residual streams lose this share
     of the other groups' channel ratio under a sparsity budget; 1 = the paper's uniform
     ratio; channel_ratio= is always uniform), cluster ("auto": Ward + Hartigan where a group of
-    ≥ 256 channels keeps ≥ 70% of them, k-means elsewhere; "kmeans" | "ward" |
+    ≥ 256 channels keeps ≥ 60% of them, k-means elsewhere; "kmeans" | "ward" |
     "ward-hartigan" | "kmeans+ward" | "greedy"; docs/folding.md "Shallow cuts"),
     features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, round_to
     (channel counts in multiples of it, as for prune), max_ratio,
@@ -199,17 +199,14 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         kept, achieved, ratio, before, after = b.kept, b.sparsity, b.channel_ratio, \
             b.params_before, b.params_after
 
-    from tuneless.progress import progress
-
     decisions, labels, inertia = {}, {}, {}
-    for g in progress(graph.reducible, total=len(graph.reducible), desc="clustering",
-                      unit="group"):
-        k = kept[g.id]
-        if k >= g.n:
-            continue
-        c = cluster(feats[g.id], k, method=opts.cluster, seed=opts.seed, n_init=opts.n_init)
-        decisions[g.id], labels[g.id], inertia[str(g.id)] = merge(c.labels, k), c.labels, \
-            c.inertia
+    todo = [(g.id, kept[g.id]) for g in graph.reducible if kept[g.id] < g.n]
+    found = cluster_groups(
+        lambda gid, k: cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
+                               n_init=opts.n_init), todo)
+    for gid, k in todo:
+        c = found[gid]
+        decisions[gid], labels[gid], inertia[str(gid)] = merge(c.labels, k), c.labels, c.inertia
     new = reduce(work, graph, decisions) if decisions else copy.deepcopy(model)
     t_fold = time.perf_counter() - t0
     if decisions and rep.apply is not None:
@@ -225,6 +222,35 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
     }
     return new
+
+
+def cluster_groups(run, todo: list[tuple[int, int]]) -> dict:
+    """{group id: run(group id, k)} for every (group id, k) in `todo`.
+
+    With more than one torch thread the groups are clustered side by side, one torch
+    thread each (most groups are too small for threads inside one matrix product to pay:
+    efficientnet_b0's 40 groups at 30% cluster in 1.1 s on two cores this way against
+    1.2–1.3 s with two threads per product and 1.7 s on one thread). Every clusterer
+    seeds its own generator, so the partitions are those of a one-thread run."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tuneless.progress import progress
+
+    threads = torch.get_num_threads()
+    if threads <= 1 or len(todo) <= 1:
+        return {gid: run(gid, k) for gid, k in progress(todo, total=len(todo),
+                                                         desc="clustering", unit="group")}
+    out = {}
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(min(threads, len(todo))) as pool:
+            jobs = {pool.submit(run, gid, k): gid for gid, k in todo}
+            for job in progress(as_completed(jobs), total=len(jobs), desc="clustering",
+                                unit="group"):
+                out[jobs[job]] = job.result()
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def _example(model: nn.Module, example_inputs):
