@@ -134,12 +134,16 @@ def _analyse(ab: torch.Tensor) -> tuple:
     """
     ab = ab.detach().cpu()
     nz = ab != 0
-    ones = bool((ab[nz] == 1).all())
-    if ones and bool((nz.sum(1) == 1).all()):
+    one_each = bool((torch.count_nonzero(nz, 1) == 1).all())
+    if bool((torch.count_nonzero(nz, 0) <= 1).all()):  # one pass over the entries from here
+        rows, cols = nz.nonzero(as_tuple=True)  # row-major: with one entry per row, in order
+        vals = ab[rows, cols]
+        ones = bool((vals == 1).all())
+        if ones and one_each:
+            return ("select", cols)
+        return ("scatter", rows, cols, ab.shape[0], None if ones else vals)
+    if one_each and bool((ab[nz] == 1).all()):  # a selection that repeats channels
         return ("select", nz.to(torch.uint8).argmax(1))
-    if bool((nz.sum(0) <= 1).all()):
-        rows, cols = nz.nonzero(as_tuple=True)
-        return ("scatter", rows, cols, ab.shape[0], None if ones else ab[rows, cols])
     return ("dense", ab)
 
 
