@@ -570,9 +570,14 @@ def ward_hartigan(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clus
     n = x.shape[0]
     if k == n:
         return _finish(x, torch.arange(n))
-    z = embed(x)  # one embedding serves Ward and the Hartigan moves
-    labels = canonical_labels(ward_labels(z, k))
-    return _finish(x, hartigan(z, labels, k), z, k)
+    z = embed(x)  # one embedding and one Gram matrix serve Ward and the Hartigan moves
+    gram = None
+    if n <= _GRAM_MAX_N:
+        z64 = z.double()
+        gram = z64 @ z64.T
+    labels = canonical_labels(ward_labels(z, k, gram=gram))
+    return _finish(x, hartigan(z, labels, k, gram=None if gram is None else gram.to(z.dtype)),
+                   z, k)
 
 
 @register_clusterer("kmeans+ward")
@@ -611,7 +616,7 @@ def shallow_ward(x: torch.Tensor, k: int, *, shallow_cut: float = SHALLOW_CUT,
     return kmeans(x, k, **options)
 
 
-def ward_labels(z: torch.Tensor, k: int) -> torch.Tensor:
+def ward_labels(z: torch.Tensor, k: int, gram: torch.Tensor | None = None) -> torch.Tensor:
     """Labels of Ward's agglomeration of the rows of z cut at k clusters (scipy's partition).
 
     A merge raises the within-cluster sum of squares by n_a n_b/(n_a + n_b)·‖c_a − c_b‖²,
@@ -620,12 +625,15 @@ def ward_labels(z: torch.Tensor, k: int) -> torch.Tensor:
     and all of them can be merged at once: each round is a few matrix operations. Rounds
     stop once no later merge can be among the n − k cheapest, which are then applied
     (cheapest first; a merge never costs less than the merges it builds on).
+    gram: z zᵀ when the caller has it already.
     """
     n = z.shape[0]
     if k >= n:
         return torch.arange(n)
     z = z.to(torch.float64 if n <= 8192 else torch.float32)
-    cost = _pairwise_sq(z) * 0.5  # two singletons: ½‖x_a − x_b‖²
+    if gram is not None:
+        gram = gram.to(z.dtype)
+    cost = _pairwise_sq(z, gram) * 0.5  # two singletons: ½‖x_a − x_b‖²
     cost.fill_diagonal_(math.inf)
     size = torch.ones(n, dtype=z.dtype)
     idx = torch.arange(n)
