@@ -6,6 +6,8 @@ on the first 2,048 test tokens (dense 29.92) and CPU seconds of the fold. One th
     python benchmarks/llm_ideas.py sampling '{"temperature": 0.7}' '{"top_p": 0.9}'
     python benchmarks/llm_ideas.py features '{"seed": 0}'
     python benchmarks/llm_ideas.py refit-lambda '{"layers": [12, 16, 20, 24]}'
+    python benchmarks/llm_ideas.py producers '{"lam": 1.0}' '{"lam": 0.1}'
+    python benchmarks/llm_ideas.py merge-weights '{"mode": "rmscol"}' '{"mode": "rms"}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -18,6 +20,12 @@ features: k-means on activation-space features (each channel's activations over 
 refit-lambda: one layer's MLP folded to 50% alone, ridge-refit on 16×128 self-generated
   tokens at several λ; the error on 16×128 other self-generated tokens (held out), as a
   fraction of the MLP output's energy (prints one line per layer).
+producers: before each layer's consumer refit, every producer (q/k/v, gate/up) re-solved
+  so that on the folded stream it gives what it gave on the original stream (one ridge
+  solve per norm input, λ `lam` towards the identity): the input drift corrected too.
+merge-weights: a merged MLP channel's gate/up rows are its members' rows weighted by
+  their contribution scale ("rmscol": activation RMS × down_proj column norm; "rms": RMS
+  alone) instead of the plain mean; down_proj columns still summed, then the refit.
 """
 
 from __future__ import annotations
@@ -146,6 +154,10 @@ def main(argv: list[str]) -> int:
             small = tuneless.fold(model, sparsity=0.2, seed=seed)
         elif what == "features":
             small = _fold_on_activations(model, seed)
+        elif what == "producers":
+            small = _with_producer_refit(model, seed, o.get("lam", 1.0))
+        elif what == "merge-weights":
+            small = _with_merge_weights(model, seed, o.get("mode", "rmscol"))
         else:
             raise SystemExit(f"unknown experiment {what!r}")
         cpu = time.process_time() - cpu
@@ -228,6 +240,69 @@ def _fold_on_activations(model, seed):
     folded = reduce_llm(model, _plans(model, 0.2, None, None, None, "kv-groups"), decide,
                         desc="fold")
     return repair_reduced(model, folded, "self", calib=calib, refit_lambda=3.0)
+
+
+def _with_producer_refit(model, seed, lam):
+    import tuneless
+    import tuneless.llm.refit as refit_module
+    from tuneless.linalg import ridge_solve
+
+    consumers_only = refit_module.refit_layer
+
+    @torch.no_grad()
+    def correct(linears, a_new, a_old):
+        a = a_new.reshape(-1, a_new.shape[-1]).double()
+        b = a_old.reshape(-1, a_old.shape[-1]).double()
+        eye = torch.eye(a.shape[1], dtype=torch.float64)
+        m = ridge_solve(a.T @ a, a.T @ b, lam, prior=eye)  # a_new · m ≈ a_old
+        for lin in linears:
+            lin.weight.copy_((lin.weight.double() @ m.T).to(lin.weight.dtype))
+
+    @torch.no_grad()
+    def refit_layer(adapter, lo, ln, h_old, h_new, kwargs, **options):
+        pn = adapter.projections(ln)
+        pre, post = adapter.norms
+        correct([pn["q"], pn["k"], pn["v"]], getattr(ln, pre)(h_new), getattr(lo, pre)(h_old))
+        _, seen_old = refit_module._run(lo, h_old, kwargs, {"mid": getattr(lo, post)})
+        _, seen_new = refit_module._run(ln, h_new, kwargs, {"mid": getattr(ln, post)})
+        correct([pn["gate"], pn["up"]], getattr(ln, post)(seen_new["mid"]),
+                getattr(lo, post)(seen_old["mid"]))
+        return consumers_only(adapter, lo, ln, h_old, h_new, kwargs, **options)
+
+    refit_module.refit_layer = refit_layer
+    try:
+        return tuneless.fold(model, sparsity=0.2, seed=seed)
+    finally:
+        refit_module.refit_layer = consumers_only
+
+
+def _with_merge_weights(model, seed, mode):
+    import tuneless
+    import tuneless.llm.fold as fold_module
+    from tuneless.graph.groups import CONSUMER
+
+    plain = fold_module.fold_decisions
+
+    def fold_decisions(adapter, source, lg, shape, plan, *, stats=None, **options):
+        out = plain(adapter, source, lg, shape, plan, stats=stats, **options)
+        if stats is None or lg.mlp.id not in out:
+            return out
+        g = lg.mlp
+        _, u = out[g.id]
+        w = stats.mlp_rms.float().clamp(min=1e-12)
+        if mode == "rmscol":
+            for s in g.slots:
+                if s.kind == CONSUMER:
+                    w = w * s.channel_rows(source, g.n).float().reshape(g.n, -1).norm(dim=1)
+        members = (torch.as_tensor(u).T != 0).float() * w[None, :]  # k × n
+        out[g.id] = (members / members.sum(1, keepdim=True), u)
+        return out
+
+    fold_module.fold_decisions = fold_decisions
+    try:
+        return tuneless.fold(model, sparsity=0.2, seed=seed)
+    finally:
+        fold_module.fold_decisions = plain
 
 
 if __name__ == "__main__":
