@@ -6,3 +6,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 run() { python benchmarks/fold_defaults.py --script "benchmarks/$(basename "$0")" "$@"; }
+
+# A clustering rule for wide groups against the default (fold_wide.sh, fold_cut.sh): only
+# the VGG11-BN 1/2 and the MLP have groups of >= 128 channels. $1 names the result files
+# (docs/results/fold-$1-*), $2 the variants; 3 seeds. Each line resumes its CSV.
+VGG=models/vgg11_bn-w0.5-cifar10.pt
+MLP=models/mlp-fashion-mnist.pt
+wide_rule_sweep() {
+  local out="docs/results/fold-$1" v=$2
+  # the paper-code comparison of issue 17: channel ratio 0.3 / 0.5 / 0.7, full test split
+  run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs ar,none,data --variants "$v" \
+    --out "$out-vgg11-ratio"
+  for net in "$VGG:vgg11" "$MLP:mlp"; do
+    run "${net%%:*}" --test-images 2000 --points 0.1,0.3,0.5,0.7,0.8 --repairs ar \
+      --variants "$v" --out "$out-${net##*:}"
+    run "${net%%:*}" --view plain --test-images 2000 --points 0.1,0.3 --repairs refit \
+      --variants "$v" --out "$out-refit-${net##*:}"
+    run "${net%%:*}" --test-images 2000 --points 0.1,0.3,0.5 --repairs data \
+      --variants "$v" --out "$out-fold-r-${net##*:}"
+  done
+}
