@@ -224,26 +224,34 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     return new
 
 
+MAX_CLUSTER_WORKERS = 8
+
+
 def cluster_groups(run, todo: list[tuple[int, int]]) -> dict:
     """{group id: run(group id, k)} for every (group id, k) in `todo`.
 
-    With more than one torch thread the groups are clustered side by side, one torch
-    thread each (most groups are too small for threads inside one matrix product to pay:
-    efficientnet_b0's 40 groups at 30% cluster in 1.1 s on two cores this way against
-    1.2–1.3 s with two threads per product and 1.7 s on one thread). Every clusterer
-    seeds its own generator, so the partitions are those of a one-thread run."""
+    With more than one torch thread the groups are clustered side by side, the threads
+    shared out among them (most groups are too small for threads inside one matrix product
+    to pay: efficientnet_b0's 40 groups at 30% cluster in 1.1 s on two cores this way
+    against 1.2–1.3 s with two threads per product and 1.7 s on one thread). Every
+    clusterer seeds its own generator; with one thread per group (as many groups as
+    threads, up to MAX_CLUSTER_WORKERS) the partitions are those of a one-thread run. At
+    most MAX_CLUSTER_WORKERS groups at once: a wide group's clustering holds n × n
+    matrices. While they run, torch's thread count is the per-group share for the whole
+    process (restored after)."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from tuneless.progress import progress
 
     threads = torch.get_num_threads()
-    if threads <= 1 or len(todo) <= 1:
+    workers = min(threads, len(todo), MAX_CLUSTER_WORKERS)
+    if workers <= 1:
         return {gid: run(gid, k) for gid, k in progress(todo, total=len(todo),
                                                          desc="clustering", unit="group")}
     out = {}
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, threads // workers))
     try:
-        with ThreadPoolExecutor(min(threads, len(todo))) as pool:
+        with ThreadPoolExecutor(workers) as pool:
             jobs = {pool.submit(run, gid, k): gid for gid, k in todo}
             for job in progress(as_completed(jobs), total=len(jobs), desc="clustering",
                                 unit="group"):
