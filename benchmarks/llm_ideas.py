@@ -8,6 +8,7 @@ on the first 2,048 test tokens (dense 29.92) and CPU seconds of the fold. One th
     python benchmarks/llm_ideas.py refit-lambda '{"layers": [12, 16, 20, 24]}'
     python benchmarks/llm_ideas.py producers '{"lam": 1.0}' '{"lam": 0.1}'
     python benchmarks/llm_ideas.py merge-weights '{"mode": "rmscol"}' '{"mode": "rms"}'
+    python benchmarks/llm_ideas.py in-domain '{"samples": 16, "len": 128, "seed": 0}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -26,6 +27,9 @@ producers: before each layer's consumer refit, every producer (q/k/v, gate/up) r
 merge-weights: a merged MLP channel's gate/up rows are its members' rows weighted by
   their contribution scale ("rmscol": activation RMS × down_proj column norm; "rms": RMS
   alone) instead of the plain mean; down_proj columns still summed, then the refit.
+in-domain: the upper reference for the calibration text: the same fold and refit
+  (repair="refit") on WikiText-2 itself, `samples` windows of `len` tokens drawn (seeded)
+  from the test split after its first 4,096 tokens, disjoint from the 2,048 evaluated.
 """
 
 from __future__ import annotations
@@ -158,6 +162,12 @@ def main(argv: list[str]) -> int:
             small = _with_producer_refit(model, seed, o.get("lam", 1.0))
         elif what == "merge-weights":
             small = _with_merge_weights(model, seed, o.get("mode", "rmscol"))
+        elif what == "in-domain":
+            n, length = o.get("samples", 16), o.get("len", 128)
+            g = torch.Generator().manual_seed(seed)
+            starts = 4096 + torch.randint(0, len(ids) - 4096 - length, (n,), generator=g)
+            windows = torch.stack([ids[int(a):int(a) + length] for a in starts])
+            small = tuneless.fold(model, sparsity=0.2, seed=seed, repair="refit", data=windows)
         else:
             raise SystemExit(f"unknown experiment {what!r}")
         cpu = time.process_time() - cpu
