@@ -91,18 +91,17 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     projection of the features and without Hartigan refinement, which keeps a
     multi-billion-parameter layer to seconds on a CPU.
 
-    repair: as fold_llm's, and the same default (None means the default). "self"
-    (data-free) first samples calib_samples × calib_len tokens from the checkpoint itself
-    with its layers built one at a time for each decoding step
+    repair: as fold_llm's, and the same default (None means the default). "self" (data-free)
+    first samples calib_samples × calib_len tokens from the checkpoint itself with its
+    layers built one at a time for each decoding step
     (tuneless.llm.stream_shell.sampling_model: the same samples as the loaded float32 model
-    gives; every step reads every layer, so sampling
-    costs about calib_len passes over the checkpoint's tensors), then refits as "refit"
-    does. "refit" streams the least-squares repair on token ids from `data` (batch,
-    seq_len), or on calib_samples windows of the calibration text when a `tokenizer` is
-    given; "none" folds only. With features="auto" the k-means features are
-    activation-aware, from the calibration tokens. Memory: one original and one folded
-    layer in float32, the embeddings in float32 while sampling, the calibration hidden
-    states and the refit's normal equations.
+    gives; every step reads every layer, so sampling costs about calib_len passes over the
+    checkpoint's tensors), then refits as "refit" does. "refit" streams the least-squares
+    repair on token ids from `data` (batch, seq_len), or on calib_samples windows of the
+    calibration text when a `tokenizer` is given; "none" folds only. With features="auto"
+    the k-means features are activation-aware, from the calibration tokens. Memory: one
+    original and one folded layer in float32, the embeddings in float32 while sampling, the
+    calibration hidden states and the refit's normal equations.
     """
     from safetensors.torch import save_file
     from transformers import AutoConfig
