@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tuneless.errors import TunelessError
 from tuneless.evaluate import count_params
-from tuneless.methods.fold import channel_features, fold, fold_ar, fold_naive
+from tuneless.methods.fold import channel_features, cluster_groups, fold, fold_ar, fold_naive
 from tuneless.zoo import build_model
 
 from .fold_models import X32, DuplicatedCNN, _randomise_bn, _same_state
@@ -108,6 +108,24 @@ def test_groups_clustered_side_by_side_give_the_one_thread_partitions():
     assert one.tuneless_report["labels"] == two.tuneless_report["labels"]
     sa, sb = one.state_dict(), two.state_dict()  # the repair's sums may round per thread count
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa)
+
+
+def test_an_error_in_one_group_stops_the_fold_and_restores_the_threads():
+    threads = torch.get_num_threads()
+
+    def run(gid, k):
+        if gid == 3:
+            raise TunelessError("group 3 failed")
+        return gid * k
+
+    try:
+        torch.set_num_threads(2)
+        assert cluster_groups(run, [(1, 2), (2, 2)]) == {1: 2, 2: 4}
+        with pytest.raises(TunelessError, match="group 3 failed"):
+            cluster_groups(run, [(1, 2), (3, 2), (2, 2)])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_block_features_balance_scales():
