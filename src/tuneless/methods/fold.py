@@ -99,6 +99,8 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     keep_floor (error allocation keeps at least this share of the uniform count per group),
     num_images, batch_size, inversion (dict of DeepInversion settings), dir_stats,
     refit_images, ridge.
+    With more than one torch thread the channel groups are clustered side by side (the
+    same partitions as on one thread; `cluster_groups`).
     """
     from tuneless.llm import fold_llm  # lazy; LLM dispatch (issue 6)
     from tuneless.llm.adapters import is_hf_causal_lm
