@@ -57,12 +57,26 @@ def needs_bn(name: str) -> bool:
 
     return name.startswith("tp-bn") or get_repair(ROW_REPAIR.get(name, "none")).needs_bn
 FIELDS = ["model", "weights", "dense_acc", "method", "requested", "achieved", "params",
-          "accuracy", "seconds", "test_images", "commit", "note"]
+          "accuracy", "seconds", "test_images", "commit", "note", "knob"]
+# --channel-ratios: the points are the paper's uniform channel ratio r (every reducible
+# group loses r of its channels) instead of a parameter budget; the methods that take one
+RATIO_METHODS = ("fold-naive", "fold-ar", "fold-r", "fold-refit", "fold-ar-paper",
+                 "fold-r-paper", "prune-l1", "prune-l1-bn", "prune-l1-refit")
+# The folding paper's own CNN code on models/vgg11_bn-w0.5-cifar10.pt at r = 0.3 / 0.5 / 0.7,
+# full CIFAR-10 JPEG test split, 1,024 training images (crop + flip) for Fold-R: measured
+# by an outside check of this project (issue 17), not rerun here; a reference, not a row.
+PAPER_CODE_VGG = {"file": "vgg11_bn-w0.5-cifar10.pt",
+                  "rows": {"fold-naive": (64.9, 28.5, 12.8), "fold-ar": (74.5, 55.9, 27.0),
+                           "fold-r": (79.7, 70.5, 40.0)},
+                  "ratios": (0.3, 0.5, 0.7)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="+", help="tuneless checkpoints (or training resume files)")
     p.add_argument("--sparsities", default="0.1,0.3,0.5,0.6,0.7,0.8")
+    p.add_argument("--channel-ratios", default=None,
+                   help="points are uniform channel ratios (the paper's r) instead of "
+                        f"sparsities; methods: {', '.join(RATIO_METHODS)}")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--test-subset", type=int, default=None, help="test images (default: all)")
     p.add_argument("--repair-images", type=int, default=1024,
@@ -121,15 +135,19 @@ def training_pad(path: str) -> int | None:
 
 
 def compress(name: str, model, sparsity: float, x, repair_images, dir_images, features, seed,
-             labelled=None):
+             labelled=None, knob: str = "sparsity"):
     """Run one method; returns the compressed model. `labelled`: (images, labels) of the
-    repair images, plain view, for Torch-Pruning's Taylor criterion."""
+    repair images, plain view, for Torch-Pruning's Taylor criterion. knob "channel_ratio":
+    `sparsity` is a uniform channel ratio instead (RATIO_METHODS only)."""
     from tuneless.methods.fold import fold
     from tuneless.methods.ifm import ifm
     from tuneless.methods.prune import magnitude_prune, prune
     from tuneless.repair import reestimate_bn
 
-    common = {"sparsity": sparsity, "example_inputs": x}
+    if knob != "sparsity" and name not in RATIO_METHODS:
+        raise TunelessError(f"{name} has no channel-ratio mode; with --channel-ratios use "
+                            f"{', '.join(RATIO_METHODS)}")
+    common = {knob: sparsity, "example_inputs": x}
     fold_kw = {**common, "features": features, "seed": seed}
     if name in ("fold-naive", "fold-ar", "fold-r", "fold-ar-error", "fold-r-error"):
         repair = {"fold-naive": "none", "fold-ar": "ar", "fold-r": "data"}.get(
@@ -194,17 +212,26 @@ def run(args) -> int:
         rows = read_rows(Path(args.out) / f"{args.name}.csv")
         _write(Path(args.out), args.name, rows, {}, info, args, write_csv=False)
         return 0
-    sparsities = [float(s) for s in args.sparsities.split(",") if s]
+    knob = "channel_ratio" if args.channel_ratios else "sparsity"
+    sparsities = [float(s) for s in (args.channel_ratios or args.sparsities).split(",") if s]
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise TunelessError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    if knob == "channel_ratio":
+        if args.methods == ",".join(METHODS):  # the default list: the ones that apply
+            methods = list(RATIO_METHODS)
+        bad = [m for m in methods if m not in RATIO_METHODS]
+        if bad:
+            raise TunelessError(f"{', '.join(bad)}: no channel-ratio mode; with "
+                                f"--channel-ratios use {', '.join(RATIO_METHODS)}")
     out = Path(args.out)
     rows: list[dict] = []
     if args.resume and (out / f"{args.name}.csv").exists():
         rows = read_rows(out / f"{args.name}.csv")
         print(f"resuming: {len(rows)} rows from {out / f'{args.name}.csv'}", flush=True)
-    done = {(r["weights"], r["method"], float(r["requested"])) for r in rows}
+    done = {(r["weights"], r["method"], float(r["requested"]), r.get("knob", "sparsity"))
+            for r in rows}
     curves: dict[str, dict[str, dict[str, float]]] = {}
     for path in args.checkpoints:
         model, arch, ds = load_any(path)
@@ -218,7 +245,7 @@ def run(args) -> int:
         labelled = train.tensors()  # plain view, for Torch-Pruning's Taylor criterion
         x = test.tensors(8)[0]
         pending = [(sp, m) for sp in sparsities for m in methods
-                   if (path, m, sp) not in done]
+                   if (path, m, sp, knob) not in done]
         if not pending:
             print(f"{path}: every cell already measured", flush=True)
             continue
@@ -236,7 +263,7 @@ def run(args) -> int:
         base = {"model": label, "weights": path, "dense_acc": round(dense, 4),
                 "test_images": len(test), "commit": info["commit"]}
         for sp, name in pending:
-            row = {**base, "method": name, "requested": sp}
+            row = {**base, "method": name, "requested": sp, "knob": knob}
             if needs_bn(name) and not has_bn:
                 rows.append({**row, "note": "n/a: no BatchNorm"})
                 continue
@@ -244,7 +271,7 @@ def run(args) -> int:
             try:
                 real = views[repair_view(args.repair_view, name)]
                 small = compress(name, model, sp, x, real, dir_images, args.features,
-                                 args.seed, labelled=labelled)
+                                 args.seed, labelled=labelled, knob=knob)
             except (TunelessError, RuntimeError) as exc:  # a peer's model that does not run
                 rows.append({**row, "note": f"failed: {exc}"})
                 continue
@@ -259,8 +286,8 @@ def run(args) -> int:
                          "accuracy": round(acc, 4), "seconds": round(secs, 2), "note": note})
             print(f"  {name:14s} {sp:.2f} → {achieved:.3f} removed, acc {acc:.4f}, "
                   f"{secs:.1f} s", flush=True)
-            if abs(sp - 0.5) < 1e-9 and name in ("fold-naive", "fold-ar", "fold-dir",
-                                                 "fold-r"):
+            if knob == "sparsity" and abs(sp - 0.5) < 1e-9 and name in (
+                    "fold-naive", "fold-ar", "fold-dir", "fold-r"):
                 from tuneless.diagnostics import variance_ratio
 
                 curves.setdefault(label, {})[name] = variance_ratio(
@@ -297,8 +324,68 @@ def _write(out: Path, stem: str, rows, curves, info, args, write_csv: bool = Tru
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(buf.getvalue(), out / f"{stem}.csv")
-    atomic_write_text(markdown(rows, info, args), out / f"{stem}.md")
-    _plots(out, stem, rows, curves)
+    budget = [r for r in rows if r.get("knob", "sparsity") == "sparsity"]
+    ratio = [r for r in rows if r.get("knob") == "channel_ratio"]
+    text = markdown(budget, info, args) if budget else ratio_header(info)
+    atomic_write_text(text + (ratio_markdown(ratio) if ratio else ""), out / f"{stem}.md")
+    if budget:
+        _plots(out, stem, budget, curves)
+
+
+def ratio_header(info) -> str:
+    from tuneless.provenance import stamp_markdown
+
+    return "\n".join(["# Folding benchmark at uniform channel ratios", "",
+                      stamp_markdown(info), "", "No fine-tuning anywhere.", ""]) + "\n"
+
+
+def ratio_markdown(rows) -> str:
+    """Rows of --channel-ratios: accuracy per method and ratio, and where the checkpoint is
+    the one the folding paper's own code was run on, that code's numbers beside them."""
+    ref = PAPER_CODE_VGG
+    lines = ["## Accuracy at uniform channel ratios (the paper's r)", "",
+             "Every reducible group loses r of its channels (`channel_ratio=r`); in brackets "
+             "the fraction of parameters that removes. One seed per row (`--seed`).", ""]
+    for weights in sorted({r["weights"] for r in rows}):
+        rs = [r for r in rows if r["weights"] == weights]
+        ratios = sorted({float(r["requested"]) for r in rs})
+        cell = {(r["method"], float(r["requested"])): r for r in rs}
+        lines += [f"### {rs[0]['model']} (dense {100 * float(rs[0]['dense_acc']):.2f}% on "
+                  f"{rs[0]['test_images']} test images)", "",
+                  "| method | " + " | ".join(f"r = {x:g}" for x in ratios) + " |",
+                  "|---|" + "---|" * len(ratios)]
+        for m in [m for m in RATIO_METHODS if any(r["method"] == m for r in rs)]:
+            out = []
+            for x in ratios:
+                r = cell.get((m, x))
+                out.append("" if r is None else r.get("note", "") if "accuracy" not in r else
+                           f"{100 * float(r['accuracy']):.2f} "
+                           f"({100 * float(r['achieved']):.0f}%)")
+            lines.append(f"| {m} | " + " | ".join(out) + " |")
+        shown = [x for x in ratios if any(abs(x - y) < 1e-9 for y in ref["ratios"])]
+        if Path(weights).name != ref["file"] or not shown:
+            lines.append("")
+            continue
+        lines += ["", "The folding paper's own CNN code on this checkpoint, as an outside check "
+                  "measured it (issue 17: the full test split, 1,024 training images with crop "
+                  "and flip for Fold-R; reference numbers, not rerun here"
+                  + ("" if int(rs[0]["test_images"]) == 10000 else
+                     "; this run used a test subset, so compare with care") + "):", "",
+                  "| | " + " | ".join(f"r = {x:g}" for x in shown) + " |",
+                  "|---|" + "---|" * len(shown)]
+        for m, ref_acc in ref["rows"].items():
+            paper = [ref_acc[[round(y, 6) for y in ref["ratios"]].index(round(x, 6))]
+                     for x in shown]
+            lines.append(f"| paper's code, {m} | " + " | ".join(f"{a:.1f}" for a in paper)
+                         + " |")
+            ours = [cell.get((m, x)) for x in shown]
+            if any(r is not None and "accuracy" in r for r in ours):
+                lines.append(f"| {m} here − paper's code | " + " | ".join(
+                    "" if r is None or "accuracy" not in r else
+                    f"{100 * float(r['accuracy']) - a:+.1f}" for r, a in zip(ours, paper))
+                    + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(rows, info, args) -> str:

@@ -128,3 +128,32 @@ def test_bench_fold_dir_rows_share_their_deepinversion_images(mlp_checkpoint, tm
     assert all(r["note"] == "incl. DeepInversion time" and float(r["accuracy"]) > 0.2
                for r in rows)
     assert "2 steps" in (tmp_path / "d.md").read_text()
+
+
+def test_bench_fold_channel_ratios_are_the_papers_knob(mlp_checkpoint, tmp_path, capsys):
+    common = ["bench", "fold", str(mlp_checkpoint), "--test-subset", "300",
+              "--repair-images", "128", "--out", str(tmp_path), "--name", "r"]
+    assert main([*common, "--channel-ratios", "0.3", "--methods", "fold-ar,prune-l1"]) == 0
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert {(r["method"], r["knob"]) for r in rows} == {("fold-ar", "channel_ratio"),
+                                                       ("prune-l1", "channel_ratio")}
+    # every group loses 30% of its channels: the layers between two groups lose about half
+    assert all(0.3 < float(r["achieved"]) < 0.6 for r in rows)
+    assert "uniform channel ratios" in (tmp_path / "r.md").read_text()
+    assert main([*common, "--channel-ratios", "0.3", "--methods", "tp-l1"]) != 0
+    assert "no channel-ratio mode" in capsys.readouterr().err
+
+
+def test_channel_ratio_rows_of_the_vgg_sit_beside_the_paper_codes_numbers():
+    from benchmarks.suites.fold_bench import ratio_markdown
+
+    base = {"model": "vgg11_bn (vgg11_bn-w0.5-cifar10.pt)", "dense_acc": 0.8526,
+            "weights": "models/vgg11_bn-w0.5-cifar10.pt", "test_images": 10000,
+            "knob": "channel_ratio", "achieved": 0.51}
+    rows = [{**base, "method": "fold-ar", "requested": 0.3, "accuracy": 0.7699},
+            {**base, "method": "fold-r", "requested": 0.3, "accuracy": 0.7900}]
+    md = ratio_markdown(rows)
+    assert "| paper's code, fold-ar | 74.5 |" in md
+    assert "| fold-ar here − paper's code | +2.5 |" in md
+    assert "| fold-r here − paper's code | -0.7 |" in md
+    assert "paper's code" not in ratio_markdown([{**r, "weights": "other.pt"} for r in rows])
