@@ -106,6 +106,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --render-only: the command that measured the CSV (for the record)")
 
 
+def check_ratio_methods(methods: list[str]) -> None:
+    """One-line error for methods that take no uniform channel ratio (--channel-ratios)."""
+    bad = [m for m in methods if m not in RATIO_METHODS]
+    if bad:
+        raise TunelessError(f"{', '.join(bad)}: no channel-ratio mode; with --channel-ratios "
+                            f"use {', '.join(RATIO_METHODS)}")
+
+
 def load_any(path: str) -> tuple[torch.nn.Module, str, str]:
     """A model from a tuneless checkpoint or a `tuneless train` resume file → (model, arch, ds)."""
     from tuneless.checkpoint import is_checkpoint, model_from_checkpoint, read_torch_file
@@ -144,9 +152,8 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
     from tuneless.methods.prune import magnitude_prune, prune
     from tuneless.repair import reestimate_bn
 
-    if knob != "sparsity" and name not in RATIO_METHODS:
-        raise TunelessError(f"{name} has no channel-ratio mode; with --channel-ratios use "
-                            f"{', '.join(RATIO_METHODS)}")
+    if knob != "sparsity":
+        check_ratio_methods([name])
     common = {knob: sparsity, "example_inputs": x}
     fold_kw = {**common, "features": features, "seed": seed}
     if name in ("fold-naive", "fold-ar", "fold-r", "fold-ar-error", "fold-r-error"):
@@ -221,10 +228,7 @@ def run(args) -> int:
     if knob == "channel_ratio":
         if args.methods == ",".join(METHODS):  # the default list: the ones that apply
             methods = list(RATIO_METHODS)
-        bad = [m for m in methods if m not in RATIO_METHODS]
-        if bad:
-            raise TunelessError(f"{', '.join(bad)}: no channel-ratio mode; with "
-                                f"--channel-ratios use {', '.join(RATIO_METHODS)}")
+        check_ratio_methods(methods)
     out = Path(args.out)
     rows: list[dict] = []
     if args.resume and (out / f"{args.name}.csv").exists():

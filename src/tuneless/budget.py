@@ -148,7 +148,8 @@ def budget_for_ratio(model: nn.Module, graph: GroupGraph, channel_ratio: float,
                      min_channels: int = 1, round_to: int = 1) -> Budget:
     """The Budget of a uniform channel ratio (no search)."""
     kept = counts_for_ratio(graph, channel_ratio, min_channels, round_to)
-    before, after = param_count(model, graph), param_count(model, graph, kept)
+    count = param_counter(model, graph)
+    before, after = count(None), count(kept)
     if channel_ratio > 0 and after >= before:
         warnings.warn(f"channel_ratio {channel_ratio} removes nothing: min_channels="
                       f"{min_channels} / round_to={round_to} keep every channel", stacklevel=2)

@@ -161,7 +161,7 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
 
 
 def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Module:
-    from tuneless.budget import budget_for_ratio, param_count, solve
+    from tuneless.budget import budget_for_ratio, param_counter, solve
     from tuneless.cluster import cluster
     from tuneless.graph import find_groups
     from tuneless.reduce import merge, reduce
@@ -190,7 +190,8 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         floor = {gid: math.ceil(opts.keep_floor * k) for gid, k in uniform.items()}
         kept = error_allocation(model, graph, feats, opts.sparsity, max_ratio=opts.max_ratio,
                                 min_channels=opts.min_channels, seed=opts.seed, floor=floor)
-        before, after = param_count(model, graph), param_count(model, graph, kept)
+        count = param_counter(model, graph)
+        before, after = count(None), count(kept)
         achieved, ratio = 1 - after / before, None
     else:
         b = (solve(model, graph, opts.sparsity, opts.min_channels, opts.round_to,
