@@ -72,6 +72,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default="docs/breadth-torchvision.md")
     p.add_argument("--only", nargs="*")
     p.add_argument("--limit-s", type=int, default=900)
+    p.add_argument("--conditions", default="the machine otherwise idle",
+                   help="what else ran while timing (printed beside the seconds)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -116,8 +118,8 @@ def main(argv: list[str]) -> int:
             "classification; random weights, num_classes=10, input 1×3×64×64 unless the\n"
             "table says otherwise (ViTs built for that size); a model passes when the result\n"
             "runs, keeps the output shape, stays finite and removes 30% ± 2 points. Seconds are\n"
-            "wall time on one thread of a 2-core machine shared with a training job (an upper\n"
-            "bound, not a clean timing). For comparison, Torch-Pruning reports 77 of 85\n"
+            f"wall time on one thread ({args.conditions}); each model runs in a process of\n"
+            "its own. For comparison, Torch-Pruning reports 77 of 85\n"
             "torchvision models pruned in its own benchmark.\n\n"
             + stamp_markdown(s) + "\n"
             f"**fold: {folded} / {len(rows)}; prune: {pruned} / {len(rows)}.**\n\n"
