@@ -77,7 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-ratios", default=None,
                    help="points are uniform channel ratios (the paper's r) instead of "
                         f"sparsities; methods: {', '.join(RATIO_METHODS)}")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=None,
+                   help="comma-separated rows (default: every method that applies to the "
+                        "points: all of them for sparsities, the channel-ratio ones otherwise)")
     p.add_argument("--test-subset", type=int, default=None, help="test images (default: all)")
     p.add_argument("--repair-images", type=int, default=1024,
                    help="real training images for Fold-R and L1+BN")
@@ -104,6 +106,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rewrite the markdown and accuracy plots from an existing CSV")
     p.add_argument("--measured-by", default=None,
                    help="with --render-only: the command that measured the CSV (for the record)")
+
+
+def resolve_methods(given: str | None, knob: str) -> list[str]:
+    """The rows to run: `given` (comma-separated) checked against the points' knob, or by
+    default every method that applies (all for sparsities, RATIO_METHODS for ratios)."""
+    default = RATIO_METHODS if knob == "channel_ratio" else METHODS
+    methods = [m for m in (given or ",".join(default)).split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise TunelessError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    if knob == "channel_ratio":
+        check_ratio_methods(methods)
+    return methods
 
 
 def check_ratio_methods(methods: list[str]) -> None:
@@ -221,14 +236,7 @@ def run(args) -> int:
         return 0
     knob = "channel_ratio" if args.channel_ratios else "sparsity"
     sparsities = [float(s) for s in (args.channel_ratios or args.sparsities).split(",") if s]
-    methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise TunelessError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
-    if knob == "channel_ratio":
-        if args.methods == ",".join(METHODS):  # the default list: the ones that apply
-            methods = list(RATIO_METHODS)
-        check_ratio_methods(methods)
+    methods = resolve_methods(args.methods, knob)
     out = Path(args.out)
     rows: list[dict] = []
     if args.resume and (out / f"{args.name}.csv").exists():

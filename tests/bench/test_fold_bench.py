@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.suites.fold_bench import training_pad
+from benchmarks.suites.fold_bench import METHODS, RATIO_METHODS, resolve_methods, training_pad
 from tuneless import TunelessError
 from tuneless.checkpoint import save_checkpoint
 from tuneless.cli import main
@@ -157,3 +157,14 @@ def test_channel_ratio_rows_of_the_vgg_sit_beside_the_paper_codes_numbers():
     assert "| fold-ar here − paper's code | +2.5 |" in md
     assert "| fold-r here − paper's code | -0.7 |" in md
     assert "paper's code" not in ratio_markdown([{**r, "weights": "other.pt"} for r in rows])
+
+
+def test_default_rows_are_the_methods_that_apply_to_the_points():
+    assert resolve_methods(None, "sparsity") == list(METHODS)
+    assert resolve_methods(None, "channel_ratio") == list(RATIO_METHODS)
+    # the full list written out is not the default: under channel ratios it is refused
+    with pytest.raises(TunelessError, match="no channel-ratio mode"):
+        resolve_methods(",".join(METHODS), "channel_ratio")
+    assert resolve_methods("fold-ar,,prune-l1", "channel_ratio") == ["fold-ar", "prune-l1"]
+    with pytest.raises(TunelessError, match="unknown method"):
+        resolve_methods("fold-xx", "sparsity")
