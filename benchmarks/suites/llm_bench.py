@@ -4,7 +4,7 @@ perplexity at 10/20/30/40% of decoder-block parameters removed, no fine-tuning.
 Every baseline appears as published and with folding's least-squares repair on the same
 tokens, so "which channels" and "how repaired" separate; every row names its calibration
 source, and data-free rows are marked. "Fold's schedule" is the default fold's: paper-mlp,
-or uniform where paper-mlp cannot remove that much (40%). Calibration tokens are drawn
+or inner-mlp where paper-mlp cannot remove that much (40%). Calibration tokens are drawn
 once per run: the model's own samples ("self", 16 × 128 tokens, fold_llm's default) and
 windows of the Python reference docs ("docs", real text that is not WikiText). The `fold`
 row is the documented one-liner `tuneless.fold(model, sparsity=s)` and includes its own
@@ -58,17 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def schedule_for(model, sparsity: float) -> str:
-    """The schedule the default fold uses at this budget: paper-mlp, or uniform where
-    paper-mlp's untouched layers cap it (tuneless.llm.fold), so the baselines that take
-    folding's schedule take the same one."""
-    from tuneless.llm.engine import plan_for
-    from tuneless.llm.plan import BudgetOutOfReach
+    """The schedule the default fold uses at this budget (tuneless.llm.plan.default_schedule:
+    paper-mlp, or inner-mlp where paper-mlp's untouched layers cap it), so the baselines
+    that take folding's schedule take the same one."""
+    from tuneless.llm.adapters import adapter_for
+    from tuneless.llm.plan import default_schedule
 
-    try:
-        plan_for(model, sparsity=sparsity, schedule="paper-mlp")
-    except BudgetOutOfReach:
-        return "uniform"
-    return "paper-mlp"
+    return default_schedule(adapter_for(model).shapes(model), sparsity)
 
 
 def build(method: str, model, tok, sparsity: float, calib: dict):

@@ -92,6 +92,15 @@ def test_paper_mlp_schedule_keeps_heads():
     assert 0.15 <= 1 - block_params(f) / block_params(m) < 0.17
 
 
+def test_inner_mlp_schedule_leaves_the_first_and_last_layers_whole():
+    m = tiny_llama(layers=8, mlp=64)
+    f = fold_llm(m, sparsity=0.15, schedule="inner-mlp", repair="none")
+    sizes = f.config.tuneless_layer_sizes
+    assert sizes[0] == sizes[-1] == [4, 2, 64]
+    assert all(s[:2] == [4, 2] and s[2] < 64 for s in sizes[1:-1])
+    assert 0.15 <= 1 - block_params(f) / block_params(m) < 0.17
+
+
 def test_dict_schedule_and_generate_with_cache():
     m = tiny_llama()
     f = fold_llm(m, schedule={1: {"heads": 0.5, "mlp": 0.5}})

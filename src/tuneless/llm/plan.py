@@ -13,6 +13,7 @@ from tuneless.budget import bisect
 from tuneless.errors import TunelessError
 
 GQA_MODES = ("kv-groups", "query-heads")
+SCHEDULES = ("inner-mlp", "paper-mlp", "uniform", "paper")
 
 
 class BudgetOutOfReach(TunelessError):
@@ -96,11 +97,25 @@ def paper_ratios(layer: int, n_layers: int) -> tuple[float, float]:
     return 0.0, 0.0
 
 
+# inner-mlp leaves this share of the first layers (at least one) and the last layer whole
+INNER_SKIP = 0.1
+
+
+def inner_layers(n_layers: int) -> range:
+    """The layers schedule "inner-mlp" folds: all but the first round(INNER_SKIP · n) (at
+    least one; the first layers are where a fold hurts most, measured: docs/llm.md) and the last."""
+    first = max(1, round(INNER_SKIP * n_layers))
+    return range(min(first, n_layers - 1), n_layers - 1)
+
+
 def _ratios(
     schedule, n_layers: int, head_ratio, mlp_ratio, scale: float
 ) -> list[tuple[float, float]]:
     if schedule == "uniform":
         return [(min(head_ratio * scale, 0.95), min(mlp_ratio * scale, 0.95))] * n_layers
+    if schedule == "inner-mlp":  # heads kept; one MLP ratio for the inner layers
+        inner = inner_layers(n_layers)
+        return [(0.0, min(scale, 0.95) if i in inner else 0.0) for i in range(n_layers)]
     if schedule in ("paper", "paper-mlp"):  # paper-mlp: the paper's MLP ratios, heads kept
         keep_heads = 0.0 if schedule == "paper-mlp" else 1.0
         return [
@@ -108,7 +123,7 @@ def _ratios(
             for h, m in (paper_ratios(i, n_layers) for i in range(n_layers))
         ]
     raise TunelessError(
-        f"unknown schedule {schedule!r}; use 'uniform', 'paper', 'paper-mlp' or a dict")
+        f"unknown schedule {schedule!r}; use {', '.join(map(repr, SCHEDULES))} or a dict")
 
 
 def _from_dict(schedule: dict, n_layers: int) -> list[tuple[float, float]]:
@@ -161,6 +176,9 @@ def make_plan(
                 layer_plan(s, hh, mm, gqa)
                 for s, (hh, mm) in zip(shapes, _ratios(schedule, n, 0, 0, 1.0))
             ]
+        if schedule == "inner-mlp":  # mlp_ratio= in the inner layers, heads kept
+            return [layer_plan(s, 0.0, mm, gqa)
+                    for s, (_, mm) in zip(shapes, _ratios(schedule, n, 0, 0, m))]
         _ratios(schedule, n, 0.0, 0.0, 1.0)  # rejects unknown schedule names
         return [layer_plan(s, h, m, gqa) for s in shapes]
     if not 0.0 <= sparsity < 0.9:
@@ -223,21 +241,33 @@ def _solve_uniform(shapes, sparsity, head_ratio, gqa) -> list[LayerPlan]:
 
 
 DEFAULT_SCHEDULE = "paper-mlp"  # measured: docs/llm.md "Defaults"
+# where paper-mlp's untouched layers cap it (about 38% of SmolLM2's block parameters):
+# measured better than the uniform schedule there (docs/llm.md "Beyond paper-mlp's reach")
+FALLBACK_SCHEDULE = "inner-mlp"
+
+
+def default_schedule(shapes, sparsity: float, gqa: str = "kv-groups") -> str:
+    """The schedule the defaults use at this budget: paper-mlp, else inner-mlp where
+    paper-mlp cannot remove that much, else uniform."""
+    for name in (DEFAULT_SCHEDULE, FALLBACK_SCHEDULE):
+        try:
+            make_plan(shapes, sparsity=sparsity, schedule=name, gqa=gqa)
+            return name
+        except BudgetOutOfReach:
+            continue
+    return "uniform"
 
 
 def resolve_plan(shapes, *, sparsity=None, schedule=None, head_ratio=None, mlp_ratio=None,
                  gqa="kv-groups") -> list[LayerPlan]:
     """Per-layer sizes with the default schedule when none is given (in memory and
-    streamed alike): the paper's MLP schedule, or the uniform one when ratios are given,
-    no sparsity is (nothing to scale), or paper-mlp cannot remove that much (its untouched
-    layers cap it)."""
+    streamed alike): `default_schedule`'s, or the uniform one when ratios are given or no
+    sparsity is (nothing to scale)."""
     if schedule is not None:
         return make_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
                          mlp_ratio=mlp_ratio, gqa=gqa)
     if (head_ratio, mlp_ratio) != (None, None) or sparsity is None:
         return make_plan(shapes, sparsity=sparsity, schedule="uniform", head_ratio=head_ratio,
                          mlp_ratio=mlp_ratio, gqa=gqa)
-    try:
-        return make_plan(shapes, sparsity=sparsity, schedule=DEFAULT_SCHEDULE, gqa=gqa)
-    except BudgetOutOfReach:
-        return make_plan(shapes, sparsity=sparsity, schedule="uniform", gqa=gqa)
+    return make_plan(shapes, sparsity=sparsity, schedule=default_schedule(shapes, sparsity, gqa),
+                     gqa=gqa)

@@ -24,7 +24,7 @@ from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.fold import DEFAULT_REPAIR
-from tuneless.llm.plan import LayerPlan, Shape, resolve_plan
+from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import write_modeling
 from tuneless.llm.stream_shell import split_layer_keys
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", type=Path)
     ap.add_argument("dst", type=Path)
     ap.add_argument("--sparsity", type=float, default=0.2)
-    ap.add_argument("--schedule", default=None, choices=("paper-mlp", "uniform", "paper"),
+    ap.add_argument("--schedule", default=None, choices=SCHEDULES,
                     help="per-layer ratios (default: paper-mlp, as in memory)")
     ap.add_argument("--gqa", default="kv-groups")
     ap.add_argument("--kmeans-dim", type=int, default=128)
