@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from latency import CHECKPOINTS, _ort_runner, _torch_runner, interleaved  # noqa: E402
 
-import tuneless.budget as budget  # noqa: E402
 from tuneless.evaluate import batch_of, count_flops  # noqa: E402
 from tuneless.export import fuse_conv_bn  # noqa: E402
+from tuneless.graph import find_groups  # noqa: E402
 from tuneless.methods.fold import fold  # noqa: E402
 from tuneless.modelio import load_model  # noqa: E402
 from tuneless.provenance import stamp, stamp_markdown  # noqa: E402
@@ -31,18 +31,9 @@ from tuneless.provenance import stamp, stamp_markdown  # noqa: E402
 
 def fold_to_widths(model, x, widths: dict[int, int]):
     """The fold keeping widths[n] channels of every reducible group of n channels."""
-    def fixed(model, graph, ratio, min_channels=1, round_to=1):
-        kept = {g.id: widths.get(g.n, g.n) for g in graph.reducible}
-        before = budget.param_count(model, graph)
-        after = budget.param_count(model, graph, kept)
-        return budget.Budget(kept, ratio, 1 - after / before, before, after, None)
-
-    uniform = budget.budget_for_ratio
-    budget.budget_for_ratio = fixed  # fold(channel_ratio=…) asks this for the widths
-    try:
-        return fold(model, channel_ratio=0.5, example_inputs=x)
-    finally:
-        budget.budget_for_ratio = uniform
+    graph = find_groups(model, x)
+    return fold(model, example_inputs=x,
+                channels={g.id: widths[g.n] for g in graph.reducible if g.n in widths})
 
 
 def main() -> int:

@@ -213,6 +213,32 @@ def test_bad_arguments_raise_tuneless_error(kwargs, message):
         fold(model, example_inputs=X32, **kwargs)
 
 
+def test_explicit_widths_fold_the_named_groups_and_leave_the_rest_whole():
+    from tuneless.graph import find_groups
+
+    model = build_model("resnet20").eval()
+    graph = find_groups(model, X32)
+    narrow = [g for g in graph.reducible if g.n == 16]
+    wide = [g for g in graph.reducible if g.n == 64]
+    # keys as from the CLI's JSON (strings) or Python (ints)
+    small = fold(model, channels={str(narrow[0].id): 8, wide[0].id: 40}, example_inputs=X32)
+    kept = small.tuneless_report["kept"]
+    assert kept[str(narrow[0].id)] == 8 and kept[str(wide[0].id)] == 40
+    assert all(kept[str(g.id)] == g.n for g in graph.reducible if g not in (narrow[0], wide[0]))
+    assert small(X32).shape == model(X32).shape
+    assert small.tuneless_report["requested_sparsity"] is None
+    fixed = next(g.id for g in graph.groups if g.fixed)
+    for channels, message in [({fixed: 2}, "is fixed"), ({10_000: 2}, "does not exist"),
+                              ({narrow[0].id: 17}, "cannot keep 17"), ({"x": 2}, "integer"),
+                              ({narrow[0].id: 0}, "whole number"), ({}, "non-empty")]:
+        with pytest.raises(TunelessError, match=message):
+            fold(model, channels=channels, example_inputs=X32)
+    with pytest.raises(TunelessError, match="not both"):
+        fold(model, sparsity=0.3, channels={narrow[0].id: 8}, example_inputs=X32)
+    with pytest.raises(TunelessError, match="round_to"):
+        fold(model, channels={narrow[0].id: 8}, round_to=8, example_inputs=X32)
+
+
 def test_fold_r_reestimates_bn_from_data():
     model = _randomise_bn(build_model("resnet20"))
     data = torch.randn(64, 3, 32, 32)

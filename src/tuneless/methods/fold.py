@@ -54,6 +54,9 @@ class FoldOptions:
     n_init: int | str = "auto"
     min_channels: int = 1
     round_to: int = 1  # channel counts rounded to multiples of this (fast kernels); uniform
+    # explicit widths instead of a budget: {group id (as `tuneless inspect` prints it):
+    # channels kept}; the groups not named stay whole (e.g. latency-aware widths)
+    channels: dict | None = None
     max_ratio: float = 0.9  # error allocation: keep at least 10% of every group
     keep_floor: float = 0.5  # error allocation: and at least this share of uniform's count
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
@@ -98,7 +101,8 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     (channel counts in multiples of it, as for prune), max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
     num_images, batch_size, inversion (dict of DeepInversion settings), dir_stats,
-    refit_images, ridge.
+    refit_images, ridge. channels={group id: count} replaces the budget: those groups keep
+    exactly that many channels (ids as `tuneless inspect` prints them), the others stay whole.
     With more than one torch thread the channel groups are clustered side by side (the
     same partitions as on one thread; `cluster_groups`).
     """
@@ -125,7 +129,11 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         raise TunelessError(f"unknown fold option(s): {', '.join(sorted(unknown))}")
     check_dataclass(FoldOptions, {"repair": repair, **options}, "fold")
     opts = FoldOptions(sparsity=sparsity, channel_ratio=channel_ratio, repair=repair, **options)
-    if (sparsity is None) == (channel_ratio is None):
+    if opts.channels is not None:
+        if sparsity is not None or channel_ratio is not None:
+            raise TunelessError("give channels= or a budget (sparsity / channel_ratio), not both")
+        opts.channels = _channel_counts(opts.channels)
+    elif (sparsity is None) == (channel_ratio is None):
         raise TunelessError("give exactly one of sparsity or channel_ratio")
     for name in ("sparsity", "channel_ratio"):
         v = getattr(opts, name)
@@ -148,6 +156,9 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         raise TunelessError(f"round_to must be an integer ≥ 1, got {opts.round_to!r}")
     if opts.allocation == "error" and opts.round_to != 1:
         raise TunelessError("round_to applies to allocation='uniform' only")
+    if opts.channels is not None and (opts.allocation == "error" or opts.round_to != 1):
+        raise TunelessError("channels= fixes the widths: it takes neither allocation='error' "
+                            "nor round_to")
     if opts.allocation == "error" and opts.sparsity is None:
         raise TunelessError("allocation='error' needs a sparsity (a global parameter budget)")
     if not 0.0 < opts.max_ratio < 1.0:
@@ -183,7 +194,12 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
 
     feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
              for g in graph.reducible}
-    if opts.allocation == "error":
+    if opts.channels is not None:
+        kept = _named_widths(graph, opts.channels)
+        count = param_counter(model, graph)
+        before, after = count(None), count(kept)
+        achieved, ratio = 1 - after / before, None
+    elif opts.allocation == "error":
         from tuneless.allocation import error_allocation
 
         uniform = solve(model, graph, opts.sparsity, opts.min_channels).kept
@@ -225,6 +241,39 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
     }
     return new
+
+
+def _channel_counts(channels) -> dict[int, int]:
+    """{group id: count} from a dict whose keys may be digit strings (JSON from the CLI)."""
+    if not isinstance(channels, dict) or not channels:
+        raise TunelessError("channels must be a non-empty {group id: channels kept} dict, "
+                            f"got {channels!r}")
+    out = {}
+    for key, val in channels.items():
+        try:
+            gid = int(key)
+        except (TypeError, ValueError):
+            raise TunelessError(f"channels: group id {key!r} is not an integer "
+                                "(`tuneless inspect` lists the ids)") from None
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise TunelessError(f"channels: group {gid} must keep a whole number ≥ 1 of "
+                                f"channels, got {val!r}")
+        out[gid] = val
+    return out
+
+
+def _named_widths(graph, channels: dict[int, int]) -> dict[int, int]:
+    """Every reducible group's kept count: as named in `channels`, else all of it."""
+    reducible = {g.id: g for g in graph.reducible}
+    for gid, k in channels.items():
+        if gid not in reducible:
+            why = "is fixed" if any(g.id == gid for g in graph.groups) else "does not exist"
+            raise TunelessError(f"channels: group {gid} {why} (`tuneless inspect` lists the "
+                                "reducible groups)")
+        if k > reducible[gid].n:
+            raise TunelessError(f"channels: group {gid} has {reducible[gid].n} channels, "
+                                f"cannot keep {k}")
+    return {gid: channels.get(gid, g.n) for gid, g in reducible.items()}
 
 
 MAX_CLUSTER_WORKERS = 8
