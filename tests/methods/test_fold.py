@@ -230,7 +230,8 @@ def test_explicit_widths_fold_the_named_groups_and_leave_the_rest_whole():
     fixed = next(g.id for g in graph.groups if g.fixed)
     for channels, message in [({fixed: 2}, "is fixed"), ({10_000: 2}, "does not exist"),
                               ({narrow[0].id: 17}, "cannot keep 17"), ({"x": 2}, "integer"),
-                              ({narrow[0].id: 0}, "whole number"), ({}, "non-empty")]:
+                              ({2.5: 2}, "integer"), ({narrow[0].id: 0}, "whole number"),
+                              ({}, "non-empty")]:
         with pytest.raises(TunelessError, match=message):
             fold(model, channels=channels, example_inputs=X32)
     with pytest.raises(TunelessError, match="not both"):

@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dst", type=Path)
     ap.add_argument("--sparsity", type=float, default=0.2)
     ap.add_argument("--schedule", default=None, choices=SCHEDULES,
-                    help="per-layer ratios (default: paper-mlp, as in memory)")
+                    help="per-layer ratios (default: paper-mlp, inner-mlp beyond its reach, as "
+                         "in memory)")
     ap.add_argument("--gqa", default="kv-groups")
     ap.add_argument("--kmeans-dim", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)

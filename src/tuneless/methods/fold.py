@@ -250,11 +250,11 @@ def _channel_counts(channels) -> dict[int, int]:
                             f"got {channels!r}")
     out = {}
     for key, val in channels.items():
-        try:
-            gid = int(key)
-        except (TypeError, ValueError):
+        if not ((isinstance(key, int) and not isinstance(key, bool))
+                or (isinstance(key, str) and key.isdigit())):
             raise TunelessError(f"channels: group id {key!r} is not an integer "
-                                "(`tuneless inspect` lists the ids)") from None
+                                "(`tuneless inspect` lists the ids)")
+        gid = int(key)
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise TunelessError(f"channels: group {gid} must keep a whole number ≥ 1 of "
                                 f"channels, got {val!r}")
