@@ -90,3 +90,18 @@ def test_fold_self_needs_no_data_and_refits_on_synthesised_images(tmp_path, caps
     small.eval(), same.eval(), naive.eval()
     assert torch.allclose(small(x), same(x), atol=1e-5)  # the API's fold-self, refitted
     assert not torch.allclose(small(x), naive(x), atol=1e-3)
+
+
+def test_explicit_widths_from_the_command_line(tmp_path, capsys):
+    from tuneless.graph import find_groups
+
+    model, path = _checkpoint(tmp_path, augment=False)
+    x = torch.randn(2, 1, 28, 28)
+    group = find_groups(model, x).reducible[0]
+    out = tmp_path / "w.pt"
+    rc = main(["compress", str(path), "--method", "fold-ar", "-o", str(out),
+               "--option", f'channels={{"{group.id}": 3}}'])
+    assert rc == 0, capsys.readouterr().err
+    assert load(out).tuneless_report["kept"][str(group.id)] == 3
+    rc = main(["compress", str(path), "--method", "fold-ar", "-o", str(tmp_path / "x.pt")])
+    assert rc != 0 and "channels" in capsys.readouterr().err

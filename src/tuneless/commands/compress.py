@@ -79,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     if Path(args.out).resolve() == Path(args.model).resolve():
         raise TunelessError("-o would overwrite the input model; choose another path")
-    if args.sparsity is None and args.channel_ratio is None:
-        raise TunelessError("give --sparsity (fraction of parameters) or --channel-ratio")
+    options = parse_options(args.option)
+    if args.sparsity is None and args.channel_ratio is None and "channels" not in options:
+        raise TunelessError("give --sparsity (fraction of parameters), --channel-ratio, or "
+                            "--option channels='{\"GROUP\": COUNT}' (ids from tuneless inspect)")
     from tuneless.commands.compress_llm import run_llm
     from tuneless.distributed import init_from_env, is_main
     from tuneless.llm.source import is_llm_source
@@ -88,9 +90,8 @@ def run(args: argparse.Namespace) -> int:
     # under torchrun: every rank calibrates on its share of the data; rank 0 writes
     init_from_env(getattr(args, "device", None) or "cpu")
     if is_llm_source(args.model):  # HF folder, GGUF file, Hub id or "smollm2"
-        return run_llm(args, parse_options(args.option))
+        return run_llm(args, options)
     method = get_method(args.method)
-    options = parse_options(args.option)
     check_options(args.method, options)
     model, x = load_from_args(args)
     data = _test_data(args, model)
