@@ -194,18 +194,9 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
 
     feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
              for g in graph.reducible}
-    if opts.channels is not None:
-        kept = _named_widths(graph, opts.channels)
-        count = param_counter(model, graph)
-        before, after = count(None), count(kept)
-        achieved, ratio = 1 - after / before, None
-    elif opts.allocation == "error":
-        from tuneless.allocation import error_allocation
-
-        uniform = solve(model, graph, opts.sparsity, opts.min_channels).kept
-        floor = {gid: math.ceil(opts.keep_floor * k) for gid, k in uniform.items()}
-        kept = error_allocation(model, graph, feats, opts.sparsity, max_ratio=opts.max_ratio,
-                                min_channels=opts.min_channels, seed=opts.seed, floor=floor)
+    if opts.channels is not None or opts.allocation == "error":  # widths, then their count
+        kept = (_named_widths(graph, opts.channels) if opts.channels is not None
+                else _error_widths(model, graph, feats, opts))
         count = param_counter(model, graph)
         before, after = count(None), count(kept)
         achieved, ratio = 1 - after / before, None
@@ -241,6 +232,17 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
     }
     return new
+
+
+def _error_widths(model: nn.Module, graph, feats: dict, opts: FoldOptions) -> dict[int, int]:
+    """Per-group widths of the error allocation, each kept at keep_floor × its uniform count."""
+    from tuneless.allocation import error_allocation
+    from tuneless.budget import solve
+
+    uniform = solve(model, graph, opts.sparsity, opts.min_channels).kept
+    floor = {gid: math.ceil(opts.keep_floor * k) for gid, k in uniform.items()}
+    return error_allocation(model, graph, feats, opts.sparsity, max_ratio=opts.max_ratio,
+                            min_channels=opts.min_channels, seed=opts.seed, floor=floor)
 
 
 def _channel_counts(channels) -> dict[int, int]:
