@@ -249,13 +249,18 @@ FALLBACK_SCHEDULE = "inner-mlp"
 def default_schedule(shapes, sparsity: float, gqa: str = "kv-groups") -> str:
     """The schedule the defaults use at this budget: paper-mlp, else inner-mlp where
     paper-mlp cannot remove that much, else uniform."""
+    return _default_plan(shapes, sparsity, gqa)[0]
+
+
+def _default_plan(shapes, sparsity: float, gqa: str) -> tuple[str, list[LayerPlan]]:
+    """(schedule name, its plan): the first of paper-mlp, inner-mlp, uniform that can
+    remove `sparsity`, each plan solved once."""
     for name in (DEFAULT_SCHEDULE, FALLBACK_SCHEDULE):
         try:
-            make_plan(shapes, sparsity=sparsity, schedule=name, gqa=gqa)
-            return name
+            return name, make_plan(shapes, sparsity=sparsity, schedule=name, gqa=gqa)
         except BudgetOutOfReach:
             continue
-    return "uniform"
+    return "uniform", make_plan(shapes, sparsity=sparsity, schedule="uniform", gqa=gqa)
 
 
 def resolve_plan(shapes, *, sparsity=None, schedule=None, head_ratio=None, mlp_ratio=None,
@@ -269,5 +274,4 @@ def resolve_plan(shapes, *, sparsity=None, schedule=None, head_ratio=None, mlp_r
     if (head_ratio, mlp_ratio) != (None, None) or sparsity is None:
         return make_plan(shapes, sparsity=sparsity, schedule="uniform", head_ratio=head_ratio,
                          mlp_ratio=mlp_ratio, gqa=gqa)
-    return make_plan(shapes, sparsity=sparsity, schedule=default_schedule(shapes, sparsity, gqa),
-                     gqa=gqa)
+    return _default_plan(shapes, sparsity, gqa)[1]
