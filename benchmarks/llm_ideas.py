@@ -1,6 +1,8 @@
 """Ideas for better data-free LLM folding, measured on SmolLM2-135M at 20% of block
 parameters (issue 20 item 3). Each prints one JSON line per setting: WikiText-2 perplexity
 on the first 2,048 test tokens (dense 29.92) and CPU seconds of the fold. One thread.
+`--model FILE_OR_FOLDER` first runs an experiment on another model (loaded as
+benchmarks/llm_other_family.py loads it; its dense perplexity measured first).
 
     python benchmarks/llm_ideas.py allocation '{"norm": "rel"}' '{"norm": "errt"}'
     python benchmarks/llm_ideas.py sampling '{"temperature": 0.7}' '{"top_p": 0.9}'
@@ -8,6 +10,10 @@ on the first 2,048 test tokens (dense 29.92) and CPU seconds of the fold. One th
     python benchmarks/llm_ideas.py refit-lambda '{"layers": [12, 16, 20, 24]}'
     python benchmarks/llm_ideas.py producers '{"lam": 1.0}' '{"lam": 0.1}'
     python benchmarks/llm_ideas.py merge-weights '{"mode": "rmscol"}' '{"mode": "rms"}'
+    python benchmarks/llm_ideas.py obs '{"mode": "select"}' \
+        '{"mode": "centers", "allocation": "global"}'
+    python benchmarks/llm_ideas.py select '{"seed": 0, "candidates": [{"schedule": \
+        "paper-mlp"}, {"schedule": "inner-mlp"}, {"schedule": "inner-mlp", "seed": 1}]}'
     python benchmarks/llm_ideas.py in-domain '{"samples": 16, "len": 128, "seed": 0}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
@@ -27,6 +33,8 @@ producers: before each layer's consumer refit, every producer (q/k/v, gate/up) r
 merge-weights: a merged MLP channel's gate/up rows are its members' rows weighted by
   their contribution scale ("rmscol": activation RMS × down_proj column norm; "rms": RMS
   alone) instead of the plain mean; down_proj columns still summed, then the refit.
+select: whether the folded model's perplexity on other self-generated sequences (no data)
+  ranks candidate folds (schedules, k-means seeds) as WikiText-2 does.
 in-domain: the upper reference for the calibration text: the same fold and refit
   (repair="refit") on WikiText-2 itself, `samples` windows of `len` tokens drawn (seeded)
   from the test split after its first 4,096 tokens, disjoint from the 2,048 evaluated.
@@ -117,13 +125,24 @@ def main(argv: list[str]) -> int:
     from tuneless.llm.refit import _special_ids, self_generated
 
     torch.set_num_threads(1)
+    model_path = None
+    if argv[:1] == ["--model"]:  # another model (a .gguf file or a folder): llm_other_family
+        model_path, argv = argv[1], argv[2:]
     what, specs = argv[0], [json.loads(s) for s in argv[1:]] or [{}]
-    model, tok = load_smollm2()
+    if model_path is None:
+        model, tok = load_smollm2()
+        dense = 29.92
+    else:
+        from llm_other_family import load
+
+        model, tok = load(model_path)
     if what == "refit-lambda":
         for o in specs:
             _refit_lambda(model, o.get("layers", [12, 16, 20, 24]))
         return 0
     ids = tokenize(tok, read_text(WIKITEXT2_TEST))
+    if model_path is not None:
+        dense = perplexity_of_ids(model, ids, 512, 2048, progress=False)
     curves = None
     ratios = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
     for o in specs:
@@ -162,6 +181,13 @@ def main(argv: list[str]) -> int:
             small = _with_producer_refit(model, seed, o.get("lam", 1.0))
         elif what == "merge-weights":
             small = _with_merge_weights(model, seed, o.get("mode", "rmscol"))
+        elif what == "obs":
+            small = _obs_prune(model, seed, o.get("mode", "select"),
+                               o.get("allocation", "paper-mlp"), damp=o.get("damp", 0.01),
+                               block=o.get("block", 8), cap=o.get("cap", 0.75))
+        elif what == "select":
+            _selection_proxy(model, ids, dense, seed, o["candidates"], o.get("held_out", 8))
+            continue
         elif what == "in-domain":
             n, length = o.get("samples", 16), o.get("len", 128)
             g = torch.Generator().manual_seed(seed)
@@ -173,7 +199,7 @@ def main(argv: list[str]) -> int:
         cpu = time.process_time() - cpu
         p = perplexity_of_ids(small, ids, 512, 2048, progress=False)
         print(json.dumps({"experiment": what, **o, "ppl": round(p, 2),
-                          "x_dense": round(p / 29.92, 3), "cpu_s": round(cpu, 1),
+                          "x_dense": round(p / dense, 3), "cpu_s": round(cpu, 1),
                           "layer_sizes": small.tuneless_report.get("layer_sizes")
                           if what == "allocation" else None}), flush=True)
     return 0
@@ -313,6 +339,134 @@ def _with_merge_weights(model, seed, mode):
         return tuneless.fold(model, sparsity=0.2, seed=seed)
     finally:
         fold_module.fold_decisions = plain
+
+
+def _selection_proxy(model, ids, dense, seed, candidates, held_out):
+    """Is a data-free score good enough to choose between folds? Each candidate (fold options)
+    is folded with the self-repair on the same 16×128 self-generated tokens; printed: its
+    perplexity on `held_out` other self-generated sequences (no data) and on WikiText-2."""
+    import tuneless
+    from tuneless.llm.perplexity import perplexity_of_ids
+    from tuneless.llm.refit import self_generated
+
+    calib = self_generated(model, None, 16, 128, seed)
+    other = self_generated(model, None, held_out, 128, seed + 7919)
+    base = perplexity_of_ids(model, other.flatten(), 128, progress=False)
+    for c in candidates:
+        cpu = time.process_time()
+        small = tuneless.fold(model, sparsity=0.2, repair="refit", data=calib,
+                              **{"seed": seed, **c})
+        cpu = time.process_time() - cpu
+        self_ppl = perplexity_of_ids(small, other.flatten(), 128, progress=False)
+        p = perplexity_of_ids(small, ids, 512, 2048, progress=False)
+        print(json.dumps({"experiment": "select", "calib_seed": seed, **c,
+                          "self_ppl": round(self_ppl, 3), "dense_self_ppl": round(base, 3),
+                          "ppl": round(p, 2), "x_dense": round(p / dense, 3),
+                          "cpu_s": round(cpu, 1)}), flush=True)
+
+
+def _obs_order(h, d, cap, block, damp):
+    """Greedy structured-OBS removal order of one layer's MLP channels (h: second moment of
+    the down_proj inputs, d: down_proj weight) and each removed channel's cost: the output
+    error its removal adds once the kept channels' columns are re-solved by least squares.
+    Channels leave `block` at a time (joint cost and update) up to `cap` removed."""
+    n = h.shape[0]
+    h = h + damp * h.diagonal().mean() * torch.eye(n, dtype=h.dtype)
+    hinv, dw = torch.linalg.inv(h), d.double().clone()
+    alive = torch.ones(n, dtype=torch.bool)
+    order, costs = [], []
+    while len(order) < cap:
+        b = min(block, cap - len(order))
+        score = dw.pow(2).sum(0) / hinv.diagonal().clamp(min=1e-30)
+        score[~alive] = float("inf")
+        sel = torch.topk(score, b, largest=False).indices
+        inv_s = torch.linalg.inv(hinv[sel][:, sel])
+        cost = float(((dw[:, sel] @ inv_s) * dw[:, sel]).sum())
+        dw -= dw[:, sel] @ inv_s @ hinv[sel, :]
+        hinv -= hinv[:, sel] @ inv_s @ hinv[sel, :]
+        hinv[sel, :], hinv[:, sel], dw[:, sel] = 0, 0, 0
+        alive[sel] = False
+        order += sel.tolist()
+        costs += [cost / b] * b
+    return order, costs
+
+
+def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, sparsity=0.2):
+    """Structured OBS (SlimGPT / ZipLM-style) on the MLP channels, data-free on the
+    self-generated tokens, then the default repair. mode "select": prune the removed
+    channels; "centers": fold each removed channel into the kept channel whose activation
+    correlates most with it (a fold whose cluster centres OBS chose); "kmeans": the default
+    fold (only the allocation changes). allocation: "paper-mlp" | "inner-mlp" | "global"
+    (every layer's OBS costs divided by the energy of the residual stream it writes to, one
+    ranking over all layers, at most `cap` of a layer's channels)."""
+    from tuneless.decisions import merge, selection
+    from tuneless.llm import block_params
+    from tuneless.llm.activation_stats import _moments, collect_stats
+    from tuneless.llm.adapters import adapter_for
+    from tuneless.llm.decide import fold_decisions
+    from tuneless.llm.engine import reduce_llm
+    from tuneless.llm.fold import _plans, calibration_ids, repair_reduced
+
+    ad = adapter_for(model)
+    layers = ad.layers(model)
+    calib = calibration_ids(model, "self", None, None, 16, 128, seed)
+    full = {"q": False, "gate": False, "o": False, "down": True}
+    moments = [m["down"].mean() for m in _moments(model, calib, full, 16, False)]
+    downs = [ad.projections(layer)["down"].weight for layer in layers]
+    n = moments[0].shape[0]
+    limit = int(cap * n)
+    orders = [_obs_order(h, d, limit, block, damp) for h, d in zip(moments, downs)]
+    if allocation == "global":
+        energy = {}
+        hooks = [layer.register_forward_hook(
+            lambda _m, _a, out, i=i: energy.__setitem__(
+                i, (out[0] if isinstance(out, tuple) else out).double().pow(2).sum(-1).mean()))
+            for i, layer in enumerate(layers)]
+        with torch.no_grad():
+            model(input_ids=calib, use_cache=False)
+        for hk in hooks:
+            hk.remove()
+        hidden = downs[0].shape[0]
+        total = round(sparsity * block_params(model) / (3 * hidden))
+        ranked = []
+        for i, (_, costs) in enumerate(orders):
+            c = torch.tensor(costs).cummax(0).values / float(energy[i])
+            ranked += [(float(x), i) for x in c]
+        ranked.sort()
+        removed = [0] * len(layers)
+        for _, i in ranked[:total]:
+            removed[i] += 1
+        schedule = {i: (0.0, r / n) for i, r in enumerate(removed)}
+        plans = _plans(model, None, schedule, None, None, "kv-groups")
+        print(json.dumps({"removed": removed}), flush=True)
+    else:
+        plans = _plans(model, sparsity, allocation, None, None, "kv-groups")
+    stats = collect_stats(model, calib) if mode == "kmeans" else None
+
+    def decide(i, groups, shape, plan):
+        k = plan.n_mlp
+        if mode == "kmeans":
+            return fold_decisions(ad, model, groups, shape, plan, seed=seed + 1000 * i,
+                                  refine=False, stats=stats[i])
+        order = orders[i][0]
+        if n - k > len(order):
+            raise SystemExit(f"layer {i}: the plan removes more than the cap")
+        gone = torch.tensor(order[:n - k], dtype=torch.long)
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[gone] = False
+        kept = keep.nonzero().flatten()
+        if mode == "select":
+            return {groups.mlp.id: selection(kept, n)}
+        h = moments[i]
+        dg = h.diagonal().clamp(min=1e-30).sqrt()
+        corr = h / dg[:, None] / dg[None, :]
+        labels = torch.empty(n, dtype=torch.long)
+        labels[kept] = torch.arange(len(kept))
+        labels[gone] = corr[gone][:, kept].argmax(1)
+        return {groups.mlp.id: merge(labels, len(kept))}
+
+    small = reduce_llm(model, plans, decide, desc="obs")
+    return repair_reduced(model, small, "self", calib=calib, refit_lambda=3.0)
 
 
 if __name__ == "__main__":
