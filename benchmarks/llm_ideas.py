@@ -412,10 +412,15 @@ def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, spar
     calib = calibration_ids(model, "self", None, None, 16, 128, seed)
     full = {"q": False, "gate": False, "o": False, "down": True}
     moments = [m["down"].mean() for m in _moments(model, calib, full, 16, False)]
-    downs = [ad.projections(layer)["down"].weight for layer in layers]
+    downs = [ad.projections(layer)["down"].weight.detach() for layer in layers]
     n = moments[0].shape[0]
     limit = int(cap * n)
-    orders = [_obs_order(h, d, limit, block, damp) for h, d in zip(moments, downs)]
+    if allocation != "global":
+        plans = _plans(model, sparsity, allocation, None, None, "kv-groups")
+        limits = [n - p.n_mlp for p in plans]
+    else:
+        limits = [limit] * len(layers)
+    orders = [_obs_order(h, d, m, block, damp) for h, d, m in zip(moments, downs, limits)]
     if allocation == "global":
         energy = {}
         hooks = [layer.register_forward_hook(
@@ -439,8 +444,6 @@ def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, spar
         schedule = {i: (0.0, r / n) for i, r in enumerate(removed)}
         plans = _plans(model, None, schedule, None, None, "kv-groups")
         print(json.dumps({"removed": removed}), flush=True)
-    else:
-        plans = _plans(model, sparsity, allocation, None, None, "kv-groups")
     stats = collect_stats(model, calib) if mode == "kmeans" else None
 
     def decide(i, groups, shape, plan):

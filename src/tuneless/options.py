@@ -32,6 +32,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "ridge": (0, None),
     "keep_floor": (0, 1),
     "stream_share": (0, 1),
+    "damp": (0, None),
+    "block": (1, None),
 }
 # string values an option may take when its type also allows a number
 STRING_CHOICES: dict[str, tuple[str, ...]] = {"n_init": ("auto",)}

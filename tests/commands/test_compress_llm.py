@@ -94,6 +94,11 @@ def test_baselines_through_the_cli(tmp_path, capsys):
     assert main(["compress", str(tmp_path / "dense"), "--method", "magnitude", "--sparsity",
                  "0.3", "-o", str(tmp_path / "small")]) == 0
     assert torch.isfinite(_logits(tmp_path / "small")).all()
+    # structured OBS, data-free on the model's own samples (BOS from the config)
+    assert main(["compress", str(tmp_path / "dense"), "--method", "obs", "--sparsity", "0.3",
+                 "--option", "calib_samples=2", "--option", "calib_len=8",
+                 "-o", str(tmp_path / "obs")]) == 0
+    assert torch.isfinite(_logits(tmp_path / "obs")).all()
     capsys.readouterr()
     # factored projections would be a folder nothing can load: refused, nothing written
     assert main(["compress", str(tmp_path / "dense"), "--method", "svd", "--sparsity", "0.3",

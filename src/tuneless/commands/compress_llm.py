@@ -21,6 +21,7 @@ LLM_METHODS = {
     "prune-l2": ("prune", {"criterion": "l2"}),
     "wanda-sp": ("prune", {"criterion": "wanda-sp"}),
     "flap": ("prune", {"criterion": "flap"}),
+    "obs": ("prune", {"criterion": "obs"}),
 }
 # svd of a decoder gives two Linears per projection: no transformers class loads that, so the
 # command line does not write it (tuneless.svd(llm, sparsity=) from Python does it in memory)

@@ -18,6 +18,7 @@ _LAZY = {
     "magnitude_prune_llm": "tuneless.llm.prune",
     "wanda_sp_llm": "tuneless.llm.prune",
     "flap_llm": "tuneless.llm.flap",
+    "obs_prune_llm": "tuneless.llm.obs",
     "svd_llm": "tuneless.llm.svd",
     "perplexity": "tuneless.llm.perplexity",
     "load_gguf": "tuneless.llm.gguf",

@@ -38,8 +38,9 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
 
     Language models (Hugging Face decoders): criterion "l2" / "magnitude" (data-free, L2 norm
     of every weight a head or MLP channel owns), "wanda-sp" or "flap" (tuneless.llm.flap;
-    both need data= token-id batches or tokenizer=); sparsity is the fraction of
-    decoder-block parameters, and llm_options (schedule, head_ratio, mlp_ratio, gqa,
+    both need data= token-id batches or tokenizer=), "obs" (structured OBS with folding's
+    repair, tuneless.llm.obs; data-free on self-generated tokens by default); sparsity is
+    the fraction of decoder-block parameters, and llm_options (schedule, head_ratio, mlp_ratio, gqa,
     tokenizer, ...) go to tuneless.llm.
     """
     from tuneless.budget import budget_for_ratio, solve
@@ -49,7 +50,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     from tuneless.reduce import reduce
 
     if is_hf_causal_lm(model):
-        return _prune_llm(model, sparsity, channel_ratio, criterion, data, llm_options)
+        return _prune_llm(model, sparsity, channel_ratio, criterion, data, seed, llm_options)
     if llm_options:
         raise TunelessError(f"unknown prune option(s): {', '.join(sorted(llm_options))}")
     check_model(model, f"prune-{criterion}")
@@ -91,11 +92,11 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     return new
 
 
-LLM_CRITERIA = ("l2", "magnitude", "wanda-sp", "flap")
+LLM_CRITERIA = ("l2", "magnitude", "wanda-sp", "flap", "obs")
 
 
-def _prune_llm(model, sparsity, channel_ratio, criterion, data, options) -> nn.Module:
-    from tuneless.llm import flap_llm, magnitude_prune_llm, wanda_sp_llm
+def _prune_llm(model, sparsity, channel_ratio, criterion, data, seed, options) -> nn.Module:
+    from tuneless.llm import flap_llm, magnitude_prune_llm, obs_prune_llm, wanda_sp_llm
 
     if channel_ratio is not None:
         raise TunelessError("language models take sparsity= (or head_ratio=/mlp_ratio=), "
@@ -109,6 +110,8 @@ def _prune_llm(model, sparsity, channel_ratio, criterion, data, options) -> nn.M
             else [torch.as_tensor(data)]
         func = wanda_sp_llm if criterion == "wanda-sp" else flap_llm
         return func(model, sparsity, batches=batches, **options)
+    if criterion == "obs":
+        return obs_prune_llm(model, sparsity, data=data, seed=seed, **options)
     raise TunelessError(f"criterion {criterion!r} does not apply to language models; choose "
                         f"one of {', '.join(LLM_CRITERIA)}")
 

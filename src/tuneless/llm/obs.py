@@ -1,0 +1,129 @@
+"""Structured Optimal Brain Surgeon for LLM channels (ZipLM, SlimGPT's selection): the
+strongest pruning baseline folding is measured against; data-free on self-generated tokens
+by default.
+
+Removing a set R of a consumer's input columns (down_proj for MLP channels, o_proj for
+heads) and re-solving the kept columns by least squares on inputs with second moment H
+raises the output error by tr(W_R (H⁻¹_RR)⁻¹ W_Rᵀ), H⁻¹ the inverse over the columns still
+present. Greedily, the units (an MLP channel: one column; a kv group or a query head: its
+o_proj columns) that cost least leave, H⁻¹ and W are updated as if the kept columns had
+been re-solved, and the next ones are scored. The selection only decides which channels
+stay; the kept weights are then refit by folding's least-squares repair
+(tuneless.llm.refit), so folding and this baseline differ only in which channels they keep
+or merge.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tuneless.decisions import selection
+from tuneless.errors import TunelessError
+from tuneless.graph.groups import CONSUMER
+from tuneless.llm.activation_stats import _moments
+from tuneless.llm.adapters import adapter_for
+from tuneless.llm.engine import reduce_llm
+from tuneless.llm.fold import _plans, rank_calibration_ids, repair_reduced
+from tuneless.modelcheck import check_model
+from tuneless.options import check_call
+
+
+@torch.no_grad()
+def obs_order(h: torch.Tensor, w: torch.Tensor, units: torch.Tensor, remove: int, *,
+              block: int = 8, damp: float = 0.01) -> list[int]:
+    """The first `remove` units, in the order greedy structured OBS removes them.
+
+    h: second moment of the consumer's inputs (in × in); w: the consumer's weight (out × in);
+    units: (n, c) the input columns each unit owns; block: units removed per step when a
+    unit is one column (several-column units leave one at a time); damp: ridge added to h,
+    relative to its mean diagonal."""
+    n, c = units.shape
+    if not 0 <= remove < n:
+        raise TunelessError(f"OBS can remove 0 to {n - 1} of {n} units, not {remove}")
+    h = h.double()
+    h = h + damp * float(h.diagonal().mean().clamp(min=1e-30)) * torch.eye(
+        h.shape[0], dtype=h.dtype, device=h.device)
+    hinv, w = torch.linalg.inv(h), w.detach().double().clone()
+    alive = torch.ones(n, dtype=torch.bool)
+    step = block if c == 1 else 1
+    order: list[int] = []
+    while len(order) < remove:
+        idx = units[alive]  # (alive, c)
+        blocks = hinv[idx[:, :, None], idx[:, None, :]]  # (alive, c, c)
+        wu = w[:, idx].permute(1, 0, 2)  # (alive, out, c)
+        cost = (wu @ torch.linalg.inv(blocks) * wu).sum((1, 2))
+        chosen = alive.nonzero().flatten()[torch.topk(cost, min(step, remove - len(order)),
+                                                      largest=False).indices]
+        cols = units[chosen].flatten()
+        inv_s = torch.linalg.inv(hinv[cols][:, cols])
+        w -= w[:, cols] @ inv_s @ hinv[cols, :]
+        hinv -= hinv[:, cols] @ inv_s @ hinv[cols, :]
+        hinv[cols, :], hinv[:, cols], w[:, cols] = 0, 0, 0
+        alive[chosen] = False
+        order += chosen.tolist()
+    return order
+
+
+def _consumer(adapter, layer: int, group):
+    """(short projection name, (n, c) input columns per unit) of a group's one consumer."""
+    slots = [s for s in group.slots if s.kind == CONSUMER]
+    if len(slots) != 1:
+        raise TunelessError(f"OBS needs one consumer per channel group, got {len(slots)}")
+    s = slots[0]
+    short = next((k for k in ("down", "o") if adapter.module_name(layer, k) == s.module), None)
+    if short is None:
+        raise TunelessError(f"OBS: {s.module} is neither a down_proj nor an o_proj")
+    start = s.offset * s.block
+    cols = torch.arange(start, start + group.n * s.block).reshape(group.n, s.block)
+    return short, cols
+
+
+def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=None,
+                  head_ratio: float | None = None, mlp_ratio: float | None = None,
+                  gqa: str = "kv-groups", repair: str | None = "self", tokenizer=None,
+                  data=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
+                  refit_lambda: float = 3.0, damp: float = 0.01, block: int = 8,
+                  progress: bool | None = None) -> nn.Module:
+    """Structured-OBS pruning of MLP channels and heads at the per-layer sizes folding uses
+    (same `schedule` default), then folding's repair (`repair`, default "self": data-free).
+
+    The second moments come from the repair's calibration tokens: the model's own samples
+    ("self" or "none") or `data` / windows of the calibration text ("refit"). Memory: one
+    float64 intermediate × intermediate matrix per layer during the statistics pass."""
+    check_model(model, "obs")
+    adapter = adapter_for(model)
+    check_call(obs_prune_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
+                               "mlp_ratio": mlp_ratio, "seed": seed,
+                               "calib_samples": calib_samples, "calib_len": calib_len,
+                               "refit_lambda": refit_lambda, "damp": damp, "block": block},
+                   "obs")
+    if progress is None:
+        from tuneless.progress import progress_enabled
+
+        progress = progress_enabled()
+    plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa)
+    source = "refit" if repair == "refit" else "self"  # the tokens H is measured on
+    calib = rank_calibration_ids(model, source, tokenizer, data, calib_samples, calib_len,
+                                 seed, show_progress=progress)
+    shapes = adapter.shapes(model)
+    full = {"q": False, "gate": False,
+            "o": any(p.n_q < s.n_q for s, p in zip(shapes, plans)), "down": True}
+    moments = _moments(model, calib, full, 16, progress)
+    layers = adapter.layers(model)
+
+    def decide(i, groups, shape, plan):
+        out = {}
+        for gid, k in adapter.kept(groups, shape, plan).items():
+            g = next(g for g in groups.groups if g.id == gid)
+            short, cols = _consumer(adapter, i, g)
+            weight = adapter.projections(layers[i])[short].weight
+            gone = obs_order(moments[i][short].mean(), weight, cols, g.n - k, block=block,
+                             damp=damp)
+            keep = sorted(set(range(g.n)) - set(gone))
+            out[gid] = selection(keep, g.n)
+        return out
+
+    small = reduce_llm(model, plans, decide, gqa=gqa, desc="obs", show_progress=progress)
+    return repair_reduced(model, small, repair, calib=None if repair in (None, "none", "naive")
+                          else calib, refit_lambda=refit_lambda, progress=progress)
