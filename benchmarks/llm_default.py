@@ -9,6 +9,7 @@ this process.
 
     python benchmarks/llm_default.py                       # the defaults
     python benchmarks/llm_default.py '{"calib_samples": 32}' '{"refine": true}'
+    python benchmarks/llm_default.py '{"method": "obs", "sparsity": 0.3}'   # another budget
 """
 
 from __future__ import annotations
@@ -38,25 +39,26 @@ def main(argv: list[str]) -> int:
         options = json.loads(text)
         call = dict(options)
         method = call.pop("method", "fold")
+        sparsity = call.pop("sparsity", 0.2)
         cpu, wall = time.process_time(), time.perf_counter()
         if method == "fold":
-            small = tuneless.fold(model, sparsity=0.2, **call)
+            small = tuneless.fold(model, sparsity=sparsity, **call)
         elif method == "flap":  # FLAP (adaptive structure, bias compensation) on real text
             from tuneless.llm import flap_llm
 
             call.setdefault("tokenizer", tok)
-            small = flap_llm(model, None if isinstance(call.get("schedule"), dict) else 0.2,
+            small = flap_llm(model, None if isinstance(call.get("schedule"), dict) else sparsity,
                              **call)
         elif method == "svd":  # plain, or SVD-LLM whitening with "whiten": "self" | "data"
             from tuneless.llm import svd_llm
 
             if call.get("whiten") == "data":
                 call.setdefault("tokenizer", tok)
-            small = svd_llm(model, 0.2, **call)
+            small = svd_llm(model, sparsity, **call)
         else:
             if method == "wanda-sp":
                 call.setdefault("tokenizer", tok)
-            small = tuneless.prune(model, sparsity=0.2, criterion=method, **call)
+            small = tuneless.prune(model, sparsity=sparsity, criterion=method, **call)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         p = ppl(small)
         print(json.dumps({"options": options, "ppl": round(p, 2), "x_dense": round(p / dense, 3),

@@ -37,6 +37,8 @@ METHODS = {
     "wanda-sp+self": ("Wanda-sp scores on fold's schedule + the self repair", "docs"),
     "flap": ("FLAP as published: adaptive structure, bias compensation", "docs"),
     "flap+self": ("FLAP metric + bias on fold's schedule + the self repair", "docs"),
+    "obs": ("structured OBS selection (ZipLM/SlimGPT-style) on fold's schedule + the self "
+            "repair, its statistics on the same self-generated text", ""),
     "svd-llm": ("SVD-LLM-style whitened truncation", "docs"),
     "svd-llm-self": ("whitened truncation on self-generated text", ""),
 }
@@ -96,6 +98,8 @@ def build(method: str, model, tok, sparsity: float, calib: dict):
         small = flap_llm(model, sparsity, batches=[docs], structure="uniform",
                          schedule=schedule)
         return _repaired(model, small, self_ids)
+    if method == "obs":
+        return tuneless.prune(model, sparsity=sparsity, criterion="obs")
     if method == "svd-llm":
         return svd_llm(model, sparsity, whiten="data", data=docs)
     if method == "svd-llm-self":
@@ -240,8 +244,9 @@ def _plot(rows, dense, path, used, args) -> None:
     from tuneless.report import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = ["o-", "s--", "^-.", "v:", "D-", "x--", "P-.", "*:", "h-", "<--", ">-."]
-    for style, m in zip(styles, METHODS):
+    styles = ["o-", "s--", "^-.", "v:", "D-", "x--", "P-.", "*:", "h-", "<--", ">-.", "d:"]
+    for i, m in enumerate(METHODS):  # every method a line, none dropped by a short style list
+        style = styles[i % len(styles)]
         pts = sorted((float(r["removed"]), float(r["ppl"])) for r in rows
                      if r["method"] == m and r["ppl"])
         if pts:
