@@ -93,3 +93,19 @@ def test_budget_repair_and_dispatch():
     assert p.tuneless_report["method"] == "obs" and p.tuneless_report["repair"] == "self"
     with pytest.raises(TunelessError, match="damp"):
         obs_prune_llm(m, sparsity=0.2, damp=-1.0)
+
+
+def test_layer_by_layer_moments_equal_the_whole_model_pass():
+    from tuneless.llm.activation_stats import _moments
+    from tuneless.llm.obs import _OriginalStream
+
+    m = tiny_llama(layers=3, mlp=64)
+    ids = torch.randint(0, 97, (20, 16), generator=torch.Generator().manual_seed(0))
+    whole = _moments(m, ids, {"down": True, "o": True}, 16, False)
+    stream = _OriginalStream(m, ids)
+    for i in (0, 2):  # layer 1 is walked through without statistics
+        walked = stream.moments(i, {"down": True, "o": True})
+        for name in ("down", "o"):
+            assert torch.allclose(walked[name].mean(), whole[i][name].mean(), rtol=1e-10)
+    with pytest.raises(TunelessError, match="asked for after"):
+        stream.moments(1, {"down": True})

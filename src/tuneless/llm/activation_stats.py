@@ -56,9 +56,9 @@ def cholesky_factor(second_moment: torch.Tensor, rel_jitter: float = 1e-6) -> to
 
 
 def _watch(adapter, layer: nn.Module, full: dict[str, bool]):
-    """Moments meters on the inputs of a layer's q, gate, o and down projections."""
+    """Moments meters on the inputs of the projections `full` names (of q, gate, o, down)."""
     proj = adapter.projections(layer)
-    meters = {name: Moments(full[name]) for name in ("q", "gate", "o", "down")}
+    meters = {name: Moments(f) for name, f in full.items()}
     return meters, [proj[name].register_forward_pre_hook(m) for name, m in meters.items()]
 
 
@@ -108,20 +108,32 @@ def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
     return [_layer_stats(m) for m in _moments(model, ids, _STATS, batch_size, show_progress)]
 
 
-@torch.no_grad()
 def layer_stats(adapter, layer: nn.Module, hidden: torch.Tensor, kwargs: dict, *,
                 batch_size: int = 16) -> LayerStats:
     """The same statistics for one decoder layer, from the hidden states entering it (the
     streamed fold: layers one at a time, batches as collect_stats runs them)."""
-    meters, handles = _watch(adapter, layer, _STATS)
+    return _layer_stats(layer_moments(adapter, layer, hidden, kwargs, _STATS,
+                                      batch_size=batch_size)[0])
+
+
+@torch.no_grad()
+def layer_moments(adapter, layer: nn.Module, hidden: torch.Tensor, kwargs: dict,
+                  full: dict[str, bool], *, batch_size: int = 16
+                  ) -> tuple[dict[str, Moments], torch.Tensor]:
+    """Moments of the inputs `full` names (full second moments or diagonals) of one decoder
+    layer fed `hidden`, and the layer's output: a model walked one layer at a time holds
+    one layer's statistics, not every layer's."""
+    meters, handles = _watch(adapter, layer, full)
+    outs = []
     try:
         for start in range(0, len(hidden), batch_size):
             part = {k: _rows(v, start, batch_size, len(hidden)) for k, v in kwargs.items()}
-            layer(hidden[start:start + batch_size], **part)
+            out = layer(hidden[start:start + batch_size], **part)
+            outs.append(out[0] if isinstance(out, tuple) else out)
     finally:
         for h in handles:
             h.remove()
-    return _layer_stats(meters)
+    return meters, torch.cat(outs)
 
 
 def _rows(value, start: int, size: int, batch: int):

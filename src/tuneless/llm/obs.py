@@ -21,10 +21,11 @@ from torch import nn
 from tuneless.decisions import selection
 from tuneless.errors import TunelessError
 from tuneless.graph.groups import CONSUMER
-from tuneless.llm.activation_stats import _moments
+from tuneless.llm.activation_stats import layer_moments
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.engine import reduce_llm
 from tuneless.llm.fold import _plans, rank_calibration_ids, repair_reduced
+from tuneless.llm.refit import layer_inputs
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 
@@ -79,6 +80,29 @@ def _consumer(adapter, layer: int, group):
     return short, cols
 
 
+class _OriginalStream:
+    """The uncompressed model's hidden states, walked forward one decoder layer at a time
+    on the calibration tokens, so that only the layer being decided holds its statistics
+    (one intermediate × intermediate matrix, not one per layer). Layers are asked for in
+    increasing order, as reduce_llm decides them."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor) -> None:
+        self.adapter = adapter_for(model)
+        self.layers = self.adapter.layers(model)
+        self.hidden, self.kwargs = layer_inputs(model, ids)
+        self.at = 0
+
+    def moments(self, i: int, full: dict[str, bool]) -> dict:
+        if i < self.at:
+            raise TunelessError(f"layer {i} asked for after layer {self.at - 1}")
+        while self.at <= i:
+            meters, self.hidden = layer_moments(
+                self.adapter, self.layers[self.at], self.hidden, self.kwargs[self.at],
+                full if self.at == i else {})
+            self.at += 1
+        return meters
+
+
 def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=None,
                   head_ratio: float | None = None, mlp_ratio: float | None = None,
                   gqa: str = "kv-groups", repair: str | None = "self", tokenizer=None,
@@ -89,8 +113,9 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     (same `schedule` default), then folding's repair (`repair`, default "self": data-free).
 
     The second moments come from the repair's calibration tokens: the model's own samples
-    ("self" or "none") or `data` / windows of the calibration text ("refit"). Memory: one
-    float64 intermediate × intermediate matrix per layer during the statistics pass."""
+    ("self" or "none") or `data` / windows of the calibration text ("refit"), walked
+    through the uncompressed model one layer at a time (memory: one float64
+    intermediate × intermediate matrix at a time)."""
     check_model(model, "obs")
     adapter = adapter_for(model)
     check_call(obs_prune_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
@@ -106,19 +131,18 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     source = "refit" if repair == "refit" else "self"  # the tokens H is measured on
     calib = rank_calibration_ids(model, source, tokenizer, data, calib_samples, calib_len,
                                  seed, show_progress=progress)
-    shapes = adapter.shapes(model)
-    full = {"q": False, "gate": False,
-            "o": any(p.n_q < s.n_q for s, p in zip(shapes, plans)), "down": True}
-    moments = _moments(model, calib, full, 16, progress)
+    stream = _OriginalStream(model, calib)
     layers = adapter.layers(model)
 
     def decide(i, groups, shape, plan):
         out = {}
+        full = {"o": plan.n_q < shape.n_q, "down": plan.n_mlp < shape.n_mlp}
+        moments = stream.moments(i, {k: True for k, v in full.items() if v})
         for gid, k in adapter.kept(groups, shape, plan).items():
             g = next(g for g in groups.groups if g.id == gid)
             short, cols = _consumer(adapter, i, g)
             weight = adapter.projections(layers[i])[short].weight
-            gone = obs_order(moments[i][short].mean(), weight, cols, g.n - k, block=block,
+            gone = obs_order(moments[short].mean(), weight, cols, g.n - k, block=block,
                              damp=damp)
             keep = sorted(set(range(g.n)) - set(gone))
             out[gid] = selection(keep, g.n)
