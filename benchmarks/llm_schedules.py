@@ -5,6 +5,7 @@ Perplexity on the first 2,048 WikiText-2 test tokens, one thread, one JSON line 
 
     python benchmarks/llm_schedules.py --sparsity 0.3 --seed 0 default inner-mlp spare2 \\
         fill75 uniform-mlp
+    python benchmarks/llm_schedules.py --method obs spare6 spare10   # structured OBS instead
 
 Rows: a library schedule name ("paper-mlp", "inner-mlp", "uniform", "paper"), "default"
 (no schedule given: what `tuneless.fold(model, sparsity=s)` picks), or a shape solved for
@@ -53,6 +54,9 @@ def main() -> int:
     p.add_argument("--sparsity", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help=".gguf or HF folder (default: SmolLM2-135M)")
+    p.add_argument("--method", default="fold", choices=("fold", "obs"),
+                   help="fold (default) or obs: tuneless.prune(criterion='obs') on the same "
+                        "sizes")
     args = p.parse_args()
     import tuneless
     from tuneless.budget import bisect
@@ -87,11 +91,15 @@ def main() -> int:
                            0.0, 3.0)
             kw["schedule"] = {i: (0.0, r) for i, r in enumerate(shape_ratios(kind, n, hi))}
         cpu = time.process_time()
-        small = tuneless.fold(model, **kw)
+        if args.method == "obs":
+            small = tuneless.prune(model, criterion="obs", **kw)
+        else:
+            small = tuneless.fold(model, **kw)
         cpu = time.process_time() - cpu
         ppl = perplexity_of_ids(small, ids, 512, 2048, progress=False)
         mlp = [s[2] for s in getattr(small.config, "tuneless_layer_sizes", [])]
-        print(json.dumps({"row": kind, "sparsity": args.sparsity, "seed": args.seed,
+        print(json.dumps({"row": kind, "method": args.method, "sparsity": args.sparsity,
+                          "seed": args.seed,
                           "ppl": round(ppl, 2), "x_dense": round(ppl / dense, 3),
                           "cpu_s": round(cpu, 1),
                           "removed": round(1 - block_params(small) / block_params(model), 4),
