@@ -179,3 +179,13 @@ def test_every_family_through_the_cli_loads_without_tuneless(family, tmp_path):
     sizes = json.loads((out / "config.json").read_text())["tuneless_layer_sizes"]
     assert len({tuple(s) for s in sizes}) > 1  # per-layer: the paper's MLP schedule
     assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=True), _logits(out))
+
+
+def test_compress_help_names_the_language_model_methods(capsys):
+    from tuneless.commands.compress_llm import LLM_METHODS
+
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "for a language model one of:" in text
+    assert all(m in text for m in LLM_METHODS)

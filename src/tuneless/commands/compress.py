@@ -12,11 +12,14 @@ from tuneless.errors import TunelessError
 
 
 def add_parser(sub) -> None:
+    from tuneless.commands.compress_llm import LLM_METHODS
     from tuneless.methods import REGISTRY
 
     p = sub.add_parser("compress", help="compress a model with one method and save it")
     add_model_arguments(p)
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(REGISTRY)}")
+    p.add_argument("--method", required=True,
+                   help=f"one of: {', '.join(REGISTRY)}; for a language model one of: "
+                        f"{', '.join(LLM_METHODS)}")
     p.add_argument("--sparsity", type=float, help="fraction of parameters to remove")
     p.add_argument("--channel-ratio", type=float,
                    help="fraction of channels removed from every group (instead of --sparsity)")
