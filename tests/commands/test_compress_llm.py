@@ -181,9 +181,10 @@ def test_every_family_through_the_cli_loads_without_tuneless(family, tmp_path):
     assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=True), _logits(out))
 
 
-def test_compress_help_names_the_language_model_methods(capsys):
+def test_compress_help_names_the_language_model_methods(capsys, monkeypatch):
     from tuneless.commands.compress_llm import LLM_METHODS
 
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside hyphenated names
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     text = " ".join(capsys.readouterr().out.split())
