@@ -40,13 +40,27 @@ def test_inner_mlp_with_a_ratio_and_no_budget():
     assert [p.n_mlp for p in plans] == [128] + [64] * 10 + [128]
 
 
+@pytest.mark.parametrize("n, folded", [(30, range(10, 28)), (18, range(6, 17))])
+def test_flat_mlp_folds_paper_mlps_layers_with_one_ratio(n, folded):
+    shapes = [SHAPE] * n
+    flat = make_plan(shapes, sparsity=0.2, schedule="flat-mlp")
+    paper = make_plan(shapes, sparsity=0.2, schedule="paper-mlp")
+    assert [i for i, p in enumerate(flat) if p.n_mlp < 128] == list(folded)
+    assert [i for i, p in enumerate(paper) if p.n_mlp < 128] == list(folded)
+    assert len({flat[i].n_mlp for i in folded}) == 1
+    assert all((p.n_q, p.n_kv) == (4, 2) for p in flat)
+    assert 0.2 <= removed_fraction(shapes, flat) < 0.21
+    by_ratio = make_plan(shapes, sparsity=None, schedule="flat-mlp", mlp_ratio=0.5)
+    assert {by_ratio[i].n_mlp for i in folded} == {64}
+
+
 def test_a_budget_the_inner_layers_cannot_hold_is_refused():
     with pytest.raises(TunelessError, match="cannot remove"):
         make_plan([SHAPE] * 3, sparsity=0.5, schedule="inner-mlp")
 
 
 def test_an_unknown_schedule_is_named_with_the_choices():
-    with pytest.raises(TunelessError, match="'inner-mlp', 'paper-mlp'"):
+    with pytest.raises(TunelessError, match="'inner-mlp', 'flat-mlp', 'paper-mlp'"):
         make_plan([SHAPE] * 4, sparsity=0.2, schedule="zigzag")
 
 

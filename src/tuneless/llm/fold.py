@@ -64,7 +64,8 @@ def fold_llm(
       ratios in every layer; head_ratio defaults to the solved MLP ratio, pass head_ratio=0
       to fold MLPs only), "paper" (heads too), "inner-mlp" (heads kept, one MLP ratio for
       every layer but the first tenth and the last: better than paper-mlp on SmolLM2, far
-      worse on Gemma 3, docs/llm.md), or {layer: (head_ratio, mlp_ratio)}.
+      worse on Gemma 3, docs/llm.md), "flat-mlp" (heads kept, one MLP ratio in the layers
+      paper-mlp folds), or {layer: (head_ratio, mlp_ratio)}.
     n_init, refine: k-means restarts and Hartigan refinement (tuneless.cluster.kmeans);
     cluster: "kmeans" or "ward" (deterministic agglomerative; tuneless.cluster.ward);
     kmeans_dim: cluster a random projection of wide features (large models).

@@ -13,7 +13,7 @@ from tuneless.budget import bisect
 from tuneless.errors import TunelessError
 
 GQA_MODES = ("kv-groups", "query-heads")
-SCHEDULES = ("inner-mlp", "paper-mlp", "uniform", "paper")
+SCHEDULES = ("inner-mlp", "flat-mlp", "paper-mlp", "uniform", "paper")
 
 
 class BudgetOutOfReach(TunelessError):
@@ -116,6 +116,9 @@ def _ratios(
     if schedule == "inner-mlp":  # heads kept; one MLP ratio for the inner layers
         inner = inner_layers(n_layers)
         return [(0.0, min(scale, 0.95) if i in inner else 0.0) for i in range(n_layers)]
+    if schedule == "flat-mlp":  # heads kept; one MLP ratio in the layers paper-mlp folds
+        return [(0.0, min(scale, 0.95) if paper_ratios(i, n_layers)[1] > 0 else 0.0)
+                for i in range(n_layers)]
     if schedule in ("paper", "paper-mlp"):  # paper-mlp: the paper's MLP ratios, heads kept
         keep_heads = 0.0 if schedule == "paper-mlp" else 1.0
         return [
@@ -176,7 +179,7 @@ def make_plan(
                 layer_plan(s, hh, mm, gqa)
                 for s, (hh, mm) in zip(shapes, _ratios(schedule, n, 0, 0, 1.0))
             ]
-        if schedule == "inner-mlp":  # mlp_ratio= in the inner layers, heads kept
+        if schedule in ("inner-mlp", "flat-mlp"):  # mlp_ratio= in their layers, heads kept
             return [layer_plan(s, 0.0, mm, gqa)
                     for s, (_, mm) in zip(shapes, _ratios(schedule, n, 0, 0, m))]
         _ratios(schedule, n, 0.0, 0.0, 1.0)  # rejects unknown schedule names
