@@ -98,8 +98,8 @@ def build(method: str, model, tok, sparsity: float, calib: dict):
         small = flap_llm(model, sparsity, batches=[docs], structure="uniform",
                          schedule=schedule)
         return _repaired(model, small, self_ids)
-    if method == "obs":
-        return tuneless.prune(model, sparsity=sparsity, criterion="obs")
+    if method == "obs":  # on the fold's schedule: only the choice of channels differs
+        return tuneless.prune(model, sparsity=sparsity, criterion="obs", schedule=schedule)
     if method == "svd-llm":
         return svd_llm(model, sparsity, whiten="data", data=docs)
     if method == "svd-llm-self":

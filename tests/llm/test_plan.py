@@ -72,3 +72,15 @@ def test_the_default_schedule_is_paper_mlp_then_inner_mlp_then_uniform():
     plans = resolve_plan(shapes, sparsity=0.45)
     assert all((p.n_q, p.n_kv) == (4, 2) for p in plans)
     assert plans[0].n_mlp == plans[-1].n_mlp == 128
+
+
+def test_obs_defaults_to_flat_mlp_then_inner_mlp():
+    from tuneless.llm.plan import OBS_DEFAULTS
+
+    shapes = [SHAPE] * 30
+    assert default_schedule(shapes, 0.2, order=OBS_DEFAULTS) == "flat-mlp"
+    assert default_schedule(shapes, 0.5, order=OBS_DEFAULTS) == "inner-mlp"
+    assert resolve_plan(shapes, sparsity=0.2, defaults=OBS_DEFAULTS) == make_plan(
+        shapes, sparsity=0.2, schedule="flat-mlp")
+    assert resolve_plan(shapes, sparsity=0.2) == make_plan(shapes, sparsity=0.2,
+                                                           schedule="paper-mlp")

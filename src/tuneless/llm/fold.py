@@ -16,7 +16,7 @@ from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.engine import reduce_llm
-from tuneless.llm.plan import resolve_plan
+from tuneless.llm.plan import FOLD_DEFAULTS, resolve_plan
 from tuneless.llm.refit import refit_consumers, self_generated
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
@@ -155,11 +155,13 @@ FEATURES = ("auto", "weights", "activations")
 DEFAULT_REPAIR = "self"  # measured: docs/llm.md "Defaults"
 
 
-def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa):
-    """Per-layer sizes (tuneless.llm.plan.resolve_plan), checked by the family's adapter."""
+def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, defaults=FOLD_DEFAULTS):
+    """Per-layer sizes (tuneless.llm.plan.resolve_plan; `defaults`: the schedules tried in
+    order when none is given), checked by the family's adapter."""
     adapter = adapter_for(model)
     plans = resolve_plan(adapter.shapes(model), sparsity=sparsity, schedule=schedule,
-                         head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa)
+                         head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa,
+                         defaults=defaults)
     adapter.check_plans(plans)
     return plans
 

@@ -25,6 +25,7 @@ from tuneless.llm.activation_stats import layer_moments
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.engine import reduce_llm
 from tuneless.llm.fold import _plans, rank_calibration_ids, repair_reduced
+from tuneless.llm.plan import OBS_DEFAULTS
 from tuneless.llm.refit import layer_inputs
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
@@ -109,8 +110,11 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
                   data=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
                   refit_lambda: float = 3.0, damp: float = 0.01, block: int = 8,
                   progress: bool | None = None) -> nn.Module:
-    """Structured-OBS pruning of MLP channels and heads at the per-layer sizes folding uses
-    (same `schedule` default), then folding's repair (`repair`, default "self": data-free).
+    """Structured-OBS pruning of MLP channels and heads, then folding's repair (`repair`,
+    default "self": data-free). Without a schedule or ratios the sizes come from
+    "flat-mlp" (one MLP ratio in the layers the fold's paper-mlp folds; inner-mlp beyond
+    its reach): measured better for OBS than paper-mlp's ramp (docs/llm.md "Structured
+    OBS"); every schedule of fold_llm applies.
 
     The second moments come from the repair's calibration tokens: the model's own samples
     ("self" or "none") or `data` / windows of the calibration text ("refit"), walked
@@ -127,7 +131,7 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
         from tuneless.progress import progress_enabled
 
         progress = progress_enabled()
-    plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa)
+    plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, OBS_DEFAULTS)
     source = "refit" if repair == "refit" else "self"  # the tokens H is measured on
     calib = rank_calibration_ids(model, source, tokenizer, data, calib_samples, calib_len,
                                  seed, show_progress=progress)

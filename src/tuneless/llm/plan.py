@@ -249,16 +249,25 @@ DEFAULT_SCHEDULE = "paper-mlp"  # measured: docs/llm.md "Defaults"
 FALLBACK_SCHEDULE = "inner-mlp"
 
 
-def default_schedule(shapes, sparsity: float, gqa: str = "kv-groups") -> str:
-    """The schedule the defaults use at this budget: paper-mlp, else inner-mlp where
-    paper-mlp cannot remove that much, else uniform."""
-    return _default_plan(shapes, sparsity, gqa)[0]
+FOLD_DEFAULTS = (DEFAULT_SCHEDULE, FALLBACK_SCHEDULE)
+# structured OBS (tuneless.llm.obs) keeps more of its lead with one flat ratio over the
+# layers paper-mlp folds than with paper-mlp's ramp: measured, docs/llm.md "Structured OBS"
+OBS_DEFAULTS = ("flat-mlp", FALLBACK_SCHEDULE)
 
 
-def _default_plan(shapes, sparsity: float, gqa: str) -> tuple[str, list[LayerPlan]]:
-    """(schedule name, its plan): the first of paper-mlp, inner-mlp, uniform that can
-    remove `sparsity`, each plan solved once."""
-    for name in (DEFAULT_SCHEDULE, FALLBACK_SCHEDULE):
+def default_schedule(shapes, sparsity: float, gqa: str = "kv-groups",
+                     order: tuple[str, ...] = FOLD_DEFAULTS) -> str:
+    """The schedule the defaults use at this budget: the first of `order` (the fold's:
+    paper-mlp, then inner-mlp where paper-mlp cannot remove that much) that can, else
+    uniform."""
+    return _default_plan(shapes, sparsity, gqa, order)[0]
+
+
+def _default_plan(shapes, sparsity: float, gqa: str,
+                  order: tuple[str, ...] = FOLD_DEFAULTS) -> tuple[str, list[LayerPlan]]:
+    """(schedule name, its plan): the first of `order`, then uniform, that can remove
+    `sparsity`, each plan solved once."""
+    for name in order:
         try:
             return name, make_plan(shapes, sparsity=sparsity, schedule=name, gqa=gqa)
         except BudgetOutOfReach:
@@ -267,7 +276,8 @@ def _default_plan(shapes, sparsity: float, gqa: str) -> tuple[str, list[LayerPla
 
 
 def resolve_plan(shapes, *, sparsity=None, schedule=None, head_ratio=None, mlp_ratio=None,
-                 gqa="kv-groups") -> list[LayerPlan]:
+                 gqa="kv-groups", defaults: tuple[str, ...] = FOLD_DEFAULTS
+                 ) -> list[LayerPlan]:
     """Per-layer sizes with the default schedule when none is given (in memory and
     streamed alike): `default_schedule`'s, or the uniform one when ratios are given or no
     sparsity is (nothing to scale)."""
@@ -277,4 +287,4 @@ def resolve_plan(shapes, *, sparsity=None, schedule=None, head_ratio=None, mlp_r
     if (head_ratio, mlp_ratio) != (None, None) or sparsity is None:
         return make_plan(shapes, sparsity=sparsity, schedule="uniform", head_ratio=head_ratio,
                          mlp_ratio=mlp_ratio, gqa=gqa)
-    return _default_plan(shapes, sparsity, gqa)[1]
+    return _default_plan(shapes, sparsity, gqa, defaults)[1]
