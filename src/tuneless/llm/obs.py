@@ -9,8 +9,8 @@ present. Greedily, the units (an MLP channel: one column; a kv group or a query 
 o_proj columns) that cost least leave, H⁻¹ and W are updated as if the kept columns had
 been re-solved, and the next ones are scored. The selection only decides which channels
 stay; the kept weights are then refit by folding's least-squares repair
-(tuneless.llm.refit), so folding and this baseline differ only in which channels they keep
-or merge.
+(tuneless.llm.refit), so on the same schedule folding and this baseline differ only in
+which channels they keep or merge.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def obs_order(h: torch.Tensor, w: torch.Tensor, units: torch.Tensor, remove: int
     h = h.double()
     h = h + damp * float(h.diagonal().mean().clamp(min=1e-30)) * torch.eye(
         h.shape[0], dtype=h.dtype, device=h.device)
-    hinv, w = torch.linalg.inv(h), w.detach().double().clone()
-    alive = torch.ones(n, dtype=torch.bool)
+    hinv, w = torch.linalg.inv(h), w.detach().to(h.device, torch.float64).clone()
+    units = units.to(h.device)
+    alive = torch.ones(n, dtype=torch.bool, device=h.device)  # where the model's tensors are
     step = block if c == 1 else 1
     order: list[int] = []
     while len(order) < remove:
