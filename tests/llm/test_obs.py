@@ -109,3 +109,14 @@ def test_layer_by_layer_moments_equal_the_whole_model_pass():
             assert torch.allclose(walked[name].mean(), whole[i][name].mean(), rtol=1e-10)
     with pytest.raises(TunelessError, match="asked for after"):
         stream.moments(1, {"down": True})
+
+
+def test_a_bfloat16_model_stays_bfloat16():
+    m = tiny_llama(layers=2, mlp=64).to(torch.bfloat16)
+    m.config.bos_token_id = 1
+    p = obs_prune_llm(m, mlp_ratio=0.25, head_ratio=0.0, schedule="uniform",
+                      calib_samples=2, calib_len=8)
+    assert {t.dtype for t in p.parameters()} == {torch.bfloat16}
+    assert p.config.intermediate_size == 48
+    with torch.no_grad():
+        assert torch.isfinite(p(X).logits.float()).all()
