@@ -365,32 +365,6 @@ def _selection_proxy(model, ids, dense, seed, candidates, held_out):
                           "cpu_s": round(cpu, 1)}), flush=True)
 
 
-def _obs_order(h, d, cap, block, damp):
-    """Greedy structured-OBS removal order of one layer's MLP channels (h: second moment of
-    the down_proj inputs, d: down_proj weight) and each removed channel's cost: the output
-    error its removal adds once the kept channels' columns are re-solved by least squares.
-    Channels leave `block` at a time (joint cost and update) up to `cap` removed."""
-    n = h.shape[0]
-    h = h + damp * h.diagonal().mean() * torch.eye(n, dtype=h.dtype)
-    hinv, dw = torch.linalg.inv(h), d.double().clone()
-    alive = torch.ones(n, dtype=torch.bool)
-    order, costs = [], []
-    while len(order) < cap:
-        b = min(block, cap - len(order))
-        score = dw.pow(2).sum(0) / hinv.diagonal().clamp(min=1e-30)
-        score[~alive] = float("inf")
-        sel = torch.topk(score, b, largest=False).indices
-        inv_s = torch.linalg.inv(hinv[sel][:, sel])
-        cost = float(((dw[:, sel] @ inv_s) * dw[:, sel]).sum())
-        dw -= dw[:, sel] @ inv_s @ hinv[sel, :]
-        hinv -= hinv[:, sel] @ inv_s @ hinv[sel, :]
-        hinv[sel, :], hinv[:, sel], dw[:, sel] = 0, 0, 0
-        alive[sel] = False
-        order += sel.tolist()
-        costs += [cost / b] * b
-    return order, costs
-
-
 def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, sparsity=0.2):
     """Structured OBS (SlimGPT / ZipLM-style) on the MLP channels, data-free on the
     self-generated tokens, then the default repair. mode "select": prune the removed
@@ -406,6 +380,7 @@ def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, spar
     from tuneless.llm.decide import fold_decisions
     from tuneless.llm.engine import reduce_llm
     from tuneless.llm.fold import _plans, calibration_ids, repair_reduced
+    from tuneless.llm.obs import obs_steps
 
     ad = adapter_for(model)
     layers = ad.layers(model)
@@ -420,7 +395,14 @@ def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, spar
         limits = [n - p.n_mlp for p in plans]
     else:
         limits = [limit] * len(layers)
-    orders = [_obs_order(h, d, m, block, damp) for h, d, m in zip(moments, downs, limits)]
+    columns = torch.arange(n).reshape(n, 1)
+
+    def order_and_costs(h, d, m):  # each removed channel's share of its step's added error
+        steps = list(obs_steps(h, d, columns, m, block=block, damp=damp))
+        return ([u for chosen, _ in steps for u in chosen],
+                [cost / len(chosen) for chosen, cost in steps for _ in chosen])
+
+    orders = [order_and_costs(h, d, m) for h, d, m in zip(moments, downs, limits)]
     if allocation == "global":
         energy = {}
         hooks = [layer.register_forward_hook(

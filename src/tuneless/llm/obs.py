@@ -15,6 +15,8 @@ which channels they keep or merge.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -31,7 +33,6 @@ from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 
 
-@torch.no_grad()
 def obs_order(h: torch.Tensor, w: torch.Tensor, units: torch.Tensor, remove: int, *,
               block: int = 8, damp: float = 0.01) -> list[int]:
     """The first `remove` units, in the order greedy structured OBS removes them.
@@ -40,6 +41,15 @@ def obs_order(h: torch.Tensor, w: torch.Tensor, units: torch.Tensor, remove: int
     units: (n, c) the input columns each unit owns; block: units removed per step when a
     unit is one column (several-column units leave one at a time); damp: ridge added to h,
     relative to its mean diagonal."""
+    return [u for chosen, _ in obs_steps(h, w, units, remove, block=block, damp=damp)
+            for u in chosen]
+
+
+@torch.no_grad()
+def obs_steps(h: torch.Tensor, w: torch.Tensor, units: torch.Tensor, remove: int, *,
+              block: int = 8, damp: float = 0.01) -> Iterator[tuple[list[int], float]]:
+    """obs_order's steps: the units each step removes and the output error their removal
+    adds (with the kept columns re-solved), until `remove` units are gone."""
     n, c = units.shape
     if not 0 <= remove < n:
         raise TunelessError(f"OBS can remove 0 to {n - 1} of {n} units, not {remove}")
@@ -50,22 +60,23 @@ def obs_order(h: torch.Tensor, w: torch.Tensor, units: torch.Tensor, remove: int
     units = units.to(h.device)
     alive = torch.ones(n, dtype=torch.bool, device=h.device)  # where the model's tensors are
     step = block if c == 1 else 1
-    order: list[int] = []
-    while len(order) < remove:
+    gone = 0
+    while gone < remove:
         idx = units[alive]  # (alive, c)
         blocks = hinv[idx[:, :, None], idx[:, None, :]]  # (alive, c, c)
         wu = w[:, idx].permute(1, 0, 2)  # (alive, out, c)
         cost = (wu @ torch.linalg.inv(blocks) * wu).sum((1, 2))
-        chosen = alive.nonzero().flatten()[torch.topk(cost, min(step, remove - len(order)),
+        chosen = alive.nonzero().flatten()[torch.topk(cost, min(step, remove - gone),
                                                       largest=False).indices]
         cols = units[chosen].flatten()
         inv_s = torch.linalg.inv(hinv[cols][:, cols])
+        added = float(((w[:, cols] @ inv_s) * w[:, cols]).sum())
         w -= w[:, cols] @ inv_s @ hinv[cols, :]
         hinv -= hinv[:, cols] @ inv_s @ hinv[cols, :]
         hinv[cols, :], hinv[:, cols], w[:, cols] = 0, 0, 0
         alive[chosen] = False
-        order += chosen.tolist()
-    return order
+        gone += len(chosen)
+        yield chosen.tolist(), added
 
 
 def _consumer(adapter, layer: int, group):
