@@ -4,7 +4,7 @@ import torch
 from tests.llm.conftest import duplicate_channels, duplicate_kv_groups, tiny_llama
 from tuneless.errors import TunelessError
 from tuneless.llm import block_params, obs_prune_llm
-from tuneless.llm.obs import obs_order
+from tuneless.llm.obs import obs_order, obs_steps
 
 X = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(3))
 
@@ -30,25 +30,26 @@ def test_a_column_the_others_reproduce_goes_before_a_smaller_independent_one():
     assert obs_order(z.T @ z / 500, w, _columns(4), 1, damp=1e-9)[0] in (0, 1, 3)
 
 
-def test_cost_of_the_removed_set_is_the_least_squares_residual():
+def test_the_added_errors_sum_to_the_least_squares_residual_of_the_kept_columns():
     g = torch.Generator().manual_seed(1)
     z = torch.randn(400, 4, generator=g, dtype=torch.float64) @ torch.randn(
         4, 10, generator=g, dtype=torch.float64) + 0.3 * torch.randn(400, 10, generator=g,
                                                                      dtype=torch.float64)
     w = torch.randn(3, 10, generator=g, dtype=torch.float64)
     h = z.T @ z / 400
-    gone = obs_order(h, w, _columns(5, 2), 2, damp=0.0)  # two-column units, one at a time
-    assert len(set(gone)) == 2
-    # a greedy step is the best single unit to remove given the ones already gone
-    kept_cols = [c for u in range(5) if u != gone[0] for c in (2 * u, 2 * u + 1)]
 
-    def residual(cols):
+    def residual(kept_units):  # refit of the kept columns, mean squared output error
+        cols = [c for u in kept_units for c in (2 * u, 2 * u + 1)]
         sol = torch.linalg.lstsq(z[:, cols], z @ w.T).solution
-        return float((z[:, cols] @ sol - z @ w.T).pow(2).mean())
+        return float((z[:, cols] @ sol - z @ w.T).pow(2).sum(1).mean())
 
-    best_first = min(range(5), key=lambda u: residual(
-        [c for v in range(5) if v != u for c in (2 * v, 2 * v + 1)]))
-    assert gone[0] == best_first and residual(kept_cols) >= 0
+    steps = list(obs_steps(h, w, _columns(5, 2), 2, damp=0.0))  # two-column units
+    gone = [u for chosen, _ in steps for u in chosen]
+    assert [len(chosen) for chosen, _ in steps] == [1, 1]  # several columns: one at a time
+    assert sum(cost for _, cost in steps) == pytest.approx(
+        residual([u for u in range(5) if u not in gone]), rel=1e-9)
+    # the first step is the best single unit to remove
+    assert gone[0] == min(range(5), key=lambda u: residual([v for v in range(5) if v != u]))
 
 
 def test_duplicated_mlp_channels_lose_one_copy_each():
