@@ -80,6 +80,10 @@ def test_obs_defaults_to_flat_mlp_then_inner_mlp():
     shapes = [SHAPE] * 30
     assert default_schedule(shapes, 0.2, order=OBS_DEFAULTS) == "flat-mlp"
     assert default_schedule(shapes, 0.5, order=OBS_DEFAULTS) == "inner-mlp"
+    # reachable by flat-mlp, but only by taking > 75% of its layers' channels
+    flat = make_plan(shapes, sparsity=0.3, schedule="flat-mlp")
+    assert min(p.n_mlp for p in flat) < 0.25 * 128
+    assert default_schedule(shapes, 0.3, order=OBS_DEFAULTS) == "inner-mlp"
     assert resolve_plan(shapes, sparsity=0.2, defaults=OBS_DEFAULTS) == make_plan(
         shapes, sparsity=0.2, schedule="flat-mlp")
     assert resolve_plan(shapes, sparsity=0.2) == make_plan(shapes, sparsity=0.2,
