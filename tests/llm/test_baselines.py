@@ -138,3 +138,17 @@ def test_svd_llm_whitened_on_self_samples_runs_and_keeps_the_budget():
     ids = torch.randint(0, 97, (1, 8))
     with torch.no_grad():
         assert torch.isfinite(white(input_ids=ids).logits).all()
+
+
+def test_prune_passes_its_seed_to_every_language_model_criterion():
+    import tuneless
+
+    m = tiny_llama(mlp=64)
+    m.config.bos_token_id, m.config.eos_token_id = 1, 2
+    options = {"sparsity": 0.2, "criterion": "magnitude", "repair": "self",
+               "calib_samples": 2, "calib_len": 8}
+    via_prune = tuneless.prune(m, seed=3, **options)
+    direct = magnitude_prune_llm(m, 0.2, repair="self", calib_samples=2, calib_len=8, seed=3)
+    other = tuneless.prune(m, seed=0, **options)
+    assert torch.equal(logits(via_prune), logits(direct))  # the seed picks the samples
+    assert not torch.equal(logits(via_prune), logits(other))

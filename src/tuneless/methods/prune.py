@@ -104,12 +104,12 @@ def _prune_llm(model, sparsity, channel_ratio, criterion, data, seed, options) -
     if criterion in ("l2", "magnitude"):
         if data is not None:
             raise TunelessError(f"criterion {criterion!r} is data-free; data= is not used")
-        return magnitude_prune_llm(model, sparsity, **options)
+        return magnitude_prune_llm(model, sparsity, seed=seed, **options)
     if criterion in ("wanda-sp", "flap"):
         batches = None if data is None else list(data) if isinstance(data, list | tuple) \
             else [torch.as_tensor(data)]
         func = wanda_sp_llm if criterion == "wanda-sp" else flap_llm
-        return func(model, sparsity, batches=batches, **options)
+        return func(model, sparsity, batches=batches, seed=seed, **options)
     if criterion == "obs":
         return obs_prune_llm(model, sparsity, data=data, seed=seed, **options)
     raise TunelessError(f"criterion {criterion!r} does not apply to language models; choose "
