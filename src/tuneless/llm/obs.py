@@ -152,8 +152,8 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
 
     def decide(i, groups, shape, plan):
         out = {}
-        full = {"o": plan.n_q < shape.n_q, "down": plan.n_mlp < shape.n_mlp}
-        moments = stream.moments(i, {k: True for k, v in full.items() if v})
+        shrinking = {"o": plan.n_q < shape.n_q, "down": plan.n_mlp < shape.n_mlp}
+        moments = stream.moments(i, {k: True for k, shrinks in shrinking.items() if shrinks})
         for gid, k in adapter.kept(groups, shape, plan).items():
             g = next(g for g in groups.groups if g.id == gid)
             short, cols = _consumer(adapter, i, g)
