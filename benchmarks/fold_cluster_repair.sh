@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Which clustering each repair should default to (issue 17: Fold-Naive and Fold-R below the
+# paper's code on the VGG, which clusters by Ward): the default cluster="auto" (k-means, 3
+# seeds; Ward + Hartigan only on shallow cuts of wide groups) against Ward + Hartigan on
+# every group (deterministic, one run), for Fold-Naive ("none") and Fold-R ("data"), on
+# every benchmark network at 10-80% and at the VGG's paper points, full test split, in one
+# run per network. LANE=1 runs ResNet-20, VGG and the MLP; LANE=2 ResNet-56 and LeNet-5
+# (two single-thread jobs side by side); no LANE runs both in turn.
+source "$(dirname "$0")/sweep_env.sh"
+out=docs/results/fold-cluster-repair
+sweep() {  # $1 checkpoint, $2 short name
+  run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs none,data --variants auto \
+    --seeds 0,1,2 --out "$out-$2"
+  run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs none,data --variants ward-hartigan \
+    --seeds 0 --out "$out-$2"
+}
+lane=${LANE:-0}
+if [[ $lane != 2 ]]; then
+  run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs none,data --variants auto \
+    --seeds 0,1,2 --out "$out-vgg11-ratio"
+  run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs none,data \
+    --variants ward-hartigan --seeds 0 --out "$out-vgg11-ratio"
+  sweep models/resnet20-cifar10.pt resnet20
+  sweep $VGG vgg11
+  sweep $MLP mlp
+fi
+if [[ $lane != 1 ]]; then
+  sweep models/resnet56-avg-cifar10.pt resnet56
+  sweep models/lenet5-fashion-mnist.pt lenet5
+fi
