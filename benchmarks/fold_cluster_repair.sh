@@ -2,16 +2,17 @@
 # Which clustering each repair should default to (issue 17: Fold-Naive and Fold-R below the
 # paper's code on the VGG, which clusters by Ward): the default cluster="auto" (k-means, 3
 # seeds; Ward + Hartigan only on shallow cuts of wide groups) against Ward + Hartigan on
-# every group (deterministic, one run), for Fold-Naive ("none") and Fold-R ("data"), on
+# every group (deterministic, one run), for Fold-Naive ("none"), Fold-R ("data") and
+# Fold-AR ("ar"), on
 # every benchmark network at 10-80% and at the VGG's paper points, full test split, in one
 # run per network, beside L1 pruning + BN re-estimation on the same widths and images. LANE=1 runs ResNet-20, VGG and the MLP; LANE=2 ResNet-56 and LeNet-5
 # (two single-thread jobs side by side); no LANE runs both in turn.
 source "$(dirname "$0")/sweep_env.sh"
 out=docs/results/fold-cluster-repair
 sweep() {  # $1 checkpoint, $2 short name
-  run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs none,data --variants auto \
+  run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs none,data,ar --variants auto \
     --seeds 0,1,2 --out "$out-$2"
-  run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs none,data --variants ward-hartigan \
+  run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs none,data,ar --variants ward-hartigan \
     --seeds 0 --out "$out-$2"
   # L1 + BN re-estimation on the same widths and images (deterministic): Fold-R's peer
   run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs l1-bn --variants auto --seeds 0 \
@@ -19,9 +20,9 @@ sweep() {  # $1 checkpoint, $2 short name
 }
 lane=${LANE:-0}
 if [[ $lane != 2 ]]; then
-  run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs none,data --variants auto \
+  run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs none,data,ar --variants auto \
     --seeds 0,1,2 --out "$out-vgg11-ratio"
-  run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs none,data \
+  run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs none,data,ar \
     --variants ward-hartigan --seeds 0 --out "$out-vgg11-ratio"
   run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs l1-bn --variants auto --seeds 0 \
     --out "$out-vgg11-ratio"
