@@ -2,11 +2,12 @@
 # Which clustering each repair should default to (issue 17: Fold-Naive and Fold-R below the
 # paper's code on the VGG, which clusters by Ward): the default cluster="auto" (k-means, 3
 # seeds; Ward + Hartigan only on shallow cuts of wide groups) against Ward + Hartigan on
-# every group (deterministic, one run), for Fold-Naive ("none"), Fold-R ("data") and
-# Fold-AR ("ar"), on
-# every benchmark network at 10-80% and at the VGG's paper points, full test split, in one
-# run per network, beside L1 pruning + BN re-estimation on the same widths and images. LANE=1 runs ResNet-20, VGG and the MLP; LANE=2 ResNet-56 and LeNet-5
-# (two single-thread jobs side by side); no LANE runs both in turn.
+# every group (deterministic, one run), for Fold-Naive ("none"), Fold-AR ("ar") and Fold-R
+# ("data"), beside L1 pruning + BN re-estimation on the same widths and images, on every
+# benchmark network at 10-80% and at the VGG's paper points; full test split, one run per
+# network. LANE=1 runs ResNet-20, VGG and the MLP; LANE=2 ResNet-56 and LeNet-5 (two
+# single-thread jobs side by side); no LANE runs both in turn. Results and the decision:
+# docs/folding.md "Ward + Hartigan at the current defaults".
 source "$(dirname "$0")/sweep_env.sh"
 out=docs/results/fold-cluster-repair
 sweep() {  # $1 checkpoint, $2 short name
