@@ -32,6 +32,19 @@ def test_per_layer_sizes_round_trip_through_tuneless(tmp_path):
         AutoModelForCausalLM.from_pretrained(tmp_path / "m")  # rebuild per-layer sizes
 
 
+def test_loading_per_layer_sizes_prints_no_transformers_warning(tmp_path, capfd):
+    """transformers' config validation reads per-layer fields globally and warned on every
+    load of a per-layer folder; nothing of ours reads them, so the load is quiet."""
+    import logging
+
+    f = fold_llm(tiny_llama(layers=3), schedule={1: (0.5, 0.5), 2: (0.0, 0.25)})
+    save_folded(f, tmp_path / "m")
+    logging.Logger.warning_once.cache_clear()  # transformers prints each message once
+    capfd.readouterr()
+    load_folded(tmp_path / "m")
+    assert "per-layer attribute" not in capfd.readouterr().err
+
+
 def test_save_refuses_existing_folder(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(TunelessError, match="already exists"):

@@ -11,6 +11,8 @@ per layer) and load_folded rebuilds each layer at its size before loading weight
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -151,6 +153,28 @@ def _size(expr: str, sizes: dict[str, int]) -> int:
     return value(ast.parse(expr, mode="eval").body)
 
 
+class _GlobalReadsOfPerLayerFields(logging.Filter):
+    """Drops transformers' "Reading global config value for per-layer attribute" warning.
+
+    transformers' own config validation reads every field of a config through the global
+    attribute, so loading any folder with per-layer sizes printed it three times, although
+    nothing outside transformers read a global size."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "global config value for per-layer attribute" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_config_validation():
+    log = logging.getLogger("transformers.integrations.heterogeneity.configuration_utils")
+    quiet = _GlobalReadsOfPerLayerFields()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
+
+
 def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
                 trust_code: bool = False) -> nn.Module:
     """Load a model saved by save_folded (or any HF causal-LM folder).
@@ -165,7 +189,8 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
     if not (folder / "config.json").is_file():
         raise TunelessError(f"{folder} has no config.json; not a saved model folder")
     try:
-        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_code)
+        with _quiet_config_validation():
+            config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_code)
     except ValueError as exc:
         if "trust_remote_code" not in str(exc):
             raise TunelessError(f"cannot read {folder}/config.json: {exc}") from exc
@@ -180,7 +205,9 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise TunelessError(f"cannot load the model in {folder}: {first}") from exc
     adapter_for_config(config)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype or torch.float32)
+    with _quiet_config_validation():
+        model = AutoModelForCausalLM.from_config(config,
+                                                 dtype=dtype or config.dtype or torch.float32)
     _resize(model, sizes)
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
