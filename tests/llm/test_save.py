@@ -4,6 +4,7 @@ import torch
 from tests.llm.conftest import tiny_llama
 from tuneless.errors import TunelessError
 from tuneless.llm import fold_llm, load_folded, save_folded
+from tuneless.llm.source import load_llm
 
 X = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(2))
 
@@ -39,10 +40,11 @@ def test_loading_per_layer_sizes_prints_no_transformers_warning(tmp_path, capfd)
 
     f = fold_llm(tiny_llama(layers=3), schedule={1: (0.5, 0.5), 2: (0.0, 0.25)})
     save_folded(f, tmp_path / "m")
-    logging.Logger.warning_once.cache_clear()  # transformers prints each message once
-    capfd.readouterr()
-    load_folded(tmp_path / "m")
-    assert "per-layer attribute" not in capfd.readouterr().err
+    for load in (load_folded, load_llm):  # the API's loader and the command line's
+        logging.Logger.warning_once.cache_clear()  # transformers prints each message once
+        capfd.readouterr()
+        load(str(tmp_path / "m"))
+        assert "per-layer attribute" not in capfd.readouterr().err, load.__name__
 
 
 def test_save_refuses_existing_folder(tmp_path):

@@ -165,7 +165,8 @@ class _GlobalReadsOfPerLayerFields(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_config_validation():
+def quiet_config_validation():
+    """Within it, transformers does not warn about global reads of per-layer config fields."""
     log = logging.getLogger("transformers.integrations.heterogeneity.configuration_utils")
     quiet = _GlobalReadsOfPerLayerFields()
     log.addFilter(quiet)
@@ -189,7 +190,7 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
     if not (folder / "config.json").is_file():
         raise TunelessError(f"{folder} has no config.json; not a saved model folder")
     try:
-        with _quiet_config_validation():
+        with quiet_config_validation():
             config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_code)
     except ValueError as exc:
         if "trust_remote_code" not in str(exc):
@@ -205,7 +206,7 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise TunelessError(f"cannot load the model in {folder}: {first}") from exc
     adapter_for_config(config)
-    with _quiet_config_validation():
+    with quiet_config_validation():
         model = AutoModelForCausalLM.from_config(config,
                                                  dtype=dtype or config.dtype or torch.float32)
     _resize(model, sizes)

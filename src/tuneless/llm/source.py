@@ -103,7 +103,10 @@ def load_llm(spec: str, *, trust_code: bool = False, device: str = "cpu",
 def _tokenizer(folder: Path, trust_code: bool):
     from transformers import AutoTokenizer
 
+    from tuneless.llm.save import quiet_config_validation
+
     try:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_code)
+        with quiet_config_validation():  # it reads config.json too
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_code)
     except (OSError, ValueError, KeyError):
         return None  # weights without tokenizer files: still foldable (self repair uses config)
