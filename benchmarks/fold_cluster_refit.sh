@@ -13,13 +13,4 @@ sweep() {  # $1 checkpoint, $2 short name
   run "$1" --view plain --points 0.1,0.3 --repairs refit --variants ward-hartigan \
     --seeds 0 --out "$out-$2"
 }
-lane=${LANE:-0}
-if [[ $lane != 2 ]]; then
-  sweep models/resnet20-cifar10.pt resnet20
-  sweep $VGG vgg11
-  sweep $MLP mlp
-fi
-if [[ $lane != 1 ]]; then
-  sweep models/resnet56-avg-cifar10.pt resnet56
-  sweep models/lenet5-fashion-mnist.pt lenet5
-fi
+sweep_lanes

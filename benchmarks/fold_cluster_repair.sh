@@ -19,19 +19,12 @@ sweep() {  # $1 checkpoint, $2 short name
   run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs l1-bn --variants auto --seeds 0 \
     --out "$out-$2"
 }
-lane=${LANE:-0}
-if [[ $lane != 2 ]]; then
+if [[ ${LANE:-0} != 2 ]]; then  # the VGG's paper points go with its lane
   run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs none,data,ar --variants auto \
     --seeds 0,1,2 --out "$out-vgg11-ratio"
   run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs none,data,ar \
     --variants ward-hartigan --seeds 0 --out "$out-vgg11-ratio"
   run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs l1-bn --variants auto --seeds 0 \
     --out "$out-vgg11-ratio"
-  sweep models/resnet20-cifar10.pt resnet20
-  sweep $VGG vgg11
-  sweep $MLP mlp
 fi
-if [[ $lane != 1 ]]; then
-  sweep models/resnet56-avg-cifar10.pt resnet56
-  sweep models/lenet5-fashion-mnist.pt lenet5
-fi
+sweep_lanes

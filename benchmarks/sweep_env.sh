@@ -26,3 +26,19 @@ wide_rule_sweep() {
       --variants "$v" --out "$out-fold-r-${net##*:}"
   done
 }
+
+# The five benchmark networks through the caller's sweep() ($1 checkpoint, $2 short name),
+# in two lanes for two single-thread jobs side by side: LANE=1 ResNet-20, the VGG and the
+# MLP; LANE=2 ResNet-56 and LeNet-5; no LANE: all of them in turn.
+sweep_lanes() {
+  local lane=${LANE:-0}
+  if [[ $lane != 2 ]]; then
+    sweep models/resnet20-cifar10.pt resnet20
+    sweep $VGG vgg11
+    sweep $MLP mlp
+  fi
+  if [[ $lane != 1 ]]; then
+    sweep models/resnet56-avg-cifar10.pt resnet56
+    sweep models/lenet5-fashion-mnist.pt lenet5
+  fi
+}
