@@ -77,6 +77,9 @@ VARIANTS: dict[str, dict] = {
     # auto's rule from a deeper cut: groups of ≥ 256 channels keeping ≥ 60% / 50% of them
     "cut60": {"cluster": "cut60"},
     "cut50": {"cluster": "cut50"},
+    # channel counts in multiples of 8 (round_to; fast kernels, docs/getting-started.md
+    # "How much faster"): what the rounding costs in accuracy at the same budget
+    "round8": {"round_to": 8},
     # Residual streams lose stream_share × the ratio of the other groups (1: uniform)
     "streams-0.5": {"stream_share": 0.5},
     "streams-0.25": {"stream_share": 0.25},

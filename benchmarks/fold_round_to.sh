@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# What round_to=8 (every group's width a multiple of 8: ONNX Runtime and PyTorch run those
+# 0.52-0.58 of the dense latency at half the FLOPs, against 0.71-1.14 for exact widths,
+# docs/getting-started.md "How much faster") costs in accuracy at the same parameter
+# budget: Fold-AR and Fold-R, 3 seeds, every benchmark network at 10-80%, full test split.
+# The exact-width rows to compare with are the "auto" rows of fold_cluster_repair.sh (the
+# same library code). LANE=1 / LANE=2 as there.
+source "$(dirname "$0")/sweep_env.sh"
+sweep() {  # $1 checkpoint, $2 short name
+  run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs ar,data --variants round8 --seeds 0,1,2 \
+    --out "docs/results/fold-round8-$2"
+}
+sweep_lanes
