@@ -2,7 +2,8 @@
 # What round_to=8 (every group's width a multiple of 8: ONNX Runtime and PyTorch run those
 # 0.52-0.58 of the dense latency at half the FLOPs, against 0.71-1.14 for exact widths,
 # docs/getting-started.md "How much faster") costs in accuracy at the same parameter
-# budget: Fold-AR and Fold-R, 3 seeds, every benchmark network at 10-80%, full test split.
+# budget: Fold-AR and Fold-R, 3 seeds, every benchmark network at 10-80%, full test split
+# (LeNet-5 has no BatchNorm, so neither applies: its lane prints "skipped").
 # The exact-width rows to compare with are the "auto" rows of fold_cluster_repair.sh (the
 # same library code). LANE=1 / LANE=2 as there.
 source "$(dirname "$0")/sweep_env.sh"
