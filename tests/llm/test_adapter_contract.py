@@ -169,6 +169,30 @@ def test_phi3_refuses_per_layer_head_counts_by_name():
         fold_llm(model, sparsity=0.2, schedule="paper", repair="none")
 
 
+def test_layer_inputs_runs_no_layer_and_leaves_the_model_as_it_was():
+    """Recording the layers' inputs costs the embeddings only (no layer computes), and the
+    layers' own forward (an instance attribute too, as accelerate sets one) comes back."""
+    from tuneless.llm.refit import layer_inputs
+
+    cfg, cls = _config("llama", layers=3)
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    layers = adapter_for(model).layers(model)
+    wrapped = layers[1].forward
+    layers[1].forward = wrapped  # an instance-level forward, like accelerate's hooks
+    with torch.no_grad():
+        before = model(input_ids=IDS).logits
+        calls = []
+        handles = [layer.mlp.register_forward_hook(lambda *_: calls.append(1))
+                   for layer in layers]
+        layer_inputs(model, IDS)
+        for h in handles:
+            h.remove()
+        assert calls == []
+        assert "forward" not in layers[0].__dict__ and layers[1].__dict__["forward"] is wrapped
+        assert torch.equal(model(input_ids=IDS).logits, before)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layer_inputs_replay_every_layer_exactly(family):
     """The refit replays decoder layers one at a time; each must see its own mask and rotary

@@ -36,7 +36,10 @@ def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, lis
     layer gets (rotary position embeddings, attention mask), from one forward call.
 
     Per layer, not once: families that mix attention types (Gemma 2/3, Qwen2 with sliding
-    windows) give each layer the mask and rotary table of its own type."""
+    windows) give each layer the mask and rotary table of its own type. The layers do not
+    compute during this call (each passes its input through): masks and rotary tables are
+    made before the layer loop, so the keyword arguments are the same, for the cost of the
+    embeddings alone."""
     layers = adapter_for(model).layers(model)
     first: dict = {}
     per_layer: list[dict | None] = [None] * len(layers)
@@ -52,8 +55,14 @@ def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, lis
                 raise StopForward  # nothing after the last layer's inputs is needed
         return hook
 
+    def passthrough(*args, **kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
     handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True)
                for i, layer in enumerate(layers)]
+    own = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's wrapper
+    for layer in layers:
+        layer.forward = passthrough
     try:
         model(input_ids=ids, use_cache=False)
     except StopForward:
@@ -61,6 +70,11 @@ def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, lis
     finally:
         for h in handles:
             h.remove()
+        for layer, fwd in zip(layers, own):
+            if fwd is None:
+                del layer.forward
+            else:
+                layer.forward = fwd
     if any(kw is None for kw in per_layer):
         raise TunelessError(f"not every decoder layer of {type(model).__name__} ran in its "
                             "forward pass")
