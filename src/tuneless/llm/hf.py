@@ -1,11 +1,12 @@
 """Hugging Face bookkeeping around a rewritten model: GGUF/quantizer markers are dropped
 (the weights are plain tensors already: GGUF is dequantised on load, and the marker would
-block save_pretrained)."""
+block save_pretrained), and loading a folder with per-layer sizes stays quiet."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Iterator
 
 from torch import nn
@@ -39,3 +40,26 @@ def plain_copy(model: nn.Module, inplace: bool = False) -> nn.Module:
     if hasattr(new.config, "quantization_config"):
         del new.config.quantization_config
     return new
+
+
+class _GlobalReadsOfPerLayerFields(logging.Filter):
+    """Drops transformers' "Reading global config value for per-layer attribute" warning.
+
+    transformers' own config validation reads every field of a config through the global
+    attribute, so loading any folder with per-layer sizes printed it three times, although
+    nothing outside transformers read a global size."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "global config value for per-layer attribute" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_config_validation() -> Iterator[None]:
+    """Within it, transformers does not warn about global reads of per-layer config fields."""
+    log = logging.getLogger("transformers.integrations.heterogeneity.configuration_utils")
+    quiet = _GlobalReadsOfPerLayerFields()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)

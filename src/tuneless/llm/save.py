@@ -11,8 +11,6 @@ per layer) and load_folded rebuilds each layer at its size before loading weight
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from torch import nn
 from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for, adapter_for_config
+from tuneless.llm.hf import quiet_config_validation
 
 MODELING = '''"""A decoder whose layers have different sizes (folded by tuneless).
 
@@ -151,29 +150,6 @@ def _size(expr: str, sizes: dict[str, int]) -> int:
         raise TunelessError(f"bad size expression {expr!r}")
 
     return value(ast.parse(expr, mode="eval").body)
-
-
-class _GlobalReadsOfPerLayerFields(logging.Filter):
-    """Drops transformers' "Reading global config value for per-layer attribute" warning.
-
-    transformers' own config validation reads every field of a config through the global
-    attribute, so loading any folder with per-layer sizes printed it three times, although
-    nothing outside transformers read a global size."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "global config value for per-layer attribute" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def quiet_config_validation():
-    """Within it, transformers does not warn about global reads of per-layer config fields."""
-    log = logging.getLogger("transformers.integrations.heterogeneity.configuration_utils")
-    quiet = _GlobalReadsOfPerLayerFields()
-    log.addFilter(quiet)
-    try:
-        yield
-    finally:
-        log.removeFilter(quiet)
 
 
 def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,

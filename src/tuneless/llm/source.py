@@ -103,7 +103,7 @@ def load_llm(spec: str, *, trust_code: bool = False, device: str = "cpu",
 def _tokenizer(folder: Path, trust_code: bool):
     from transformers import AutoTokenizer
 
-    from tuneless.llm.save import quiet_config_validation
+    from tuneless.llm.hf import quiet_config_validation
 
     try:
         with quiet_config_validation():  # it reads config.json too
