@@ -80,6 +80,9 @@ VARIANTS: dict[str, dict] = {
     # channel counts in multiples of 8 (round_to; fast kernels, docs/getting-started.md
     # "How much faster"): what the rounding costs in accuracy at the same budget
     "round8": {"round_to": 8},
+    # every channel behind a ReLU-like activation rescaled (function-preserving) so its γ/β
+    # and its consumer columns have equal norms before clustering (tuneless.rescale)
+    "balance": {"balance": True},
     # Residual streams lose stream_share × the ratio of the other groups (1: uniform)
     "streams-0.5": {"stream_share": 0.5},
     "streams-0.25": {"stream_share": 0.25},

@@ -41,6 +41,13 @@ class RepairContext:
     example_inputs: object = None
 
     @property
+    def reference(self) -> nn.Module:
+        """The uncompressed network in the channel scales the decisions were made in: the
+        maps express the new channels in `work`'s, which differ from the original's where
+        `balance` rescaled them (the same function, other per-channel outputs)."""
+        return self.work if getattr(self.options, "balance", False) else self.original
+
+    @property
     def maps(self) -> dict:
         """Group id -> M (k × n): each new channel in the original's channels."""
         return {gid: merge for gid, (merge, _) in self.decisions.items()}
@@ -92,7 +99,7 @@ def _refit(ctx: RepairContext) -> nn.Module:
     from tuneless.layer_refit import refit_layers
 
     opts = ctx.options
-    return refit_layers(ctx.original, ctx.new, ctx.graph, ctx.maps, ctx.data,
+    return refit_layers(ctx.reference, ctx.new, ctx.graph, ctx.maps, ctx.data,
                         num_images=opts.refit_images, batch_size=min(opts.batch_size, 64),
                         ridge=opts.ridge, inplace=True)
 
@@ -144,7 +151,7 @@ def _match(ctx: RepairContext) -> nn.Module:
     from tuneless.bn_match import match_bn_layers
 
     opts = ctx.options
-    return match_bn_layers(ctx.original, ctx.new, ctx.graph, ctx.maps, ctx.data,
+    return match_bn_layers(ctx.reference, ctx.new, ctx.graph, ctx.maps, ctx.data,
                            num_images=opts.num_images, batch_size=opts.batch_size, inplace=True)
 
 

@@ -50,6 +50,9 @@ class FoldOptions:
     # (Algorithm 1's order, fuse_bn=True), and leave BN running means out of the features.
     fuse_bn: bool = False
     norm_stats: bool = False  # True: cluster on the BN running_mean too
+    # rescale each channel behind a ReLU-like activation so its γ/β and its consumer
+    # columns have equal norms before clustering (function-preserving; tuneless.rescale)
+    balance: bool = False
     seed: int = 0
     n_init: int | str = "auto"
     min_channels: int = 1
@@ -191,6 +194,10 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     work = copy.deepcopy(model).eval()
     if opts.fuse_bn:
         _fuse_checked(work, graph, x)
+    if opts.balance:
+        from tuneless.rescale import balance_scales
+
+        balance_scales(work, graph, x)
 
     feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
              for g in graph.reducible}
