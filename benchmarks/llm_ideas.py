@@ -15,6 +15,7 @@ benchmarks/llm_other_family.py loads it; its dense perplexity measured first).
     python benchmarks/llm_ideas.py select '{"seed": 0, "candidates": [{"schedule": \
         "paper-mlp"}, {"schedule": "inner-mlp"}, {"schedule": "inner-mlp", "seed": 1}]}'
     python benchmarks/llm_ideas.py in-domain '{"samples": 16, "len": 128, "seed": 0}'
+    python benchmarks/llm_ideas.py balance '{"mode": "balance", "seed": 0}' '{"mode": "none"}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -35,6 +36,10 @@ merge-weights: a merged MLP channel's gate/up rows are its members' rows weighte
   alone) instead of the plain mean; down_proj columns still summed, then the refit.
 select: whether the folded model's perplexity on other self-generated sequences (no data)
   ranks candidate folds (schedules, k-means seeds) as WikiText-2 does.
+balance: the SwiGLU up/down scale symmetry (up row × α, down column ÷ α leaves the model
+  unchanged) put in one canonical scale before the default fold: "balance" ‖up_j‖ = ‖down_j‖
+  (the CNN fold's `balance=True`, tuneless.rescale), "unit-up" ‖up_j‖ = the layer's mean,
+  "none" the default fold from the same script.
 in-domain: the upper reference for the calibration text: the same fold and refit
   (repair="refit") on WikiText-2 itself, `samples` windows of `len` tokens drawn (seeded)
   from the test split after its first 4,096 tokens, disjoint from the 2,048 evaluated.
@@ -188,6 +193,9 @@ def main(argv: list[str]) -> int:
         elif what == "select":
             _selection_proxy(model, ids, dense, seed, o["candidates"], o.get("held_out", 8))
             continue
+        elif what == "balance":
+            small = tuneless.fold(_balanced_mlps(model, o.get("mode", "balance")),
+                                  sparsity=0.2, seed=seed)
         elif what == "in-domain":
             n, length = o.get("samples", 16), o.get("len", 128)
             g = torch.Generator().manual_seed(seed)
@@ -310,6 +318,23 @@ def _with_producer_refit(model, seed, lam):
         return tuneless.fold(model, sparsity=0.2, seed=seed)
     finally:
         refit_module.refit_layer = consumers_only
+
+
+@torch.no_grad()
+def _balanced_mlps(model, mode):
+    """A copy of `model` with each MLP channel's up row × α and down column ÷ α."""
+    import copy
+
+    if mode == "none":
+        return model
+    out = copy.deepcopy(model)
+    for layer in out.model.layers:
+        up, down = layer.mlp.up_proj.weight, layer.mlp.down_proj.weight
+        nu, nd = up.norm(dim=1), down.norm(dim=0)
+        a = (nd / nu).sqrt() if mode == "balance" else nu.mean() / nu
+        up.mul_(a[:, None])
+        down.div_(a[None, :])
+    return out
 
 
 def _with_merge_weights(model, seed, mode):
