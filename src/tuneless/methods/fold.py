@@ -100,7 +100,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     ratio; channel_ratio= is always uniform), cluster ("auto": Ward + Hartigan where a group of
     ≥ 256 channels keeps ≥ 60% of them, k-means elsewhere; "kmeans" | "ward" |
     "ward-hartigan" | "kmeans+ward" | "greedy"; docs/folding.md "Shallow cuts"),
-    features ("raw" | "block" | "gamma"), fuse_bn, seed, n_init, min_channels, round_to
+    features ("raw" | "block" | "gamma"), fuse_bn, balance (rescale each channel behind a
+    ReLU-like activation to equal γ/β and consumer norms first: tuneless.rescale; mixed
+    results, docs/folding.md "Balanced channel scales"), seed, n_init, min_channels, round_to
     (channel counts in multiples of it, as for prune), max_ratio,
     keep_floor (error allocation keeps at least this share of the uniform count per group),
     num_images, batch_size, inversion (dict of DeepInversion settings), dir_stats,
