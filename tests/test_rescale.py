@@ -114,3 +114,24 @@ def test_a_residual_stream_is_not_rescaled():
     ref = net(X)
     balance_scales(net, graph, X)
     assert torch.allclose(net(X), ref, atol=1e-5)
+
+
+@torch.no_grad()
+def test_torchvision_resnet18_balances_its_block_interiors_only():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18(num_classes=10).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    graph = find_groups(net, x)
+    ref = net(x)
+    done = balance_scales(net, graph, x)
+    interiors = {g.id for g in graph.groups if any(s.module.endswith(".conv1") and
+                                                   s.module.startswith("layer")
+                                                   for s in g.producers)}
+    assert set(done) == interiors  # streams (several writers) and the stem stay as they are
+    assert torch.allclose(net(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
