@@ -72,10 +72,29 @@ def _apply(model: nn.Module, group: ChannelGroup, parts, factor: torch.Tensor) -
         _scale_slot(model, s, group.n, 1.0 / factor)
 
 
-def _same(model: nn.Module, x, ref: torch.Tensor) -> bool:
-    y = model(x)
-    scale = float(ref.abs().max()) or 1.0
-    return bool(torch.allclose(y, ref, rtol=1e-3, atol=1e-4 * scale))
+def same_output(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Whether a function-preserving rewrite kept a network's output on its probe input:
+    equal within float tolerance relative to the output's largest magnitude (shared by
+    this module and the BN fusion check of tuneless.methods.fold)."""
+    scale = before.abs().max().clamp(min=1e-6)
+    return bool(torch.allclose(before, after, atol=1e-4 * float(scale), rtol=1e-3))
+
+
+def _homogeneous(model: nn.Module, graph, x, ref: torch.Tensor) -> dict[int, tuple]:
+    found = {}
+    for g in graph.groups:
+        parts = _parts(g)
+        if parts is None:
+            continue
+        ok = True
+        for probe in (_PROBE, 1.0 / _PROBE):
+            factor = torch.full((g.n,), probe)
+            _apply(model, g, parts, factor)
+            ok = ok and same_output(ref, model(x))
+            _apply(model, g, parts, 1.0 / factor)
+        if ok:
+            found[g.id] = parts
+    return found
 
 
 @torch.no_grad()
@@ -85,21 +104,7 @@ def homogeneous_groups(model: nn.Module, graph, x) -> dict[int, tuple]:
     was = model.training
     model.eval()
     try:
-        ref = model(x)
-        found = {}
-        for g in graph.groups:
-            parts = _parts(g)
-            if parts is None:
-                continue
-            ok = True
-            for probe in (_PROBE, 1.0 / _PROBE):
-                factor = torch.full((g.n,), probe)
-                _apply(model, g, parts, factor)
-                ok = ok and _same(model, x, ref)
-                _apply(model, g, parts, 1.0 / factor)
-            if ok:
-                found[g.id] = parts
-        return found
+        return _homogeneous(model, graph, x, model(x))
     finally:
         model.train(was)
 
@@ -111,13 +116,13 @@ def balance_scales(model: nn.Module, graph, x) -> list[int]:
     Returns the ids of the groups balanced; the function is checked unchanged on `x`."""
     if not isinstance(x, torch.Tensor):
         return []
-    groups = homogeneous_groups(model, graph, x)
-    if not groups:
-        return []
     was = model.training
     model.eval()
     try:
         ref = model(x)
+        groups = _homogeneous(model, graph, x, ref)
+        if not groups:
+            return []
         done = []
         for g in graph.groups:
             if g.id not in groups:
@@ -130,7 +135,7 @@ def balance_scales(model: nn.Module, graph, x) -> list[int]:
             factor[live] = (c[live] / a[live]).sqrt()
             _apply(model, g, groups[g.id], factor)
             done.append((g, factor))
-        if not _same(model, x, ref):  # not expected after the probes: undo, change nothing
+        if not same_output(ref, model(x)):  # not expected after the probes: undo it all
             for g, factor in done:
                 _apply(model, g, groups[g.id], 1.0 / factor)
             return []
