@@ -88,6 +88,9 @@ VARIANTS: dict[str, dict] = {
     "streams-0.25": {"stream_share": 0.25},
     "streams-0": {"stream_share": 0.0},
     "streams-1": {"stream_share": 1.0},
+    # per-group widths from the measured output damage of folding each group alone, on the
+    # repair's images (data repairs) or Gaussian noise (data-free); tuneless.allocation
+    "sens": {"allocation": "sensitivity"},
 }
 # Baselines on the same per-group widths: "repairs" that prune by L1 norm with the variant's
 # stream_share, then nothing ("l1"), BN re-estimated on the same images, or refit on them

@@ -8,6 +8,10 @@ takes the step (one group to its next smaller count) with the least normalised e
 added per fraction of the group's parameters saved (errors measured at a few counts and
 interpolated to every count, so the budget is met to a channel), until the global budget
 is met. No data is used.
+
+`sensitivity_allocation` is the same greedy loop on *measured* curves: how far the
+network's output moves when one group alone is folded to each count (on probe inputs,
+Gaussian noise by default: still no data), per parameter saved.
 """
 
 from __future__ import annotations
@@ -151,3 +155,58 @@ def _interpolate(coarse: list[int], errs: list[float], fine: list[int]) -> list[
             x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
             out.append(float(y0 + (y1 - y0) * (k - x0) / (x1 - x0)))
     return out
+
+
+SENSITIVITY_LEVELS = (0.15, 0.3, 0.5, 0.7, 0.9)  # shares of a group's channels removed
+
+
+def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
+                           max_ratio: float = 0.9, min_channels: int = 1,
+                           floor: dict[int, int] | None = None,
+                           shares: tuple[float, ...] = SENSITIVITY_LEVELS) -> dict[int, int]:
+    """Per-group counts removing `sparsity` of the parameters, chosen greedily by the
+    measured output damage added per parameter saved.
+
+    damage(gid, k) -> float: how far the output moves with group gid alone folded to k
+    channels (additive across groups to first order). It is measured at the counts that
+    remove `shares` of each group (capped by max_ratio and floor) and interpolated.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
+    counter = _ParamCounter(model, graph)
+    groups = list(graph.reducible)
+    levels, curves = {}, {}
+    for g in groups:
+        lowest = max(min_channels, 1, (floor or {}).get(g.id, 1),
+                     int(math.ceil(g.n * (1 - max_ratio))))
+        if lowest >= g.n:
+            continue
+        coarse = sorted({g.n, lowest, *(max(lowest, round(g.n * (1 - s))) for s in shares)},
+                        reverse=True)
+        errs = [0.0] + [max(0.0, damage(g.id, k)) for k in coarse[1:]]
+        for i in range(1, len(errs)):  # folding deeper never helps: keep the curve monotone
+            errs[i] = max(errs[i], errs[i - 1])
+        levels[g.id] = list(range(coarse[0], coarse[-1] - 1, -1))
+        curves[g.id] = _interpolate(coarse, errs, levels[g.id])
+    pos = {gid: 0 for gid in levels}
+    kept = {g.id: g.n for g in groups}
+    target = counter.total_before * (1 - sparsity)
+    current = counter.total(kept)
+    while current > target:
+        best, best_score = None, math.inf
+        for gid, i in pos.items():
+            if i + 1 >= len(levels[gid]):
+                continue
+            saved = counter.saving(gid, levels[gid][i + 1], kept)
+            if saved <= 0:
+                continue
+            score = (curves[gid][i + 1] - curves[gid][i]) / saved
+            if score < best_score:
+                best, best_score = gid, score
+        if best is None:
+            raise TunelessError(
+                f"sparsity {sparsity:.2f} is out of reach with max_ratio={max_ratio} per group")
+        pos[best] += 1
+        kept[best] = levels[best][pos[best]]
+        current = counter.total(kept)
+    return kept

@@ -25,7 +25,7 @@ from tuneless.modelcheck import check_model
 from tuneless.options import check_dataclass
 
 FEATURES = ("raw", "block", "gamma")
-ALLOCATIONS = ("uniform", "error")
+ALLOCATIONS = ("uniform", "error", "sensitivity")
 DIR_STATS = ("match", "reestimate")
 _SKIP_NORM = ("running_var", "num_batches_tracked")
 
@@ -62,6 +62,9 @@ class FoldOptions:
     channels: dict | None = None
     max_ratio: float = 0.9  # error allocation: keep at least 10% of every group
     keep_floor: float = 0.5  # error allocation: and at least this share of uniform's count
+    # sensitivity allocation: probe inputs whose outputs measure each group's damage
+    # (Gaussian noise of the example input's shape: no data)
+    probe_images: int = 32
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
     # repair "refit": images of `data` its least squares see; 1,024 beat 256 on every
     # benchmark network measured (docs/folding.md "How many images the refit needs")
@@ -95,7 +98,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     on the model's own samples ("self") by default; "refit" on data= token ids, "none" =
     the paper (options e.g. schedule=, tokenizer=, features= "auto" | "weights" |
     "activations" for what its k-means clusters).
-    Options: allocation ("uniform" | "error"), stream_share (residual streams lose this share
+    Options: allocation ("uniform" | "error" | "sensitivity": per-group widths from the
+    output damage of folding each group alone, measured on probe_images Gaussian-noise
+    inputs, no data), stream_share (residual streams lose this share
     of the other groups' channel ratio under a sparsity budget; 1 = the paper's uniform
     ratio; channel_ratio= is always uniform), cluster ("auto": Ward + Hartigan where a group of
     ≥ 256 channels keeps ≥ 60% of them, k-means elsewhere; "kmeans" | "ward" |
@@ -159,13 +164,16 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         raise TunelessError(f"unknown features {opts.features!r}; choose one of {FEATURES}")
     if not (isinstance(opts.round_to, int) and opts.round_to >= 1):
         raise TunelessError(f"round_to must be an integer ≥ 1, got {opts.round_to!r}")
-    if opts.allocation == "error" and opts.round_to != 1:
+    if opts.allocation != "uniform" and opts.round_to != 1:
         raise TunelessError("round_to applies to allocation='uniform' only")
-    if opts.channels is not None and (opts.allocation == "error" or opts.round_to != 1):
-        raise TunelessError("channels= fixes the widths: it takes neither allocation='error' "
+    if opts.channels is not None and (opts.allocation != "uniform" or opts.round_to != 1):
+        raise TunelessError("channels= fixes the widths: it takes neither an allocation "
                             "nor round_to")
-    if opts.allocation == "error" and opts.sparsity is None:
-        raise TunelessError("allocation='error' needs a sparsity (a global parameter budget)")
+    if opts.allocation != "uniform" and opts.sparsity is None:
+        raise TunelessError(f"allocation={opts.allocation!r} needs a sparsity (a global "
+                            "parameter budget)")
+    if not (isinstance(opts.probe_images, int) and opts.probe_images >= 2):
+        raise TunelessError(f"probe_images must be an integer ≥ 2, got {opts.probe_images!r}")
     if not 0.0 < opts.max_ratio < 1.0:
         raise TunelessError(f"max_ratio must be in (0, 1), got {opts.max_ratio}")
     if not 0.0 <= opts.keep_floor <= 1.0:
@@ -203,9 +211,11 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
 
     feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
              for g in graph.reducible}
-    if opts.channels is not None or opts.allocation == "error":  # widths, then their count
+    if opts.channels is not None or opts.allocation != "uniform":  # widths, then their count
         kept = (_named_widths(graph, opts.channels) if opts.channels is not None
-                else _error_widths(model, graph, feats, opts))
+                else _error_widths(model, graph, feats, opts) if opts.allocation == "error"
+                else _sensitivity_widths(model, work, graph, feats, opts, x,
+                                         data if rep.needs_data else None))
         count = param_counter(model, graph)
         before, after = count(None), count(kept)
         achieved, ratio = 1 - after / before, None
@@ -252,6 +262,68 @@ def _error_widths(model: nn.Module, graph, feats: dict, opts: FoldOptions) -> di
     floor = {gid: math.ceil(opts.keep_floor * k) for gid, k in uniform.items()}
     return error_allocation(model, graph, feats, opts.sparsity, max_ratio=opts.max_ratio,
                             min_channels=opts.min_channels, seed=opts.seed, floor=floor)
+
+
+def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
+                        opts: FoldOptions, x, data=None) -> dict[int, int]:
+    """Per-group widths from measured damage: each group folded alone (same clustering, AR
+    unless repair="none") and the output on probe inputs compared with the original's; kept
+    at keep_floor × the uniform count, as the error allocation. The probes are the repair's
+    own images where it has them (the first probe_images of `data`), else Gaussian noise."""
+    from tuneless.allocation import sensitivity_allocation
+    from tuneless.budget import solve
+    from tuneless.cluster import cluster
+    from tuneless.reduce import merge, reduce
+    from tuneless.repair import _apply_ar
+
+    if data is not None:
+        from tuneless.data.loader import image_batches
+
+        probe = torch.cat(list(image_batches(data, opts.probe_images, opts.probe_images)))
+    else:
+        probe = _noise_like(x, opts.probe_images, opts.seed)
+    with torch.no_grad():
+        ref = _output_tensor(work(probe)).double()
+    scale = float((ref - ref.mean(0)).pow(2).sum()) or 1.0
+
+    @torch.no_grad()
+    def damage(gid: int, k: int) -> float:
+        labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
+                         n_init=opts.n_init).labels
+        new = reduce(work, graph, {gid: merge(labels, k)})
+        if opts.repair != "none":
+            _apply_ar(work, new, graph, {gid: labels})
+        out = _output_tensor(new.eval()(probe)).double()
+        return float((out - ref).pow(2).sum()) / scale
+
+    uniform = solve(model, graph, opts.sparsity, opts.min_channels,
+                    stream_share=opts.stream_share).kept
+    floor = {gid: math.ceil(opts.keep_floor * k) for gid, k in uniform.items()}
+    return sensitivity_allocation(model, graph, damage, opts.sparsity,
+                                  max_ratio=opts.max_ratio, min_channels=opts.min_channels,
+                                  floor=floor)
+
+
+def _noise_like(x, n: int, seed: int) -> torch.Tensor:
+    """n standard-normal inputs shaped like one example input (the probes of the
+    sensitivity allocation: no data)."""
+    t = x[0] if isinstance(x, (tuple, list)) else x
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise TunelessError("allocation='sensitivity' probes with noise and needs a floating "
+                            "point example input")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *t.shape[1:]), generator=g).to(t.dtype)
+
+
+def _output_tensor(out) -> torch.Tensor:
+    """The first tensor of a model's output (tuple, list, dict or a tensor)."""
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TunelessError("allocation='sensitivity' needs a model whose output is a tensor")
+    return out.reshape(out.shape[0], -1)
 
 
 def _channel_counts(channels) -> dict[int, int]:
