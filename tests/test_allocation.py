@@ -77,3 +77,76 @@ def test_fold_error_allocation_keeps_a_share_of_the_uniform_count():
 
     assert widths(keep_floor=0.0) < bound  # unbounded, the redundant group is cut deeper
     assert widths(keep_floor=0.8) >= bound
+
+
+def test_sensitivity_allocation_follows_the_measured_damage_and_meets_the_budget():
+    from tuneless.allocation import sensitivity_allocation
+
+    model = TwoGroups().eval()
+    graph = find_groups(model, torch.randn(2, 16))
+    ids = sorted((g.id for g in graph.reducible), key=lambda gid: graph[gid].producers[0].module)
+    cheap, dear = ids
+    calls = []
+
+    def damage(gid, k):  # group `dear` hurts ten times as much per channel removed
+        calls.append((gid, k))
+        return (10.0 if gid == dear else 1.0) * (32 - k)
+
+    kept = sensitivity_allocation(model, graph, damage, 0.3)
+    before = param_count(model, graph)
+    assert 1 - param_count(model, graph, kept) / before >= 0.3 - 1e-9
+    assert kept[cheap] < kept[dear] == 32  # the budget is spent where it costs least
+    assert {gid for gid, _ in calls} == set(ids) and all(k < 32 for _, k in calls)
+
+
+def test_fold_sensitivity_spares_the_group_whose_folding_moves_the_output():
+    from tuneless.methods.fold import fold
+
+    model = TwoGroups().eval()
+    x = torch.randn(2, 16)
+    small = fold(model, sparsity=0.3, allocation="sensitivity", repair="none", example_inputs=x,
+                 keep_floor=0.0)
+    # group a is 4 distinct channels repeated: folding it to ≥ 4 clusters moves nothing
+    assert 4 <= small.a.out_features < small.b.out_features == 32
+    assert small.tuneless_report["achieved_sparsity"] >= 0.3 - 1e-9
+    assert torch.allclose(small(x), model(x), atol=1e-5)  # only duplicates were merged
+
+
+def test_fold_sensitivity_probes_with_the_repair_images(monkeypatch):
+    import tuneless.methods.fold as fold_module
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))))
+            return self.fc(x.mean((2, 3)))
+
+    def no_noise(*_a, **_k):
+        raise AssertionError("a data repair must probe with its own images")
+
+    monkeypatch.setattr(fold_module, "_noise_like", no_noise)
+    model = Net().eval()
+    data = torch.randn(16, 3, 8, 8)
+    small = fold_module.fold(model, sparsity=0.3, allocation="sensitivity", repair="data",
+                             data=data, example_inputs=data[:2], probe_images=8)
+    assert small.tuneless_report["options"]["allocation"] == "sensitivity"
+
+
+def test_sensitivity_options_are_checked():
+    import pytest
+
+    from tuneless.errors import TunelessError
+    from tuneless.methods.fold import fold
+
+    model, x = TwoGroups().eval(), torch.randn(2, 16)
+    for bad in ({"round_to": 8}, {"probe_images": 1}):
+        with pytest.raises(TunelessError):
+            fold(model, sparsity=0.3, allocation="sensitivity", repair="none", example_inputs=x,
+                 **bad)
+    with pytest.raises(TunelessError, match="needs a sparsity"):
+        fold(model, channel_ratio=0.3, allocation="sensitivity", repair="none", example_inputs=x)
