@@ -149,4 +149,10 @@ def test_sensitivity_options_are_checked():
             fold(model, sparsity=0.3, allocation="sensitivity", repair="none", example_inputs=x,
                  **bad)
     with pytest.raises(TunelessError, match="needs a sparsity"):
-        fold(model, channel_ratio=0.3, allocation="sensitivity", repair="none", example_inputs=x)
+        fold(model, channel_ratio=0.3, allocation="error", repair="none", example_inputs=x)
+    # a channel ratio is the budget its uniform fold removes, reallocated
+    uniform = fold(model, channel_ratio=0.3, repair="none", example_inputs=x)
+    sens = fold(model, channel_ratio=0.3, allocation="sensitivity", repair="none",
+                example_inputs=x, keep_floor=0.0)
+    assert (sens.tuneless_report["achieved_sparsity"]
+            >= uniform.tuneless_report["achieved_sparsity"] - 1e-9)

@@ -169,9 +169,8 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
     if opts.channels is not None and (opts.allocation != "uniform" or opts.round_to != 1):
         raise TunelessError("channels= fixes the widths: it takes neither an allocation "
                             "nor round_to")
-    if opts.allocation != "uniform" and opts.sparsity is None:
-        raise TunelessError(f"allocation={opts.allocation!r} needs a sparsity (a global "
-                            "parameter budget)")
+    if opts.allocation == "error" and opts.sparsity is None:
+        raise TunelessError("allocation='error' needs a sparsity (a global parameter budget)")
     if not (isinstance(opts.probe_images, int) and opts.probe_images >= 2):
         raise TunelessError(f"probe_images must be an integer ≥ 2, got {opts.probe_images!r}")
     if not 0.0 < opts.max_ratio < 1.0:
@@ -271,7 +270,7 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
     at keep_floor × the uniform count, as the error allocation. The probes are the repair's
     own images where it has them (the first probe_images of `data`), else Gaussian noise."""
     from tuneless.allocation import sensitivity_allocation
-    from tuneless.budget import solve
+    from tuneless.budget import budget_for_ratio, solve
     from tuneless.cluster import cluster
     from tuneless.reduce import merge, reduce
     from tuneless.repair import _apply_ar
@@ -296,10 +295,15 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
         out = _output_tensor(new.eval()(probe)).double()
         return float((out - ref).pow(2).sum()) / scale
 
-    uniform = solve(model, graph, opts.sparsity, opts.min_channels,
-                    stream_share=opts.stream_share).kept
+    if opts.sparsity is not None:
+        sparsity = opts.sparsity
+        uniform = solve(model, graph, sparsity, opts.min_channels,
+                        stream_share=opts.stream_share).kept
+    else:  # channel_ratio: the parameters the paper's uniform ratio removes, reallocated
+        b = budget_for_ratio(model, graph, opts.channel_ratio, opts.min_channels)
+        sparsity, uniform = b.sparsity, b.kept
     floor = {gid: math.ceil(opts.keep_floor * k) for gid, k in uniform.items()}
-    return sensitivity_allocation(model, graph, damage, opts.sparsity,
+    return sensitivity_allocation(model, graph, damage, sparsity,
                                   max_ratio=opts.max_ratio, min_channels=opts.min_channels,
                                   floor=floor)
 
