@@ -222,13 +222,16 @@ def _self_images(path: str, model, x, seed: int, opts: dict) -> tuple[torch.Tens
 
 
 def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
-    """L1 pruning at the variant's per-group widths, then the named data repair."""
+    """L1 pruning at the variant's per-group widths (with the sensitivity allocation: its own,
+    measured on the images its repair sees), then the named data repair."""
     from tuneless.bn_match import match_bn
     from tuneless.layer_refit import refit
     from tuneless.methods.prune import prune
     from tuneless.repair import reestimate_bn
 
     share = {"stream_share": opts["stream_share"]} if "stream_share" in opts else {}
+    if opts.get("allocation") == "sensitivity":  # its own measured widths, the same probes
+        share.update(allocation="sensitivity", data=None if repair == "l1" else real)
     small = prune(model, criterion="l1", example_inputs=x, **share, **kw)  # the fold's widths
     if repair == "l1":
         return small

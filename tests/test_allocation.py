@@ -126,10 +126,15 @@ def test_fold_sensitivity_probes_with_the_repair_images(monkeypatch):
             x = F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))))
             return self.fc(x.mean((2, 3)))
 
-    def no_noise(*_a, **_k):
-        raise AssertionError("a data repair must probe with its own images")
+    import tuneless.allocation as allocation
 
-    monkeypatch.setattr(fold_module, "_noise_like", no_noise)
+    real_probe = allocation.probe_inputs
+
+    def probe_inputs(x, n, seed, data=None):
+        assert data is not None, "a data repair must probe with its own images"
+        return real_probe(x, n, seed, data)
+
+    monkeypatch.setattr(allocation, "probe_inputs", probe_inputs)
     model = Net().eval()
     data = torch.randn(16, 3, 8, 8)
     small = fold_module.fold(model, sparsity=0.3, allocation="sensitivity", repair="data",
@@ -156,3 +161,35 @@ def test_sensitivity_options_are_checked():
                 example_inputs=x, keep_floor=0.0)
     assert (sens.tuneless_report["achieved_sparsity"]
             >= uniform.tuneless_report["achieved_sparsity"] - 1e-9)
+
+
+def test_pink_noise_probes_are_normalised_images_and_other_inputs_stay_gaussian():
+    from tuneless.allocation import probe_inputs
+
+    img = probe_inputs(torch.zeros(2, 3, 16, 16), 8, seed=0)
+    assert img.shape == (8, 3, 16, 16)
+    assert torch.allclose(img.mean((2, 3)), torch.zeros(8, 3), atol=1e-5)
+    assert torch.allclose(img.std((2, 3)), torch.ones(8, 3), atol=1e-4)
+    # pink: neighbouring pixels are strongly correlated, unlike white noise
+    corr = (img[..., 1:] * img[..., :-1]).mean()
+    assert corr > 0.5
+    flat = probe_inputs(torch.zeros(2, 16), 8, seed=0)
+    assert flat.shape == (8, 16) and abs(float((flat[:, 1:] * flat[:, :-1]).mean())) < 0.3
+    data = torch.randn(20, 3, 8, 8)
+    assert torch.equal(probe_inputs(data[:2], 8, 0, data=data), data[:8])
+
+
+def test_prune_sensitivity_allocation_spares_the_group_that_matters():
+    from tuneless.methods.prune import prune
+
+    model = TwoGroups().eval()
+    with torch.no_grad():  # half of group a's channels feed nothing: pruning them is free
+        model.b.weight[:, 16:] = 0
+        model.b.weight[:, :16] = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 16)
+    small = prune(model, sparsity=0.3, allocation="sensitivity", example_inputs=x,
+                  keep_floor=0.0)
+    assert 16 <= small.a.out_features < small.b.out_features == 32
+    assert torch.allclose(small(x), model(x), atol=1e-5)
+    assert small.tuneless_report["achieved_sparsity"] >= 0.3 - 1e-9
+    assert small.tuneless_report["options"]["allocation"] == "sensitivity"

@@ -266,79 +266,26 @@ def _error_widths(model: nn.Module, graph, feats: dict, opts: FoldOptions) -> di
 def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
                         opts: FoldOptions, x, data=None) -> dict[int, int]:
     """Per-group widths from measured damage: each group folded alone (same clustering, AR
-    unless repair="none") and the output on probe inputs compared with the original's; kept
-    at keep_floor × the uniform count, as the error allocation. The probes are the repair's
-    own images where it has them (the first probe_images of `data`), else Gaussian noise."""
-    from tuneless.allocation import sensitivity_allocation
-    from tuneless.budget import budget_for_ratio, solve
+    unless repair="none") and the output on probe inputs compared with the original's (the
+    repair's own images where it has them, else pink noise: tuneless.allocation)."""
+    from tuneless.allocation import measured_widths, output_damage, probe_inputs
     from tuneless.cluster import cluster
     from tuneless.reduce import merge, reduce
     from tuneless.repair import _apply_ar
 
-    if data is not None:
-        from tuneless.data.loader import image_batches
+    measure = output_damage(work, probe_inputs(x, opts.probe_images, opts.seed, data))
 
-        probe = torch.cat(list(image_batches(data, opts.probe_images, opts.probe_images)))
-    else:
-        probe = _noise_like(x, opts.probe_images, opts.seed)
-    with torch.no_grad():
-        ref = _output_tensor(work(probe)).double()
-    scale = float((ref - ref.mean(0)).pow(2).sum()) or 1.0
-
-    @torch.no_grad()
     def damage(gid: int, k: int) -> float:
         labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
                          n_init=opts.n_init).labels
         new = reduce(work, graph, {gid: merge(labels, k)})
         if opts.repair != "none":
             _apply_ar(work, new, graph, {gid: labels})
-        out = _output_tensor(new.eval()(probe)).double()
-        return float((out - ref).pow(2).sum()) / scale
+        return measure(new)
 
-    if opts.sparsity is not None:
-        sparsity = opts.sparsity
-        uniform = solve(model, graph, sparsity, opts.min_channels,
-                        stream_share=opts.stream_share).kept
-    else:  # channel_ratio: the parameters the paper's uniform ratio removes, reallocated
-        b = budget_for_ratio(model, graph, opts.channel_ratio, opts.min_channels)
-        sparsity, uniform = b.sparsity, b.kept
-    floor = {gid: math.ceil(opts.keep_floor * k) for gid, k in uniform.items()}
-    return sensitivity_allocation(model, graph, damage, sparsity,
-                                  max_ratio=opts.max_ratio, min_channels=opts.min_channels,
-                                  floor=floor)
-
-
-def _noise_like(x, n: int, seed: int) -> torch.Tensor:
-    """n probe inputs shaped like one example input, no data: pink noise (amplitude ∝ 1/f,
-    the spectrum of natural images) with unit variance per image and channel for image
-    batches (N, C, H, W), standard-normal noise for anything else. On ResNet-20 white
-    noise ranked the groups worse than uniform folding; pink noise came close to real
-    images (docs/folding.md "Sensitivity allocation")."""
-    t = x[0] if isinstance(x, (tuple, list)) else x
-    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise TunelessError("allocation='sensitivity' probes with noise and needs a floating "
-                            "point example input")
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn((n, *t.shape[1:]), generator=g, dtype=torch.float64)
-    if w.dim() == 4 and min(w.shape[-2:]) >= 4:
-        h, wd = w.shape[-2:]
-        f = (torch.fft.fftfreq(h, dtype=torch.float64).view(-1, 1) ** 2
-             + torch.fft.rfftfreq(wd, dtype=torch.float64).view(1, -1) ** 2).sqrt()
-        f[0, 0] = 1.0 / max(h, wd)  # the mean of each image: weight of the lowest frequency
-        w = torch.fft.irfft2(torch.fft.rfft2(w) / f, s=(h, wd))
-        w = (w - w.mean((2, 3), keepdim=True)) / w.std((2, 3), keepdim=True)
-    return w.to(t.dtype)
-
-
-def _output_tensor(out) -> torch.Tensor:
-    """The first tensor of a model's output (tuple, list, dict or a tensor)."""
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise TunelessError("allocation='sensitivity' needs a model whose output is a tensor")
-    return out.reshape(out.shape[0], -1)
+    return measured_widths(model, graph, damage, opts.sparsity, opts.channel_ratio,
+                           keep_floor=opts.keep_floor, max_ratio=opts.max_ratio,
+                           min_channels=opts.min_channels, stream_share=opts.stream_share)
 
 
 def _channel_counts(channels) -> dict[int, int]:

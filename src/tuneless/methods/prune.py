@@ -30,11 +30,16 @@ _STATS = ("running_mean", "running_var", "num_batches_tracked")
 def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float | None = None,
           criterion: str = "l1", example_inputs=None, min_channels: int = 1,
           round_to: int = 1, seed: int = 0, data=None, stream_share: float = STREAM_SHARE,
-          **llm_options) -> nn.Module:
+          allocation: str = "uniform", probe_images: int = 32, keep_floor: float = 0.5,
+          max_ratio: float = 0.9, **llm_options) -> nn.Module:
     """Structured pruning to `sparsity` (fraction of parameters removed) or a uniform
     `channel_ratio` (fraction of channels removed from every reducible group).
     Under a sparsity budget residual streams lose `stream_share` of the ratio the other
     groups lose (the same widths as tuneless.fold; 1 = uniform).
+    allocation="sensitivity" chooses per-group widths as tuneless.fold does: each group
+    pruned alone at five depths, the output's movement measured on `probe_images` of `data`
+    (images) or of pink noise, then the greedy budget (tuneless.allocation; keep_floor ×
+    the uniform count and at most max_ratio of a group removed).
 
     Language models (Hugging Face decoders): criterion "l2" / "magnitude" (data-free, L2 norm
     of every weight a head or MLP channel owns), "wanda-sp" or "flap" (tuneless.llm.flap;
@@ -56,6 +61,12 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     check_model(model, f"prune-{criterion}")
     check_call(prune, {"min_channels": min_channels, "round_to": round_to, "seed": seed,
                        "stream_share": stream_share}, f"prune-{criterion}")
+    if allocation not in ("uniform", "sensitivity"):
+        raise TunelessError(f"unknown allocation {allocation!r}; choose uniform or sensitivity")
+    if allocation != "uniform" and round_to != 1:
+        raise TunelessError("round_to applies to allocation='uniform' only")
+    if not (isinstance(probe_images, int) and probe_images >= 2):
+        raise TunelessError(f"probe_images must be an integer ≥ 2, got {probe_images!r}")
     if criterion not in CRITERIA:
         raise TunelessError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if (sparsity is None) == (channel_ratio is None):
@@ -69,27 +80,53 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     else:
         budget = budget_for_ratio(model, graph, channel_ratio, min_channels, round_to)
     gen = torch.Generator().manual_seed(seed)
+    order = {g.id: channel_importance(model, g, criterion, gen) for g in graph.reducible}
+    kept = budget.kept
+    if allocation == "sensitivity":
+        kept = _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio,
+                                 probe_images, seed, keep_floor, max_ratio, min_channels,
+                                 stream_share)
+        from tuneless.budget import param_counter
+
+        count = param_counter(model, graph)
+        before, after = count(None), count(kept)
+        budget = type(budget)(kept=kept, channel_ratio=None, sparsity=1 - after / before,
+                              params_before=before, params_after=after)
     decisions = {}
     for g in graph.reducible:
-        k = budget.kept[g.id]
-        if k == g.n:  # every group is rewritten, even at k = n (exercises the engine)
-            keep = torch.arange(g.n)
-        else:
-            keep = torch.topk(channel_importance(model, g, criterion, gen), k).indices
-        decisions[g.id] = keep
+        k = kept[g.id]
+        # every group is rewritten, even at k = n (exercises the engine)
+        decisions[g.id] = torch.arange(g.n) if k == g.n else torch.topk(order[g.id], k).indices
     new = reduce(model, graph, decisions)
     new.tuneless_report = {
         "method": f"prune-{criterion}", "requested_sparsity": sparsity,
         "channel_ratio": budget.channel_ratio, "achieved_sparsity": budget.sparsity,
         "params_before": budget.params_before, "params_after": budget.params_after,
         "options": {"criterion": criterion, "min_channels": min_channels,
-                    "round_to": round_to, "seed": seed, "stream_share": stream_share},
+                    "round_to": round_to, "seed": seed, "stream_share": stream_share,
+                    "allocation": allocation},
         "physically_smaller": True, "groups": len(graph),
         "reducible_groups": len(graph.reducible),
         "kept": {str(k): v for k, v in budget.kept.items()},
         "channels": {str(gid): keep.tolist() for gid, keep in decisions.items()},
     }
     return new
+
+
+def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, probe_images,
+                      seed, keep_floor, max_ratio, min_channels, stream_share) -> dict:
+    """Per-group kept counts from the measured damage of pruning each group alone."""
+    from tuneless.allocation import measured_widths, output_damage, probe_inputs
+    from tuneless.reduce import reduce
+
+    measure = output_damage(model, probe_inputs(x, probe_images, seed, data))
+
+    def damage(gid: int, k: int) -> float:
+        return measure(reduce(model, graph, {gid: torch.topk(order[gid], k).indices}))
+
+    return measured_widths(model, graph, damage, sparsity, channel_ratio,
+                           keep_floor=keep_floor, max_ratio=max_ratio,
+                           min_channels=min_channels, stream_share=stream_share)
 
 
 LLM_CRITERIA = ("l2", "magnitude", "wanda-sp", "flap", "obs")
