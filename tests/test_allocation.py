@@ -193,3 +193,16 @@ def test_prune_sensitivity_allocation_spares_the_group_that_matters():
     assert torch.allclose(small(x), model(x), atol=1e-5)
     assert small.tuneless_report["achieved_sparsity"] >= 0.3 - 1e-9
     assert small.tuneless_report["options"]["allocation"] == "sensitivity"
+
+
+def test_large_image_probes_shrink_only_where_the_model_runs_on_them():
+    from tuneless.allocation import small_probes
+
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(4, 2))
+    fixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 126 * 126, 2))
+    probe = torch.randn(2, 3, 128, 128)
+    assert small_probes(pooled, probe).shape == (2, 3, 64, 64)
+    assert small_probes(fixed, probe) is probe  # its flatten needs the full size
+    tiny = torch.randn(2, 3, 32, 32)
+    assert small_probes(pooled, tiny) is tiny

@@ -160,6 +160,9 @@ def _interpolate(coarse: list[int], errs: list[float], fine: list[int]) -> list[
 SENSITIVITY_LEVELS = (0.15, 0.3, 0.5, 0.7, 0.9)  # shares of a group's channels removed
 
 
+PROBE_SIDE = 64  # image probes larger than this are measured at this size where the model allows
+
+
 def probe_inputs(x, n: int, seed: int, data=None) -> torch.Tensor:
     """The inputs a sensitivity allocation measures on: the first n of `data` (images or a
     loader) when given, else n noise inputs shaped like one example input — pink noise
@@ -185,6 +188,23 @@ def probe_inputs(x, n: int, seed: int, data=None) -> torch.Tensor:
         w = torch.fft.irfft2(torch.fft.rfft2(w) / f, s=(h, wd))
         w = (w - w.mean((2, 3), keepdim=True)) / w.std((2, 3), keepdim=True)
     return w.to(t.dtype)
+
+
+def small_probes(model: nn.Module, probe: torch.Tensor, side: int = PROBE_SIDE) -> torch.Tensor:
+    """Image probes larger than side × side, resized to it (area-averaged) when the model
+    runs on that size: every probe is one forward pass per group and depth, and on
+    ImageNet-sized inputs those passes are most of the allocation's cost."""
+    if probe.dim() != 4 or max(probe.shape[-2:]) <= side:
+        return probe
+    h, w = probe.shape[-2:]
+    size = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
+    small = torch.nn.functional.interpolate(probe, size=size, mode="area")
+    try:
+        with torch.no_grad():
+            model.eval()(small[:1])
+    except Exception:  # noqa: BLE001 — e.g. a flatten sized for the full input: keep it
+        return probe
+    return small
 
 
 def output_damage(reference: nn.Module, probe: torch.Tensor):

@@ -116,10 +116,11 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
 def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, probe_images,
                       seed, keep_floor, max_ratio, min_channels, stream_share) -> dict:
     """Per-group kept counts from the measured damage of pruning each group alone."""
-    from tuneless.allocation import measured_widths, output_damage, probe_inputs
+    from tuneless.allocation import measured_widths, output_damage, probe_inputs, small_probes
     from tuneless.reduce import reduce
 
-    measure = output_damage(model, probe_inputs(x, probe_images, seed, data))
+    probe = probe_inputs(x, probe_images, seed, data)
+    measure = output_damage(model, small_probes(model, probe))
 
     def damage(gid: int, k: int) -> float:
         return measure(reduce(model, graph, {gid: torch.topk(order[gid], k).indices}))
