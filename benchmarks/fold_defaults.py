@@ -91,6 +91,9 @@ VARIANTS: dict[str, dict] = {
     # per-group widths from the measured output damage of folding each group alone, on the
     # repair's images (data repairs) or Gaussian noise (data-free); tuneless.allocation
     "sens": {"allocation": "sensitivity"},
+    # the same, every group kept at 3/4 (not 1/2) of its uniform width: how far the
+    # one-group-at-a-time measurements are trusted at extreme budgets
+    "sens75": {"allocation": "sensitivity", "keep_floor": 0.75},
 }
 # Baselines on the same per-group widths: "repairs" that prune by L1 norm with the variant's
 # stream_share, then nothing ("l1"), BN re-estimated on the same images, or refit on them
