@@ -47,6 +47,9 @@ VARIANTS = {  # fold options; pruning methods ignore them except the widths
     "ward-hartigan": {"cluster": "ward-hartigan"},
     "wide128": {"cluster": "wide128"},
     "cut60": {"cluster": "cut60"},
+    # per-group widths from the measured output damage of folding each group alone
+    # (pink-noise probes at 64 px for the data-free repairs, the repair's images otherwise)
+    "sens": {"allocation": "sensitivity"},
 }
 METHODS = ("fold-ar", "fold-none", "fold-r", "fold-match", "fold-refit", "l1", "l1-bn",
            "l1-match", "l1-refit", "fold-dir", "fold-dir-paper", "l1-dir")
