@@ -60,10 +60,10 @@ class FoldOptions:
     # explicit widths instead of a budget: {group id (as `tuneless inspect` prints it):
     # channels kept}; the groups not named stay whole (e.g. latency-aware widths)
     channels: dict | None = None
-    max_ratio: float = 0.9  # error allocation: keep at least 10% of every group
-    keep_floor: float = 0.5  # error allocation: and at least this share of uniform's count
-    # sensitivity allocation: probe inputs whose outputs measure each group's damage
-    # (Gaussian noise of the example input's shape: no data)
+    max_ratio: float = 0.9  # error/sensitivity allocation: keep at least 10% of every group
+    keep_floor: float = 0.5  # ... and at least this share of uniform's count
+    # sensitivity allocation: probe inputs whose outputs measure each group's damage (the
+    # repair's images when it has them, else pink noise shaped like the example input)
     probe_images: int = 32
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
     # repair "refit": images of `data` its least squares see; 1,024 beat 256 on every
@@ -99,8 +99,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     the paper (options e.g. schedule=, tokenizer=, features= "auto" | "weights" |
     "activations" for what its k-means clusters).
     Options: allocation ("uniform" | "error" | "sensitivity": per-group widths from the
-    output damage of folding each group alone, measured on probe_images Gaussian-noise
-    inputs, no data), stream_share (residual streams lose this share
+    output damage of folding each group alone, measured on probe_images inputs — the
+    repair's images, else pink noise, so still no data; docs/folding.md "Sensitivity
+    allocation"), stream_share (residual streams lose this share
     of the other groups' channel ratio under a sparsity budget; 1 = the paper's uniform
     ratio; channel_ratio= is always uniform), cluster ("auto": Ward + Hartigan where a group of
     ≥ 256 channels keeps ≥ 60% of them, k-means elsewhere; "kmeans" | "ward" |
