@@ -200,9 +200,9 @@ def test_large_image_probes_shrink_only_where_the_model_runs_on_them():
 
     pooled = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                            nn.Linear(4, 2))
-    fixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 126 * 126, 2))
-    probe = torch.randn(2, 3, 128, 128)
-    assert small_probes(pooled, probe).shape == (2, 3, 64, 64)
+    fixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 254 * 254, 2))
+    probe = torch.randn(2, 3, 256, 256)
+    assert small_probes(pooled, probe).shape == (2, 3, 128, 128)
     assert small_probes(fixed, probe) is probe  # its flatten needs the full size
     tiny = torch.randn(2, 3, 32, 32)
     assert small_probes(pooled, tiny) is tiny
