@@ -67,6 +67,9 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
         raise TunelessError("round_to applies to allocation='uniform' only")
     if not (isinstance(probe_images, int) and probe_images >= 2):
         raise TunelessError(f"probe_images must be an integer ≥ 2, got {probe_images!r}")
+    if not (0.0 <= keep_floor <= 1.0 and 0.0 < max_ratio < 1.0):
+        raise TunelessError(f"keep_floor must be in [0, 1] and max_ratio in (0, 1), got "
+                            f"{keep_floor!r} and {max_ratio!r}")
     if criterion not in CRITERIA:
         raise TunelessError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if (sparsity is None) == (channel_ratio is None):
@@ -80,9 +83,9 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     else:
         budget = budget_for_ratio(model, graph, channel_ratio, min_channels, round_to)
     gen = torch.Generator().manual_seed(seed)
-    order = {g.id: channel_importance(model, g, criterion, gen) for g in graph.reducible}
-    kept = budget.kept
-    if allocation == "sensitivity":
+    kept, order = budget.kept, {}
+    if allocation == "sensitivity":  # every group's order first: each is probed at 5 depths
+        order = {g.id: channel_importance(model, g, criterion, gen) for g in graph.reducible}
         kept = _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio,
                                  probe_images, seed, keep_floor, max_ratio, min_channels,
                                  stream_share)
@@ -95,8 +98,11 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     decisions = {}
     for g in graph.reducible:
         k = kept[g.id]
-        # every group is rewritten, even at k = n (exercises the engine)
-        decisions[g.id] = torch.arange(g.n) if k == g.n else torch.topk(order[g.id], k).indices
+        if k == g.n:  # every group is rewritten, even at k = n (exercises the engine)
+            decisions[g.id] = torch.arange(g.n)
+        else:  # uniform: the importance drawn only where it is used (random's seed stream)
+            score = order[g.id] if order else channel_importance(model, g, criterion, gen)
+            decisions[g.id] = torch.topk(score, k).indices
     new = reduce(model, graph, decisions)
     new.tuneless_report = {
         "method": f"prune-{criterion}", "requested_sparsity": sparsity,
