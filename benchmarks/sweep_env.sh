@@ -42,3 +42,26 @@ sweep_lanes() {
     sweep models/lenet5-fashion-mnist.pt lenet5
   fi
 }
+
+# One fold variant against the default on every benchmark network (fold_balance.sh,
+# fold_sensitivity.sh): $1 the result files' prefix, $2 the variant. Fold-Naive, Fold-AR and
+# Fold-R at 10-80%, 3 seeds, full test split, and the VGG's paper points (with lane 1).
+# Each CSV starts from the default's rows of fold_cluster_repair.sh (the same code path),
+# so only the variant's rows run; each row carries its commit.
+variant_sweep() {
+  local out=$1 variant=$2
+  seed_from() {  # $1 short name
+    [[ -f $out-$1.csv ]] || cp "docs/results/fold-cluster-repair-$1.csv" "$out-$1.csv"
+  }
+  sweep() {  # $1 checkpoint, $2 short name
+    seed_from "$2"
+    run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs none,data,ar --variants "$variant" \
+      --seeds 0,1,2 --out "$out-$2"
+  }
+  if [[ ${LANE:-0} != 2 ]]; then
+    seed_from vgg11-ratio
+    run $VGG --ratio channel --points 0.3,0.5,0.7 --repairs none,data,ar \
+      --variants "$variant" --seeds 0,1,2 --out "$out-vgg11-ratio"
+  fi
+  sweep_lanes
+}

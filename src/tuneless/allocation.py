@@ -111,21 +111,28 @@ def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sp
         levels[g.id] = list(range(coarse[0], coarse[-1] - 1, -1))  # every count, interpolated
         curves[g.id] = _interpolate(coarse, errs, levels[g.id])
         size[g.id] = max(1, _group_params(counter, g.id))
-    pos = {g.id: 0 for g in groups}
-    kept = dict(full)
+    # normalised error added per normalised parameter saved: both relative to the group
+    return _greedy(counter, levels, curves, dict(full), sparsity, max_ratio, size)
+
+
+def _greedy(counter: _ParamCounter, levels: dict, curves: dict, kept: dict[int, int],
+            sparsity: float, max_ratio: float, weight: dict | None = None) -> dict[int, int]:
+    """Step the group whose next count adds the least curve per parameter saved (× its
+    weight) until `sparsity` of the parameters is gone; levels/curves: per group, counts
+    descending from its current one and the curve at each."""
+    pos = {gid: 0 for gid in levels}
     target = counter.total_before * (1 - sparsity)
     current = counter.total(kept)
     while current > target:
         best, best_score = None, math.inf
-        for gid in pos:
-            i = pos[gid]
+        for gid, i in pos.items():
             if i + 1 >= len(levels[gid]):
                 continue
             saved = counter.saving(gid, levels[gid][i + 1], kept)
             if saved <= 0:
                 continue
-            # normalised error added per normalised parameter saved: both relative to the group
-            score = (curves[gid][i + 1] - curves[gid][i]) / (saved / size[gid])
+            score = (curves[gid][i + 1] - curves[gid][i]) / (
+                saved / (weight[gid] if weight else 1))
             if score < best_score:
                 best, best_score = gid, score
         if best is None:
@@ -282,25 +289,4 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
             errs[i] = max(errs[i], errs[i - 1])
         levels[g.id] = list(range(coarse[0], coarse[-1] - 1, -1))
         curves[g.id] = _interpolate(coarse, errs, levels[g.id])
-    pos = {gid: 0 for gid in levels}
-    kept = {g.id: g.n for g in groups}
-    target = counter.total_before * (1 - sparsity)
-    current = counter.total(kept)
-    while current > target:
-        best, best_score = None, math.inf
-        for gid, i in pos.items():
-            if i + 1 >= len(levels[gid]):
-                continue
-            saved = counter.saving(gid, levels[gid][i + 1], kept)
-            if saved <= 0:
-                continue
-            score = (curves[gid][i + 1] - curves[gid][i]) / saved
-            if score < best_score:
-                best, best_score = gid, score
-        if best is None:
-            raise TunelessError(
-                f"sparsity {sparsity:.2f} is out of reach with max_ratio={max_ratio} per group")
-        pos[best] += 1
-        kept[best] = levels[best][pos[best]]
-        current = counter.total(kept)
-    return kept
+    return _greedy(counter, levels, curves, {g.id: g.n for g in groups}, sparsity, max_ratio)
