@@ -187,8 +187,11 @@ def test_prune_sensitivity_allocation_spares_the_group_that_matters():
         model.b.weight[:, 16:] = 0
         model.b.weight[:, :16] = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
     x = torch.randn(2, 16)
+    model.train()  # the probing leaves the caller's mode alone
     small = prune(model, sparsity=0.3, allocation="sensitivity", example_inputs=x,
                   keep_floor=0.0)
+    assert model.training
+    model.eval()
     assert 16 <= small.a.out_features < small.b.out_features == 32
     assert torch.allclose(small(x), model(x), atol=1e-5)
     assert small.tuneless_report["achieved_sparsity"] >= 0.3 - 1e-9

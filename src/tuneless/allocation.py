@@ -11,7 +11,7 @@ is met. No data is used.
 
 `sensitivity_allocation` is the same greedy loop on *measured* curves: how far the
 network's output moves when one group alone is folded to each count (on probe inputs,
-Gaussian noise by default: still no data), per parameter saved.
+pink noise by default: still no data), per parameter saved.
 """
 
 from __future__ import annotations
@@ -209,22 +209,30 @@ def small_probes(model: nn.Module, probe: torch.Tensor, side: int = PROBE_SIDE) 
     size = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
     small = torch.nn.functional.interpolate(probe, size=size, mode="area")
     try:
-        with torch.no_grad():
-            model.eval()(small[:1])
+        _eval_forward(model, small[:1])
     except Exception:  # noqa: BLE001 — e.g. a flatten sized for the full input: keep it
         return probe
     return small
 
 
+def _eval_forward(model: nn.Module, x: torch.Tensor):
+    """model(x) in eval mode without gradients; the caller's train/eval mode is restored
+    (the model may be the user's own)."""
+    was = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(x)
+    finally:
+        model.train(was)
+
+
 def output_damage(reference: nn.Module, probe: torch.Tensor):
     """measure(model) -> ‖model(probe) − reference(probe)‖² / the reference outputs' scatter."""
-    with torch.no_grad():
-        ref = _output_tensor(reference.eval()(probe)).double()
+    ref = _output_tensor(_eval_forward(reference, probe)).double()
     scale = float((ref - ref.mean(0)).pow(2).sum()) or 1.0
 
-    @torch.no_grad()
     def measure(model: nn.Module) -> float:
-        out = _output_tensor(model.eval()(probe)).double()
+        out = _output_tensor(_eval_forward(model, probe)).double()
         return float((out - ref).pow(2).sum()) / scale
 
     return measure
