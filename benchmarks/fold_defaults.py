@@ -89,7 +89,7 @@ VARIANTS: dict[str, dict] = {
     "streams-0": {"stream_share": 0.0},
     "streams-1": {"stream_share": 1.0},
     # per-group widths from the measured output damage of folding each group alone, on the
-    # repair's images (data repairs) or Gaussian noise (data-free); tuneless.allocation
+    # repair's images (data repairs) or pink noise (data-free); tuneless.allocation
     "sens": {"allocation": "sensitivity"},
     # the same, every group kept at 3/4 (not 1/2) of its uniform width: how far the
     # one-group-at-a-time measurements are trusted at extreme budgets

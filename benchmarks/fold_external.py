@@ -48,7 +48,7 @@ VARIANTS = {  # fold options; pruning methods ignore them except the widths
     "wide128": {"cluster": "wide128"},
     "cut60": {"cluster": "cut60"},
     # per-group widths from the measured output damage of folding each group alone
-    # (pink-noise probes at 64 px for the data-free repairs, the repair's images otherwise)
+    # (pink-noise probes for the data-free repairs, the repair's images otherwise; at 128 px)
     "sens": {"allocation": "sensitivity"},
 }
 METHODS = ("fold-ar", "fold-none", "fold-r", "fold-match", "fold-refit", "l1", "l1-bn",

@@ -22,6 +22,7 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
+from tuneless.budget import STREAM_SHARE
 from tuneless.errors import TunelessError
 
 
@@ -167,6 +168,22 @@ def _interpolate(coarse: list[int], errs: list[float], fine: list[int]) -> list[
 SENSITIVITY_LEVELS = (0.15, 0.3, 0.5, 0.7, 0.9)  # shares of a group's channels removed
 
 
+def check_allocation(allocation: str, choices: tuple[str, ...], *, round_to: int,
+                     probe_images: int, keep_floor: float, max_ratio: float) -> None:
+    """The allocation options fold and prune share, checked alike (one-line errors)."""
+    if allocation not in choices:
+        raise TunelessError(f"unknown allocation {allocation!r}; choose one of "
+                            f"{', '.join(choices)}")
+    if allocation != "uniform" and round_to != 1:
+        raise TunelessError("round_to applies to allocation='uniform' only")
+    if not (isinstance(probe_images, int) and probe_images >= 2):
+        raise TunelessError(f"probe_images must be an integer ≥ 2, got {probe_images!r}")
+    if not 0.0 < max_ratio < 1.0:
+        raise TunelessError(f"max_ratio must be in (0, 1), got {max_ratio}")
+    if not 0.0 <= keep_floor <= 1.0:
+        raise TunelessError(f"keep_floor must be in [0, 1], got {keep_floor}")
+
+
 PROBE_SIDE = 128  # image probes larger than this are measured at this size where the model
 # allows (EfficientNet-Lite0 at 10%, 32 pink probes: 224 px 46.5% top-1 agreement, 128 px
 # 44.5%, 64 px 36.1% — no better than uniform widths; docs/folding.md "Sensitivity allocation")
@@ -226,8 +243,10 @@ def _eval_forward(model: nn.Module, x: torch.Tensor):
         model.train(was)
 
 
-def output_damage(reference: nn.Module, probe: torch.Tensor):
-    """measure(model) -> ‖model(probe) − reference(probe)‖² / the reference outputs' scatter."""
+def output_damage(reference: nn.Module, x, n: int, seed: int, data=None):
+    """measure(model) -> ‖model(probe) − reference(probe)‖² / the reference outputs' scatter,
+    on `probe_inputs(x, n, seed, data)` shrunk by `small_probes`."""
+    probe = small_probes(reference, probe_inputs(x, n, seed, data))
     ref = _output_tensor(_eval_forward(reference, probe)).double()
     scale = float((ref - ref.mean(0)).pow(2).sum()) or 1.0
 
@@ -252,15 +271,14 @@ def _output_tensor(out) -> torch.Tensor:
 def measured_widths(model: nn.Module, graph, damage, sparsity: float | None,
                     channel_ratio: float | None = None, *, keep_floor: float = 0.5,
                     max_ratio: float = 0.9, min_channels: int = 1,
-                    stream_share: float | None = None) -> dict[int, int]:
+                    stream_share: float = STREAM_SHARE) -> dict[int, int]:
     """sensitivity_allocation under a sparsity budget or the parameters a uniform channel
     ratio removes, every group kept at keep_floor × its count in that uniform plan (a
     bound on how far one-group-at-a-time measurements are trusted)."""
-    from tuneless.budget import STREAM_SHARE, budget_for_ratio, solve
+    from tuneless.budget import budget_for_ratio, solve
 
     if sparsity is not None:
-        share = STREAM_SHARE if stream_share is None else stream_share
-        uniform = solve(model, graph, sparsity, min_channels, stream_share=share).kept
+        uniform = solve(model, graph, sparsity, min_channels, stream_share=stream_share).kept
     else:  # channel_ratio: the parameters the paper's uniform ratio removes, reallocated
         b = budget_for_ratio(model, graph, channel_ratio, min_channels)
         sparsity, uniform = b.sparsity, b.kept

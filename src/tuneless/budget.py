@@ -33,7 +33,7 @@ class Budget:
     """Per-group channel counts and what they achieve."""
 
     kept: dict[int, int]
-    channel_ratio: float
+    channel_ratio: float | None  # None: counts chosen per group, not from one ratio
     sparsity: float  # achieved fraction of parameters removed
     params_before: int
     params_after: int
@@ -43,6 +43,13 @@ class Budget:
         d = asdict(self)
         d["kept"] = {str(k): v for k, v in self.kept.items()}
         return d
+
+
+def budget_of(model: nn.Module, graph: GroupGraph, kept: dict[int, int]) -> Budget:
+    """What explicit per-group counts achieve (named widths or a measured allocation)."""
+    count = param_counter(model, graph)
+    before, after = count(None), count(kept)
+    return Budget(kept, None, 1 - after / before, before, after)
 
 
 def param_count(model: nn.Module, graph: GroupGraph, kept: dict[int, int] | None = None) -> int:

@@ -151,13 +151,12 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
             raise TunelessError(f"{name} must be a number in [0, 1), got {v!r}")
     get_repair(opts.repair)
+    from tuneless.allocation import check_allocation
     from tuneless.cluster import CLUSTERERS
 
     if opts.cluster not in CLUSTERERS:
         raise TunelessError(f"unknown clustering method {opts.cluster!r}; choose one of "
                             f"{', '.join(CLUSTERERS)}")
-    if opts.allocation not in ALLOCATIONS:
-        raise TunelessError(f"unknown allocation {opts.allocation!r}; choose uniform or error")
     if opts.dir_stats not in DIR_STATS:
         raise TunelessError(f"unknown dir_stats {opts.dir_stats!r}; choose one of "
                             f"{', '.join(DIR_STATS)}")
@@ -165,19 +164,14 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
         raise TunelessError(f"unknown features {opts.features!r}; choose one of {FEATURES}")
     if not (isinstance(opts.round_to, int) and opts.round_to >= 1):
         raise TunelessError(f"round_to must be an integer ≥ 1, got {opts.round_to!r}")
-    if opts.allocation != "uniform" and opts.round_to != 1:
-        raise TunelessError("round_to applies to allocation='uniform' only")
+    check_allocation(opts.allocation, ALLOCATIONS, round_to=opts.round_to,
+                     probe_images=opts.probe_images, keep_floor=opts.keep_floor,
+                     max_ratio=opts.max_ratio)
     if opts.channels is not None and (opts.allocation != "uniform" or opts.round_to != 1):
         raise TunelessError("channels= fixes the widths: it takes neither an allocation "
                             "nor round_to")
     if opts.allocation == "error" and opts.sparsity is None:
         raise TunelessError("allocation='error' needs a sparsity (a global parameter budget)")
-    if not (isinstance(opts.probe_images, int) and opts.probe_images >= 2):
-        raise TunelessError(f"probe_images must be an integer ≥ 2, got {opts.probe_images!r}")
-    if not 0.0 < opts.max_ratio < 1.0:
-        raise TunelessError(f"max_ratio must be in (0, 1), got {opts.max_ratio}")
-    if not 0.0 <= opts.keep_floor <= 1.0:
-        raise TunelessError(f"keep_floor must be in [0, 1], got {opts.keep_floor}")
     if not (isinstance(opts.refit_images, int) and opts.refit_images >= 2) or opts.ridge < 0:
         raise TunelessError("repair 'refit' needs refit_images ≥ 2 and ridge ≥ 0, got "
                             f"{opts.refit_images!r} and {opts.ridge!r}")
@@ -185,7 +179,7 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
 
 
 def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Module:
-    from tuneless.budget import budget_for_ratio, param_counter, solve
+    from tuneless.budget import budget_for_ratio, budget_of, solve
     from tuneless.cluster import cluster
     from tuneless.graph import find_groups
     from tuneless.reduce import merge, reduce
@@ -216,9 +210,8 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
                 else _error_widths(model, graph, feats, opts) if opts.allocation == "error"
                 else _sensitivity_widths(model, work, graph, feats, opts, x,
                                          data if rep.needs_data else None))
-        count = param_counter(model, graph)
-        before, after = count(None), count(kept)
-        achieved, ratio = 1 - after / before, None
+        b = budget_of(model, graph, kept)
+        achieved, ratio, before, after = b.sparsity, None, b.params_before, b.params_after
     else:
         b = (solve(model, graph, opts.sparsity, opts.min_channels, opts.round_to,
                    opts.stream_share)
@@ -269,13 +262,12 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
     """Per-group widths from measured damage: each group folded alone (same clustering, AR
     unless repair="none") and the output on probe inputs compared with the original's (the
     repair's own images where it has them, else pink noise: tuneless.allocation)."""
-    from tuneless.allocation import measured_widths, output_damage, probe_inputs, small_probes
+    from tuneless.allocation import measured_widths, output_damage
     from tuneless.cluster import cluster
     from tuneless.reduce import merge, reduce
     from tuneless.repair import _apply_ar
 
-    probe = probe_inputs(x, opts.probe_images, opts.seed, data)
-    measure = output_damage(work, small_probes(work, probe))
+    measure = output_damage(work, x, opts.probe_images, opts.seed, data)
 
     def damage(gid: int, k: int) -> float:
         labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,

@@ -48,7 +48,8 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     the fraction of decoder-block parameters, and llm_options (schedule, head_ratio, mlp_ratio, gqa,
     tokenizer, ...) go to tuneless.llm.
     """
-    from tuneless.budget import budget_for_ratio, solve
+    from tuneless.allocation import check_allocation
+    from tuneless.budget import budget_for_ratio, budget_of, solve
     from tuneless.graph import find_groups
     from tuneless.llm.adapters import is_hf_causal_lm
     from tuneless.modelio import example_input
@@ -61,15 +62,8 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     check_model(model, f"prune-{criterion}")
     check_call(prune, {"min_channels": min_channels, "round_to": round_to, "seed": seed,
                        "stream_share": stream_share}, f"prune-{criterion}")
-    if allocation not in ("uniform", "sensitivity"):
-        raise TunelessError(f"unknown allocation {allocation!r}; choose uniform or sensitivity")
-    if allocation != "uniform" and round_to != 1:
-        raise TunelessError("round_to applies to allocation='uniform' only")
-    if not (isinstance(probe_images, int) and probe_images >= 2):
-        raise TunelessError(f"probe_images must be an integer ≥ 2, got {probe_images!r}")
-    if not (0.0 <= keep_floor <= 1.0 and 0.0 < max_ratio < 1.0):
-        raise TunelessError(f"keep_floor must be in [0, 1] and max_ratio in (0, 1), got "
-                            f"{keep_floor!r} and {max_ratio!r}")
+    check_allocation(allocation, ("uniform", "sensitivity"), round_to=round_to,
+                     probe_images=probe_images, keep_floor=keep_floor, max_ratio=max_ratio)
     if criterion not in CRITERIA:
         raise TunelessError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if (sparsity is None) == (channel_ratio is None):
@@ -89,12 +83,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
         kept = _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio,
                                  probe_images, seed, keep_floor, max_ratio, min_channels,
                                  stream_share)
-        from tuneless.budget import param_counter
-
-        count = param_counter(model, graph)
-        before, after = count(None), count(kept)
-        budget = type(budget)(kept=kept, channel_ratio=None, sparsity=1 - after / before,
-                              params_before=before, params_after=after)
+        budget = budget_of(model, graph, kept)
     decisions = {}
     for g in graph.reducible:
         k = kept[g.id]
@@ -122,11 +111,10 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
 def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, probe_images,
                       seed, keep_floor, max_ratio, min_channels, stream_share) -> dict:
     """Per-group kept counts from the measured damage of pruning each group alone."""
-    from tuneless.allocation import measured_widths, output_damage, probe_inputs, small_probes
+    from tuneless.allocation import measured_widths, output_damage
     from tuneless.reduce import reduce
 
-    probe = probe_inputs(x, probe_images, seed, data)
-    measure = output_damage(model, small_probes(model, probe))
+    measure = output_damage(model, x, probe_images, seed, data)
 
     def damage(gid: int, k: int) -> float:
         return measure(reduce(model, graph, {gid: torch.topk(order[gid], k).indices}))
