@@ -6,5 +6,9 @@
 # benchmark network at 10-80%, 3 seeds, full test split, and at the VGG's paper points,
 # against the default's rows (variant_sweep in sweep_env.sh). LANE=1 / LANE=2 as in
 # sweep_env.sh. Results: docs/folding.md "Sensitivity allocation".
+# An argument names another variant of benchmarks/fold_defaults.py, e.g. `sens75` (a floor
+# of 3/4 of the uniform width): results in docs/results/fold-<variant>-*.
 source "$(dirname "$0")/sweep_env.sh"
-variant_sweep docs/results/fold-sens sens
+variant="${1:-sens}"
+variant_sweep "docs/results/fold-$variant" "$variant"
+
