@@ -90,11 +90,14 @@ VARIANTS: dict[str, dict] = {
     "streams-1": {"stream_share": 1.0},
     # per-group widths from the measured output damage of folding each group alone, on the
     # repair's images (data repairs) or pink noise (data-free); tuneless.allocation
-    "sens": {"allocation": "sensitivity"},
+    "sens": {"allocation": "sensitivity", "keep_floor": 0.5},
     # the same, every group kept at 3/4 (not 1/2) of its uniform width: how far the
     # one-group-at-a-time measurements are trusted at extreme budgets
     "sens75": {"allocation": "sensitivity", "keep_floor": 0.75},
 }
+# every variant but "default" folds with uniform widths unless it names an allocation (the
+# rows of the variants before allocation="auto" became the default were uniform)
+UNIFORM = {"allocation": "uniform"}
 # Baselines on the same per-group widths: "repairs" that prune by L1 norm with the variant's
 # stream_share, then nothing ("l1"), BN re-estimated on the same images, or refit on them
 PRUNE_REPAIRS = ("l1", "l1-bn", "l1-match", "l1-refit", "l1-self", "l1-dir-match",
@@ -174,7 +177,7 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                         if dense is None:
                             dense = accuracy(model, test)
                         kw = {"channel_ratio" if args.ratio == "channel" else "sparsity": pt}
-                        opts = dict(VARIANTS[variant])
+                        opts = ({} if variant == "default" else dict(UNIFORM)) | VARIANTS[variant]
                         if repair == "none":  # Fold-Naive never fused BN, in any version
                             opts["fuse_bn"] = False
                         t0 = time.perf_counter()
@@ -234,7 +237,8 @@ def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
 
     share = {"stream_share": opts["stream_share"]} if "stream_share" in opts else {}
     if opts.get("allocation") == "sensitivity":  # its own measured widths, the same probes
-        share.update(allocation="sensitivity", data=None if repair == "l1" else real)
+        share.update(allocation="sensitivity", data=None if repair == "l1" else real,
+                     keep_floor=opts.get("keep_floor"))
     small = prune(model, criterion="l1", example_inputs=x, **share, **kw)  # the fold's widths
     if repair == "l1":
         return small

@@ -43,13 +43,14 @@ FIELDS = ["model", "method", "variant", "point", "seed", "agreement", "kl", "ach
           "seconds", "eval_images", "refit_images", "commit"]
 VARIANTS = {  # fold options; pruning methods ignore them except the widths
     "default": {},
-    "kmeans": {"cluster": "kmeans"},
-    "ward-hartigan": {"cluster": "ward-hartigan"},
-    "wide128": {"cluster": "wide128"},
-    "cut60": {"cluster": "cut60"},
+    "kmeans": {"cluster": "kmeans", "allocation": "uniform"},
+    "ward-hartigan": {"cluster": "ward-hartigan", "allocation": "uniform"},
+    "wide128": {"cluster": "wide128", "allocation": "uniform"},
+    "cut60": {"cluster": "cut60", "allocation": "uniform"},
     # per-group widths from the measured output damage of folding each group alone
     # (pink-noise probes for the data-free repairs, the repair's images otherwise; at 128 px)
-    "sens": {"allocation": "sensitivity"},
+    "sens": {"allocation": "sensitivity", "keep_floor": 0.5},
+    "uniform": {"allocation": "uniform"},  # the default until allocation="auto"
 }
 METHODS = ("fold-ar", "fold-none", "fold-r", "fold-match", "fold-refit", "l1", "l1-bn",
            "l1-match", "l1-refit", "fold-dir", "fold-dir-paper", "l1-dir")
@@ -113,7 +114,14 @@ def compress(model, method: str, x, real, point: float, seed: int, opts: dict,
             opts = {"refit_images": refit_images, **opts}
         return fold(model, sparsity=point, repair=repair, example_inputs=x, seed=seed,
                     data=real if get_repair(repair).needs_data else None, **opts)
-    small = prune(model, sparsity=point, criterion="l1", example_inputs=x)  # fold's widths
+    # L1 on the fold's kind of widths: uniform, or its own measured ones where the fold it is
+    # compared with (same repair) measures them
+    alloc = opts.get("allocation", "auto")
+    if alloc == "auto":
+        alloc = "sensitivity" if method in ("l1", "l1-bn") else "uniform"
+    sens = ({"allocation": "sensitivity", "keep_floor": opts.get("keep_floor"),
+             "data": None if method == "l1" else real} if alloc == "sensitivity" else {})
+    small = prune(model, sparsity=point, criterion="l1", example_inputs=x, **sens)
     if method == "l1-bn":
         return reestimate_bn(small, real, inplace=True)
     if method in ("l1-match", "l1-dir"):

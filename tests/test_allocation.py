@@ -209,3 +209,35 @@ def test_large_image_probes_shrink_only_where_the_model_runs_on_them():
     assert small_probes(fixed, probe) is probe  # its flatten needs the full size
     tiny = torch.randn(2, 3, 32, 32)
     assert small_probes(pooled, tiny) is tiny
+
+
+def test_auto_allocation_measures_widths_where_it_was_measured_to_win():
+    """allocation="auto" (the default) = "sensitivity" for repairs none / ar / data on a
+    network with convolutions; "uniform" on a fully connected one, for other repairs and
+    with round_to; the report names what ran."""
+    from tuneless.methods.fold import KEEP_FLOOR, fold
+    from tuneless.zoo import build_model
+
+    conv = build_model("resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def ran(model, inputs, **kw):
+        return fold(model, sparsity=0.3, example_inputs=inputs, **kw).tuneless_report
+
+    assert ran(conv, x)["allocation"] == "sensitivity"
+    assert ran(conv, x, repair="none")["allocation"] == "sensitivity"
+    assert ran(conv, x, repair="data", data=torch.randn(8, 3, 32, 32),
+               probe_images=4)["allocation"] == "sensitivity"
+    assert ran(conv, x, round_to=4)["allocation"] == "uniform"
+    assert ran(conv, x, repair="refit", data=torch.randn(8, 3, 32, 32),
+               refit_images=8)["allocation"] == "uniform"
+    assert ran(TwoGroups().eval(), torch.randn(2, 16), repair="none")["allocation"] == "uniform"
+    # the default floor is the measured one: no group below 3/4 of its uniform width
+    from tuneless.budget import solve
+
+    graph = find_groups(conv, x)
+    uniform = solve(conv, graph, 0.3).kept
+    kept = ran(conv, x)["kept"]
+    assert KEEP_FLOOR["sensitivity"] == 0.75
+    assert all(kept[str(g)] >= math.ceil(0.75 * k) for g, k in uniform.items())
+    assert any(kept[str(g)] != k for g, k in uniform.items())

@@ -89,7 +89,7 @@ def test_fold_and_prune_share_the_stream_default_and_reject_bad_shares(resnet):
     model, graph = resnet
     x = torch.randn(2, 3, 32, 32)
     want = solve(model, graph, 0.4).kept
-    for small in (tuneless.fold(model, sparsity=0.4, example_inputs=x),
+    for small in (tuneless.fold(model, sparsity=0.4, example_inputs=x, allocation="uniform"),
                   tuneless.prune(model, sparsity=0.4, example_inputs=x)):
         assert {int(k): v for k, v in small.tuneless_report["kept"].items()} == want
     assert 0 < STREAM_SHARE < 1

@@ -1,7 +1,9 @@
 """`tuneless bench fold`: accuracy against parameters removed, folding vs pruning, no fine-tuning.
 
-For each checkpoint and sparsity: Fold-Naive, Fold-AR, Fold-DIR, Fold-R (uniform and
-error allocation), IFM, structured L1/L2, L1 + the same BN re-estimation as Fold-R,
+For each checkpoint and sparsity: Fold-Naive, Fold-AR, Fold-DIR, Fold-R (the default
+allocation, uniform and error allocation), IFM, structured L1/L2 (L1 on the same kind of
+widths as the fold rows: measured where the default measures them, and uniform), L1 + the
+same BN re-estimation as Fold-R,
 unstructured magnitude pruning, and (beyond the paper) folding and L1 pruning each
 followed by the same least-squares layer refit on the repair images (fold-refit,
 fold-refit-error, prune-l1-refit; tuneless.layer_refit), each with its wall time. Writes
@@ -23,7 +25,9 @@ from tuneless.commands.compress import repair_view
 from tuneless.errors import TunelessError
 
 METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold-r-error",
+           "fold-naive-uniform", "fold-ar-uniform", "fold-r-uniform",
            "ifm", "prune-l1", "prune-l2", "prune-l1-bn", "prune-l1-dir", "magnitude",
+           "prune-l1-uniform", "prune-l1-bn-uniform",
            "fold-refit",
            "prune-l1-refit", "fold-refit-error", "fold-ar-unfused", "fold-r-unfused",
            "fold-ar-paper", "fold-r-paper",
@@ -33,6 +37,7 @@ METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold
 # declaration (tuneless.repair.REPAIRS), plus Torch-Pruning's BN-scale criterion.
 ROW_REPAIR = {"fold-naive": "none", "fold-ar": "ar", "fold-dir": "dir", "fold-r": "data",
               "fold-ar-error": "ar", "fold-r-error": "data", "fold-ar-unfused": "ar",
+              "fold-ar-uniform": "ar", "fold-r-uniform": "data", "prune-l1-bn-uniform": "data",
               "fold-r-unfused": "data", "fold-ar-paper": "ar", "fold-r-paper": "data",
               "prune-l1-bn": "data", "prune-l1-dir": "dir", "fold-refit": "refit",
               "fold-refit-error": "refit", "prune-l1-refit": "refit", "tp-l1-bn": "data",
@@ -61,7 +66,9 @@ FIELDS = ["model", "weights", "dense_acc", "method", "requested", "achieved", "p
 # --channel-ratios: the points are the paper's uniform channel ratio r (every reducible
 # group loses r of its channels) instead of a parameter budget; the methods that take one
 RATIO_METHODS = ("fold-naive", "fold-ar", "fold-r", "fold-refit", "fold-ar-paper",
-                 "fold-r-paper", "prune-l1", "prune-l1-bn", "prune-l1-refit")
+                 "fold-r-paper", "prune-l1", "prune-l1-bn", "prune-l1-refit",
+                 "fold-naive-uniform", "fold-ar-uniform", "fold-r-uniform", "prune-l1-uniform",
+                 "prune-l1-bn-uniform")
 # The folding paper's own CNN code on models/vgg11_bn-w0.5-cifar10.pt at r = 0.3 / 0.5 / 0.7,
 # full CIFAR-10 JPEG test split, 1,024 training images (crop + flip) for Fold-R: measured
 # by an outside check of this project (issue 17), not rerun here; a reference, not a row.
@@ -171,10 +178,11 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
         check_ratio_methods([name])
     common = {knob: sparsity, "example_inputs": x}
     fold_kw = {**common, "features": features, "seed": seed}
-    if name in ("fold-naive", "fold-ar", "fold-r", "fold-ar-error", "fold-r-error"):
-        repair = {"fold-naive": "none", "fold-ar": "ar", "fold-r": "data"}.get(
-            name, "ar" if name.startswith("fold-ar") else "data")
-        alloc = "error" if name.endswith("error") else "uniform"
+    if name.split("-")[0] == "fold" and name.split("-")[1] in ("naive", "ar", "r") and (
+            name.count("-") == 1 or name.endswith(("-error", "-uniform"))):
+        # the default (allocation "auto": measured widths on CNNs) or the named allocation
+        repair = {"naive": "none", "ar": "ar", "r": "data"}[name.split("-")[1]]
+        alloc = name.split("-")[2] if name.count("-") == 2 else "auto"
         return fold(model, repair=repair, allocation=alloc,
                     data=repair_images if repair == "data" else None, **fold_kw)
     if name in ("fold-ar-unfused", "fold-r-unfused"):  # the rows of commit 3637b3e: raw
@@ -189,8 +197,9 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
         return fold(model, repair="match", data=dir_images, **fold_kw)  # them (matching)
     if name == "ifm":
         return ifm(model, **common)
-    if name in ("prune-l1", "prune-l2"):
-        return prune(model, criterion=name[-2:], seed=seed, **common)
+    if name in ("prune-l1", "prune-l2", "prune-l1-uniform"):  # L1: Fold-Naive's kind of widths
+        return prune(model, criterion=name[6:8], seed=seed, **common,
+                     **_widths_like_fold(model, x, name, "none", None))
     if name in ("fold-refit", "fold-refit-error"):
         return fold(model, repair="refit", data=repair_images,
                     allocation="error" if name.endswith("error") else "uniform", **fold_kw)
@@ -199,9 +208,10 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
 
         return refit(model, prune(model, criterion="l1", seed=seed, **common), repair_images,
                      example_inputs=x, inplace=True)
-    if name == "prune-l1-bn":
-        return reestimate_bn(prune(model, criterion="l1", seed=seed, **common), repair_images,
-                             inplace=True)
+    if name in ("prune-l1-bn", "prune-l1-bn-uniform"):  # L1 on Fold-R's kind of widths
+        small = prune(model, criterion="l1", seed=seed, **common,
+                      **_widths_like_fold(model, x, name, "data", repair_images))
+        return reestimate_bn(small, repair_images, inplace=True)
     if name == "prune-l1-dir":  # L1 + Fold-DIR's repair on the same DeepInversion images
         from tuneless.bn_match import match_bn
 
@@ -219,6 +229,21 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
             raise TunelessError("Torch-Pruning's result changed the output shape")
         return reestimate_bn(small, repair_images, inplace=True) if reestimate else small
     raise TunelessError(f"unknown benchmark method {name!r}; choose from {', '.join(METHODS)}")
+
+
+def _widths_like_fold(model, x, name: str, repair: str, images) -> dict:
+    """prune() options for an L1 row on equal terms with the fold row of the same repair:
+    its own measured widths (probed on the same images) where the fold's default allocation
+    measures them, uniform widths for the "-uniform" rows and elsewhere."""
+    from tuneless.graph import find_groups
+    from tuneless.methods.fold import FoldOptions, resolved_allocation
+
+    if name.endswith("-uniform") or name == "prune-l2":
+        return {}
+    opts = FoldOptions(sparsity=0.5, repair=repair)
+    if resolved_allocation(model, find_groups(model, x), opts) != "sensitivity":
+        return {}
+    return {"allocation": "sensitivity", "data": images}
 
 
 def run(args) -> int:
@@ -484,8 +509,13 @@ def comparisons(mrows, sps) -> list[str]:
     acc = {(r["method"], r["requested"]): r["accuracy"] for r in mrows if "accuracy" in r}
     pairs = [("fold-ar", "prune-l1", "Fold-AR − L1"),
              ("fold-r", "prune-l1-bn", "Fold-R − (L1 + same BN re-estimation)"),
-             ("fold-ar-error", "fold-ar", "error − uniform allocation (AR)"),
-             ("fold-r-error", "fold-r", "error − uniform allocation (R)"),
+             ("fold-ar", "fold-ar-uniform", "default − uniform allocation (AR)"),
+             ("fold-r", "fold-r-uniform", "default − uniform allocation (R)"),
+             ("fold-naive", "fold-naive-uniform", "default − uniform allocation (Naive)"),
+             ("fold-r-uniform", "prune-l1-bn-uniform",
+              "uniform widths: Fold-R − (L1 + same BN re-estimation)"),
+             ("fold-ar-error", "fold-ar-uniform", "error − uniform allocation (AR)"),
+             ("fold-r-error", "fold-r-uniform", "error − uniform allocation (R)"),
              ("fold-refit", "prune-l1-refit", "Fold-refit − (L1 + same refit)"),
              ("fold-refit-error", "fold-refit", "error − uniform allocation (refit)"),
              ("fold-ar-unfused", "fold-ar", "Fold-AR unfused − fused"),

@@ -169,19 +169,27 @@ SENSITIVITY_LEVELS = (0.15, 0.3, 0.5, 0.7, 0.9)  # shares of a group's channels 
 
 
 def check_allocation(allocation: str, choices: tuple[str, ...], *, round_to: int,
-                     probe_images: int, keep_floor: float, max_ratio: float) -> None:
+                     probe_images: int, keep_floor: float | None, max_ratio: float) -> None:
     """The allocation options fold and prune share, checked alike (one-line errors)."""
     if allocation not in choices:
         raise TunelessError(f"unknown allocation {allocation!r}; choose one of "
                             f"{', '.join(choices)}")
-    if allocation != "uniform" and round_to != 1:
+    if allocation not in ("uniform", "auto") and round_to != 1:
         raise TunelessError("round_to applies to allocation='uniform' only")
     if not (isinstance(probe_images, int) and probe_images >= 2):
         raise TunelessError(f"probe_images must be an integer ≥ 2, got {probe_images!r}")
     if not 0.0 < max_ratio < 1.0:
         raise TunelessError(f"max_ratio must be in (0, 1), got {max_ratio}")
-    if not 0.0 <= keep_floor <= 1.0:
+    if keep_floor is not None and not 0.0 <= keep_floor <= 1.0:
         raise TunelessError(f"keep_floor must be in [0, 1], got {keep_floor}")
+
+
+def has_convolution(model: nn.Module, graph) -> bool:
+    """Whether any reducible group's channels belong to a convolution: the networks on
+    which measured widths beat uniform ones (allocation="auto")."""
+    convs = {name for name, m in model.named_modules()
+             if isinstance(m, nn.modules.conv._ConvNd)}
+    return any(s.module in convs for g in graph.reducible for s in g.slots)
 
 
 PROBE_SIDE = 128  # image probes larger than this are measured at this size where the model

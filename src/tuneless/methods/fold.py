@@ -25,7 +25,12 @@ from tuneless.modelcheck import check_model
 from tuneless.options import check_dataclass
 
 FEATURES = ("raw", "block", "gamma")
-ALLOCATIONS = ("uniform", "error", "sensitivity")
+ALLOCATIONS = ("auto", "uniform", "error", "sensitivity")
+# allocation="auto": the measured per-group widths where they were measured to win — the
+# repairs below on networks with convolutions (every benchmark CNN and EfficientNet-Lite0;
+# on the fully connected MLP uniform widths won: docs/folding.md "Sensitivity allocation")
+AUTO_SENSITIVITY_REPAIRS = ("none", "ar", "data")
+KEEP_FLOOR = {"sensitivity": 0.75, "error": 0.5}  # keep_floor=None: by allocation, measured
 DIR_STATS = ("match", "reestimate")
 _SKIP_NORM = ("running_var", "num_batches_tracked")
 
@@ -37,7 +42,7 @@ class FoldOptions:
     sparsity: float | None = None
     channel_ratio: float | None = None
     repair: str = "ar"
-    allocation: str = "uniform"
+    allocation: str = "auto"  # "sensitivity" where it wins, else "uniform" (resolved_allocation)
     # a sparsity budget removes stream_share × r of a residual stream's channels and r of
     # every other group's (1.0: the paper's uniform ratio; budget.STREAM_SHARE, measured)
     stream_share: float = STREAM_SHARE
@@ -61,7 +66,8 @@ class FoldOptions:
     # channels kept}; the groups not named stay whole (e.g. latency-aware widths)
     channels: dict | None = None
     max_ratio: float = 0.9  # error/sensitivity allocation: keep at least 10% of every group
-    keep_floor: float = 0.5  # ... and at least this share of uniform's count
+    keep_floor: float | None = None  # ... and at least this share of uniform's count
+    # (None: KEEP_FLOOR of the allocation)
     # sensitivity allocation: probe inputs whose outputs measure each group's damage (the
     # repair's images when it has them, else pink noise shaped like the example input)
     probe_images: int = 32
@@ -98,19 +104,23 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     on the model's own samples ("self") by default; "refit" on data= token ids, "none" =
     the paper (options e.g. schedule=, tokenizer=, features= "auto" | "weights" |
     "activations" for what its k-means clusters).
-    Options: allocation ("uniform" | "error" | "sensitivity": per-group widths from the
-    output damage of folding each group alone, measured on probe_images inputs — the
-    repair's images, else pink noise, so still no data; docs/folding.md "Sensitivity
-    allocation"), stream_share (residual streams lose this share
-    of the other groups' channel ratio under a sparsity budget; 1 = the paper's uniform
-    ratio; channel_ratio= is always uniform), cluster ("auto": Ward + Hartigan where a group of
+    Options: allocation ("auto", the default: "sensitivity" for repairs "none", "ar" and
+    "data" on networks with convolutions, where it was measured to win, "uniform" otherwise;
+    "sensitivity": per-group widths from the output damage of folding each group alone,
+    measured on probe_images inputs — the repair's images, else pink noise, so still no
+    data; "uniform": every group loses the same share, the paper's fold and the fast one;
+    "error"; docs/folding.md "Sensitivity allocation"; with channel_ratio= the measured
+    widths spend the parameters that ratio's uniform fold removes), stream_share (residual
+    streams lose this share of the other groups' channel ratio under a sparsity budget; 1 =
+    the paper's uniform ratio), cluster ("auto": Ward + Hartigan where a group of
     ≥ 256 channels keeps ≥ 60% of them, k-means elsewhere; "kmeans" | "ward" |
     "ward-hartigan" | "kmeans+ward" | "greedy"; docs/folding.md "Shallow cuts"),
     features ("raw" | "block" | "gamma"), fuse_bn, balance (rescale each channel behind a
     ReLU-like activation to equal γ/β and consumer norms first: tuneless.rescale; mixed
     results, docs/folding.md "Balanced channel scales"), seed, n_init, min_channels, round_to
     (channel counts in multiples of it, as for prune), max_ratio,
-    keep_floor (error allocation keeps at least this share of the uniform count per group),
+    keep_floor (measured widths keep at least this share of the uniform count per group;
+    None: 0.75 for "sensitivity", 0.5 for "error"),
     num_images, batch_size, inversion (dict of DeepInversion settings), dir_stats,
     refit_images, ridge. channels={group id: count} replaces the budget: those groups keep
     exactly that many channels (ids as `tuneless inspect` prints them), the others stay whole.
@@ -167,7 +177,8 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
     check_allocation(opts.allocation, ALLOCATIONS, round_to=opts.round_to,
                      probe_images=opts.probe_images, keep_floor=opts.keep_floor,
                      max_ratio=opts.max_ratio)
-    if opts.channels is not None and (opts.allocation != "uniform" or opts.round_to != 1):
+    if opts.channels is not None and (opts.allocation not in ("uniform", "auto")
+                                      or opts.round_to != 1):
         raise TunelessError("channels= fixes the widths: it takes neither an allocation "
                             "nor round_to")
     if opts.allocation == "error" and opts.sparsity is None:
@@ -205,9 +216,10 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
 
     feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
              for g in graph.reducible}
-    if opts.channels is not None or opts.allocation != "uniform":  # widths, then their count
+    allocation = resolved_allocation(model, graph, opts)
+    if opts.channels is not None or allocation != "uniform":  # widths, then their count
         kept = (_named_widths(graph, opts.channels) if opts.channels is not None
-                else _error_widths(model, graph, feats, opts) if opts.allocation == "error"
+                else _error_widths(model, graph, feats, opts) if allocation == "error"
                 else _sensitivity_widths(model, work, graph, feats, opts, x,
                                          data if rep.needs_data else None))
         b = budget_of(model, graph, kept)
@@ -239,11 +251,30 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         "requested_sparsity": opts.sparsity, "channel_ratio": ratio,
         "achieved_sparsity": achieved, "params_before": before, "params_after": after,
         "physically_smaller": True, "kept": {str(k): v for k, v in kept.items()},
+        "allocation": "channels" if opts.channels is not None else allocation,
         "kmeans_inertia": inertia, "options": opts.to_dict(),
         "labels": {str(gid): lab.tolist() for gid, lab in labels.items()},
         "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
     }
     return new
+
+
+def resolved_allocation(model: nn.Module, graph, opts: FoldOptions) -> str:
+    """What allocation="auto" means for this fold: "sensitivity" for the repairs and
+    networks it was measured to win on (AUTO_SENSITIVITY_REPAIRS, convolutions), with no
+    round_to; "uniform" otherwise. Other allocations are taken as given."""
+    from tuneless.allocation import has_convolution
+
+    if opts.allocation != "auto":
+        return opts.allocation
+    if (opts.round_to == 1 and opts.repair in AUTO_SENSITIVITY_REPAIRS
+            and has_convolution(model, graph)):
+        return "sensitivity"
+    return "uniform"
+
+
+def _floor(opts: FoldOptions, allocation: str) -> float:
+    return KEEP_FLOOR[allocation] if opts.keep_floor is None else opts.keep_floor
 
 
 def _error_widths(model: nn.Module, graph, feats: dict, opts: FoldOptions) -> dict[int, int]:
@@ -252,7 +283,7 @@ def _error_widths(model: nn.Module, graph, feats: dict, opts: FoldOptions) -> di
     from tuneless.budget import solve
 
     uniform = solve(model, graph, opts.sparsity, opts.min_channels).kept
-    floor = {gid: math.ceil(opts.keep_floor * k) for gid, k in uniform.items()}
+    floor = {gid: math.ceil(_floor(opts, "error") * k) for gid, k in uniform.items()}
     return error_allocation(model, graph, feats, opts.sparsity, max_ratio=opts.max_ratio,
                             min_channels=opts.min_channels, seed=opts.seed, floor=floor)
 
@@ -278,7 +309,7 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
         return measure(new)
 
     return measured_widths(model, graph, damage, opts.sparsity, opts.channel_ratio,
-                           keep_floor=opts.keep_floor, max_ratio=opts.max_ratio,
+                           keep_floor=_floor(opts, "sensitivity"), max_ratio=opts.max_ratio,
                            min_channels=opts.min_channels, stream_share=opts.stream_share)
 
 

@@ -32,8 +32,9 @@ def fold_svd(model: nn.Module, *, sparsity: float, fold_sparsity: float = 0.3,
     before = count_params(model)
     folded = model
     if fold_sparsity > 0:
+        # uniform widths unless told: fold + SVD was measured with them (results/fold-svd-*)
         folded = fold(model, sparsity=fold_sparsity, repair=repair, example_inputs=example_inputs,
-                      data=data, seed=seed, **(fold_options or {}))
+                      data=data, seed=seed, **{"allocation": "uniform", **(fold_options or {})})
     rest = 1 - (1 - sparsity) * before / count_params(folded)  # of the folded model
     extra = {"data": data} if whiten == "data" else {}
     small = svd(folded, sparsity=max(0.0, rest), example_inputs=example_inputs, whiten=whiten,

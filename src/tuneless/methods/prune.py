@@ -30,7 +30,7 @@ _STATS = ("running_mean", "running_var", "num_batches_tracked")
 def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float | None = None,
           criterion: str = "l1", example_inputs=None, min_channels: int = 1,
           round_to: int = 1, seed: int = 0, data=None, stream_share: float = STREAM_SHARE,
-          allocation: str = "uniform", probe_images: int = 32, keep_floor: float = 0.5,
+          allocation: str = "uniform", probe_images: int = 32, keep_floor: float | None = None,
           max_ratio: float = 0.9, **llm_options) -> nn.Module:
     """Structured pruning to `sparsity` (fraction of parameters removed) or a uniform
     `channel_ratio` (fraction of channels removed from every reducible group).
@@ -39,7 +39,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     allocation="sensitivity" chooses per-group widths as tuneless.fold does: each group
     pruned alone at five depths, the output's movement measured on `probe_images` of `data`
     (images) or of pink noise, then the greedy budget (tuneless.allocation; keep_floor ×
-    the uniform count and at most max_ratio of a group removed).
+    the uniform count, by default fold's, and at most max_ratio of a group removed).
 
     Language models (Hugging Face decoders): criterion "l2" / "magnitude" (data-free, L2 norm
     of every weight a head or MLP channel owns), "wanda-sp" or "flap" (tuneless.llm.flap;
@@ -112,9 +112,12 @@ def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, pro
                       seed, keep_floor, max_ratio, min_channels, stream_share) -> dict:
     """Per-group kept counts from the measured damage of pruning each group alone."""
     from tuneless.allocation import measured_widths, output_damage
+    from tuneless.methods.fold import KEEP_FLOOR
     from tuneless.reduce import reduce
 
     measure = output_damage(model, x, probe_images, seed, data)
+    if keep_floor is None:
+        keep_floor = KEEP_FLOOR["sensitivity"]
 
     def damage(gid: int, k: int) -> float:
         return measure(reduce(model, graph, {gid: torch.topk(order[gid], k).indices}))
