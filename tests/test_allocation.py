@@ -232,6 +232,11 @@ def test_auto_allocation_measures_widths_where_it_was_measured_to_win():
     assert ran(conv, x, repair="refit", data=torch.randn(8, 3, 32, 32),
                refit_images=8)["allocation"] == "uniform"
     assert ran(TwoGroups().eval(), torch.randn(2, 16), repair="none")["allocation"] == "uniform"
+    # too costly to measure: uniform, and the user is told how to measure anyway
+    import pytest
+
+    with pytest.warns(UserWarning, match="allocation='sensitivity' to measure anyway"):
+        assert ran(conv, x, auto_budget=1e6)["allocation"] == "uniform"
     # the default floor is the measured one: no group below 3/4 of its uniform width
     from tuneless.budget import solve
 

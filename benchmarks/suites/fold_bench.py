@@ -241,7 +241,7 @@ def _widths_like_fold(model, x, name: str, repair: str, images) -> dict:
     if name.endswith("-uniform") or name == "prune-l2":
         return {}
     opts = FoldOptions(sparsity=0.5, repair=repair)
-    if resolved_allocation(model, find_groups(model, x), opts) != "sensitivity":
+    if resolved_allocation(model, find_groups(model, x), opts, x) != "sensitivity":
         return {}
     return {"allocation": "sensitivity", "data": images}
 

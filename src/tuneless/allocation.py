@@ -192,6 +192,16 @@ def has_convolution(model: nn.Module, graph) -> bool:
     return any(s.module in convs for g in graph.reducible for s in g.slots)
 
 
+def probe_flops(model: nn.Module, graph, x, probe_images: int) -> int:
+    """Estimated FLOPs of a sensitivity allocation: one forward pass over the probes per
+    group and depth (at most len(SENSITIVITY_LEVELS) depths; the probes as measured)."""
+    from tuneless.evaluate import count_flops
+
+    one = small_probes(model, probe_inputs(x, 1, 0))
+    return (count_flops(model, one[:1]) * probe_images * len(SENSITIVITY_LEVELS)
+            * len(graph.reducible))
+
+
 PROBE_SIDE = 128  # image probes larger than this are measured at this size where the model
 # allows (EfficientNet-Lite0 at 10%, 32 pink probes: 224 px 46.5% top-1 agreement, 128 px
 # 44.5%, 64 px 36.1% — no better than uniform widths; docs/folding.md "Sensitivity allocation")

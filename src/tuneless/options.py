@@ -31,6 +31,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "min_rank": (1, None),
     "ridge": (0, None),
     "keep_floor": (0, 1),
+    "auto_budget": (0, None),
     "stream_share": (0, 1),
     "damp": (0, None),
     "block": (1, None),

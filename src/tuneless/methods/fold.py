@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -71,6 +72,10 @@ class FoldOptions:
     # sensitivity allocation: probe inputs whose outputs measure each group's damage (the
     # repair's images when it has them, else pink noise shaped like the example input)
     probe_images: int = 32
+    # allocation="auto" measures widths only when that is estimated to cost at most this
+    # many FLOPs (tuneless.allocation.probe_flops; ResNet-56 on CIFAR: 1.2e12, about ten
+    # seconds on one core; torchvision resnet50 at 128-px probes: 1.6e13), else uniform
+    auto_budget: float = 2.5e12
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
     # repair "refit": images of `data` its least squares see; 1,024 beat 256 on every
     # benchmark network measured (docs/folding.md "How many images the refit needs")
@@ -105,7 +110,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     the paper (options e.g. schedule=, tokenizer=, features= "auto" | "weights" |
     "activations" for what its k-means clusters).
     Options: allocation ("auto", the default: "sensitivity" for repairs "none", "ar" and
-    "data" on networks with convolutions, where it was measured to win, "uniform" otherwise;
+    "data" on networks with convolutions, where it was measured to win, "uniform" otherwise
+    and when measuring would cost more than auto_budget FLOPs (2.5e12 by default, about
+    half a minute on one CPU core; torchvision resnet50 exceeds it);
     "sensitivity": per-group widths from the output damage of folding each group alone,
     measured on probe_images inputs — the repair's images, else pink noise, so still no
     data; "uniform": every group loses the same share, the paper's fold and the fast one;
@@ -216,7 +223,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
 
     feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
              for g in graph.reducible}
-    allocation = resolved_allocation(model, graph, opts)
+    allocation = resolved_allocation(model, graph, opts, x)
     if opts.channels is not None or allocation != "uniform":  # widths, then their count
         kept = (_named_widths(graph, opts.channels) if opts.channels is not None
                 else _error_widths(model, graph, feats, opts) if allocation == "error"
@@ -259,18 +266,26 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     return new
 
 
-def resolved_allocation(model: nn.Module, graph, opts: FoldOptions) -> str:
+def resolved_allocation(model: nn.Module, graph, opts: FoldOptions, x) -> str:
     """What allocation="auto" means for this fold: "sensitivity" for the repairs and
     networks it was measured to win on (AUTO_SENSITIVITY_REPAIRS, convolutions), with no
-    round_to; "uniform" otherwise. Other allocations are taken as given."""
-    from tuneless.allocation import has_convolution
+    round_to, when its probing fits opts.auto_budget; "uniform" otherwise (with a warning
+    when only the cost decided). Other allocations are taken as given."""
+    from tuneless.allocation import has_convolution, probe_flops
 
     if opts.allocation != "auto":
         return opts.allocation
-    if (opts.round_to == 1 and opts.repair in AUTO_SENSITIVITY_REPAIRS
+    if not (opts.round_to == 1 and opts.repair in AUTO_SENSITIVITY_REPAIRS
             and has_convolution(model, graph)):
-        return "sensitivity"
-    return "uniform"
+        return "uniform"
+    cost = probe_flops(model, graph, x, opts.probe_images)
+    if cost > opts.auto_budget:
+        warnings.warn(f"allocation='auto' kept uniform widths: measuring them would take "
+                      f"~{cost:.1e} FLOPs (auto_budget={opts.auto_budget:.1e}); pass "
+                      "allocation='sensitivity' to measure anyway (usually more accurate)",
+                      stacklevel=4)
+        return "uniform"
+    return "sensitivity"
 
 
 def _floor(opts: FoldOptions, allocation: str) -> float:
