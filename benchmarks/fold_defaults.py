@@ -94,6 +94,8 @@ VARIANTS: dict[str, dict] = {
     # the same, every group kept at 3/4 (not 1/2) of its uniform width: how far the
     # one-group-at-a-time measurements are trusted at extreme budgets
     "sens75": {"allocation": "sensitivity", "keep_floor": 0.75},
+    # allocation="auto" (measured widths where they were measured to win, its default floor)
+    "auto-alloc": {"allocation": "auto"},
 }
 # every variant but "default" folds with uniform widths unless it names an allocation (the
 # rows of the variants before allocation="auto" became the default were uniform)

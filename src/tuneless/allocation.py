@@ -142,7 +142,29 @@ def _greedy(counter: _ParamCounter, levels: dict, curves: dict, kept: dict[int, 
         pos[best] += 1
         kept[best] = levels[best][pos[best]]
         current = counter.total(kept)
-    return kept
+    return _refund(counter, levels, curves, kept, pos, target)
+
+
+def _refund(counter: _ParamCounter, levels: dict, curves: dict, kept: dict[int, int],
+            pos: dict[int, int], target: float) -> dict[int, int]:
+    """Undo steps the budget no longer needs: the last step can overshoot by a whole
+    channel of a wide residual stream (ResNet-20 at 10%: 10.9% removed for 10%), so give
+    channels back, most curve recovered first, while the budget still holds."""
+    while True:
+        best, best_gain = None, -math.inf
+        for gid, i in pos.items():
+            if i == 0:
+                continue
+            trial = {**kept, gid: levels[gid][i - 1]}
+            if counter.total(trial) > target:
+                continue
+            gain = curves[gid][i] - curves[gid][i - 1]
+            if gain > best_gain:
+                best, best_gain = gid, gain
+        if best is None:
+            return kept
+        pos[best] -= 1
+        kept[best] = levels[best][pos[best]]
 
 
 def _group_params(counter: _ParamCounter, gid: int) -> int:
