@@ -162,3 +162,29 @@ def test_kept_indices_are_shorthand_for_a_selection():
     assert torch.equal(a(x), b(x))
     with pytest.raises(TunelessError, match="invalid channel selection"):
         reduce(model, graph, {graph.reducible[0].id: torch.tensor([0, 99])})
+
+
+@pytest.mark.parametrize("name,make,shape", CASES, ids=[c[0] for c in CASES])
+def test_shared_trial_models_equal_deep_copies_and_leave_the_input_alone(name, make, shape):
+    """reduce(share=True) (the allocation's trial models): the same function as the deep
+    copy, the input's tensors and sizes untouched, even after the trial's new tensors are
+    modified in place (as AR rescales γ)."""
+    model = randomise_norms(make())
+    x = torch.randn(*shape)
+    graph = find_groups(model, x)
+    state = copy.deepcopy(model.state_dict())
+    sizes = [(n, m.weight.shape) for n, m in model.named_modules() if hasattr(m, "weight")]
+    g = next(iter(graph.reducible))
+    decision = selection(list(range(0, g.n, 2)), g.n)
+    deep, shared = reduce(model, graph, {g.id: decision}), reduce(model, graph, {g.id: decision},
+                                                                   share=True)
+    for a, b in zip(outputs(deep, x), outputs(shared, x), strict=True):
+        assert torch.equal(a, b)
+    mine = {k: t for k, t in shared.state_dict().items()
+            if t.data_ptr() != model.state_dict()[k].data_ptr()}
+    assert {k for k, t in shared.state_dict().items() if t.shape != state[k].shape} <= set(mine)
+    for t in mine.values():
+        if t.is_floating_point():
+            t.mul_(2.0)  # as AR rescales the group's own γ
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert sizes == [(n, m.weight.shape) for n, m in model.named_modules() if hasattr(m, "weight")]

@@ -318,8 +318,8 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
     def damage(gid: int, k: int) -> float:
         labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
                          n_init=opts.n_init).labels
-        new = reduce(work, graph, {gid: merge(labels, k)})
-        if opts.repair != "none":
+        new = reduce(work, graph, {gid: merge(labels, k)}, share=True)  # a trial: AR
+        if opts.repair != "none":  # rescales only the group's own (new) γ
             _apply_ar(work, new, graph, {gid: labels})
         return measure(new)
 

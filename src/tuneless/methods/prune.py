@@ -120,7 +120,8 @@ def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, pro
         keep_floor = KEEP_FLOOR["sensitivity"]
 
     def damage(gid: int, k: int) -> float:
-        return measure(reduce(model, graph, {gid: torch.topk(order[gid], k).indices}))
+        return measure(reduce(model, graph, {gid: torch.topk(order[gid], k).indices},
+                              share=True))
 
     return measured_widths(model, graph, damage, sparsity, channel_ratio,
                            keep_floor=keep_floor, max_ratio=max_ratio,
