@@ -284,15 +284,23 @@ def _eval_forward(model: nn.Module, x: torch.Tensor):
 
 
 def output_damage(reference: nn.Module, x, n: int, seed: int, data=None):
-    """measure(model) -> ‖model(probe) − reference(probe)‖² / the reference outputs' scatter,
-    on `probe_inputs(x, n, seed, data)` shrunk by `small_probes`."""
+    """measure(model, changed=None) -> ‖model(probe) − reference(probe)‖² / the reference
+    outputs' scatter, on `probe_inputs(x, n, seed, data)` shrunk by `small_probes`.
+    changed: the names of the only modules in which `model` differs from the reference;
+    then only the graph from the first of them runs (tuneless.suffix)."""
+    from tuneless.suffix import SuffixRunner
+
     probe = small_probes(reference, probe_inputs(x, n, seed, data))
     ref = _output_tensor(_eval_forward(reference, probe)).double()
     scale = float((ref - ref.mean(0)).pow(2).sum()) or 1.0
+    runner: list = []
 
-    def measure(model: nn.Module) -> float:
-        out = _output_tensor(_eval_forward(model, probe)).double()
-        return float((out - ref).pow(2).sum()) / scale
+    def measure(model: nn.Module, changed: set[str] | None = None) -> float:
+        if changed is not None and not runner:
+            runner.append(SuffixRunner(reference, probe))
+        out = (runner[0].run(model, changed) if changed is not None
+               else _eval_forward(model, probe))
+        return float((_output_tensor(out).double() - ref).pow(2).sum()) / scale
 
     return measure
 

@@ -314,6 +314,7 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
     from tuneless.repair import _apply_ar
 
     measure = output_damage(work, x, opts.probe_images, opts.seed, data)
+    modules = {g.id: {s.module for s in g.slots} for g in graph.reducible}
 
     def damage(gid: int, k: int) -> float:
         labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
@@ -321,7 +322,7 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
         new = reduce(work, graph, {gid: merge(labels, k)}, share=True)  # a trial: AR
         if opts.repair != "none":  # rescales only the group's own (new) γ
             _apply_ar(work, new, graph, {gid: labels})
-        return measure(new)
+        return measure(new, modules[gid])
 
     return measured_widths(model, graph, damage, opts.sparsity, opts.channel_ratio,
                            keep_floor=_floor(opts, "sensitivity"), max_ratio=opts.max_ratio,

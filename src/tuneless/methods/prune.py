@@ -119,9 +119,11 @@ def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, pro
     if keep_floor is None:
         keep_floor = KEEP_FLOOR["sensitivity"]
 
+    modules = {g.id: {s.module for s in g.slots} for g in graph.reducible}
+
     def damage(gid: int, k: int) -> float:
         return measure(reduce(model, graph, {gid: torch.topk(order[gid], k).indices},
-                              share=True))
+                              share=True), modules[gid])
 
     return measured_widths(model, graph, damage, sparsity, channel_ratio,
                            keep_floor=keep_floor, max_ratio=max_ratio,
