@@ -105,3 +105,19 @@ def test_explicit_widths_from_the_command_line(tmp_path, capsys):
     assert load(out).tuneless_report["kept"][str(group.id)] == 3
     rc = main(["compress", str(path), "--method", "fold-ar", "-o", str(tmp_path / "x.pt")])
     assert rc != 0 and "channels" in capsys.readouterr().err
+
+
+def test_conv_fold_says_its_widths_were_measured_and_uniform_stays_one_option_away(
+        tmp_path, capsys):
+    model = build_model("resnet20").eval()
+    path = tmp_path / "r20.pt"
+    save_checkpoint(path, model, "resnet20", {}, "cifar10")
+    for extra, measured in (([], True), (["--option", "allocation=uniform"], False)):
+        out = tmp_path / f"small{measured}.pt"
+        rc = main(["compress", str(path), "--method", "fold-ar", "--sparsity", "0.3", "-o",
+                   str(out), "--option", "probe_images=4", *extra])
+        assert rc == 0, capsys.readouterr().err
+        said = capsys.readouterr().out
+        assert ("widths measured per group" in said) is measured
+        assert load(out).tuneless_report["allocation"] == ("sensitivity" if measured
+                                                           else "uniform")

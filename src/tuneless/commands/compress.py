@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     if report.get("achieved_sparsity") is not None:
         print(f"achieved sparsity {report['achieved_sparsity']:.4f}"
               + (f" (requested {args.sparsity})" if args.sparsity is not None else ""))
+    if report.get("allocation") == "sensitivity":
+        print("widths measured per group (allocation=sensitivity; "
+              "--option allocation=uniform: the paper's uniform widths, faster)")
     if report.get("physically_smaller") is False:
         print("note: " + report.get("note", "the model is not physically smaller"))
     print(f"wrote {args.out} ({info['mode']} format)")
