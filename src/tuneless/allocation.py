@@ -187,7 +187,10 @@ def _interpolate(coarse: list[int], errs: list[float], fine: list[int]) -> list[
     return out
 
 
-SENSITIVITY_LEVELS = (0.15, 0.3, 0.5, 0.7, 0.9)  # shares of a group's channels removed
+# shares of a group's channels removed at which each group's damage is measured; the 5%
+# point gives the curve's first slope, where small budgets are decided (ResNet-20 at 10%,
+# 3 seeds: Fold-Naive 83.12 -> 83.40, Fold-AR 84.22 -> 84.31; at 30% 77.06 vs 77.02)
+SENSITIVITY_LEVELS = (0.05, 0.15, 0.3, 0.5, 0.7, 0.9)
 
 
 def check_allocation(allocation: str, choices: tuple[str, ...], *, round_to: int,

@@ -73,8 +73,8 @@ class FoldOptions:
     # repair's images when it has them, else pink noise shaped like the example input)
     probe_images: int = 32
     # allocation="auto" measures widths only when that is estimated to cost at most this
-    # many FLOPs (tuneless.allocation.probe_flops; ResNet-56 on CIFAR: 1.2e12, about ten
-    # seconds on one core; torchvision resnet50 at 128-px probes: 1.6e13), else uniform
+    # many FLOPs (tuneless.allocation.probe_flops, an upper bound; ResNet-56 on CIFAR:
+    # 1.5e12; torchvision resnet50 at 128-px probes: 1.9e13), else uniform
     auto_budget: float = 2.5e12
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
     # repair "refit": images of `data` its least squares see; 1,024 beat 256 on every

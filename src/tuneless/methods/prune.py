@@ -37,7 +37,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     Under a sparsity budget residual streams lose `stream_share` of the ratio the other
     groups lose (the same widths as tuneless.fold; 1 = uniform).
     allocation="sensitivity" chooses per-group widths as tuneless.fold does: each group
-    pruned alone at five depths, the output's movement measured on `probe_images` of `data`
+    pruned alone at six depths, the output's movement measured on `probe_images` of `data`
     (images) or of pink noise, then the greedy budget (tuneless.allocation; keep_floor ×
     the uniform count, by default fold's, and at most max_ratio of a group removed).
 
@@ -78,7 +78,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
         budget = budget_for_ratio(model, graph, channel_ratio, min_channels, round_to)
     gen = torch.Generator().manual_seed(seed)
     kept, order = budget.kept, {}
-    if allocation == "sensitivity":  # every group's order first: each is probed at 5 depths
+    if allocation == "sensitivity":  # every group's order first: each is probed at 6 depths
         order = {g.id: channel_importance(model, g, criterion, gen) for g in graph.reducible}
         kept = _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio,
                                  probe_images, seed, keep_floor, max_ratio, min_channels,
