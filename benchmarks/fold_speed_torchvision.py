@@ -4,7 +4,10 @@
 each round. Run on a quiet machine:
 
     python benchmarks/fold_speed_torchvision.py [--models resnet18,mobilenet_v2,efficientnet_b0]
-        [--clusters auto,cut70,kmeans,ward-hartigan]
+        [--clusters auto,cut70,kmeans,ward-hartigan] [--allocations auto,uniform]
+
+The default allocation ("auto") measures per-group widths where its probing fits
+`auto_budget`; "uniform" is the paper's fold (the one issue 17's < 2 s is about).
 
 Each line also gives the summed clustering objective (within-cluster sum of squares over
 all groups) of the last model, so clusterers compare on quality as well as time.
@@ -36,26 +39,34 @@ def main() -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--clusters", default="auto", help="fold's cluster= values to time")
+    p.add_argument("--allocations", default="auto,uniform",
+                   help="fold's allocation= values to time (each with every cluster)")
     args = p.parse_args()
     set_progress(False)
     x = torch.randn(1, 3, 224, 224)
-    fold(torchvision.models.resnet18().eval(), sparsity=0.3, example_inputs=x)  # warm up
+    fold(torchvision.models.resnet18().eval(), sparsity=0.3, example_inputs=x,
+         allocation="uniform")  # warm up
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         for name in args.models.split(","):
-            methods = args.clusters.split(",")
+            methods = [(c, a) for c in args.clusters.split(",")
+                       for a in args.allocations.split(",")]
             times: dict[str, list[float]] = {m: [] for m in methods}
-            objective = {}
+            objective, ran = {}, {}
             for r in range(args.repeats):  # the clusterers interleaved, same model per round
                 for method in methods:
                     torch.manual_seed(r)
                     model = getattr(torchvision.models, name)().eval()
                     t0 = time.perf_counter()
-                    out = fold(model, sparsity=0.3, example_inputs=x, cluster=method)
+                    out = fold(model, sparsity=0.3, example_inputs=x, cluster=method[0],
+                               allocation=method[1])
                     times[method].append(time.perf_counter() - t0)
                     objective[method] = sum(out.tuneless_report["kmeans_inertia"].values())
+                    ran[method] = out.tuneless_report["allocation"]
             for method, ts in times.items():
-                print(f"{name} {method} threads {threads}: median "
+                print(f"{name} cluster={method[0]} allocation={method[1]} (ran {ran[method]}) "
+                      f"threads "
+                      f"{threads}: median "
                       f"{statistics.median(ts):.2f} s ({', '.join(f'{t:.2f}' for t in ts)})"
                       f"; objective {objective[method]:.6g}", flush=True)
     return 0
