@@ -51,6 +51,7 @@ VARIANTS = {  # fold options; pruning methods ignore them except the widths
     # (pink-noise probes for the data-free repairs, the repair's images otherwise; at 128 px)
     "sens": {"allocation": "sensitivity", "keep_floor": 0.5},
     "uniform": {"allocation": "uniform"},  # the default until allocation="auto"
+    "auto-alloc": {"allocation": "auto"},  # the default since (measured widths on CNNs)
 }
 METHODS = ("fold-ar", "fold-none", "fold-r", "fold-match", "fold-refit", "l1", "l1-bn",
            "l1-match", "l1-refit", "fold-dir", "fold-dir-paper", "l1-dir")
