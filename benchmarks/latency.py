@@ -53,7 +53,8 @@ def half_flops(model, x, round_to: int):
     lo, hi, best = 0.0, 0.9, None
     for _ in range(12):
         mid = (lo + hi) / 2
-        small = fold(model, channel_ratio=mid, example_inputs=x, round_to=round_to)
+        small = fold(model, channel_ratio=mid, example_inputs=x, round_to=round_to,
+                     allocation="uniform")  # uniform widths at a FLOP target, as measured
         ratio = count_flops(small, x) / dense
         if best is None or abs(ratio - 0.5) < abs(best[1] - 0.5):
             best = (small, ratio)
@@ -137,7 +138,8 @@ def main() -> int:
         for rt in (int(v) for v in args.round_to.split(",")):
             small, flop_ratio = half_flops(model, x1, rt)
             small_fused = fuse_conv_bn(small, x1)[0].eval()
-            thin = fold(model, channel_ratio=0.9, example_inputs=x1, round_to=rt)
+            thin = fold(model, channel_ratio=0.9, example_inputs=x1, round_to=rt,
+                        allocation="uniform")
             thin_fused = fuse_conv_bn(thin, x1)[0].eval()
             for batch in (int(v) for v in args.batches.split(",")):
                 x = batch_of(x1, batch)
