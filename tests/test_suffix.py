@@ -58,3 +58,42 @@ def test_reference_modes_are_restored_and_later_groups_start_later():
     runner.run(trial, {s.module for s in g.slots})
     assert all(m.training for m in model.modules())
     assert model.bn1.num_batches_tracked == 0  # no statistics updated on the probes
+
+
+class _LayerNorm2d(torch.nn.LayerNorm):
+    """As torchvision's ConvNeXt has it: traced through, its size a constant in the graph."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias,
+                                           self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class _BakedSizes(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = torch.nn.Conv2d(3, 8, 3, padding=1), _LayerNorm2d(8)
+        self.c2, self.fc = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.c2(torch.relu(self.n1(self.c1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_graph_with_baked_sizes_is_measured_by_full_passes():
+    """The shortened run fails on the trial (its graph holds the old size): the damage is
+    still the trial's true one, and the sensitivity fold runs."""
+    from tuneless.allocation import output_damage
+    from tuneless.methods.fold import fold
+
+    model = _BakedSizes().eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = find_groups(model, x)
+    measure = output_damage(model, x, 4, 0)
+    for g in graph.reducible:
+        trial = reduce(model, graph, {g.id: selection(list(range(g.n - 2)), g.n)}, share=True)
+        assert measure(trial, {s.module for s in g.slots}) == pytest.approx(measure(trial))
+    small = fold(model, sparsity=0.3, example_inputs=x, allocation="sensitivity",
+                 repair="none", probe_images=4)
+    assert small(x).shape == (2, 4)
