@@ -29,7 +29,7 @@ FEATURES = ("raw", "block", "gamma")
 ALLOCATIONS = ("auto", "uniform", "error", "sensitivity")
 # allocation="auto": the measured per-group widths where they were measured to win — the
 # repairs below on networks with convolutions (every benchmark CNN and EfficientNet-Lite0;
-# on the fully connected MLP uniform widths won: docs/folding.md "Sensitivity allocation")
+# on the fully connected MLP uniform widths won: docs/folding.md "Measured widths")
 AUTO_SENSITIVITY_REPAIRS = ("none", "ar", "data")
 KEEP_FLOOR = {"sensitivity": 0.75, "error": 0.5}  # keep_floor=None: by allocation, measured
 DIR_STATS = ("match", "reestimate")
@@ -116,7 +116,7 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     "sensitivity": per-group widths from the output damage of folding each group alone,
     measured on probe_images inputs — the repair's images, else pink noise, so still no
     data; "uniform": every group loses the same share, the paper's fold and the fast one;
-    "error"; docs/folding.md "Sensitivity allocation"; with channel_ratio= the measured
+    "error"; docs/folding.md "Measured widths"; with channel_ratio= the measured
     widths spend the parameters that ratio's uniform fold removes), stream_share (residual
     streams lose this share of the other groups' channel ratio under a sparsity budget; 1 =
     the paper's uniform ratio), cluster ("auto": Ward + Hartigan where a group of
@@ -223,7 +223,8 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
 
     feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
              for g in graph.reducible}
-    allocation = resolved_allocation(model, graph, opts, x)
+    allocation = "channels" if opts.channels is not None else resolved_allocation(
+        model, graph, opts, x)
     if opts.channels is not None or allocation != "uniform":  # widths, then their count
         kept = (_named_widths(graph, opts.channels) if opts.channels is not None
                 else _error_widths(model, graph, feats, opts) if allocation == "error"
@@ -258,7 +259,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         "requested_sparsity": opts.sparsity, "channel_ratio": ratio,
         "achieved_sparsity": achieved, "params_before": before, "params_after": after,
         "physically_smaller": True, "kept": {str(k): v for k, v in kept.items()},
-        "allocation": "channels" if opts.channels is not None else allocation,
+        "allocation": allocation,
         "kmeans_inertia": inertia, "options": opts.to_dict(),
         "labels": {str(gid): lab.tolist() for gid, lab in labels.items()},
         "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
