@@ -8,6 +8,8 @@ each round. Run on a quiet machine:
 
 The default allocation ("auto") measures per-group widths where its probing fits
 `auto_budget`; "uniform" is the paper's fold (the one issue 17's < 2 s is about).
+--models also takes checkpoints (a path ending in .pt, e.g. the CIFAR networks in models/,
+timed at their own input size); --sparsity sets the budget (default 0.3).
 
 Each line also gives the summed clustering objective (within-cluster sum of squares over
 all groups) of the last model, so clusterers compare on quality as well as time.
@@ -39,6 +41,7 @@ def main() -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--clusters", default="auto", help="fold's cluster= values to time")
+    p.add_argument("--sparsity", type=float, default=0.3)
     p.add_argument("--allocations", default="auto,uniform",
                    help="fold's allocation= values to time (each with every cluster)")
     args = p.parse_args()
@@ -56,10 +59,10 @@ def main() -> int:
             for r in range(args.repeats):  # the clusterers interleaved, same model per round
                 for method in methods:
                     torch.manual_seed(r)
-                    model = getattr(torchvision.models, name)().eval()
+                    model, inp = _model(name, x)
                     t0 = time.perf_counter()
-                    out = fold(model, sparsity=0.3, example_inputs=x, cluster=method[0],
-                               allocation=method[1])
+                    out = fold(model, sparsity=args.sparsity, example_inputs=inp,
+                               cluster=method[0], allocation=method[1])
                     times[method].append(time.perf_counter() - t0)
                     objective[method] = sum(out.tuneless_report["kmeans_inertia"].values())
                     ran[method] = out.tuneless_report["allocation"]
@@ -70,6 +73,18 @@ def main() -> int:
                       f"{statistics.median(ts):.2f} s ({', '.join(f'{t:.2f}' for t in ts)})"
                       f"; objective {objective[method]:.6g}", flush=True)
     return 0
+
+
+def _model(name: str, x: torch.Tensor):
+    """A random-weight torchvision model at 224 px, or a checkpoint at its own input size."""
+    import torchvision
+
+    if name.endswith(".pt"):
+        from tuneless.modelio import example_input, load_model
+
+        model = load_model(name).eval()
+        return model, example_input(model)
+    return getattr(torchvision.models, name)().eval(), x
 
 
 if __name__ == "__main__":

@@ -73,9 +73,10 @@ class FoldOptions:
     # repair's images when it has them, else pink noise shaped like the example input)
     probe_images: int = 32
     # allocation="auto" measures widths only when that is estimated to cost at most this
-    # many FLOPs (tuneless.allocation.probe_flops, an upper bound; ResNet-56 on CIFAR:
-    # 1.5e12; torchvision resnet50 at 128-px probes: 1.9e13), else uniform
-    auto_budget: float = 2.5e12
+    # many FLOPs (tuneless.allocation.probe_flops, an upper bound; ResNet-56 on CIFAR 1.5e12,
+    # 14 s on one core; torchvision efficientnet_b0 / resnet18 at 30%: 2.0e12 / 2.7e12,
+    # 35 / 16 s; resnet50 at 128-px probes 1.9e13), else uniform
+    auto_budget: float = 4e12
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
     # repair "refit": images of `data` its least squares see; 1,024 beat 256 on every
     # benchmark network measured (docs/folding.md "How many images the refit needs")
@@ -111,8 +112,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     "activations" for what its k-means clusters).
     Options: allocation ("auto", the default: "sensitivity" for repairs "none", "ar" and
     "data" on networks with convolutions, where it was measured to win, "uniform" otherwise
-    and when measuring would cost more than auto_budget FLOPs (2.5e12 by default, about
-    half a minute on one CPU core; torchvision resnet50 exceeds it);
+    and when measuring would cost more than auto_budget FLOPs (4e12 by default: under a
+    minute on one CPU core for torchvision's efficientnet_b0 or resnet18; resnet50
+    exceeds it);
     "sensitivity": per-group widths from the output damage of folding each group alone,
     measured on probe_images inputs — the repair's images, else pink noise, so still no
     data; "uniform": every group loses the same share, the paper's fold and the fast one;
