@@ -215,7 +215,8 @@ def test_auto_allocation_measures_widths_where_it_was_measured_to_win():
     """allocation="auto" (the default) = "sensitivity" for repairs none / ar / data on a
     network with convolutions; "uniform" on a fully connected one, for other repairs and
     with round_to; the report names what ran."""
-    from tuneless.methods.fold import KEEP_FLOOR, fold
+    from tuneless.allocation import KEEP_FLOOR
+    from tuneless.methods.fold import fold
     from tuneless.zoo import build_model
 
     conv = build_model("resnet20").eval()

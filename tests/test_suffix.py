@@ -42,7 +42,7 @@ def test_every_group_trial_equals_its_full_forward(name, make, shape):
             trial = reduce(model, graph, {g.id: selection(list(range(keep)), g.n)}, share=True)
             with torch.no_grad():
                 want = first(trial(probe))
-            got = first(runner.run(trial, {s.module for s in g.slots}))
+            got = first(runner.run(trial, g.modules))
             assert torch.allclose(got, want, atol=1e-6), (name, g.id, keep)
 
 
@@ -51,11 +51,11 @@ def test_reference_modes_are_restored_and_later_groups_start_later():
     probe = torch.randn(4, 3, 32, 32)
     graph = find_groups(model, probe[:2])
     runner = SuffixRunner(model, probe)
-    starts = [runner.start_of({s.module for s in g.slots}) for g in graph.reducible]
+    starts = [runner.start_of(g.modules) for g in graph.reducible]
     assert max(starts) > min(starts) >= 0
     g = graph.reducible[-1]
     trial = reduce(model, graph, {g.id: selection([0, 1], g.n)}, share=True)
-    runner.run(trial, {s.module for s in g.slots})
+    runner.run(trial, g.modules)
     assert all(m.training for m in model.modules())
     assert model.bn1.num_batches_tracked == 0  # no statistics updated on the probes
 
@@ -93,7 +93,7 @@ def test_a_graph_with_baked_sizes_is_measured_by_full_passes():
     measure = output_damage(model, x, 4, 0)
     for g in graph.reducible:
         trial = reduce(model, graph, {g.id: selection(list(range(g.n - 2)), g.n)}, share=True)
-        assert measure(trial, {s.module for s in g.slots}) == pytest.approx(measure(trial))
+        assert measure(trial, g.modules) == pytest.approx(measure(trial))
     small = fold(model, sparsity=0.3, example_inputs=x, allocation="sensitivity",
                  repair="none", probe_images=4)
     assert small(x).shape == (2, 4)

@@ -187,6 +187,10 @@ def _interpolate(coarse: list[int], errs: list[float], fine: list[int]) -> list[
     return out
 
 
+# keep_floor=None: each allocation's measured floor (share of the uniform width every group
+# keeps), the same for fold and prune (docs/folding.md "Measured widths")
+KEEP_FLOOR = {"sensitivity": 0.75, "error": 0.5}
+
 # shares of a group's channels removed at which each group's damage is measured; the 5%
 # point gives the curve's first slope, where small budgets are decided (ResNet-20 at 10%,
 # 3 seeds: Fold-Naive 83.12 -> 83.40, Fold-AR 84.22 -> 84.31; at 30% 77.06 vs 77.02)

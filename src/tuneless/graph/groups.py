@@ -96,6 +96,12 @@ class ChannelGroup:
         return not self.fixed and bool(self.producers) and bool(self.consumers) and self.n > 1
 
     @property
+    def modules(self) -> set[str]:
+        """Names of the modules whose tensors this group's channels index (what a fold or
+        prune of it alone rewrites)."""
+        return {s.module for s in self.slots}
+
+    @property
     def stream(self) -> bool:
         """Written by more than one layer (an elementwise op joins them): a residual stream."""
         return len({s.module for s in self.producers}) > 1

@@ -31,7 +31,6 @@ ALLOCATIONS = ("auto", "uniform", "error", "sensitivity")
 # repairs below on networks with convolutions (every benchmark CNN and EfficientNet-Lite0;
 # on the fully connected MLP uniform widths won: docs/folding.md "Measured widths")
 AUTO_SENSITIVITY_REPAIRS = ("none", "ar", "data")
-KEEP_FLOOR = {"sensitivity": 0.75, "error": 0.5}  # keep_floor=None: by allocation, measured
 DIR_STATS = ("match", "reestimate")
 _SKIP_NORM = ("running_var", "num_batches_tracked")
 
@@ -292,6 +291,8 @@ def resolved_allocation(model: nn.Module, graph, opts: FoldOptions, x) -> str:
 
 
 def _floor(opts: FoldOptions, allocation: str) -> float:
+    from tuneless.allocation import KEEP_FLOOR
+
     return KEEP_FLOOR[allocation] if opts.keep_floor is None else opts.keep_floor
 
 
@@ -317,7 +318,6 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
     from tuneless.repair import _apply_ar
 
     measure = output_damage(work, x, opts.probe_images, opts.seed, data)
-    modules = {g.id: {s.module for s in g.slots} for g in graph.reducible}
 
     def damage(gid: int, k: int) -> float:
         labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
@@ -325,7 +325,7 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
         new = reduce(work, graph, {gid: merge(labels, k)}, share=True)  # a trial: AR
         if opts.repair != "none":  # rescales only the group's own (new) γ
             _apply_ar(work, new, graph, {gid: labels})
-        return measure(new, modules[gid])
+        return measure(new, graph[gid].modules)
 
     return measured_widths(model, graph, damage, opts.sparsity, opts.channel_ratio,
                            keep_floor=_floor(opts, "sensitivity"), max_ratio=opts.max_ratio,

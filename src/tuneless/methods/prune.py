@@ -111,19 +111,16 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
 def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, probe_images,
                       seed, keep_floor, max_ratio, min_channels, stream_share) -> dict:
     """Per-group kept counts from the measured damage of pruning each group alone."""
-    from tuneless.allocation import measured_widths, output_damage
-    from tuneless.methods.fold import KEEP_FLOOR
+    from tuneless.allocation import KEEP_FLOOR, measured_widths, output_damage
     from tuneless.reduce import reduce
 
     measure = output_damage(model, x, probe_images, seed, data)
     if keep_floor is None:
         keep_floor = KEEP_FLOOR["sensitivity"]
 
-    modules = {g.id: {s.module for s in g.slots} for g in graph.reducible}
-
     def damage(gid: int, k: int) -> float:
         return measure(reduce(model, graph, {gid: torch.topk(order[gid], k).indices},
-                              share=True), modules[gid])
+                              share=True), graph[gid].modules)
 
     return measured_widths(model, graph, damage, sparsity, channel_ratio,
                            keep_floor=keep_floor, max_ratio=max_ratio,
