@@ -96,6 +96,9 @@ VARIANTS: dict[str, dict] = {
     "sens75": {"allocation": "sensitivity", "keep_floor": 0.75},
     # allocation="auto" (measured widths where they were measured to win, its default floor)
     "auto-alloc": {"allocation": "auto"},
+    # the points are fractions of the FLOPs removed (budget="flops"), uniform or auto widths
+    "flops-uniform": {"budget": "flops", "allocation": "uniform"},
+    "flops-auto": {"budget": "flops", "allocation": "auto"},
 }
 # every variant but "default" folds with uniform widths unless it names an allocation (the
 # rows of the variants before allocation="auto" became the default were uniform)
@@ -237,8 +240,12 @@ def _pruned(model, repair: str, x, real, kw: dict, opts: dict):
     from tuneless.methods.prune import prune
     from tuneless.repair import reestimate_bn
 
-    share = {"stream_share": opts["stream_share"]} if "stream_share" in opts else {}
-    if opts.get("allocation") == "sensitivity":  # its own measured widths, the same probes
+    share = {k: opts[k] for k in ("stream_share", "budget") if k in opts}
+    allocation = opts.get("allocation")
+    if allocation == "auto":  # what fold's "auto" gives the repairs these rows stand beside
+        conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        allocation = "sensitivity" if conv and repair in ("l1", "l1-bn") else "uniform"
+    if allocation == "sensitivity":  # its own measured widths, the same probes
         share.update(allocation="sensitivity", data=None if repair == "l1" else real,
                      keep_floor=opts.get("keep_floor"))
     small = prune(model, criterion="l1", example_inputs=x, **share, **kw)  # the fold's widths

@@ -276,3 +276,41 @@ def test_measured_widths_take_no_channel_the_budget_does_not_need():
     for gid in n:
         if kept[gid] < n[gid]:
             assert counter.total({**kept, gid: kept[gid] + 1}) > target, gid
+
+
+class TwoResolutions(nn.Module):
+    """Two groups with the same parameters, one at 16× the positions of the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)  # its output group runs at 16×16
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)  # ... this one at 4×4
+        self.c4 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = F.relu(self.c2(F.relu(self.c1(x))))
+        x = F.relu(self.c4(F.relu(self.c3(F.max_pool2d(x, 4)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_flop_budget_spends_damage_per_flop_saved():
+    from tuneless.allocation import sensitivity_allocation
+    from tuneless.budget import flop_weights
+
+    model = TwoResolutions().eval()
+    x = torch.randn(1, 3, 16, 16)
+    graph = find_groups(model, x)
+    by_producer = {graph[g.id].producers[0].module: g.id for g in graph.reducible}
+    high, low = by_producer["c2"], by_producer["c3"]
+
+    def damage(gid, k):  # the high-resolution group hurts a little more per channel
+        return (1.5 if gid == high else 1.0) * (8 - k) if gid in (high, low) else 100.0 * (8 - k)
+
+    per_param = sensitivity_allocation(model, graph, damage, 0.2, floor={})
+    per_flop = sensitivity_allocation(model, graph, damage, 0.2, floor={},
+                                      weights=flop_weights(model, x))
+    assert per_param[low] < per_param[high] == 8  # same parameters saved: least damage
+    assert per_flop[high] < per_flop[low] == 8  # 16× the FLOPs saved per channel there
+    assert 1 - param_count(model, graph, per_param) / param_count(model, graph) >= 0.2 - 1e-9

@@ -98,3 +98,51 @@ def test_fold_and_prune_share_the_stream_default_and_reject_bad_shares(resnet):
             tuneless.fold(model, sparsity=0.4, example_inputs=x, stream_share=bad)
         with pytest.raises(TunelessError, match="stream_share"):
             tuneless.prune(model, sparsity=0.4, example_inputs=x, stream_share=bad)
+
+
+def test_flop_weights_count_what_torchs_flop_counter_counts_at_any_widths(resnet):
+    from tuneless.budget import flop_weights, param_counter
+    from tuneless.evaluate import count_flops
+
+    model, graph = resnet
+    x = torch.randn(1, 3, 32, 32)
+    cost = param_counter(model, graph, flop_weights(model, x))
+    assert cost(None) == count_flops(model, x)
+    kept = {g.id: max(1, g.n // 3) for g in graph.reducible}
+    small = reduce(model, graph, {g: selection(range(k), graph[g].n) for g, k in kept.items()})
+    assert cost(kept) == count_flops(small, x)
+
+
+def test_a_flop_budget_removes_that_share_of_the_flops(resnet):
+    from tuneless.budget import flop_weights
+    from tuneless.evaluate import count_flops
+
+    model, graph = resnet
+    x = torch.randn(1, 3, 32, 32)
+    b = solve(model, graph, 0.5, weights=flop_weights(model, x))
+    small = reduce(model, graph, {g: selection(range(k), graph[g].n) for g, k in b.kept.items()})
+    assert b.budget == "flops" and abs(b.sparsity - 0.5) <= 0.01
+    assert b.flops_after == count_flops(small, x) and b.flops_before == count_flops(model, x)
+    assert b.params_after == sum(p.numel() for p in small.parameters())
+    with pytest.raises(TunelessError, match="unknown budget 'macs'"):
+        import tuneless
+
+        tuneless.fold(model, sparsity=0.5, budget="macs")
+
+
+@pytest.mark.parametrize("method", ["fold", "prune"])
+@pytest.mark.parametrize("allocation", ["uniform", "sensitivity"])
+def test_fold_and_prune_meet_a_flop_budget(method, allocation):
+    import tuneless
+    from tuneless.evaluate import count_flops
+
+    model = build_model("resnet20").eval()
+    x = torch.randn(1, 3, 32, 32)
+    kw = {"probe_images": 4} if allocation == "sensitivity" else {}
+    small = getattr(tuneless, method)(model, sparsity=0.4, budget="flops", example_inputs=x,
+                                      allocation=allocation, **kw)
+    r = small.tuneless_report
+    ratio = count_flops(small, x) / count_flops(model, x)
+    assert r["budget"] == "flops" and abs(ratio - 0.6) <= 0.011
+    assert r["flops_after"] == count_flops(small, x)
+    assert abs(r["achieved_sparsity"] - (1 - ratio)) < 1e-9

@@ -58,11 +58,14 @@ def error_curve(feats: torch.Tensor, levels: list[int], seed: int = 0,
 class _ParamCounter:
     """Analytic parameter count with per-group kept counts, updated incrementally."""
 
-    def __init__(self, model: nn.Module, graph) -> None:
+    def __init__(self, model: nn.Module, graph, weights: dict | None = None) -> None:
         self.shapes: dict[tuple[str, str], list[int]] = {}
         for mod_name, mod in model.named_modules():
             for p_name, p in mod.named_parameters(recurse=False):
-                self.shapes[(mod_name, p_name)] = list(p.shape)
+                if weights is None or weights.get((mod_name, p_name), 0):
+                    self.shapes[(mod_name, p_name)] = list(p.shape)
+        # cost per element: 1 (parameters) or budget.flop_weights (FLOPs)
+        self.w = weights or {}
         self.touch: dict[int, list[tuple[tuple[str, str], int, int]]] = defaultdict(list)
         self.by_param: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
         for g in graph:
@@ -72,13 +75,13 @@ class _ParamCounter:
                     self.touch[g.id].append((key, s.axis, s.block))
                     self.by_param[key].append((g.id, s.axis, s.block))
         self.n = {g.id: g.n for g in graph}
-        self.total_before = sum(math.prod(s) for s in self.shapes.values())
+        self.total_before = sum(self.w.get(k, 1) * math.prod(s) for k, s in self.shapes.items())
 
-    def size(self, key, kept: dict[int, int]) -> int:
+    def size(self, key, kept: dict[int, int]) -> float:
         shape = list(self.shapes[key])
         for gid, axis, block in self.by_param.get(key, []):
             shape[axis] -= (self.n[gid] - kept.get(gid, self.n[gid])) * block
-        return math.prod(shape)
+        return self.w.get(key, 1) * math.prod(shape)
 
     def saving(self, gid: int, new_k: int, kept: dict[int, int]) -> int:
         keys = {key for key, _, _ in self.touch[gid]}
@@ -88,21 +91,24 @@ class _ParamCounter:
     def total(self, kept: dict[int, int]) -> int:
         changed = {key for gid in kept for key, _, _ in self.touch[gid]}
         base = self.total_before
-        return base - sum(math.prod(self.shapes[k]) - self.size(k, kept) for k in changed)
+        return base - sum(self.w.get(k, 1) * math.prod(self.shapes[k]) - self.size(k, kept)
+                          for k in changed)
 
 
 def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sparsity: float,
                      *, max_ratio: float = 0.9, min_channels: int = 1, seed: int = 0,
-                     n_init: int = 1, floor: dict[int, int] | None = None) -> dict[int, int]:
+                     n_init: int = 1, floor: dict[int, int] | None = None,
+                     weights: dict | None = None) -> dict[int, int]:
     """Per-group cluster counts removing `sparsity` of the parameters, chosen greedily by
     normalised k-means error added per parameter saved.
 
     floor: optional per-group minimum counts (e.g. a share of what uniform folding keeps).
+    weights: budget.flop_weights to remove `sparsity` of the FLOPs instead.
     """
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     groups = [g for g in graph.reducible if g.id in feats]
-    counter = _ParamCounter(model, graph)
+    counter = _ParamCounter(model, graph, weights)
     full = {g.id: g.n for g in groups}
     levels, curves, size = {}, {}, {}
     for g in groups:
@@ -168,8 +174,8 @@ def _refund(counter: _ParamCounter, levels: dict, curves: dict, kept: dict[int, 
 
 
 def _group_params(counter: _ParamCounter, gid: int) -> int:
-    """Parameters in the tensors a group touches (its share of the model)."""
-    return sum(math.prod(counter.shapes[key]) for key in {k for k, _, _ in counter.touch[gid]})
+    """Parameters (or FLOPs) in the tensors a group touches (its share of the model)."""
+    return sum(counter.size(key, {}) for key in {k for k, _, _ in counter.touch[gid]})
 
 
 def _interpolate(coarse: list[int], errs: list[float], fine: list[int]) -> list[float]:
@@ -352,28 +358,33 @@ def _output_tensor(out) -> torch.Tensor:
 def measured_widths(model: nn.Module, graph, damage, sparsity: float | None,
                     channel_ratio: float | None = None, *, keep_floor: float = 0.5,
                     max_ratio: float = 0.9, min_channels: int = 1,
-                    stream_share: float = STREAM_SHARE) -> dict[int, int]:
+                    stream_share: float = STREAM_SHARE,
+                    weights: dict | None = None) -> dict[int, int]:
     """sensitivity_allocation under a sparsity budget or the parameters a uniform channel
     ratio removes, every group kept at keep_floor × its count in that uniform plan (a
-    bound on how far one-group-at-a-time measurements are trusted)."""
+    bound on how far one-group-at-a-time measurements are trusted). weights
+    (budget.flop_weights): the budget and the damage per unit saved are in FLOPs."""
     from tuneless.budget import budget_for_ratio, solve
 
     if sparsity is not None:
-        uniform = solve(model, graph, sparsity, min_channels, stream_share=stream_share).kept
+        uniform = solve(model, graph, sparsity, min_channels, stream_share=stream_share,
+                        weights=weights).kept
     else:  # channel_ratio: the parameters the paper's uniform ratio removes, reallocated
-        b = budget_for_ratio(model, graph, channel_ratio, min_channels)
+        b = budget_for_ratio(model, graph, channel_ratio, min_channels, weights=weights)
         sparsity, uniform = b.sparsity, b.kept
     floor = {gid: math.ceil(keep_floor * k) for gid, k in uniform.items()}
     return sensitivity_allocation(model, graph, damage, sparsity, max_ratio=max_ratio,
-                                  min_channels=min_channels, floor=floor)
+                                  min_channels=min_channels, floor=floor, weights=weights)
 
 
 def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
                            max_ratio: float = 0.9, min_channels: int = 1,
                            floor: dict[int, int] | None = None,
-                           shares: tuple[float, ...] = SENSITIVITY_LEVELS) -> dict[int, int]:
-    """Per-group counts removing `sparsity` of the parameters, chosen greedily by the
-    measured output damage added per parameter saved.
+                           shares: tuple[float, ...] = SENSITIVITY_LEVELS,
+                           weights: dict | None = None) -> dict[int, int]:
+    """Per-group counts removing `sparsity` of the parameters (of the FLOPs with
+    weights=budget.flop_weights), chosen greedily by the measured output damage added per
+    parameter (FLOP) saved.
 
     damage(gid, k) -> float: how far the output moves with group gid alone folded to k
     channels (additive across groups to first order). It is measured at the counts that
@@ -381,7 +392,7 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
     """
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
-    counter = _ParamCounter(model, graph)
+    counter = _ParamCounter(model, graph, weights)
     groups = list(graph.reducible)
     levels, curves = {}, {}
     for g in groups:

@@ -1,9 +1,12 @@
-"""From "remove 50% of the parameters" to a channel count per group, without rewriting.
+"""From "remove 50% of the parameters" (or of the FLOPs) to a channel count per group,
+without rewriting.
 
 `param_count` is analytic (shapes only), so allocation loops can call it thousands of
-times. `solve` finds the uniform channel ratio (the paper's knob) whose rounded per-group
-counts remove the requested fraction of parameters, then nudges single groups to land
-within ±1 point of the request; the achieved value is reported, never assumed.
+times. A FLOP budget is the same count with each weight tensor weighted by the positions
+it is applied at (`flop_weights`: one forward pass of the example input). `solve` finds
+the uniform channel ratio (the paper's knob) whose rounded per-group counts remove the
+requested fraction, then nudges single groups to land within ±1 point of the request; the
+achieved value is reported, never assumed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import torch
 import torch.nn as nn
 
 from tuneless.errors import TunelessError
@@ -21,6 +25,8 @@ from tuneless.graph.groups import GroupGraph
 from tuneless.options import check_value
 
 TOLERANCE = 0.01
+BUDGETS = ("params", "flops")  # what a sparsity removes a fraction of
+Weights = dict[tuple[str, str], float]  # (module, parameter) → cost per element
 # Residual streams lose this share of the channel ratio the other groups lose, when a
 # sparsity budget is solved. Measured (docs/folding.md "Residual streams"): 0.25 beat the
 # uniform 1.0 in 27 of 30 fold cells (ResNet-20, option-A ResNet-20, ResNet-56; Fold-AR and
@@ -34,10 +40,22 @@ class Budget:
 
     kept: dict[int, int]
     channel_ratio: float | None  # None: counts chosen per group, not from one ratio
-    sparsity: float  # achieved fraction of parameters removed
+    sparsity: float  # achieved fraction of the budget's measure removed
     params_before: int
     params_after: int
     requested_sparsity: float | None = None
+    budget: str = "params"
+    flops_before: int | None = None  # budget "flops": FLOPs of the weights, one example
+    flops_after: int | None = None
+
+    def report(self) -> dict:
+        """A model report's keys: achieved_sparsity of the budget's measure, parameters
+        always, FLOPs (of one example) under a FLOP budget."""
+        out = {"budget": self.budget, "achieved_sparsity": self.sparsity,
+               "params_before": self.params_before, "params_after": self.params_after}
+        if self.flops_before is not None:
+            out.update(flops_before=self.flops_before, flops_after=self.flops_after)
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -45,11 +63,70 @@ class Budget:
         return d
 
 
-def budget_of(model: nn.Module, graph: GroupGraph, kept: dict[int, int]) -> Budget:
-    """What explicit per-group counts achieve (named widths or a measured allocation)."""
+def budget_of(model: nn.Module, graph: GroupGraph, kept: dict[int, int],
+              weights: Weights | None = None) -> Budget:
+    """What explicit per-group counts achieve (named widths or a measured allocation);
+    weights: `flop_weights` for a FLOP budget."""
+    return _budget(model, graph, kept, None, None, weights)
+
+
+def _budget(model, graph, kept, ratio, requested, weights) -> Budget:
     count = param_counter(model, graph)
     before, after = count(None), count(kept)
-    return Budget(kept, None, 1 - after / before, before, after)
+    if weights is None:
+        return Budget(kept, ratio, 1 - after / before, before, after, requested)
+    cost = param_counter(model, graph, weights)
+    f0, f1 = cost(None), cost(kept)
+    return Budget(kept, ratio, 1 - f1 / f0, before, after, requested, "flops", round(f0),
+                  round(f1))
+
+
+def cost_weights(model: nn.Module, example, budget: str) -> Weights | None:
+    """What a sparsity of `budget` counts: None for parameters, `flop_weights` for FLOPs."""
+    check_budget(budget)
+    return None if budget == "params" else flop_weights(model, example)
+
+
+def check_budget(budget) -> None:
+    if budget not in BUDGETS:
+        raise TunelessError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)} "
+                            "(what a sparsity removes a fraction of)")
+
+
+def flop_weights(model: nn.Module, example) -> Weights:
+    """FLOPs per element of every convolution's and linear layer's weight on one example
+    (2 × the positions it is applied at: a multiply-add is 2 FLOPs, as torch's FLOP counter
+    counts them); every other parameter costs nothing. Times the weights' element counts,
+    this is the model's FLOPs as `tuneless.evaluate.count_flops` measures them, and it
+    stays so for any widths, because a weight applied at P positions costs 2·P per element
+    whatever its shape."""
+    positions: dict[str, float] = {}
+
+    def hook(name):
+        def record(mod, inputs, out):
+            if isinstance(out, torch.Tensor) and out.dim() >= 2:
+                n = out.shape[0]
+                if isinstance(mod, nn.modules.conv._ConvNd):
+                    positions[name] = positions.get(name, 0) + out[0, 0].numel()
+                else:  # Linear: every row of every position (tokens, pixels) is one product
+                    positions[name] = positions.get(name, 0) + out.numel() / n / out.shape[-1]
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
+               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(*example) if isinstance(example, (tuple, list)) else model.eval()(
+                example)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    if not positions:
+        raise TunelessError("budget='flops' needs convolutions or linear layers that run on "
+                            "the example input; none did")
+    return {(name, "weight"): 2.0 * p for name, p in positions.items()}
 
 
 def param_count(model: nn.Module, graph: GroupGraph, kept: dict[int, int] | None = None) -> int:
@@ -57,13 +134,19 @@ def param_count(model: nn.Module, graph: GroupGraph, kept: dict[int, int] | None
     return param_counter(model, graph)(kept)
 
 
-def param_counter(model: nn.Module, graph: GroupGraph) -> Callable[[dict | None], int]:
+def param_counter(model: nn.Module, graph: GroupGraph,
+                  weights: Weights | None = None) -> Callable[[dict | None], float]:
     """`param_count` for one model and graph, its shapes read once: budget searches call it
-    hundreds of times, and walking the modules each time was most of a solve's cost."""
+    hundreds of times, and walking the modules each time was most of a solve's cost.
+    weights: each parameter's cost per element (`flop_weights`; absent keys cost 0);
+    None counts parameters."""
     shapes = {(mod_name, p_name): tuple(p.shape)
               for mod_name, mod in model.named_modules()
               for p_name, p in mod.named_parameters(recurse=False)}
-    total = sum(math.prod(s) for s in shapes.values())
+    if weights is not None:
+        shapes = {k: s for k, s in shapes.items() if weights.get(k, 0)}
+    w = (lambda key: 1) if weights is None else weights.__getitem__
+    total = sum(w(k) * math.prod(s) for k, s in shapes.items())
 
     def count(kept: dict[int, int] | None = None) -> int:
         kept = kept or {}
@@ -84,7 +167,7 @@ def param_counter(model: nn.Module, graph: GroupGraph) -> Callable[[dict | None]
             new = list(shape)
             for axis, d in by_axis.items():
                 new[axis] -= d
-            out += math.prod(new) - math.prod(shape)
+            out += w(key) * (math.prod(new) - math.prod(shape))
         return out
 
     return count
@@ -100,17 +183,20 @@ def counts_for_ratio(graph: GroupGraph, channel_ratio: float, min_channels: int 
 
 
 def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: int = 1,
-          round_to: int = 1, stream_share: float = STREAM_SHARE) -> Budget:
+          round_to: int = 1, stream_share: float = STREAM_SHARE,
+          weights: Weights | None = None) -> Budget:
     """Per-group counts removing `sparsity` of all parameters (±1 point), from one ratio r:
     r of every group's channels, stream_share·r of a residual stream's (1: uniform, the
     paper's; 0: streams kept whole). A stream's channels run through every block of its
-    stage, so each one removed costs more than an inner channel (docs/folding.md)."""
+    stage, so each one removed costs more than an inner channel (docs/folding.md).
+    weights (`flop_weights`): `sparsity` of the FLOPs instead."""
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     _check_options(min_channels, round_to)
     check_value("stream_share", stream_share, float, "channel budget")
-    count = param_counter(model, graph)
+    count = param_counter(model, graph, weights)
     before = count(None)
+    what = "parameters" if weights is None else "FLOPs"
     if not graph.reducible:
         raise TunelessError("the model has no reducible channel groups (see `tuneless inspect`)")
 
@@ -122,7 +208,7 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
     if sparsity > most + TOLERANCE:
         raise TunelessError(
             f"sparsity {sparsity:.2f} is out of reach: removing every reducible channel down to "
-            f"min_channels={min_channels} removes only {most:.3f} of the parameters")
+            f"min_channels={min_channels} removes only {most:.3f} of the {what}")
     lo, _ = bisect(lambda r: achieved(_ratio_counts(graph, r, min_channels, round_to,
                                                     stream_share)) > sparsity,
                    0.0, 1.0)  # achieved(lo) <= sparsity
@@ -132,9 +218,10 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
         kept = _swap(graph, kept, achieved, sparsity, min_channels, round_to)
     after = count(kept)
     if abs(1 - after / before - sparsity) > TOLERANCE:
-        warnings.warn(f"achieved sparsity {1 - after / before:.3f} for a request of "
-                      f"{sparsity:.3f}: the closest the channel counts allow", stacklevel=2)
-    return Budget(kept, lo, 1 - after / before, before, after, sparsity)
+        warnings.warn(f"achieved sparsity {1 - after / before:.3f} of the {what} for a "
+                      f"request of {sparsity:.3f}: the closest the channel counts allow",
+                      stacklevel=2)
+    return _budget(model, graph, kept, lo, sparsity, weights)
 
 
 def bisect(reached: Callable[[float], bool], lo: float, hi: float,
@@ -152,15 +239,15 @@ def bisect(reached: Callable[[float], bool], lo: float, hi: float,
 
 
 def budget_for_ratio(model: nn.Module, graph: GroupGraph, channel_ratio: float,
-                     min_channels: int = 1, round_to: int = 1) -> Budget:
-    """The Budget of a uniform channel ratio (no search)."""
+                     min_channels: int = 1, round_to: int = 1,
+                     weights: Weights | None = None) -> Budget:
+    """The Budget of a uniform channel ratio (no search); weights: its sparsity in FLOPs."""
     kept = counts_for_ratio(graph, channel_ratio, min_channels, round_to)
-    count = param_counter(model, graph)
-    before, after = count(None), count(kept)
-    if channel_ratio > 0 and after >= before:
+    b = _budget(model, graph, kept, channel_ratio, None, weights)
+    if channel_ratio > 0 and b.params_after >= b.params_before:
         warnings.warn(f"channel_ratio {channel_ratio} removes nothing: min_channels="
                       f"{min_channels} / round_to={round_to} keep every channel", stacklevel=2)
-    return Budget(kept, channel_ratio, 1 - after / before, before, after, None)
+    return b
 
 
 def _ratio_counts(graph, r, min_channels, round_to, stream_share=1.0):

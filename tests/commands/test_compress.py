@@ -121,3 +121,23 @@ def test_conv_fold_says_its_widths_were_measured_and_uniform_stays_one_option_aw
         assert ("widths measured per group" in said) is measured
         assert load(out).tuneless_report["allocation"] == ("sensitivity" if measured
                                                            else "uniform")
+
+
+def test_a_flop_budget_from_the_command_line_and_methods_without_one(tmp_path, capsys):
+    from tuneless.evaluate import count_flops
+
+    model = build_model("resnet20").eval()
+    path = tmp_path / "r20.pt"
+    save_checkpoint(path, model, "resnet20", {}, "cifar10")
+    out = tmp_path / "small.pt"
+    rc = main(["compress", str(path), "--method", "prune-l1", "--sparsity", "0.5",
+               "--budget", "flops", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert "of the FLOPs" in capsys.readouterr().out
+    x = torch.randn(1, 3, 32, 32)
+    assert abs(count_flops(load(out), x) / count_flops(model, x) - 0.5) <= 0.01
+    rc = main(["compress", str(path), "--method", "svd", "--sparsity", "0.5", "--budget",
+               "flops", "-o", str(tmp_path / "svd.pt")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--budget: method svd has no FLOP budget" in err
+    assert "Traceback" not in err and not (tmp_path / "svd.pt").exists()

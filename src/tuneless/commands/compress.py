@@ -20,7 +20,11 @@ def add_parser(sub) -> None:
     p.add_argument("--method", required=True,
                    help=f"one of: {', '.join(REGISTRY)}; for a language model one of: "
                         f"{', '.join(LLM_METHODS)}")
-    p.add_argument("--sparsity", type=float, help="fraction of parameters to remove")
+    p.add_argument("--sparsity", type=float,
+                   help="fraction of parameters to remove (of FLOPs with --budget flops)")
+    p.add_argument("--budget", choices=["params", "flops"],
+                   help="what --sparsity is a fraction of (default params; CNN fold and "
+                        "prune methods)")
     p.add_argument("--channel-ratio", type=float,
                    help="fraction of channels removed from every group (instead of --sparsity)")
     p.add_argument("-o", "--out", required=True,
@@ -83,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).resolve() == Path(args.model).resolve():
         raise TunelessError("-o would overwrite the input model; choose another path")
     options = parse_options(args.option)
+    if args.budget is not None:
+        options["budget"] = args.budget
     if args.sparsity is None and args.channel_ratio is None and "channels" not in options:
         raise TunelessError("give --sparsity (fraction of parameters), --channel-ratio, or "
                             "--option channels='{\"GROUP\": COUNT}' (ids from tuneless inspect)")
@@ -95,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
     if is_llm_source(args.model):  # HF folder, GGUF file, Hub id or "smollm2"
         return run_llm(args, options)
     method = get_method(args.method)
+    if args.budget is not None and not takes_budget(method):
+        raise TunelessError(f"--budget: method {args.method} has no FLOP budget (its "
+                            "--sparsity is a fraction of parameters); the fold-* and "
+                            "prune-* methods take one")
     check_options(args.method, options)
     model, x = load_from_args(args)
     data = _test_data(args, model)
@@ -126,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
                                       "top1": pct}))
     report = getattr(small, "tuneless_report", None) or {}
     if report.get("achieved_sparsity") is not None:
-        print(f"achieved sparsity {report['achieved_sparsity']:.4f}"
+        of = " of the FLOPs" if report.get("budget") == "flops" else ""
+        print(f"achieved sparsity {report['achieved_sparsity']:.4f}{of}"
               + (f" (requested {args.sparsity})" if args.sparsity is not None else ""))
     if report.get("allocation") == "sensitivity":
         print("widths measured per group (allocation=sensitivity; "
@@ -135,6 +146,17 @@ def run(args: argparse.Namespace) -> int:
         print("note: " + report.get("note", "the model is not physically smaller"))
     print(f"wrote {args.out} ({info['mode']} format)")
     return 0
+
+
+def takes_budget(method) -> bool:
+    """Whether a registry method has the `budget` option (params / flops)."""
+    import inspect
+
+    func = getattr(method, "__wrapped_method__", method)
+    spec = getattr(func, "options_class", None)
+    if spec is not None:
+        return "budget" in spec.__dataclass_fields__
+    return "budget" in inspect.signature(func).parameters
 
 
 def needs_images(method, options: dict) -> str:

@@ -42,9 +42,9 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     if args.method not in LLM_METHODS:
         raise TunelessError(f"method {args.method!r} does not apply to language models; "
                             f"choose one of {', '.join(LLM_METHODS)}")
-    if args.channel_ratio is not None:
+    if args.channel_ratio is not None or options.pop("budget", "params") != "params":
         raise TunelessError("language models take --sparsity (fraction of decoder-block "
-                            "parameters), not --channel-ratio")
+                            "parameters), not --channel-ratio or --budget flops")
     out = Path(args.out)
     if out.exists():
         raise TunelessError(f"{out} already exists; the output is a new folder")

@@ -42,6 +42,7 @@ class FoldOptions:
     sparsity: float | None = None
     channel_ratio: float | None = None
     repair: str = "ar"
+    budget: str = "params"  # what `sparsity` removes a fraction of: "params" or "flops"
     allocation: str = "auto"  # "sensitivity" where it wins, else "uniform" (resolved_allocation)
     # a sparsity budget removes stream_share × r of a residual stream's channels and r of
     # every other group's (1.0: the paper's uniform ratio; budget.STREAM_SHARE, measured)
@@ -95,8 +96,9 @@ class FoldOptions:
 
 def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float | None = None,
          repair: str | None = None, example_inputs=None, data=None, **options) -> nn.Module:
-    """Fold `model` to remove `sparsity` of its parameters (or `channel_ratio` of every
-    group's channels) and repair it; returns a new model, the input is untouched.
+    """Fold `model` to remove `sparsity` of its parameters (of its FLOPs with
+    budget="flops"; or `channel_ratio` of every group's channels) and repair it; returns a
+    new model, the input is untouched.
 
     repair: "ar" (closed form, data-free; the default for CNNs), "dir" (DeepInversion images,
     data-free; BN statistics matched to the original's on them, dir_stats="reestimate" for
@@ -109,11 +111,13 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     on the model's own samples ("self") by default; "refit" on data= token ids, "none" =
     the paper (options e.g. schedule=, tokenizer=, features= "auto" | "weights" |
     "activations" for what its k-means clusters).
-    Options: allocation ("auto", the default: "sensitivity" for repairs "none", "ar" and
-    "data" on networks with convolutions, where it was measured to win, "uniform" otherwise
-    and when measuring would cost more than auto_budget FLOPs (4e12 by default: under a
-    minute on one CPU core for torchvision's efficientnet_b0 or resnet18; resnet50
-    exceeds it);
+    Options: budget ("params", the default, or "flops": sparsity is the fraction of the
+    FLOPs of one example input removed, and measured widths spend damage per FLOP saved;
+    the report then has flops_before/flops_after), allocation ("auto", the default:
+    "sensitivity" for repairs "none", "ar" and "data" on networks with convolutions, where
+    it was measured to win, "uniform" otherwise and when measuring would cost more than
+    auto_budget FLOPs (4e12 by default: under a minute on one CPU core for torchvision's
+    efficientnet_b0 or resnet18; resnet50 exceeds it);
     "sensitivity": per-group widths from the output damage of folding each group alone,
     measured on probe_images inputs — the repair's images, else pink noise, so still no
     data; "uniform": every group loses the same share, the paper's fold and the fast one;
@@ -170,6 +174,9 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
             raise TunelessError(f"{name} must be a number in [0, 1), got {v!r}")
     get_repair(opts.repair)
     from tuneless.allocation import check_allocation
+    from tuneless.budget import check_budget
+
+    check_budget(opts.budget)
     from tuneless.cluster import CLUSTERERS
 
     if opts.cluster not in CLUSTERERS:
@@ -198,7 +205,7 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
 
 
 def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Module:
-    from tuneless.budget import budget_for_ratio, budget_of, solve
+    from tuneless.budget import budget_for_ratio, budget_of, cost_weights, solve
     from tuneless.cluster import cluster
     from tuneless.graph import find_groups
     from tuneless.reduce import merge, reduce
@@ -214,6 +221,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     if not graph.reducible:
         raise UnsupportedModelError(f"nothing to fold in {type(model).__name__}: every channel "
                                     "group is fixed (see `tuneless inspect`)")
+    weights = cost_weights(model, x, opts.budget)  # None: a parameter budget
     work = copy.deepcopy(model).eval()
     if opts.fuse_bn:
         _fuse_checked(work, graph, x)
@@ -228,19 +236,17 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         model, graph, opts, x)
     if opts.channels is not None or allocation != "uniform":  # widths, then their count
         kept = (_named_widths(graph, opts.channels) if opts.channels is not None
-                else _error_widths(model, graph, feats, opts) if allocation == "error"
+                else _error_widths(model, graph, feats, opts, weights) if allocation == "error"
                 else _sensitivity_widths(model, work, graph, feats, opts, x,
-                                         data if rep.needs_data else None))
-        b = budget_of(model, graph, kept)
-        achieved, ratio, before, after = b.sparsity, None, b.params_before, b.params_after
+                                         data if rep.needs_data else None, weights))
+        b = budget_of(model, graph, kept, weights)
     else:
         b = (solve(model, graph, opts.sparsity, opts.min_channels, opts.round_to,
-                   opts.stream_share)
+                   opts.stream_share, weights)
              if opts.sparsity is not None
              else budget_for_ratio(model, graph, opts.channel_ratio, opts.min_channels,
-                                   opts.round_to))
-        kept, achieved, ratio, before, after = b.kept, b.sparsity, b.channel_ratio, \
-            b.params_before, b.params_after
+                                   opts.round_to, weights))
+    kept = b.kept
 
     decisions, labels, inertia = {}, {}, {}
     todo = [(g.id, kept[g.id]) for g in graph.reducible if kept[g.id] < g.n]
@@ -257,9 +263,9 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     new.eval()
     new.tuneless_report = {
         "method": f"fold-{opts.repair}" if opts.repair != "data" else "fold-r",
-        "requested_sparsity": opts.sparsity, "channel_ratio": ratio,
-        "achieved_sparsity": achieved, "params_before": before, "params_after": after,
-        "physically_smaller": True, "kept": {str(k): v for k, v in kept.items()},
+        "requested_sparsity": opts.sparsity, "channel_ratio": b.channel_ratio,
+        **b.report(), "physically_smaller": True,
+        "kept": {str(k): v for k, v in kept.items()},
         "allocation": allocation,
         "kmeans_inertia": inertia, "options": opts.to_dict(),
         "labels": {str(gid): lab.tolist() for gid, lab in labels.items()},
@@ -296,19 +302,21 @@ def _floor(opts: FoldOptions, allocation: str) -> float:
     return KEEP_FLOOR[allocation] if opts.keep_floor is None else opts.keep_floor
 
 
-def _error_widths(model: nn.Module, graph, feats: dict, opts: FoldOptions) -> dict[int, int]:
+def _error_widths(model: nn.Module, graph, feats: dict, opts: FoldOptions,
+                  weights=None) -> dict[int, int]:
     """Per-group widths of the error allocation, each kept at keep_floor × its uniform count."""
     from tuneless.allocation import error_allocation
     from tuneless.budget import solve
 
-    uniform = solve(model, graph, opts.sparsity, opts.min_channels).kept
+    uniform = solve(model, graph, opts.sparsity, opts.min_channels, weights=weights).kept
     floor = {gid: math.ceil(_floor(opts, "error") * k) for gid, k in uniform.items()}
     return error_allocation(model, graph, feats, opts.sparsity, max_ratio=opts.max_ratio,
-                            min_channels=opts.min_channels, seed=opts.seed, floor=floor)
+                            min_channels=opts.min_channels, seed=opts.seed, floor=floor,
+                            weights=weights)
 
 
 def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
-                        opts: FoldOptions, x, data=None) -> dict[int, int]:
+                        opts: FoldOptions, x, data=None, weights=None) -> dict[int, int]:
     """Per-group widths from measured damage: each group folded alone (same clustering, AR
     unless repair="none") and the output on probe inputs compared with the original's (the
     repair's own images where it has them, else pink noise: tuneless.allocation)."""
@@ -329,7 +337,8 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
 
     return measured_widths(model, graph, damage, opts.sparsity, opts.channel_ratio,
                            keep_floor=_floor(opts, "sensitivity"), max_ratio=opts.max_ratio,
-                           min_channels=opts.min_channels, stream_share=opts.stream_share)
+                           min_channels=opts.min_channels, stream_share=opts.stream_share,
+                           weights=weights)
 
 
 def _channel_counts(channels) -> dict[int, int]:

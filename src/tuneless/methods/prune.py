@@ -31,9 +31,10 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
           criterion: str = "l1", example_inputs=None, min_channels: int = 1,
           round_to: int = 1, seed: int = 0, data=None, stream_share: float = STREAM_SHARE,
           allocation: str = "uniform", probe_images: int = 32, keep_floor: float | None = None,
-          max_ratio: float = 0.9, **llm_options) -> nn.Module:
-    """Structured pruning to `sparsity` (fraction of parameters removed) or a uniform
-    `channel_ratio` (fraction of channels removed from every reducible group).
+          max_ratio: float = 0.9, budget: str = "params", **llm_options) -> nn.Module:
+    """Structured pruning to `sparsity` (fraction of parameters removed; of the FLOPs of one
+    example input with budget="flops") or a uniform `channel_ratio` (fraction of channels
+    removed from every reducible group).
     Under a sparsity budget residual streams lose `stream_share` of the ratio the other
     groups lose (the same widths as tuneless.fold; 1 = uniform).
     allocation="sensitivity" chooses per-group widths as tuneless.fold does: each group
@@ -49,7 +50,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     tokenizer, ...) go to tuneless.llm.
     """
     from tuneless.allocation import check_allocation
-    from tuneless.budget import budget_for_ratio, budget_of, solve
+    from tuneless.budget import budget_for_ratio, budget_of, check_budget, cost_weights, solve
     from tuneless.graph import find_groups
     from tuneless.llm.adapters import is_hf_causal_lm
     from tuneless.modelio import example_input
@@ -64,6 +65,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
                        "stream_share": stream_share}, f"prune-{criterion}")
     check_allocation(allocation, ("uniform", "sensitivity"), round_to=round_to,
                      probe_images=probe_images, keep_floor=keep_floor, max_ratio=max_ratio)
+    check_budget(budget)
     if criterion not in CRITERIA:
         raise TunelessError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if (sparsity is None) == (channel_ratio is None):
@@ -72,18 +74,19 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     graph = find_groups(model, x)
     if not graph.reducible:
         raise UnsupportedModelError(_nothing_reducible(model, graph))
+    weights = cost_weights(model, x, budget)  # None: a parameter budget
     if sparsity is not None:
-        budget = solve(model, graph, sparsity, min_channels, round_to, stream_share)
+        plan = solve(model, graph, sparsity, min_channels, round_to, stream_share, weights)
     else:
-        budget = budget_for_ratio(model, graph, channel_ratio, min_channels, round_to)
+        plan = budget_for_ratio(model, graph, channel_ratio, min_channels, round_to, weights)
     gen = torch.Generator().manual_seed(seed)
-    kept, order = budget.kept, {}
+    kept, order = plan.kept, {}
     if allocation == "sensitivity":  # every group's order first: each is probed at 6 depths
         order = {g.id: channel_importance(model, g, criterion, gen) for g in graph.reducible}
         kept = _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio,
                                  probe_images, seed, keep_floor, max_ratio, min_channels,
-                                 stream_share)
-        budget = budget_of(model, graph, kept)
+                                 stream_share, weights)
+        plan = budget_of(model, graph, kept, weights)
     decisions = {}
     for g in graph.reducible:
         k = kept[g.id]
@@ -95,21 +98,21 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     new = reduce(model, graph, decisions)
     new.tuneless_report = {
         "method": f"prune-{criterion}", "requested_sparsity": sparsity,
-        "channel_ratio": budget.channel_ratio, "achieved_sparsity": budget.sparsity,
-        "params_before": budget.params_before, "params_after": budget.params_after,
+        "channel_ratio": plan.channel_ratio, **plan.report(),
         "options": {"criterion": criterion, "min_channels": min_channels,
                     "round_to": round_to, "seed": seed, "stream_share": stream_share,
-                    "allocation": allocation},
+                    "allocation": allocation, "budget": budget},
         "physically_smaller": True, "groups": len(graph),
         "reducible_groups": len(graph.reducible),
-        "kept": {str(k): v for k, v in budget.kept.items()},
+        "kept": {str(k): v for k, v in plan.kept.items()},
         "channels": {str(gid): keep.tolist() for gid, keep in decisions.items()},
     }
     return new
 
 
 def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, probe_images,
-                      seed, keep_floor, max_ratio, min_channels, stream_share) -> dict:
+                      seed, keep_floor, max_ratio, min_channels, stream_share,
+                      weights) -> dict:
     """Per-group kept counts from the measured damage of pruning each group alone."""
     from tuneless.allocation import KEEP_FLOOR, measured_widths, output_damage
     from tuneless.reduce import reduce
@@ -124,7 +127,8 @@ def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, pro
 
     return measured_widths(model, graph, damage, sparsity, channel_ratio,
                            keep_floor=keep_floor, max_ratio=max_ratio,
-                           min_channels=min_channels, stream_share=stream_share)
+                           min_channels=min_channels, stream_share=stream_share,
+                           weights=weights)
 
 
 LLM_CRITERIA = ("l2", "magnitude", "wanda-sp", "flap", "obs")
