@@ -59,6 +59,8 @@ def one(name: str) -> dict:
             after = sum(p.numel() for p in small.parameters())
             ok = ys.shape == y.shape and bool(torch.isfinite(ys).all())
             row[f"{method}_removed"] = round(1 - after / row["params"], 4)
+            if method == "fold":  # allocation="auto": measured widths or uniform (cost)
+                row["fold_widths"] = small.tuneless_report.get("allocation", "?")
             row[method] = "yes" if ok and abs(1 - after / row["params"] - 0.3) <= 0.02 else \
                 f"ran, removed {1 - after / row['params']:.3f}"
         except Exception as exc:  # the table shows failures with their reason
@@ -113,7 +115,8 @@ def main(argv: list[str]) -> int:
     pruned = sum(r.get("prune") == "yes" for r in rows)
     s = stamp(command="python benchmarks/breadth_torchvision.py")
     text = ("# Breadth: every torchvision classification model\n\n"
-            "`tuneless.fold` (the data-free default, Fold-AR) and `tuneless.prune` (L1) at 30%\n"
+            "`tuneless.fold` (the data-free default, Fold-AR; `fold_widths`: what its default\n"
+            "allocation chose, measured per group or uniform) and `tuneless.prune` (L1) at 30%\n"
             "of the parameters on every model `torchvision.models.list_models` lists for\n"
             "classification; random weights, num_classes=10, input 1×3×64×64 unless the\n"
             "table says otherwise (ViTs built for that size); a model passes when the result\n"
@@ -124,7 +127,8 @@ def main(argv: list[str]) -> int:
             + stamp_markdown(s) + "\n"
             f"**fold: {folded} / {len(rows)}; prune: {pruned} / {len(rows)}.**\n\n"
             + render_markdown(rows, ["model", "input", "params", "fold", "fold_removed",
-                                     "fold_s", "prune", "prune_removed", "prune_s", "note"])
+                                     "fold_widths", "fold_s", "prune", "prune_removed",
+                                     "prune_s", "note"])
             + "\n")
     atomic_write_text(text, args.out)
     print(f"wrote {args.out}")
