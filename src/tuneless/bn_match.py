@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from tuneless.bn_stats import output_statistics, reestimate_bn
 from tuneless.errors import TunelessError
+from tuneless.graph.trace import is_plain_batchnorm
 
 
 @torch.no_grad()
@@ -42,7 +43,7 @@ def match_bn_layers(original: nn.Module, small: nn.Module, graph, maps: dict, da
     twins = dict(original.named_modules())
     plan = {}
     for name, bn in small.named_modules():
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine:
+        if not is_plain_batchnorm(bn) or not bn.affine:  # its output: the affine map only
             continue
         if name in spans:
             m = channel_map(name, bn, spans, maps)

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from tuneless._lazy import make_module_callable
 from tuneless.errors import TunelessError
+from tuneless.graph.trace import is_plain_batchnorm
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
 FORMAT_NAMES = {"onnx": "ONNX", "pt2": "torch.export"}
@@ -142,7 +143,7 @@ def conv_bn_pairs(model: nn.Module, example_inputs) -> list[tuple[str, str]]:
             continue
         bn = gm.get_submodule(n.target)
         src = n.args[0]
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not isinstance(src, Node):
+        if not is_plain_batchnorm(bn) or not isinstance(src, Node):  # no activation inside
             continue
         if src.op != "call_module" or len(src.users) != 1:
             continue

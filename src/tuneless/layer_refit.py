@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from tuneless.decisions import merge, selection
 from tuneless.errors import TunelessError
+from tuneless.graph.trace import is_plain_batchnorm
 from tuneless.hooks import capture
 from tuneless.linalg import ridge_solve
 from tuneless.patches import conv_patches
@@ -212,7 +213,7 @@ def _unsupported(layer: nn.Module, before: nn.Module, norm: str | None,
         return "layer type changed by compression"
     if norm is not None:
         bn = small.get_submodule(norm)
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine \
+        if not is_plain_batchnorm(bn) or not bn.affine \
                 or not bn.track_running_stats:
             return "its norm is not an affine BatchNorm with running statistics"
     return None

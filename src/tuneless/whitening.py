@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from tuneless.errors import TunelessError
+from tuneless.graph.trace import is_plain_batchnorm
 from tuneless.hooks import Moments
 from tuneless.patches import conv_patches
 
@@ -48,7 +49,7 @@ def _feeding_norm(node, modules) -> tuple[nn.Module | None, bool]:
     while True:
         if node.op == "call_module":
             mod = modules.get(node.target)
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            if is_plain_batchnorm(mod):
                 return (mod if mod.running_var is not None else None), relu
             if not isinstance(mod, _PASS_MODULES):
                 return None, relu

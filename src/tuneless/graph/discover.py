@@ -18,14 +18,9 @@ import torch.nn.functional as F
 from tuneless.graph.builder import GroupBuilder
 from tuneless.graph.groups import CONSUMER, NORM, PRODUCER, GroupGraph, Slot
 from tuneless.graph.layout import Layout
+from tuneless.graph.trace import ELEMENTWISE_MODULES as _ELEMENTWISE_MODULES
 from tuneless.graph.trace import shape_of, trace
 
-_ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softsign,
-    nn.Tanhshrink, nn.LogSigmoid,
-)
 _SPATIAL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,

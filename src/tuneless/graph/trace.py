@@ -9,12 +9,37 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from tuneless.errors import UnsupportedModelError
 
+# modules that act on each element alone: channels stay apart through them
+ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softsign,
+    nn.Tanhshrink, nn.LogSigmoid,
+)
+
 
 class _Tracer(fx.Tracer):
-    """torch.nn modules are leaves; user modules (and Sequential) are traced through."""
+    """torch.nn modules are leaves; user modules (and Sequential) are traced through, but
+    for BatchNorm subclasses that add elementwise layers (`is_norm_act`)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return super().is_leaf_module(m, qualname)
+        return super().is_leaf_module(m, qualname) or is_norm_act(m)
+
+
+def is_plain_batchnorm(m: nn.Module) -> bool:
+    """A BatchNorm whose output is its affine normalisation and nothing more: torch's own
+    classes. Fusing into a conv, statistics matching and the refit's BN handling rely on it."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m).__module__.startswith(
+        "torch.")
+
+
+def is_norm_act(m: nn.Module) -> bool:
+    """A BatchNorm subclass from another library whose forward is batch norm followed by its
+    own elementwise layers (timm's BatchNormAct2d: dropout, then an activation). Channels
+    stay apart, so it is one leaf, reduced like BatchNorm; traced through, its functional
+    batch_norm on attributes would fix every group it touches."""
+    return (isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_plain_batchnorm(m)
+            and all(isinstance(c, ELEMENTWISE_MODULES) for c in m.children()))
 
 
 @torch.no_grad()
