@@ -158,3 +158,16 @@ def test_fold_dir_stats_is_validated():
     with pytest.raises(TunelessError, match="unknown dir_stats 'exact'"):
         fold(build_model("resnet20"), sparsity=0.3, repair="dir", dir_stats="exact",
              example_inputs=torch.randn(2, 3, 32, 32))
+
+
+def test_the_default_repair_of_a_network_without_batchnorm_is_none_and_ar_is_refused():
+    import tuneless
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    with pytest.warns(UserWarning, match="no BatchNorm"):
+        small = tuneless.fold(net, sparsity=0.3, example_inputs=x, allocation="uniform")
+    assert small.tuneless_report["method"] == "fold-none"
+    with pytest.raises(TunelessError, match="repair 'ar' works through BatchNorm"):
+        tuneless.fold(net, sparsity=0.3, example_inputs=x, repair="ar")

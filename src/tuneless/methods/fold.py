@@ -100,7 +100,8 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     budget="flops"; or `channel_ratio` of every group's channels) and repair it; returns a
     new model, the input is untouched.
 
-    repair: "ar" (closed form, data-free; the default for CNNs), "dir" (DeepInversion images,
+    repair: "ar" (closed form, data-free; the default for CNNs with BatchNorm, "none" for
+    those without), "dir" (DeepInversion images,
     data-free; BN statistics matched to the original's on them, dir_stats="reestimate" for
     the paper's re-estimation), "data" (BN re-estimation on `data`, a tensor or DataLoader of
     real inputs),
@@ -147,7 +148,14 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
             options["example_inputs"] = example_inputs
         return fold_llm(model, sparsity, repair=repair, data=data, **options)  # checks model
     check_model(model, "fold")
-    opts = _options(sparsity, channel_ratio, "ar" if repair is None else repair, options)
+    if repair is None:  # Fold-AR repairs BatchNorm; without any, the paper's plain fold
+        from tuneless.modelcheck import batchnorms
+
+        repair = "ar" if batchnorms(model) else "none"
+        if repair == "none":
+            warnings.warn("the model has no BatchNorm, so the default repair (Fold-AR) does "
+                          "not apply: folding without a repair (Fold-Naive)", stacklevel=2)
+    opts = _options(sparsity, channel_ratio, repair, options)
     return _fold(model, opts, example_inputs, data)
 
 
