@@ -28,32 +28,73 @@ KWARGS = {"inception_v3": {"aux_logits": False, "init_weights": False},
           "vit_h_14": {"image_size": 56}}
 
 
-def one(name: str) -> dict:
+# --library timm: one model of each family timm is used for (CNNs, hybrids, ViT-likes,
+# MLP-mixers), at their smallest size; none of them was looked at before the list was made
+TIMM_MODELS = (
+    "resnet18", "resnet50d", "seresnext26d_32x4d", "resnest14d", "skresnet18", "res2net50_14w_8s",
+    "efficientnet_b0", "efficientnetv2_rw_t", "tf_efficientnet_lite0", "mobilenetv3_large_100",
+    "mobilenetv2_100", "mnasnet_100", "fbnetc_100", "tinynet_a", "lcnet_050", "ghostnet_100",
+    "regnetx_002", "regnety_002", "regnetz_b16", "rexnet_100", "densenet121", "dla34",
+    "dpn48b", "hrnet_w18_small", "cspresnet50", "cspdarknet53", "ese_vovnet19b_dw",
+    "xception41", "inception_v3", "selecsls42b", "gernet_s", "repvgg_a0", "mobileone_s0",
+    "hgnet_tiny", "convnext_atto", "convnextv2_atto", "edgenext_xx_small", "mobilevit_xxs",
+    "efficientformer_l1", "fastvit_t8", "poolformer_s12", "levit_128s",
+    "vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224",
+    "resmlp_12_224", "mixer_s32_224", "nf_resnet26",
+)
+
+
+def build(name: str, library: str):
+    """(model, input) with random weights and 10 classes: torchvision at SHAPES / 64 px,
+    timm at 64 px where the model runs on it, else at its own default input size."""
+    import torch
+
+    torch.manual_seed(0)
+    if library == "torchvision":
+        import torchvision
+
+        size = SHAPES.get(name, 64)
+        model = torchvision.models.get_model(name, weights=None, num_classes=10,
+                                             **KWARGS.get(name, {})).eval()
+        return model, torch.randn(1, 3, size, size)
+    import timm
+
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception:  # noqa: BLE001 — fixed-size models (patch grids, windows)
+        x = torch.randn(1, *model.default_cfg["input_size"])
+    return model, x
+
+
+def one(name: str, library: str = "torchvision") -> dict:
     """Fold and prune one model; a row of what happened (errors as their first line)."""
     import torch
-    import torchvision
 
     import tuneless
 
     torch.set_num_threads(1)
-    size = SHAPES.get(name, 64)
-    x = torch.randn(1, 3, size, size)
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, num_classes=10,
-                                         **KWARGS.get(name, {})).eval()
+    model, x = build(name, library)
+    size = x.shape[-1]
     with torch.no_grad():
         y = model(x)
     row = {"model": name, "input": size, "params": sum(p.numel() for p in model.parameters())}
+    try:  # every group rewritten with all its channels: the engine must change nothing
+        same = tuneless.prune(model, channel_ratio=0.0, example_inputs=x).eval()
+        with torch.no_grad():
+            row["rewrite_exact"] = "yes" if torch.allclose(same(x), y, atol=1e-5) else "NO"
+    except Exception as exc:  # noqa: BLE001
+        row["rewrite_exact"] = "no: " + (str(exc).strip().splitlines() or ["?"])[0][:80]
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     for method in ("fold", "prune"):
-        # Fold-AR repairs BatchNorm statistics; a model without BN folds with repair="none"
-        extra = {"repair": "none"} if method == "fold" and not has_bn else {}
-        if extra:
-            row["note"] = "no BatchNorm: fold with repair='none'"
+        # Fold-AR repairs BatchNorm statistics; without BN the default fold has no repair
+        if method == "fold" and not has_bn:
+            row["note"] = "no BatchNorm: the default fold is Fold-Naive"
         t0 = time.perf_counter()
         try:
-            small = getattr(tuneless, method)(model, sparsity=0.3, example_inputs=x,
-                                              **extra).eval()
+            small = getattr(tuneless, method)(model, sparsity=0.3, example_inputs=x).eval()
             with torch.no_grad():
                 ys = small(x)
             after = sum(p.numel() for p in small.parameters())
@@ -76,18 +117,28 @@ def main(argv: list[str]) -> int:
     p.add_argument("--limit-s", type=int, default=900)
     p.add_argument("--conditions", default="the machine otherwise idle",
                    help="what else ran while timing (printed beside the seconds)")
+    p.add_argument("--library", choices=["torchvision", "timm"], default="torchvision",
+                   help="timm: the TIMM_MODELS list (default --out docs/breadth-timm.md)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one)), flush=True)
+        print(json.dumps(one(args.one, args.library)), flush=True)
         return 0
-    import torchvision
+    if args.library == "timm" and args.out == p.get_default("out"):
+        args.out = "docs/breadth-timm.md"
 
     from tuneless.io_atomic import atomic_write_text
     from tuneless.provenance import stamp, stamp_markdown
     from tuneless.report import render_markdown
 
-    names = args.only or sorted(torchvision.models.list_models(module=torchvision.models))
+    if args.only:
+        names = args.only
+    elif args.library == "timm":
+        names = list(TIMM_MODELS)
+    else:
+        import torchvision
+
+        names = sorted(torchvision.models.list_models(module=torchvision.models))
     log = Path(args.out).with_suffix(".jsonl")
     done_rows = {}  # rerunning the command resumes: rows already in the log are kept
     if log.is_file():
@@ -99,8 +150,9 @@ def main(argv: list[str]) -> int:
         if name in done_rows:
             continue
         try:
-            done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
-                                  text=True, timeout=args.limit_s)
+            done = subprocess.run([sys.executable, __file__, "--one", name, "--library",
+                                   args.library], capture_output=True, text=True,
+                                  timeout=args.limit_s)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
             last = (done.stderr.strip().splitlines() or ["?"])[-1][:110]
             row = json.loads(lines[-1]) if lines else {"model": name, "fold": "no: " + last}
@@ -113,22 +165,34 @@ def main(argv: list[str]) -> int:
     rows.sort(key=lambda r: names.index(r["model"]))
     folded = sum(r.get("fold") == "yes" for r in rows)
     pruned = sum(r.get("prune") == "yes" for r in rows)
-    s = stamp(command="python benchmarks/breadth_torchvision.py")
-    text = ("# Breadth: every torchvision classification model\n\n"
+    exact = sum(r.get("rewrite_exact") == "yes" for r in rows)
+    command = "python benchmarks/breadth_torchvision.py" + (
+        " --library timm" if args.library == "timm" else "")
+    s = stamp(command=command)
+    which = ("every model `torchvision.models.list_models` lists for\n"
+             "classification; random weights, num_classes=10, input 1×3×64×64 unless the\n"
+             "table says otherwise (ViTs built for that size)" if args.library == "torchvision"
+             else "one timm model of each family (`TIMM_MODELS` in the script, chosen\n"
+                  "before any was run); random weights, num_classes=10, input 1×3×64×64\n"
+                  "where the model runs on it, else its own default size")
+    title = ("every torchvision classification model" if args.library == "torchvision"
+             else "timm models")
+    text = (f"# Breadth: {title}\n\n"
             "`tuneless.fold` (the data-free default, Fold-AR; `fold_widths`: what its default\n"
             "allocation chose, measured per group or uniform) and `tuneless.prune` (L1) at 30%\n"
-            "of the parameters on every model `torchvision.models.list_models` lists for\n"
-            "classification; random weights, num_classes=10, input 1×3×64×64 unless the\n"
-            "table says otherwise (ViTs built for that size); a model passes when the result\n"
-            "runs, keeps the output shape, stays finite and removes 30% ± 2 points. Seconds are\n"
+            f"of the parameters on {which}; a model passes when the result\n"
+            "runs, keeps the output shape, stays finite and removes 30% ± 2 points;\n"
+            "`rewrite_exact`: every group rewritten with all its channels gives the same\n"
+            "outputs (within 1e-5). Seconds are\n"
             f"wall time on one thread ({args.conditions}); each model runs in a process of\n"
             "its own. For comparison, Torch-Pruning reports 77 of 85\n"
             "torchvision models pruned in its own benchmark.\n\n"
             + stamp_markdown(s) + "\n"
-            f"**fold: {folded} / {len(rows)}; prune: {pruned} / {len(rows)}.**\n\n"
+            f"**fold: {folded} / {len(rows)}; prune: {pruned} / {len(rows)}; exact rewrite: "
+            f"{exact} / {len(rows)}.**\n\n"
             + render_markdown(rows, ["model", "input", "params", "fold", "fold_removed",
                                      "fold_widths", "fold_s", "prune", "prune_removed",
-                                     "prune_s", "note"])
+                                     "prune_s", "rewrite_exact", "note"])
             + "\n")
     atomic_write_text(text, args.out)
     print(f"wrote {args.out}")
