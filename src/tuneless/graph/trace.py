@@ -23,7 +23,16 @@ class _Tracer(fx.Tracer):
     for BatchNorm subclasses that add elementwise layers (`is_norm_act`)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return super().is_leaf_module(m, qualname) or is_norm_act(m)
+        return (super().is_leaf_module(m, qualname) or is_norm_act(m)
+                or (type(m).__module__, type(m).__qualname__) in SAME_PADDING_CONVS)
+
+
+# Conv subclasses from other libraries that pad from the input's size at run time (Python
+# control flow fx cannot trace) and then run a plain convolution on their own weight: the
+# padding does not depend on channels, so they are reduced as the conv they are. Listed by
+# name, not by subclass: other conv subclasses transform their weight per output channel
+# over the input channels (weight standardisation), which channel reduction would change.
+SAME_PADDING_CONVS = {("timm.layers.conv2d_same", "Conv2dSame")}
 
 
 def is_plain_batchnorm(m: nn.Module) -> bool:
