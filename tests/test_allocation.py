@@ -212,9 +212,9 @@ def test_large_image_probes_shrink_only_where_the_model_runs_on_them():
 
 
 def test_auto_allocation_measures_widths_where_it_was_measured_to_win():
-    """allocation="auto" (the default) = "sensitivity" for repairs none / ar / data on a
-    network with convolutions; "uniform" on a fully connected one, for other repairs and
-    with round_to; the report names what ran."""
+    """allocation="auto" (the default) = "sensitivity" for repairs none / ar / data / refit
+    on a network with convolutions (under a FLOP budget for data only); "uniform" on a
+    fully connected one, for other repairs and with round_to; the report names what ran."""
     from tuneless.allocation import KEEP_FLOOR
     from tuneless.methods.fold import fold
     from tuneless.zoo import build_model
@@ -230,8 +230,13 @@ def test_auto_allocation_measures_widths_where_it_was_measured_to_win():
     assert ran(conv, x, repair="data", data=torch.randn(8, 3, 32, 32),
                probe_images=4)["allocation"] == "sensitivity"
     assert ran(conv, x, round_to=4)["allocation"] == "uniform"
-    assert ran(conv, x, repair="refit", data=torch.randn(8, 3, 32, 32),
-               refit_images=8)["allocation"] == "uniform"
+    assert ran(conv, x, repair="refit", data=torch.randn(8, 3, 32, 32), refit_images=8,
+               probe_images=4)["allocation"] == "sensitivity"
+    assert ran(conv, x, repair="match", data=torch.randn(8, 3, 32, 32))["allocation"] \
+        == "uniform"
+    assert ran(conv, x, budget="flops")["allocation"] == "uniform"  # Fold-AR lost there
+    assert ran(conv, x, budget="flops", repair="data", data=torch.randn(8, 3, 32, 32),
+               probe_images=4)["allocation"] == "sensitivity"
     assert ran(TwoGroups().eval(), torch.randn(2, 16), repair="none")["allocation"] == "uniform"
     # too costly to measure: uniform, and the user is told how to measure anyway
     import pytest

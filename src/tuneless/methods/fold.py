@@ -27,10 +27,12 @@ from tuneless.options import check_dataclass
 
 FEATURES = ("raw", "block", "gamma")
 ALLOCATIONS = ("auto", "uniform", "error", "sensitivity")
-# allocation="auto": the measured per-group widths where they were measured to win — the
-# repairs below on networks with convolutions (every benchmark CNN and EfficientNet-Lite0;
-# on the fully connected MLP uniform widths won: docs/folding.md "Measured widths")
-AUTO_SENSITIVITY_REPAIRS = ("none", "ar", "data")
+# allocation="auto": the measured per-group widths where they were measured to win — per
+# budget, the repairs below on networks with convolutions (every benchmark CNN and
+# EfficientNet-Lite0; on the fully connected MLP uniform widths won: docs/folding.md
+# "Measured widths"). Under a FLOP budget Fold-AR lost ResNet-20 at 50/70% of the FLOPs
+# (docs/folding.md "FLOP budgets"), so only Fold-R measures its widths there.
+AUTO_SENSITIVITY_REPAIRS = {"params": ("none", "ar", "data", "refit"), "flops": ("data",)}
 DIR_STATS = ("match", "reestimate")
 _SKIP_NORM = ("running_var", "num_batches_tracked")
 
@@ -115,8 +117,9 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     Options: budget ("params", the default, or "flops": sparsity is the fraction of the
     FLOPs of one example input removed, and measured widths spend damage per FLOP saved;
     the report then has flops_before/flops_after), allocation ("auto", the default:
-    "sensitivity" for repairs "none", "ar" and "data" on networks with convolutions, where
-    it was measured to win, "uniform" otherwise and when measuring would cost more than
+    "sensitivity" for repairs "none", "ar", "data" and "refit" on networks with
+    convolutions, where it was measured to win (under budget="flops" for "data" only),
+    "uniform" otherwise and when measuring would cost more than
     auto_budget FLOPs (4e12 by default: under a minute on one CPU core for torchvision's
     efficientnet_b0 or resnet18; resnet50 exceeds it);
     "sensitivity": per-group widths from the output damage of folding each group alone,
@@ -291,7 +294,7 @@ def resolved_allocation(model: nn.Module, graph, opts: FoldOptions, x) -> str:
 
     if opts.allocation != "auto":
         return opts.allocation
-    if not (opts.round_to == 1 and opts.repair in AUTO_SENSITIVITY_REPAIRS
+    if not (opts.round_to == 1 and opts.repair in AUTO_SENSITIVITY_REPAIRS[opts.budget]
             and has_convolution(model, graph)):
         return "uniform"
     cost = probe_flops(model, graph, x, opts.probe_images)
