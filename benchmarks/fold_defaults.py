@@ -97,6 +97,8 @@ VARIANTS: dict[str, dict] = {
     # allocation="auto" (measured widths where they were measured to win, its default floor)
     "auto-alloc": {"allocation": "auto"},
     # the points are fractions of the FLOPs removed (budget="flops"), uniform or auto widths
+    # (docs/results/fold-flops-* ran flops-auto at 95c6056, where auto measured the widths
+    # of Fold-AR and Fold-R under a FLOP budget; since then Fold-R's only)
     "flops-uniform": {"budget": "flops", "allocation": "uniform"},
     "flops-auto": {"budget": "flops", "allocation": "auto"},
 }
