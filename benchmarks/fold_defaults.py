@@ -200,6 +200,8 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                                 real_or_synth = real
                             t0 = time.perf_counter()  # the synthesis counts once, as `synth`
                             fold_repair = FOLD_REPAIR.get(repair, repair)
+                            if repair == "self":  # fold(repair="self")'s widths: auto
+                                opts.setdefault("allocation", "uniform")  # keeps uniform
                             small = (_pruned(model, repair, x, real_or_synth, kw, opts)
                                      if repair in PRUNE_REPAIRS else
                                      fold(model, repair=fold_repair, example_inputs=x,

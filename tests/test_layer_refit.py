@@ -245,7 +245,8 @@ def test_the_clamp_after_a_layer_is_measured_through_pooling(act, pool, clamp):
 def test_refit_targets_merged_channels_after_their_relu():
     model = _randomise_bn(build_model("resnet20"))
     x = _images(2)
-    small = fold(model, sparsity=0.5, repair="refit", example_inputs=x, data=_images(128, size=32))
+    small = fold(model, sparsity=0.5, repair="refit", example_inputs=x, data=_images(128, size=32),
+                 allocation="uniform")  # every block's group merged (measured widths may not)
     clamped = small.refit_report["clamped"]  # stage 3: 128 × 8 × 8 rows ≥ 10 × 577 unknowns
     # every block's conv1 → bn1 → relu group; the streams pass an addition first
     assert {n for n in clamped if n.endswith("conv1") and "layer" in n} == {
@@ -277,9 +278,11 @@ def test_self_repair_is_the_refit_on_the_models_own_deepinversion_images():
     model = _randomise_bn(build_model("resnet20"))
     x = _images(2)
     inv = {"num_images": 8, "batch_size": 8, "steps": 2}
-    small = fold(model, sparsity=0.5, repair="self", example_inputs=x, inversion=inv, seed=3)
+    # the same widths for both: allocation="auto" measures the refit's, not self's
+    small = fold(model, sparsity=0.5, repair="self", example_inputs=x, inversion=inv, seed=3,
+                 allocation="uniform")
     same = fold(model, sparsity=0.5, repair="refit", example_inputs=x, seed=3,
-                data=synthesize(model, x, seed=3, **inv))
+                data=synthesize(model, x, seed=3, **inv), allocation="uniform")
     held = _images(16, seed=2)
     assert torch.equal(small(held), same(held)) and small.refit_report["images"] == 8
     none = fold(model, sparsity=0.5, repair="none", example_inputs=x, seed=3)
