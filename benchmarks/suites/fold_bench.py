@@ -28,8 +28,8 @@ METHODS = ("fold-naive", "fold-ar", "fold-dir", "fold-r", "fold-ar-error", "fold
            "fold-naive-uniform", "fold-ar-uniform", "fold-r-uniform",
            "ifm", "prune-l1", "prune-l2", "prune-l1-bn", "prune-l1-dir", "magnitude",
            "prune-l1-uniform", "prune-l1-bn-uniform",
-           "fold-refit",
-           "prune-l1-refit", "fold-refit-error", "fold-ar-unfused", "fold-r-unfused",
+           "fold-refit", "prune-l1-refit", "fold-refit-uniform", "prune-l1-refit-uniform",
+           "fold-refit-error", "fold-ar-unfused", "fold-r-unfused",
            "fold-ar-paper", "fold-r-paper",
            "tp-l1", "tp-l2", "tp-bn", "tp-taylor", "tp-l1-bn", "tp-l2-bn", "tp-bn-bn",
            "tp-taylor-bn")
@@ -40,7 +40,8 @@ ROW_REPAIR = {"fold-naive": "none", "fold-ar": "ar", "fold-dir": "dir", "fold-r"
               "fold-ar-uniform": "ar", "fold-r-uniform": "data", "prune-l1-bn-uniform": "data",
               "fold-r-unfused": "data", "fold-ar-paper": "ar", "fold-r-paper": "data",
               "prune-l1-bn": "data", "prune-l1-dir": "dir", "fold-refit": "refit",
-              "fold-refit-error": "refit", "prune-l1-refit": "refit", "tp-l1-bn": "data",
+              "fold-refit-error": "refit", "prune-l1-refit": "refit",
+              "fold-refit-uniform": "refit", "prune-l1-refit-uniform": "refit", "tp-l1-bn": "data",
               "tp-l2-bn": "data", "tp-bn-bn": "data", "tp-taylor-bn": "data"}
 
 
@@ -68,7 +69,7 @@ FIELDS = ["model", "weights", "dense_acc", "method", "requested", "achieved", "p
 RATIO_METHODS = ("fold-naive", "fold-ar", "fold-r", "fold-refit", "fold-ar-paper",
                  "fold-r-paper", "prune-l1", "prune-l1-bn", "prune-l1-refit",
                  "fold-naive-uniform", "fold-ar-uniform", "fold-r-uniform", "prune-l1-uniform",
-                 "prune-l1-bn-uniform")
+                 "prune-l1-bn-uniform", "fold-refit-uniform", "prune-l1-refit-uniform")
 # The folding paper's own CNN code on models/vgg11_bn-w0.5-cifar10.pt at r = 0.3 / 0.5 / 0.7,
 # full CIFAR-10 JPEG test split, 1,024 training images (crop + flip) for Fold-R: measured
 # by an outside check of this project (issue 17), not rerun here; a reference, not a row.
@@ -200,14 +201,16 @@ def compress(name: str, model, sparsity: float, x, repair_images, dir_images, fe
     if name in ("prune-l1", "prune-l2", "prune-l1-uniform"):  # L1: Fold-Naive's kind of widths
         return prune(model, criterion=name[6:8], seed=seed, **common,
                      **_widths_like_fold(model, x, name, "none", None))
-    if name in ("fold-refit", "fold-refit-error"):
-        return fold(model, repair="refit", data=repair_images,
-                    allocation="error" if name.endswith("error") else "uniform", **fold_kw)
-    if name == "prune-l1-refit":
+    if name in ("fold-refit", "fold-refit-error", "fold-refit-uniform"):  # the default: auto
+        alloc = {"fold-refit-error": {"allocation": "error"},
+                 "fold-refit-uniform": {"allocation": "uniform"}}.get(name, {})
+        return fold(model, repair="refit", data=repair_images, **alloc, **fold_kw)
+    if name in ("prune-l1-refit", "prune-l1-refit-uniform"):  # L1 on the refit's kind of widths
         from tuneless.layer_refit import refit
 
-        return refit(model, prune(model, criterion="l1", seed=seed, **common), repair_images,
-                     example_inputs=x, inplace=True)
+        small = prune(model, criterion="l1", seed=seed, **common,
+                      **_widths_like_fold(model, x, name, "refit", repair_images))
+        return refit(model, small, repair_images, example_inputs=x, inplace=True)
     if name in ("prune-l1-bn", "prune-l1-bn-uniform"):  # L1 on Fold-R's kind of widths
         small = prune(model, criterion="l1", seed=seed, **common,
                       **_widths_like_fold(model, x, name, "data", repair_images))
