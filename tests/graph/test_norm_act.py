@@ -52,6 +52,16 @@ def test_a_norm_with_its_activation_is_a_leaf_and_its_channels_fold():
     net, x = _net(), torch.randn(2, 3, 16, 16)
     assert is_norm_act(net.n1) and not is_plain_batchnorm(net.n1)
     assert is_plain_batchnorm(nn.BatchNorm2d(4)) and not is_norm_act(nn.BatchNorm2d(4))
+
+    class OwnBN(nn.BatchNorm2d):  # a project's subclass that keeps torch's forward: plain
+        pass
+
+    class Custom(nn.BatchNorm2d):  # its own forward and no elementwise children: unknown
+        def forward(self, x):
+            return super().forward(x).flip(1)
+
+    assert is_plain_batchnorm(OwnBN(4)) and not is_norm_act(OwnBN(4))
+    assert not is_plain_batchnorm(Custom(4)) and not is_norm_act(Custom(4))
     graph = find_groups(net, x)
     assert sorted(g.n for g in graph.reducible) == [16, 16]  # traced through: none at all
     same = tuneless.prune(net, channel_ratio=0.0, example_inputs=x)  # every group rewritten
@@ -82,3 +92,13 @@ def test_timm_models_with_norm_act_and_same_padding_convs_reduce(name):
     small = tuneless.prune(model, sparsity=0.3, example_inputs=x)
     assert abs(small.tuneless_report["achieved_sparsity"] - 0.3) <= 0.01
     assert small(x).shape == (1, 10)
+
+
+def test_a_batchnorm_subclass_that_keeps_torchs_forward_reduces_like_batchnorm():
+    class OwnBN(nn.BatchNorm2d):
+        pass
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), OwnBN(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    assert [g.n for g in find_groups(net, x).reducible] == [8]  # traced through: fixed
+    assert conv_bn_pairs(net, x) == [("0", "1")]  # and still fused on export

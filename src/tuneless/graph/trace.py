@@ -23,7 +23,7 @@ class _Tracer(fx.Tracer):
     for BatchNorm subclasses that add elementwise layers (`is_norm_act`)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (super().is_leaf_module(m, qualname) or is_norm_act(m)
+        return (super().is_leaf_module(m, qualname) or is_plain_batchnorm(m) or is_norm_act(m)
                 or (type(m).__module__, type(m).__qualname__) in SAME_PADDING_CONVS)
 
 
@@ -37,9 +37,10 @@ SAME_PADDING_CONVS = {("timm.layers.conv2d_same", "Conv2dSame")}
 
 def is_plain_batchnorm(m: nn.Module) -> bool:
     """A BatchNorm whose output is its affine normalisation and nothing more: torch's own
-    classes. Fusing into a conv, statistics matching and the refit's BN handling rely on it."""
-    return isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m).__module__.startswith(
-        "torch.")
+    forward (a subclass that does not override it counts too). Fusing into a conv,
+    statistics matching and the refit's BN handling rely on it."""
+    return (isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and type(m).forward.__module__.startswith("torch."))
 
 
 def is_norm_act(m: nn.Module) -> bool:
@@ -47,8 +48,9 @@ def is_norm_act(m: nn.Module) -> bool:
     own elementwise layers (timm's BatchNormAct2d: dropout, then an activation). Channels
     stay apart, so it is one leaf, reduced like BatchNorm; traced through, its functional
     batch_norm on attributes would fix every group it touches."""
+    children = list(m.children())
     return (isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_plain_batchnorm(m)
-            and all(isinstance(c, ELEMENTWISE_MODULES) for c in m.children()))
+            and bool(children) and all(isinstance(c, ELEMENTWISE_MODULES) for c in children))
 
 
 @torch.no_grad()
