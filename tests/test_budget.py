@@ -146,3 +146,16 @@ def test_fold_and_prune_meet_a_flop_budget(method, allocation):
     assert r["budget"] == "flops" and abs(ratio - 0.6) <= 0.011
     assert r["flops_after"] == count_flops(small, x)
     assert abs(r["achieved_sparsity"] - (1 - ratio)) < 1e-9
+
+
+def test_a_flop_budget_on_a_language_model_is_refused_by_name():
+    import tuneless
+
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=1, num_attention_heads=2,
+                                   num_key_value_heads=1)
+    llm = transformers.LlamaForCausalLM(cfg).eval()
+    for compress in (tuneless.fold, tuneless.prune):
+        with pytest.raises(TunelessError, match="budget='flops' is for CNNs"):
+            compress(llm, sparsity=0.2, budget="flops")

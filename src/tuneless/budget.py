@@ -26,6 +26,8 @@ from tuneless.options import check_value
 
 TOLERANCE = 0.01
 BUDGETS = ("params", "flops")  # what a sparsity removes a fraction of
+LLM_BUDGET = ("a language model's sparsity is a fraction of its decoder-block parameters; "
+              "budget='flops' is for CNNs")
 Weights = dict[tuple[str, str], float]  # (module, parameter) → cost per element
 # Residual streams lose this share of the channel ratio the other groups lose, when a
 # sparsity budget is solved. Measured (docs/folding.md "Residual streams"): 0.25 beat the

@@ -147,6 +147,10 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
     from tuneless.llm.adapters import is_hf_causal_lm
 
     if is_hf_causal_lm(model):  # unsupported families: named, not traced
+        if options.pop("budget", "params") != "params":
+            from tuneless.budget import LLM_BUDGET
+
+            raise TunelessError(LLM_BUDGET)
         if example_inputs is not None:
             options["example_inputs"] = example_inputs
         return fold_llm(model, sparsity, repair=repair, data=data, **options)  # checks model

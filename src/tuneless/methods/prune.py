@@ -57,6 +57,10 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     from tuneless.reduce import reduce
 
     if is_hf_causal_lm(model):
+        if budget != "params":
+            from tuneless.budget import LLM_BUDGET
+
+            raise TunelessError(LLM_BUDGET)
         return _prune_llm(model, sparsity, channel_ratio, criterion, data, seed, llm_options)
     if llm_options:
         raise TunelessError(f"unknown prune option(s): {', '.join(sorted(llm_options))}")
