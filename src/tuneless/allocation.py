@@ -75,7 +75,7 @@ class _ParamCounter:
                     self.touch[g.id].append((key, s.axis, s.block))
                     self.by_param[key].append((g.id, s.axis, s.block))
         self.n = {g.id: g.n for g in graph}
-        self.total_before = sum(self.w.get(k, 1) * math.prod(s) for k, s in self.shapes.items())
+        self.total_before = sum(self.size(k, {}) for k in self.shapes)
 
     def size(self, key, kept: dict[int, int]) -> float:
         shape = list(self.shapes[key])
@@ -91,8 +91,7 @@ class _ParamCounter:
     def total(self, kept: dict[int, int]) -> int:
         changed = {key for gid in kept for key, _, _ in self.touch[gid]}
         base = self.total_before
-        return base - sum(self.w.get(k, 1) * math.prod(self.shapes[k]) - self.size(k, kept)
-                          for k in changed)
+        return base - sum(self.size(k, {}) - self.size(k, kept) for k in changed)
 
 
 def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sparsity: float,

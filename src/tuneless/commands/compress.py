@@ -79,7 +79,7 @@ def measure(model, x, data) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tuneless.methods import check_options, get_method
+    from tuneless.methods import accepts_option, check_options, get_method
     from tuneless.report import human_count, render_table
     from tuneless.serialize import save
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if is_llm_source(args.model):  # HF folder, GGUF file, Hub id or "smollm2"
         return run_llm(args, options)
     method = get_method(args.method)
-    if args.budget is not None and not takes_budget(method):
+    if args.budget is not None and not accepts_option(args.method, "budget"):
         raise TunelessError(f"--budget: method {args.method} has no FLOP budget (its "
                             "--sparsity is a fraction of parameters); the fold-* and "
                             "prune-* methods take one")
@@ -146,17 +146,6 @@ def run(args: argparse.Namespace) -> int:
         print("note: " + report.get("note", "the model is not physically smaller"))
     print(f"wrote {args.out} ({info['mode']} format)")
     return 0
-
-
-def takes_budget(method) -> bool:
-    """Whether a registry method has the `budget` option (params / flops)."""
-    import inspect
-
-    func = getattr(method, "__wrapped_method__", method)
-    spec = getattr(func, "options_class", None)
-    if spec is not None:
-        return "budget" in spec.__dataclass_fields__
-    return "budget" in inspect.signature(func).parameters
 
 
 def needs_images(method, options: dict) -> str:

@@ -42,13 +42,28 @@ def check_options(name: str, options: dict) -> None:
     """
     from tuneless.options import check_call, check_dataclass
 
-    func = get_method(name)
-    func = getattr(func, "__wrapped_method__", func)
-    spec = getattr(func, "options_class", None)
+    func, spec = _declaration(name)
     if spec is not None:
         check_dataclass(spec, options, name)
     else:
         check_call(func, options, name)
+
+
+def accepts_option(name: str, key: str) -> bool:
+    """Whether method `name` declares option `key` (not merely takes **kwargs)."""
+    import inspect
+
+    func, spec = _declaration(name)
+    if spec is not None:
+        return key in spec.__dataclass_fields__
+    return key in inspect.signature(func).parameters
+
+
+def _declaration(name: str):
+    """(the function behind a registry method, its options dataclass or None)."""
+    func = get_method(name)
+    func = getattr(func, "__wrapped_method__", func)
+    return func, getattr(func, "options_class", None)
 
 
 def get_method(name: str) -> Callable:
