@@ -167,6 +167,35 @@ def test_cached_targets_give_the_same_refit_as_per_layer_capture():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
 
 
+def test_targets_over_the_cache_budget_are_refitted_in_runs_with_the_same_result():
+    """A budget that holds a third of the targets: the layers are refitted in several runs
+    (a pass of the original per batch and run), not one capture per layer, and the weights
+    are those of the single run."""
+    model = _randomise_bn(build_model("resnet20"))
+    x = _images(2)
+    pruned = prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
+    calib = _images(64)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    whole = tuneless.refit(model, pruned, calib, example_inputs=x, batch_size=32)
+    one_run = len(calls)
+    outputs = {}
+    hooks = [pruned.get_submodule(n).register_forward_hook(
+        lambda _m, _a, out, n=n: outputs.setdefault(n, out[0].numel()) and None)
+        for n in whole.refit_report["refitted"]]
+    pruned(x)
+    for h in hooks:
+        h.remove()
+    total = sum(outputs.values()) * 4 * 64  # float32 targets of 64 images
+    calls.clear()
+    runs = tuneless.refit(model, pruned, calib, example_inputs=x, batch_size=32,
+                          cache_bytes=total // 3)
+    assert one_run + 2 * 2 <= len(calls) <= one_run + 6 * 2  # 3 to 7 runs of 2 batches
+    assert runs.refit_report["refitted"] == whole.refit_report["refitted"]
+    for (k, a), (_, b) in zip(whole.state_dict().items(), runs.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
+
+
 def testchannel_map_of_a_producer_feeding_several_groups_is_block_diagonal():
     """A stream producer behind a zero-padded shortcut writes [pad | carried | pad] spans,
     each its own group: the map follows reduce's layout, identity where nothing changed."""

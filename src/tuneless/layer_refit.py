@@ -96,10 +96,10 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     whose channels changed, the (k × n) matrix expressing the small model's channels in
     the original's. data: images (tensor, loader or TensorDataset), the first
     `num_images` used. ridge: Tikhonov weight relative to the mean diagonal of XᵀX.
-    cache_bytes: when the original's targets for every layer fit in this many bytes they
-    come from one forward pass per batch and the small model is refitted during a single
-    pass over all images (linear in depth); otherwise both models run a partial pass per
-    layer (quadratic in depth, memory of one layer at a time).
+    cache_bytes: the original's targets are kept in memory up to this many bytes: the
+    layers are refitted in runs whose targets fit, each run costing one forward pass of
+    the original per batch and one pass of the small model (linear in depth); a layer whose
+    targets alone exceed it has both models run a partial pass per batch for it alone.
     Returns the refitted model and sets `refit_report` on it (layers refitted / skipped /
     whose merged channels were targeted after the clamp that follows them).
     """
@@ -140,17 +140,20 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
                                       batches[0][:_PROBE_IMAGES])
                          if _merges(out_map) and fits else None)
                 plan.append((name, norm, _Target(out_map, clamp)))
-        cache = _cached_targets(original, plan, batches, cache_bytes)
-        if cache is not None:
-            _refit_in_one_pass(small, plan, batches, cache, ridge)
-        from tuneless.progress import progress
+        from tuneless.progress import Ticker
 
-        for name, norm, target in progress(plan, total=len(plan), desc="refit",
-                                           unit="layer", disable=cache is not None):
-            if cache is None:
-                pairs = _pairs(original, small, name, norm, target, batches)
-                _solve_layer(small, name, norm, pairs, ridge)
-            done.append(name)
+        ticker = Ticker(len(plan), desc="refit", unit="layer")
+        for chunk, fits in _chunks(original, plan, batches, cache_bytes):
+            cache = _cached_targets(original, chunk, batches) if fits else None
+            if cache is not None:
+                _refit_in_one_pass(small, chunk, batches, cache, ridge, ticker)
+            else:
+                for name, norm, target in chunk:
+                    pairs = _pairs(original, small, name, norm, target, batches)
+                    _solve_layer(small, name, norm, pairs, ridge)
+                    ticker.update()
+            done.extend(name for name, _, _ in chunk)
+        ticker.close()
     finally:
         original.train(was[0])
         small.train(was[1])
@@ -357,11 +360,45 @@ def _reader_inputs(model: nn.Module, readers: list[str], x: torch.Tensor) -> lis
     return [seen.get(n, torch.empty(0)) for n in readers]
 
 
-def _cached_targets(original: nn.Module, plan: list, batches: list,
-                    budget: int) -> dict[str, list[torch.Tensor]] | None:
+@torch.no_grad()
+def _chunks(original: nn.Module, plan: list, batches: list,
+            budget: int) -> list[tuple[list, bool]]:
+    """The plan cut into runs of consecutive layers whose targets for all images fit in
+    `budget` bytes together (sizes judged from the first batch): each run costs one pass
+    of both models, so the refit stays linear in depth while memory stays bounded. A layer
+    whose targets alone exceed the budget is a run of its own, marked as not fitting
+    (both models then run once per batch for it alone)."""
+    size: dict[str, int] = {}
+
+    def measure(out, name, target) -> None:  # a forward hook's non-None return replaces out
+        size.setdefault(name, target(out[:1].detach()).numel() * out.element_size())
+
+    hooks = [original.get_submodule(norm or name).register_forward_hook(
+        lambda _m, _a, out, name=name, target=target: measure(out, name, target))
+        for name, norm, target in plan]
+    try:
+        original(batches[0][:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    images = sum(len(b) for b in batches)
+    chunks: list[tuple[list, bool]] = []
+    used = budget + 1
+    for step in plan:
+        need = size.get(step[0], 0) * images
+        if not chunks or used + need > budget:
+            chunks.append(([], need <= budget))
+            used = 0
+        chunks[-1][0].append(step)
+        used += need
+    return chunks
+
+
+def _cached_targets(original: nn.Module, plan: list,
+                    batches: list) -> dict[str, list[torch.Tensor]] | None:
     """Every planned layer's target from one forward pass of the original per batch (the
-    original does not change, so its outputs need computing once), or None if they would
-    take more than `budget` bytes (judged from the first batch)."""
+    original does not change, so its outputs need computing once); None where a layer ran
+    more or less than once per forward."""
     cache: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in plan}
     hooks = []
     for name, norm, target in plan:
@@ -369,12 +406,8 @@ def _cached_targets(original: nn.Module, plan: list, batches: list,
             cache[name].append(target(out.detach()))
         hooks.append(original.get_submodule(norm or name).register_forward_hook(hook))
     try:
-        for i, xb in enumerate(batches):
+        for xb in batches:
             original(xb)
-            if i == 0:
-                first = sum(v[0].numel() * v[0].element_size() for v in cache.values() if v)
-                if first * len(batches) > budget:
-                    return None
     finally:
         for h in hooks:
             h.remove()
@@ -384,26 +417,23 @@ def _cached_targets(original: nn.Module, plan: list, batches: list,
 
 
 def _refit_in_one_pass(small: nn.Module, plan: list, batches: list, cache: dict,
-                       ridge: float) -> None:
+                       ridge: float, ticker) -> None:
     """Refit every planned layer during a single forward pass of the small model over all
     images: a hook solves each layer just before it runs, so its input already reflects
     every earlier refit (the same problems as capturing layer by layer, in linear time)."""
-    from tuneless.progress import Ticker
-
     sizes = [len(b) for b in batches]
-    ticker = Ticker(len(plan), desc="refit", unit="layer")
 
     def solve(module, args, name, norm):
         pairs = ((_rows(module, chunk), cache[name][i])
                  for i, chunk in enumerate(args[0].split(sizes)))
         _solve_layer(small, name, norm, pairs, ridge)
+        del cache[name]  # free this layer's targets before the next one's rows are built
         ticker.update()
 
     hooks = [small.get_submodule(name).register_forward_pre_hook(
         lambda m, a, name=name, norm=norm: solve(m, a, name, norm)) for name, norm, _ in plan]
     try:
         small(torch.cat(batches))
-        ticker.close()
     finally:
         for h in hooks:
             h.remove()
