@@ -17,12 +17,11 @@ pink noise by default: still no data), per parameter saved.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import torch
 import torch.nn as nn
 
-from tuneless.budget import STREAM_SHARE
+from tuneless.budget import STREAM_SHARE, ParamCounter
 from tuneless.errors import TunelessError
 
 
@@ -55,45 +54,6 @@ def error_curve(feats: torch.Tensor, levels: list[int], seed: int = 0,
     return out
 
 
-class _ParamCounter:
-    """Analytic parameter count with per-group kept counts, updated incrementally."""
-
-    def __init__(self, model: nn.Module, graph, weights: dict | None = None) -> None:
-        self.shapes: dict[tuple[str, str], list[int]] = {}
-        for mod_name, mod in model.named_modules():
-            for p_name, p in mod.named_parameters(recurse=False):
-                if weights is None or weights.get((mod_name, p_name), 0):
-                    self.shapes[(mod_name, p_name)] = list(p.shape)
-        # cost per element: 1 (parameters) or budget.flop_weights (FLOPs)
-        self.w = weights or {}
-        self.touch: dict[int, list[tuple[tuple[str, str], int, int]]] = defaultdict(list)
-        self.by_param: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
-        for g in graph:
-            for s in g.slots:
-                key = (s.module, s.param)
-                if key in self.shapes:
-                    self.touch[g.id].append((key, s.axis, s.block))
-                    self.by_param[key].append((g.id, s.axis, s.block))
-        self.n = {g.id: g.n for g in graph}
-        self.total_before = sum(self.size(k, {}) for k in self.shapes)
-
-    def size(self, key, kept: dict[int, int]) -> float:
-        shape = list(self.shapes[key])
-        for gid, axis, block in self.by_param.get(key, []):
-            shape[axis] -= (self.n[gid] - kept.get(gid, self.n[gid])) * block
-        return self.w.get(key, 1) * math.prod(shape)
-
-    def saving(self, gid: int, new_k: int, kept: dict[int, int]) -> int:
-        keys = {key for key, _, _ in self.touch[gid]}
-        trial = {**kept, gid: new_k}
-        return sum(self.size(key, kept) - self.size(key, trial) for key in keys)
-
-    def total(self, kept: dict[int, int]) -> int:
-        changed = {key for gid in kept for key, _, _ in self.touch[gid]}
-        base = self.total_before
-        return base - sum(self.size(k, {}) - self.size(k, kept) for k in changed)
-
-
 def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sparsity: float,
                      *, max_ratio: float = 0.9, min_channels: int = 1, seed: int = 0,
                      n_init: int = 1, floor: dict[int, int] | None = None,
@@ -107,7 +67,7 @@ def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sp
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     groups = [g for g in graph.reducible if g.id in feats]
-    counter = _ParamCounter(model, graph, weights)
+    counter = ParamCounter(model, graph, weights)
     full = {g.id: g.n for g in groups}
     levels, curves, size = {}, {}, {}
     for g in groups:
@@ -121,14 +81,14 @@ def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sp
     return _greedy(counter, levels, curves, dict(full), sparsity, max_ratio, size)
 
 
-def _greedy(counter: _ParamCounter, levels: dict, curves: dict, kept: dict[int, int],
+def _greedy(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, int],
             sparsity: float, max_ratio: float, weight: dict | None = None) -> dict[int, int]:
     """Step the group whose next count adds the least curve per parameter saved (× its
     weight) until `sparsity` of the parameters is gone; levels/curves: per group, counts
     descending from its current one and the curve at each."""
     pos = {gid: 0 for gid in levels}
     target = counter.total_before * (1 - sparsity)
-    current = counter.total(kept)
+    current = counter(kept)
     while current > target:
         best, best_score = None, math.inf
         for gid, i in pos.items():
@@ -146,11 +106,11 @@ def _greedy(counter: _ParamCounter, levels: dict, curves: dict, kept: dict[int, 
                 f"sparsity {sparsity:.2f} is out of reach with max_ratio={max_ratio} per group")
         pos[best] += 1
         kept[best] = levels[best][pos[best]]
-        current = counter.total(kept)
+        current = counter(kept)
     return _refund(counter, levels, curves, kept, pos, target)
 
 
-def _refund(counter: _ParamCounter, levels: dict, curves: dict, kept: dict[int, int],
+def _refund(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, int],
             pos: dict[int, int], target: float) -> dict[int, int]:
     """Undo steps the budget no longer needs: the last step can overshoot by a whole
     channel of a wide residual stream (ResNet-20 at 10%: 10.9% removed for 10%), so give
@@ -161,7 +121,7 @@ def _refund(counter: _ParamCounter, levels: dict, curves: dict, kept: dict[int, 
             if i == 0:
                 continue
             trial = {**kept, gid: levels[gid][i - 1]}
-            if counter.total(trial) > target:
+            if counter(trial) > target:
                 continue
             gain = curves[gid][i] - curves[gid][i - 1]
             if gain > best_gain:
@@ -172,9 +132,9 @@ def _refund(counter: _ParamCounter, levels: dict, curves: dict, kept: dict[int, 
         kept[best] = levels[best][pos[best]]
 
 
-def _group_params(counter: _ParamCounter, gid: int) -> int:
+def _group_params(counter: ParamCounter, gid: int) -> int:
     """Parameters (or FLOPs) in the tensors a group touches (its share of the model)."""
-    return sum(counter.size(key, {}) for key in {k for k, _, _ in counter.touch[gid]})
+    return sum(counter.size(key, {}) for key in counter.touch[gid])
 
 
 def _interpolate(coarse: list[int], errs: list[float], fine: list[int]) -> list[float]:
@@ -391,7 +351,7 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
     """
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
-    counter = _ParamCounter(model, graph, weights)
+    counter = ParamCounter(model, graph, weights)
     groups = list(graph.reducible)
     levels, curves = {}, {}
     for g in groups:

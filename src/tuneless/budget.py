@@ -137,42 +137,57 @@ def param_count(model: nn.Module, graph: GroupGraph, kept: dict[int, int] | None
 
 
 def param_counter(model: nn.Module, graph: GroupGraph,
-                  weights: Weights | None = None) -> Callable[[dict | None], float]:
+                  weights: Weights | None = None) -> ParamCounter:
     """`param_count` for one model and graph, its shapes read once: budget searches call it
     hundreds of times, and walking the modules each time was most of a solve's cost.
     weights: each parameter's cost per element (`flop_weights`; absent keys cost 0);
     None counts parameters."""
-    shapes = {(mod_name, p_name): tuple(p.shape)
-              for mod_name, mod in model.named_modules()
-              for p_name, p in mod.named_parameters(recurse=False)}
-    if weights is not None:
-        shapes = {k: s for k, s in shapes.items() if weights.get(k, 0)}
-    w = (lambda key: 1) if weights is None else weights.__getitem__
-    total = sum(w(k) * math.prod(s) for k, s in shapes.items())
+    return ParamCounter(model, graph, weights)
 
-    def count(kept: dict[int, int] | None = None) -> int:
-        kept = kept or {}
-        shrink: dict[tuple[str, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+
+class ParamCounter:
+    """Parameters (or cost, with weights) of a model at per-group kept counts, from shapes
+    read once: called with {group id: kept} for the total; `size` and `saving` serve the
+    greedy allocations, which price one group's step at a time."""
+
+    def __init__(self, model: nn.Module, graph: GroupGraph, weights: Weights | None = None):
+        self.shapes: dict[tuple[str, str], tuple[int, ...]] = {
+            (mod_name, p_name): tuple(p.shape)
+            for mod_name, mod in model.named_modules()
+            for p_name, p in mod.named_parameters(recurse=False)
+            if weights is None or weights.get((mod_name, p_name), 0)}
+        self.w = weights or {}
+        self.n = {g.id: g.n for g in graph}
+        # per parameter: the (group, axis, block) slots shrinking it; per group: its params
+        self.by_param: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
+        self.touch: dict[int, set[tuple[str, str]]] = defaultdict(set)
         for g in graph:
-            if g.id not in kept:
-                continue
-            k = kept[g.id]
-            if not 1 <= k <= g.n:
-                raise TunelessError(f"group {g.id} has {g.n} channels; cannot keep {k}")
-            for s in g.slots:
-                shrink[(s.module, s.param)][s.axis] += (g.n - k) * s.block
-        out = total
-        for key, by_axis in shrink.items():
-            shape = shapes.get(key)
-            if shape is None:  # a buffer (running statistics): not a parameter
-                continue
-            new = list(shape)
-            for axis, d in by_axis.items():
-                new[axis] -= d
-            out += w(key) * (math.prod(new) - math.prod(shape))
-        return out
+            for slot in g.slots:
+                key = (slot.module, slot.param)
+                if key in self.shapes:  # not a buffer (running statistics)
+                    self.by_param[key].append((g.id, slot.axis, slot.block))
+                    self.touch[g.id].add(key)
+        self.total_before = sum(self.size(k, {}) for k in self.shapes)
 
-    return count
+    def size(self, key: tuple[str, str], kept: dict[int, int]) -> float:
+        """One parameter's cost with the groups in `kept` at those counts."""
+        shape = list(self.shapes[key])
+        for gid, axis, block in self.by_param.get(key, ()):
+            shape[axis] -= (self.n[gid] - kept.get(gid, self.n[gid])) * block
+        return self.w.get(key, 1) * math.prod(shape)
+
+    def saving(self, gid: int, new_k: int, kept: dict[int, int]) -> float:
+        """What taking group `gid` from its count in `kept` to `new_k` saves."""
+        trial = {**kept, gid: new_k}
+        return sum(self.size(key, kept) - self.size(key, trial) for key in self.touch[gid])
+
+    def __call__(self, kept: dict[int, int] | None = None) -> float:
+        kept = {gid: k for gid, k in (kept or {}).items() if gid in self.n}
+        for gid, k in kept.items():
+            if not 1 <= k <= self.n[gid]:
+                raise TunelessError(f"group {gid} has {self.n[gid]} channels; cannot keep {k}")
+        changed = {key for gid in kept for key in self.touch[gid]}
+        return self.total_before - sum(self.size(k, {}) - self.size(k, kept) for k in changed)
 
 
 def counts_for_ratio(graph: GroupGraph, channel_ratio: float, min_channels: int = 1,
