@@ -6,7 +6,7 @@
 # LANE=1 / LANE=2 as in sweep_env.sh (the MLP is skipped: its FLOPs are its parameters).
 # Results: docs/results/fold-flops-*, docs/folding.md "FLOP budgets".
 source "$(dirname "$0")/sweep_env.sh"
-out=docs/results/fold-flops
+out=${OUT:-docs/results/fold-flops}  # OUT=…: a rerun into other files
 sweep() {  # $1 checkpoint, $2 short name
   [[ $2 == mlp ]] && return 0
   local repairs=ar,data,l1-bn

@@ -130,6 +130,27 @@ def test_a_flop_budget_removes_that_share_of_the_flops(resnet):
         tuneless.fold(model, sparsity=0.5, budget="macs")
 
 
+@pytest.mark.parametrize("round_to", [1, 8])
+@pytest.mark.parametrize("flops", [False, True])
+def test_the_budget_is_met_without_draining_one_group(round_to, flops):
+    """The ratio's rounding is corrected across groups: under a FLOP budget a classifier's
+    channels cost almost nothing, and chasing the last fraction of a point through them took
+    a 512-wide group to 8 channels (the VGG at 50%, round_to=8)."""
+    from tuneless.budget import NUDGE_SHARE, flop_weights
+
+    model = build_model("vgg11_bn", width=0.5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = find_groups(model, x)
+    for target in (0.1, 0.3, 0.5, 0.7):
+        b = solve(model, graph, target, round_to=round_to,
+                  weights=flop_weights(model, x) if flops else None)
+        assert abs(b.sparsity - target) <= 0.01
+        ratio = counts_for_ratio(graph, b.channel_ratio, round_to=round_to)
+        for g in graph.reducible:
+            step = round_to * max(1, -(-NUDGE_SHARE * g.n // round_to))
+            assert b.kept[g.id] >= ratio[g.id] - step, (target, g.id, b.kept[g.id], ratio[g.id])
+
+
 @pytest.mark.parametrize("method", ["fold", "prune"])
 @pytest.mark.parametrize("allocation", ["uniform", "sensitivity"])
 def test_fold_and_prune_meet_a_flop_budget(method, allocation):
