@@ -101,6 +101,9 @@ VARIANTS: dict[str, dict] = {
     # of Fold-AR and Fold-R under a FLOP budget; since then Fold-R's only)
     "flops-uniform": {"budget": "flops", "allocation": "uniform"},
     "flops-auto": {"budget": "flops", "allocation": "auto"},
+    # measured widths under a FLOP budget whatever the repair (what flops-auto ran for every
+    # repair at 95c6056; auto now measures Fold-R's only)
+    "flops-sens75": {"budget": "flops", "allocation": "sensitivity", "keep_floor": 0.75},
 }
 # every variant but "default" folds with uniform widths unless it names an allocation (the
 # rows of the variants before allocation="auto" became the default were uniform)
