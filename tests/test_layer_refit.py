@@ -148,35 +148,40 @@ def test_public_refit_needs_a_tuneless_compressed_model():
         tuneless.refit(model, DuplicatedCNN(), X32, example_inputs=X32)
 
 
-def test_cached_targets_give_the_same_refit_as_per_layer_capture():
-    """One forward of the original per batch (cached targets) or one per layer (cache_bytes=0):
-    the same least-squares problems, so the same weights."""
+def _counted_refit_setup(images: int):
+    """A ResNet-20 pruned by half, calibration images, and a list that grows by one with
+    every forward pass of the original (how many passes a refit costs)."""
     model = _randomise_bn(build_model("resnet20"))
     x = _images(2)
     pruned = prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
-    calib = _images(80)
-    calls = []
+    calls: list[int] = []
     model.register_forward_pre_hook(lambda *_: calls.append(1))
+    return model, x, pruned, _images(images), calls
+
+
+def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    assert a.refit_report["refitted"] == b.refit_report["refitted"]
+    for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.allclose(u, v, rtol=1e-4, atol=1e-6), k
+
+
+def test_cached_targets_give_the_same_refit_as_per_layer_capture():
+    """One forward of the original per batch (cached targets) or one per layer (cache_bytes=0):
+    the same least-squares problems, so the same weights."""
+    model, x, pruned, calib, calls = _counted_refit_setup(80)
     fast = tuneless.refit(model, pruned, calib, example_inputs=x, batch_size=32)
     fast_calls = len(calls)
     slow = tuneless.refit(model, pruned, calib, example_inputs=x, batch_size=32, cache_bytes=0)
     assert fast_calls <= 3 + 3  # graph trace, layer order, and one pass per batch (3 batches)
     assert len(calls) - fast_calls > 10 * fast_calls  # per-layer capture: a pass per layer
-    assert fast.refit_report["refitted"] == slow.refit_report["refitted"]
-    for (k, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items(), strict=True):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
+    _assert_same_weights(fast, slow)
 
 
 def test_targets_over_the_cache_budget_are_refitted_in_runs_with_the_same_result():
     """A budget that holds a third of the targets: the layers are refitted in several runs
     (a pass of the original per batch and run), not one capture per layer, and the weights
     are those of the single run."""
-    model = _randomise_bn(build_model("resnet20"))
-    x = _images(2)
-    pruned = prune(model, sparsity=0.5, criterion="l1", example_inputs=x)
-    calib = _images(64)
-    calls = []
-    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    model, x, pruned, calib, calls = _counted_refit_setup(64)
     whole = tuneless.refit(model, pruned, calib, example_inputs=x, batch_size=32)
     one_run = len(calls)
     outputs = {}
@@ -191,9 +196,7 @@ def test_targets_over_the_cache_budget_are_refitted_in_runs_with_the_same_result
     runs = tuneless.refit(model, pruned, calib, example_inputs=x, batch_size=32,
                           cache_bytes=total // 3)
     assert one_run + 2 * 2 <= len(calls) <= one_run + 6 * 2  # 3 to 7 runs of 2 batches
-    assert runs.refit_report["refitted"] == whole.refit_report["refitted"]
-    for (k, a), (_, b) in zip(whole.state_dict().items(), runs.state_dict().items(), strict=True):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
+    _assert_same_weights(whole, runs)
 
 
 def testchannel_map_of_a_producer_feeding_several_groups_is_block_diagonal():
