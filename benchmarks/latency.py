@@ -1,8 +1,8 @@
 """Real CPU speed-up of folded networks, dense and folded timed interleaved (issue 22 item 3).
 
-For each benchmark network the fold that removes half of the FLOPs (`budget="flops"` with
-uniform widths, or `--widths bisect`: the uniform channel ratio found by bisection;
-`round_to` 1 and 8), BatchNorm fused into the convolutions in both
+For each benchmark network the fold that removes half of the FLOPs (the uniform channel
+ratio found by bisection, or with `--widths flops` the FLOP budget, uniform widths, its
+rounding corrected across groups; `round_to` 1 and 8), BatchNorm fused into the convolutions in both
 models (as `tuneless export` does), then latency at batch 1 and 64 in PyTorch
 (torch.utils.benchmark) and in ONNX Runtime (one intra-op thread), the dense and the
 folded model measured in alternating rounds so that drift in the machine's speed hits both
@@ -16,7 +16,7 @@ runtime's per-layer cost. Weights do not change the timing: the folds use the de
 data-free repair. Run on a quiet machine:
 
     python benchmarks/latency.py [--models resnet20,resnet56,vgg11] [--rounds 15]
-        [--out docs/results/latency]
+        [--widths bisect|flops] [--out docs/results/latency]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ FIELDS = ["model", "round_to", "batch", "runtime", "flop_ratio", "dense_ms", "fo
           "latency_ratio", "ratio_iqr", "within_15pct", "floor_ratio", "reachable"]
 
 
-def half_flops(model, x, round_to: int, widths: str = "flops"):
+def half_flops(model, x, round_to: int, widths: str = "bisect"):
     """The fold removing half of the dense model's FLOPs: widths="flops", the FLOP budget
     (one ratio for every group, its rounding corrected across groups: within a point of
     0.5 at any round_to); "bisect", the uniform channel ratio whose FLOPs come closest (the
@@ -130,9 +130,9 @@ def main() -> int:
     p.add_argument("--round-to", default="1,8")
     p.add_argument("--batches", default="1,64")
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--widths", choices=("flops", "bisect"), default="flops",
-                   help="half of the FLOPs by the FLOP budget (default) or by bisecting one "
-                        "uniform channel ratio")
+    p.add_argument("--widths", choices=("bisect", "flops"), default="bisect",
+                   help="half of the FLOPs by bisecting one uniform channel ratio (default, "
+                        "docs/results/latency) or by the FLOP budget (docs/results/latency-flops)")
     p.add_argument("--out", default="docs/results/latency")
     p.add_argument("--render-only", action="store_true",
                    help="recompute the verdict columns and the table from the CSV at --out")
