@@ -5,10 +5,11 @@
 # budget: Fold-AR and Fold-R, 3 seeds, every benchmark network at 10-80%, full test split
 # (LeNet-5 has no BatchNorm, so neither applies: its lane prints "skipped").
 # The exact-width rows to compare with are the "auto" rows of fold_cluster_repair.sh (the
-# same library code). LANE=1 / LANE=2 as there.
+# same library code). LANE=1 / LANE=2 as there. OUT=…: a rerun into other files (the rerun
+# after the budget solver's fix in 7d8dd46: OUT=docs/results/fold-round8-v2).
 source "$(dirname "$0")/sweep_env.sh"
 sweep() {  # $1 checkpoint, $2 short name
   run "$1" --points 0.1,0.3,0.5,0.7,0.8 --repairs ar,data --variants round8 --seeds 0,1,2 \
-    --out "docs/results/fold-round8-$2"
+    --out "${OUT:-docs/results/fold-round8}-$2"
 }
 sweep_lanes
