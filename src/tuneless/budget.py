@@ -231,8 +231,7 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
                    0.0, 1.0)  # achieved(lo) <= sparsity
     kept = _ratio_counts(graph, lo, min_channels, round_to, stream_share)
     kept = _nudge(graph, kept, achieved, sparsity, min_channels, round_to)
-    off, n = abs(achieved(kept) - sparsity), len(graph.reducible)
-    if off > TOLERANCE and n <= _SWAP_MAX_GROUPS or off > TOLERANCE / 4 and n <= _SWAP_FEW:
+    if abs(achieved(kept) - sparsity) > TOLERANCE and len(graph.reducible) <= _SWAP_MAX_GROUPS:
         kept = _swap(graph, kept, achieved, sparsity, min_channels, round_to)
     after = count(kept)
     if abs(1 - after / before - sparsity) > TOLERANCE:
@@ -332,7 +331,6 @@ def _swap(graph, kept, achieved, target, min_channels, round_to):
 
 
 _SWAP_MAX_GROUPS = 48  # above this, channels are fine-grained enough for _nudge alone
-_SWAP_FEW = 16  # up to this many groups the swaps are cheap enough to close a quarter point
 
 
 def _round(x: float, n: int, min_channels: int, round_to: int) -> int:
