@@ -7,12 +7,13 @@
 # The exact-width rows to compare with are the "auto" rows of fold_cluster_repair.sh (the
 # same library code). LANE=1 / LANE=2 as there. OUT=…: a rerun into other files (the rerun
 # after the budget solver's fix in 7d8dd46: OUT=docs/results/fold-round8-v2
-# POINTS=0.3,0.5,0.7 NETS="resnet20 resnet56 vgg11").
+# POINTS=0.3,0.5,0.7 NETS="resnet20 resnet56 vgg11", then VARIANTS=auto for the exact
+# widths on the same solver into the same files).
 source "$(dirname "$0")/sweep_env.sh"
 sweep() {  # $1 checkpoint, $2 short name
   if [[ -n ${NETS:-} && " $NETS " != *" $2 "* ]]; then return 0; fi
   [[ $2 == lenet5 ]] && return 0  # no BatchNorm: neither repair applies
-  run "$1" --points "${POINTS:-0.1,0.3,0.5,0.7,0.8}" --repairs ar,data --variants round8 --seeds 0,1,2 \
+  run "$1" --points "${POINTS:-0.1,0.3,0.5,0.7,0.8}" --repairs ar,data --variants "${VARIANTS:-round8}" --seeds 0,1,2 \
     --out "${OUT:-docs/results/fold-round8}-$2"
 }
 sweep_lanes
