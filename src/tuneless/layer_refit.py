@@ -111,7 +111,8 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     from tuneless.distributed import my_batches
 
     batches = list(my_batches(image_batches(data, batch_size, num_images)))  # this rank's
-    if sum(len(b) for b in batches) < 2:
+    mine = sum(len(b) for b in batches)  # this process's images (its targets, its rows)
+    if mine < 2:
         raise TunelessError("the least-squares refit needs at least 2 images")
     was = original.training, small.training
     original.eval()
@@ -123,8 +124,9 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
         readers = _consumers(graph)
         from tuneless.distributed import all_sum
 
-        images = int(all_sum(torch.tensor(sum(len(b) for b in batches))))  # all ranks'
-        for name, per_image in _forward_order(original, batches[0][:1]).items():
+        images = int(all_sum(torch.tensor(mine)))  # all ranks'
+        rows = _forward_order(original, batches[0][:1])  # per layer: rows one image gives
+        for name, per_image in rows.items():
             layer = small.get_submodule(name)
             why = _unsupported(layer, original.get_submodule(name), norm_after.get(name), small,
                                lambda name=name: _capture(small, name, batches[0][:1], "input"))
@@ -143,7 +145,7 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
         from tuneless.progress import Ticker
 
         ticker = Ticker(len(plan), desc="refit", unit="layer")
-        for chunk, fits in _chunks(original, plan, batches, cache_bytes):
+        for chunk, fits in _chunks(original, plan, rows, mine, cache_bytes):
             cache = _cached_targets(original, chunk, batches) if fits else None
             if cache is not None:
                 _refit_in_one_pass(small, chunk, batches, cache, ridge, ticker)
@@ -159,7 +161,7 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
         small.train(was[1])
     small.refit_report = {"refitted": done, "skipped": skipped,
                           "clamped": [name for name, _, t in plan if t.clamp is not None],
-                          "images": sum(len(b) for b in batches), "ridge": ridge}
+                          "images": mine, "ridge": ridge}
     return small
 
 
@@ -360,32 +362,20 @@ def _reader_inputs(model: nn.Module, readers: list[str], x: torch.Tensor) -> lis
     return [seen.get(n, torch.empty(0)) for n in readers]
 
 
-@torch.no_grad()
-def _chunks(original: nn.Module, plan: list, batches: list,
+def _chunks(original: nn.Module, plan: list, rows: dict[str, int], images: int,
             budget: int) -> list[tuple[list, bool]]:
     """The plan cut into runs of consecutive layers whose targets for all images fit in
-    `budget` bytes together (sizes judged from the first batch): each run costs one pass
-    of both models, so the refit stays linear in depth while memory stays bounded. A layer
-    whose targets alone exceed the budget is a run of its own, marked as not fitting
-    (both models then run once per batch for it alone)."""
-    size: dict[str, int] = {}
-
-    def measure(out, name, target) -> None:  # a forward hook's non-None return replaces out
-        size.setdefault(name, target(out[:1].detach()).numel() * out.element_size())
-
-    hooks = [original.get_submodule(norm or name).register_forward_hook(
-        lambda _m, _a, out, name=name, target=target: measure(out, name, target))
-        for name, norm, target in plan]
-    try:
-        original(batches[0][:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    images = sum(len(b) for b in batches)
+    `budget` bytes together: each run costs one pass of both models, so the refit stays
+    linear in depth while memory stays bounded. A layer's targets are its `rows` per image
+    (_forward_order) × the small model's channels of it (its target map's rows). A layer
+    whose targets alone exceed the budget is a run of its own, marked as not fitting (both
+    models then run once per batch for it alone)."""
     chunks: list[tuple[list, bool]] = []
     used = budget + 1
     for step in plan:
-        need = size.get(step[0], 0) * images
+        name, _, target = step
+        need = (rows[name] * target.map.shape[0] * images
+                * original.get_submodule(name).weight.element_size())
         if not chunks or used + need > budget:
             chunks.append(([], need <= budget))
             used = 0
