@@ -69,15 +69,119 @@ def test_custom_module_with_resized_parameter_round_trips(tmp_path):
     assert torch.equal(load(tmp_path / "c.pt", trust_code=True)(X), small(X))
 
 
-def test_model_without_reference_falls_back_to_pickle(tmp_path):
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+class Shortcut(nn.Module):
+    """A user's module holding a lambda (as in widely copied CIFAR ResNets): not picklable."""
+
+    def __init__(self, pad):
+        super().__init__()
+        self.fn = lambda x: nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad))
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class UserNet(nn.Module):
+    """A class of the user's own, with no architecture reference."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.conv = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(2 * width)
+        self.short = Shortcut(width // 2)
+        self.scale = nn.Parameter(torch.rand(2 * width, 1, 1))
+        self.head = nn.Linear(2 * width, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.relu(self.bn(self.conv(x)) * self.scale + self.short(x))
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["prune", "fold", "svd"])
+def test_user_class_saves_by_structure_and_loads_into_a_fresh_instance(tmp_path, method):
+    torch.manual_seed(0)
+    model = UserNet().eval()
+    if method == "prune":
+        small = prune(model, sparsity=0.4, example_inputs=X)
+    elif method == "fold":
+        small = tuneless.fold(model, sparsity=0.4, example_inputs=X, allocation="uniform")
+    else:
+        small = tuneless.svd(model, rank_ratio=0.3, example_inputs=X)
+    small.eval()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pickle fallback, no warning
+        info = save(small, tmp_path / "u.pt")
+    assert info == {"mode": "structure", "type": f"{__name__}:UserNet"}
+    torch.load(tmp_path / "u.pt", weights_only=True)  # plain data, no code
+    with pytest.raises(TunelessError, match=r"model=MyNet\(\.\.\.\)"):
+        load(tmp_path / "u.pt")
+    back = load(tmp_path / "u.pt", model=UserNet())
+    assert torch.equal(back(X), small(X))
+    assert not back.training
+    if method != "svd":
+        assert back.conv.out_channels == small.conv.out_channels < 16
+    with pytest.raises(TunelessError, match="not the one .* compressed from: bn.bias is"):
+        load(tmp_path / "u.pt", model=UserNet(width=4))
+
+
+def test_structure_mismatch_is_named_without_recorded_original(tmp_path):
+    model = UserNet().eval()  # not compressed: the file records no original shapes
+    save(model, tmp_path / "u.pt")
+    assert torch.equal(load(tmp_path / "u.pt", model=UserNet())(X), model(X))
+    other = UserNet()
+    other.short = nn.Identity()
+    with pytest.raises(TunelessError, match="short is torch.nn.modules.linear:Identity, the "
+                                            "file's is .*Shortcut"):
+        load(tmp_path / "u.pt", model=other)
+    other = UserNet()
+    other.extra = nn.Linear(2, 2)
+    with pytest.raises(TunelessError, match=r"the model \(.*UserNet\) has other tensors or "
+                                            r"submodules than the file.s \(\+extra\)"):
+        load(tmp_path / "u.pt", model=other)
+
+
+def test_user_class_loads_through_load_model_with_arch(tmp_path):
+    from tuneless.modelio import load_model
+
+    small = prune(UserNet().eval(), sparsity=0.4, example_inputs=X).eval()
+    save(small, tmp_path / "u.pt")
+    back = load_model(tmp_path / "u.pt", arch=f"{__name__}:UserNet")
+    assert torch.equal(back(X), small(X))
+
+
+class NoSpec(nn.Conv2d):
+    """A conv whose constructor needs an argument it does not store: not describable."""
+
+    def __init__(self, cin, cout, tag):
+        super().__init__(cin, cout, 3, padding=1)
+        self.fn = lambda x: x  # and not picklable either
+
+
+def test_unpicklable_fallback_is_a_one_line_error(tmp_path):
+    small = pruned_resnet20()
+    c = small.layer1[0].conv1
+    small.layer1[0].conv1 = NoSpec(c.in_channels, c.out_channels, tag="x")
+    with pytest.warns(UserWarning, match="pickled"), \
+            pytest.raises(TunelessError, match="cannot save this model: module 'layer1.0.conv1'"):
+        save(small, tmp_path / "p.pt")
+    assert not any(tmp_path.iterdir())  # no file, no temporary left behind
+
+
+def test_undescribable_module_falls_back_to_pickle(tmp_path):
+    small = pruned_resnet20()
+    c = small.layer1[0].conv1
+    small.layer1[0].conv1 = NoSpec(c.in_channels, c.out_channels, tag="x")
+    del small.layer1[0].conv1.fn
     with pytest.warns(UserWarning, match="pickled"):
-        info = save(model, tmp_path / "p.pt")
+        info = save(small, tmp_path / "p.pt")
     assert info["mode"] == "pickle"
     with pytest.raises(TunelessError, match="allow_pickle=True"):
         load(tmp_path / "p.pt")
     back = load(tmp_path / "p.pt", allow_pickle=True)
-    assert torch.equal(back(X), model(X))
+    assert torch.equal(back(X), small(X))
 
 
 def test_corrupt_and_foreign_files_are_one_line_errors(tmp_path):

@@ -59,8 +59,11 @@ def load_model(path: str | os.PathLike, arch: str | None = None,
         model.tuneless_arch = {"ref": f"zoo:{obj['arch']}", "kwargs": dict(obj["arch_kwargs"])}
         return model
     if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
+        original = None
+        if obj.get("mode") == "structure" and arch:  # saved without a reference: --arch
+            original = build_arch(arch, arch_kwargs or {}, trust_code=True)
         return model_from_saved(obj, str(path), allow_pickle=allow_pickle,
-                                trust_code=trust_code)
+                                trust_code=trust_code, model=original)
     if isinstance(obj, nn.Module):
         return obj.eval()
     state = _find_state_dict(obj)

@@ -62,7 +62,19 @@ def reduce(model: nn.Module, graph: GroupGraph, decisions: dict[int, Decision], 
                 owner.__dict__[param] = memo[id(t)]
     for module in {m for m, _ in plans}:
         _update_attributes(new.get_submodule(module) if module else new, module in depthwise)
+    if not share:
+        remember_original(new, model)
     return new
+
+
+def remember_original(new: nn.Module, model: nn.Module) -> None:
+    """new.tuneless_original: the tensor shapes of the model the user started from (kept
+    through repeated compressions), so that loading a file saved without an architecture
+    reference can check the freshly built model it is given (tuneless.serialize)."""
+    original = getattr(model, "tuneless_original", None)
+    if not isinstance(original, dict):
+        original = {k: list(v.shape) for k, v in model.state_dict().items()}
+    new.tuneless_original = original
 
 
 def _shallow_tree(m: nn.Module, seen: dict[int, nn.Module]) -> nn.Module:

@@ -9,9 +9,12 @@ alone cannot be loaded. `save` stores
     nn.Sequential of two convs, ...),
   - the state_dict and its sha256.
 `load` rebuilds the original, swaps in the recorded modules and loads the weights with
-torch.load(weights_only=True): no pickled code runs. A model without a reference (or with
-a changed module tuneless cannot describe) is pickled whole instead; loading that file
-needs allow_pickle=True. Format: docs/serialization.md.
+torch.load(weights_only=True): no pickled code runs. A model without a reference (a user's
+own class built in Python) is stored by structure instead: every module's type, tensor
+shapes and, for torch.nn modules, a spec; `load(path, model=MyNet(...))` reshapes a freshly
+built original to it (Torch-Pruning's load_state_dict does the same). A changed module
+tuneless cannot describe on a model *with* a reference is pickled whole; loading that
+file needs allow_pickle=True. Format: docs/serialization.md.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
 import warnings
 from typing import Any
 
@@ -38,7 +42,8 @@ class _NoSpec(Exception):
 
 
 def save(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> dict[str, Any]:
-    """Write `model` atomically to `path`; returns {"mode": "reference"|"pickle", ...}."""
+    """Write `model` atomically to `path`; returns {"mode": "reference"|"structure"|"pickle",
+    ...}."""
     from tuneless.checkpoint import weights_sha256
     from tuneless.io_atomic import atomic_torch_save
 
@@ -48,31 +53,42 @@ def save(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) ->
     common = {"format": FORMAT, "meta": _plain(meta or {}),
               "report": _plain(getattr(model, "tuneless_report", None)),
               "torch_version": str(torch.__version__)}
-    why = "the model has no architecture reference (model.tuneless_arch)"
-    if arch is not None:
-        try:
-            specs = changed_modules(model, arch)
-            sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            obj = {**common, "mode": "reference", "arch": arch, "modules": specs,
-                   "state_dict": sd, "weights_sha256": weights_sha256(sd)}
-            atomic_torch_save(obj, path)
-            return {"mode": "reference", "changed_modules": sorted(specs)}
-        except _NoSpec as exc:
-            why = f"module '{exc}' cannot be described by type and constructor arguments"
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    weights = {"state_dict": sd, "weights_sha256": weights_sha256(sd)}
+    if arch is None:
+        tree = describe(model)
+        original = getattr(model, "tuneless_original", None)
+        atomic_torch_save({**common, "mode": "structure", "structure": tree, **weights,
+                           "original_shapes": _plain(original)}, path)
+        return {"mode": "structure", "type": tree.get("type") or tree["spec"]["type"]}
+    try:
+        specs = changed_modules(model, arch)
+    except _NoSpec as exc:
+        why = f"module '{exc}' cannot be described by type and constructor arguments"
+    else:
+        atomic_torch_save({**common, "mode": "reference", "arch": arch, "modules": specs,
+                           **weights}, path)
+        return {"mode": "reference", "changed_modules": sorted(specs)}
     note = (f"stored as a whole pickled module because {why}; loading it needs "
             "tuneless.load(path, allow_pickle=True) (only for files you trust)")
     warnings.warn(note, stacklevel=2)
-    atomic_torch_save({**common, "mode": "pickle", "note": note, "module": model}, path)
+    try:
+        atomic_torch_save({**common, "mode": "pickle", "note": note, "module": model}, path)
+    except (AttributeError, TypeError, pickle.PicklingError) as exc:  # lambdas, local classes
+        raise TunelessError(f"cannot save this model: {why}, and pickling it failed "
+                            f"({str(exc).splitlines()[0]})") from exc
     return {"mode": "pickle", "note": note}
 
 
 def load(path: str | os.PathLike, allow_pickle: bool = False,
-         trust_code: bool = False) -> nn.Module:
+         trust_code: bool = False, model: nn.Module | None = None) -> nn.Module:
     """Load a file written by `save` (eval mode); one-line TunelessError on bad files.
 
     Architecture and module types named in the file resolve against an allowlist
     (tuneless.trust); trust_code=True lets it import any path it names, allow_pickle=True
     unpickles whole modules. Both run code from the file: only for files you trust.
+    model: a freshly built original, for files saved from a model without an architecture
+    reference (mode "structure"); it is reshaped in place and returned.
     """
     from tuneless.checkpoint import read_torch_file
 
@@ -89,13 +105,16 @@ def load(path: str | os.PathLike, allow_pickle: bool = False,
         obj = torch.load(path, map_location="cpu", weights_only=False)
     if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
         raise TunelessError(f"{path} is not a model saved by tuneless.save (no '{FORMAT}' tag)")
-    return model_from_saved(obj, str(path), allow_pickle=allow_pickle, trust_code=trust_code)
+    return model_from_saved(obj, str(path), allow_pickle=allow_pickle, trust_code=trust_code,
+                            model=model)
 
 
 def model_from_saved(obj: dict, where: str, allow_pickle: bool = False,
-                     trust_code: bool = False) -> nn.Module:
+                     trust_code: bool = False, model: nn.Module | None = None) -> nn.Module:
     from tuneless.checkpoint import weights_sha256
 
+    if obj.get("mode") == "structure":
+        return _from_structure(obj, where, model, trust_code)
     if obj.get("mode") == "pickle":
         if not allow_pickle or not isinstance(obj.get("module"), nn.Module):
             raise TunelessError(f"{where} stores a pickled module; pass allow_pickle=True")
@@ -120,6 +139,101 @@ def model_from_saved(obj: dict, where: str, allow_pickle: bool = False,
     if obj.get("report") is not None:
         model.tuneless_report = obj["report"]
     return model.eval()
+
+
+def describe(m: nn.Module, where: str = "") -> dict:
+    """A module tree as the file stores it for models without a reference: {"spec": ...} for
+    a torch.nn module (or container of them) that module_spec can rebuild, else the type, its
+    extra_repr, its own tensors' shapes and its children, described the same way."""
+    tname = f"{type(m).__module__}:{type(m).__qualname__}"
+    if tname.startswith("torch.nn."):
+        try:
+            return {"spec": module_spec(m, where)}
+        except _NoSpec:
+            pass
+    return {"type": tname, "repr": m.extra_repr(),
+            "tensors": {k: None if v is None else list(v.shape)
+                        for k, v in [*m._parameters.items(), *m._buffers.items()]},
+            "children": {k: describe(c, f"{where}.{k}" if where else k)
+                         for k, c in m.named_children()}}
+
+
+def _from_structure(obj: dict, where: str, model: nn.Module | None,
+                    trust_code: bool) -> nn.Module:
+    from tuneless.checkpoint import weights_sha256
+
+    tree, sd = obj.get("structure"), obj.get("state_dict")
+    if not (isinstance(tree, dict) and isinstance(sd, dict)):
+        raise TunelessError(f"corrupt model file {where}: structure or state_dict malformed")
+    if weights_sha256(sd) != obj.get("weights_sha256"):
+        raise TunelessError(f"corrupt model file {where}: weights do not match their sha256")
+    name = tree.get("type") or tree.get("spec", {}).get("type", "?")
+    if not isinstance(model, nn.Module):
+        raise TunelessError(
+            f"{where} holds a compressed {name.rpartition(':')[2]} saved without an "
+            "architecture reference: build the original model and pass it, "
+            "tuneless.load(path, model=MyNet(...)) (--arch pkg.module:Class on the command line)")
+    _check_original(model, obj.get("original_shapes"), where)
+    model = _reshape(model, tree, "", sd, trust_code, where)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise TunelessError(f"{where} does not fit the model given: "
+                            f"{str(exc).splitlines()[0]}") from exc
+    if obj.get("report") is not None:
+        model.tuneless_report = obj["report"]
+    return model.eval()
+
+
+def _check_original(model: nn.Module, shapes, where: str) -> None:
+    """The model given must be the one the file was compressed from (same tensor names and
+    shapes), where the file recorded it: otherwise specs would silently rebuild a different
+    network's layers to the file's sizes."""
+    if not isinstance(shapes, dict):
+        return
+    have = {k: list(v.shape) for k, v in model.state_dict().items()}
+    for k in sorted(set(have) | set(shapes)):
+        if have.get(k) != shapes.get(k):
+            raise TunelessError(
+                f"the model given is not the one {where} was compressed from: {k} is "
+                f"{have.get(k, 'missing')} there, {shapes.get(k, 'missing')} in the original")
+
+
+def _reshape(m: nn.Module, node: dict, name: str, sd: dict, trust_code: bool,
+             where: str) -> nn.Module:
+    """m made to match `node` (describe's output): rebuilt where a spec differs, own tensors
+    resized, children likewise; the module to put in m's place."""
+    at = name or "the model"
+    if "spec" in node:
+        try:
+            same = _plain(module_spec(m, name)) == _plain(node["spec"])
+        except _NoSpec:
+            same = False
+        return m if same else build_module(node["spec"], trust_code, where)
+    tname = f"{type(m).__module__}:{type(m).__qualname__}"
+    if tname != node.get("type"):
+        raise TunelessError(f"the model given does not fit {where}: {at} is {tname}, the "
+                            f"file's is {node.get('type')}")
+    if m.extra_repr() != node.get("repr", m.extra_repr()):
+        raise TunelessError(f"the model given does not fit {where}: {at} ({tname}) has "
+                            f"settings '{m.extra_repr()}', the file's '{node.get('repr')}'")
+    own = {**m._parameters, **m._buffers}
+    tensors, children = node.get("tensors", {}), node.get("children", {})
+    mine, theirs = {*own, *dict(m.named_children())}, {*tensors, *children}
+    if mine != theirs:
+        diff = ", ".join([*(f"+{k}" for k in sorted(mine - theirs)),
+                          *(f"-{k}" for k in sorted(theirs - mine))])
+        raise TunelessError(f"the model given does not fit {where}: {at} ({tname}) has other "
+                            f"tensors or submodules than the file's ({diff})")
+    resize = [k for k, shape in tensors.items()
+              if shape is not None and own[k] is not None and list(own[k].shape) != shape]
+    if resize:
+        _resize(m, name, resize, sd)
+    for k, child in list(m.named_children()):
+        new = _reshape(child, children[k], f"{name}.{k}" if name else k, sd, trust_code, where)
+        if new is not child:
+            setattr(m, k, new)
+    return m
 
 
 def architecture_of(model: nn.Module) -> dict | None:

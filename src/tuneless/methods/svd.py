@@ -420,7 +420,10 @@ def svd(model: nn.Module, *, sparsity: float | None = None, energy: float | None
     if isinstance(whiten_images, bool) or not isinstance(whiten_images, int) or whiten_images < 2:
         raise TunelessError(f"whiten_images must be an integer ≥ 2, got {whiten_images!r}")
 
+    from tuneless.reduce import remember_original
+
     small = copy.deepcopy(model)
+    remember_original(small, model)
     layers, dense = candidate_layers(small, exclude)
     if not layers:
         raise UnsupportedModelError(
