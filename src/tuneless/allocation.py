@@ -17,11 +17,12 @@ pink noise by default: still no data), per parameter saved.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
 
-from tuneless.budget import STREAM_SHARE, ParamCounter
+from tuneless.budget import STREAM_SHARE, TOLERANCE, ParamCounter
 from tuneless.errors import TunelessError
 
 
@@ -39,7 +40,7 @@ def count_levels(n: int, max_ratio: float, min_channels: int, step: float = 0.04
 
 
 def error_curve(feats: torch.Tensor, levels: list[int], seed: int = 0,
-                n_init: int = 1) -> list[float]:
+                n_init: int = 1, blocks: int = 1) -> list[float]:
     """k-means objective at each level, divided by the group's total scatter."""
     from tuneless.cluster import cluster
 
@@ -50,8 +51,17 @@ def error_curve(feats: torch.Tensor, levels: list[int], seed: int = 0,
     out = []
     for k in levels:
         kw = {"seed": seed, "n_init": n_init, "refine": False} if 1 < k < len(x) else {}
-        out.append(cluster(feats, k, **kw).inertia / total if k < len(x) else 0.0)
+        out.append(cluster(feats, k, blocks=blocks, **kw).inertia / total
+                   if k < len(x) else 0.0)
     return out
+
+
+def _block_levels(g, coarse: list[int]) -> tuple[list[int], list[int]]:
+    """(measured counts, every count) of a group: whole multiples of its grouped-conv
+    blocks (all counts for ordinary groups), descending from g.n."""
+    b = g.blocks
+    coarse = sorted({max(b, min(g.n, round(c / b) * b)) for c in coarse}, reverse=True)
+    return coarse, list(range(coarse[0], coarse[-1] - 1, -b))
 
 
 def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sparsity: float,
@@ -71,10 +81,9 @@ def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sp
     full = {g.id: g.n for g in groups}
     levels, curves, size = {}, {}, {}
     for g in groups:
-        lowest = max(min_channels, (floor or {}).get(g.id, 1))
-        coarse = count_levels(g.n, max_ratio, lowest)
-        errs = error_curve(feats[g.id], coarse, seed, n_init)
-        levels[g.id] = list(range(coarse[0], coarse[-1] - 1, -1))  # every count, interpolated
+        lowest = max(g.lowest(min_channels), (floor or {}).get(g.id, 1))
+        coarse, levels[g.id] = _block_levels(g, count_levels(g.n, max_ratio, lowest))
+        errs = error_curve(feats[g.id], coarse, seed, n_init, g.blocks)
         curves[g.id] = _interpolate(coarse, errs, levels[g.id])
         size[g.id] = max(1, _group_params(counter, g.id))
     # normalised error added per normalised parameter saved: both relative to the group
@@ -102,8 +111,13 @@ def _greedy(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, i
             if score < best_score:
                 best, best_score = gid, score
         if best is None:
-            raise TunelessError(
-                f"sparsity {sparsity:.2f} is out of reach with max_ratio={max_ratio} per group")
+            reached = 1 - current / counter.total_before
+            if sparsity - reached > TOLERANCE:
+                raise TunelessError(f"sparsity {sparsity:.2f} is out of reach with "
+                                    f"max_ratio={max_ratio} per group")
+            warnings.warn(f"achieved sparsity {reached:.3f} for a request of {sparsity:.3f}: "
+                          "the closest the floors and channel steps allow", stacklevel=3)
+            return kept
         pos[best] += 1
         kept[best] = levels[best][pos[best]]
         current = counter(kept)
@@ -355,15 +369,16 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
     groups = list(graph.reducible)
     levels, curves = {}, {}
     for g in groups:
-        lowest = max(min_channels, 1, (floor or {}).get(g.id, 1),
+        lowest = max(g.lowest(min_channels), (floor or {}).get(g.id, 1),
                      int(math.ceil(g.n * (1 - max_ratio))))
+        # whole blocks, rounded down: a floor rounded up would often be the uniform width
+        lowest = max(g.lowest(min_channels), lowest // g.blocks * g.blocks)
         if lowest >= g.n:
             continue
-        coarse = sorted({g.n, lowest, *(max(lowest, round(g.n * (1 - s))) for s in shares)},
-                        reverse=True)
+        coarse, levels[g.id] = _block_levels(g, [g.n, lowest, *(
+            max(lowest, round(g.n * (1 - s))) for s in shares)])
         errs = [0.0] + [max(0.0, damage(g.id, k)) for k in coarse[1:]]
         for i in range(1, len(errs)):  # folding deeper never helps: keep the curve monotone
             errs[i] = max(errs[i], errs[i - 1])
-        levels[g.id] = list(range(coarse[0], coarse[-1] - 1, -1))
         curves[g.id] = _interpolate(coarse, errs, levels[g.id])
     return _greedy(counter, levels, curves, {g.id: g.n for g in groups}, sparsity, max_ratio)

@@ -159,13 +159,14 @@ class ParamCounter:
         self.w = weights or {}
         self.n = {g.id: g.n for g in graph}
         # per parameter: the (group, axis, block) slots shrinking it; per group: its params
-        self.by_param: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
+        self.by_param: dict[tuple[str, str], list[tuple[int, int, float]]] = defaultdict(list)
         self.touch: dict[int, set[tuple[str, str]]] = defaultdict(set)
         for g in graph:
             for slot in g.slots:
                 key = (slot.module, slot.param)
                 if key in self.shapes:  # not a buffer (running statistics)
-                    self.by_param[key].append((g.id, slot.axis, slot.block))
+                    # a grouped conv's input axis holds n/groups entries
+                    self.by_param[key].append((g.id, slot.axis, slot.block / slot.groups))
                     self.touch[g.id].add(key)
         self.total_before = sum(self.size(k, {}) for k in self.shapes)
 
@@ -173,7 +174,7 @@ class ParamCounter:
         """One parameter's cost with the groups in `kept` at those counts."""
         shape = list(self.shapes[key])
         for gid, axis, block in self.by_param.get(key, ()):
-            shape[axis] -= (self.n[gid] - kept.get(gid, self.n[gid])) * block
+            shape[axis] -= round((self.n[gid] - kept.get(gid, self.n[gid])) * block)
         return self.w.get(key, 1) * math.prod(shape)
 
     def saving(self, gid: int, new_k: int, kept: dict[int, int]) -> float:
@@ -220,7 +221,7 @@ def solve(model: nn.Module, graph: GroupGraph, sparsity: float, min_channels: in
     def achieved(kept):
         return 1 - count(kept) / before
 
-    floor = {g.id: min(g.n, max(min_channels, 1)) for g in graph.reducible}
+    floor = {g.id: g.lowest(min_channels) for g in graph.reducible}
     most = achieved(floor)
     if sparsity > most + TOLERANCE:
         raise TunelessError(
@@ -268,8 +269,8 @@ def budget_for_ratio(model: nn.Module, graph: GroupGraph, channel_ratio: float,
 
 
 def _ratio_counts(graph, r, min_channels, round_to, stream_share=1.0):
-    return {g.id: _round(g.n * (1 - (stream_share * r if g.stream else r)), g.n, min_channels,
-                         round_to) for g in graph.reducible}
+    return {g.id: _round(g.n * (1 - (stream_share * r if g.stream else r)), g.n,
+                         g.lowest(min_channels), g.step(round_to)) for g in graph.reducible}
 
 
 NUDGE_SHARE = 0.05  # the most of a group's channels the nudge may take beyond the ratio's
@@ -284,13 +285,14 @@ def _nudge(graph, kept, achieved, target, min_channels, round_to):
     kept = dict(kept)
     cur = achieved(kept)
     groups = sorted(graph.reducible, key=lambda g: -g.n)
-    lowest = {g.id: max(min_channels, 1, kept[g.id] - round_to * max(
-        1, math.ceil(NUDGE_SHARE * g.n / round_to))) for g in groups}
+    step = {g.id: g.step(round_to) for g in groups}
+    lowest = {g.id: max(g.lowest(min_channels), kept[g.id] - step[g.id] * max(
+        1, math.ceil(NUDGE_SHARE * g.n / step[g.id]))) for g in groups}
     moved = True
     while moved and abs(cur - target) > 1e-4:
         moved = False
         for g in groups:
-            k = kept[g.id] - round_to
+            k = kept[g.id] - step[g.id]
             if k < lowest[g.id]:
                 continue
             trial = {**kept, g.id: k}
@@ -306,20 +308,20 @@ def _swap(graph, kept, achieved, target, min_channels, round_to):
     """Small networks, where one channel is several points of the budget: move round_to
     channels between two groups (or add / remove at one) while that gets closer."""
     groups = list(graph.reducible)
-    floor = max(min_channels, 1)
     cur = abs(achieved(kept) - target)
     for _ in range(4 * len(groups)):
         best = None
-        for a in [None, *groups]:  # a loses round_to channels, b gains them
+        for a in [None, *groups]:  # a loses a step of channels, b gains one
             for b in [None, *groups]:
                 if a is b:
                     continue
                 trial = dict(kept)
                 if a is not None:
-                    trial[a.id] -= round_to
+                    trial[a.id] -= a.step(round_to)
                 if b is not None:
-                    trial[b.id] += round_to
-                if any(not floor <= trial[g.id] <= g.n for g in (a, b) if g is not None):
+                    trial[b.id] += b.step(round_to)
+                if any(not g.lowest(min_channels) <= trial[g.id] <= g.n
+                       for g in (a, b) if g is not None):
                     continue
                 err = abs(achieved(trial) - target)
                 if err < cur - 1e-12 and (best is None or err < best[0]):
@@ -333,9 +335,9 @@ def _swap(graph, kept, achieved, target, min_channels, round_to):
 _SWAP_MAX_GROUPS = 48  # above this, channels are fine-grained enough for _nudge alone
 
 
-def _round(x: float, n: int, min_channels: int, round_to: int) -> int:
-    k = int(round(x / round_to)) * round_to
-    return int(min(n, max(k, min_channels, 1)))
+def _round(x: float, n: int, lowest: int, step: int) -> int:
+    k = int(round(x / step)) * step
+    return int(min(n, max(k, lowest)))
 
 
 def _check_options(min_channels: int, round_to: int) -> None:

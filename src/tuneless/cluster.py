@@ -57,10 +57,26 @@ def register_clusterer(name: str):
     return wrap
 
 
-def cluster(x: torch.Tensor, k: int, method: str = "kmeans", **options) -> Clustering:
-    """Cluster the rows of x into exactly k groups with the named method."""
+def cluster(x: torch.Tensor, k: int, method: str = "kmeans", *, blocks: int = 1,
+            **options) -> Clustering:
+    """Cluster the rows of x into exactly k groups with the named method. blocks > 1: the
+    rows are that many consecutive equal blocks (the channels a grouped conv reads block by
+    block), each clustered alone into k/blocks clusters; labels run block after block."""
     x = _check(x, k)
     n = x.shape[0]
+    if blocks > 1:
+        if n % blocks or k % blocks:
+            raise TunelessError(f"{n} channels in {blocks} grouped-conv blocks cannot be "
+                                f"clustered into {k} (a multiple of {blocks} is needed)")
+        nb, kb = n // blocks, k // blocks
+        if nb <= EXACT_MAX_N and method != "greedy" and 1 < kb < nb:
+            labels = exact_partitions(x.reshape(blocks, nb, -1), kb)
+            labels = (labels + torch.arange(blocks).unsqueeze(1) * kb).reshape(-1)
+            return _finish(x, labels)
+        parts = [cluster(x[b * nb:(b + 1) * nb], kb, method, **options) for b in range(blocks)]
+        return Clustering(torch.cat([c.labels + b * kb for b, c in enumerate(parts)]),
+                          torch.cat([c.centroids for c in parts]),
+                          sum(c.inertia for c in parts))
     if method not in CLUSTERERS:
         raise TunelessError(
             f"unknown clustering method {method!r}; choose one of {', '.join(CLUSTERERS)}")
@@ -69,6 +85,49 @@ def cluster(x: torch.Tensor, k: int, method: str = "kmeans", **options) -> Clust
     if k == 1:
         return _finish(x, torch.zeros(n, dtype=torch.long))
     return CLUSTERERS[method](x, k, **options)
+
+
+EXACT_MAX_N = 8  # blocks of up to this many channels are partitioned exactly (≤ 1,701 ways)
+
+
+def exact_partitions(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-means optimum of each of B small problems x (B, n, d), n ≤ EXACT_MAX_N: every
+    partition of n points into k non-empty clusters is scored at once from the Gram matrix
+    (within-cluster scatter = Σ‖xᵢ‖² − Σ_c ‖Σ_{i∈c} xᵢ‖² / |c|). Labels (B, n), numbered by
+    first member. A grouped conv's blocks of 4–8 channels take this path: 30 k-means
+    restarts per block cost ~7 ms each, and with 32 blocks per group most of a fold."""
+    n = x.shape[1]
+    U = _partitions(n, k)  # (P, n, k) one-hot
+    xd = x.double()
+    gram = xd @ xd.transpose(1, 2)  # (B, n, n)
+    sums = torch.einsum("pic,bij,pjc->bpc", U, gram, U)  # ‖Σ_{i∈c} xᵢ‖² per partition
+    score = (sums / U.sum(1)).sum(2)  # (B, P): the part of Σ‖xᵢ‖² the centroids explain
+    return U.argmax(2)[score.argmax(1)]
+
+
+_PARTITIONS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _partitions(n: int, k: int) -> torch.Tensor:
+    """Every partition of n items into k non-empty clusters as one-hot (P, n, k), cluster
+    ids in order of first member (restricted growth strings)."""
+    if (n, k) not in _PARTITIONS:
+        out: list[list[int]] = []
+
+        def grow(prefix: list[int], top: int) -> None:
+            if len(prefix) == n:
+                if top == k:
+                    out.append(list(prefix))
+                return
+            if top + (n - len(prefix)) < k:
+                return
+            for c in range(min(top + 1, k)):
+                grow([*prefix, c], max(top, c + 1))
+
+        grow([], 0)
+        _PARTITIONS[(n, k)] = torch.nn.functional.one_hot(
+            torch.tensor(out), k).to(torch.float64)
+    return _PARTITIONS[(n, k)]
 
 
 def fill_empty(labels: torch.Tensor, k: int) -> torch.Tensor:

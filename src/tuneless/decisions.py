@@ -43,3 +43,17 @@ def merge(labels: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, tor
         raise TunelessError(f"cluster labels leave {int((sizes == 0).sum())} of {k} clusters "
                             "empty")
     return (U.t() / sizes.unsqueeze(1)).contiguous(), U
+
+
+def top_channels(score: torch.Tensor, k: int, blocks: int = 1) -> torch.Tensor:
+    """Indices of the k highest-scoring channels (pruning's choice); blocks > 1: the k/blocks
+    best of each of that many consecutive blocks (a group a grouped conv reads)."""
+    if blocks == 1:
+        return torch.topk(score, k).indices
+    n = len(score)
+    if n % blocks or k % blocks:
+        raise TunelessError(f"cannot keep {k} of {n} channels read in {blocks} grouped-conv "
+                            f"blocks (a multiple of {blocks} is needed)")
+    nb, kb = n // blocks, k // blocks
+    return torch.cat([torch.topk(score[b * nb:(b + 1) * nb], kb).indices + b * nb
+                      for b in range(blocks)])

@@ -119,12 +119,34 @@ def _plans(graph: GroupGraph, decisions: dict[int, Decision]):
         else:  # kept channel indices: pruning without building k×n matrices
             g = _checked_group(graph, gid, None, None)
             produce = consume = ("select", kept_indices(decision, g.n))
+        blocks = _blocks(g, decision) if g.blocks > 1 else None
         for s in g.slots:
             op = consume if s.kind == CONSUMER else produce
+            if s.groups > 1:  # a grouped conv's input: each row block maps its own block
+                op = ("grouped", [_analyse(ab) for ab in blocks])
             plans[(s.module, s.param)][s.axis].append((s, g.n, op))
             if s.depthwise:
                 depthwise.add(s.module)
     return plans, depthwise
+
+
+def _blocks(g, decision) -> list[torch.Tensor]:
+    """The consumer map (k×n) of a group read in g.blocks grouped-conv blocks, cut into its
+    diagonal blocks; the decision must keep the same count in every block and mix
+    channels only within one (cluster(..., blocks=g.blocks), top_channels do)."""
+    if isinstance(decision, tuple):
+        ab = torch.as_tensor(decision[1]).t().detach().cpu()
+    else:
+        ab = selection(decision, g.n)[1].t()
+    k, nb = ab.shape[0], g.n // g.blocks
+    kb = k // g.blocks
+    cut = [ab[b * kb:(b + 1) * kb, b * nb:(b + 1) * nb] for b in range(g.blocks)]
+    if k % g.blocks or sum(int((c != 0).sum()) for c in cut) != int((ab != 0).sum()):
+        raise TunelessError(
+            f"group {g.id} is read by a grouped conv in {g.blocks} blocks of {nb} channels: "
+            f"a decision must keep the same number in each block and merge only within one "
+            f"(got {k} channels)")
+    return cut
 
 
 def _rewrite(t: torch.Tensor, by_axis: dict[int, list]) -> torch.Tensor:
@@ -154,6 +176,11 @@ def _checked_group(graph: GroupGraph, gid: int, M, U):
 
 def _apply_axis(t: torch.Tensor, axis: int, items: list[tuple[Slot, int, tuple]]):
     """Rebuild one axis from its segments: each group's span transformed, the rest copied."""
+    if items[0][2][0] == "grouped":  # the whole axis: one block per row block
+        ops = items[0][2][1]
+        rows = t.shape[0] // len(ops)
+        return torch.cat([_combine(op, t.narrow(0, b * rows, rows), axis, 1)
+                          for b, op in enumerate(ops)], dim=0).contiguous()
     items = sorted(items, key=lambda it: it[0].offset * it[0].block)
     pieces, pos = [], 0
     for s, n, op in items:

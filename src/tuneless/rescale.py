@@ -48,8 +48,8 @@ def _parts(group: ChannelGroup) -> tuple[list[Slot], list[Slot]] | None:
     consumers = [s for s in group.slots if s.kind == CONSUMER]
     if len(producers) != 1 or not consumers:
         return None
-    if any(s.param != "weight" or s.axis != 1 for s in consumers):
-        return None
+    if any(s.param != "weight" or s.axis != 1 or s.groups > 1 for s in consumers):
+        return None  # a grouped conv's input axis holds a block per row block (left as is)
     (prod,) = producers
     norms = [s for s in group.slots if s.kind == NORM]
     if norms:

@@ -158,13 +158,28 @@ def test_option_a_stream_merge_is_exact_for_duplicate_channels(make):
     assert torch.allclose(after, before, atol=1e-5, rtol=1e-4)
 
 
-def test_grouped_conv_is_fixed_and_unknown_weighted_module_too():
+def test_grouped_conv_groups_shrink_block_by_block_and_unknown_weighted_module_is_fixed():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
-                          nn.Conv2d(8, 8, 1), nn.GRUCell(4, 4) if False else nn.Identity(),
-                          nn.Conv2d(8, 4, 1))
+                          nn.Conv2d(8, 8, 1), nn.Identity(), nn.Conv2d(8, 4, 1))
     graph = find_groups(model, torch.randn(1, 3, 16, 16))
-    assert any("grouped conv" in r for r in group_of(graph, "0").reasons)
-    assert group_of(graph, "3").reducible
+    into, out = group_of(graph, "0"), group_of(graph, "1")
+    assert into.reducible and into.blocks == 2 and out.reducible and out.blocks == 2
+    assert [s.groups for s in into.consumers] == [2]
+    assert "2 equal blocks" in into.describe()
+    assert group_of(graph, "3").reducible and group_of(graph, "3").blocks == 1
+    # a grouped conv reading a concatenation keeps its input whole
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+            self.g, self.head = nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.g(torch.cat([self.a(x), self.b(x)], 1)))
+
+    g = find_groups(Cat(), torch.randn(1, 3, 8, 8))
+    assert any("concatenation" in r for r in group_of(g, "a").reasons)
+    assert group_of(g, "g").reducible and group_of(g, "g").blocks == 2
     mha = nn.Sequential(nn.Linear(6, 8), nn.MultiheadAttention(8, 2, batch_first=True))
 
     class Wrap(nn.Module):

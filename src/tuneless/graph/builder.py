@@ -24,6 +24,7 @@ class GroupBuilder:
         self._slots: dict[int, list[Slot]] = defaultdict(list)
         self._reasons: dict[int, list[str]] = defaultdict(list)
         self._split: dict[int, list[tuple[int, int]]] = {}  # root -> its consecutive parts
+        self._blocks: dict[int, int] = {}  # root -> the grouped-conv blocks it is read in
 
     def new(self, n: int, reason: str | None = None) -> int:
         gid = len(self._parent)
@@ -50,7 +51,21 @@ class GroupBuilder:
         for why in self._reasons.pop(rb, []):  # a root holds every reason of its members
             if why not in self._reasons[ra]:
                 self._reasons[ra].append(why)
+        if rb in self._blocks:
+            self.require_blocks(ra, self._blocks.pop(rb), "a joined channel space")
         return ra
+
+    def require_blocks(self, gid: int, blocks: int, where: str) -> None:
+        """The space is read in `blocks` consecutive equal blocks (a grouped conv): it may
+        only shrink block by block. Two different block counts, or a space already split
+        into parts, fix it."""
+        parts = self.parts(gid)
+        r = parts[0][0]
+        if len(parts) > 1 or self._blocks.get(r, blocks) != blocks:
+            self.fix([gid], f"{where} reads its channels in {blocks} blocks that other "
+                            "ops cut differently")
+            return
+        self._blocks[r] = blocks
 
     def fix(self, gids, reason: str) -> None:
         for g in gids:
@@ -70,6 +85,9 @@ class GroupBuilder:
         out, pos = [], 0
         for g, n in parts:
             inner = sorted(c - pos for c in cuts if pos < c < pos + n)
+            if inner and g in self._blocks:
+                self.fix([g], "a channel space read in grouped-conv blocks is split by a "
+                              "zero-padding shortcut")
             if inner:
                 sizes = [b - a for a, b in zip([0, *inner], [*inner, n])]
                 kids = [self.new(k) for k in sizes]
@@ -124,7 +142,8 @@ class GroupBuilder:
             if r in self._split:  # its slots go to its parts, at their offsets
                 continue
             if r not in roots:
-                roots[r] = ChannelGroup(id=r, n=self._n[r], reasons=list(self._reasons.get(r, [])))
+                roots[r] = ChannelGroup(id=r, n=self._n[r], reasons=list(self._reasons.get(r, [])),
+                                        blocks=self._blocks.get(r, 1))
         for g in range(len(self._parent)):
             for s in self._slots.get(g, []):
                 off = 0

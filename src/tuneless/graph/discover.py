@@ -216,12 +216,17 @@ class _Walker:
                     self.b.add_layout_slots(
                         x, lambda gid, off, p=p: Slot(PRODUCER, name, p, 0, off, depthwise=True))
             self.env[node] = x
-        else:
-            reason = (f"grouped conv '{name}' (groups={g}, {m.in_channels}→{m.out_channels}) "
-                      "ties channels to its groups")
-            self.b.fix_layout(x, reason)
+        else:  # grouped: block b of the rows reads block b of the input channels only
+            where = f"grouped conv '{name}' (groups={g})"
+            if len(x.segs) == 1 and self._consume(name, x, node):
+                self.b.require_blocks(x.segs[0][0], g, where)
+                self.b.add_layout_slots(
+                    x, lambda gid, off: Slot(CONSUMER, name, "weight", 1, off, groups=g))
+            else:
+                self.b.fix_layout(x, f"{where} reads a concatenation of channel spaces")
             out = self.new_out(node, name, m.out_channels, 1)
-            self.b.fix(out.gids(), reason)
+            self.b.require_blocks(out.segs[0][0], g, where)
+            self._producer_slots(out, name, m)
             self.env[node] = out
 
     def linear(self, node, name, m, x) -> None:

@@ -7,6 +7,7 @@ it (names are stable). Methods decide per group; `tuneless.reduce` rewrites the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -31,7 +32,10 @@ class Slot:
     `block` > 1 only for a linear that reads a flattened feature map (one channel =
     `block` consecutive columns). `producer` (norm slots) is the conv/linear that feeds
     the norm directly, or None. `depthwise` marks a depthwise conv's rows: it both reads
-    and writes this group, so its `groups` attribute follows the channel count.
+    and writes this group, so its `groups` attribute follows the channel count. `groups`
+    > 1 marks a grouped conv's input axis: output block b of its rows reads only the
+    group's b-th block of n/groups channels, which `axis` holds side by side (n/groups
+    entries), so the group's channel blocks must shrink alike (ChannelGroup.blocks).
     """
 
     kind: str
@@ -42,6 +46,7 @@ class Slot:
     block: int = 1
     producer: str | None = None
     depthwise: bool = False
+    groups: int = 1
 
     @property
     def key(self) -> str:
@@ -59,6 +64,10 @@ class Slot:
     def channel_rows(self, source: Source, n: int) -> torch.Tensor:
         """An (n, d) view-copy: row i = everything this slot holds for channel i."""
         t = self.tensor(source).detach()
+        if self.groups > 1:  # (out, n/G, ...) -> (n, out/G · ...): each channel's block rows
+            g, rest = self.groups, t.shape[2:]
+            t = t.reshape(g, t.shape[0] // g, n // g, *rest).movedim(2, 1)
+            return t.reshape(n, -1)
         t = t.narrow(self.axis, self.offset * self.block, n * self.block)
         t = t.movedim(self.axis, 0)
         if self.block > 1:  # (n*block, rest...) -> (n, block, rest...)
@@ -70,7 +79,10 @@ class Slot:
 class ChannelGroup:
     """A set of coupled tensor axes that must shrink together.
 
-    `fixed` groups are never reduced; `reasons` say which op fixed them and why.
+    `fixed` groups are never reduced; `reasons` say which op fixed them and why. `blocks`
+    > 1: a grouped conv reads the channels in that many consecutive blocks, so a reduction
+    keeps the same count in every block and merges channels only within one (counts are
+    multiples of `blocks`: `step`).
     """
 
     id: int
@@ -78,6 +90,15 @@ class ChannelGroup:
     slots: list[Slot] = field(default_factory=list)
     fixed: bool = False
     reasons: list[str] = field(default_factory=list)
+    blocks: int = 1
+
+    def step(self, round_to: int = 1) -> int:
+        """The granularity of this group's channel counts."""
+        return math.lcm(round_to, self.blocks)
+
+    def lowest(self, min_channels: int = 1) -> int:
+        """The fewest channels this group may keep (at least min_channels, whole blocks)."""
+        return min(self.n, -(-max(min_channels, 1) // self.blocks) * self.blocks)
 
     @property
     def producers(self) -> list[Slot]:
@@ -93,7 +114,8 @@ class ChannelGroup:
 
     @property
     def reducible(self) -> bool:
-        return not self.fixed and bool(self.producers) and bool(self.consumers) and self.n > 1
+        return (not self.fixed and bool(self.producers) and bool(self.consumers)
+                and self.n > self.blocks)
 
     @property
     def modules(self) -> set[str]:
@@ -140,7 +162,8 @@ class ChannelGroup:
     def describe(self) -> str:
         names = sorted({s.module for s in self.producers})
         head = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
-        state = "FIXED: " + "; ".join(self.reasons) if self.fixed else "reducible"
+        state = "FIXED: " + "; ".join(self.reasons) if self.fixed else "reducible" + (
+            f" in {self.blocks} equal blocks (grouped conv)" if self.blocks > 1 else "")
         return f"group {self.id}: {self.n} channels, producers [{head}] — {state}"
 
 

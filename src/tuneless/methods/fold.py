@@ -267,7 +267,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     todo = [(g.id, kept[g.id]) for g in graph.reducible if kept[g.id] < g.n]
     found = cluster_groups(
         lambda gid, k: cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
-                               n_init=opts.n_init), todo)
+                               n_init=opts.n_init, blocks=graph[gid].blocks), todo)
     for gid, k in todo:
         c = found[gid]
         decisions[gid], labels[gid], inertia[str(gid)] = merge(c.labels, k), c.labels, c.inertia
@@ -344,7 +344,7 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
 
     def damage(gid: int, k: int) -> float:
         labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
-                         n_init=opts.n_init).labels
+                         n_init=opts.n_init, blocks=graph[gid].blocks).labels
         new = reduce(work, graph, {gid: merge(labels, k)}, share=True)  # a trial: AR
         if opts.repair != "none":  # rescales only the group's own (new) γ
             _apply_ar(work, new, graph, {gid: labels})
@@ -386,6 +386,10 @@ def _named_widths(graph, channels: dict[int, int]) -> dict[int, int]:
         if k > reducible[gid].n:
             raise TunelessError(f"channels: group {gid} has {reducible[gid].n} channels, "
                                 f"cannot keep {k}")
+        if k % reducible[gid].blocks:
+            raise TunelessError(f"channels: group {gid} is read by a grouped conv in "
+                                f"{reducible[gid].blocks} blocks: keep a multiple of that, "
+                                f"not {k}")
     return {gid: channels.get(gid, g.n) for gid, g in reducible.items()}
 
 

@@ -29,7 +29,7 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
     every group's channels) is removed; returns a new model. stream_share: as for
     tuneless.fold (the same per-group widths)."""
     from tuneless.budget import budget_for_ratio, solve
-    from tuneless.cluster import greedy_pairs
+    from tuneless.cluster import cluster
     from tuneless.graph import find_groups
     from tuneless.methods.fold import _example
     from tuneless.reduce import merge, reduce
@@ -53,7 +53,7 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
         if k >= g.n:
             continue
         feats, summed = weight_features(model, g)
-        c = greedy_pairs(feats, k, summed=summed)
+        c = cluster(feats, k, method="greedy", summed=summed, blocks=g.blocks)
         decisions[g.id] = merge(c.labels, k)
     new = reduce(model, graph, decisions) if decisions else copy.deepcopy(model)
     new.eval()

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from tuneless.budget import STREAM_SHARE
+from tuneless.decisions import top_channels
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.methods.preset import preset
 from tuneless.modelcheck import check_model
@@ -98,7 +99,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
             decisions[g.id] = torch.arange(g.n)
         else:  # uniform: the importance drawn only where it is used (random's seed stream)
             score = order[g.id] if order else channel_importance(model, g, criterion, gen)
-            decisions[g.id] = torch.topk(score, k).indices
+            decisions[g.id] = top_channels(score, k, g.blocks)
     new = reduce(model, graph, decisions)
     new.tuneless_report = {
         "method": f"prune-{criterion}", "requested_sparsity": sparsity,
@@ -126,8 +127,8 @@ def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, pro
         keep_floor = KEEP_FLOOR["sensitivity"]
 
     def damage(gid: int, k: int) -> float:
-        return measure(reduce(model, graph, {gid: torch.topk(order[gid], k).indices},
-                              share=True), graph[gid].modules)
+        keep = top_channels(order[gid], k, graph[gid].blocks)
+        return measure(reduce(model, graph, {gid: keep}, share=True), graph[gid].modules)
 
     return measured_widths(model, graph, damage, sparsity, channel_ratio,
                            keep_floor=keep_floor, max_ratio=max_ratio,
@@ -168,11 +169,8 @@ def channel_importance(model: nn.Module, group, criterion: str,
     for s in group.slots:
         if s.param in _STATS:
             continue
-        t = s.tensor(model).detach().narrow(s.axis, s.offset * s.block, group.n * s.block)
-        other = [d for d in range(t.dim()) if d != s.axis]
-        per = t.abs() if criterion == "l1" else t.float().pow(2)
-        per = per.sum(dim=other) if other else per
-        score += per.double().reshape(group.n, s.block).sum(1)
+        rows = s.channel_rows(model, group.n)  # (n, everything each channel owns)
+        score += (rows.abs() if criterion == "l1" else rows.double().pow(2)).double().sum(1)
     return score if criterion == "l1" else score.sqrt()
 
 
