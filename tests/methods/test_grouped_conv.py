@@ -118,7 +118,7 @@ def test_blockwise_clustering_is_exact_on_small_blocks():
     c = cluster(x.reshape(18, 5), 9, blocks=3)
     assert c.k == 9 and all(set(c.labels[b * 6:(b + 1) * 6].tolist()) == set(
         range(b * 3, b * 3 + 3)) for b in range(3))
-    wide = cluster(torch.randn(40, 4), 20, blocks=2)  # 20-channel blocks: k-means per block
+    wide = cluster(torch.randn(40, 4), 20, blocks=2)  # 20-channel blocks: batched k-means
     assert set(wide.labels[:20].tolist()) == set(range(10))
     with pytest.raises(TunelessError, match="multiple of 3"):
         cluster(x.reshape(18, 5), 8, blocks=3)
@@ -138,3 +138,20 @@ def test_folded_torchvision_resnext_saves_and_loads_by_reference(tmp_path):
     info = tuneless.save(small, tmp_path / "r.pt")
     assert info["mode"] == "reference"
     assert torch.equal(tuneless.load(tmp_path / "r.pt")(x), small(x))
+
+
+def test_batched_block_kmeans_matches_one_kmeans_per_block():
+    torch.manual_seed(2)
+    centres = torch.randn(8, 6, 12) * 3  # 8 blocks of 24 points around 6 centres each
+    x = (centres.repeat_interleave(4, 1) + 0.3 * torch.randn(8, 24, 12)).reshape(192, 12)
+    together = cluster(x, 48, blocks=8, seed=0)
+    apart = sum(cluster(x[b * 24:(b + 1) * 24], 6, seed=0).inertia for b in range(8))
+    assert together.inertia <= apart * 1.001
+    assert torch.equal(cluster(x, 48, blocks=8, seed=0).labels, together.labels)
+    for b in range(8):  # every block's 6 clusters, and no merge across blocks
+        assert set(together.labels[b * 24:(b + 1) * 24].tolist()) == set(range(b * 6, b * 6 + 6))
+    torch.manual_seed(3)
+    noise = torch.randn(96, 30)  # no structure: still within a percent of one call per block
+    loose = cluster(noise, 40, blocks=4, seed=1)
+    per_block = sum(cluster(noise[b * 24:(b + 1) * 24], 10, seed=1).inertia for b in range(4))
+    assert loose.k == 40 and loose.inertia <= per_block * 1.01
