@@ -196,8 +196,26 @@ class NothingToReduce(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class GroupedBottleneck(nn.Module):
+    """ResNeXt-style residual bottleneck: 1×1, grouped 3×3 (4 groups), 1×1, plus the stream.
+    The grouped conv's input and output channels shrink block by block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 16, 1)
+        self.reduce, self.grouped = cbr(16, 24, 1), cbr(24, 24, groups=4)
+        self.expand = nn.Sequential(nn.Conv2d(24, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.expand(self.grouped(self.reduce(x))))
+        return self.fc(x.mean((2, 3)))
+
+
 PATTERNS = {
     "concat": Concat, "split": Split, "squeeze_excite": SqueezeExcite,
     "shared_module": SharedModule, "multi_output": MultiOutput, "unknown_op": UnknownOp,
     "channels_last": ChannelsLast, "grouped_norm": GroupedNorm, "same_padding": SamePadding,
+    "grouped_conv": GroupedBottleneck,
 }

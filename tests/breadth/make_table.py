@@ -50,6 +50,10 @@ def main() -> int:
                                                "identity_max_diff": ".1e", "seconds": ".1f"})
         + "\n"
     )
+    old = Path(args.out).read_text() if Path(args.out).is_file() else ""
+    rest = old.find("\n## ")  # the sections written by hand after the table stay
+    if rest >= 0:
+        text += old[rest:]
     atomic_write_text(text, args.out)
     print(f"wrote {args.out}")
     return 0
