@@ -75,3 +75,17 @@ def test_eval_of_an_untrained_reference_reports_size_and_flops(capsys):
                  "--no-latency"]) == 0
     out = capsys.readouterr().out
     assert "torchvision:mobilenet_v2" in out and "3.5M" in out
+
+
+def test_grouped_conv_model_from_the_command_line(tmp_path, capsys):
+    """RegNet's grouped convs: inspect names the blocks, compress shrinks them evenly."""
+    import tuneless
+
+    assert main(["inspect", "torchvision:regnet_x_400mf", "--input-shape", "3,64,64"]) == 0
+    assert "reducible in 2 blocks" in capsys.readouterr().out
+    out = tmp_path / "regnet.pt"
+    assert main(["compress", "torchvision:regnet_x_400mf", "--method", "prune-l1",
+                 "--sparsity", "0.3", "--input-shape", "3,64,64", "-o", str(out)]) == 0
+    small = tuneless.load(out)
+    conv = small.trunk_output.block1[0].f.b[0]
+    assert conv.groups == 2 and conv.in_channels % 2 == 0 and conv.in_channels < 32

@@ -17,7 +17,8 @@ def group_rows(graph) -> list[dict]:
     for g in graph:
         producers = sorted({s.module for s in g.producers})
         shown = ", ".join(producers[:2]) + (f" +{len(producers) - 2}" if len(producers) > 2 else "")
-        status = "reducible" if g.reducible else "fixed" if g.fixed else "no producer/consumer"
+        status = ("reducible" + (f" in {g.blocks} blocks" if g.blocks > 1 else "")
+                  if g.reducible else "fixed" if g.fixed else "no producer/consumer")
         rows.append({"group": g.id, "channels": g.n, "status": status, "producers": shown or "-",
                      "why fixed": "; ".join(g.reasons) if g.fixed else ""})
     return rows
