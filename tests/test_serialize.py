@@ -152,6 +152,18 @@ def test_user_class_loads_through_load_model_with_arch(tmp_path):
     assert torch.equal(back(X), small(X))
 
 
+class Plain(nn.Module):
+    """A picklable class of the user's own (no lambda)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
 class NoSpec(nn.Conv2d):
     """A conv whose constructor needs an argument it does not store: not describable."""
 
@@ -212,3 +224,25 @@ def test_same_model_saved_twice_is_byte_identical(tmp_path):
     save(load(tmp_path / "a.pt"), tmp_path / "c.pt", meta={"k": 1})
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "c.pt").read_bytes()
+
+
+def test_torch_nn_model_without_reference_loads_from_the_file_alone(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    small = prune(model.eval(), sparsity=0.3, example_inputs=X).eval()
+    assert save(small, tmp_path / "s.pt")["mode"] == "structure"
+    back = load(tmp_path / "s.pt")  # no model=, no pickle: torch.nn specs all the way
+    assert torch.equal(back(X), small(X))
+
+
+def test_model_read_from_a_pickle_is_saved_as_one(tmp_path):
+    """The command line read it with --unsafe-pickle: its output loads the same way."""
+    from tuneless.cli import main
+
+    torch.save(Plain().eval(), tmp_path / "whole.pt")
+    out = tmp_path / "small.pt"
+    with pytest.warns(UserWarning, match="pickled module"):
+        assert main(["compress", str(tmp_path / "whole.pt"), "--unsafe-pickle", "--method",
+                     "prune-l1", "--sparsity", "0.3", "--input-shape", "3,32,32",
+                     "-o", str(out)]) == 0
+    assert main(["eval", str(out), "--unsafe-pickle", "--no-latency",
+                 "--input-shape", "3,32,32"]) == 0

@@ -64,7 +64,8 @@ def load_model(path: str | os.PathLike, arch: str | None = None,
             original = build_arch(arch, arch_kwargs or {}, trust_code=True)
         return model_from_saved(obj, str(path), allow_pickle=allow_pickle,
                                 trust_code=trust_code, model=original)
-    if isinstance(obj, nn.Module):
+    if isinstance(obj, nn.Module):  # allowed pickle: saved the same way (serialize.save)
+        obj.tuneless_pickled = True
         return obj.eval()
     state = _find_state_dict(obj)
     if state is None:

@@ -55,20 +55,23 @@ def save(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) ->
               "torch_version": str(torch.__version__)}
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     weights = {"state_dict": sd, "weights_sha256": weights_sha256(sd)}
-    if arch is None:
-        tree = describe(model)
+    tree = describe(model) if arch is None else {}
+    if arch is None and "spec" not in tree and getattr(model, "tuneless_pickled", False):
+        why = "it was read from a pickled module (allow_pickle) and has no architecture reference"
+    elif arch is None:  # rebuilt from the file alone when every module is torch.nn's
         original = getattr(model, "tuneless_original", None)
         atomic_torch_save({**common, "mode": "structure", "structure": tree, **weights,
                            "original_shapes": _plain(original)}, path)
         return {"mode": "structure", "type": tree.get("type") or tree["spec"]["type"]}
-    try:
-        specs = changed_modules(model, arch)
-    except _NoSpec as exc:
-        why = f"module '{exc}' cannot be described by type and constructor arguments"
     else:
-        atomic_torch_save({**common, "mode": "reference", "arch": arch, "modules": specs,
-                           **weights}, path)
-        return {"mode": "reference", "changed_modules": sorted(specs)}
+        try:
+            specs = changed_modules(model, arch)
+        except _NoSpec as exc:
+            why = f"module '{exc}' cannot be described by type and constructor arguments"
+        else:
+            atomic_torch_save({**common, "mode": "reference", "arch": arch, "modules": specs,
+                               **weights}, path)
+            return {"mode": "reference", "changed_modules": sorted(specs)}
     note = (f"stored as a whole pickled module because {why}; loading it needs "
             "tuneless.load(path, allow_pickle=True) (only for files you trust)")
     warnings.warn(note, stacklevel=2)
@@ -168,12 +171,16 @@ def _from_structure(obj: dict, where: str, model: nn.Module | None,
     if weights_sha256(sd) != obj.get("weights_sha256"):
         raise TunelessError(f"corrupt model file {where}: weights do not match their sha256")
     name = tree.get("type") or tree.get("spec", {}).get("type", "?")
+    given = model is not None
+    if model is None and "spec" in tree:  # torch.nn modules all the way: built from the file
+        model = build_module(tree["spec"], trust_code, where)
     if not isinstance(model, nn.Module):
         raise TunelessError(
             f"{where} holds a compressed {name.rpartition(':')[2]} saved without an "
             "architecture reference: build the original model and pass it, "
             "tuneless.load(path, model=MyNet(...)) (--arch pkg.module:Class on the command line)")
-    _check_original(model, obj.get("original_shapes"), where)
+    if given:
+        _check_original(model, obj.get("original_shapes"), where)
     model = _reshape(model, tree, "", sd, trust_code, where)
     try:
         model.load_state_dict(sd)
