@@ -246,3 +246,15 @@ def test_model_read_from_a_pickle_is_saved_as_one(tmp_path):
                      "-o", str(out)]) == 0
     assert main(["eval", str(out), "--unsafe-pickle", "--no-latency",
                  "--input-shape", "3,32,32"]) == 0
+
+
+def test_structure_file_cannot_name_code_to_run(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+    save(model, tmp_path / "s.pt")
+    obj = torch.load(tmp_path / "s.pt", weights_only=True)
+    obj["structure"]["spec"]["children"]["0"]["type"] = "os:system"
+    torch.save(obj, tmp_path / "evil.pt")
+    with pytest.raises(TunelessError, match="os:system"):
+        load(tmp_path / "evil.pt")
+    with pytest.raises(TunelessError, match="os:system"):
+        load(tmp_path / "evil.pt", model=nn.Sequential(nn.Conv2d(3, 4, 3)))

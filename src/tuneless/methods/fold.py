@@ -245,10 +245,13 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
 
         balance_scales(work, graph, x)
 
-    feats = {g.id: channel_features(work, g, opts.features, opts.norm_stats)
-             for g in graph.reducible}
+    feats = _Features(lambda gid: channel_features(work, graph[gid], opts.features,
+                                                   opts.norm_stats))
     allocation = "channels" if opts.channels is not None else resolved_allocation(
         model, graph, opts, x)
+    if allocation == "error":  # it reads every group's features
+        for g in graph.reducible:
+            feats[g.id]
     if opts.channels is not None or allocation != "uniform":  # widths, then their count
         kept = (_named_widths(graph, opts.channels) if opts.channels is not None
                 else _error_widths(model, graph, feats, opts, weights) if allocation == "error"
@@ -266,7 +269,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     decisions, labels, inertia = {}, {}, {}
     todo = [(g.id, kept[g.id]) for g in graph.reducible if kept[g.id] < g.n]
     found = cluster_groups(
-        lambda gid, k: cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
+        lambda gid, k: cluster(feats.take(gid), k, method=opts.cluster, seed=opts.seed,
                                n_init=opts.n_init, blocks=graph[gid].blocks), todo)
     for gid, k in todo:
         c = found[gid]
@@ -287,6 +290,23 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
     }
     return new
+
+
+class _Features(dict):
+    """Each group's clustering features, computed when first read: a 640M-parameter RegNet
+    holds gigabytes of them, and a uniform fold needs each only once (`take` hands it over
+    and forgets it)."""
+
+    def __init__(self, compute) -> None:
+        super().__init__()
+        self._compute = compute
+
+    def __missing__(self, gid: int) -> torch.Tensor:
+        self[gid] = value = self._compute(gid)
+        return value
+
+    def take(self, gid: int) -> torch.Tensor:
+        return self.pop(gid) if gid in self else self._compute(gid)
 
 
 def resolved_allocation(model: nn.Module, graph, opts: FoldOptions, x) -> str:
