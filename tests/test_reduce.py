@@ -188,3 +188,29 @@ def test_shared_trial_models_equal_deep_copies_and_leave_the_input_alone(name, m
             t.mul_(2.0)  # as AR rescales the group's own γ
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert sizes == [(n, m.weight.shape) for n, m in model.named_modules() if hasattr(m, "weight")]
+
+
+def test_labels_decision_rewrites_like_the_dense_maps():
+    """Merge (labels only) gives bit-identical tensors to merge()'s (M, U), grouped convs too."""
+    from tuneless.cluster import cluster
+    from tuneless.decisions import Merge, merge
+    from tuneless.zoo import build_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "breadth"))
+    from graph_patterns import GroupedBottleneck
+
+    for model, x in ((build_model("resnet20").eval(), torch.randn(2, 3, 32, 32)),
+                     (GroupedBottleneck().eval(), torch.randn(2, 3, 16, 16))):
+        graph = find_groups(model, x)
+        dense, labels = {}, {}
+        for g in graph.reducible:
+            c = cluster(g.features(model), g.n // 2 // g.blocks * g.blocks or g.blocks,
+                        blocks=g.blocks, seed=0)
+            dense[g.id], labels[g.id] = merge(c.labels, c.k), Merge(c.labels, c.k)
+        a, b = reduce(model, graph, dense), reduce(model, graph, labels)
+        assert all(torch.equal(p, q) for p, q in
+                   zip(a.state_dict().values(), b.state_dict().values()))
+        M, U = labels[graph.reducible[0].id]  # unpacks like the pair
+        assert torch.equal(M, dense[graph.reducible[0].id][0])
+    with pytest.raises(TunelessError, match="each of 3 clusters"):
+        Merge(torch.tensor([0, 0, 2]), 3)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from tuneless._lazy import make_module_callable
-from tuneless.decisions import Decision, kept_indices, merge, selection
+from tuneless.decisions import Decision, Merge, kept_indices, merge, selection
 from tuneless.errors import TunelessError
 from tuneless.graph.groups import CONSUMER, GroupGraph, Slot, Source
 
@@ -112,7 +112,18 @@ def _plans(graph: GroupGraph, decisions: dict[int, Decision]):
     plans: dict[tuple[str, str], dict[int, list]] = defaultdict(lambda: defaultdict(list))
     depthwise: set[str] = set()
     for gid, decision in decisions.items():
-        if isinstance(decision, tuple) and len(decision) == 2:
+        if isinstance(decision, Merge):  # cluster labels: means out, sums in, no k×n maps
+            g = _checked_group(graph, gid, None, None)
+            if len(decision.labels) != g.n:
+                raise TunelessError(f"group {gid} has {g.n} channels, the labels "
+                                    f"{len(decision.labels)}")
+            # entries in the order the dense maps' nonzeros came in (new, then old channel),
+            # so the sums add up in the same order and the weights come out bit-identical
+            old = torch.argsort(decision.labels, stable=True)
+            new = decision.labels[old]
+            produce = ("scatter", new, old, decision.k, (1.0 / decision.sizes.float())[new])
+            consume = ("scatter", new, old, decision.k, None)
+        elif isinstance(decision, tuple) and len(decision) == 2:
             M, U = decision
             g = _checked_group(graph, gid, M, U)
             produce, consume = _analyse(torch.as_tensor(M)), _analyse(torch.as_tensor(U).t())
@@ -123,30 +134,43 @@ def _plans(graph: GroupGraph, decisions: dict[int, Decision]):
         for s in g.slots:
             op = consume if s.kind == CONSUMER else produce
             if s.groups > 1:  # a grouped conv's input: each row block maps its own block
-                op = ("grouped", [_analyse(ab) for ab in blocks])
+                op = ("grouped", blocks)
             plans[(s.module, s.param)][s.axis].append((s, g.n, op))
             if s.depthwise:
                 depthwise.add(s.module)
     return plans, depthwise
 
 
-def _blocks(g, decision) -> list[torch.Tensor]:
-    """The consumer map (k×n) of a group read in g.blocks grouped-conv blocks, cut into its
-    diagonal blocks; the decision must keep the same count in every block and mix
-    channels only within one (cluster(..., blocks=g.blocks), top_channels do)."""
-    if isinstance(decision, tuple):
-        ab = torch.as_tensor(decision[1]).t().detach().cpu()
+def _blocks(g, decision) -> list[tuple]:
+    """The consumer map of a group read in g.blocks grouped-conv blocks, as one analysed map
+    per block; the decision must keep the same count in every block and mix channels only
+    within one (cluster(..., blocks=g.blocks) and top_channels do)."""
+    nb = g.n // g.blocks
+    if isinstance(decision, Merge):
+        k, labels = decision.k, decision.labels
+        kb = k // g.blocks
+        owner = labels // max(kb, 1)
+        if k % g.blocks == 0 and bool((owner == torch.arange(g.n) // nb).all()):
+            ops = []
+            for b in range(g.blocks):
+                local = labels[b * nb:(b + 1) * nb] - b * kb
+                old = torch.argsort(local, stable=True)
+                ops.append(("scatter", local[old], old, kb, None))
+            return ops
     else:
-        ab = selection(decision, g.n)[1].t()
-    k, nb = ab.shape[0], g.n // g.blocks
-    kb = k // g.blocks
-    cut = [ab[b * kb:(b + 1) * kb, b * nb:(b + 1) * nb] for b in range(g.blocks)]
-    if k % g.blocks or sum(int((c != 0).sum()) for c in cut) != int((ab != 0).sum()):
-        raise TunelessError(
-            f"group {g.id} is read by a grouped conv in {g.blocks} blocks of {nb} channels: "
-            f"a decision must keep the same number in each block and merge only within one "
-            f"(got {k} channels)")
-    return cut
+        if isinstance(decision, tuple):
+            ab = torch.as_tensor(decision[1]).t().detach().cpu()
+        else:
+            ab = selection(decision, g.n)[1].t()
+        k = ab.shape[0]
+        kb = k // g.blocks
+        cut = [ab[b * kb:(b + 1) * kb, b * nb:(b + 1) * nb] for b in range(g.blocks)]
+        if k % g.blocks == 0 and sum(int((c != 0).sum()) for c in cut) == int((ab != 0).sum()):
+            return [_analyse(c) for c in cut]
+    raise TunelessError(
+        f"group {g.id} is read by a grouped conv in {g.blocks} blocks of {nb} channels: "
+        f"a decision must keep the same number in each block and merge only within one "
+        f"(got {k} channels)")
 
 
 def _rewrite(t: torch.Tensor, by_axis: dict[int, list]) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from tuneless.bn_stats import reestimate_bn
 from tuneless.data.loader import image_batches
+from tuneless.decisions import Merge
 from tuneless.errors import TunelessError
 from tuneless.modelcheck import batchnorms
 
@@ -50,7 +51,7 @@ class RepairContext:
     @property
     def maps(self) -> dict:
         """Group id -> M (k × n): each new channel in the original's channels."""
-        return {gid: merge for gid, (merge, _) in self.decisions.items()}
+        return {gid: d.M if isinstance(d, Merge) else d[0] for gid, d in self.decisions.items()}
 
 
 @dataclass(frozen=True)

@@ -222,8 +222,9 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
 def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Module:
     from tuneless.budget import budget_for_ratio, budget_of, cost_weights, solve
     from tuneless.cluster import cluster
+    from tuneless.decisions import Merge
     from tuneless.graph import find_groups
-    from tuneless.reduce import merge, reduce
+    from tuneless.reduce import reduce
     from tuneless.repair import RepairContext, get_repair, require_batchnorm
 
     t0 = time.perf_counter()
@@ -273,7 +274,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
                                n_init=opts.n_init, blocks=graph[gid].blocks), todo)
     for gid, k in todo:
         c = found[gid]
-        decisions[gid], labels[gid], inertia[str(gid)] = merge(c.labels, k), c.labels, c.inertia
+        decisions[gid], labels[gid], inertia[str(gid)] = Merge(c.labels, k), c.labels, c.inertia
     new = reduce(work, graph, decisions) if decisions else copy.deepcopy(model)
     t_fold = time.perf_counter() - t0
     if decisions and rep.apply is not None:
@@ -357,7 +358,8 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
     repair's own images where it has them, else pink noise: tuneless.allocation)."""
     from tuneless.allocation import measured_widths, output_damage
     from tuneless.cluster import cluster
-    from tuneless.reduce import merge, reduce
+    from tuneless.decisions import Merge
+    from tuneless.reduce import reduce
     from tuneless.repair import _apply_ar
 
     measure = output_damage(work, x, opts.probe_images, opts.seed, data)
@@ -365,7 +367,7 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
     def damage(gid: int, k: int) -> float:
         labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
                          n_init=opts.n_init, blocks=graph[gid].blocks).labels
-        new = reduce(work, graph, {gid: merge(labels, k)}, share=True)  # a trial: AR
+        new = reduce(work, graph, {gid: Merge(labels, k)}, share=True)  # a trial: AR
         if opts.repair != "none":  # rescales only the group's own (new) γ
             _apply_ar(work, new, graph, {gid: labels})
         return measure(new, graph[gid].modules)

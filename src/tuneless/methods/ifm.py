@@ -30,9 +30,10 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
     tuneless.fold (the same per-group widths)."""
     from tuneless.budget import budget_for_ratio, solve
     from tuneless.cluster import cluster
+    from tuneless.decisions import Merge
     from tuneless.graph import find_groups
     from tuneless.methods.fold import _example
-    from tuneless.reduce import merge, reduce
+    from tuneless.reduce import reduce
 
     check_model(model, "ifm")
     check_call(ifm, {"min_channels": min_channels, "stream_share": stream_share}, "ifm")
@@ -54,7 +55,7 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
             continue
         feats, summed = weight_features(model, g)
         c = cluster(feats, k, method="greedy", summed=summed, blocks=g.blocks)
-        decisions[g.id] = merge(c.labels, k)
+        decisions[g.id] = Merge(c.labels, k)
     new = reduce(model, graph, decisions) if decisions else copy.deepcopy(model)
     new.eval()
     new.tuneless_report = {
