@@ -155,3 +155,15 @@ def test_batched_block_kmeans_matches_one_kmeans_per_block():
     loose = cluster(noise, 40, blocks=4, seed=1)
     per_block = sum(cluster(noise[b * 24:(b + 1) * 24], 10, seed=1).inertia for b in range(4))
     assert loose.k == 40 and loose.inertia <= per_block * 1.01
+
+
+def test_pruning_scores_read_each_channel_in_its_own_block():
+    from tuneless.methods.prune import channel_importance
+
+    m = net()
+    for g in find_groups(m, X).reducible:
+        rows = torch.cat([s.channel_rows(m, g.n) for s in g.slots
+                          if s.param not in ("running_mean", "running_var",
+                                             "num_batches_tracked")], 1).double()
+        assert torch.allclose(channel_importance(m, g, "l1"), rows.abs().sum(1))
+        assert torch.allclose(channel_importance(m, g, "l2"), rows.pow(2).sum(1).sqrt())

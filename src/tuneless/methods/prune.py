@@ -169,8 +169,17 @@ def channel_importance(model: nn.Module, group, criterion: str,
     for s in group.slots:
         if s.param in _STATS:
             continue
-        rows = s.channel_rows(model, group.n)  # (n, everything each channel owns)
-        score += (rows.abs() if criterion == "l1" else rows.double().pow(2)).double().sum(1)
+        t = s.tensor(model).detach()
+        if s.groups > 1:  # (out, n/G, ...) as (G, out/G, n/G, ...): block b reads channels b
+            t = t.reshape(s.groups, t.shape[0] // s.groups, *t.shape[1:])
+            keep = (0, 2)
+        else:
+            t = t.narrow(s.axis, s.offset * s.block, group.n * s.block)
+            keep = (s.axis,)
+        other = [d for d in range(t.dim()) if d not in keep]
+        per = t.abs() if criterion == "l1" else t.float().pow(2)
+        per = per.sum(dim=other) if other else per
+        score += per.double().reshape(group.n, s.block).sum(1)
     return score if criterion == "l1" else score.sqrt()
 
 
