@@ -369,8 +369,7 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
     groups = list(graph.reducible)
     levels, curves = {}, {}
     for g in groups:
-        lowest = max(g.lowest(min_channels), (floor or {}).get(g.id, 1),
-                     int(math.ceil(g.n * (1 - max_ratio))))
+        lowest = max((floor or {}).get(g.id, 1), int(math.ceil(g.n * (1 - max_ratio))))
         # whole blocks, rounded down: a floor rounded up would often be the uniform width
         lowest = max(g.lowest(min_channels), lowest // g.blocks * g.blocks)
         if lowest >= g.n:

@@ -117,12 +117,8 @@ def _plans(graph: GroupGraph, decisions: dict[int, Decision]):
             if len(decision.labels) != g.n:
                 raise TunelessError(f"group {gid} has {g.n} channels, the labels "
                                     f"{len(decision.labels)}")
-            # entries in the order the dense maps' nonzeros came in (new, then old channel),
-            # so the sums add up in the same order and the weights come out bit-identical
-            old = torch.argsort(decision.labels, stable=True)
-            new = decision.labels[old]
-            produce = ("scatter", new, old, decision.k, (1.0 / decision.sizes.float())[new])
-            consume = ("scatter", new, old, decision.k, None)
+            produce = _scatter(decision.labels, decision.k, decision.sizes)
+            consume = _scatter(decision.labels, decision.k)
         elif isinstance(decision, tuple) and len(decision) == 2:
             M, U = decision
             g = _checked_group(graph, gid, M, U)
@@ -141,6 +137,15 @@ def _plans(graph: GroupGraph, decisions: dict[int, Decision]):
     return plans, depthwise
 
 
+def _scatter(labels: torch.Tensor, k: int, sizes: torch.Tensor | None = None) -> tuple:
+    """The analysed map of a clustering (`_analyse`'s "scatter"): cluster sums, or the
+    means given the cluster sizes. Entries come in the order of the dense maps' nonzeros
+    (new, then old channel), so the sums add up alike and the weights are bit-identical."""
+    old = torch.argsort(labels, stable=True)
+    new = labels[old]
+    return ("scatter", new, old, k, None if sizes is None else (1.0 / sizes.float())[new])
+
+
 def _blocks(g, decision) -> list[tuple]:
     """The consumer map of a group read in g.blocks grouped-conv blocks, as one analysed map
     per block; the decision must keep the same count in every block and mix channels only
@@ -151,12 +156,8 @@ def _blocks(g, decision) -> list[tuple]:
         kb = k // g.blocks
         owner = labels // max(kb, 1)
         if k % g.blocks == 0 and bool((owner == torch.arange(g.n) // nb).all()):
-            ops = []
-            for b in range(g.blocks):
-                local = labels[b * nb:(b + 1) * nb] - b * kb
-                old = torch.argsort(local, stable=True)
-                ops.append(("scatter", local[old], old, kb, None))
-            return ops
+            return [_scatter(labels[b * nb:(b + 1) * nb] - b * kb, kb)
+                    for b in range(g.blocks)]
     else:
         if isinstance(decision, tuple):
             ab = torch.as_tensor(decision[1]).t().detach().cpu()
