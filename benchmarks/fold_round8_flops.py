@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tuneless.data import get_dataset
 from tuneless.evaluate import accuracy
 from tuneless.modelio import load_model
 from tuneless.progress import set_progress
+from tuneless.provenance import git_commit
 
 
 def main() -> None:
@@ -34,9 +34,7 @@ def main() -> None:
     torch.set_num_threads(1)
     set_progress(False)
     warnings.simplefilter("ignore")  # the achieved-sparsity notes: the rows report it
-    src = Path(tuneless.__file__).resolve().parents[2]
-    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+    commit = git_commit(Path(tuneless.__file__).resolve().parent)  # the checkout imported
     model = load_model(args.checkpoint)
     test = get_dataset("cifar10", "test")
     real = get_dataset("cifar10", "train").subset(1024, seed=1).training_view(None, seed=2)

@@ -11,11 +11,14 @@ import sys
 import torch
 
 
-def git_commit() -> str:
+def git_commit(where: str | os.PathLike | None = None) -> str:
+    """The checkout's short commit (+dirty); where: a directory in it (default: the
+    working directory), e.g. the checkout a benchmark imported tuneless from."""
+    git = ["git"] if where is None else ["git", "-C", str(where)]
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+        out = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out + ("+dirty" if dirty else "")
     except Exception:
