@@ -75,3 +75,17 @@ def test_unknown_and_bad_arguments():
         build_model("resnet21")
     with pytest.raises(TunelessError, match="bad arguments for lenet5"):
         build_model("lenet5", width=2)
+
+
+def test_resnext_blocks_fold_in_whole_groups():
+    """The CIFAR ResNeXt's 3×3 convs are grouped (cardinality 8): its bottleneck groups
+    shrink in whole multiples of 8, one count per block (ChannelGroup.blocks)."""
+    from tuneless.graph import find_groups
+
+    m = build_model("resnext20").eval()
+    assert count_params(m) == 249_898
+    assert [b.conv2.groups for s in (m.layer1, m.layer2, m.layer3) for b in s] == [8] * 6
+    graph = find_groups(m, torch.randn(2, 3, 32, 32))
+    blocked = [g for g in graph.reducible if g.blocks == 8]
+    assert len(blocked) == 12  # each block's two bottleneck groups (before and after conv2)
+    assert all(g.step(1) == 8 for g in blocked)

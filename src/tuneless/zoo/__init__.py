@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from tuneless.errors import TunelessError
 from tuneless.zoo.resnet_cifar import resnet18, resnet20, resnet20a, resnet32, resnet56
+from tuneless.zoo.resnext_cifar import resnext20
 from tuneless.zoo.small import lenet5, mlp
 from tuneless.zoo.vgg import vgg11_bn
 
@@ -17,6 +18,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     "resnet32": resnet32,
     "resnet56": resnet56,
     "resnet18": resnet18,
+    "resnext20": resnext20,
     "vgg11_bn": vgg11_bn,
     "lenet5": lenet5,
     "mlp": mlp,
@@ -24,7 +26,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
 # Which dataset each architecture expects (its input shape follows).
 ARCH_DATASET = {
     "resnet20": "cifar10", "resnet20a": "cifar10", "resnet32": "cifar10",
-    "resnet56": "cifar10", "resnet18": "cifar10",
+    "resnet56": "cifar10", "resnet18": "cifar10", "resnext20": "cifar10",
     "vgg11_bn": "cifar10", "lenet5": "fashion-mnist", "mlp": "fashion-mnist",
 }
 INPUT_SHAPE = {"cifar10": (3, 32, 32), "fashion-mnist": (1, 28, 28)}
