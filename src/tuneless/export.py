@@ -314,14 +314,17 @@ def _single_input(model: nn.Module, example_inputs) -> torch.Tensor:
 
 
 def export(model: nn.Module, path: str | os.PathLike, example_inputs=None,
-           fuse_bn: bool = True) -> dict:
+           fuse_bn: bool = True, pad_to: int | None = None) -> dict:
     """Write `model` to `path` (.onnx or .pt2) with a dynamic batch dimension; check it.
 
     example_inputs: one input tensor (its batch size does not matter); None takes the
     shape from the model's architecture (zoo and torchvision models). fuse_bn folds
-    each conv→BatchNorm pair into the conv first (see fuse_conv_bn). Returns a report:
-    path, format, bytes, bns_fused (names), max_abs_diff and limit per checked batch
-    size, note (why some BNs were not fused, or None). Raises TunelessError, writing
+    each conv→BatchNorm pair into the conv first (see fuse_conv_bn). pad_to: append zero
+    channels so that every reducible channel group is a multiple of it (tuneless.padding;
+    ONNX Runtime's CPU convolutions are fast only on multiples of 8). Returns a report:
+    path, format, bytes, bns_fused (names), padded ({group id: (channels, padded)}),
+    max_abs_diff and limit per checked batch size, note (why some BNs were not fused, or
+    None). Raises TunelessError, writing
     nothing, if the exported model's outputs differ from the model's.
     """
     from tuneless.io_atomic import atomic_write_bytes, check_target
@@ -339,10 +342,17 @@ def export(model: nn.Module, path: str | os.PathLike, example_inputs=None,
     except Exception as exc:
         raise TunelessError(f"{type(model).__name__} does not run on the example input of shape "
                             f"{tuple(x.shape)} ({type(exc).__name__}: {_one_line(exc)})") from exc
-    if fuse_bn:
-        work, fused, note = fuse_conv_bn(reference, x)
+    padded: dict = {}
+    if pad_to is not None:
+        from tuneless.padding import pad_channels
+
+        reference_padded, padded = pad_channels(reference, x, pad_to)
     else:
-        work, fused, note = reference, [], None
+        reference_padded = reference
+    if fuse_bn:
+        work, fused, note = fuse_conv_bn(reference_padded, x)
+    else:
+        work, fused, note = reference_padded, [], None
     traced = random_input(x, _TRACE_BATCH, seed=1)
     if fmt == "onnx":
         batched = [t.dim() > 0 and t.shape[0] == _TRACE_BATCH for t in _run(work, traced)]
@@ -365,7 +375,7 @@ def export(model: nn.Module, path: str | os.PathLike, example_inputs=None,
                                 f"|difference| {diffs[b]:.3g} > {limits[b]:.3g}; nothing written")
     atomic_write_bytes(data, path)
     return {"path": str(path), "format": fmt, "bytes": len(data), "bns_fused": fused,
-            "max_abs_diff": diffs, "limit": limits, "note": note}
+            "padded": padded, "max_abs_diff": diffs, "limit": limits, "note": note}
 
 
 __all__ = ["CHECK_BATCHES", "FORMATS", "TOLERANCE", "conv_bn_pairs", "export", "export_format",

@@ -107,3 +107,16 @@ def test_fifo_and_read_only_targets_are_refused_before_loading(tmp_path, capsys)
     ro.chmod(0o444)
     one_line_error(["export", missing, "-o", str(ro)], capsys, "read-only")
     assert ro.read_bytes() == b"keep"
+
+
+def test_pad_to_reports_the_padded_groups(saved, tmp_path, capsys):
+    out = tmp_path / "padded.pt2"
+    code, text, err = run(["export", str(saved), "-o", str(out), "--pad-to", "8"], capsys)
+    assert code == 0, err
+    assert "padded " in text and "channel groups with zero channels" in text
+    program = torch.export.load(str(out))
+    y = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(tuneless.load(saved).eval()(y), program.module()(y), atol=1e-4)
+    one_line_error(["export", str(saved), "-o", str(tmp_path / "bad.pt2"), "--pad-to", "0"],
+                   capsys, "pad_to must be a positive integer, got 0")

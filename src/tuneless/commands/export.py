@@ -19,6 +19,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-fuse-bn", action="store_true",
                    help="keep BatchNorm layers (default: fold each BN that follows a conv "
                         "into the conv)")
+    p.add_argument("--pad-to", type=int, metavar="N",
+                   help="append zero channels so that every reducible channel count is a "
+                        "multiple of N (same outputs; ONNX Runtime's CPU convolutions are "
+                        "fast only on multiples of 8: docs/getting-started.md)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
 
@@ -40,12 +44,18 @@ def run(args: argparse.Namespace) -> int:
         raise TunelessError("-o would overwrite the input model; choose another path")
     fmt = export_format(args.out)  # suffix and (for ONNX) onnx/onnxruntime, before loading
     model, x = load_from_args(args)
-    report = export(model, args.out, example_inputs=x, fuse_bn=not args.no_fuse_bn)
+    report = export(model, args.out, example_inputs=x, fuse_bn=not args.no_fuse_bn,
+                    pad_to=args.pad_to)
     fused = len(report["bns_fused"])
     bn_text = ("BatchNorm kept (--no-fuse-bn)" if args.no_fuse_bn else
                f"{fused} BatchNorm layer{'s' if fused != 1 else ''} fused into convs")
     print(f"wrote {args.out} ({FORMAT_NAMES[fmt]}, {human_bytes(report['bytes'])}, "
           f"input {tuple(x.shape[1:])} with a dynamic batch); {bn_text}")
+    if report["padded"]:
+        widths = ", ".join(f"{n}→{m}" for n, m in report["padded"].values())
+        print(f"padded {len(report['padded'])} channel groups with zero channels: {widths}")
+    elif args.pad_to:
+        print(f"no channel group needed padding (all multiples of {args.pad_to})")
     if report["note"]:
         print(f"note: {report['note']}")
     diffs = ", ".join(f"{report['max_abs_diff'][b]:.2e} at batch {b}" for b in CHECK_BATCHES)
