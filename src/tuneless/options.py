@@ -35,6 +35,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "stream_share": (0, 1),
     "damp": (0, None),
     "block": (1, None),
+    "steps": (1, None),
 }
 # string values an option may take when its type also allows a number
 STRING_CHOICES: dict[str, tuple[str, ...]] = {"n_init": ("auto",)}

@@ -157,3 +157,22 @@ def test_tuneless_fold_passes_the_repair_to_language_models():
                            plain.model.layers[0].mlp.down_proj.weight)
     with pytest.raises(TunelessError, match="repair"):  # a CNN repair is refused, not ignored
         tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5, repair="ar")
+
+
+def test_stepped_fold_reaches_the_same_sizes_through_the_midpoint():
+    from tuneless.llm.adapters import adapter_for
+    from tuneless.llm.fold import stage_plans
+    from tuneless.llm.plan import LayerPlan
+
+    m = tiny_llama(layers=8, mlp=64)
+    one = fold_llm(m, sparsity=0.15, repair="refit", data=X)
+    two = fold_llm(m, sparsity=0.15, repair="refit", data=X, steps=2)
+    assert two.config.tuneless_layer_sizes == one.config.tuneless_layer_sizes
+    assert two.tuneless_report["steps"] == 2 and "steps" not in one.tuneless_report
+    assert not torch.equal(logits(one), logits(two)) and torch.isfinite(logits(two)).all()
+    shapes = adapter_for(m).shapes(m)
+    plans = [LayerPlan(4, 2, 64)] * 4 + [LayerPlan(2, 1, 20)] * 4
+    mid = stage_plans(shapes, plans, 0.5)
+    assert mid[0] == LayerPlan(4, 2, 64) and mid[-1] == LayerPlan(2, 1, 42)  # heads at once
+    with pytest.raises(TunelessError, match="steps"):
+        fold_llm(m, sparsity=0.15, steps=0)

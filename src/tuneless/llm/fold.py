@@ -16,7 +16,7 @@ from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.engine import reduce_llm
-from tuneless.llm.plan import FOLD_DEFAULTS, resolve_plan
+from tuneless.llm.plan import FOLD_DEFAULTS, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import refit_consumers, self_generated
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
@@ -49,6 +49,7 @@ def fold_llm(
     refit_weighting: str = "none",
     refit_target: str = "auto",
     features: str = "auto",
+    steps: int = 1,
 ) -> nn.Module:
     """Return a folded copy of a Hugging Face decoder LM (families: tuneless.llm.adapters).
 
@@ -86,6 +87,10 @@ def fold_llm(
       columns scaled by activation RMS (tuneless.llm.activation_stats; needs the repair's
       calibration tokens); "auto" (default): "activations" whenever a repair supplies
       calibration tokens, else "weights".
+    steps: reach the plan's widths in this many folds, each repaired before the next
+      clusters (MLP widths evenly spaced between the original and the plan's; heads go to
+      the plan's in the first fold). Each fold samples, measures and refits on the model
+      it starts from, so the cost grows with steps.
     """
     check_model(model, "fold")
     adapter = adapter_for(model)  # an unsupported family is named before any work
@@ -96,7 +101,7 @@ def fold_llm(
     check_call(fold_llm, {"sparsity": sparsity, "head_ratio": head_ratio, "mlp_ratio": mlp_ratio,
                           "seed": seed, "n_init": n_init, "refine": refine,
                           "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
-                          "calib_blocks": calib_blocks,
+                          "calib_blocks": calib_blocks, "steps": steps,
                           "calib_len": calib_len, "refit_lambda": refit_lambda}, "fold")
     repair = DEFAULT_REPAIR if repair is None else "none" if repair == "naive" else repair
     get_repair(repair, "llm")  # one-line error naming the repairs that apply
@@ -108,6 +113,33 @@ def fold_llm(
     shapes = adapter.shapes(model)
     if all((s.n_q, s.n_kv, s.n_mlp) == (p.n_q, p.n_kv, p.n_mlp) for s, p in zip(shapes, plans)):
         return reduce_llm(model, plans, lambda *_: {}, desc="fold")  # nothing to fold or repair
+    once = dict(gqa=gqa, seed=seed, n_init=n_init, refine=refine, cluster=cluster,
+                kmeans_dim=kmeans_dim, progress=progress, repair=repair, tokenizer=tokenizer,
+                data=data, calib_samples=calib_samples, calib_len=calib_len,
+                calib_blocks=calib_blocks, refit_lambda=refit_lambda, refit_scope=refit_scope,
+                refit_weighting=refit_weighting, refit_target=refit_target, features=features)
+    small = model
+    for k in range(1, steps + 1):
+        stage = plans if k == steps else stage_plans(shapes, plans, k / steps)
+        small = _fold_once(small, adapter, stage, **once)
+    if steps > 1:
+        small.tuneless_report["steps"] = steps
+    return small
+
+
+def stage_plans(shapes: list[Shape], plans: list[LayerPlan], t: float) -> list[LayerPlan]:
+    """The sizes a fraction t of the way from the original layers to `plans`: MLP widths
+    interpolated, heads already at the plan's (a step of fold_llm(steps=...))."""
+    return [LayerPlan(p.n_q, p.n_kv, round(s.n_mlp + (p.n_mlp - s.n_mlp) * t))
+            for s, p in zip(shapes, plans)]
+
+
+def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, n_init,
+               refine, cluster, kmeans_dim, progress, repair, tokenizer, data, calib_samples,
+               calib_len, calib_blocks, refit_lambda, refit_scope, refit_weighting,
+               refit_target, features) -> nn.Module:
+    """One fold of `model` to `plans` and its repair: calibration tokens, activation
+    statistics, k-means decisions, the reduced copy, the least-squares refit."""
     # under torchrun: statistics and refit on this rank's sequences
     calib = rank_calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed,
                                  show_progress=progress, blocks=calib_blocks)
