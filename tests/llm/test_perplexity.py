@@ -48,3 +48,10 @@ def test_run_cli_rejects_unknown_model(tmp_path):
     args = SimpleNamespace(model=str(tmp_path / "nope"), data=None, seq_len=16, max_tokens=32)
     with pytest.raises(TunelessError, match="neither"):
         run_cli(args)
+
+
+def test_read_text_without_a_file_names_the_variable():
+    from tuneless.errors import TunelessError
+
+    with pytest.raises(TunelessError, match="TUNELESS_WIKITEXT2"):
+        read_text(None)

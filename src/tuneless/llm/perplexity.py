@@ -26,8 +26,11 @@ from tuneless.progress import progress as _progress
 WIKITEXT2_TEST = default_data_path("wikitext2")  # TUNELESS_WIKITEXT2 or shared/data; may be None
 
 
-def read_text(path: str | Path) -> str:
+def read_text(path: str | Path | None) -> str:
     """The file's lines joined as the literature joins WikiText-2 documents."""
+    if path is None:  # WIKITEXT2_TEST when neither TUNELESS_WIKITEXT2 nor shared/data is there
+        raise TunelessError("no WikiText-2 test file found: set TUNELESS_WIKITEXT2 to "
+                            "wiki.test.raw or pass the file's path")
     path = Path(path)
     if not path.is_file():
         raise TunelessError(f"text file not found: {path}")
