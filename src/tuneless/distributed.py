@@ -58,6 +58,12 @@ def _leave() -> None:
     dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait for every rank (nothing on one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks in place (and return it); the identity on one process."""
     if world()[1] > 1:

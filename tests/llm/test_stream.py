@@ -168,3 +168,28 @@ def test_stream_cli_names_a_bad_calibration_file(sharded, tmp_path, capsys):
                      str(tmp_path / name)]) == 1
         assert want in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_stepped_streamed_fold_equals_the_stepped_in_memory_fold(sharded, tmp_path):
+    """steps=2 streamed: the first step's per-layer checkpoint (a temporary folder beside the
+    output, removed after) is folded again, sampling its own text; equal to fold_llm's
+    steps=2, and the output loads as a plain uniform checkpoint when the sizes are uniform."""
+    m, src = sharded
+    opts = dict(calib_samples=4, calib_len=12, steps=2)  # paper-mlp: 48 → 33, 29 channels
+    out = fold_checkpoint(src, tmp_path / "dst", 0.1, kmeans_dim=None, progress=False, **opts)
+    want = fold_llm(m, sparsity=0.1, **opts)
+    one = fold_llm(m, sparsity=0.1, calib_samples=4, calib_len=12)
+    got = load_folded(out)
+    with torch.no_grad():
+        diff = (got(X).logits - want(X).logits).abs().max()
+        assert diff < 1e-4
+        assert (one(X).logits - want(X).logits).abs().max() > 100 * diff
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no step left over
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["tuneless_layer_sizes"] == [[4, 2, 48], [4, 2, 33], [4, 2, 29]]
+    uniform = fold_checkpoint(src, tmp_path / "uni", 0.25, schedule="uniform", progress=False,
+                              kmeans_dim=None, **opts)  # heads only: one step, plain config
+    cfg = json.loads((uniform / "config.json").read_text())
+    assert "tuneless_layer_sizes" not in cfg and "auto_map" not in cfg
+    with pytest.raises(TunelessError, match="steps must be a positive integer"):
+        fold_checkpoint(src, tmp_path / "bad", 0.25, steps=0, progress=False)

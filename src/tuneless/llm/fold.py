@@ -49,7 +49,7 @@ def fold_llm(
     refit_weighting: str = "none",
     refit_target: str = "auto",
     features: str = "auto",
-    steps: int = 1,
+    steps: int | None = None,
 ) -> nn.Module:
     """Return a folded copy of a Hugging Face decoder LM (families: tuneless.llm.adapters).
 
@@ -87,13 +87,14 @@ def fold_llm(
       columns scaled by activation RMS (tuneless.llm.activation_stats; needs the repair's
       calibration tokens); "auto" (default): "activations" whenever a repair supplies
       calibration tokens, else "weights".
-    steps: reach the plan's widths in this many folds, each repaired before the next
-      clusters (MLP widths evenly spaced between the original and the plan's; heads go to
-      the plan's in the first fold). Each fold samples, measures and refits on the model
-      it starts from, so the cost grows with steps.
+    steps: reach the plan's widths in this many folds (None: DEFAULT_STEPS), each
+      repaired before the next clusters (MLP widths evenly spaced between the original and
+      the plan's; heads go to the plan's in the first fold). Each fold samples, measures
+      and refits on the model it starts from, so the cost grows with steps.
     """
     check_model(model, "fold")
     adapter = adapter_for(model)  # an unsupported family is named before any work
+    steps = DEFAULT_STEPS if steps is None else steps
     if progress is None:  # follow tuneless.set_progress / TUNELESS_PROGRESS
         from tuneless.progress import progress_enabled
 
@@ -118,10 +119,11 @@ def fold_llm(
                 data=data, calib_samples=calib_samples, calib_len=calib_len,
                 calib_blocks=calib_blocks, refit_lambda=refit_lambda, refit_scope=refit_scope,
                 refit_weighting=refit_weighting, refit_target=refit_target, features=features)
-    small = model
+    small, done = model, [LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes]
     for k in range(1, steps + 1):
         stage = plans if k == steps else stage_plans(shapes, plans, k / steps)
-        small = _fold_once(small, adapter, stage, **once)
+        if stage != done:  # a step that changes nothing (heads-only plans) is skipped
+            small, done = _fold_once(small, adapter, stage, **once), stage
     if steps > 1:
         small.tuneless_report["steps"] = steps
     return small
@@ -185,6 +187,7 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
 
 FEATURES = ("auto", "weights", "activations")
 DEFAULT_REPAIR = "self"  # measured: docs/llm.md "Defaults"
+DEFAULT_STEPS = 1  # measured: docs/llm.md "Folding in steps"
 
 
 def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, defaults=FOLD_DEFAULTS):

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from tuneless.distributed import init_from_env, is_main, shard, world
+from tuneless.distributed import barrier, init_from_env, is_main, shard, world
 from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.decide import fold_decisions
-from tuneless.llm.fold import DEFAULT_REPAIR
+from tuneless.llm.fold import DEFAULT_REPAIR, DEFAULT_STEPS, stage_plans
 from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import write_modeling
@@ -64,16 +64,21 @@ class _Reader:
         return self._fh.get_tensor(key)  # an owned copy; no second clone (peak memory)
 
 
-def _shapes(config, adapter, weight_map) -> list[Shape]:
+def _shapes(config, adapter, weight_map, per_layer: bool = False) -> list[Shape]:
+    """Each decoder layer's sizes; per_layer: also from a per-layer folded checkpoint (its
+    `tuneless_layer_sizes`: a step of a stepped fold), which users fold from the original."""
     hd = adapter.head_dim(config)
     n_q, n_kv = config.num_attention_heads, adapter.num_kv_heads(config)
     bias = adapter.tensor_name(0, "q", "bias") in weight_map
     o_bias = adapter.tensor_name(0, "o", "bias") in weight_map
     mlp_bias = adapter.tensor_name(0, "gate", "bias") in weight_map
-    if getattr(config, "tuneless_layer_sizes", None):
+    sizes = getattr(config, "tuneless_layer_sizes", None)
+    if sizes and not per_layer:
         raise TunelessError("this checkpoint is already folded per layer; fold the original")
-    return [Shape(config.hidden_size, hd, n_q, n_kv, config.intermediate_size, bias, o_bias,
-                  mlp_bias) for _ in range(config.num_hidden_layers)]
+    if not sizes:
+        sizes = [(n_q, n_kv, config.intermediate_size)] * config.num_hidden_layers
+    return [Shape(config.hidden_size, hd, q, kv, f, bias, o_bias, mlp_bias)
+            for q, kv, f in sizes]
 
 
 def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: float | None = None,
@@ -84,7 +89,8 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                     tokenizer=None,
                     features: str = "auto", calib_samples: int = 16, calib_len: int = 128,
                     refit_lambda: float = 3.0, refit_target: str = "auto",
-                    refit_weighting: str = "none", progress: bool = True) -> Path:
+                    refit_weighting: str = "none", steps: int | None = None,
+                    progress: bool = True) -> Path:
     """Fold a sharded safetensors checkpoint folder into a new folder, layer by layer.
 
     Same options and schedule as fold_llm; by default k-means runs on a 128-dimensional random
@@ -102,8 +108,11 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     the k-means features are activation-aware, from the calibration tokens. Memory: one
     original and one folded layer in float32, the embeddings in float32 while sampling, the
     calibration hidden states and the refit's normal equations.
+
+    steps: as fold_llm's, and the same default (None): each step after the first folds
+    the previous step's checkpoint, written into a temporary folder beside `dst` and
+    removed at the end.
     """
-    from safetensors.torch import save_file
     from transformers import AutoConfig
 
     src, dst = Path(src), Path(dst)
@@ -118,6 +127,9 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     if features not in ("auto", "weights", "activations"):
         raise TunelessError(f"features={features!r}; choose auto, weights or activations")
     check_refit_options("folded", refit_target, refit_weighting, refit_lambda)
+    steps = DEFAULT_STEPS if steps is None else steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise TunelessError(f"steps must be a positive integer, got {steps!r}")
     config = AutoConfig.from_pretrained(str(src))
     adapter = adapter_for_config(config)
     if adapter.fused:
@@ -127,6 +139,53 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     shapes = _shapes(config, adapter, weight_map)
     plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
                          mlp_ratio=mlp_ratio, gqa=gqa)
+    once = dict(gqa=gqa, seed=seed, refine=refine, kmeans_dim=kmeans_dim, n_init=n_init,
+                repair=repair, data=data, tokenizer=tokenizer, features=features,
+                calib_samples=calib_samples, calib_len=calib_len, refit_lambda=refit_lambda,
+                refit_target=refit_target, refit_weighting=refit_weighting, progress=progress)
+    if steps == 1:
+        return _fold_once(src, dst, config, adapter, weight_map, shapes, plans, **once)
+    import tempfile
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.steps."))
+    try:
+        current, done = src, [LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes]
+        stages = [stage_plans(shapes, plans, k / steps) for k in range(1, steps)] + [plans]
+        stages = [p for i, p in enumerate(stages)  # steps that change nothing are skipped
+                  if p != (stages[i - 1] if i else done)]
+        for k, stage in enumerate(stages, start=1):
+            out = dst if k == len(stages) else work / f"step{k}"
+            cfg = config if k == 1 else _step_config(current)
+            wmap = weight_map if k == 1 else _weight_map(current)
+            _fold_once(current, out, cfg, adapter, wmap, _shapes(cfg, adapter, wmap, True),
+                       stage, **once)
+            barrier()  # under torchrun: rank 0's folder is there before anyone reads it
+            current = out
+    finally:
+        if is_main():
+            shutil.rmtree(work, ignore_errors=True)
+    return dst
+
+
+def _step_config(folder: Path):
+    """The config of a step's checkpoint as the next step reads it: its own layer sizes
+    (`tuneless_layer_sizes`), without the auto_map that points at its modeling file (the
+    streamed fold builds its layers itself)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    if hasattr(config, "auto_map"):
+        del config.auto_map
+    return config
+
+
+def _fold_once(src: Path, dst: Path, config, adapter, weight_map, shapes, plans, *, gqa, seed,
+               refine, kmeans_dim, n_init, repair, data, tokenizer, features, calib_samples,
+               calib_len, refit_lambda, refit_target, refit_weighting, progress) -> Path:
+    """One streamed fold of the checkpoint in `src` to `plans`, repaired, into `dst`."""
+    from safetensors.torch import save_file
+
     reader = _Reader(src, weight_map)
     walk = None
     if repair in ("self", "refit"):
@@ -180,7 +239,13 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         cfg = json.loads((src / "config.json").read_text())
         cfg["head_dim"] = shapes[0].head_dim
         fields = adapter.config_fields(config.hidden_size, plans)  # as an in-memory fold
-        cfg.update({k: v for k, v in fields.items() if v is not None})
+        for k, v in fields.items():  # None: a field that the new sizes do not have
+            if v is None:
+                cfg.pop(k, None)
+            else:
+                cfg[k] = v
+        if "tuneless_layer_sizes" not in cfg:  # a step's modeling file does not travel on
+            cfg.pop("auto_map", None)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
         if "tuneless_layer_sizes" in cfg:
             write_modeling(adapter, (cfg.get("architectures") or ["LlamaForCausalLM"])[0], tmp)
