@@ -16,6 +16,8 @@ benchmarks/llm_other_family.py loads it; its dense perplexity measured first).
         "paper-mlp"}, {"schedule": "inner-mlp"}, {"schedule": "inner-mlp", "seed": 1}]}'
     python benchmarks/llm_ideas.py in-domain '{"samples": 16, "len": 128, "seed": 0}'
     python benchmarks/llm_ideas.py balance '{"mode": "balance", "seed": 0}' '{"mode": "none"}'
+    python benchmarks/llm_ideas.py steps '{"mode": "resolve", "seed": 0}' '{"mode": "anchor"}' \
+        '{"mode": "widths"}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -40,6 +42,11 @@ balance: the SwiGLU up/down scale symmetry (up row × α, down column ÷ α leav
   unchanged) put in one canonical scale before the default fold: "balance" ‖up_j‖ = ‖down_j‖
   (the CNN fold's `balance=True`, tuneless.rescale), "unit-up" ‖up_j‖ = the layer's mean,
   "none" the default fold from the same script.
+steps: what makes a fold in two steps (fold_llm(steps=2)) better. "resolve": the second
+  step re-resolves the default schedule on the first step's model (10% of the block
+  parameters, then the rest of 20%); "anchor": the default plan's midpoint, then its final
+  widths with the second refit aiming at the ORIGINAL model on the original's samples
+  (one sampling, not two); "widths": one step, but to the widths "resolve" ends at.
 in-domain: the upper reference for the calibration text: the same fold and refit
   (repair="refit") on WikiText-2 itself, `samples` windows of `len` tokens drawn (seeded)
   from the test split after its first 4,096 tokens, disjoint from the 2,048 evaluated.
@@ -196,6 +203,8 @@ def main(argv: list[str]) -> int:
         elif what == "balance":
             small = tuneless.fold(_balanced_mlps(model, o.get("mode", "balance")),
                                   sparsity=0.2, seed=seed)
+        elif what == "steps":
+            small = _stepped(model, seed, o.get("mode", "resolve"))
         elif what == "in-domain":
             n, length = o.get("samples", 16), o.get("len", 128)
             g = torch.Generator().manual_seed(seed)
@@ -211,6 +220,49 @@ def main(argv: list[str]) -> int:
                           "layer_sizes": small.tuneless_report.get("layer_sizes")
                           if what == "allocation" else None}), flush=True)
     return 0
+
+
+def _stepped(model, seed, mode):
+    """The controls of fold_llm(steps=2) (the "steps" experiment in the module doc)."""
+    import tuneless
+    from tuneless.llm import block_params
+    from tuneless.llm.activation_stats import collect_stats
+    from tuneless.llm.adapters import adapter_for
+    from tuneless.llm.decide import fold_decisions
+    from tuneless.llm.engine import reduce_llm
+    from tuneless.llm.fold import _plans, stage_plans
+    from tuneless.llm.refit import refit_consumers, self_generated
+
+    def widths(m):
+        return [s.n_mlp for s in adapter_for(m).shapes(m)]
+
+    def to(frm, target):  # a schedule dict from one model's MLP widths to others
+        return {i: (0.0, 1 - t / f) for i, (f, t) in enumerate(zip(frm, target)) if t < f}
+
+    if mode == "resolve":
+        first = tuneless.fold(model, sparsity=0.1, seed=seed)
+        kept = block_params(first) / block_params(model)
+        return tuneless.fold(first, sparsity=1 - 0.8 / kept, seed=seed)
+    if mode == "widths":
+        first = tuneless.fold(model, sparsity=0.1, seed=seed, repair="none")
+        kept = block_params(first) / block_params(model)
+        final = widths(tuneless.fold(first, sparsity=1 - 0.8 / kept, seed=seed, repair="none"))
+        return tuneless.fold(model, schedule=to(widths(model), final), seed=seed)
+    if mode != "anchor":
+        raise SystemExit(f"unknown steps mode {mode!r}")
+    adapter = adapter_for(model)
+    plans = _plans(model, 0.2, None, None, None, "kv-groups")
+    mid = stage_plans(adapter.shapes(model), plans, 0.5)
+    first = tuneless.fold(model, schedule=to(widths(model), [p.n_mlp for p in mid]), seed=seed)
+    calib = self_generated(model, None, 16, 128, seed)  # the original's: the first step's too
+    stats = collect_stats(first, calib)
+
+    def decide(i, groups, shape, plan):
+        return fold_decisions(adapter, first, groups, shape, plan, seed=seed + 1000 * i,
+                              refine=False, stats=stats[i])  # as fold_llm's defaults
+
+    second = reduce_llm(first, plans, decide, desc="fold")
+    return refit_consumers(model, second, calib, lam=3.0)
 
 
 def _refit_lambda(model, layer_ids, lams=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0)):
