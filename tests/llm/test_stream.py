@@ -167,6 +167,8 @@ def test_stream_cli_names_a_bad_calibration_file(sharded, tmp_path, capsys):
         assert main([str(src), str(tmp_path / "out"), "--repair", "refit", "--calib-ids",
                      str(tmp_path / name)]) == 1
         assert want in capsys.readouterr().out
+    assert main([str(src), str(tmp_path / "out"), "--steps", "0"]) == 1
+    assert "steps must be a positive integer" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
 
 

@@ -388,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="a torch.save'd integer tensor (batch, seq_len) of calibration ids")
     ap.add_argument("--calib-samples", type=int, default=16)
     ap.add_argument("--calib-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"fold in this many steps, each repaired (default {DEFAULT_STEPS}, as "
+                         "in memory)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     init_from_env()  # under torchrun: calibration sharded, statistics all-reduced
@@ -410,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         fold_checkpoint(args.src, args.dst, args.sparsity, schedule=args.schedule, gqa=args.gqa,
                         kmeans_dim=args.kmeans_dim, repair=args.repair, data=data,
                         tokenizer=tok, calib_samples=args.calib_samples,
-                        calib_len=args.calib_len)
+                        calib_len=args.calib_len, steps=args.steps)
     except (TunelessError, OSError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         return 1
