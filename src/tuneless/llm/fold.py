@@ -15,7 +15,7 @@ from tuneless.errors import TunelessError
 from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.decide import fold_decisions
-from tuneless.llm.engine import reduce_llm
+from tuneless.llm.engine import block_params, reduce_llm
 from tuneless.llm.plan import FOLD_DEFAULTS, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import refit_consumers, self_generated
 from tuneless.modelcheck import check_model
@@ -124,8 +124,10 @@ def fold_llm(
         stage = plans if k == steps else stage_plans(shapes, plans, k / steps)
         if stage != done:  # a step that changes nothing (heads-only plans) is skipped
             small, done = _fold_once(small, adapter, stage, **once), stage
-    if steps > 1:
-        small.tuneless_report["steps"] = steps
+    if steps > 1:  # the report describes the whole fold, not its last step
+        before, after = block_params(model), block_params(small)
+        small.tuneless_report.update(steps=steps, params_before=before,
+                                     achieved_sparsity=1 - after / before)
     return small
 
 
