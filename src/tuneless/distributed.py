@@ -64,6 +64,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def from_main(obj):
+    """Rank 0's `obj` on every rank (itself on one process): e.g. a folder only it made."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks in place (and return it); the identity on one process."""
     if world()[1] > 1:

@@ -189,7 +189,7 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
 
 FEATURES = ("auto", "weights", "activations")
 DEFAULT_REPAIR = "self"  # measured: docs/llm.md "Defaults"
-DEFAULT_STEPS = 1  # measured: docs/llm.md "Folding in steps"
+DEFAULT_STEPS = 2  # measured: docs/llm.md "Folding in steps"
 
 
 def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, defaults=FOLD_DEFAULTS):

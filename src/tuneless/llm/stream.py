@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tuneless.distributed import barrier, init_from_env, is_main, shard, world
+from tuneless.distributed import barrier, from_main, init_from_env, is_main, shard, world
 from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
@@ -147,8 +147,11 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         return _fold_once(src, dst, config, adapter, weight_map, shapes, plans, **once)
     import tempfile
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.steps."))
+    work = None
+    if is_main():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        work = tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.steps.")
+    work = Path(from_main(work))  # under torchrun: every rank reads rank 0's steps
     try:
         current, done = src, [LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes]
         stages = [stage_plans(shapes, plans, k / steps) for k in range(1, steps)] + [plans]
