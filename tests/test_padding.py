@@ -23,10 +23,11 @@ def trained_looking(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def test_folded_resnet_padded_to_multiples_of_8_keeps_outputs():
+@pytest.mark.parametrize("arch", ["resnet20", "resnet20a"])  # projection / zero-padding
+def test_folded_resnet_padded_to_multiples_of_8_keeps_outputs(arch):
     torch.manual_seed(0)
     x = torch.randn(1, 3, 32, 32)
-    small = tuneless.fold(trained_looking(build_arch("resnet20")), sparsity=0.5,
+    small = tuneless.fold(trained_looking(build_arch(arch)), sparsity=0.5,
                           example_inputs=x, allocation="uniform").eval()
     padded, plan = pad_channels(small, x, 8)
     assert plan and all(m % 8 == 0 and n < m < n + 8 for n, m in plan.values())
