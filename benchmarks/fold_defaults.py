@@ -104,6 +104,9 @@ VARIANTS: dict[str, dict] = {
     # measured widths under a FLOP budget whatever the repair (what flops-auto ran for every
     # repair at 95c6056; auto now measures Fold-R's only)
     "flops-sens75": {"budget": "flops", "allocation": "sensitivity", "keep_floor": 0.75},
+    # the LLM fold's two steps (fold_llm(steps=2)) on a CNN: half the budget folded and
+    # repaired, then the rest (the script's _two_steps), default allocation both times
+    "steps2": {"steps": 2, "allocation": "auto"},
 }
 # every variant but "default" folds with uniform widths unless it names an allocation (the
 # rows of the variants before allocation="auto" became the default were uniform)
@@ -205,12 +208,14 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                             fold_repair = FOLD_REPAIR.get(repair, repair)
                             if repair == "self":  # fold(repair="self")'s widths: auto
                                 opts.setdefault("allocation", "uniform")  # keeps uniform
+                            steps = opts.pop("steps", 1)
+                            folder = fold if steps == 1 else _two_steps
                             small = (_pruned(model, repair, x, real_or_synth, kw, opts)
                                      if repair in PRUNE_REPAIRS else
-                                     fold(model, repair=fold_repair, example_inputs=x,
-                                          seed=seed, data=real_or_synth
-                                          if get_repair(fold_repair).needs_data else None,
-                                          **kw, **opts))
+                                     folder(model, repair=fold_repair, example_inputs=x,
+                                            seed=seed, data=real_or_synth
+                                            if get_repair(fold_repair).needs_data else None,
+                                            **kw, **opts))
                         except TunelessError as exc:  # e.g. AR on a network without BN
                             print(f"{label} {repair} {variant}: skipped ({exc})", flush=True)
                             break
@@ -226,6 +231,18 @@ def measure(args, rows: list[dict], csv_path: Path, info: dict) -> None:
                         print(f"{label} {repair} {variant} {pt} seed {seed}: {acc:.4f} "
                               f"({secs:.1f} s)", flush=True)
                         write_rows(rows, FIELDS, csv_path)
+
+
+def _two_steps(model, *, sparsity: float, **opts):
+    """fold() to half of `sparsity`, repaired, then the result folded to `sparsity` of the
+    original's parameters; the report's sparsity is against the original."""
+    from tuneless.evaluate import count_params
+
+    mid = fold(model, sparsity=sparsity / 2, **opts)
+    n, k = count_params(model), count_params(mid)
+    small = fold(mid, sparsity=1 - (1 - sparsity) * n / k, **opts)
+    small.tuneless_report["achieved_sparsity"] = 1 - count_params(small) / n
+    return small
 
 
 def _noise(x: torch.Tensor, seed: int, n: int = 128) -> torch.Tensor:
