@@ -5,7 +5,8 @@
 # its size budget):
 #   tuneless train resnext20 -o $CKPT --epochs 8 --threads 1
 # then, at 10-70% of parameters, the default fold (measured widths) and uniform widths at
-# the default stream share against L1 pruning at the same widths, without data (Fold-AR,
+# the default stream share against L1 pruning (prune's default: uniform widths at the
+# same stream share; and at its own measured widths, variant auto-alloc), without data (Fold-AR,
 # Fold-Naive; L1) and with BN re-estimation on the same 1,024 training images (Fold-R;
 # L1 + BN), 3 k-means seeds, first 5,000 test images; LANE=1 the default widths, LANE=2
 # the uniform ones (two single-thread jobs side by side). LANE=3: Torch-Pruning's
@@ -18,6 +19,9 @@ lane=${LANE:-0}
 if [[ $lane == 0 || $lane == 1 ]]; then
   run "$CKPT" --points 0.1,0.3,0.5,0.7 --repairs none,ar,data,l1,l1-bn --variants default \
     --seeds 0,1,2 --test-images 5000 --out "$out"
+  # L1 at its own measured widths (prune(allocation="sensitivity")), the equal-terms peer
+  run "$CKPT" --points 0.1,0.3,0.5,0.7 --repairs l1,l1-bn --variants auto-alloc --seeds 0 \
+    --test-images 5000 --out "$out"
 fi
 if [[ $lane == 0 || $lane == 2 ]]; then
   run "$CKPT" --points 0.1,0.3,0.5,0.7 --repairs none,ar,data,l1,l1-bn \
