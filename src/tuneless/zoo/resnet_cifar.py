@@ -46,7 +46,25 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class ThreeStageNet(nn.Module):
+    """The CIFAR skeleton the ResNets and the ResNeXt share: a stem (conv1, bn1), three
+    stages, global average pooling and a linear classifier."""
+
+    def _finish(self, stages: list[nn.Module], features: int, num_classes: int) -> None:
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(features, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+class CifarResNet(ThreeStageNet):
     """The 6n+2-layer CIFAR ResNet; shortcut "projection" (1×1 conv + BN) or "pad" (zeros)."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, width: float = 1.0,
@@ -68,17 +86,7 @@ class CifarResNet(nn.Module):
                                          shortcut))
                 in_planes = planes
             layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
-        self.fc = nn.Linear(widths[2], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+        self._finish(layers, widths[2], num_classes)
 
 
 class ResNet18(nn.Module):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tuneless.zoo.resnet_cifar import ThreeStageNet
+
 
 class GroupedBottleneck(nn.Module):
     """1×1 reduce, 3×3 grouped conv, 1×1 expand, each with BN; projection shortcut."""
@@ -35,7 +37,7 @@ class GroupedBottleneck(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNeXt(nn.Module):
+class CifarResNeXt(ThreeStageNet):
     """Stem 3×3 conv to 32 channels, then `blocks` grouped bottlenecks per stage."""
 
     def __init__(self, num_classes: int = 10, width: float = 1.0, groups: int = 8,
@@ -54,17 +56,7 @@ class CifarResNeXt(nn.Module):
                                                2 if (i > 0 and j == 0) else 1, groups))
                 in_planes = planes
             stages.append(nn.Sequential(*layer))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.fc = nn.Linear(outs[2], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+        self._finish(stages, outs[2], num_classes)
 
 
 def resnext20(num_classes: int = 10, width: float = 1.0) -> CifarResNeXt:
