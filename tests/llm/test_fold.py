@@ -178,3 +178,7 @@ def test_stepped_fold_reaches_the_same_sizes_through_the_midpoint():
     assert mid[0] == LayerPlan(4, 2, 64) and mid[-1] == LayerPlan(2, 1, 42)  # heads at once
     with pytest.raises(TunelessError, match="steps"):
         fold_llm(m, sparsity=0.15, steps=0)
+    plain = fold_llm(m, sparsity=0.15, repair="none")  # the paper's fold: one step
+    assert "steps" not in plain.tuneless_report
+    assert torch.equal(logits(plain), logits(fold_llm(m, sparsity=0.15, repair="none",
+                                                      steps=1)))

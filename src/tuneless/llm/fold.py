@@ -87,14 +87,16 @@ def fold_llm(
       columns scaled by activation RMS (tuneless.llm.activation_stats; needs the repair's
       calibration tokens); "auto" (default): "activations" whenever a repair supplies
       calibration tokens, else "weights".
-    steps: reach the plan's widths in this many folds (None: DEFAULT_STEPS), each
+    steps: reach the plan's widths in this many folds (None: DEFAULT_STEPS, one without a
+      repair), each
       repaired before the next clusters (MLP widths evenly spaced between the original and
       the plan's; heads go to the plan's in the first fold). Each fold samples, measures
       and refits on the model it starts from, so the cost grows with steps.
     """
     check_model(model, "fold")
     adapter = adapter_for(model)  # an unsupported family is named before any work
-    steps = DEFAULT_STEPS if steps is None else steps
+    repair = DEFAULT_REPAIR if repair is None else "none" if repair == "naive" else repair
+    steps = default_steps(repair) if steps is None else steps
     if progress is None:  # follow tuneless.set_progress / TUNELESS_PROGRESS
         from tuneless.progress import progress_enabled
 
@@ -104,7 +106,6 @@ def fold_llm(
                           "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
                           "calib_blocks": calib_blocks, "steps": steps,
                           "calib_len": calib_len, "refit_lambda": refit_lambda}, "fold")
-    repair = DEFAULT_REPAIR if repair is None else "none" if repair == "naive" else repair
     get_repair(repair, "llm")  # one-line error naming the repairs that apply
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
@@ -190,6 +191,12 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
 FEATURES = ("auto", "weights", "activations")
 DEFAULT_REPAIR = "self"  # measured: docs/llm.md "Defaults"
 DEFAULT_STEPS = 2  # measured: docs/llm.md "Folding in steps"
+
+
+def default_steps(repair: str) -> int:
+    """DEFAULT_STEPS for the repaired folds; one for repair="none" (the paper's fold: a
+    second clustering without a repair in between has nothing new to cluster on)."""
+    return DEFAULT_STEPS if repair in ("self", "refit") else 1
 
 
 def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, defaults=FOLD_DEFAULTS):

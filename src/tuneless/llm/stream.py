@@ -23,7 +23,7 @@ from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.decide import fold_decisions
-from tuneless.llm.fold import DEFAULT_REPAIR, DEFAULT_STEPS, stage_plans
+from tuneless.llm.fold import DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, stage_plans
 from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import write_modeling
@@ -127,7 +127,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     if features not in ("auto", "weights", "activations"):
         raise TunelessError(f"features={features!r}; choose auto, weights or activations")
     check_refit_options("folded", refit_target, refit_weighting, refit_lambda)
-    steps = DEFAULT_STEPS if steps is None else steps
+    steps = default_steps(repair) if steps is None else steps
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise TunelessError(f"steps must be a positive integer, got {steps!r}")
     config = AutoConfig.from_pretrained(str(src))
