@@ -33,6 +33,7 @@ def pad_channels(model: nn.Module, example_inputs, multiple: int = 8
     a multiple of `multiple` (producers get zero rows, norms zero scale and shift,
     consumers zero columns): the same function, other widths. Returns the model and
     {group id: (channels, padded)}."""
+    from tuneless.decisions import selection
     from tuneless.graph import find_groups
     from tuneless.reduce import reduce
 
@@ -41,10 +42,9 @@ def pad_channels(model: nn.Module, example_inputs, multiple: int = 8
     if not plan:
         return model, {}
     decisions = {}
-    for gid, (n, padded) in plan.items():
-        M = torch.zeros(padded, n)
-        M[torch.arange(n), torch.arange(n)] = 1.0
-        decisions[gid] = (M, M.t().contiguous())
+    for gid, (n, padded) in plan.items():  # the inverse of pruning the appended channels:
+        m, u = selection(torch.arange(n), padded)  # its (M, U) swapped
+        decisions[gid] = (u, m)
     return reduce(model, graph, decisions), plan
 
 

@@ -120,16 +120,23 @@ def fold_llm(
                 data=data, calib_samples=calib_samples, calib_len=calib_len,
                 calib_blocks=calib_blocks, refit_lambda=refit_lambda, refit_scope=refit_scope,
                 refit_weighting=refit_weighting, refit_target=refit_target, features=features)
-    small, done = model, [LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes]
-    for k in range(1, steps + 1):
-        stage = plans if k == steps else stage_plans(shapes, plans, k / steps)
-        if stage != done:  # a step that changes nothing (heads-only plans) is skipped
-            small, done = _fold_once(small, adapter, stage, **once), stage
+    small = model
+    for stage in step_plans(shapes, plans, steps):
+        small = _fold_once(small, adapter, stage, **once)
     if steps > 1:  # the report describes the whole fold, not its last step
         before, after = block_params(model), block_params(small)
         small.tuneless_report.update(steps=steps, params_before=before,
                                      achieved_sparsity=1 - after / before)
     return small
+
+
+def step_plans(shapes: list[Shape], plans: list[LayerPlan], steps: int
+               ) -> list[list[LayerPlan]]:
+    """The sizes each of `steps` folds reaches, the last one `plans`; a step that would
+    change nothing (heads-only plans, whose MLPs do not move) is left out."""
+    stages = [stage_plans(shapes, plans, k / steps) for k in range(1, steps)] + [plans]
+    before = [LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes]
+    return [p for p, prev in zip(stages, [before, *stages]) if p != prev]
 
 
 def stage_plans(shapes: list[Shape], plans: list[LayerPlan], t: float) -> list[LayerPlan]:

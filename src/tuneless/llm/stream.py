@@ -23,7 +23,7 @@ from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.decide import fold_decisions
-from tuneless.llm.fold import DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, stage_plans
+from tuneless.llm.fold import DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, step_plans
 from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import write_modeling
@@ -153,10 +153,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         work = tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.steps.")
     work = Path(from_main(work))  # under torchrun: every rank reads rank 0's steps
     try:
-        current, done = src, [LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes]
-        stages = [stage_plans(shapes, plans, k / steps) for k in range(1, steps)] + [plans]
-        stages = [p for i, p in enumerate(stages)  # steps that change nothing are skipped
-                  if p != (stages[i - 1] if i else done)]
+        current, stages = src, step_plans(shapes, plans, steps)
         for k, stage in enumerate(stages, start=1):
             out = dst if k == len(stages) else work / f"step{k}"
             cfg = config if k == 1 else _step_config(current)
