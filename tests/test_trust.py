@@ -90,6 +90,18 @@ def test_allowlisted_types_still_round_trip(tmp_path):
     assert resolve_module_type("torch.nn.modules.conv:Conv2d", False) is nn.Conv2d
 
 
+def test_transformers_models_resolve_but_remote_code_does_not():
+    """transformers' own model classes are installed code; `transformers_modules` is where
+    trust_remote_code puts a repository's code, so it stays refused."""
+    pytest.importorskip("transformers")
+    ref = "transformers.models.convnext.modeling_convnext:ConvNextLayerNorm"
+    assert issubclass(resolve_module_type(ref, False), nn.Module)
+    with pytest.raises(TunelessError, match="refusing to import"):
+        resolve_module_type("transformers_modules.evil.modeling:Net", False)
+    with pytest.raises(TunelessError, match="refusing to import"):
+        resolve_module_type("transformers.utils:logging", False)  # not an nn.Module class
+
+
 class UserNet(nn.Module):
     def __init__(self, width: int = 4):
         super().__init__()

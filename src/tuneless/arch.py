@@ -17,7 +17,8 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bo
 
     ref: a zoo name ("resnet20" or "zoo:resnet20"), "torchvision:resnet18" (untrained unless
     kwargs name `weights`, e.g. "DEFAULT", which torchvision downloads) or "timm:NAME"
-    (`pretrained=True` downloads from the hub), a name given to
+    (`pretrained=True` downloads from the hub), "transformers:image-classification" (kwargs
+    {"config": a transformers config dict}; transformers' own classes only), a name given to
     tuneless.register_architecture, or an import path "pkg.module:Class". An import path
     resolves only to an nn.Module class of torch.nn / torchvision / timm / tuneless unless
     trust_code=True (see tuneless.trust):
@@ -63,6 +64,10 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bo
                                 "file with --arch instead") from exc
         except (RuntimeError, ValueError, TypeError) as exc:
             raise TunelessError(f"cannot build {ref}: {_first_line(exc)}") from exc
+    elif ref == "transformers:image-classification":  # config data, transformers' classes
+        from tuneless.hf_vision import build_image_classifier
+
+        return build_image_classifier(kwargs.get("config"))  # sets tuneless_arch itself
     elif ":" in ref and not ref.startswith("zoo:"):
         factory = resolve_import(ref, "architecture", trust_code, where)
         model = _call(factory, kwargs, ref)

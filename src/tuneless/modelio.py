@@ -36,7 +36,8 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
 def load_model(path: str | os.PathLike, arch: str | None = None,
                arch_kwargs: dict[str, Any] | str | None = None,
                allow_pickle: bool = False, trust_code: bool = False) -> nn.Module:
-    """Load MODEL: a tuneless checkpoint/saved model, a pickled nn.Module, or a state_dict.
+    """Load MODEL: a tuneless checkpoint/saved model, a pickled nn.Module, a state_dict, or
+    a transformers image-classifier folder (tuneless.hf_vision).
 
     A state_dict needs `arch` (the caller's own choice, so its import path is honoured).
     Files are read with weights_only=True; a pickled module needs allow_pickle=True and an
@@ -48,6 +49,13 @@ def load_model(path: str | os.PathLike, arch: str | None = None,
 
     if isinstance(arch_kwargs, str):
         arch_kwargs = parse_kwargs(arch_kwargs)
+    if os.path.isdir(path):
+        from tuneless.hf_vision import is_image_classifier_folder, load_image_classifier
+
+        if is_image_classifier_folder(path):
+            return load_image_classifier(path)
+        raise TunelessError(f"{path} is a folder but not a transformers image classifier "
+                            "(config.json naming a *ForImageClassification architecture)")
     try:
         obj = read_torch_file(path, what="model file")
     except TunelessError as exc:
@@ -117,7 +125,8 @@ def _load_state(model: nn.Module, state: dict, arch: str, path) -> None:
 
 
 def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
-    """(C, H, W) the model expects, if its architecture says so (zoo models, torchvision)."""
+    """(C, H, W) the model expects, if its architecture says so (zoo models, torchvision,
+    transformers image classifiers)."""
     from tuneless.zoo import ARCH_DATASET, INPUT_SHAPE
 
     ref = (getattr(model, "tuneless_arch", None) or {}).get("ref", "")
@@ -127,6 +136,10 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
         return INPUT_SHAPE[ARCH_DATASET[name]]
     if ref.startswith("torchvision:"):
         return (3, 224, 224)
+    if ref == "transformers:image-classification":
+        from tuneless.hf_vision import input_shape
+
+        return input_shape(model.tuneless_arch["kwargs"].get("config") or {})
     return None
 
 

@@ -6,7 +6,9 @@ Resolving an arbitrary `pkg.module:attr` from a file would import and call code 
 by whoever wrote the file (`os:system` is a valid reference). So names read from a file
 resolve only against:
   - the project's zoo (`zoo:resnet20`), torchvision and timm model builders;
-  - `nn.Module` classes defined in torch.nn, torchvision, timm and tuneless itself;
+  - `nn.Module` classes defined in torch.nn, torchvision, timm, transformers' own models
+    (`transformers.models.*`; never `transformers_modules`, where remote code lands) and
+    tuneless itself;
   - names the user registered with `register_architecture` / `register_module`.
 Anything else needs `trust_code=True` (`--trust-code`), the caller's explicit word.
 The working directory is never added to `sys.path`.
@@ -24,7 +26,8 @@ import torch.nn as nn
 from tuneless.errors import TunelessError
 
 # Packages whose nn.Module classes a file may name: importing them runs no code a file chose.
-TRUSTED_MODULE_PACKAGES = ("torch.nn", "torch.ao.nn", "torchvision", "timm", "tuneless")
+TRUSTED_MODULE_PACKAGES = ("torch.nn", "torch.ao.nn", "torchvision", "timm",
+                           "transformers.models", "tuneless")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 _ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
@@ -78,7 +81,8 @@ def resolve_import(ref: str, what: str, trust_code: bool, where: str = "") -> An
         raise TunelessError(f"bad {what} reference {ref!r}: expected pkg.module:Name")
     source = f" named in {where}" if where else ""
     refusal = (f"refusing to import {what} {ref!r}{source}: a file may only name zoo, "
-               "torch.nn, torchvision, timm or registered classes; pass trust_code=True "
+               "torch.nn, torchvision, timm, transformers' models or registered classes; "
+               "pass trust_code=True "
                "(--trust-code) only if you trust it, or tuneless.register_architecture it")
     if not (trust_code or _in_packages(mod_name, TRUSTED_MODULE_PACKAGES)):
         raise TunelessError(refusal)

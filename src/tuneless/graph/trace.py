@@ -8,6 +8,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from tuneless.errors import UnsupportedModelError
+from tuneless.graph.value_trace import value_tracer
 
 # modules that act on each element alone: channels stay apart through them
 ELEMENTWISE_MODULES = (
@@ -65,14 +66,21 @@ def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
+        tracer = _Tracer()
         try:
-            graph = _Tracer().trace(model)
+            graph = tracer.trace(model)
         except Exception as exc:  # fx raises many types; the user needs one line
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UnsupportedModelError(
-                f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {msg})"
-            ) from exc
-        gm = fx.GraphModule(model, graph, type(model).__name__)
+            # Python decisions on tensor values (Hugging Face input checks, int(size)):
+            # trace again with every proxy carrying its value on the example inputs
+            tracer = value_tracer(_Tracer)(tuple(example_inputs))
+            try:
+                graph = tracer.trace(model)
+            except Exception:  # noqa: BLE001 — the plain tracer's error is the clearer one
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise UnsupportedModelError(
+                    f"cannot trace {type(model).__name__} with torch.fx "
+                    f"({type(exc).__name__}: {msg})") from exc
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
         try:
             ShapeProp(gm).propagate(*example_inputs)
         except Exception as exc:

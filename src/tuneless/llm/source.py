@@ -30,12 +30,15 @@ def hub_id(spec: str) -> str | None:
 
 
 def is_llm_source(spec: str) -> bool:
-    """A Hugging Face model folder, a GGUF file, a Hub id, or the packaged SmolLM2."""
+    """A Hugging Face model folder (not an image classifier's: tuneless.hf_vision), a GGUF
+    file, a Hub id, or the packaged SmolLM2."""
     if spec == "smollm2" or hub_id(spec) is not None:
         return True
     path = Path(spec)
     if path.is_dir():
-        return (path / "config.json").is_file()
+        from tuneless.hf_vision import is_image_classifier_folder
+
+        return (path / "config.json").is_file() and not is_image_classifier_folder(path)
     if path.suffix == ".gguf":
         return True
     try:

@@ -1,0 +1,149 @@
+"""torch.fx tracing for models whose forward takes Python decisions on tensor values.
+
+Plain symbolic tracing stops at `if x.shape[1] != self.num_channels`, `int(x.size(-1))` or
+`len(x)`: a proxy has no value. Hugging Face models do this everywhere (input checks, patch
+grids, padding). `ValueTracer` runs every traced operation on the example inputs as well,
+so each proxy carries the value it has there, and a Python decision (bool, int, len,
+iteration) takes that value. Tensor operations stay symbolic; only the decisions are fixed
+for the example input's shapes.
+
+The graph serves analysis (channel groups, shapes): a compressed model keeps running its own
+forward. Where tuneless does execute the graph (the allocation's shortened trial runs), it
+checks the result against the model's own forward and falls back to it.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+from torch.fx.node import Node, map_aggregate
+
+
+class _ValueProxy(fx.Proxy):
+    """A proxy whose Python conversions return the traced value's."""
+
+    def _value(self) -> Any:
+        return self.tracer.value_of(self.node)
+
+    def __int__(self) -> int:
+        return int(self._value())
+
+    def __index__(self) -> int:
+        return operator.index(self._value())
+
+    def __float__(self) -> float:
+        return float(self._value())
+
+    def __len__(self) -> int:
+        return len(self._value())
+
+
+class ValueTracer(fx.Tracer):
+    """Trace `root` called with `example_inputs` (positionally, nothing else), each proxy
+    carrying its value on them. `value_tracer(BaseTracer)` keeps another tracer's leaves."""
+
+    def __init__(self, example_inputs: tuple, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._pending = list(example_inputs)
+        self._values: dict[Node, Any] = {}
+        self._eager = False  # running a module or reading an attribute for its value
+
+    def trace(self, root, concrete_args=None):  # noqa: D102 — fx's, called positionally
+        if concrete_args is not None or not isinstance(root, nn.Module):
+            return super().trace(root, concrete_args=concrete_args)
+        # Trace `forward(*example_inputs)` as a call with those inputs alone would run: the
+        # other parameters keep their real defaults (fx would make each a placeholder, and
+        # `labels is not None` would hold), and a decorated forward's own *args/**kwargs
+        # wrapper sees plain arguments. The class is swapped for the trace only.
+        cls = type(root)
+        root.__class__ = type(cls.__name__, (cls,), {"forward": _positional_forward})
+        try:
+            return super().trace(root)
+        finally:
+            root.__class__ = cls
+
+    # -- values -----------------------------------------------------------------------
+    def value_of(self, node: Node) -> Any:
+        if node not in self._values and node.op == "get_attr":  # constants fx adds itself
+            self._values[node] = self._fetch(node.target)
+        return self._values[node]
+
+    def _fetch(self, target: str) -> Any:
+        self._eager = True
+        try:
+            obj = self.root
+            for atom in target.split("."):
+                obj = getattr(obj, atom)
+            return obj
+        finally:
+            self._eager = False
+
+    def _compute(self, node: Node) -> Any:
+        def real(a):
+            return map_aggregate(a, lambda x: self.value_of(x) if isinstance(x, Node) else x)
+
+        args, kwargs = real(node.args), real(node.kwargs)
+        if node.op == "placeholder":
+            if str(node.target).startswith("**"):
+                return {}
+            if str(node.target).startswith("*"):
+                rest, self._pending = tuple(self._pending), []
+                return rest
+            if self._pending:
+                return self._pending.pop(0)
+            return node.args[0] if node.args else None  # a default fx recorded
+        if node.op == "get_attr":
+            return self._fetch(node.target)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "call_module":
+            self._eager = True  # the leaf runs for real: no nodes from its inside
+            try:
+                return self.root.get_submodule(node.target)(*args, **kwargs)
+            finally:
+                self._eager = False
+        return None
+
+    # -- fx hooks ---------------------------------------------------------------------
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,
+                     proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
+                                     proxy_factory_fn)
+        self._values[proxy.node] = self._compute(proxy.node)
+        return proxy
+
+    def proxy(self, node: Node) -> fx.Proxy:
+        return _ValueProxy(node, self)
+
+    def call_module(self, m, forward, args, kwargs):
+        if self._eager:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self._eager:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return bool(self.value_of(obj.node))
+
+    def iter(self, obj: fx.Proxy):
+        return (obj[i] for i in range(len(self.value_of(obj.node))))
+
+    def keys(self, obj: fx.Proxy):
+        return self.value_of(obj.node).keys()
+
+
+def _positional_forward(self, *inputs):
+    return type(self).__mro__[1].forward(self, *inputs)
+
+
+def value_tracer(base: type[fx.Tracer]) -> type[ValueTracer]:
+    """A ValueTracer that decides leaf modules as `base` does."""
+    return type(f"Value{base.__name__}", (ValueTracer, base), {})

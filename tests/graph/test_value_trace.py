@@ -1,0 +1,65 @@
+"""Tracing through Python decisions on tensor values (tuneless.graph.value_trace)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import tuneless
+from tuneless.errors import UnsupportedModelError
+from tuneless.graph.trace import trace
+
+
+class Checks(nn.Module):
+    """Shape checks, int(size), unpacking, len and a defaulted argument, as Hugging Face
+    models write them; plain torch.fx stops at the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x, labels=None, scale: float = 1.0):
+        if x.shape[1] != 3:
+            raise ValueError("three channels expected")
+        n, _, h, w = x.shape
+        y = torch.relu(self.conv1(x))
+        if int(y.size(-1)) > 1 and len(y) == n:
+            y = torch.relu(self.conv2(y)) * scale
+        y = y.mean((h > 0) + 1)  # a Python bool from a shape: dims 2 then 3
+        out = self.head(y.mean(-1))
+        return out if labels is None else (out, labels)
+
+
+def test_python_decisions_on_values_trace_and_the_graph_computes_the_model():
+    model = Checks().eval()
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.raises(Exception):  # noqa: B017 — plain fx cannot
+        torch.fx.symbolic_trace(model)
+    gm = trace(model, x)
+    other = torch.randn(4, 3, 6, 6)  # the batch stays symbolic
+    assert torch.allclose(gm(other), model(other), atol=1e-6)
+    assert type(model) is Checks  # the class swapped for the trace is restored
+
+
+def test_a_model_with_value_decisions_folds_and_rewrites_exactly():
+    model = Checks().eval()
+    x = torch.randn(2, 3, 6, 6)
+    same = tuneless.prune(model, channel_ratio=0.0, example_inputs=x)
+    assert torch.allclose(same(x), model(x), atol=1e-6)
+    small = tuneless.fold(model, sparsity=0.25, example_inputs=x, allocation="uniform",
+                         repair="none")
+    assert small.conv1.out_channels < 8 and small(torch.randn(3, 3, 6, 6)).shape == (3, 5)
+
+
+def test_a_model_that_does_not_run_on_its_example_is_still_one_line():
+    class Broken(nn.Module):
+        def forward(self, x):
+            if x.shape[1] != 4:
+                raise ValueError("four channels expected")
+            return x
+
+    with pytest.raises(UnsupportedModelError, match="cannot trace Broken"):
+        trace(Broken(), torch.randn(1, 3, 4, 4))
