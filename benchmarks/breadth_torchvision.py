@@ -2,9 +2,11 @@
 structured L1 pruning at 30% of the parameters (issue 22 item 4). Random weights
 (no downloads), num_classes=10, small inputs; each model in its own process with a time
 limit, one thread. Writes docs/breadth-torchvision.md (and a JSONL of the rows).
+`--library timm` runs TIMM_MODELS, `--library transformers` every model type transformers
+maps to an image classifier (default configs, tuneless.hf_vision.ImageClassifier).
 
     python benchmarks/breadth_torchvision.py [--out docs/breadth-torchvision.md]
-        [--only NAME ...] [--limit-s 900]
+        [--only NAME ...] [--limit-s 900] [--library torchvision|timm|transformers]
 
 Rows go to docs/breadth-torchvision.jsonl as they finish; rerunning resumes from it
 (delete a model's line to measure it again).
@@ -57,6 +59,21 @@ def build(name: str, library: str):
         model = torchvision.models.get_model(name, weights=None, num_classes=10,
                                              **KWARGS.get(name, {})).eval()
         return model, torch.randn(1, 3, size, size)
+    if library == "transformers":  # the default config of a model type, 64 px if it runs
+        import transformers as tf
+
+        from tuneless.hf_vision import ImageClassifier, input_shape
+
+        cfg = tf.AutoConfig.for_model(name, num_labels=10)
+        model = ImageClassifier(tf.AutoModelForImageClassification.from_config(cfg)).eval()
+        c, h, w = input_shape(cfg.to_dict())
+        x = torch.randn(1, c, 64, 64)
+        try:
+            with torch.no_grad():
+                model(x)
+        except Exception:  # noqa: BLE001 — fixed-size models (position tables, windows)
+            x = torch.randn(1, c, h, w)
+        return model, x
     import timm
 
     model = timm.create_model(name, pretrained=False, num_classes=10).eval()
@@ -117,15 +134,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--limit-s", type=int, default=900)
     p.add_argument("--conditions", default="the machine otherwise idle",
                    help="what else ran while timing (printed beside the seconds)")
-    p.add_argument("--library", choices=["torchvision", "timm"], default="torchvision",
-                   help="timm: the TIMM_MODELS list (default --out docs/breadth-timm.md)")
+    p.add_argument("--library", choices=["torchvision", "timm", "transformers"],
+                   default="torchvision",
+                   help="timm: the TIMM_MODELS list (default --out docs/breadth-timm.md); "
+                        "transformers: its image-classification model types "
+                        "(docs/breadth-transformers.md)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(one(args.one, args.library)), flush=True)
         return 0
-    if args.library == "timm" and args.out == p.get_default("out"):
-        args.out = "docs/breadth-timm.md"
+    if args.library != "torchvision" and args.out == p.get_default("out"):
+        args.out = f"docs/breadth-{args.library}.md"
 
     from tuneless.io_atomic import atomic_write_text
     from tuneless.provenance import stamp, stamp_markdown
@@ -135,6 +155,12 @@ def main(argv: list[str]) -> int:
         names = args.only
     elif args.library == "timm":
         names = list(TIMM_MODELS)
+    elif args.library == "transformers":
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as names_of,
+        )
+
+        names = sorted(names_of)
     else:
         import torchvision
 
@@ -167,16 +193,20 @@ def main(argv: list[str]) -> int:
     pruned = sum(r.get("prune") == "yes" for r in rows)
     exact = sum(r.get("rewrite_exact") == "yes" for r in rows)
     command = "python benchmarks/breadth_torchvision.py" + (
-        " --library timm" if args.library == "timm" else "")
+        f" --library {args.library}" if args.library != "torchvision" else "")
     s = stamp(command=command)
-    which = ("every model `torchvision.models.list_models` lists for\n"
+    which = {"torchvision": "every model `torchvision.models.list_models` lists for\n"
              "classification; random weights, num_classes=10, input 1×3×64×64 unless the\n"
-             "table says otherwise (ViTs built for that size)" if args.library == "torchvision"
-             else "one timm model of each family (`TIMM_MODELS` in the script, chosen\n"
-                  "before any was run); random weights, num_classes=10, input 1×3×64×64\n"
-                  "where the model runs on it, else its own default size")
-    title = ("every torchvision classification model" if args.library == "torchvision"
-             else "timm models")
+             "table says otherwise (ViTs built for that size)",
+             "timm": "one timm model of each family (`TIMM_MODELS` in the script, chosen\n"
+                     "before any was run); random weights, num_classes=10, input 1×3×64×64\n"
+                     "where the model runs on it, else its own default size",
+             "transformers": "every model type transformers maps to an image classifier\n"
+                             "(its default config, random weights, num_labels=10, wrapped by\n"
+                             "`tuneless.hf_vision.ImageClassifier`); input 1×C×64×64 where\n"
+                             "the model runs on it, else its config's image size"}[args.library]
+    title = {"torchvision": "every torchvision classification model", "timm": "timm models",
+             "transformers": "transformers image classifiers"}[args.library]
     text = (f"# Breadth: {title}\n\n"
             "`tuneless.fold` (the data-free default, Fold-AR; `fold_widths`: what its default\n"
             "allocation chose, measured per group or uniform) and `tuneless.prune` (L1) at 30%\n"
