@@ -100,3 +100,27 @@ def test_image_folders_are_not_language_models_and_bad_folders_are_one_line(tmp_
         load_model(tmp_path / "vit")
     with pytest.raises(TunelessError, match="needs a transformers config"):
         build_image_classifier({"hidden_size": 3})
+
+
+def test_a_hub_id_of_an_image_classifier_downloads_then_goes_the_image_way(tmp_path,
+                                                                          monkeypatch, capsys):
+    """The download is stubbed (no network here): it hands back a local folder, as
+    huggingface_hub's cache would."""
+    import huggingface_hub
+
+    _hf("mobilenet_v2").save_pretrained(tmp_path / "snapshot")
+    asked = []
+
+    def snapshot(repo_id, **_):
+        asked.append(repo_id)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    out = tmp_path / "small.pt"
+    assert main(["--quiet", "compress", "hf:some-org/tiny-mobilenet", "--method", "fold",
+                 "--sparsity", "0.3", "--option", "allocation=uniform", "-o", str(out)]) == 0
+    assert asked == ["some-org/tiny-mobilenet"]
+    assert main(["inspect", "some-org/tiny-mobilenet"]) == 0
+    assert "ImageClassifier" in capsys.readouterr().out
+    assert main(["eval", "hf:some-org/tiny-mobilenet", str(out)]) == 0
+    assert tuneless.load(out).tuneless_arch["ref"] == REF

@@ -94,10 +94,11 @@ def run(args: argparse.Namespace) -> int:
                             "--option channels='{\"GROUP\": COUNT}' (ids from tuneless inspect)")
     from tuneless.commands.compress_llm import run_llm
     from tuneless.distributed import init_from_env, is_main
-    from tuneless.llm.source import is_llm_source
+    from tuneless.llm.source import is_llm_source, local_source
 
     # under torchrun: every rank calibrates on its share of the data; rank 0 writes
     init_from_env(getattr(args, "device", None) or "cpu")
+    args.model = local_source(args.model)  # a Hub id: its folder, then routed by type
     if is_llm_source(args.model):  # HF folder, GGUF file, Hub id or "smollm2"
         return run_llm(args, options)
     method = get_method(args.method)

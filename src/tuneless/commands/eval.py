@@ -45,7 +45,8 @@ def add_parser(sub) -> None:
 def load_any_model(path: str, arch: str | None = None, arch_kwargs: str | None = None,
                    unsafe_pickle: bool = False, trust_code: bool = False):
     """A model from any file tuneless understands: checkpoint, saved model, pickle, state_dict;
-    or an untrained torchvision:NAME / timm:NAME / zoo:NAME (sizes, FLOPs, latency)."""
+    or an untrained torchvision:NAME / timm:NAME / zoo:NAME (sizes, FLOPs, latency); a
+    transformers image-classifier folder or Hub id."""
     import os
 
     from tuneless.arch import build_arch, is_reference
@@ -53,6 +54,9 @@ def load_any_model(path: str, arch: str | None = None, arch_kwargs: str | None =
 
     if is_reference(path) and not os.path.exists(path):
         return build_arch(path, parse_kwargs(arch_kwargs)).eval()
+    from tuneless.llm.source import local_source
+
+    path = local_source(path)  # a Hub id of an image classifier: its downloaded folder
     return load_model(path, arch=arch, arch_kwargs=arch_kwargs, allow_pickle=unsafe_pickle,
                       trust_code=trust_code)
 

@@ -61,8 +61,10 @@ def inspect_llm(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from tuneless.evaluate import count_params
     from tuneless.graph import find_groups
-    from tuneless.llm.source import is_llm_source
+    from tuneless.llm.source import is_llm_source, local_source
     from tuneless.report import render_table
+
+    args.model = local_source(args.model)  # a Hub id: its folder, then routed by type
 
     if is_llm_source(args.model):
         return inspect_llm(args)

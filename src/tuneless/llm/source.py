@@ -1,7 +1,8 @@
 """Where a language model given on the command line comes from: the packaged SmolLM2
 ("smollm2"), a .gguf file, a Hugging Face model folder, or a Hub repository id
 ("org/name" that is not a local path, or "hf:org/name"), downloaded with huggingface_hub.
-One loader for compress, eval, generate and inspect."""
+One loader for compress, eval, generate and inspect. A Hub id of an image classifier
+downloads the same way and then goes the CNN way (local_source, tuneless.hf_vision)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,13 @@ def download(repo: str) -> Path:
         raise TunelessError(f"Hub repository {repo!r} has no .safetensors weights (pickled "
                             ".bin weights can run code and are not downloaded)")
     return folder
+
+
+def local_source(spec: str) -> str:
+    """MODEL with a Hub id replaced by its downloaded folder (a language model or an image
+    classifier: the folder's config.json then says which), anything else unchanged."""
+    repo = hub_id(spec)
+    return spec if repo is None else str(download(repo))
 
 
 def load_llm(spec: str, *, trust_code: bool = False, device: str = "cpu",
