@@ -38,10 +38,26 @@ def _config(family: str, layers: int = 2):
             tf.Gemma3ForCausalLM
     if family == "phi3":  # fused qkv_proj and gate_up_proj
         return tf.Phi3Config(**common, pad_token_id=0), tf.Phi3ForCausalLM
+    if family == "smollm3":  # no rotary embedding in some layers
+        return tf.SmolLM3Config(**common, pad_token_id=0, no_rope_layer_interval=2), \
+            tf.SmolLM3ForCausalLM
+    if family == "granite":  # multipliers everywhere; residual_multiplier scales each sublayer
+        return tf.GraniteConfig(**common, residual_multiplier=0.5, embedding_multiplier=2.0,
+                                attention_multiplier=0.3, logits_scaling=2.0), \
+            tf.GraniteForCausalLM
+    if family == "olmo":  # LayerNorm without weights, clipped q/k/v
+        return tf.OlmoConfig(**common, clip_qkv=2.0, pad_token_id=0), tf.OlmoForCausalLM
+    plain = {"ernie4_5": (tf.Ernie4_5Config, tf.Ernie4_5ForCausalLM),
+             "seed_oss": (tf.SeedOssConfig, tf.SeedOssForCausalLM),
+             "ministral3": (tf.Ministral3Config, tf.Ministral3ForCausalLM)}
+    if family in plain:  # LLaMA's layout under another name
+        cfg_cls, model_cls = plain[family]
+        return cfg_cls(**common, pad_token_id=0, head_dim=16), model_cls
     raise AssertionError(family)
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
+            "smollm3", "granite", "olmo", "ernie4_5", "seed_oss", "ministral3"]
 
 
 def _model(family: str, seed: int = 0):
@@ -100,6 +116,18 @@ def test_duplicated_kv_groups_fold_losslessly(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_lossless_fold_stays_lossless_through_the_refit(family):
+    """Duplicated channels fold exactly, so the refit's target is what the folded consumers
+    already write: a refit that aims anywhere else (a missed residual multiplier, a wrong
+    norm inversion) moves the logits."""
+    model = _model(family)
+    _duplicate(model, "mlp")
+    calib = torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(1))
+    small = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5, repair="refit", data=calib)
+    assert torch.allclose(_logits(small), _logits(model), atol=1e-3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_ratio_zero_is_the_identity(family):
     model = _model(family)
     same = fold_llm(model, head_ratio=0.0, mlp_ratio=0.0, repair="none")
@@ -131,7 +159,8 @@ def test_a_causal_lm_without_an_adapter_is_named_with_the_supported_families():
     for call in (lambda: tuneless.fold(gpt2, sparsity=0.2),
                  lambda: tuneless.prune(gpt2, sparsity=0.2, criterion="magnitude"),
                  lambda: tuneless.svd(gpt2, sparsity=0.2)):
-        with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*llama, mistral, phi3, qwen2"):
+        with pytest.raises(UnsupportedModelError,
+                           match=r"'gpt2'.*granite.*llama.*mistral.*phi3.*qwen2"):
             call()
 
 
@@ -144,7 +173,7 @@ def test_a_bfloat16_model_folds_and_stays_bfloat16(family):
     assert torch.isfinite(_logits(small).float()).all()
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "granite"])
 def test_the_least_squares_repair_pulls_the_stream_back(family):
     model = _model(family)
     calib = torch.randint(0, 90, (8, 24), generator=torch.Generator().manual_seed(3))

@@ -100,6 +100,25 @@ def test_streamed_repair_of_a_sliding_window_family(tmp_path):
                                    atol=1e-4)
 
 
+def test_streamed_repair_of_a_family_with_residual_multipliers(tmp_path):
+    """Granite: each sublayer's output is scaled before the residual add (the refit aims at
+    output / multiplier), embeddings and logits are scaled too."""
+    from tests.llm.test_adapter_contract import _config
+
+    cfg, cls = _config("granite", layers=3)
+    torch.manual_seed(0)
+    m = cls(cfg).eval()
+    m.save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    calib = torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(1))
+    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", head_ratio=0.0, mlp_ratio=0.5,
+                          kmeans_dim=None, repair="refit", data=calib, progress=False)
+    want = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="refit", data=calib)
+    with torch.no_grad():
+        x = calib[:2]
+        torch.testing.assert_close(load_folded(out)(x).logits, want(x).logits, rtol=1e-4,
+                                   atol=1e-4)
+
+
 def test_streamed_default_is_the_in_memory_default_self_repair(sharded, tmp_path):
     """repair="self" streamed: the checkpoint samples its own calibration text one layer at a
     time (the same tokens as the loaded model samples), then the streamed refit; equal to

@@ -71,6 +71,11 @@ class DecoderAdapter:
         """One module holds q, k and v (and gate and up): Phi-3's layout (FusedAdapter)."""
         return self.q == self.k
 
+    def residual_scale(self, layer: nn.Module) -> float:
+        """What the layer multiplies each sublayer's output by before the residual add
+        (Granite's residual_multiplier; 1 elsewhere): the refit aims at output / scale."""
+        return float(getattr(layer, "residual_multiplier", 1.0))
+
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layer_prefix)
 
@@ -222,6 +227,13 @@ register_family("mistral", DecoderAdapter(family="mistral"))
 register_family("qwen2", DecoderAdapter(family="qwen2"))  # q/k/v biases fold with their rows
 # Qwen3: per-head q/k RMSNorms act on head_dim, which folding never changes.
 register_family("qwen3", DecoderAdapter(family="qwen3"))
+# LLaMA's layout under other names: SmolLM3 (no rotary embedding in every fourth layer),
+# ERNIE 4.5, Seed-OSS, Ministral 3, OLMo (LayerNorm without weights, q/k/v clipping),
+# Granite (embedding, attention, residual and logit multipliers: residual_scale). Not
+# Helium: its o_proj is sized hidden × hidden whatever the head count, so folded heads
+# would not load in transformers.
+for _family in ("smollm3", "ernie4_5", "seed_oss", "ministral3", "olmo", "granite"):
+    register_family(_family, DecoderAdapter(family=_family))
 # Gemma: LLaMA layout with GeGLU and (1 + w) RMSNorms; head_dim is its own config field.
 register_family("gemma", DecoderAdapter(family="gemma"))
 # Gemma 2/3: sandwich norms around attention and MLP; soft-capping, sliding windows, q/k

@@ -137,14 +137,16 @@ def _token_weight(stream: torch.Tensor, normalised: torch.Tensor | None) -> torc
 def _through_norm(norm: nn.Module, contribution: torch.Tensor,
                   reference: torch.Tensor) -> torch.Tensor:
     """The input y with norm(y) ≈ contribution, for an RMS norm with gain g: y = c / g,
-    scaled per token to the RMS of what the original consumer wrote (`reference`); exact
-    when the contribution is the original's, and linear in c, so least squares applies."""
+    scaled per token to the RMS of what the original consumer wrote (`reference`, with the
+    norm's epsilon inside the root as the norm has it); exact when the contribution is the
+    original's, and linear in c, so least squares applies."""
     probe = torch.ones(1, contribution.shape[-1], dtype=contribution.dtype,
                        device=contribution.device)
-    gain = norm(probe)[0]
+    eps = float(getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 0.0) or 0.0)
+    gain = norm(probe)[0] * (1.0 + eps) ** 0.5  # the gain itself: ones have mean square 1
     gain = torch.where(gain.abs() > 1e-6, gain, torch.full_like(gain, 1e-6))
-    scale = reference.float().pow(2).mean(-1, keepdim=True).sqrt().to(contribution.dtype)
-    return contribution / gain * scale
+    scale = (reference.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return contribution / gain * scale.to(contribution.dtype)
 
 
 @torch.no_grad()
@@ -208,6 +210,7 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         target = "local" if adapter.post_norms else "stream"
     alpha = _DRIFT_SHARE[target] if isinstance(target, str) else float(target)
     post, sandwich = adapter.norms[1], adapter.post_norms
+    scale = adapter.residual_scale(lo)  # Granite adds residual_multiplier × each sublayer
     po, pn = adapter.projections(lo), adapter.projections(ln)
     watch = {"mid": getattr(lo, post)}
     if sandwich:  # what the original consumers wrote, before their output norms
@@ -228,6 +231,8 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         if sandwich:  # aim at the norm's input: c / gain at the original's scale
             norm = getattr(ln, sandwich[0] if short == "o" else sandwich[1])
             goal = _through_norm(norm, goal, seen_old[short])
+        elif scale != 1.0:  # what the consumer itself must write
+            goal = goal / scale
         if pn[short].bias is not None:  # the bias stays; the weights fit the rest
             goal = goal - pn[short].bias
         weight = (_token_weight(stream, seen_old[short] if sandwich else None)
@@ -237,7 +242,7 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         # after the down refit the output is mid + down(x): no second pass of the layer
         if short == "down":
             out = pn["down"](seen["x"])
-            h_next = seen["mid"] + (getattr(ln, sandwich[1])(out) if sandwich else out)
+            h_next = seen["mid"] + (getattr(ln, sandwich[1])(out) if sandwich else scale * out)
         else:
             h_next = None
     h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
