@@ -61,10 +61,15 @@ def build(name: str, library: str):
         return model, torch.randn(1, 3, size, size)
     if library == "transformers":  # the default config of a model type, 64 px if it runs
         import transformers as tf
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as classes,
+        )
 
         from tuneless.hf_vision import ImageClassifier, input_shape
 
-        cfg = tf.AutoConfig.for_model(name, num_labels=10)
+        first = classes[name] if isinstance(classes[name], str) else classes[name][0]
+        # a model type with several classifier classes (DeiT, LeViT) picks by architectures
+        cfg = tf.AutoConfig.for_model(name, num_labels=10, architectures=[first])
         model = ImageClassifier(tf.AutoModelForImageClassification.from_config(cfg)).eval()
         c, h, w = input_shape(cfg.to_dict())
         x = torch.randn(1, c, 64, 64)

@@ -27,7 +27,8 @@ FIELDS = ["method", "target", "removed", "block_params", "ppl", "seconds", "cpu_
           "note"]
 # name -> (what it is, calibration source; "" = data-free)
 METHODS = {
-    "fold": ("the default: paper-mlp schedule, self repair, activation features", ""),
+    "fold": ("the default: paper-mlp schedule (inner-mlp at 40%), two steps (since af9f788), "
+             "self repair, activation features", ""),
     "fold-naive": ("the paper: paper-mlp, no repair, weight features", ""),
     "fold-docs": ("fold with the refit on real text (data-driven upper reference)", "docs"),
     "magnitude": ("structured magnitude on fold's schedule, no repair (the paper's baseline)",

@@ -63,3 +63,31 @@ def test_a_model_that_does_not_run_on_its_example_is_still_one_line():
 
     with pytest.raises(UnsupportedModelError, match="cannot trace Broken"):
         trace(Broken(), torch.randn(1, 3, 4, 4))
+
+
+class Caching(nn.Module):
+    """Caches a tensor per device in a dict during forward, as LeViT's attention does; a
+    trace must not leave its proxies there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bias = nn.Parameter(torch.zeros(4, 1, 1))
+        self.cache: dict = {}
+
+    def forward(self, x):
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = self.bias * 2
+        if x.shape[1] != 3:  # makes plain fx give up after it filled the cache
+            raise ValueError("three channels expected")
+        return self.conv(x) + self.cache[key]
+
+
+def test_tracing_leaves_the_models_caches_and_attributes_as_they_were():
+    model = Caching().eval()
+    x = torch.randn(2, 3, 4, 4)
+    trace(model, x)
+    trace(model, x)  # a second trace (fold traces again) sees a clean model too
+    assert model.cache == {} and not [k for k in vars(model) if k.startswith("_tensor_constant")]
+    assert model(x).shape == (2, 4, 4, 4)

@@ -4,8 +4,10 @@ Plain symbolic tracing stops at `if x.shape[1] != self.num_channels`, `int(x.siz
 `len(x)`: a proxy has no value. Hugging Face models do this everywhere (input checks, patch
 grids, padding). `ValueTracer` runs every traced operation on the example inputs as well,
 so each proxy carries the value it has there, and a Python decision (bool, int, len,
-iteration) takes that value. Tensor operations stay symbolic; only the decisions are fixed
-for the example input's shapes.
+iteration) on a shape, device or dtype takes that value. Tensor operations stay symbolic;
+only those decisions are fixed for the example input's shapes. A decision on tensor data
+(`if x.sum() > 0`) is still refused: it would describe the example input only. Module
+attributes a forward fills while traced (caches) are put back by tuneless.graph.trace.
 
 The graph serves analysis (channel groups, shapes): a compressed model keeps running its own
 forward. Where tuneless does execute the graph (the allocation's shortened trial runs), it
@@ -17,16 +19,19 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.node import Node, map_aggregate
 
 
 class _ValueProxy(fx.Proxy):
-    """A proxy whose Python conversions return the traced value's."""
+    """A proxy whose Python conversions return the traced value's — for values computed
+    from shapes, devices and dtypes only: a decision on tensor data (`if x.sum() > 0`)
+    would hold for the example input alone, so it stays untraceable."""
 
     def _value(self) -> Any:
-        return self.tracer.value_of(self.node)
+        return self.tracer.decided(self.node)
 
     def __int__(self) -> int:
         return int(self._value())
@@ -38,7 +43,8 @@ class _ValueProxy(fx.Proxy):
         return float(self._value())
 
     def __len__(self) -> int:
-        return len(self._value())
+        value = self.tracer.value_of(self.node)  # a tensor's length is its first size
+        return len(value)
 
 
 class ValueTracer(fx.Tracer):
@@ -66,6 +72,15 @@ class ValueTracer(fx.Tracer):
             root.__class__ = cls
 
     # -- values -----------------------------------------------------------------------
+    def decided(self, node: Node) -> Any:
+        """The value a Python decision takes; refused when it is tensor data."""
+        value = self.value_of(node)
+        if isinstance(value, torch.Tensor):
+            raise fx.proxy.TraceError(
+                "data-dependent control flow: a Python decision on tensor values "
+                f"({node.format_node()}) would hold for the example input only")
+        return value
+
     def value_of(self, node: Node) -> Any:
         if node not in self._values and node.op == "get_attr":  # constants fx adds itself
             self._values[node] = self._fetch(node.target)
@@ -131,13 +146,13 @@ class ValueTracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def to_bool(self, obj: fx.Proxy) -> bool:
-        return bool(self.value_of(obj.node))
+        return bool(self.decided(obj.node))
 
     def iter(self, obj: fx.Proxy):
-        return (obj[i] for i in range(len(self.value_of(obj.node))))
+        return (obj[i] for i in range(len(self.decided(obj.node))))
 
     def keys(self, obj: fx.Proxy):
-        return self.value_of(obj.node).keys()
+        return self.decided(obj.node).keys()
 
 
 def _positional_forward(self, *inputs):
