@@ -91,3 +91,23 @@ def test_tracing_leaves_the_models_caches_and_attributes_as_they_were():
     trace(model, x)  # a second trace (fold traces again) sees a clean model too
     assert model.cache == {} and not [k for k in vars(model) if k.startswith("_tensor_constant")]
     assert model(x).shape == (2, 4, 4, 4)
+
+
+@pytest.mark.parametrize("decide", [
+    lambda x: bool(x.sum() > 0),             # a tensor in a Python decision
+    lambda x: x.abs().max().item() > 1e-9,   # data turned into a Python number first
+    lambda x: int(x.argmax()) >= 0,
+])
+def test_decisions_on_tensor_data_stay_untraceable(decide):
+    """They would describe the example input only: the compressed model could take the
+    other branch with modules the analysis never saw."""
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.a(x) if decide(x) else self.b(x)
+
+    with pytest.raises(UnsupportedModelError, match="cannot trace Branchy"):
+        trace(Branchy(), torch.randn(1, 3, 4, 4))

@@ -55,6 +55,7 @@ class ValueTracer(fx.Tracer):
         super().__init__(**kwargs)
         self._pending = list(example_inputs)
         self._values: dict[Node, Any] = {}
+        self._from_data: set[Node] = set()  # Python values computed from tensor contents
         self._eager = False  # running a module or reading an attribute for its value
 
     def trace(self, root, concrete_args=None):  # noqa: D102 — fx's, called positionally
@@ -75,7 +76,7 @@ class ValueTracer(fx.Tracer):
     def decided(self, node: Node) -> Any:
         """The value a Python decision takes; refused when it is tensor data."""
         value = self.value_of(node)
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) or node in self._from_data:
             raise fx.proxy.TraceError(
                 "data-dependent control flow: a Python decision on tensor values "
                 f"({node.format_node()}) would hold for the example input only")
@@ -129,7 +130,12 @@ class ValueTracer(fx.Tracer):
                      proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
                                      proxy_factory_fn)
-        self._values[proxy.node] = self._compute(proxy.node)
+        node = proxy.node
+        self._values[node] = value = self._compute(node)
+        if not isinstance(value, torch.Tensor) and not _metadata(node) and any(
+                isinstance(self.value_of(n), torch.Tensor) or n in self._from_data
+                for n in node.all_input_nodes):  # x.sum().item(), then a comparison
+            self._from_data.add(node)
         return proxy
 
     def proxy(self, node: Node) -> fx.Proxy:
@@ -153,6 +159,18 @@ class ValueTracer(fx.Tracer):
 
     def keys(self, obj: fx.Proxy):
         return self.decided(obj.node).keys()
+
+
+_META_ATTRIBUTES = {"shape", "device", "dtype", "ndim", "layout", "is_cuda", "requires_grad"}
+_META_METHODS = {"size", "dim", "ndimension", "numel", "nelement", "get_device",
+                 "is_floating_point", "is_contiguous", "element_size"}
+
+
+def _metadata(node: Node) -> bool:
+    """Whether a node reads a tensor's metadata (its shape, device, dtype), not its values."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in _META_ATTRIBUTES
+    return node.op == "call_method" and node.target in _META_METHODS
 
 
 def _positional_forward(self, *inputs):
