@@ -214,3 +214,28 @@ def test_labels_decision_rewrites_like_the_dense_maps():
         assert torch.equal(M, dense[graph.reducible[0].id][0])
     with pytest.raises(TunelessError, match="each of 3 clusters"):
         Merge(torch.tensor([0, 0, 2]), 3)
+
+
+def test_a_coupling_the_analysis_misses_is_a_one_line_error_not_a_broken_model():
+    """A channel count read from one tensor and used to split another (FocalNet's
+    modulation does this): the analysis cannot see the link, the reduced model does not
+    run, and fold/prune say so instead of returning it."""
+    import tuneless
+
+    class SizeCoupled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = nn.Conv2d(8, 17, 1)
+            self.out = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            q, k, g = torch.split(self.b(h), (h.shape[1], h.shape[1], 1), 1)
+            return self.out(h) * (q * k * g).mean()
+
+    model = SizeCoupled().eval()
+    x = torch.randn(2, 3, 4, 4)
+    for compress in (tuneless.prune, tuneless.fold):
+        with pytest.raises(TunelessError, match="does not run on the example input"):
+            compress(model, sparsity=0.3, example_inputs=x, allocation="uniform")

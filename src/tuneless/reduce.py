@@ -67,6 +67,26 @@ def reduce(model: nn.Module, graph: GroupGraph, decisions: dict[int, Decision], 
     return new
 
 
+@torch.no_grad()
+def check_reduced(new: nn.Module, example_inputs, what: str) -> None:
+    """Run the reduced model once on the example input (eval mode, restored after): a
+    coupling the channel analysis missed (a size read from one tensor and used on another,
+    as FocalNet's split does) is a one-line error here, never a model returned broken."""
+    x = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
+    modes = {m: m.training for m in new.modules()}
+    try:
+        new.eval()(*x)
+    except Exception as exc:  # noqa: BLE001 — any failure: the reduction is not usable
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise TunelessError(
+            f"the {what} {type(new).__name__} does not run on the example input ({line}): "
+            "the channel analysis missed a coupling there; keep those layers whole "
+            "(channels= / --option channels=...) and please report the model") from exc
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
 def remember_original(new: nn.Module, model: nn.Module) -> None:
     """new.tuneless_original: the tensor shapes of the model the user started from (kept
     through repeated compressions), so that loading a file saved without an architecture

@@ -224,7 +224,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     from tuneless.cluster import cluster
     from tuneless.decisions import Merge
     from tuneless.graph import find_groups
-    from tuneless.reduce import reduce
+    from tuneless.reduce import check_reduced, reduce
     from tuneless.repair import RepairContext, get_repair, require_batchnorm
 
     t0 = time.perf_counter()
@@ -276,6 +276,8 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         c = found[gid]
         decisions[gid], labels[gid], inertia[str(gid)] = Merge(c.labels, k), c.labels, c.inertia
     new = reduce(work, graph, decisions) if decisions else copy.deepcopy(model)
+    if decisions:
+        check_reduced(new, x, "folded")
     t_fold = time.perf_counter() - t0
     if decisions and rep.apply is not None:
         new = rep.apply(RepairContext(model, work, new, graph, labels, decisions, opts, data, x))

@@ -55,7 +55,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     from tuneless.graph import find_groups
     from tuneless.llm.adapters import is_hf_causal_lm
     from tuneless.modelio import example_input
-    from tuneless.reduce import reduce
+    from tuneless.reduce import check_reduced, reduce
 
     if is_hf_causal_lm(model):
         if budget != "params":
@@ -101,6 +101,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
             score = order[g.id] if order else channel_importance(model, g, criterion, gen)
             decisions[g.id] = top_channels(score, k, g.blocks)
     new = reduce(model, graph, decisions)
+    check_reduced(new, x, "pruned")
     new.tuneless_report = {
         "method": f"prune-{criterion}", "requested_sparsity": sparsity,
         "channel_ratio": plan.channel_ratio, **plan.report(),
