@@ -18,6 +18,7 @@ benchmarks/llm_other_family.py loads it; its dense perplexity measured first).
     python benchmarks/llm_ideas.py balance '{"mode": "balance", "seed": 0}' '{"mode": "none"}'
     python benchmarks/llm_ideas.py steps '{"mode": "resolve", "seed": 0}' '{"mode": "anchor"}' \
         '{"mode": "widths"}'
+    python benchmarks/llm_ideas.py obs-steps '{"steps": 2, "seed": 0}' '{"steps": 1}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -47,6 +48,8 @@ steps: what makes a fold in two steps (fold_llm(steps=2)) better. "resolve": the
   parameters, then the rest of 20%); "anchor": the default plan's midpoint, then its final
   widths with the second refit aiming at the ORIGINAL model on the original's samples
   (one sampling, not two); "widths": one step, but to the widths "resolve" ends at.
+obs-steps: structured OBS pruning (its default flat-mlp plan at `sparsity`) reached in
+  `steps` prunes, each sampling, measuring and repairing on the model it starts from.
 in-domain: the upper reference for the calibration text: the same fold and refit
   (repair="refit") on WikiText-2 itself, `samples` windows of `len` tokens drawn (seeded)
   from the test split after its first 4,096 tokens, disjoint from the 2,048 evaluated.
@@ -205,6 +208,8 @@ def main(argv: list[str]) -> int:
                                   sparsity=0.2, seed=seed)
         elif what == "steps":
             small = _stepped(model, seed, o.get("mode", "resolve"))
+        elif what == "obs-steps":
+            small = _obs_stepped(model, seed, o.get("steps", 2), o.get("sparsity", 0.2))
         elif what == "in-domain":
             n, length = o.get("samples", 16), o.get("len", 128)
             g = torch.Generator().manual_seed(seed)
@@ -220,6 +225,24 @@ def main(argv: list[str]) -> int:
                           "layer_sizes": small.tuneless_report.get("layer_sizes")
                           if what == "allocation" else None}), flush=True)
     return 0
+
+
+def _obs_stepped(model, seed, steps, sparsity):
+    """Structured OBS (tuneless.prune(criterion="obs")) reaching its default plan's widths
+    in `steps` prunes, each with its own self-generated text, statistics and repair on the
+    model it starts from — the fold's `steps` applied to OBS."""
+    from tuneless.llm.adapters import adapter_for
+    from tuneless.llm.fold import step_plans
+    from tuneless.llm.plan import OBS_DEFAULTS, resolve_plan
+
+    shapes = adapter_for(model).shapes(model)
+    plans = resolve_plan(shapes, sparsity=sparsity, defaults=OBS_DEFAULTS)
+    small = model
+    for stage in step_plans(shapes, plans, steps):
+        now = adapter_for(small).shapes(small)
+        schedule = {i: (0.0, 1 - p.n_mlp / s.n_mlp) for i, (s, p) in enumerate(zip(now, stage))}
+        small = tuneless.prune(small, criterion="obs", schedule=schedule, seed=seed)
+    return small
 
 
 def _stepped(model, seed, mode):
