@@ -231,6 +231,7 @@ def _obs_stepped(model, seed, steps, sparsity):
     """Structured OBS (tuneless.prune(criterion="obs")) reaching its default plan's widths
     in `steps` prunes, each with its own self-generated text, statistics and repair on the
     model it starts from — the fold's `steps` applied to OBS."""
+    import tuneless
     from tuneless.llm.adapters import adapter_for
     from tuneless.llm.fold import step_plans
     from tuneless.llm.plan import OBS_DEFAULTS, resolve_plan
