@@ -278,6 +278,7 @@ def output_damage(reference: nn.Module, x, n: int, seed: int, data=None):
     LayerNorm2d passes its normalized_shape to layer_norm): each group's first trial is
     checked against the trial's own forward on two probes, and a group whose shortened
     run fails or differs is measured by full forward passes."""
+    from tuneless.reduce import missed_coupling
     from tuneless.suffix import SuffixRunner
 
     probe = small_probes(reference, probe_inputs(x, n, seed, data))
@@ -311,7 +312,10 @@ def output_damage(reference: nn.Module, x, n: int, seed: int, data=None):
     def measure(model: nn.Module, changed: set[str] | None = None) -> float:
         out = shortened(model, changed) if changed is not None else None
         if out is None:
-            out = _output_tensor(_eval_forward(model, probe))
+            try:
+                out = _output_tensor(_eval_forward(model, probe))
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                raise missed_coupling(model, "trial", exc) from exc
         return float((out.double() - ref).pow(2).sum()) / scale
 
     return measure

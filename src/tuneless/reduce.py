@@ -77,14 +77,19 @@ def check_reduced(new: nn.Module, example_inputs, what: str) -> None:
     try:
         new.eval()(*x)
     except Exception as exc:  # noqa: BLE001 — any failure: the reduction is not usable
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise TunelessError(
-            f"the {what} {type(new).__name__} does not run on the example input ({line}): "
-            "the channel analysis missed a coupling there; keep those layers whole "
-            "(channels= / --option channels=...) and please report the model") from exc
+        raise missed_coupling(new, what, exc) from exc
     finally:
         for m, t in modes.items():
             m.training = t
+
+
+def missed_coupling(model: nn.Module, what: str, exc: BaseException) -> TunelessError:
+    """The one-line error for a reduced model (or an allocation's trial) that does not run."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return TunelessError(
+        f"the {what} {type(model).__name__} does not run on the example input ({line}): "
+        "the channel analysis missed a coupling there; keep those layers whole "
+        "(channels= / --option channels=...) and please report the model")
 
 
 def remember_original(new: nn.Module, model: nn.Module) -> None:
