@@ -81,38 +81,25 @@ def test_streamed_repaired_fold_equals_the_in_memory_one(sharded, tmp_path, sche
         assert (plain(X).logits - want(X).logits).abs().max() > 100 * diff  # a real repair
 
 
-def test_streamed_repair_of_a_sliding_window_family(tmp_path):
-    """Gemma 3: sandwich norms, q/k norms, rotary tables rebuilt on the shell, per-layer masks."""
+@pytest.mark.parametrize("family, layers, head_ratio", [
+    ("gemma3_text", 4, 0.5),  # sandwich and q/k norms, rotary tables, per-layer masks
+    ("granite", 3, 0.0),  # sublayers scaled before the residual add: the refit aims at
+])                        # output / multiplier; embeddings and logits scaled too
+def test_streamed_repair_of_other_families_equals_the_in_memory_one(family, layers,
+                                                                    head_ratio, tmp_path):
     from tests.llm.test_adapter_contract import _config
 
-    cfg, cls = _config("gemma3_text", layers=4)
-    cfg.layer_types = ["sliding_attention", "full_attention"] * 2
+    cfg, cls = _config(family, layers=layers)
+    if family == "gemma3_text":  # sliding and full attention alternate
+        cfg.layer_types = ["sliding_attention", "full_attention"] * 2
     torch.manual_seed(0)
     m = cls(cfg).eval()
     m.save_pretrained(tmp_path / "src", max_shard_size="60KB")
     calib = torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(1))
-    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", head_ratio=0.5, mlp_ratio=0.5,
-                          kmeans_dim=None, repair="refit", data=calib, progress=False)
-    want = fold_llm(m, head_ratio=0.5, mlp_ratio=0.5, repair="refit", data=calib)
-    with torch.no_grad():
-        x = calib[:2]
-        torch.testing.assert_close(load_folded(out)(x).logits, want(x).logits, rtol=1e-4,
-                                   atol=1e-4)
-
-
-def test_streamed_repair_of_a_family_with_residual_multipliers(tmp_path):
-    """Granite: each sublayer's output is scaled before the residual add (the refit aims at
-    output / multiplier), embeddings and logits are scaled too."""
-    from tests.llm.test_adapter_contract import _config
-
-    cfg, cls = _config("granite", layers=3)
-    torch.manual_seed(0)
-    m = cls(cfg).eval()
-    m.save_pretrained(tmp_path / "src", max_shard_size="60KB")
-    calib = torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(1))
-    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", head_ratio=0.0, mlp_ratio=0.5,
-                          kmeans_dim=None, repair="refit", data=calib, progress=False)
-    want = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="refit", data=calib)
+    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", head_ratio=head_ratio,
+                          mlp_ratio=0.5, kmeans_dim=None, repair="refit", data=calib,
+                          progress=False)
+    want = fold_llm(m, head_ratio=head_ratio, mlp_ratio=0.5, repair="refit", data=calib)
     with torch.no_grad():
         x = calib[:2]
         torch.testing.assert_close(load_folded(out)(x).logits, want(x).logits, rtol=1e-4,
