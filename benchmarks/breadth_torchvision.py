@@ -70,7 +70,12 @@ def build(name: str, library: str):
         first = classes[name] if isinstance(classes[name], str) else classes[name][0]
         # a model type with several classifier classes (DeiT, LeViT) picks by architectures
         cfg = tf.AutoConfig.for_model(name, num_labels=10, architectures=[first])
-        model = ImageClassifier(tf.AutoModelForImageClassification.from_config(cfg)).eval()
+
+        def fresh():
+            torch.manual_seed(0)
+            return ImageClassifier(tf.AutoModelForImageClassification.from_config(cfg)).eval()
+
+        model = fresh()
         c, h, w = input_shape(cfg.to_dict())
         x = torch.randn(1, c, 64, 64)
         try:
@@ -78,6 +83,7 @@ def build(name: str, library: str):
                 model(x)
         except Exception:  # noqa: BLE001 — fixed-size models (position tables, windows)
             x = torch.randn(1, c, h, w)
+            model = fresh()  # the failed call may have changed it (Swin shrinks its window)
         return model, x
     import timm
 
