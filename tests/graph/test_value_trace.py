@@ -111,3 +111,37 @@ def test_decisions_on_tensor_data_stay_untraceable(decide):
 
     with pytest.raises(UnsupportedModelError, match="cannot trace Branchy"):
         trace(Branchy(), torch.randn(1, 3, 4, 4))
+
+
+class SizeRead(nn.Module):
+    """Reads the stream's width in Python and splits another tensor by it (FocalNet's
+    modulation): reducing the stream would break the forward; the inner group is free."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 17, 1)
+        self.m1, self.m2 = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        if x.shape[1] != 3:
+            raise ValueError("three channels expected")
+        h = torch.relu(self.a(x))
+        width = int(h.shape[1])
+        q, k, g = torch.split(self.b(h), (width, width, 1), 1)
+        return self.out(self.m2(torch.relu(self.m1(h)))) * (q * k * g).mean()
+
+
+def test_a_group_whose_size_python_code_reads_elsewhere_is_fixed_and_the_rest_folds():
+    from tuneless.graph import find_groups
+
+    model = SizeRead().eval()
+    x = torch.randn(2, 3, 4, 4)
+    graph = find_groups(model, x)
+    stream = next(g for g in graph.groups if any(s.module == "a" for s in g.producers))
+    assert stream.fixed and "breaks the forward" in "; ".join(stream.reasons)
+    small = tuneless.fold(model, sparsity=0.2, example_inputs=x, allocation="uniform",
+                          repair="none")
+    assert small.a.out_channels == 8 and small.m1.out_channels < 16
+    assert small(torch.randn(3, 3, 4, 4)).shape == (3, 4, 4, 4)

@@ -660,7 +660,43 @@ def find_groups(model: nn.Module, example_inputs) -> GroupGraph:
     w.run()
     groups = w.b.groups()
     _fix_tied_tensors(model, groups)
-    return GroupGraph(groups=groups, model_name=type(model).__name__)
+    graph = GroupGraph(groups=groups, model_name=type(model).__name__)
+    if gm.meta.get("value_traced"):
+        _fix_groups_that_break_the_forward(model, graph, example_inputs)
+    return graph
+
+
+@torch.no_grad()
+def _fix_groups_that_break_the_forward(model: nn.Module, graph: GroupGraph,
+                                       example_inputs) -> None:
+    """A forward traced through Python decisions on shapes can read a channel count from one
+    tensor and shape another with it (FocalNet splits its modulation projection by the
+    stream's width): a coupling no graph rule sees. Each reducible group is shrunk alone to
+    half (a trial sharing the untouched tensors) and run once on the example input; a group
+    whose trial fails is fixed, with that reason. One forward pass per group, only for
+    models plain torch.fx could not trace."""
+    from tuneless.decisions import top_channels
+    from tuneless.reduce import reduce
+
+    x = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        for g in graph.reducible:
+            k = max(g.lowest(), g.n // 2 // g.blocks * g.blocks)
+            if k >= g.n:
+                continue
+            keep = top_channels(torch.arange(g.n, 0, -1, dtype=torch.float32), k, g.blocks)
+            try:
+                reduce(model, graph, {g.id: keep}, share=True)(*x)
+            except Exception as exc:  # noqa: BLE001 — whatever breaks, the group stays
+                line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+                g.fixed = True
+                g.reasons.append(f"shrinking it alone breaks the forward ({line}): a size "
+                                 "the traced Python code reads elsewhere")
+    finally:
+        for m, t in modes.items():
+            m.training = t
 
 
 def _fix_tied_tensors(model: nn.Module, groups) -> None:

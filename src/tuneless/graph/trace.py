@@ -8,7 +8,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from tuneless.errors import UnsupportedModelError
-from tuneless.graph.value_trace import value_tracer
+from tuneless.graph.value_trace import ValueTracer, value_tracer
 
 # modules that act on each element alone: channels stay apart through them
 ELEMENTWISE_MODULES = (
@@ -83,6 +83,7 @@ def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
                     f"cannot trace {type(model).__name__} with torch.fx "
                     f"({type(exc).__name__}: {msg})") from exc
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        gm.meta["value_traced"] = isinstance(tracer, ValueTracer)  # shape decisions fixed
         _restore(state)  # after the GraphModule took its constants from the root
         try:
             ShapeProp(gm).propagate(*example_inputs)
