@@ -672,9 +672,9 @@ def _fix_groups_that_break_the_forward(model: nn.Module, graph: GroupGraph,
     """A forward traced through Python decisions on shapes can read a channel count from one
     tensor and shape another with it (FocalNet splits its modulation projection by the
     stream's width): a coupling no graph rule sees. Each reducible group is shrunk alone to
-    half (a trial sharing the untouched tensors) and run once on the example input; a group
-    whose trial fails is fixed, with that reason. One forward pass per group, only for
-    models plain torch.fx could not trace."""
+    half and by one block (trials sharing the untouched tensors) and run on the example
+    input; a group whose trial fails is fixed, with that reason. Two forward passes per
+    group, only for models plain torch.fx could not trace."""
     from tuneless.decisions import top_channels
     from tuneless.reduce import reduce
 
@@ -683,17 +683,21 @@ def _fix_groups_that_break_the_forward(model: nn.Module, graph: GroupGraph,
     try:
         model.eval()
         for g in graph.reducible:
-            k = max(g.lowest(), g.n // 2 // g.blocks * g.blocks)
-            if k >= g.n:
-                continue
-            keep = top_channels(torch.arange(g.n, 0, -1, dtype=torch.float32), k, g.blocks)
-            try:
-                reduce(model, graph, {g.id: keep}, share=True)(*x)
-            except Exception as exc:  # noqa: BLE001 — whatever breaks, the group stays
-                line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
-                g.fixed = True
-                g.reasons.append(f"shrinking it alone breaks the forward ({line}): a size "
-                                 "the traced Python code reads elsewhere")
+            score = torch.arange(g.n, 0, -1, dtype=torch.float32)
+            # half, and one block less (an odd count finds sizes that must divide evenly)
+            for k in sorted({max(g.lowest(), g.n // 2 // g.blocks * g.blocks),
+                             max(g.lowest(), g.n - g.blocks)}):
+                if k >= g.n:
+                    continue
+                try:
+                    reduce(model, graph, {g.id: top_channels(score, k, g.blocks)},
+                           share=True)(*x)
+                except Exception as exc:  # noqa: BLE001 — whatever breaks, the group stays
+                    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+                    g.fixed = True
+                    g.reasons.append(f"shrinking it alone breaks the forward ({line}): a "
+                                     "size the traced Python code reads elsewhere")
+                    break
     finally:
         for m, t in modes.items():
             m.training = t
