@@ -218,8 +218,9 @@ def test_labels_decision_rewrites_like_the_dense_maps():
 
 def test_a_coupling_the_analysis_misses_is_a_one_line_error_not_a_broken_model():
     """A channel count read from one tensor and used to split another (FocalNet's
-    modulation does this): the analysis cannot see the link, the reduced model does not
-    run, and fold/prune say so instead of returning it."""
+    modulation does this): the analysis cannot see the link. Uniform widths reduce it and
+    the model does not run: fold/prune say so instead of returning it. Measured widths try
+    each group alone first: the coupled group's trials fail, so it stays whole."""
     import tuneless
 
     class SizeCoupled(nn.Module):
@@ -227,16 +228,19 @@ def test_a_coupling_the_analysis_misses_is_a_one_line_error_not_a_broken_model()
             super().__init__()
             self.a = nn.Conv2d(3, 8, 1)
             self.b = nn.Conv2d(8, 17, 1)
+            self.m1, self.m2 = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
             self.out = nn.Conv2d(8, 4, 1)
 
         def forward(self, x):
             h = torch.relu(self.a(x))
             q, k, g = torch.split(self.b(h), (h.shape[1], h.shape[1], 1), 1)
-            return self.out(h) * (q * k * g).mean()
+            return self.out(self.m2(torch.relu(self.m1(h)))) * (q * k * g).mean()
 
     model = SizeCoupled().eval()
     x = torch.randn(2, 3, 4, 4)
     for compress in (tuneless.prune, tuneless.fold):
-        for allocation in ("uniform", "sensitivity"):  # the latter's trials fail first
-            with pytest.raises(TunelessError, match="does not run on the example input"):
-                compress(model, sparsity=0.3, example_inputs=x, allocation=allocation)
+        with pytest.raises(TunelessError, match="does not run on the example input"):
+            compress(model, sparsity=0.3, example_inputs=x, allocation="uniform")
+        small = compress(model, sparsity=0.2, example_inputs=x, allocation="sensitivity")
+        assert small.a.out_channels == 8 and small.m1.out_channels < 16
+        assert small(x).shape == (2, 4, 4, 4)

@@ -367,6 +367,8 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
     channels (additive across groups to first order). It is measured at the counts that
     remove `shares` of each group (capped by max_ratio and floor) and interpolated.
     """
+    from tuneless.reduce import MissedCoupling
+
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     counter = ParamCounter(model, graph, weights)
@@ -380,7 +382,11 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
             continue
         coarse, levels[g.id] = _block_levels(g, [g.n, lowest, *(
             max(lowest, round(g.n * (1 - s))) for s in shares)])
-        errs = [0.0] + [max(0.0, damage(g.id, k)) for k in coarse[1:]]
+        try:
+            errs = [0.0] + [max(0.0, damage(g.id, k)) for k in coarse[1:]]
+        except MissedCoupling:  # a trial of this group does not run: it stays whole
+            del levels[g.id]
+            continue
         for i in range(1, len(errs)):  # folding deeper never helps: keep the curve monotone
             errs[i] = max(errs[i], errs[i - 1])
         curves[g.id] = _interpolate(coarse, errs, levels[g.id])

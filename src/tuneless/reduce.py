@@ -83,10 +83,15 @@ def check_reduced(new: nn.Module, example_inputs, what: str) -> None:
             m.training = t
 
 
-def missed_coupling(model: nn.Module, what: str, exc: BaseException) -> TunelessError:
+class MissedCoupling(TunelessError):
+    """A reduced model (or an allocation's trial) that does not run: a coupling between
+    channel spaces that the analysis did not see."""
+
+
+def missed_coupling(model: nn.Module, what: str, exc: BaseException) -> MissedCoupling:
     """The one-line error for a reduced model (or an allocation's trial) that does not run."""
     line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-    return TunelessError(
+    return MissedCoupling(
         f"the {what} {type(model).__name__} does not run on the example input ({line}): "
         "the channel analysis missed a coupling there; keep those layers whole "
         "(channels= / --option channels=...) and please report the model")
