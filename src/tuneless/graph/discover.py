@@ -676,10 +676,12 @@ def _fix_groups_that_break_the_forward(model: nn.Module, graph: GroupGraph,
     input; a group whose trial fails is fixed, with that reason. Two forward passes per
     group, only for models plain torch.fx could not trace."""
     from tuneless.decisions import top_channels
+    from tuneless.graph.trace import attributes, restore
     from tuneless.reduce import reduce
 
     x = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
     modes = {m: m.training for m in model.modules()}
+    state = attributes(model)  # trials share the model's caches: put them back after
     try:
         model.eval()
         for g in graph.reducible:
@@ -699,6 +701,7 @@ def _fix_groups_that_break_the_forward(model: nn.Module, graph: GroupGraph,
                                      "size the traced Python code reads elsewhere")
                     break
     finally:
+        restore(state)
         for m, t in modes.items():
             m.training = t
 

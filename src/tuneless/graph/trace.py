@@ -64,14 +64,14 @@ def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
     if not isinstance(example_inputs, tuple | list):
         example_inputs = (example_inputs,)
     modes = {m: m.training for m in model.modules()}
-    state = _attributes(model)  # tracing can leave proxies in a module's caches
+    state = attributes(model)  # tracing can leave proxies in a module's caches
     try:
         model.eval()
         tracer = _Tracer()
         try:
             graph = tracer.trace(model)
         except Exception as exc:  # fx raises many types; the user needs one line
-            _restore(state)
+            restore(state)
             # Python decisions on tensor values (Hugging Face input checks, int(size)):
             # trace again with every proxy carrying its value on the example inputs
             tracer = value_tracer(_Tracer)(tuple(example_inputs))
@@ -84,7 +84,7 @@ def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
                     f"({type(exc).__name__}: {msg})") from exc
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
         gm.meta["value_traced"] = isinstance(tracer, ValueTracer)  # shape decisions fixed
-        _restore(state)  # after the GraphModule took its constants from the root
+        restore(state)  # after the GraphModule took its constants from the root
         try:
             ShapeProp(gm).propagate(*example_inputs)
         except Exception as exc:
@@ -98,7 +98,7 @@ def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
                 f"{type(model).__name__} does not run on the example input ({msg})"
             ) from err
     finally:
-        _restore(state)
+        restore(state)
         for m, t in modes.items():
             m.training = t
     return gm
@@ -107,7 +107,7 @@ def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
 _TORCH_SLOTS = {"_parameters", "_buffers", "_modules", "training"}
 
 
-def _attributes(model: nn.Module) -> list[tuple[nn.Module, dict]]:
+def attributes(model: nn.Module) -> list[tuple[nn.Module, dict]]:
     """Every module's plain attributes, containers copied one level deep: a forward that
     caches into a dict (LeViT's attention biases) would keep the tracer's proxies there,
     and fx adds its tensor constants to the root."""
@@ -119,7 +119,7 @@ def _copy(v):
     return type(v)(v) if type(v) in (dict, list, set) else v
 
 
-def _restore(state: list[tuple[nn.Module, dict]]) -> None:
+def restore(state: list[tuple[nn.Module, dict]]) -> None:
     """Put the attributes back, containers as fresh copies (a later trace may fill them)."""
     for m, saved in state:
         attrs = vars(m)
