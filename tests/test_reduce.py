@@ -222,21 +222,9 @@ def test_a_coupling_the_analysis_misses_is_a_one_line_error_not_a_broken_model()
     the model does not run: fold/prune say so instead of returning it. Measured widths try
     each group alone first: the coupled group's trials fail, so it stays whole."""
     import tuneless
+    from tests.graph.test_value_trace import SizeRead
 
-    class SizeCoupled(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Conv2d(3, 8, 1)
-            self.b = nn.Conv2d(8, 17, 1)
-            self.m1, self.m2 = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
-            self.out = nn.Conv2d(8, 4, 1)
-
-        def forward(self, x):
-            h = torch.relu(self.a(x))
-            q, k, g = torch.split(self.b(h), (h.shape[1], h.shape[1], 1), 1)
-            return self.out(self.m2(torch.relu(self.m1(h)))) * (q * k * g).mean()
-
-    model = SizeCoupled().eval()
+    model = SizeRead(in_python=False).eval()  # plain fx: no probe, the later guards
     x = torch.randn(2, 3, 4, 4)
     for compress in (tuneless.prune, tuneless.fold):
         with pytest.raises(TunelessError, match="does not run on the example input"):

@@ -114,21 +114,24 @@ def test_decisions_on_tensor_data_stay_untraceable(decide):
 
 
 class SizeRead(nn.Module):
-    """Reads the stream's width in Python and splits another tensor by it (FocalNet's
-    modulation): reducing the stream would break the forward; the inner group is free."""
+    """Reads the stream's width and splits another tensor by it (FocalNet's modulation):
+    reducing the stream breaks the forward; the inner m1 → m2 group is free. in_python:
+    the width goes through int() behind a shape check (value-traced), else it stays a
+    traced size (plain fx)."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_python: bool = True) -> None:
         super().__init__()
+        self.in_python = in_python
         self.a = nn.Conv2d(3, 8, 1)
         self.b = nn.Conv2d(8, 17, 1)
         self.m1, self.m2 = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
         self.out = nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
-        if x.shape[1] != 3:
+        if self.in_python and x.shape[1] != 3:
             raise ValueError("three channels expected")
         h = torch.relu(self.a(x))
-        width = int(h.shape[1])
+        width = int(h.shape[1]) if self.in_python else h.shape[1]
         q, k, g = torch.split(self.b(h), (width, width, 1), 1)
         return self.out(self.m2(torch.relu(self.m1(h)))) * (q * k * g).mean()
 
