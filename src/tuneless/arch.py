@@ -8,7 +8,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from tuneless.errors import TunelessError
+from tuneless.errors import TunelessError, first_line
 
 
 def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bool = False,
@@ -84,7 +84,7 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bo
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return first_line(exc, 200)
 
 
 def is_reference(spec: str) -> bool:

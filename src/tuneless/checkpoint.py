@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tuneless.errors import TunelessError
+from tuneless.errors import TunelessError, first_line
 from tuneless.io_atomic import atomic_torch_save
 
 FORMAT = "tuneless-checkpoint/1"
@@ -99,7 +99,7 @@ PICKLE_PROTO = 0x80  # torch.save's legacy format starts with a pickle protocol 
 
 
 def _one_line(exc: BaseException, limit: int = 160) -> str:
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = first_line(exc)
     text = text.split(". ")[0]
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

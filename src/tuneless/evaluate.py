@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from tuneless._lazy import make_module_callable
 from tuneless.data.loader import TensorDataset, TensorLoader
-from tuneless.errors import TunelessError
+from tuneless.errors import TunelessError, first_line
 
 
 @torch.no_grad()
@@ -103,9 +103,9 @@ def check_runs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     try:
         return model(example)
     except (RuntimeError, ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise TunelessError(
-            f"the model does not accept inputs of shape {tuple(example.shape)}: {first}"
+            f"the model does not accept inputs of shape {tuple(example.shape)}: "
+            f"{first_line(exc, 160)}"
         ) from exc
     finally:
         model.train(was_training)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tuneless.errors import TunelessError
+from tuneless.errors import TunelessError, first_line
 
 REF = "transformers:image-classification"
 
@@ -71,8 +71,8 @@ def load_image_classifier(path: str | os.PathLike) -> ImageClassifier:
         inner = tf.AutoModelForImageClassification.from_pretrained(
             str(path), trust_remote_code=False)
     except Exception as exc:  # missing weights, unknown model_type, custom code
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise TunelessError(f"cannot load the image classifier in {path}: {line}") from exc
+        raise TunelessError(f"cannot load the image classifier in {path}: "
+                            f"{first_line(exc, 200)}") from exc
     return _wrap(inner)
 
 
@@ -86,8 +86,8 @@ def build_image_classifier(config: dict[str, Any]) -> ImageClassifier:
         cfg = tf.AutoConfig.for_model(config["model_type"], **settings)
         inner = tf.AutoModelForImageClassification.from_config(cfg, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 — an unknown model_type or a bad field
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise TunelessError(f"cannot build {REF} ({config['model_type']}): {line}") from exc
+        raise TunelessError(f"cannot build {REF} ({config['model_type']}): "
+                            f"{first_line(exc, 200)}") from exc
     return _wrap(inner)
 
 

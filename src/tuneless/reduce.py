@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from tuneless._lazy import make_module_callable
 from tuneless.decisions import Decision, Merge, kept_indices, merge, selection
-from tuneless.errors import TunelessError
+from tuneless.errors import TunelessError, first_line
 from tuneless.graph.groups import CONSUMER, GroupGraph, Slot, Source
 
 __all__ = ["Decision", "kept_indices", "merge", "reduce", "reduce_tensors", "selection"]
@@ -72,15 +72,14 @@ def check_reduced(new: nn.Module, example_inputs, what: str) -> None:
     """Run the reduced model once on the example input (eval mode, restored after): a
     coupling the channel analysis missed (a size read from one tensor and used on another,
     as FocalNet's split does) is a one-line error here, never a model returned broken."""
+    from tuneless.suffix import evaluating
+
     x = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
-    modes = {m: m.training for m in new.modules()}
-    try:
-        new.eval()(*x)
-    except Exception as exc:  # noqa: BLE001 — any failure: the reduction is not usable
-        raise missed_coupling(new, what, exc) from exc
-    finally:
-        for m, t in modes.items():
-            m.training = t
+    with evaluating(new):
+        try:
+            new(*x)
+        except Exception as exc:  # noqa: BLE001 — any failure: the reduction is not usable
+            raise missed_coupling(new, what, exc) from exc
 
 
 class MissedCoupling(TunelessError):
@@ -90,9 +89,9 @@ class MissedCoupling(TunelessError):
 
 def missed_coupling(model: nn.Module, what: str, exc: BaseException) -> MissedCoupling:
     """The one-line error for a reduced model (or an allocation's trial) that does not run."""
-    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
     return MissedCoupling(
-        f"the {what} {type(model).__name__} does not run on the example input ({line}): "
+        f"the {what} {type(model).__name__} does not run on the example input "
+        f"({first_line(exc, 160)}): "
         "the channel analysis missed a coupling there; keep those layers whole "
         "(channels= / --option channels=...) and please report the model")
 

@@ -32,7 +32,7 @@ class _On(fx.Interpreter):
 
 
 @contextmanager
-def _evaluating(model: nn.Module):
+def evaluating(model: nn.Module):
     """Eval mode for the duration (no running-statistics updates), every module's mode
     restored after (the reference may be the user's model)."""
     modes = {m: m.training for m in model.modules()}
@@ -83,7 +83,7 @@ class SuffixRunner:
         calls come group by group, and a prefix can be as large as the activations)."""
         if self._start != start:
             self._env = {}  # the previous group's values are released first
-            with _evaluating(self.reference):
+            with evaluating(self.reference):
                 self._env = self._walk(fx.Interpreter(self.gm), 0, start, {})
             self._start = start
         return self._env
@@ -107,5 +107,5 @@ class SuffixRunner:
     def run(self, model: nn.Module, changed: set[str]):
         start = self.start_of(changed)
         env = dict(self._prefix(start))
-        with _evaluating(model):
+        with evaluating(model):
             return self._walk(_On(self.gm, model), start, len(self.nodes), env)

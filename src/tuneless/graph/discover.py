@@ -15,6 +15,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tuneless.errors import first_line
 from tuneless.graph.builder import GroupBuilder
 from tuneless.graph.groups import CONSUMER, NORM, PRODUCER, GroupGraph, Slot
 from tuneless.graph.layout import Layout
@@ -675,35 +676,37 @@ def _fix_groups_that_break_the_forward(model: nn.Module, graph: GroupGraph,
     half and by one block (trials sharing the untouched tensors) and run on the example
     input; a group whose trial fails is fixed, with that reason. Two forward passes per
     group, only for models plain torch.fx could not trace."""
-    from tuneless.decisions import top_channels
     from tuneless.graph.trace import attributes, restore
-    from tuneless.reduce import reduce
+    from tuneless.suffix import evaluating
 
     x = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
-    modes = {m: m.training for m in model.modules()}
     state = attributes(model)  # trials share the model's caches: put them back after
     try:
-        model.eval()
-        for g in graph.reducible:
-            score = torch.arange(g.n, 0, -1, dtype=torch.float32)
-            # half, and one block less (an odd count finds sizes that must divide evenly)
-            for k in sorted({max(g.lowest(), g.n // 2 // g.blocks * g.blocks),
-                             max(g.lowest(), g.n - g.blocks)}):
-                if k >= g.n:
-                    continue
-                try:
-                    reduce(model, graph, {g.id: top_channels(score, k, g.blocks)},
-                           share=True)(*x)
-                except Exception as exc:  # noqa: BLE001 — whatever breaks, the group stays
-                    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
-                    g.fixed = True
-                    g.reasons.append(f"shrinking it alone breaks the forward ({line}): a "
-                                     "size the traced Python code reads elsewhere")
-                    break
+        with evaluating(model):
+            for g in graph.reducible:
+                _probe(model, graph, g, x)
     finally:
         restore(state)
-        for m, t in modes.items():
-            m.training = t
+
+
+def _probe(model: nn.Module, graph: GroupGraph, g, x: tuple) -> None:
+    """Shrink group g alone to half and by one block (an odd count finds sizes that must
+    divide evenly) and run each trial; fix g at the first that fails."""
+    from tuneless.decisions import top_channels
+    from tuneless.reduce import reduce
+
+    score = torch.arange(g.n, 0, -1, dtype=torch.float32)
+    for k in sorted({max(g.lowest(), g.n // 2 // g.blocks * g.blocks),
+                     max(g.lowest(), g.n - g.blocks)}):
+        if k >= g.n:
+            continue
+        try:
+            reduce(model, graph, {g.id: top_channels(score, k, g.blocks)}, share=True)(*x)
+        except Exception as exc:  # noqa: BLE001 — whatever breaks, the group stays
+            g.fixed = True
+            g.reasons.append(f"shrinking it alone breaks the forward ({first_line(exc, 100)}): "
+                             "a size the traced Python code reads elsewhere")
+            return
 
 
 def _fix_tied_tensors(model: nn.Module, groups) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tuneless.errors import TunelessError
+from tuneless.errors import TunelessError, first_line
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for, adapter_for_config
 from tuneless.llm.hf import quiet_config_validation
@@ -179,8 +179,7 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
             return AutoModelForCausalLM.from_pretrained(
                 str(folder), dtype=dtype or "auto", trust_remote_code=trust_code).eval()
         except (OSError, ValueError, KeyError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise TunelessError(f"cannot load the model in {folder}: {first}") from exc
+            raise TunelessError(f"cannot load the model in {folder}: {first_line(exc)}") from exc
     adapter_for_config(config)
     with quiet_config_validation():
         model = AutoModelForCausalLM.from_config(config,
