@@ -12,7 +12,8 @@ Rows: a library schedule name ("paper-mlp", "inner-mlp", "uniform", "paper"), "d
 the budget here and passed as a dict (heads kept everywhere): "spareK" (one MLP ratio for
 every layer but the first K and the last), "uniform-mlp" (one MLP ratio everywhere),
 "fillNN" (paper-mlp's ratios up to NN% in its deepest layers, then one floor ratio over
-every layer).
+every layer), "rampNN" (a ratio rising linearly with depth from NN% of the depth to the
+last-but-one layer, the last layer kept).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def shape_ratios(kind: str, n: int, t: float) -> list[float]:
         s_cap = float(kind[4:]) / 100 / max(paper)
         floor = max(0.0, t - s_cap)
         return [min(0.95, max(min(t, s_cap) * p, floor)) for p in paper]
+    if kind.startswith("ramp"):
+        start = float(kind[4:]) / 100 * (n - 1)
+        return [0.0 if i == n - 1 else min(0.95, t * max(0.0, i - start) / (n - 2 - start))
+                for i in range(n)]
     raise SystemExit(f"unknown row {kind!r}")
 
 
