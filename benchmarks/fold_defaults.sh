@@ -36,3 +36,7 @@ sweep models/resnet20-cifar10.pt --repairs dir --variants dir-s50-lr02,default \
 #   sweep models/resnet20-cifar10.pt --repairs ar --variants act,act-pre --seeds 0 --out docs/results/fold-act-resnet20
 #   sweep models/resnet20-cifar10.pt --repairs ar --variants act-param --seeds 0,1 --out docs/results/fold-act-resnet20
 #   sweep models/vgg11_bn-w0.5-cifar10.pt --ratio channel --repairs ar --variants act,act-param --seeds 0 --out docs/results/fold-act-vgg11
+# LeNet-5's data-free default (no BN: Fold-Naive with measured widths) at 10-80%, against the
+# Torch-Pruning rows of docs/results/fold-fashion-mnist.md (issue 17's third target)
+sweep models/lenet5-fashion-mnist.pt --repairs none --variants default \
+  --points 0.1,0.3,0.5,0.6,0.7,0.8 --out docs/results/fold-default-naive-lenet5
