@@ -29,10 +29,12 @@ def _config(family: str):
                             num_attention_heads=4, intermediate_size=128, num_labels=10)
     if family == "mobilenet_v2":  # int(...) of sizes in its forward
         return tf.MobileNetV2Config(image_size=32, num_labels=10, depth_multiplier=0.5)
+    if family == "pp_lcnet":  # its head's output comes back as last_hidden_state, no logits
+        return tf.AutoConfig.for_model("pp_lcnet", num_labels=10, scale=0.25)
     raise AssertionError(family)
 
 
-FAMILIES = ["resnet", "convnext", "vit", "mobilenet_v2"]
+FAMILIES = ["resnet", "convnext", "vit", "mobilenet_v2", "pp_lcnet"]
 
 
 def _hf(family: str):
@@ -42,14 +44,20 @@ def _hf(family: str):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_group_rewritten_whole_changes_nothing_and_a_fold_is_smaller(family):
-    model = _hf(family)
+    model = _hf(family)  # as transformers gives it: keyword input, a ModelOutput back
+
+    def logits(m, x):  # PPLCNet's head output comes back as its first field, not .logits
+        out = m(pixel_values=x)
+        return out["logits"] if "logits" in out else out[0]
+
     with torch.no_grad():
-        ref = model(pixel_values=X).logits
+        ref = logits(model, X)
         same = tuneless.prune(model, channel_ratio=0.0, example_inputs=X)
-        assert torch.allclose(same(pixel_values=X).logits, ref, atol=1e-5)
+        assert torch.allclose(logits(same, X), ref, atol=1e-5)
         small = tuneless.fold(model, sparsity=0.3, example_inputs=X, allocation="uniform")
-        out = small(pixel_values=torch.randn(5, 3, 32, 32)).logits  # another batch size
-    assert out.shape == (5, 10)
+        out = logits(small, torch.randn(5, 3, 32, 32))  # another batch size
+        assert torch.equal(ImageClassifier(model)(X), ref)  # the wrapper's output is the same
+    assert ref.shape == (2, 10) and out.shape == (5, 10)
     before = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in small.parameters()) < 0.8 * before
 
@@ -100,6 +108,23 @@ def test_image_folders_are_not_language_models_and_bad_folders_are_one_line(tmp_
         load_model(tmp_path / "vit")
     with pytest.raises(TunelessError, match="needs a transformers config"):
         build_image_classifier({"hidden_size": 3})
+
+
+def test_classifiers_that_need_more_than_pixels_are_refused_in_one_line():
+    from tuneless.hf_vision import check_pixel_classifier
+
+    gpt = tf.ImageGPTConfig(vocab_size=17, n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                            num_labels=10)  # classifies colour-cluster token ids
+    with pytest.raises(TunelessError, match=r"^ImageGPTForImageClassification needs a text "
+                                            r"prompt \(input_ids\)"):
+        build_image_classifier(gpt.to_dict())
+
+    class Patches(torch.nn.Module):  # Siglip2's signature: patch sequences and their shapes
+        def forward(self, pixel_values=None, pixel_attention_mask=None, spatial_shapes=None):
+            return pixel_values
+
+    with pytest.raises(TunelessError, match="patch sequences"):
+        check_pixel_classifier(Patches())
 
 
 def test_a_hub_id_of_an_image_classifier_downloads_then_goes_the_image_way(tmp_path,

@@ -35,7 +35,51 @@ class ImageClassifier(nn.Module):
             self.tuneless_arch = {"ref": REF, "kwargs": {"config": config.to_dict()}}
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
+        out = self.model(pixel_values=pixel_values)
+        if "logits" in out:
+            return out["logits"]
+        # a few heads (PPLCNet) return the classifier's output as last_hidden_state
+        logits = out[0]
+        labels = getattr(self.model.config, "num_labels", None)
+        if logits.dim() != 2 or logits.shape[-1] != labels:
+            raise TunelessError(
+                f"{type(self.model).__name__} returned no logits (its first output is shaped "
+                f"{tuple(logits.shape)}, not (batch, {labels}))")
+        return logits
+
+
+# forward parameters that mean a classifier needs more than a (N, C, H, W) pixel tensor
+_OTHER_INPUTS = {"input_ids": "a text prompt (input_ids)",
+                 "spatial_shapes": "its images cut into patch sequences (spatial_shapes)"}
+
+
+def check_pixel_classifier(model) -> None:
+    """Refuse, in one line, a classifier (class or instance) whose forward needs more than
+    pixel values: what tuneless compresses, evaluates and exports is a function of an image
+    tensor. Checked on the class before any weights are built where it can be."""
+    import inspect
+
+    cls = model if isinstance(model, type) else type(model)
+    try:
+        params = inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return
+    needs = [why for name, why in _OTHER_INPUTS.items() if name in params]
+    if "pixel_values" not in params and not any(
+            p.kind is p.VAR_KEYWORD for p in params.values()):
+        needs.append("inputs other than pixel_values")
+    if needs:
+        raise TunelessError(f"{cls.__name__} needs {', '.join(needs)}, not only an "
+                            "image tensor: tuneless compresses classifiers of pixel values")
+
+
+def _check_config(tf, cfg) -> None:
+    """check_pixel_classifier on the class this config would build, if transformers says."""
+    try:
+        cls = tf.AutoModelForImageClassification._model_mapping[type(cfg)]
+    except Exception:  # noqa: BLE001 — no such mapping in this version: checked after build
+        return
+    check_pixel_classifier(cls)
 
 
 def _architectures(folder: Path) -> list[str]:
@@ -68,8 +112,12 @@ def load_image_classifier(path: str | os.PathLike) -> ImageClassifier:
     """The folder's classifier with its weights, in eval mode, ready for tuneless.save."""
     tf = _transformers()
     try:
+        cfg = tf.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        _check_config(tf, cfg)
         inner = tf.AutoModelForImageClassification.from_pretrained(
-            str(path), trust_remote_code=False)
+            str(path), config=cfg, trust_remote_code=False)
+    except TunelessError:
+        raise
     except Exception as exc:  # missing weights, unknown model_type, custom code
         raise TunelessError(f"cannot load the image classifier in {path}: "
                             f"{first_line(exc, 200)}") from exc
@@ -84,7 +132,10 @@ def build_image_classifier(config: dict[str, Any]) -> ImageClassifier:
     settings = {k: v for k, v in config.items() if k != "model_type"}
     try:
         cfg = tf.AutoConfig.for_model(config["model_type"], **settings)
+        _check_config(tf, cfg)
         inner = tf.AutoModelForImageClassification.from_config(cfg, trust_remote_code=False)
+    except TunelessError:
+        raise
     except Exception as exc:  # noqa: BLE001 — an unknown model_type or a bad field
         raise TunelessError(f"cannot build {REF} ({config['model_type']}): "
                             f"{first_line(exc, 200)}") from exc
@@ -92,6 +143,7 @@ def build_image_classifier(config: dict[str, Any]) -> ImageClassifier:
 
 
 def _wrap(inner: nn.Module) -> ImageClassifier:
+    check_pixel_classifier(inner)
     return ImageClassifier(inner.eval()).eval()
 
 
