@@ -65,7 +65,7 @@ def build(name: str, library: str):
             MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as classes,
         )
 
-        from tuneless.hf_vision import ImageClassifier, input_shape
+        from tuneless.hf_vision import build_image_classifier, input_shape
 
         first = classes[name] if isinstance(classes[name], str) else classes[name][0]
         # a model type with several classifier classes (DeiT, LeViT) picks by architectures
@@ -73,7 +73,7 @@ def build(name: str, library: str):
 
         def fresh():
             torch.manual_seed(0)
-            return ImageClassifier(tf.AutoModelForImageClassification.from_config(cfg)).eval()
+            return build_image_classifier(cfg.to_dict())  # what tuneless.load rebuilds
 
         model = fresh()
         c, h, w = input_shape(cfg.to_dict())
