@@ -191,7 +191,8 @@ def main(argv: list[str]) -> int:
                                    args.library], capture_output=True, text=True,
                                   timeout=args.limit_s)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-            last = (done.stderr.strip().splitlines() or ["?"])[-1][:110]
+            last = (done.stderr.strip().splitlines() or ["?"])[-1]
+            last = last.removeprefix("tuneless.errors.TunelessError: ")[:110]
             row = json.loads(lines[-1]) if lines else {"model": name, "fold": "no: " + last}
         except subprocess.TimeoutExpired:
             row = {"model": name, "fold": f"no: over {args.limit_s} s", "prune": "not run"}
