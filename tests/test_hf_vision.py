@@ -31,10 +31,15 @@ def _config(family: str):
         return tf.MobileNetV2Config(image_size=32, num_labels=10, depth_multiplier=0.5)
     if family == "pp_lcnet":  # its head's output comes back as last_hidden_state, no logits
         return tf.AutoConfig.for_model("pp_lcnet", num_labels=10, scale=0.25)
+    if family == "levit":  # BatchNorm1d over flattened tokens, reshaped back (reshape_as)
+        return tf.LevitConfig(image_size=32, hidden_sizes=[32, 48, 64],
+                              num_attention_heads=[2, 3, 4], depths=[1, 1, 1],
+                              key_dim=[8, 8, 8], num_labels=10,
+                              architectures=["LevitForImageClassification"])
     raise AssertionError(family)
 
 
-FAMILIES = ["resnet", "convnext", "vit", "mobilenet_v2", "pp_lcnet"]
+FAMILIES = ["resnet", "convnext", "vit", "mobilenet_v2", "pp_lcnet", "levit"]
 
 
 def _hf(family: str):
@@ -108,6 +113,13 @@ def test_image_folders_are_not_language_models_and_bad_folders_are_one_line(tmp_
         load_model(tmp_path / "vit")
     with pytest.raises(TunelessError, match="needs a transformers config"):
         build_image_classifier({"hidden_size": 3})
+
+
+@pytest.mark.parametrize("architecture", ["LevitForImageClassification",
+                                          "LevitForImageClassificationWithTeacher"])
+def test_a_model_type_with_several_classifier_classes_builds_the_one_named(architecture):
+    config = _config("levit").to_dict() | {"architectures": [architecture]}
+    assert type(build_image_classifier(config).model).__name__ == architecture
 
 
 def test_classifiers_that_need_more_than_pixels_are_refused_in_one_line():

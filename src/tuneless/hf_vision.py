@@ -62,7 +62,7 @@ def check_pixel_classifier(model) -> None:
     cls = model if isinstance(model, type) else type(model)
     try:
         params = inspect.signature(cls.forward).parameters
-    except (TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError):
         return
     needs = [why for name, why in _OTHER_INPUTS.items() if name in params]
     if "pixel_values" not in params and not any(
@@ -76,10 +76,14 @@ def check_pixel_classifier(model) -> None:
 def _check_config(tf, cfg) -> None:
     """check_pixel_classifier on the class this config would build, if transformers says."""
     try:
-        cls = tf.AutoModelForImageClassification._model_mapping[type(cfg)]
+        classes = tf.AutoModelForImageClassification._model_mapping[type(cfg)]
     except Exception:  # noqa: BLE001 — no such mapping in this version: checked after build
         return
-    check_pixel_classifier(cls)
+    if isinstance(classes, (tuple, list)):  # several (DeiT, LeViT): transformers picks by
+        named = [c for c in classes if c.__name__ in (cfg.architectures or ())]  # name
+        classes = named[0] if named else classes[0]
+    if isinstance(classes, type):
+        check_pixel_classifier(classes)
 
 
 def _architectures(folder: Path) -> list[str]:

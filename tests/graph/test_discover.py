@@ -254,3 +254,42 @@ def test_conv_subclass_with_same_padding_folds_like_its_module():
     assert any("not a module's own parameter" in r for r in group_of(g, "0").reasons)
     bn = group_of(graph, "bn1", kind=NORM)
     assert {s.producer for s in bn.slots if s.kind == NORM and s.module == "bn1"} == {"expand"}
+
+
+class _TokenMLPWithBN(nn.Module):
+    """LeViT's pattern: a BatchNorm1d over the flattened tokens, reshaped back as the
+    linear's output (reshape_as / view_as the tensor that carries the same channels)."""
+
+    def __init__(self, target: str = "own") -> None:
+        super().__init__()
+        self.up, self.bn, self.down = nn.Linear(8, 12), nn.BatchNorm1d(12), nn.Linear(12, 8)
+        self.side, self.side_down = nn.Linear(8, 12), nn.Linear(12, 8)
+        self.register_buffer("frozen", torch.zeros(2, 5, 12))
+        self.target = target  # "own", "side" (another linear's output) or "frozen" (a buffer)
+
+    def forward(self, x):
+        h = self.up(x)
+        target = {"own": h, "frozen": self.frozen}.get(self.target)
+        side = self.side(x)
+        h = self.bn(h.flatten(0, 1)).reshape_as(side if target is None else target).relu()
+        return self.down(h.view_as(h)) + self.side_down(side)
+
+
+def test_reshape_as_a_tensor_couples_the_channels_it_takes_the_shape_of():
+    import tuneless
+
+    x = torch.randn(2, 5, 8)
+    model = _TokenMLPWithBN().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    graph = find_groups(model, x)
+    g = group_of(graph, "up")
+    assert g.reducible and {s.module for s in g.norms} == {"bn"}
+    assert group_of(graph, "side") is not g  # the side branch is a space of its own here
+    small = tuneless.prune(model, channel_ratio=0.5, example_inputs=x)
+    assert small.up.out_features == 6 and small(x).shape == (2, 5, 8)
+    same = tuneless.prune(model, channel_ratio=0.0, example_inputs=x)
+    assert torch.equal(same(x), model(x))
+    coupled = find_groups(_TokenMLPWithBN("side").eval(), x)  # reshaped as side's output:
+    assert group_of(coupled, "up") is group_of(coupled, "side")  # one size, one group
+    fixed = group_of(find_groups(_TokenMLPWithBN("frozen").eval(), x), "up")
+    assert fixed.fixed and any("reshapes to the shape" in r for r in fixed.reasons)

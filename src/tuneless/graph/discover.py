@@ -403,6 +403,8 @@ class _Walker:
                          _arg(node, 2, "end_dim", -1))
         elif t in ("view", "reshape"):
             self.reshape(node)
+        elif t in ("view_as", "reshape_as"):
+            self.reshape_as(node)
         elif t == "permute":
             dims = args[1:] if len(args) > 2 or isinstance(args[1], int) else args[1]
             self.permute(node, dims)
@@ -528,6 +530,24 @@ class _Walker:
                     self.env[node] = Layout(p, x.segs, x.block * (outs[p] // size))
                     return
         raise _Unsupported("reshapes the channel dimension")
+
+    def reshape_as(self, node) -> None:
+        """view_as/reshape_as(other): a reshape to other's shape, whose channel size is
+        other's — so the output's channels must be other's channels on the same dim (LeViT
+        reshapes a BatchNorm1d's (B·N, C) output as its (B, N, C) input): one group then,
+        shrunk together."""
+        x, other = self.val(node.args[0]), self.val(node.args[1])
+        if not isinstance(x, Layout):
+            if isinstance(other, Layout):
+                raise _Unsupported("reshapes an untracked tensor to a tracked one's channels")
+            self.env[node] = None
+            return
+        self.reshape(node)
+        lay = self.env[node]
+        if not (isinstance(other, Layout) and other.dim == lay.dim):
+            raise _Unsupported("reshapes to the shape of a tensor whose channels tuneless "
+                               "does not track there")
+        self.env[node] = self.b.union_layouts(lay, other, _op_name(node, self.model))
 
     def _check_literal(self, node, p) -> None:
         shape_args = node.args[1:]
