@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,8 +13,10 @@ from tuneless.graph.trace import trace
 
 
 class Checks(nn.Module):
-    """Shape checks, int(size), unpacking, len and a defaulted argument, as Hugging Face
-    models write them; plain torch.fx stops at the first."""
+    """Shape checks, int(size), unpacking, len (of a tensor and of its shape), numpy on a
+    shape, torch.finfo of a dtype and a defaulted argument, as Hugging Face models write
+    them (Perceiver: `len(inputs.shape)`, `np.prod(index_dims)`, `torch.finfo(dtype)`);
+    plain torch.fx stops at the first."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -26,6 +29,9 @@ class Checks(nn.Module):
             raise ValueError("three channels expected")
         n, _, h, w = x.shape
         y = torch.relu(self.conv1(x))
+        if len(y.shape) != 4 or np.prod(y.shape[2:]) != h * w:
+            raise ValueError("a 2-D map expected")
+        y = y.clamp(min=torch.finfo(y.dtype).min)
         if int(y.size(-1)) > 1 and len(y) == n:
             y = torch.relu(self.conv2(y)) * scale
         y = y.mean((h > 0) + 1)  # a Python bool from a shape: dims 2 then 3

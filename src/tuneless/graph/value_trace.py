@@ -4,7 +4,9 @@ Plain symbolic tracing stops at `if x.shape[1] != self.num_channels`, `int(x.siz
 `len(x)`: a proxy has no value. Hugging Face models do this everywhere (input checks, patch
 grids, padding). `ValueTracer` runs every traced operation on the example inputs as well,
 so each proxy carries the value it has there, and a Python decision (bool, int, len,
-iteration) on a shape, device or dtype takes that value. Tensor operations stay symbolic;
+iteration, numpy on a shape) on a shape, device or dtype takes that value; a tensor's
+dtype and device are read as the real objects (C functions such as torch.finfo take no
+proxy). Tensor operations stay symbolic;
 only those decisions are fixed for the example input's shapes. A decision on tensor data
 (`if x.sum() > 0`) is still refused: it would describe the example input only. Module
 attributes a forward fills while traced (caches) are put back by tuneless.graph.trace.
@@ -45,6 +47,18 @@ class _ValueProxy(fx.Proxy):
     def __len__(self) -> int:
         value = self.tracer.value_of(self.node)  # a tensor's length is its first size
         return len(value)
+
+    def __getattr__(self, k: str) -> Any:
+        if k in ("dtype", "device"):  # never a channel count; C functions (torch.finfo)
+            value = self.tracer.value_of(self.node)  # need the real object
+            if isinstance(value, torch.Tensor):
+                return getattr(value, k)
+        return _ValueAttribute(self, k)  # `len(x.shape)` asks the attribute itself
+
+
+class _ValueAttribute(_ValueProxy, fx.proxy.Attribute):
+    """fx's lazy attribute proxy (`x.shape`, or a method about to be called), carrying its
+    value like any other proxy once it is used as a value."""
 
 
 class ValueTracer(fx.Tracer):
@@ -128,6 +142,9 @@ class ValueTracer(fx.Tracer):
     # -- fx hooks ---------------------------------------------------------------------
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,
                      proxy_factory_fn=None):
+        shape = self._numpy_on_shape(kind, target, args, kwargs)
+        if shape is not None:
+            return shape[0]
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
                                      proxy_factory_fn)
         node = proxy.node
@@ -137,6 +154,27 @@ class ValueTracer(fx.Tracer):
                 for n in node.all_input_nodes):  # x.sum().item(), then a comparison
             self._from_data.add(node)
         return proxy
+
+    def _numpy_on_shape(self, kind, target, args, kwargs) -> tuple | None:
+        """(value,) for numpy computing on a shape (`np.prod(x.shape[1:-1])` calls the
+        proxy's `.prod`, which a torch.Size lacks): numpy's result on the shape's value, a
+        shape decision like int(size); None for everything else."""
+        if kind != "call_method" or not args or not isinstance(args[0], fx.Proxy):
+            return None
+        node = args[0].node
+        value = self._values.get(node)
+        if (not isinstance(value, tuple) or hasattr(value, target) or node in self._from_data
+                or not all(isinstance(v, int) for v in value)):
+            return None
+        import numpy as np
+
+        fn = getattr(np, target, None)
+        if fn is None:
+            return None
+        real = map_aggregate((args[1:], kwargs), lambda x: self.decided(x.node)
+                             if isinstance(x, fx.Proxy) else x)
+        out = fn(np.asarray(value), *real[0], **real[1])
+        return (out.tolist() if isinstance(out, np.ndarray | np.generic) else out,)
 
     def proxy(self, node: Node) -> fx.Proxy:
         return _ValueProxy(node, self)
