@@ -36,10 +36,15 @@ def _config(family: str):
                               num_attention_heads=[2, 3, 4], depths=[1, 1, 1],
                               key_dim=[8, 8, 8], num_labels=10,
                               architectures=["LevitForImageClassification"])
+    if family == "perceiver":  # len(x.shape), np.prod of a shape, nn.Softmax built in forward
+        return tf.PerceiverConfig(num_latents=8, d_latents=32, d_model=32, num_blocks=1,
+                                  num_self_attends_per_block=1, num_self_attention_heads=2,
+                                  num_cross_attention_heads=1, image_size=32, num_labels=10,
+                                  architectures=["PerceiverForImageClassificationLearned"])
     raise AssertionError(family)
 
 
-FAMILIES = ["resnet", "convnext", "vit", "mobilenet_v2", "pp_lcnet", "levit"]
+FAMILIES = ["resnet", "convnext", "vit", "mobilenet_v2", "pp_lcnet", "levit", "perceiver"]
 
 
 def _hf(family: str):

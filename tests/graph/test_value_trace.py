@@ -154,3 +154,30 @@ def test_a_group_whose_size_python_code_reads_elsewhere_is_fixed_and_the_rest_fo
                           repair="none")
     assert small.a.out_channels == 8 and small.m1.out_channels < 16
     assert small(torch.randn(3, 3, 4, 4)).shape == (3, 4, 4, 4)
+
+
+class BuiltInForward(nn.Module):
+    """Perceiver's patterns: a module built and called inside forward (`nn.Softmax(dim=-1)
+    (scores)`), and an optional input passed through an Identity and tested for None."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(6, 16), nn.Linear(16, 4)
+        self.norm_other, self.other_proj = nn.Identity(), nn.Linear(6, 16)
+
+    def forward(self, x, other=None):
+        other = self.norm_other(other)  # None when not given
+        h = torch.relu(self.up(x))
+        if other is not None:
+            h = h + self.other_proj(other)
+        return nn.Softmax(dim=-1)(self.down(h))
+
+
+def test_modules_built_in_forward_and_none_results_trace():
+    model = BuiltInForward().eval()
+    x = torch.randn(3, 6)
+    gm = trace(model, x)
+    assert torch.allclose(gm(x), model(x), atol=1e-6)
+    assert not any(n.target == "other_proj" for n in gm.graph.nodes)  # the branch not taken
+    small = tuneless.prune(model, channel_ratio=0.5, example_inputs=x)
+    assert small.up.out_features == 8 and small(x).shape == (3, 4)

@@ -149,6 +149,8 @@ class ValueTracer(fx.Tracer):
                                      proxy_factory_fn)
         node = proxy.node
         self._values[node] = value = self._compute(node)
+        if value is None and kind != "placeholder":  # `out is not None` must see it: a
+            return None  # module or call that gives None (Identity on a missing input)
         if not isinstance(value, torch.Tensor) and not _metadata(node) and any(
                 isinstance(self.value_of(n), torch.Tensor) or n in self._from_data
                 for n in node.all_input_nodes):  # x.sum().item(), then a comparison
@@ -180,7 +182,7 @@ class ValueTracer(fx.Tracer):
         return _ValueProxy(node, self)
 
     def call_module(self, m, forward, args, kwargs):
-        if self._eager:
+        if self._eager or _built_in_forward(self, m):
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
@@ -209,6 +211,19 @@ def _metadata(node: Node) -> bool:
     if node.op == "call_function" and node.target is getattr:
         return len(node.args) > 1 and node.args[1] in _META_ATTRIBUTES
     return node.op == "call_method" and node.target in _META_METHODS
+
+
+def _built_in_forward(tracer: fx.Tracer, m: nn.Module) -> bool:
+    """A module without weights that the forward builds and calls on the spot (Perceiver's
+    `nn.Softmax(dim=-1)(scores)`): not a submodule, so it is traced through, as its
+    function."""
+    if next(m.parameters(), None) is not None or next(m.buffers(), None) is not None:
+        return False
+    try:
+        tracer.path_of_module(m)
+    except NameError:
+        return True
+    return False
 
 
 def _positional_forward(self, *inputs):
