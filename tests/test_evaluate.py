@@ -99,3 +99,29 @@ def test_evaluate_shape_and_class_mismatch():
         evaluate(nn.Linear(3, 10), data(5), latency_batches=())
     with pytest.raises(TunelessError, match="has 4 outputs but fashion-mnist has 10 classes"):
         evaluate(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), data(5), latency_batches=())
+
+
+def test_flops_of_a_model_that_returns_a_view_of_a_parameter():
+    """torch's FLOP counter hooks module outputs that require grad; a parameter's view
+    handed out (Perceiver's trainable position encoding) has no autograd history there."""
+    from torch import nn
+
+    class Positions(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(4, 3))
+
+        def forward(self):  # a view of it: under no_grad it requires grad, with no history
+            return self.table.expand(4, -1)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.positions, self.lin = Positions(), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.lin(x + self.positions())
+
+    model = Model()
+    assert count_flops(model, torch.randn(4, 3)) == 2 * 4 * 3 * 2
+    assert all(p.requires_grad for p in model.parameters())  # given back as they were

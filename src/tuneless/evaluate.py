@@ -59,10 +59,19 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
 
     was_training = model.training
     model.eval()
+    # the counter's module tracker hooks every output that requires grad, and fails on one
+    # with no autograd history (Perceiver hands out a view of its position-embedding table)
+    params = [p for p in model.parameters() if p.requires_grad]
     counter = FlopCounterMode(display=False)
-    with counter:
-        model(example)
-    model.train(was_training)
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with counter:
+            model(example)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        model.train(was_training)
     return int(counter.get_total_flops())
 
 
