@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    restore = _quiet_hub_bars() if args.quiet else (lambda: None)
     if args.quiet:
         from tuneless.progress import set_progress
 
@@ -101,6 +102,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore()
+
+
+def _quiet_hub_bars():
+    """--quiet also silences the Hugging Face libraries' own bars (loading and writing
+    weights): through the environment for libraries imported later in the command, through
+    transformers' switch if it is already imported. Returns what puts both back."""
+    import os
+
+    key = "HF_HUB_DISABLE_PROGRESS_BARS"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    hf = sys.modules.get("transformers.utils.logging")
+    was_on = hf is not None and hf.is_progress_bar_enabled()
+    if was_on:
+        hf.disable_progress_bar()
+
+    def restore() -> None:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+        if was_on:
+            hf.enable_progress_bar()
+
+    return restore
 
 
 if __name__ == "__main__":

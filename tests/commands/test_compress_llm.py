@@ -65,6 +65,20 @@ def test_uniform_fold_loads_in_plain_transformers_without_tuneless(tmp_path, cap
     assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=False), _logits(out))
 
 
+def test_quiet_silences_the_hugging_face_bars_too(tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    _tiny_folder(tmp_path / "dense")
+    hf_logging.enable_progress_bar()
+    capsys.readouterr()  # the dense folder's own writing
+    assert main(["--quiet", "compress", str(tmp_path / "dense"), "--method", "fold",
+                 "--sparsity", "0.3", "--option", "repair=none", "-o",
+                 str(tmp_path / "small")]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err, err
+    assert hf_logging.is_progress_bar_enabled()  # put back after the command
+
+
 def test_per_layer_sizes_load_with_the_shipped_modeling_file(tmp_path):
     _tiny_folder(tmp_path / "dense")
     out = tmp_path / "small"
