@@ -45,10 +45,10 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bo
         try:
             model = torchvision.models.get_model(name, **kwargs)
         except (ValueError, TypeError, KeyError) as exc:
-            raise TunelessError(f"cannot build {ref}: {_first_line(exc)}") from exc
+            raise TunelessError(f"cannot build {ref}: {first_line(exc, 200)}") from exc
         except (OSError, RuntimeError) as exc:  # a weights enum downloads: offline, hub down
             raise TunelessError(f"cannot fetch the {kwargs['weights']} weights of {ref} "
-                                f"({_first_line(exc)}); without internet, load a weights "
+                                f"({first_line(exc, 200)}); without internet, load a weights "
                                 "file with --arch instead") from exc
     elif ref.startswith("timm:"):
         try:
@@ -60,10 +60,10 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bo
             model = timm.create_model(ref.split(":", 1)[1], pretrained=pretrained, **kwargs)
         except (OSError, ConnectionError) as exc:  # pretrained weights come from the hub
             raise TunelessError(f"cannot fetch the pretrained weights of {ref} "
-                                f"({_first_line(exc)}); without internet, load a weights "
+                                f"({first_line(exc, 200)}); without internet, load a weights "
                                 "file with --arch instead") from exc
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise TunelessError(f"cannot build {ref}: {_first_line(exc)}") from exc
+            raise TunelessError(f"cannot build {ref}: {first_line(exc, 200)}") from exc
     elif ref == "transformers:image-classification":  # config data, transformers' classes
         from tuneless.hf_vision import build_image_classifier
 
@@ -81,10 +81,6 @@ def build_arch(ref: str, kwargs: dict[str, Any] | None = None, *, trust_code: bo
     model.tuneless_arch = {"ref": ref, "kwargs": {k: v for k, v in kwargs.items()
                                                   if k not in ("weights", "pretrained")}}
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    return first_line(exc, 200)
 
 
 def is_reference(spec: str) -> bool:

@@ -80,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    restore = _quiet_hub_bars() if args.quiet else (lambda: None)
+    restore = None  # what --quiet changed in the Hugging Face libraries, put back at the end
     if args.quiet:
         from tuneless.progress import set_progress
 
         set_progress(False)
+        restore = _quiet_hub_bars()
     try:
         _check_common(args)
         return int(runners[args.command](args) or 0)
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        restore()
+        if restore is not None:
+            restore()
 
 
 def _quiet_hub_bars():

@@ -57,8 +57,8 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
     """FLOPs of one forward pass (multiply-add = 2 FLOPs), via torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
+    from tuneless.suffix import evaluating
+
     # the counter's module tracker hooks every output that requires grad, and fails on one
     # with no autograd history (Perceiver hands out a view of its position-embedding table)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -66,12 +66,11 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
     try:
         for p in params:
             p.requires_grad_(False)
-        with counter:
+        with evaluating(model), counter:
             model(example)
     finally:
         for p in params:
             p.requires_grad_(True)
-        model.train(was_training)
     return int(counter.get_total_flops())
 
 

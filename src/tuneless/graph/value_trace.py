@@ -142,9 +142,9 @@ class ValueTracer(fx.Tracer):
     # -- fx hooks ---------------------------------------------------------------------
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,
                      proxy_factory_fn=None):
-        shape = self._numpy_on_shape(kind, target, args, kwargs)
-        if shape is not None:
-            return shape[0]
+        decided = self._numpy_on_shape(kind, target, args, kwargs)
+        if decided is not None:
+            return decided
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
                                      proxy_factory_fn)
         node = proxy.node
@@ -157,10 +157,10 @@ class ValueTracer(fx.Tracer):
             self._from_data.add(node)
         return proxy
 
-    def _numpy_on_shape(self, kind, target, args, kwargs) -> tuple | None:
-        """(value,) for numpy computing on a shape (`np.prod(x.shape[1:-1])` calls the
-        proxy's `.prod`, which a torch.Size lacks): numpy's result on the shape's value, a
-        shape decision like int(size); None for everything else."""
+    def _numpy_on_shape(self, kind, target, args, kwargs) -> Any:
+        """Numpy computing on a shape (`np.prod(x.shape[1:-1])` calls the proxy's `.prod`,
+        which a torch.Size lacks): numpy's result on the shape's value, a shape decision
+        like int(size); None for everything else."""
         if kind != "call_method" or not args or not isinstance(args[0], fx.Proxy):
             return None
         node = args[0].node
@@ -176,7 +176,7 @@ class ValueTracer(fx.Tracer):
         real = map_aggregate((args[1:], kwargs), lambda x: self.decided(x.node)
                              if isinstance(x, fx.Proxy) else x)
         out = fn(np.asarray(value), *real[0], **real[1])
-        return (out.tolist() if isinstance(out, np.ndarray | np.generic) else out,)
+        return out.tolist() if isinstance(out, np.ndarray | np.generic) else out
 
     def proxy(self, node: Node) -> fx.Proxy:
         return _ValueProxy(node, self)
