@@ -503,7 +503,8 @@ def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, spar
         return ([u for chosen, _ in steps for u in chosen],
                 [cost / len(chosen) for chosen, cost in steps for _ in chosen])
 
-    orders = [order_and_costs(h, d, m) for h, d, m in zip(moments, downs, limits)]
+    orders = ([([], [])] * len(layers) if mode in ("merge", "merge-prune") else
+              [order_and_costs(h, d, m) for h, d, m in zip(moments, downs, limits)])
     if allocation == "global":
         energy = {}
         hooks = [layer.register_forward_hook(
@@ -535,7 +536,7 @@ def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, spar
             return fold_decisions(ad, model, groups, shape, plan, seed=seed + 1000 * i,
                                   refine=False, stats=stats[i])
         order = orders[i][0]
-        if n - k > len(order):
+        if mode not in ("merge", "merge-prune") and n - k > len(order):
             raise SystemExit(f"layer {i}: the plan removes more than the cap")
         gone = torch.tensor(order[:n - k], dtype=torch.long)
         keep = torch.ones(n, dtype=torch.bool)
@@ -543,6 +544,10 @@ def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, spar
         kept = keep.nonzero().flatten()
         if mode == "select":
             return {groups.mlp.id: selection(kept, n)}
+        if mode in ("merge", "merge-prune"):
+            labels = obs_merge_labels(moments[i], downs[i], k, damp=damp, step=block,
+                                      prune=mode == "merge-prune")
+            return {groups.mlp.id: _merge_or_drop(labels, k)}
         h = moments[i]
         dg = h.diagonal().clamp(min=1e-30).sqrt()
         corr = h / dg[:, None] / dg[None, :]
@@ -553,6 +558,95 @@ def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, spar
 
     small = reduce_llm(model, plans, decide, desc="obs")
     return repair_reduced(model, small, "self", calib=calib, refit_lambda=3.0)
+
+
+@torch.no_grad()
+def obs_merge_labels(h, w, k, *, damp=0.01, step=8, prune=False):
+    """Greedy OBS over merges: tying two consumer columns (w_i = w_j, the constraint a
+    merge puts on a least-squares refit if the merged channel carries a_i + a_j) costs
+    ||W_i - W_j||^2 / (H^-1_ii + H^-1_jj - 2 H^-1_ij); the cheapest disjoint pairs of
+    cluster representatives are tied `step` at a time, W and H^-1 updated as OBS does,
+    until k clusters remain. prune: dropping a cluster (w_i = 0, cost ||W_i||^2 / H^-1_ii)
+    competes with the merges; its label is -1. Returns (n,) labels."""
+    n = h.shape[0]
+    h = h.double()
+    h = h + damp * float(h.diagonal().mean()) * torch.eye(n, dtype=h.dtype)
+    hinv, w = torch.linalg.inv(h), w.double().clone()
+    g = w.T @ w
+    parent = torch.arange(n)
+    rep = torch.ones(n, dtype=torch.bool)
+    dropped = torch.zeros(n, dtype=torch.bool)
+    left = n
+    while left > k:
+        idx = rep.nonzero().flatten()
+        hi, gi = hinv[idx][:, idx], g[idx][:, idx]
+        dh, dg = hi.diagonal(), gi.diagonal()
+        denom = (dh[:, None] + dh[None, :] - 2 * hi).clamp(min=1e-30)
+        cost = (dg[:, None] + dg[None, :] - 2 * gi) / denom
+        cost.fill_diagonal_(float("inf"))
+        cost = torch.triu(cost) + torch.tril(torch.full_like(cost, float("inf")))
+        m = min(step, left - k)
+        flat = torch.topk(cost.flatten(), min(cost.numel(), 8 * m), largest=False)
+        cand = [(float(c), int(f) // len(idx), int(f) % len(idx))
+                for c, f in zip(flat.values, flat.indices)]
+        if prune:
+            pc = dg / dh.clamp(min=1e-30)
+            top = torch.topk(pc, min(len(idx), 4 * m), largest=False)
+            cand += [(float(c), int(a), -1) for c, a in zip(top.values, top.indices)]
+            cand.sort()
+        used, chosen = set(), []
+        for c, a, b in cand:
+            if a in used or b in used:
+                continue
+            chosen.append((int(idx[a]), -1 if b < 0 else int(idx[b])))
+            used.update((a, b) if b >= 0 else (a,))
+            if len(chosen) == m:
+                break
+        cons = torch.zeros(n, len(chosen), dtype=h.dtype)
+        for j, (a, b) in enumerate(chosen):
+            cons[a, j] = 1.0
+            if b >= 0:
+                cons[b, j] = -1.0
+        hc = hinv @ cons
+        s_inv = torch.linalg.inv(cons.T @ hc)
+        wc = w @ cons
+        b_mat = s_inv @ hc.T  # (m, n)
+        wta = w.T @ wc  # (n, m)
+        g = g - wta @ b_mat - b_mat.T @ wta.T + b_mat.T @ (wc.T @ wc) @ b_mat
+        w = w - wc @ b_mat
+        hinv = hinv - hc @ s_inv @ hc.T
+        for a, b in chosen:
+            if b < 0:
+                dropped[a] = True
+                rep[a] = False
+            else:
+                rep[b] = False
+                parent[b] = a
+        left -= len(chosen)
+    root = parent.clone()
+    while True:
+        nxt = parent[root]
+        if torch.equal(nxt, root):
+            break
+        root = nxt
+    labels = torch.full((n,), -1, dtype=torch.long)
+    alive = rep.nonzero().flatten()
+    index = torch.full((n,), -1, dtype=torch.long)
+    index[alive] = torch.arange(len(alive))
+    labels = index[root]
+    labels[dropped[root]] = -1
+    return labels
+
+
+def _merge_or_drop(labels, k):
+    """(M, U): clusters with labels >= 0 merged (mean producer rows, summed consumers),
+    label -1 dropped."""
+    n = len(labels)
+    u = torch.zeros(n, k)
+    keep = labels >= 0
+    u[keep.nonzero().flatten(), labels[keep]] = 1.0
+    m = u.T / u.sum(0).clamp(min=1)[:, None]
+    return m, u
 
 
 if __name__ == "__main__":
