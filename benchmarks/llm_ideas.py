@@ -470,10 +470,12 @@ def _obs_prune(model, seed, mode, allocation, damp=0.01, block=8, cap=0.75, spar
     """Structured OBS (SlimGPT / ZipLM-style) on the MLP channels, data-free on the
     self-generated tokens, then the default repair. mode "select": prune the removed
     channels; "centers": fold each removed channel into the kept channel whose activation
-    correlates most with it (a fold whose cluster centres OBS chose); "kmeans": the default
-    fold (only the allocation changes). allocation: "paper-mlp" | "inner-mlp" | "global"
-    (every layer's OBS costs divided by the energy of the residual stream it writes to, one
-    ranking over all layers, at most `cap` of a layer's channels)."""
+    correlates most with it (a fold whose cluster centres OBS chose); "merge" /
+    "merge-prune": clusters chosen by greedy OBS over column ties (obs_merge_labels);
+    "kmeans": the default fold (only the allocation changes). allocation: "paper-mlp" |
+    "inner-mlp" | "global" (every layer's OBS costs divided by the energy of the residual
+    stream it writes to, one ranking over all layers, at most `cap` of a layer's
+    channels)."""
     from tuneless.decisions import merge, selection
     from tuneless.llm import block_params
     from tuneless.llm.activation_stats import _moments, collect_stats
@@ -595,7 +597,7 @@ def obs_merge_labels(h, w, k, *, damp=0.01, step=8, prune=False):
             cand += [(float(c), int(a), -1) for c, a in zip(top.values, top.indices)]
             cand.sort()
         used, chosen = set(), []
-        for c, a, b in cand:
+        for _c, a, b in cand:
             if a in used or b in used:
                 continue
             chosen.append((int(idx[a]), -1 if b < 0 else int(idx[b])))
