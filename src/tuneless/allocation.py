@@ -259,14 +259,12 @@ def small_probes(model: nn.Module, probe: torch.Tensor, side: int = PROBE_SIDE) 
 
 
 def _eval_forward(model: nn.Module, x: torch.Tensor):
-    """model(x) in eval mode without gradients; the caller's train/eval mode is restored
+    """model(x) in eval mode without gradients; every module's own mode is restored
     (the model may be the user's own)."""
-    was = model.training
-    try:
-        with torch.no_grad():
-            return model.eval()(x)
-    finally:
-        model.train(was)
+    from tuneless.modes import evaluating
+
+    with torch.no_grad(), evaluating(model):
+        return model(x)
 
 
 def output_damage(reference: nn.Module, x, n: int, seed: int, data=None):

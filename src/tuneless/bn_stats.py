@@ -25,9 +25,13 @@ def reestimate_bn(model: nn.Module, data, *, num_images: int | None = None,
     bns = batchnorms(model)
     if not bns:
         raise TunelessError("BN re-estimation needs BatchNorm layers but the model has none")
-    was_training = model.training
+    from contextlib import ExitStack
+
+    from tuneless.modes import evaluating
+
     saved = {bn: (bn.momentum, bn.track_running_stats) for bn in bns}
-    model.eval()
+    modes = ExitStack()  # every module's own mode restored at the end
+    modes.enter_context(evaluating(model))
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
@@ -49,7 +53,7 @@ def reestimate_bn(model: nn.Module, data, *, num_images: int | None = None,
     finally:
         for bn, (momentum, track) in saved.items():
             bn.momentum, bn.track_running_stats = momentum, track
-        model.train(was_training)
+        modes.close()
     if seen < 2:
         raise TunelessError(f"BN re-estimation needs at least 2 images, got {seen}")
     return model
@@ -75,15 +79,15 @@ def output_statistics(model: nn.Module, names: list[str], data, num_images: int 
         return record
 
     hooks = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    was = model.training
-    model.eval()
+    from tuneless.modes import evaluating
+
     try:
-        for x in my_batches(image_batches(data, batch_size, num_images)):
-            model(x)
+        with evaluating(model):
+            for x in my_batches(image_batches(data, batch_size, num_images)):
+                model(x)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was)
     mean, std = {}, {}
     for n in names:
         if n not in sums:

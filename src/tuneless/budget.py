@@ -116,13 +116,12 @@ def flop_weights(model: nn.Module, example) -> Weights:
 
     handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    was = model.training
+    from tuneless.modes import evaluating
+
     try:
-        with torch.no_grad():
-            model.eval()(*example) if isinstance(example, (tuple, list)) else model.eval()(
-                example)
+        with torch.no_grad(), evaluating(model):
+            model(*example) if isinstance(example, (tuple, list)) else model(example)
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     if not positions:

@@ -62,8 +62,12 @@ def synthesize(model: nn.Module, example_inputs: torch.Tensor,
         raise TunelessError("DeepInversion matches BatchNorm statistics but the model has none")
 
     shape = tuple(example_inputs.shape[1:])
-    was_training = model.training
-    model.eval()
+    from contextlib import ExitStack
+
+    from tuneless.modes import evaluating
+
+    modes = ExitStack()  # every module's own mode restored at the end
+    modes.enter_context(evaluating(model))
     stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def make_hook(i: int):
@@ -92,7 +96,7 @@ def synthesize(model: nn.Module, example_inputs: torch.Tensor,
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        modes.close()
     return torch.cat(out)[: cfg.num_images]
 
 

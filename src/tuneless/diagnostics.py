@@ -25,15 +25,14 @@ def _channel_variances(model: nn.Module, names: list[str], inputs: torch.Tensor)
             dims = [0] + list(range(2, y.dim()))
             out[name] = y.var(dims, unbiased=False)
         handles.append(modules[name].register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
+    from tuneless.modes import evaluating
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             model(inputs)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return out
 
 

@@ -25,23 +25,22 @@ def accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 500,
              limit: int | None = None) -> float:
     """Top-1 accuracy on the first `limit` examples (all by default), in eval mode.
 
-    The model's train/eval mode is restored afterwards.
+    Every module's train/eval mode is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
+    from tuneless.modes import evaluating
     from tuneless.progress import progress
 
     correct = seen = 0
     n = len(data) if limit is None else min(limit, len(data))
-    for x, y in progress(TensorLoader(data, batch_size), total=-(-n // batch_size),
-                         desc="accuracy", unit="batch"):
-        if limit is not None and seen + len(y) > limit:
-            x, y = x[: limit - seen], y[: limit - seen]
-        correct += (model(x).argmax(1) == y).sum().item()
-        seen += len(y)
-        if limit is not None and seen >= limit:
-            break
-    model.train(was_training)
+    with evaluating(model):
+        for x, y in progress(TensorLoader(data, batch_size), total=-(-n // batch_size),
+                             desc="accuracy", unit="batch"):
+            if limit is not None and seen + len(y) > limit:
+                x, y = x[: limit - seen], y[: limit - seen]
+            correct += (model(x).argmax(1) == y).sum().item()
+            seen += len(y)
+            if limit is not None and seen >= limit:
+                break
     return correct / max(seen, 1)
 
 
@@ -57,7 +56,7 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
     """FLOPs of one forward pass (multiply-add = 2 FLOPs), via torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tuneless.suffix import evaluating
+    from tuneless.modes import evaluating
 
     # the counter's module tracker hooks every output that requires grad, and fails on one
     # with no autograd history (Perceiver hands out a view of its position-embedding table)
@@ -85,16 +84,16 @@ def size_on_disk(model: nn.Module) -> int:
 def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10,
                warmup: int = 2) -> float:
     """Median wall-clock milliseconds of a forward pass on this CPU."""
-    was_training = model.training
-    model.eval()
-    for _ in range(warmup):
-        model(example)
+    from tuneless.modes import evaluating
+
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(example)
-        times.append((time.perf_counter() - t0) * 1000)
-    model.train(was_training)
+    with evaluating(model):
+        for _ in range(warmup):
+            model(example)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(example)
+            times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
 
@@ -105,18 +104,19 @@ def batch_of(example: torch.Tensor, batch: int) -> torch.Tensor:
 
 @torch.no_grad()
 def check_runs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
-    """One forward pass; a shape mismatch becomes a one-line TunelessError."""
-    was_training = model.training
-    model.eval()
+    """One forward pass in eval mode (every module's own mode restored after, a frozen
+    BatchNorm inside a training model too); a shape mismatch becomes a one-line
+    TunelessError."""
+    from tuneless.modes import evaluating
+
     try:
-        return model(example)
+        with evaluating(model):
+            return model(example)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise TunelessError(
             f"the model does not accept inputs of shape {tuple(example.shape)}: "
             f"{first_line(exc, 160)}"
         ) from exc
-    finally:
-        model.train(was_training)
 
 
 def evaluate(

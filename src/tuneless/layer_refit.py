@@ -114,9 +114,13 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     mine = sum(len(b) for b in batches)  # this process's images (its targets, its rows)
     if mine < 2:
         raise TunelessError("the least-squares refit needs at least 2 images")
-    was = original.training, small.training
-    original.eval()
-    small.eval()
+    from contextlib import ExitStack
+
+    from tuneless.modes import evaluating
+
+    modes = ExitStack()  # both in eval mode; every module's own mode restored at the end
+    modes.enter_context(evaluating(original))
+    modes.enter_context(evaluating(small))
     outputs, norm_after = _layout(graph)
     done, skipped = [], []
     try:
@@ -157,8 +161,7 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
             done.extend(name for name, _, _ in chunk)
         ticker.close()
     finally:
-        original.train(was[0])
-        small.train(was[1])
+        modes.close()
     small.refit_report = {"refitted": done, "skipped": skipped,
                           "clamped": [name for name, _, t in plan if t.clamp is not None],
                           "images": mine, "ridge": ridge}

@@ -72,7 +72,7 @@ def check_reduced(new: nn.Module, example_inputs, what: str) -> None:
     """Run the reduced model once on the example input (eval mode, restored after): a
     coupling the channel analysis missed (a size read from one tensor and used on another,
     as FocalNet's split does) is a one-line error here, never a model returned broken."""
-    from tuneless.suffix import evaluating
+    from tuneless.modes import evaluating
 
     x = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
     with evaluating(new):

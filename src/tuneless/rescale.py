@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from tuneless.graph.groups import CONSUMER, NORM, PRODUCER, ChannelGroup, Slot
+from tuneless.modes import evaluating
 
 _PROBE = 16.0  # the test scale: large enough to push a ReLU6 input past its clamp
 
@@ -101,12 +102,8 @@ def _homogeneous(model: nn.Module, graph, x, ref: torch.Tensor) -> dict[int, tup
 def homogeneous_groups(model: nn.Module, graph, x) -> dict[int, tuple]:
     """{group id: its (output, consumer) slots} for every group the rescaling symmetry
     holds for on `x` (module docstring). Leaves the model as it was."""
-    was = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         return _homogeneous(model, graph, x, model(x))
-    finally:
-        model.train(was)
 
 
 @torch.no_grad()
@@ -116,9 +113,7 @@ def balance_scales(model: nn.Module, graph, x) -> list[int]:
     Returns the ids of the groups balanced; the function is checked unchanged on `x`."""
     if not isinstance(x, torch.Tensor):
         return []
-    was = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         ref = model(x)
         groups = _homogeneous(model, graph, x, ref)
         if not groups:
@@ -140,5 +135,3 @@ def balance_scales(model: nn.Module, graph, x) -> list[int]:
                 _apply(model, g, groups[g.id], 1.0 / factor)
             return []
         return [g.id for g, _ in done]
-    finally:
-        model.train(was)

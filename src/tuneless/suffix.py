@@ -9,11 +9,11 @@ modules.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.fx as fx
 import torch.nn as nn
+
+from tuneless.modes import evaluating
 
 
 class _On(fx.Interpreter):
@@ -29,18 +29,6 @@ class _On(fx.Interpreter):
         for atom in target.split("."):
             obj = getattr(obj, atom)
         return obj
-
-
-@contextmanager
-def evaluating(model: nn.Module):
-    """Eval mode for the duration (no running-statistics updates), every module's mode
-    restored after (the reference may be the user's model)."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        yield model.eval()
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _touches(target: str, changed: set[str]) -> bool:

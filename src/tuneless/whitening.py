@@ -141,17 +141,17 @@ def input_second_moments(model: nn.Module, layers: dict[str, nn.Module], data,
     for name, layer in layers.items():
         moments[name] = _PatchMoments(layer, positions, gen)
         hooks.append(layer.register_forward_pre_hook(moments[name]))
-    was = model.training
-    model.eval()
+    from tuneless.modes import evaluating
+
     seen = 0
     try:
-        for x in image_batches(data, batch_size, images):
-            model(x)
-            seen += len(x)
+        with evaluating(model):
+            for x in image_batches(data, batch_size, images):
+                model(x)
+                seen += len(x)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was)
     if seen == 0:
         raise TunelessError("whiten='data' needs data= images; none were given")
     return {name: m.mean() for name, m in moments.items() if m.total is not None}

@@ -697,7 +697,7 @@ def _fix_groups_that_break_the_forward(model: nn.Module, graph: GroupGraph,
     input; a group whose trial fails is fixed, with that reason. Two forward passes per
     group, only for models plain torch.fx could not trace."""
     from tuneless.graph.trace import attributes, restore
-    from tuneless.suffix import evaluating
+    from tuneless.modes import evaluating
 
     x = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
     state = attributes(model)  # trials share the model's caches: put them back after

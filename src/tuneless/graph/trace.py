@@ -9,6 +9,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from tuneless.errors import UnsupportedModelError
 from tuneless.graph.value_trace import ValueTracer, value_tracer
+from tuneless.modes import evaluating
 
 # modules that act on each element alone: channels stay apart through them
 ELEMENTWISE_MODULES = (
@@ -63,44 +64,41 @@ def trace(model: nn.Module, example_inputs) -> fx.GraphModule:
     """
     if not isinstance(example_inputs, tuple | list):
         example_inputs = (example_inputs,)
-    modes = {m: m.training for m in model.modules()}
-    state = attributes(model)  # tracing can leave proxies in a module's caches
-    try:
-        model.eval()
-        tracer = _Tracer()
+    with evaluating(model):
+        state = attributes(model)  # tracing can leave proxies in a module's caches
         try:
-            graph = tracer.trace(model)
-        except Exception as exc:  # fx raises many types; the user needs one line
-            restore(state)
-            # Python decisions on tensor values (Hugging Face input checks, int(size)):
-            # trace again with every proxy carrying its value on the example inputs
-            tracer = value_tracer(_Tracer)(tuple(example_inputs))
+            tracer = _Tracer()
             try:
                 graph = tracer.trace(model)
-            except Exception:  # noqa: BLE001 — the plain tracer's error is the clearer one
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            except Exception as exc:  # fx raises many types; the user needs one line
+                restore(state)
+                # Python decisions on tensor values (Hugging Face input checks, int(size)):
+                # trace again with every proxy carrying its value on the example inputs
+                tracer = value_tracer(_Tracer)(tuple(example_inputs))
+                try:
+                    graph = tracer.trace(model)
+                except Exception:  # noqa: BLE001 — the plain tracer's error is the clearer one
+                    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise UnsupportedModelError(
+                        f"cannot trace {type(model).__name__} with torch.fx "
+                        f"({type(exc).__name__}: {msg})") from exc
+            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+            gm.meta["value_traced"] = isinstance(tracer, ValueTracer)  # shape decisions fixed
+            restore(state)  # after the GraphModule took its constants from the root
+            try:
+                ShapeProp(gm).propagate(*example_inputs)
+            except Exception as exc:
+                err = exc
+                try:  # the model's own forward gives the plainer error when it fails too
+                    model(*example_inputs)
+                except Exception as own:
+                    err = own
+                msg = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise UnsupportedModelError(
-                    f"cannot trace {type(model).__name__} with torch.fx "
-                    f"({type(exc).__name__}: {msg})") from exc
-        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-        gm.meta["value_traced"] = isinstance(tracer, ValueTracer)  # shape decisions fixed
-        restore(state)  # after the GraphModule took its constants from the root
-        try:
-            ShapeProp(gm).propagate(*example_inputs)
-        except Exception as exc:
-            err = exc
-            try:  # the model's own forward gives the plainer error when it fails too
-                model(*example_inputs)
-            except Exception as own:
-                err = own
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise UnsupportedModelError(
-                f"{type(model).__name__} does not run on the example input ({msg})"
-            ) from err
-    finally:
-        restore(state)
-        for m, t in modes.items():
-            m.training = t
+                    f"{type(model).__name__} does not run on the example input ({msg})"
+                ) from err
+        finally:
+            restore(state)
     return gm
 
 

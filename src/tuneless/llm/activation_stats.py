@@ -80,14 +80,17 @@ def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_s
         raise StopForward
 
     handles.append(layers[-1].register_forward_hook(stop))
-    model.eval()
+    from tuneless.modes import evaluating
+
     try:
-        for start in progress(range(0, len(ids), batch_size), total=-(-len(ids) // batch_size),
-                              desc="activation stats", unit="batch", disable=not show_progress):
-            try:
-                model(input_ids=ids[start:start + batch_size], use_cache=False)
-            except StopForward:
-                pass
+        with evaluating(model):
+            for start in progress(range(0, len(ids), batch_size),
+                                  total=-(-len(ids) // batch_size), desc="activation stats",
+                                  unit="batch", disable=not show_progress):
+                try:
+                    model(input_ids=ids[start:start + batch_size], use_cache=False)
+                except StopForward:
+                    pass
     finally:
         for h in handles:
             h.remove()

@@ -61,16 +61,17 @@ def perplexity_of_ids(
     n_windows = n // seq_len
     if n_windows == 0:
         raise TunelessError(f"only {n} tokens available; need at least seq_len={seq_len}")
-    model.eval()
+    from tuneless.modes import evaluating
+
     total, count = 0.0, 0
-    for w in _progress(
-        range(n_windows), total=n_windows, desc="perplexity", unit="window", disable=not progress
-    ):
-        x = ids[w * seq_len : (w + 1) * seq_len][None]
-        logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
-        nll = nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
-        total += float(nll)
-        count += seq_len - 1
+    with evaluating(model):
+        for w in _progress(range(n_windows), total=n_windows, desc="perplexity",
+                           unit="window", disable=not progress):
+            x = ids[w * seq_len : (w + 1) * seq_len][None]
+            logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
+            nll = nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
+            total += float(nll)
+            count += seq_len - 1
     return math.exp(total / count)
 
 

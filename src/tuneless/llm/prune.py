@@ -57,10 +57,12 @@ def consumer_meters(model: nn.Module, batches: list[torch.Tensor], make_meter) -
         for short in ("down", "o"):
             meters[adapter.module_name(i, short)] = m = make_meter()
             hooks.append(p[short].register_forward_pre_hook(m))
+    from tuneless.modes import evaluating
+
     try:
-        model.eval()
-        for x in batches:
-            model(input_ids=x, use_cache=False)
+        with evaluating(model):
+            for x in batches:
+                model(input_ids=x, use_cache=False)
     finally:
         for h in hooks:
             h.remove()

@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.modelcheck import check_model
+from tuneless.modes import evaluating
 from tuneless.whitening import (
     LAYERS,
     bn_input_scales,
@@ -344,18 +345,14 @@ def _check_runs(original: nn.Module, small: nn.Module, example_inputs) -> None:
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     outs = []
     for m in (original, small):
-        was = m.training
-        m.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), evaluating(m):
                 outs.append(m(*args))
         except Exception as exc:
             raise TunelessError(
                 f"the model does not run on example_inputs: {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
-        finally:
-            m.train(was)
     a, b = outs
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
         raise TunelessError(f"output shape changed from {tuple(a.shape)} to {tuple(b.shape)}")
