@@ -39,6 +39,11 @@ CALLS = {
     "reestimate_bn": lambda m: reestimate_bn(m, X, inplace=True),
     "fold": lambda m: tuneless.fold(m, sparsity=0.3, example_inputs=X[:2]),
     "prune": lambda m: tuneless.prune(m, sparsity=0.3, example_inputs=X[:2]),
+    "fold-refit": lambda m: tuneless.fold(m, sparsity=0.3, example_inputs=X[:2],
+                                          repair="refit", data=X),
+    "fold-match": lambda m: tuneless.fold(m, sparsity=0.3, example_inputs=X[:2],
+                                          repair="match", data=X),
+    "svd": lambda m: tuneless.svd(m, sparsity=0.3),
 }
 
 

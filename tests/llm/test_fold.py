@@ -159,6 +159,19 @@ def test_tuneless_fold_passes_the_repair_to_language_models():
         tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5, repair="ar")
 
 
+@pytest.mark.parametrize("repair", ["refit", "self"])
+def test_the_users_model_keeps_its_modes(repair):
+    import tuneless
+
+    m = tiny_llama().train()
+    m.model.layers[0].eval()  # a mixed-mode model: every module's own mode must survive
+    before = {name: mod.training for name, mod in m.named_modules()}
+    calib = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(2))
+    tuneless.fold(m, head_ratio=0.0, mlp_ratio=0.5, repair=repair, data=calib,
+                  calib_samples=2, calib_len=8)
+    assert {name: mod.training for name, mod in m.named_modules()} == before
+
+
 def test_stepped_fold_reaches_the_same_sizes_through_the_midpoint():
     from tuneless.llm.adapters import adapter_for
     from tuneless.llm.fold import stage_plans

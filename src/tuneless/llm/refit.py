@@ -167,18 +167,19 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
     old_layers, new_layers = adapter.layers(original), adapter.layers(folded)
     if len(old_layers) != len(new_layers):
         raise TunelessError("the folded model has a different number of layers than the original")
-    original.eval()
-    folded.eval()
-    h_old, layer_kwargs = layer_inputs(original, ids)
-    h_new = h_old.clone()
-    seen_fold = False
-    for i in progress(range(len(old_layers)), total=len(old_layers), desc="refit",
-                      unit="layer", disable=not show_progress):
-        seen_fold = seen_fold or is_folded(adapter, old_layers[i], new_layers[i])
-        h_old, h_new = refit_layer(
-            adapter, old_layers[i], new_layers[i], h_old, h_new, layer_kwargs[i], lam=lam,
-            refit_unfolded=scope == "downstream" and seen_fold, weighting=weighting,
-            target=target)
+    from tuneless.modes import evaluating
+
+    with evaluating(original), evaluating(folded):
+        h_old, layer_kwargs = layer_inputs(original, ids)
+        h_new = h_old.clone()
+        seen_fold = False
+        for i in progress(range(len(old_layers)), total=len(old_layers), desc="refit",
+                          unit="layer", disable=not show_progress):
+            seen_fold = seen_fold or is_folded(adapter, old_layers[i], new_layers[i])
+            h_old, h_new = refit_layer(
+                adapter, old_layers[i], new_layers[i], h_old, h_new, layer_kwargs[i],
+                lam=lam, refit_unfolded=scope == "downstream" and seen_fold,
+                weighting=weighting, target=target)
     return folded
 
 
