@@ -118,11 +118,11 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
 
     from tuneless.modes import evaluating
 
+    outputs, norm_after = _layout(graph)
+    done, skipped = [], []
     modes = ExitStack()  # both in eval mode; every module's own mode restored at the end
     modes.enter_context(evaluating(original))
     modes.enter_context(evaluating(small))
-    outputs, norm_after = _layout(graph)
-    done, skipped = [], []
     try:
         plan = []  # (layer name, norm after it, its _Target) of every layer to refit
         readers = _consumers(graph)
