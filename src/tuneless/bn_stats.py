@@ -27,6 +27,7 @@ def reestimate_bn(model: nn.Module, data, *, num_images: int | None = None,
         raise TunelessError("BN re-estimation needs BatchNorm layers but the model has none")
     from contextlib import ExitStack
 
+    from tuneless.distributed import all_sum, merge_batchnorm_stats, my_batches, my_share
     from tuneless.modes import evaluating
 
     saved = {bn: (bn.momentum, bn.track_running_stats) for bn in bns}
@@ -37,7 +38,6 @@ def reestimate_bn(model: nn.Module, data, *, num_images: int | None = None,
         bn.momentum = None
         bn.track_running_stats = True
         bn.train()
-    from tuneless.distributed import all_sum, merge_batchnorm_stats, my_batches, my_share
 
     seen = 0
     try:
