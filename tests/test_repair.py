@@ -171,3 +171,18 @@ def test_the_default_repair_of_a_network_without_batchnorm_is_none_and_ar_is_ref
     assert small.tuneless_report["method"] == "fold-none"
     with pytest.raises(TunelessError, match="repair 'ar' works through BatchNorm"):
         tuneless.fold(net, sparsity=0.3, example_inputs=x, repair="ar")
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 6, 5), (8, 4), (3, 2, 7)])
+def test_inversion_channel_stats_match_tensor_var_and_its_gradient(shape):
+    from tuneless.deepinversion import channel_stats
+
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    dims = [0, *range(2, x.dim())]
+    mean, var = channel_stats(x)
+    ref_mean, ref_var = x.mean(dims), x.var(dims, unbiased=False)
+    assert torch.allclose(mean, ref_mean) and torch.allclose(var, ref_var)
+    w = torch.randn(shape[1], dtype=torch.float64)
+    (got,) = torch.autograd.grad((mean * w).sum() + (var * w).pow(2).sum(), [x])
+    (want,) = torch.autograd.grad((ref_mean * w).sum() + (ref_var * w).pow(2).sum(), [x])
+    assert torch.allclose(got, want)

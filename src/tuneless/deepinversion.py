@@ -72,14 +72,7 @@ def synthesize(model: nn.Module, example_inputs: torch.Tensor,
 
     def make_hook(i: int):
         def hook(module, inputs, _output):
-            x = inputs[0]
-            dims = [0] + list(range(2, x.dim()))
-            mean = x.mean(dims)
-            # the spread about the mean held constant: Tensor.var's value and gradient (the
-            # mean's term of it vanishes) at half its cost — its CPU reduction over the batch
-            # and pixel axes of an NCHW tensor was a third of each DeepInversion step
-            centred = x - mean.detach().view(1, -1, *([1] * (x.dim() - 2)))
-            stats[i] = (mean, (centred * centred).mean(dims))
+            stats[i] = channel_stats(inputs[0])
         return hook
 
     handles = [bn.register_forward_hook(make_hook(i)) for i, bn in enumerate(bns)]
@@ -103,6 +96,17 @@ def synthesize(model: nn.Module, example_inputs: torch.Tensor,
             h.remove()
         modes.close()
     return torch.cat(out)[: cfg.num_images]
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel (axis 1): the mean and the biased variance over every other axis, both
+    differentiable. The variance is the mean square about the mean held constant: Tensor.var's
+    value and gradient (the mean's term of it vanishes) at half its cost — its CPU reduction
+    over the batch and pixel axes of an NCHW tensor was a third of each DeepInversion step."""
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dims)
+    centred = x - mean.detach().view(1, -1, *([1] * (x.dim() - 2)))
+    return mean, (centred * centred).mean(dims)
 
 
 def _invert_batch(model, shape, b, num_classes, cfg, g, stats, t_mean, t_var, progress):
