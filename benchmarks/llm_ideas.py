@@ -631,7 +631,6 @@ def obs_merge_labels(h, w, k, *, damp=0.01, step=8, prune=False):
         if torch.equal(nxt, root):
             break
         root = nxt
-    labels = torch.full((n,), -1, dtype=torch.long)
     alive = rep.nonzero().flatten()
     index = torch.full((n,), -1, dtype=torch.long)
     index[alive] = torch.arange(len(alive))

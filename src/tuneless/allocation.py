@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from tuneless.budget import STREAM_SHARE, TOLERANCE, ParamCounter
 from tuneless.errors import TunelessError
+from tuneless.modes import evaluating
 
 
 def count_levels(n: int, max_ratio: float, min_channels: int, step: float = 0.04) -> list[int]:
@@ -261,8 +262,6 @@ def small_probes(model: nn.Module, probe: torch.Tensor, side: int = PROBE_SIDE) 
 def _eval_forward(model: nn.Module, x: torch.Tensor):
     """model(x) in eval mode without gradients; every module's own mode is restored
     (the model may be the user's own)."""
-    from tuneless.modes import evaluating
-
     with torch.no_grad(), evaluating(model):
         return model(x)
 

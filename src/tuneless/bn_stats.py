@@ -11,6 +11,7 @@ import torch.nn as nn
 from tuneless.data.loader import image_batches
 from tuneless.errors import TunelessError
 from tuneless.modelcheck import batchnorms
+from tuneless.modes import evaluating
 
 
 @torch.no_grad()
@@ -25,35 +26,28 @@ def reestimate_bn(model: nn.Module, data, *, num_images: int | None = None,
     bns = batchnorms(model)
     if not bns:
         raise TunelessError("BN re-estimation needs BatchNorm layers but the model has none")
-    from contextlib import ExitStack
-
     from tuneless.distributed import all_sum, merge_batchnorm_stats, my_batches, my_share
-    from tuneless.modes import evaluating
+    from tuneless.progress import progress
 
     saved = {bn: (bn.momentum, bn.track_running_stats) for bn in bns}
-    modes = ExitStack()  # every module's own mode restored at the end
-    modes.enter_context(evaluating(model))
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.track_running_stats = True
-        bn.train()
-
     seen = 0
-    try:
-        from tuneless.progress import progress
-
-        total = None if num_images is None else my_share(-(-num_images // batch_size))
-        for x in progress(my_batches(image_batches(data, batch_size, num_images)), total=total,
-                          desc="BN re-estimation", unit="batch"):  # this rank's share
-            model(x)
-            seen += len(x)
-        merge_batchnorm_stats(bns)
-        seen = int(all_sum(torch.tensor([seen])).item())
-    finally:
-        for bn, (momentum, track) in saved.items():
-            bn.momentum, bn.track_running_stats = momentum, track
-        modes.close()
+    with evaluating(model):  # every module's own mode restored at the end
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.track_running_stats = True
+            bn.train()
+        try:
+            total = None if num_images is None else my_share(-(-num_images // batch_size))
+            batches = my_batches(image_batches(data, batch_size, num_images))  # this rank's
+            for x in progress(batches, total=total, desc="BN re-estimation", unit="batch"):
+                model(x)
+                seen += len(x)
+            merge_batchnorm_stats(bns)
+            seen = int(all_sum(torch.tensor([seen])).item())
+        finally:
+            for bn, (momentum, track) in saved.items():
+                bn.momentum, bn.track_running_stats = momentum, track
     if seen < 2:
         raise TunelessError(f"BN re-estimation needs at least 2 images, got {seen}")
     return model
@@ -79,8 +73,6 @@ def output_statistics(model: nn.Module, names: list[str], data, num_images: int 
         return record
 
     hooks = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    from tuneless.modes import evaluating
-
     try:
         with evaluating(model):
             for x in my_batches(image_batches(data, batch_size, num_images)):

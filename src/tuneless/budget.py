@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from tuneless.errors import TunelessError
 from tuneless.graph.groups import GroupGraph
+from tuneless.modes import evaluating
 from tuneless.options import check_value
 
 TOLERANCE = 0.01
@@ -116,8 +117,6 @@ def flop_weights(model: nn.Module, example) -> Weights:
 
     handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    from tuneless.modes import evaluating
-
     try:
         with torch.no_grad(), evaluating(model):
             model(*example) if isinstance(example, (tuple, list)) else model(example)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from tuneless.errors import TunelessError
 from tuneless.modelcheck import batchnorms
+from tuneless.modes import evaluating
 
 
 @dataclass
@@ -62,12 +63,6 @@ def synthesize(model: nn.Module, example_inputs: torch.Tensor,
         raise TunelessError("DeepInversion matches BatchNorm statistics but the model has none")
 
     shape = tuple(example_inputs.shape[1:])
-    from contextlib import ExitStack
-
-    from tuneless.modes import evaluating
-
-    modes = ExitStack()  # every module's own mode restored at the end
-    modes.enter_context(evaluating(model))
     stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def make_hook(i: int):
@@ -81,20 +76,20 @@ def synthesize(model: nn.Module, example_inputs: torch.Tensor,
     g = torch.Generator().manual_seed(cfg.seed)
     out = []
     try:
-        with torch.no_grad():
-            num_classes = model(example_inputs[:2].float()).shape[1]
-        stats.clear()
-        done = 0
-        while done < cfg.num_images:
-            b = min(cfg.batch_size, cfg.num_images - done)
-            b = b if b >= 2 else 2
-            out.append(_invert_batch(model, shape, b, num_classes, cfg, g, stats,
-                                     targets_mean, targets_var, progress))
-            done += b
+        with evaluating(model):  # every module's own mode restored at the end
+            with torch.no_grad():
+                num_classes = model(example_inputs[:2].float()).shape[1]
+            stats.clear()
+            done = 0
+            while done < cfg.num_images:
+                b = min(cfg.batch_size, cfg.num_images - done)
+                b = b if b >= 2 else 2
+                out.append(_invert_batch(model, shape, b, num_classes, cfg, g, stats,
+                                         targets_mean, targets_var, progress))
+                done += b
     finally:
         for h in handles:
             h.remove()
-        modes.close()
     return torch.cat(out)[: cfg.num_images]
 
 

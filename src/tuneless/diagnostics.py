@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from tuneless.errors import TunelessError
+from tuneless.modes import evaluating
 
 LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
@@ -25,8 +26,6 @@ def _channel_variances(model: nn.Module, names: list[str], inputs: torch.Tensor)
             dims = [0] + list(range(2, y.dim()))
             out[name] = y.var(dims, unbiased=False)
         handles.append(modules[name].register_forward_hook(hook))
-    from tuneless.modes import evaluating
-
     try:
         with torch.no_grad(), evaluating(model):
             model(inputs)

@@ -18,6 +18,7 @@ import torch.nn as nn
 from tuneless._lazy import make_module_callable
 from tuneless.data.loader import TensorDataset, TensorLoader
 from tuneless.errors import TunelessError, first_line
+from tuneless.modes import evaluating
 
 
 @torch.no_grad()
@@ -27,7 +28,6 @@ def accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 500,
 
     Every module's train/eval mode is restored afterwards.
     """
-    from tuneless.modes import evaluating
     from tuneless.progress import progress
 
     correct = seen = 0
@@ -56,8 +56,6 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
     """FLOPs of one forward pass (multiply-add = 2 FLOPs), via torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tuneless.modes import evaluating
-
     # the counter's module tracker hooks every output that requires grad, and fails on one
     # with no autograd history (Perceiver hands out a view of its position-embedding table)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -84,8 +82,6 @@ def size_on_disk(model: nn.Module) -> int:
 def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10,
                warmup: int = 2) -> float:
     """Median wall-clock milliseconds of a forward pass on this CPU."""
-    from tuneless.modes import evaluating
-
     times = []
     with evaluating(model):
         for _ in range(warmup):
@@ -107,8 +103,6 @@ def check_runs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     """One forward pass in eval mode (every module's own mode restored after, a frozen
     BatchNorm inside a training model too); a shape mismatch becomes a one-line
     TunelessError."""
-    from tuneless.modes import evaluating
-
     try:
         with evaluating(model):
             return model(example)

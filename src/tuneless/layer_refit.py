@@ -36,6 +36,7 @@ from tuneless.errors import TunelessError
 from tuneless.graph.trace import is_plain_batchnorm
 from tuneless.hooks import capture
 from tuneless.linalg import ridge_solve
+from tuneless.modes import evaluating
 from tuneless.patches import conv_patches
 
 
@@ -114,16 +115,9 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
     mine = sum(len(b) for b in batches)  # this process's images (its targets, its rows)
     if mine < 2:
         raise TunelessError("the least-squares refit needs at least 2 images")
-    from contextlib import ExitStack
-
-    from tuneless.modes import evaluating
-
     outputs, norm_after = _layout(graph)
     done, skipped = [], []
-    modes = ExitStack()  # both in eval mode; every module's own mode restored at the end
-    modes.enter_context(evaluating(original))
-    modes.enter_context(evaluating(small))
-    try:
+    with evaluating(original), evaluating(small):  # every module's own mode restored after
         plan = []  # (layer name, norm after it, its _Target) of every layer to refit
         readers = _consumers(graph)
         from tuneless.distributed import all_sum
@@ -160,8 +154,6 @@ def refit_layers(original: nn.Module, small: nn.Module, graph, maps: dict[int, t
                     ticker.update()
             done.extend(name for name, _, _ in chunk)
         ticker.close()
-    finally:
-        modes.close()
     small.refit_report = {"refitted": done, "skipped": skipped,
                           "clamped": [name for name, _, t in plan if t.clamp is not None],
                           "images": mine, "ridge": ridge}

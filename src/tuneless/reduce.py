@@ -25,6 +25,7 @@ from tuneless._lazy import make_module_callable
 from tuneless.decisions import Decision, Merge, kept_indices, merge, selection
 from tuneless.errors import TunelessError, first_line
 from tuneless.graph.groups import CONSUMER, GroupGraph, Slot, Source
+from tuneless.modes import evaluating
 
 __all__ = ["Decision", "kept_indices", "merge", "reduce", "reduce_tensors", "selection"]
 
@@ -72,8 +73,6 @@ def check_reduced(new: nn.Module, example_inputs, what: str) -> None:
     """Run the reduced model once on the example input (eval mode, restored after): a
     coupling the channel analysis missed (a size read from one tensor and used on another,
     as FocalNet's split does) is a one-line error here, never a model returned broken."""
-    from tuneless.modes import evaluating
-
     x = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
     with evaluating(new):
         try:

@@ -23,6 +23,7 @@ import torch.nn as nn
 from tuneless.errors import TunelessError
 from tuneless.graph.trace import is_plain_batchnorm
 from tuneless.hooks import Moments
+from tuneless.modes import evaluating
 from tuneless.patches import conv_patches
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
@@ -141,8 +142,6 @@ def input_second_moments(model: nn.Module, layers: dict[str, nn.Module], data,
     for name, layer in layers.items():
         moments[name] = _PatchMoments(layer, positions, gen)
         hooks.append(layer.register_forward_pre_hook(moments[name]))
-    from tuneless.modes import evaluating
-
     seen = 0
     try:
         with evaluating(model):

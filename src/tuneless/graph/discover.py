@@ -21,6 +21,7 @@ from tuneless.graph.groups import CONSUMER, NORM, PRODUCER, GroupGraph, Slot
 from tuneless.graph.layout import Layout
 from tuneless.graph.trace import ELEMENTWISE_MODULES as _ELEMENTWISE_MODULES
 from tuneless.graph.trace import shape_of, trace
+from tuneless.modes import evaluating
 
 _SPATIAL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -697,8 +698,6 @@ def _fix_groups_that_break_the_forward(model: nn.Module, graph: GroupGraph,
     input; a group whose trial fails is fixed, with that reason. Two forward passes per
     group, only for models plain torch.fx could not trace."""
     from tuneless.graph.trace import attributes, restore
-    from tuneless.modes import evaluating
-
     x = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
     state = attributes(model)  # trials share the model's caches: put them back after
     try:

@@ -22,6 +22,7 @@ from torch import nn
 
 from tuneless.hooks import Moments, StopForward
 from tuneless.llm.adapters import adapter_for
+from tuneless.modes import evaluating
 from tuneless.progress import progress
 
 
@@ -80,8 +81,6 @@ def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_s
         raise StopForward
 
     handles.append(layers[-1].register_forward_hook(stop))
-    from tuneless.modes import evaluating
-
     try:
         with evaluating(model):
             for start in progress(range(0, len(ids), batch_size),

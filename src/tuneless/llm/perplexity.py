@@ -21,6 +21,7 @@ from torch import nn
 from tuneless._lazy import make_module_callable
 from tuneless.data.loader import default_data_path
 from tuneless.errors import TunelessError
+from tuneless.modes import evaluating
 from tuneless.progress import progress as _progress
 
 WIKITEXT2_TEST = default_data_path("wikitext2")  # TUNELESS_WIKITEXT2 or shared/data; may be None
@@ -61,8 +62,6 @@ def perplexity_of_ids(
     n_windows = n // seq_len
     if n_windows == 0:
         raise TunelessError(f"only {n} tokens available; need at least seq_len={seq_len}")
-    from tuneless.modes import evaluating
-
     total, count = 0.0, 0
     with evaluating(model):
         for w in _progress(range(n_windows), total=n_windows, desc="perplexity",

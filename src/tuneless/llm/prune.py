@@ -19,6 +19,7 @@ from tuneless.llm.decide import magnitude_scores, score_decisions, wanda_sp_scor
 from tuneless.llm.engine import plan_for, reduce_llm
 from tuneless.llm.fold import repair_reduced
 from tuneless.modelcheck import check_model
+from tuneless.modes import evaluating
 from tuneless.options import check_call
 
 
@@ -57,8 +58,6 @@ def consumer_meters(model: nn.Module, batches: list[torch.Tensor], make_meter) -
         for short in ("down", "o"):
             meters[adapter.module_name(i, short)] = m = make_meter()
             hooks.append(p[short].register_forward_pre_hook(m))
-    from tuneless.modes import evaluating
-
     try:
         with evaluating(model):
             for x in batches:

@@ -28,6 +28,7 @@ from tuneless.errors import TunelessError
 from tuneless.hooks import StopForward
 from tuneless.linalg import ridge_solve
 from tuneless.llm.adapters import adapter_for
+from tuneless.modes import evaluating
 from tuneless.progress import Ticker, progress
 
 
@@ -167,8 +168,6 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
     old_layers, new_layers = adapter.layers(original), adapter.layers(folded)
     if len(old_layers) != len(new_layers):
         raise TunelessError("the folded model has a different number of layers than the original")
-    from tuneless.modes import evaluating
-
     with evaluating(original), evaluating(folded):
         h_old, layer_kwargs = layer_inputs(original, ids)
         h_new = h_old.clone()
