@@ -99,6 +99,28 @@ def test_sensitivity_allocation_follows_the_measured_damage_and_meets_the_budget
     assert {gid for gid, _ in calls} == set(ids) and all(k < 32 for _, k in calls)
 
 
+def test_measuring_order_changes_which_group_is_measured_first_not_the_widths():
+    from tuneless.allocation import sensitivity_allocation
+
+    model = TwoGroups().eval()
+    graph = find_groups(model, torch.randn(2, 16))
+    ids = [g.id for g in graph.reducible]
+
+    def run(order):
+        calls = []
+
+        def damage(gid, k):  # equal curves: the greedy's tie-break decides the widths
+            calls.append(gid)
+            return float(32 - k)
+
+        return sensitivity_allocation(model, graph, damage, 0.3, order=order), calls
+
+    plain, calls = run(None)
+    backwards, calls_back = run(lambda gid: -ids.index(gid))
+    assert calls[0] == ids[0] and calls_back[0] == ids[-1]
+    assert backwards == plain
+
+
 def test_fold_sensitivity_spares_the_group_whose_folding_moves_the_output():
     from tuneless.methods.fold import fold
 

@@ -46,6 +46,27 @@ def test_every_group_trial_equals_its_full_forward(name, make, shape):
             assert torch.allclose(got, want, atol=1e-6), (name, g.id, keep)
 
 
+def test_trials_in_order_of_their_starts_continue_the_walk_of_the_prefix():
+    model = build_model("resnet20").eval()
+    probe = torch.randn(4, 3, 32, 32)
+    graph = find_groups(model, probe[:2])
+    runner = SuffixRunner(model, probe)
+    groups = sorted(graph.reducible, key=lambda g: runner.start_of(g.modules))
+    walked = []
+    walk = runner._walk
+    runner._walk = lambda interp, begin, end, env: walked.append((begin, end)) or walk(
+        interp, begin, end, env)
+    for g in groups + groups[:1]:  # the last one starts before the one before it
+        trial = reduce(model, graph, {g.id: selection([0, 1], g.n)}, share=True)
+        with torch.no_grad():
+            want = first(trial(probe))
+        assert torch.allclose(first(runner.run(trial, g.modules)), want, atol=1e-6)
+    prefixes = [(b, e) for b, e in walked if e < len(runner.nodes)]
+    starts = sorted({runner.start_of(g.modules) for g in groups})
+    assert prefixes[:len(starts)] == list(zip([0, *starts[:-1]], starts))
+    assert prefixes[-1] == (0, starts[0])  # an earlier start walks from the beginning
+
+
 def test_reference_modes_are_restored_and_later_groups_start_later():
     model = build_model("resnet20").train()
     probe = torch.randn(4, 3, 32, 32)

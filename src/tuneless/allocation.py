@@ -266,56 +266,71 @@ def _eval_forward(model: nn.Module, x: torch.Tensor):
         return model(x)
 
 
-def output_damage(reference: nn.Module, x, n: int, seed: int, data=None):
+class OutputDamage:
     """measure(model, changed=None) -> ‖model(probe) − reference(probe)‖² / the reference
     outputs' scatter, on `probe_inputs(x, n, seed, data)` shrunk by `small_probes`.
     changed: the names of the only modules in which `model` differs from the reference;
-    then only the graph from the first of them runs (tuneless.suffix). The traced graph can
-    hold sizes as constants that the trial's modules no longer have (torchvision's
-    LayerNorm2d passes its normalized_shape to layer_norm): each group's first trial is
-    checked against the trial's own forward on two probes, and a group whose shortened
-    run fails or differs is measured by full forward passes."""
-    from tuneless.reduce import missed_coupling
-    from tuneless.suffix import SuffixRunner
+    then only the graph from the first of them runs (tuneless.suffix), and trials measured
+    in the order of `start(changed)` share one walk of the reference's prefix. The traced
+    graph can hold sizes as constants that the trial's modules no longer have
+    (torchvision's LayerNorm2d passes its normalized_shape to layer_norm): each group's
+    first trial is checked against the trial's own forward on two probes, and a group whose
+    shortened run fails or differs is measured by full forward passes."""
 
-    probe = small_probes(reference, probe_inputs(x, n, seed, data))
-    ref = _output_tensor(_eval_forward(reference, probe)).double()
-    scale = float((ref - ref.mean(0)).pow(2).sum()) or 1.0
-    runner: list = []
-    trusted: dict[frozenset, bool] = {}
+    def __init__(self, reference: nn.Module, x, n: int, seed: int, data=None) -> None:
+        self.reference = reference
+        self.probe = small_probes(reference, probe_inputs(x, n, seed, data))
+        self.ref = _output_tensor(_eval_forward(reference, self.probe)).double()
+        self.scale = float((self.ref - self.ref.mean(0)).pow(2).sum()) or 1.0
+        self._runner: list = []
+        self._trusted: dict[frozenset, bool] = {}
 
-    def shortened(model: nn.Module, changed: set[str]) -> torch.Tensor | None:
-        key = frozenset(changed)
-        if trusted.get(key) is False:
-            return None
-        if not runner:
+    def runner(self):
+        """The suffix runner over the reference's traced graph, None if it does not trace."""
+        from tuneless.suffix import SuffixRunner
+
+        if not self._runner:
             try:
-                runner.append(SuffixRunner(reference, probe))
+                self._runner.append(SuffixRunner(self.reference, self.probe))
             except Exception:  # noqa: BLE001 — no traced graph: every trial runs whole
-                runner.append(None)
-        if runner[0] is None:
+                self._runner.append(None)
+        return self._runner[0]
+
+    def start(self, changed: set[str]) -> int:
+        """Where a trial changing these modules starts running (0 without a traced graph)."""
+        runner = self.runner()
+        return 0 if runner is None else runner.start_of(changed)
+
+    def _shortened(self, model: nn.Module, changed: set[str]) -> torch.Tensor | None:
+        key = frozenset(changed)
+        if self._trusted.get(key) is False or self.runner() is None:
             return None
         try:
-            out = _output_tensor(runner[0].run(model, changed))
+            out = _output_tensor(self.runner().run(model, changed))
         except Exception:  # noqa: BLE001 — any failure of the interpretation: run it whole
-            trusted[key] = False
+            self._trusted[key] = False
             return None
-        if key not in trusted:
-            own = _output_tensor(_eval_forward(model, probe[:2]))
-            trusted[key] = own.shape == out[:2].shape and bool(
+        if key not in self._trusted:
+            own = _output_tensor(_eval_forward(model, self.probe[:2]))
+            self._trusted[key] = own.shape == out[:2].shape and bool(
                 torch.allclose(out[:2], own, rtol=1e-4, atol=1e-5))
-        return out if trusted[key] else None
+        return out if self._trusted[key] else None
 
-    def measure(model: nn.Module, changed: set[str] | None = None) -> float:
-        out = shortened(model, changed) if changed is not None else None
+    def __call__(self, model: nn.Module, changed: set[str] | None = None) -> float:
+        from tuneless.reduce import missed_coupling
+
+        out = self._shortened(model, changed) if changed is not None else None
         if out is None:
             try:
-                out = _output_tensor(_eval_forward(model, probe))
+                out = _output_tensor(_eval_forward(model, self.probe))
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                 raise missed_coupling(model, "trial", exc) from exc
-        return float((out.double() - ref).pow(2).sum()) / scale
+        return float((out.double() - self.ref).pow(2).sum()) / self.scale
 
-    return measure
+
+def output_damage(reference: nn.Module, x, n: int, seed: int, data=None) -> OutputDamage:
+    """The damage measure of a sensitivity allocation (OutputDamage)."""
+    return OutputDamage(reference, x, n, seed, data)
 
 
 def _output_tensor(out) -> torch.Tensor:
@@ -333,11 +348,12 @@ def measured_widths(model: nn.Module, graph, damage, sparsity: float | None,
                     channel_ratio: float | None = None, *, keep_floor: float = 0.5,
                     max_ratio: float = 0.9, min_channels: int = 1,
                     stream_share: float = STREAM_SHARE,
-                    weights: dict | None = None) -> dict[int, int]:
+                    weights: dict | None = None, order=None) -> dict[int, int]:
     """sensitivity_allocation under a sparsity budget or the parameters a uniform channel
     ratio removes, every group kept at keep_floor × its count in that uniform plan (a
     bound on how far one-group-at-a-time measurements are trusted). weights
-    (budget.flop_weights): the budget and the damage per unit saved are in FLOPs."""
+    (budget.flop_weights): the budget and the damage per unit saved are in FLOPs; order:
+    as for sensitivity_allocation."""
     from tuneless.budget import budget_for_ratio, solve
 
     if sparsity is not None:
@@ -348,14 +364,15 @@ def measured_widths(model: nn.Module, graph, damage, sparsity: float | None,
         sparsity, uniform = b.sparsity, b.kept
     floor = {gid: math.ceil(keep_floor * k) for gid, k in uniform.items()}
     return sensitivity_allocation(model, graph, damage, sparsity, max_ratio=max_ratio,
-                                  min_channels=min_channels, floor=floor, weights=weights)
+                                  min_channels=min_channels, floor=floor, weights=weights,
+                                  order=order)
 
 
 def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
                            max_ratio: float = 0.9, min_channels: int = 1,
                            floor: dict[int, int] | None = None,
                            shares: tuple[float, ...] = SENSITIVITY_LEVELS,
-                           weights: dict | None = None) -> dict[int, int]:
+                           weights: dict | None = None, order=None) -> dict[int, int]:
     """Per-group counts removing `sparsity` of the parameters (of the FLOPs with
     weights=budget.flop_weights), chosen greedily by the measured output damage added per
     parameter (FLOP) saved.
@@ -363,6 +380,8 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
     damage(gid, k) -> float: how far the output moves with group gid alone folded to k
     channels (additive across groups to first order). It is measured at the counts that
     remove `shares` of each group (capped by max_ratio and floor) and interpolated.
+    order(gid) -> sort key: the groups are measured in this order (e.g. OutputDamage.start,
+    so that trials share one walk of the unchanged prefix); the result does not depend on it.
     """
     from tuneless.reduce import MissedCoupling
 
@@ -370,21 +389,23 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     counter = ParamCounter(model, graph, weights)
     groups = list(graph.reducible)
-    levels, curves = {}, {}
-    for g in groups:
+    measured: dict[int, tuple[list[int], list[float]]] = {}
+    for g in sorted(groups, key=lambda g: order(g.id)) if order else groups:
         lowest = max((floor or {}).get(g.id, 1), int(math.ceil(g.n * (1 - max_ratio))))
         # whole blocks, rounded down: a floor rounded up would often be the uniform width
         lowest = max(g.lowest(min_channels), lowest // g.blocks * g.blocks)
         if lowest >= g.n:
             continue
-        coarse, levels[g.id] = _block_levels(g, [g.n, lowest, *(
+        coarse, fine = _block_levels(g, [g.n, lowest, *(
             max(lowest, round(g.n * (1 - s))) for s in shares)])
         try:
             errs = [0.0] + [max(0.0, damage(g.id, k)) for k in coarse[1:]]
         except MissedCoupling:  # a trial of this group does not run: it stays whole
-            del levels[g.id]
             continue
         for i in range(1, len(errs)):  # folding deeper never helps: keep the curve monotone
             errs[i] = max(errs[i], errs[i - 1])
-        curves[g.id] = _interpolate(coarse, errs, levels[g.id])
+        measured[g.id] = fine, _interpolate(coarse, errs, fine)
+    # the greedy breaks ties by group order: the graph's, whatever the measuring order
+    levels = {g.id: measured[g.id][0] for g in groups if g.id in measured}
+    curves = {g.id: measured[g.id][1] for g in groups if g.id in measured}
     return _greedy(counter, levels, curves, {g.id: g.n for g in groups}, sparsity, max_ratio)

@@ -68,11 +68,16 @@ class SuffixRunner:
     @torch.no_grad()
     def _prefix(self, start: int) -> dict:
         """Values of the nodes before `start` that later nodes read (the last start's only:
-        calls come group by group, and a prefix can be as large as the activations)."""
+        calls come group by group, and a prefix can be as large as the activations). A start
+        after the last one continues from it, so calls in order of their starts walk the
+        reference once in all."""
         if self._start != start:
+            begin, env = 0, {}
+            if self._start is not None and self._start < start:
+                begin, env = self._start, dict(self._env)
             self._env = {}  # the previous group's values are released first
             with evaluating(self.reference):
-                self._env = self._walk(fx.Interpreter(self.gm), 0, start, {})
+                self._env = self._walk(fx.Interpreter(self.gm), begin, start, env)
             self._start = start
         return self._env
 

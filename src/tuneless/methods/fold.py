@@ -377,7 +377,7 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
     return measured_widths(model, graph, damage, opts.sparsity, opts.channel_ratio,
                            keep_floor=_floor(opts, "sensitivity"), max_ratio=opts.max_ratio,
                            min_channels=opts.min_channels, stream_share=opts.stream_share,
-                           weights=weights)
+                           weights=weights, order=lambda gid: measure.start(graph[gid].modules))
 
 
 def _channel_counts(channels) -> dict[int, int]:

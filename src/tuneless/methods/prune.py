@@ -134,7 +134,7 @@ def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, pro
     return measured_widths(model, graph, damage, sparsity, channel_ratio,
                            keep_floor=keep_floor, max_ratio=max_ratio,
                            min_channels=min_channels, stream_share=stream_share,
-                           weights=weights)
+                           weights=weights, order=lambda gid: measure.start(graph[gid].modules))
 
 
 LLM_CRITERIA = ("l2", "magnitude", "wanda-sp", "flap", "obs")
