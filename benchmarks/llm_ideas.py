@@ -19,6 +19,7 @@ benchmarks/llm_other_family.py loads it; its dense perplexity measured first).
     python benchmarks/llm_ideas.py steps '{"mode": "resolve", "seed": 0}' '{"mode": "anchor"}' \
         '{"mode": "widths"}'
     python benchmarks/llm_ideas.py obs-steps '{"steps": 2, "seed": 0}' '{"steps": 1}'
+    python benchmarks/llm_ideas.py bias '{"seed": 0}' '{"seed": 1}' '{"seed": 2}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -50,6 +51,8 @@ steps: what makes a fold in two steps (fold_llm(steps=2)) better. "resolve": the
   (one sampling, not two); "widths": one step, but to the widths "resolve" ends at.
 obs-steps: structured OBS pruning (its default flat-mlp plan at `sparsity`) reached in
   `steps` prunes, each sampling, measuring and repairing on the model it starts from.
+bias: the default fold, its down_proj refit given an unpenalised bias (an intercept fitted
+  with the weights; FLAP's bias compensation inside the least squares; LLaMA's mlp_bias).
 in-domain: the upper reference for the calibration text: the same fold and refit
   (repair="refit") on WikiText-2 itself, `samples` windows of `len` tokens drawn (seeded)
   from the test split after its first 4,096 tokens, disjoint from the 2,048 evaluated.
@@ -208,6 +211,8 @@ def main(argv: list[str]) -> int:
                                   sparsity=0.2, seed=seed)
         elif what == "steps":
             small = _stepped(model, seed, o.get("mode", "resolve"))
+        elif what == "bias":
+            small = _with_bias_refit(model, seed)
         elif what == "obs-steps":
             small = _obs_stepped(model, seed, o.get("steps", 2), o.get("sparsity", 0.2))
         elif what == "in-domain":
@@ -225,6 +230,50 @@ def main(argv: list[str]) -> int:
                           "layer_sizes": small.tuneless_report.get("layer_sizes")
                           if what == "allocation" else None}), flush=True)
     return 0
+
+
+def _with_bias_refit(model, seed):
+    """The default fold with each down_proj refit as [W | b], the bias unpenalised (the
+    ridge pulls W alone towards the folded weights); a second step adds to the first's b."""
+    import tuneless
+    import tuneless.llm.refit as refit_module
+
+    plain_refit, plain_layer = refit_module.ridge_refit, refit_module.refit_layer
+    owner = {}
+
+    def with_bias(a, y, w, lam, weight=None):
+        mod = owner.get(id(w))
+        if mod is None:
+            return plain_refit(a, y, w, lam, weight)
+        a64, y64 = a.reshape(-1, a.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+        ones = torch.ones(len(a64), 1, dtype=torch.float64)
+        if weight is not None:
+            root = weight.reshape(-1, 1).double().sqrt()
+            a64, y64, ones = a64 * root, y64 * root, ones * root
+        aug = torch.cat([a64, ones], 1)
+        gram, k = aug.T @ aug, a64.shape[1]
+        pen = torch.full((k + 1,), lam * float(gram[:k, :k].diagonal().mean()),
+                         dtype=torch.float64)
+        pen[k] = 0.0
+        prior = torch.cat([w.T.double(), torch.zeros(1, w.shape[0], dtype=torch.float64)])
+        sol = torch.linalg.solve(gram + torch.diag(pen), aug.T @ y64 + pen[:, None] * prior)
+        b = sol[k].to(w.dtype)
+        if mod.bias is None:
+            mod.bias = torch.nn.Parameter(b.clone())
+        else:
+            mod.bias.data += b
+        return sol[:k].T.to(w.dtype).contiguous()
+
+    def layer(adapter, lo, ln, *args, **kwargs):
+        down = adapter.projections(ln)["down"]
+        owner[id(down.weight)] = down
+        return plain_layer(adapter, lo, ln, *args, **kwargs)
+
+    refit_module.ridge_refit, refit_module.refit_layer = with_bias, layer
+    try:
+        return tuneless.fold(model, sparsity=0.2, seed=seed)
+    finally:
+        refit_module.ridge_refit, refit_module.refit_layer = plain_refit, plain_layer
 
 
 def _obs_stepped(model, seed, steps, sparsity):
