@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -342,3 +343,45 @@ def test_a_flop_budget_spends_damage_per_flop_saved():
     assert per_param[low] < per_param[high] == 8  # same parameters saved: least damage
     assert per_flop[high] < per_flop[low] == 8  # 16× the FLOPs saved per channel there
     assert 1 - param_count(model, graph, per_param) / param_count(model, graph) >= 0.2 - 1e-9
+
+
+def _greedy_by_rescan(counter, levels, curves, kept, sparsity):
+    """The greedy as first written: every group's step priced afresh at every step."""
+    pos = {gid: 0 for gid in levels}
+    target = counter.total_before * (1 - sparsity)
+    while counter(kept) > target:
+        best, best_score = None, math.inf
+        for gid, i in pos.items():
+            if i + 1 >= len(levels[gid]):
+                continue
+            saved = counter.saving(gid, levels[gid][i + 1], kept)
+            score = (curves[gid][i + 1] - curves[gid][i]) / saved if saved > 0 else math.inf
+            if score < best_score:
+                best, best_score = gid, score
+        pos[best] += 1
+        kept[best] = levels[best][pos[best]]
+    return kept
+
+
+@pytest.mark.parametrize("budget", ["params", "flops"])
+def test_greedy_reprices_only_the_groups_a_step_changes(budget):
+    from tuneless.allocation import _greedy
+    from tuneless.budget import ParamCounter, flop_weights
+    from tuneless.zoo import build_model
+
+    model = build_model("resnet20").eval()  # streams share every block's convolutions
+    x = torch.randn(1, 3, 32, 32)
+    graph = find_groups(model, x)
+    weights = flop_weights(model, x) if budget == "flops" else None
+    counter = ParamCounter(model, graph, weights)
+    g = torch.Generator().manual_seed(0)
+    levels = {gr.id: list(range(gr.n, max(1, gr.n // 4) - 1, -1)) for gr in graph.reducible}
+    curves = {gid: torch.rand(len(lv), generator=g).mul(0.1).cumsum(0).tolist()
+              for gid, lv in levels.items()}
+    full = {gr.id: gr.n for gr in graph.groups}
+    want = _greedy_by_rescan(counter, levels, curves, dict(full), 0.5)
+    pos = {gid: levels[gid].index(want[gid]) for gid in levels}
+    from tuneless.allocation import _refund
+
+    want = _refund(counter, levels, curves, want, pos, counter.total_before * 0.5)
+    assert _greedy(counter, levels, curves, dict(full), 0.5, 0.9) == want

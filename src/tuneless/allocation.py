@@ -95,22 +95,30 @@ def _greedy(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, i
             sparsity: float, max_ratio: float, weight: dict | None = None) -> dict[int, int]:
     """Step the group whose next count adds the least curve per parameter saved (× its
     weight) until `sparsity` of the parameters is gone; levels/curves: per group, counts
-    descending from its current one and the curve at each."""
+    descending from its current one and the curve at each. Ties go to the group first in
+    `levels`. A step changes the price of the next step only for groups that share a
+    tensor with the stepped one, so only theirs is recomputed (EfficientNet-B0's 40 groups
+    take thousands of one-channel steps)."""
     pos = {gid: 0 for gid in levels}
     target = counter.total_before * (1 - sparsity)
     current = counter(kept)
+    sharing = _sharing(counter, levels)
+
+    def score(gid: int) -> float:
+        i = pos[gid]
+        if i + 1 >= len(levels[gid]):
+            return math.inf
+        saved = counter.saving(gid, levels[gid][i + 1], kept)
+        if saved <= 0:
+            return math.inf
+        return (curves[gid][i + 1] - curves[gid][i]) / (saved / (weight[gid] if weight else 1))
+
+    scores = {gid: score(gid) for gid in levels}
     while current > target:
         best, best_score = None, math.inf
-        for gid, i in pos.items():
-            if i + 1 >= len(levels[gid]):
-                continue
-            saved = counter.saving(gid, levels[gid][i + 1], kept)
-            if saved <= 0:
-                continue
-            score = (curves[gid][i + 1] - curves[gid][i]) / (
-                saved / (weight[gid] if weight else 1))
-            if score < best_score:
-                best, best_score = gid, score
+        for gid, sc in scores.items():
+            if sc < best_score:
+                best, best_score = gid, sc
         if best is None:
             reached = 1 - current / counter.total_before
             if sparsity - reached > TOLERANCE:
@@ -119,10 +127,23 @@ def _greedy(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, i
             warnings.warn(f"achieved sparsity {reached:.3f} for a request of {sparsity:.3f}: "
                           "the closest the floors and channel steps allow", stacklevel=3)
             return kept
+        current -= counter.saving(best, levels[best][pos[best] + 1], kept)
         pos[best] += 1
         kept[best] = levels[best][pos[best]]
-        current = counter(kept)
+        for gid in sharing[best]:
+            scores[gid] = score(gid)
     return _refund(counter, levels, curves, kept, pos, target)
+
+
+def _sharing(counter: ParamCounter, levels: dict) -> dict[int, list[int]]:
+    """Per group in `levels`: the groups in `levels` (itself included) that shrink one of
+    its tensors, whose step prices its steps change."""
+    by_key: dict = {}
+    for gid in levels:
+        for key in counter.touch[gid]:
+            by_key.setdefault(key, set()).add(gid)
+    return {gid: [o for o in levels if any(o in by_key[key] for key in counter.touch[gid])]
+            for gid in levels}
 
 
 def _refund(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, int],
