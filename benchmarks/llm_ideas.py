@@ -20,6 +20,7 @@ benchmarks/llm_other_family.py loads it; its dense perplexity measured first).
         '{"mode": "widths"}'
     python benchmarks/llm_ideas.py obs-steps '{"steps": 2, "seed": 0}' '{"steps": 1}'
     python benchmarks/llm_ideas.py bias '{"seed": 0}' '{"seed": 1}' '{"seed": 2}'
+    python benchmarks/llm_ideas.py reuse '{"seed": 0}' '{"calib_samples": 32, "seed": 0}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -53,6 +54,9 @@ obs-steps: structured OBS pruning (its default flat-mlp plan at `sparsity`) reac
   `steps` prunes, each sampling, measuring and repairing on the model it starts from.
 bias: the default fold, its down_proj refit given an unpenalised bias (an intercept fitted
   with the weights; FLAP's bias compensation inside the least squares; LLaMA's mlp_bias).
+reuse: the two-step default with ONE sampling: the original model's samples serve both
+  steps (the second step's statistics and refit target are the first step's model on
+  them), the sampling saved spent on `calib_samples` sequences (default 16).
 in-domain: the upper reference for the calibration text: the same fold and refit
   (repair="refit") on WikiText-2 itself, `samples` windows of `len` tokens drawn (seeded)
   from the test split after its first 4,096 tokens, disjoint from the 2,048 evaluated.
@@ -211,6 +215,8 @@ def main(argv: list[str]) -> int:
                                   sparsity=0.2, seed=seed)
         elif what == "steps":
             small = _stepped(model, seed, o.get("mode", "resolve"))
+        elif what == "reuse":
+            small = _sampled_once(model, seed, o.get("calib_samples", 16))
         elif what == "bias":
             small = _with_bias_refit(model, seed)
         elif what == "obs-steps":
@@ -230,6 +236,27 @@ def main(argv: list[str]) -> int:
                           "layer_sizes": small.tuneless_report.get("layer_sizes")
                           if what == "allocation" else None}), flush=True)
     return 0
+
+
+def _sampled_once(model, seed, n):
+    """The default fold (two steps) with the calibration tokens sampled once, from the
+    original model, and reused by the second step."""
+    import tuneless
+    import tuneless.llm.fold as fold_module
+
+    plain = fold_module.self_generated
+    drawn = []
+
+    def once(*args, **kwargs):
+        if not drawn:
+            drawn.append(plain(*args, **kwargs))
+        return drawn[0]
+
+    fold_module.self_generated = once
+    try:
+        return tuneless.fold(model, sparsity=0.2, seed=seed, calib_samples=n)
+    finally:
+        fold_module.self_generated = plain
 
 
 def _with_bias_refit(model, seed):
