@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from tuneless.evaluate import count_params
     from tuneless.graph import find_groups
     from tuneless.llm.source import is_llm_source, local_source
+    from tuneless.materialize import materialize_weights
     from tuneless.report import render_table
 
     args.model = local_source(args.model)  # a Hub id: its folder, then routed by type
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if is_llm_source(args.model):
         return inspect_llm(args)
     model, x = load_from_args(args)
+    model = materialize_weights(model, x)  # the groups fold and prune see
     graph = find_groups(model, x)
     print(f"{type(model).__name__}: {count_params(model):,} parameters, input "
           f"{tuple(x.shape[1:])}")

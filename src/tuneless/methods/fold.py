@@ -224,6 +224,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     from tuneless.cluster import cluster
     from tuneless.decisions import Merge
     from tuneless.graph import find_groups
+    from tuneless.materialize import materialize_weights, materialized_report
     from tuneless.reduce import check_reduced, reduce
     from tuneless.repair import RepairContext, get_repair, require_batchnorm
 
@@ -233,6 +234,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         raise TunelessError(f"repair {opts.repair!r} needs data: pass data= (images or a loader)")
     require_batchnorm(model, opts.repair)
     x = _example(model, example_inputs)
+    model = materialize_weights(model, x)  # weight-standardised convs as plain ones
     graph = find_groups(model, x)
     if not graph.reducible:
         raise UnsupportedModelError(f"nothing to fold in {type(model).__name__}: every channel "
@@ -291,6 +293,7 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         "kmeans_inertia": inertia, "options": opts.to_dict(),
         "labels": {str(gid): lab.tolist() for gid, lab in labels.items()},
         "fold_seconds": t_fold, "total_seconds": time.perf_counter() - t0,
+        **materialized_report(model),
     }
     return new
 

@@ -32,6 +32,7 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
     from tuneless.cluster import cluster
     from tuneless.decisions import Merge
     from tuneless.graph import find_groups
+    from tuneless.materialize import materialize_weights, materialized_report
     from tuneless.methods.fold import _example
     from tuneless.reduce import reduce
 
@@ -41,6 +42,7 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
         raise TunelessError("give exactly one of sparsity or channel_ratio")
     t0 = time.perf_counter()
     x = _example(model, example_inputs)
+    model = materialize_weights(model, x)  # weight-standardised convs as plain ones
     graph = find_groups(model, x)
     if not graph.reducible:
         raise UnsupportedModelError(f"nothing to merge in {type(model).__name__}: every channel "
@@ -63,6 +65,7 @@ def ifm(model: nn.Module, *, sparsity: float | None = None, channel_ratio: float
         "achieved_sparsity": b.sparsity, "params_before": b.params_before,
         "params_after": b.params_after, "physically_smaller": True,
         "kept": {str(k): v for k, v in b.kept.items()}, "total_seconds": time.perf_counter() - t0,
+        **materialized_report(model),
     }
     return new
 

@@ -54,6 +54,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     from tuneless.budget import budget_for_ratio, budget_of, check_budget, cost_weights, solve
     from tuneless.graph import find_groups
     from tuneless.llm.adapters import is_hf_causal_lm
+    from tuneless.materialize import materialize_weights, materialized_report
     from tuneless.modelio import example_input
     from tuneless.reduce import check_reduced, reduce
 
@@ -76,6 +77,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     if (sparsity is None) == (channel_ratio is None):
         raise TunelessError("give exactly one of sparsity or channel_ratio")
     x = example_inputs if example_inputs is not None else example_input(model)
+    model = materialize_weights(model, x)  # weight-standardised convs as plain ones
     graph = find_groups(model, x)
     if not graph.reducible:
         raise UnsupportedModelError(_nothing_reducible(model, graph))
@@ -112,6 +114,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
         "reducible_groups": len(graph.reducible),
         "kept": {str(k): v for k, v in plan.kept.items()},
         "channels": {str(gid): keep.tolist() for gid, keep in decisions.items()},
+        **materialized_report(model),
     }
     return new
 
