@@ -125,7 +125,7 @@ class ChannelsLast(nn.Module):
 
 
 class GroupedNorm(nn.Module):
-    """GroupNorm with 4 groups of 4 channels: its channel space is fixed (with the reason)."""
+    """GroupNorm with 4 groups of 4 channels: its channel space shrinks block by block."""
 
     def __init__(self) -> None:
         super().__init__()

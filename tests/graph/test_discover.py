@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from tuneless.errors import UnsupportedModelError
 from tuneless.graph import CONSUMER, NORM, PRODUCER, find_groups
+from tuneless.reduce import reduce, selection
 from tuneless.zoo import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "breadth"))
@@ -99,7 +101,6 @@ def test_channels_last_layernorm_groupnorm_and_layer_scale():
 
 @pytest.mark.parametrize("pattern,module,word", [
     ("split", "stem.0", "chunk"), ("unknown_op", "stem.0", "einsum"),
-    ("grouped_norm", "stem", "GroupNorm"),
 ])
 def test_unknown_ops_fix_their_channels_with_a_reason(pattern, module, word):
     graph = find_groups(PATTERNS[pattern](), torch.randn(2, 3, 16, 16))
@@ -107,6 +108,40 @@ def test_unknown_ops_fix_their_channels_with_a_reason(pattern, module, word):
     assert g.fixed and not g.reducible
     assert any(word in r for r in g.reasons), g.reasons
     assert graph.reducible  # the rest of the model stays reducible
+
+
+def test_groupnorm_with_groups_of_several_channels_shrinks_block_by_block():
+    torch.manual_seed(0)
+    model, x = PATTERNS["grouped_norm"]().eval(), torch.randn(2, 3, 16, 16)
+    graph = find_groups(model, x)
+    g = group_of(graph, "stem")
+    assert g.reducible and g.blocks == 4 and g.lowest() == 4
+    assert (NORM, "gn", "weight") in {(s.kind, s.module, s.param) for s in g.slots}
+    whole = reduce(model, graph, {g.id: selection(list(range(16)), 16)})
+    with torch.no_grad():
+        assert torch.allclose(whole(x), model(x), atol=1e-6)  # all channels: the same model
+    keep = [0, 1, 4, 5, 8, 9, 12, 13]  # two of each norm group's four
+    small = reduce(model, graph, {g.id: selection(keep, 16)})
+    assert (small.gn.num_groups, small.gn.num_channels) == (4, 8)
+    with torch.no_grad():  # each norm group normalises its own two kept channels
+        h = model.stem(x)[:, keep]
+        want = F.group_norm(h, 4, model.gn.weight[keep], model.gn.bias[keep], model.gn.eps)
+        assert torch.allclose(small.gn(small.stem(x)), want, atol=1e-6)
+
+
+def test_groupnorm_reading_a_concatenation_is_fixed_with_a_reason():
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+            self.gn, self.c = nn.GroupNorm(4, 16), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.c(self.gn(torch.cat([self.a(x), self.b(x)], 1)))
+
+    graph = find_groups(Cat().eval(), torch.randn(1, 3, 8, 8))
+    g = group_of(graph, "a")
+    assert g.fixed and any("GroupNorm" in r for r in g.reasons), g.reasons
 
 
 def test_option_a_padding_shortcut_splits_the_streams():

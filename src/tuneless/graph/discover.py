@@ -167,10 +167,15 @@ class _Walker:
             params = [p for p in ("weight", "bias") if getattr(m, p, None) is not None]
             self.norm(node, name, m, x, dim_must=len(shape) - 1 if shape else -1, params=params)
         elif isinstance(m, nn.GroupNorm):
-            if m.num_groups not in (1, m.num_channels):
-                raise _Unsupported(
-                    f"GroupNorm with {m.num_groups} groups of several channels each")
             params = ["weight", "bias"] if m.affine else []
+            if m.num_groups not in (1, m.num_channels) and isinstance(x, Layout):
+                # statistics per block of channels: the space shrinks block by block, so
+                # every group of the norm keeps its place and count (a grouped conv's rule)
+                if len(x.segs) != 1:
+                    raise _Unsupported(f"GroupNorm with {m.num_groups} groups reads a "
+                                       "concatenation of channel spaces")
+                self.b.require_blocks(x.segs[0][0], m.num_groups,
+                                      f"GroupNorm '{name}' ({m.num_groups} groups)")
             self.norm(node, name, m, x, dim_must=1, params=params)
         elif isinstance(m, nn.PReLU):
             if m.num_parameters == 1:

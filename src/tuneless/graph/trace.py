@@ -46,13 +46,15 @@ def is_plain_batchnorm(m: nn.Module) -> bool:
 
 
 def is_norm_act(m: nn.Module) -> bool:
-    """A BatchNorm subclass from another library whose forward is batch norm followed by its
-    own elementwise layers (timm's BatchNormAct2d: dropout, then an activation). Channels
-    stay apart, so it is one leaf, reduced like BatchNorm; traced through, its functional
-    batch_norm on attributes would fix every group it touches."""
+    """A BatchNorm or GroupNorm subclass from another library whose forward is the norm
+    followed by its own elementwise layers (timm's BatchNormAct2d / GroupNormAct: dropout,
+    then an activation; transformers' BiT GroupNorm + activation). Channels stay apart, so
+    it is one leaf, reduced like its norm; traced through, its functional norm on
+    attributes would fix every group it touches."""
     children = list(m.children())
-    return (isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_plain_batchnorm(m)
-            and bool(children) and all(isinstance(c, ELEMENTWISE_MODULES) for c in children))
+    norm = (isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_plain_batchnorm(m)) or (
+        isinstance(m, nn.GroupNorm) and not type(m).forward.__module__.startswith("torch."))
+    return norm and bool(children) and all(isinstance(c, ELEMENTWISE_MODULES) for c in children)
 
 
 @torch.no_grad()
