@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from tuneless.errors import TunelessError
 from tuneless.graph.groups import GroupGraph
-from tuneless.modes import evaluating
+from tuneless.hooks import run_hooked
 from tuneless.options import check_value
 
 TOLERANCE = 0.01
@@ -115,14 +115,9 @@ def flop_weights(model: nn.Module, example) -> Weights:
                     positions[name] = positions.get(name, 0) + out.numel() / n / out.shape[-1]
         return record
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
-               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    try:
-        with torch.no_grad(), evaluating(model):
-            model(*example) if isinstance(example, (tuple, list)) else model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, example, [m.register_forward_hook(hook(name))
+                                for name, m in model.named_modules()
+                                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))])
     if not positions:
         raise TunelessError("budget='flops' needs convolutions or linear layers that run on "
                             "the example input; none did")

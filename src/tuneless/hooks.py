@@ -9,6 +9,19 @@ from torch import nn
 from tuneless.errors import TunelessError
 
 
+def run_hooked(model: nn.Module, example, handles: list) -> None:
+    """One eval-mode, gradient-free forward of `model` on `example` (a tensor or a tuple of
+    inputs) with the hooks behind `handles` in place; they are removed afterwards."""
+    from tuneless.modes import evaluating
+
+    try:
+        with torch.no_grad(), evaluating(model):
+            model(*example) if isinstance(example, (tuple, list)) else model(example)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class StopForward(Exception):
     """Raised by a hook once it has seen what it needs, to skip the rest of a forward pass."""
 

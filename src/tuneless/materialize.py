@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tuneless.hooks import run_hooked
 from tuneless.modes import evaluating
 
 _BASES = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d", nn.Linear: "linear"}
@@ -77,12 +78,7 @@ def _layer_inputs(model: nn.Module, names: list[str], example) -> dict[str, torc
             if name not in seen and args and isinstance(args[0], torch.Tensor):
                 seen[name] = args[0].detach()
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad(), evaluating(model):
-            model(*example) if isinstance(example, (tuple, list)) else model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, example, handles)
     return seen
 
 
