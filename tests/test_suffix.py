@@ -105,13 +105,13 @@ class _BakedSizes(torch.nn.Module):
 def test_a_graph_with_baked_sizes_is_measured_by_full_passes():
     """The shortened run fails on the trial (its graph holds the old size): the damage is
     still the trial's true one, and the sensitivity fold runs."""
-    from tuneless.allocation import output_damage
+    from tuneless.allocation import OutputDamage
     from tuneless.methods.fold import fold
 
     model = _BakedSizes().eval()
     x = torch.randn(2, 3, 8, 8)
     graph = find_groups(model, x)
-    measure = output_damage(model, x, 4, 0)
+    measure = OutputDamage(model, x, 4, 0)
     for g in graph.reducible:
         trial = reduce(model, graph, {g.id: selection(list(range(g.n - 2)), g.n)}, share=True)
         assert measure(trial, g.modules) == pytest.approx(measure(trial))

@@ -135,15 +135,14 @@ def _greedy(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, i
     return _refund(counter, levels, curves, kept, pos, target)
 
 
-def _sharing(counter: ParamCounter, levels: dict) -> dict[int, list[int]]:
+def _sharing(counter: ParamCounter, levels: dict) -> dict[int, set[int]]:
     """Per group in `levels`: the groups in `levels` (itself included) that shrink one of
     its tensors, whose step prices its steps change."""
     by_key: dict = {}
     for gid in levels:
         for key in counter.touch[gid]:
             by_key.setdefault(key, set()).add(gid)
-    return {gid: [o for o in levels if any(o in by_key[key] for key in counter.touch[gid])]
-            for gid in levels}
+    return {gid: {o for key in counter.touch[gid] for o in by_key[key]} for gid in levels}
 
 
 def _refund(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, int],
@@ -288,7 +287,8 @@ def _eval_forward(model: nn.Module, x: torch.Tensor):
 
 
 class OutputDamage:
-    """measure(model, changed=None) -> ‖model(probe) − reference(probe)‖² / the reference
+    """The damage measure of a sensitivity allocation: OutputDamage(reference, x, n, seed,
+    data)(model, changed=None) -> ‖model(probe) − reference(probe)‖² / the reference
     outputs' scatter, on `probe_inputs(x, n, seed, data)` shrunk by `small_probes`.
     changed: the names of the only modules in which `model` differs from the reference;
     then only the graph from the first of them runs (tuneless.suffix), and trials measured
@@ -347,11 +347,6 @@ class OutputDamage:
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                 raise missed_coupling(model, "trial", exc) from exc
         return float((out.double() - self.ref).pow(2).sum()) / self.scale
-
-
-def output_damage(reference: nn.Module, x, n: int, seed: int, data=None) -> OutputDamage:
-    """The damage measure of a sensitivity allocation (OutputDamage)."""
-    return OutputDamage(reference, x, n, seed, data)
 
 
 def _output_tensor(out) -> torch.Tensor:

@@ -7,13 +7,12 @@ import torch
 from torch import nn
 
 from tuneless.errors import TunelessError
+from tuneless.modes import evaluating
 
 
 def run_hooked(model: nn.Module, example, handles: list) -> None:
     """One eval-mode, gradient-free forward of `model` on `example` (a tensor or a tuple of
     inputs) with the hooks behind `handles` in place; they are removed afterwards."""
-    from tuneless.modes import evaluating
-
     try:
         with torch.no_grad(), evaluating(model):
             model(*example) if isinstance(example, (tuple, list)) else model(example)

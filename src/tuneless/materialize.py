@@ -7,9 +7,9 @@ output channel's statistics, so such a layer cannot be a consumer of a reduced g
 the tracer sees only a functional convolution whose weight is not a parameter. For
 inference the layer is a plain convolution with the weight it computes: this module swaps
 each such layer (on a copy) for an nn.Conv*d / nn.Linear holding that weight, checked to
-give the same outputs, so that the engine can fold and prune through it. Layers that do
-more than one call of their functional op on their own input (dynamic padding, several
-branches) are left as they are.
+give the same outputs, so that the engine can fold and prune through it. Layers that make
+more than one call of their functional op, or call it on a transformed input (dynamic
+padding), are left as they are.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def _plain_layer(m: nn.Module, x: torch.Tensor) -> nn.Module | None:
     calls = []
     original = getattr(F, fn)
 
-    def record(inp, weight, bias=None, *args, **kwargs):
-        calls.append((inp, weight, bias, args, kwargs))
+    def record(inp, weight, bias=None, *args, **kwargs):  # the geometry: checked on outputs
+        calls.append((inp, weight, bias))
         return original(inp, weight, bias, *args, **kwargs)
 
     setattr(F, fn, record)
@@ -102,7 +102,7 @@ def _plain_layer(m: nn.Module, x: torch.Tensor) -> nn.Module | None:
         setattr(F, fn, original)
     if len(calls) != 1 or not isinstance(want, torch.Tensor):
         return None
-    inp, weight, bias, args, kwargs = calls[0]
+    inp, weight, bias = calls[0]
     if inp is not x or weight.shape != m.weight.shape or bias is not m.bias:
         return None  # the input was transformed first (e.g. padded), or other tensors used
     layer = _like(m, base)

@@ -74,7 +74,7 @@ class SuffixRunner:
         if self._start != start:
             begin, env = 0, {}
             if self._start is not None and self._start < start:
-                begin, env = self._start, dict(self._env)
+                begin, env = self._start, self._env  # trials copy it: never changed by them
             self._env = {}  # the previous group's values are released first
             with evaluating(self.reference):
                 self._env = self._walk(fx.Interpreter(self.gm), begin, start, env)

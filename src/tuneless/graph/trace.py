@@ -41,8 +41,12 @@ def is_plain_batchnorm(m: nn.Module) -> bool:
     """A BatchNorm whose output is its affine normalisation and nothing more: torch's own
     forward (a subclass that does not override it counts too). Fusing into a conv,
     statistics matching and the refit's BN handling rely on it."""
-    return (isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and type(m).forward.__module__.startswith("torch."))
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and _torch_forward(m)
+
+
+def _torch_forward(m: nn.Module) -> bool:
+    """Whether m runs torch's own forward (a subclass that does not override it counts)."""
+    return type(m).forward.__module__.startswith("torch.")
 
 
 def is_norm_act(m: nn.Module) -> bool:
@@ -52,8 +56,7 @@ def is_norm_act(m: nn.Module) -> bool:
     it is one leaf, reduced like its norm; traced through, its functional norm on
     attributes would fix every group it touches."""
     children = list(m.children())
-    norm = (isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_plain_batchnorm(m)) or (
-        isinstance(m, nn.GroupNorm) and not type(m).forward.__module__.startswith("torch."))
+    norm = isinstance(m, nn.modules.batchnorm._BatchNorm | nn.GroupNorm) and not _torch_forward(m)
     return norm and bool(children) and all(isinstance(c, ELEMENTWISE_MODULES) for c in children)
 
 

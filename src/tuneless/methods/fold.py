@@ -361,13 +361,13 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
     """Per-group widths from measured damage: each group folded alone (same clustering, AR
     unless repair="none") and the output on probe inputs compared with the original's (the
     repair's own images where it has them, else pink noise: tuneless.allocation)."""
-    from tuneless.allocation import measured_widths, output_damage
+    from tuneless.allocation import OutputDamage, measured_widths
     from tuneless.cluster import cluster
     from tuneless.decisions import Merge
     from tuneless.reduce import reduce
     from tuneless.repair import _apply_ar
 
-    measure = output_damage(work, x, opts.probe_images, opts.seed, data)
+    measure = OutputDamage(work, x, opts.probe_images, opts.seed, data)
 
     def damage(gid: int, k: int) -> float:
         labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,

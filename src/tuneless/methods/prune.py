@@ -123,10 +123,10 @@ def _sensitivity_kept(model, graph, order, x, data, sparsity, channel_ratio, pro
                       seed, keep_floor, max_ratio, min_channels, stream_share,
                       weights) -> dict:
     """Per-group kept counts from the measured damage of pruning each group alone."""
-    from tuneless.allocation import KEEP_FLOOR, measured_widths, output_damage
+    from tuneless.allocation import KEEP_FLOOR, OutputDamage, measured_widths
     from tuneless.reduce import reduce
 
-    measure = output_damage(model, x, probe_images, seed, data)
+    measure = OutputDamage(model, x, probe_images, seed, data)
     if keep_floor is None:
         keep_floor = KEEP_FLOOR["sensitivity"]
 
