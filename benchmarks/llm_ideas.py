@@ -21,6 +21,7 @@ benchmarks/llm_other_family.py loads it; its dense perplexity measured first).
     python benchmarks/llm_ideas.py obs-steps '{"steps": 2, "seed": 0}' '{"steps": 1}'
     python benchmarks/llm_ideas.py bias '{"seed": 0}' '{"seed": 1}' '{"seed": 2}'
     python benchmarks/llm_ideas.py reuse '{"seed": 0}' '{"calib_samples": 32, "seed": 0}'
+    python benchmarks/llm_ideas.py upfit '{"rank": 128, "lam": 1.0, "seed": 0}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -57,6 +58,11 @@ bias: the default fold, its down_proj refit given an unpenalised bias (an interc
 reuse: the two-step default with ONE sampling: the original model's samples serve both
   steps (the second step's statistics and refit target are the first step's model on
   them), the sampling saved spent on `calib_samples` sequences (default 16).
+upfit: each merged MLP channel's up row re-solved (least squares on the folded layer's
+  inputs, its averaged gate fixed) so that the channel carries what its members carried,
+  projected on its summed down column (t_c = Σ_j (D_cᵀD_j/‖D_c‖²) a_j); solved in the top
+  `rank` principal directions of the inputs (ridge `lam` × mean diagonal, towards the
+  averaged row), before the default consumer refit. The merge itself fitted, not averaged.
 in-domain: the upper reference for the calibration text: the same fold and refit
   (repair="refit") on WikiText-2 itself, `samples` windows of `len` tokens drawn (seeded)
   from the test split after its first 4,096 tokens, disjoint from the 2,048 evaluated.
@@ -219,6 +225,9 @@ def main(argv: list[str]) -> int:
             small = _sampled_once(model, seed, o.get("calib_samples", 16))
         elif what == "bias":
             small = _with_bias_refit(model, seed)
+        elif what == "upfit":
+            small = _with_up_fit(model, seed, o.get("rank", 128), o.get("lam", 1.0),
+                                 o.get("target", "project"))
         elif what == "obs-steps":
             small = _obs_stepped(model, seed, o.get("steps", 2), o.get("sparsity", 0.2))
         elif what == "in-domain":
@@ -470,6 +479,86 @@ def _with_producer_refit(model, seed, lam):
         return tuneless.fold(model, sparsity=0.2, seed=seed)
     finally:
         refit_module.refit_layer = consumers_only
+
+
+def _with_up_fit(model, seed, rank, lam, target):
+    import tuneless
+    import tuneless.llm.fold as fold_module
+    import tuneless.llm.refit as refit_module
+
+    plain_decisions, consumers_only = fold_module.fold_decisions, refit_module.refit_layer
+    assignments = []  # (the source's layer, U n×k)
+    base = seed
+
+    def fold_decisions(adapter, source, lg, shape, plan, *, seed=0, **options):
+        out = plain_decisions(adapter, source, lg, shape, plan, seed=seed, **options)
+        if lg.mlp.id in out:
+            layer = adapter.layers(source)[(seed - base) // 1000]
+            assignments.append((layer, out[lg.mlp.id][1]))
+        return out
+
+    def membership(lo):
+        for layer, u in reversed(assignments):
+            if layer is lo:
+                return u
+        raise AssertionError("no recorded clustering for a folded layer")
+
+    @torch.no_grad()
+    def refit_layer(adapter, lo, ln, h_old, h_new, kwargs, **options):
+        if ln.mlp.down_proj.in_features < lo.mlp.down_proj.in_features:
+            u = membership(lo)
+            u = torch.as_tensor(u).double()
+            mean = (u / u.sum(0)).T @ lo.mlp.gate_proj.weight.double()
+            assert torch.allclose(mean.to(ln.mlp.gate_proj.weight.dtype),
+                                  ln.mlp.gate_proj.weight, atol=1e-5), "channel order"
+            _, old = refit_module._run(lo, h_old, kwargs, {"x": lo.mlp.gate_proj,
+                                                           "a": lo.mlp.down_proj})
+            _, new = refit_module._run(ln, h_new, kwargs, {"x": ln.mlp.gate_proj})
+            _fit_up_rows(lo.mlp, ln.mlp, u, old["a"], new["x"], rank, lam, target)
+        return consumers_only(adapter, lo, ln, h_old, h_new, kwargs, **options)
+
+    fold_module.fold_decisions = fold_decisions
+    refit_module.refit_layer = refit_layer
+    try:
+        return tuneless.fold(model, sparsity=0.2, seed=seed)
+    finally:
+        fold_module.fold_decisions = plain_decisions
+        refit_module.refit_layer = consumers_only
+
+
+@torch.no_grad()
+def _fit_up_rows(mo, mn, u, a_old, x_new, rank, lam, target, chunk=64):
+    """Re-solve mn.up_proj rows of clusters with ≥ 2 members (see `upfit`)."""
+    d_old = mo.down_proj.weight.double()  # d × n
+    u = torch.as_tensor(u).double()  # n × k
+    d_c = d_old @ u  # d × k: summed columns
+    if target == "project":
+        beta = (d_old.T @ d_c * u).sum(1) / d_c.pow(2).sum(0)[u.argmax(1)]  # n
+    else:  # plain mean of the members' activations
+        beta = 1.0 / u.sum(0)[u.argmax(1)]
+    a = a_old.reshape(-1, a_old.shape[-1]).double()
+    t = (a * beta) @ u  # N × k targets
+    x = x_new.reshape(-1, x_new.shape[-1]).double()
+    sizes = u.sum(0)
+    multi = torch.nonzero(sizes >= 2).flatten()
+    if len(multi) == 0:
+        return
+    evals, evecs = torch.linalg.eigh(x.T @ x)
+    p = evecs[:, -rank:]  # d × r
+    z = x @ p  # N × r
+    up = mn.up_proj.weight  # k × d
+    gate = mn.act_fn(x @ mn.gate_proj.weight.double().T)  # N × k
+    for lo in range(0, len(multi), chunk):
+        idx = multi[lo:lo + chunk]
+        s = gate[:, idx]  # N × c
+        e = t[:, idx] - s * (x @ up[idx].double().T)  # residual target
+        zs = z[None] * s.T[:, :, None]  # c × N × r
+        g = zs.transpose(1, 2) @ zs  # c × r × r
+        rhs = (zs * e.T[:, :, None]).sum(1)  # c × r
+        ridge = lam * g.diagonal(dim1=1, dim2=2).mean(1).clamp(min=1e-12)
+        g = g + ridge[:, None, None] * torch.eye(rank, dtype=g.dtype)
+        delta = torch.linalg.solve(g, rhs[:, :, None])[:, :, 0]  # c × r
+        up[idx] = (up[idx].double() + delta @ p.T).to(up.dtype)
 
 
 @torch.no_grad()
