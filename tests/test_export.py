@@ -156,3 +156,70 @@ def test_missing_onnxruntime_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
     with pytest.raises(TunelessError, match=r"pip install 'tuneless\[export\]'"):
         tuneless.export(nn.Linear(2, 2), tmp_path / "m.onnx", torch.randn(1, 2))
+
+
+@pytest.fixture()
+def odd_widths():
+    """A small conv net with widths that pad differently to 8 and to 16 (11 and 20)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 11, 3, padding=1), nn.BatchNorm2d(11), nn.ReLU(),
+                        nn.Conv2d(11, 20, 3, padding=1), nn.BatchNorm2d(20), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(20, 5))
+    return with_bn_statistics(net), torch.randn(1, 3, 16, 16)
+
+
+def _timed_by_multiple(monkeypatch, ms: dict[int, float]) -> None:
+    """Make each padding candidate's runner report the time given for its multiple."""
+    import sys
+
+    module = sys.modules["tuneless.export"]
+    build = module._build
+
+    def tagged(reference, x, fmt, fuse_bn, pad_to, n_out):
+        out = build(reference, x, fmt, fuse_bn, pad_to, n_out)
+        run = out["runner"]
+        out["runner"] = lambda xb, run=run: run(xb)
+        out["runner"].multiple = pad_to or 1
+        return out
+
+    monkeypatch.setattr(module, "_build", tagged)
+    monkeypatch.setattr(module, "seconds_per_call", lambda runner, xb: ms[runner.multiple] / 1e3)
+
+
+@pytest.mark.parametrize("ms, chosen", [({1: 3.0, 8: 1.0, 16: 2.0}, 8),
+                                        ({1: 2.0, 8: 3.0, 16: 1.0}, 16),
+                                        ({1: 1.0, 8: 1.0, 16: 1.0}, 1)])  # ties: the smaller
+def test_pad_to_auto_keeps_the_fastest_candidate(odd_widths, tmp_path, monkeypatch, ms, chosen):
+    model, x = odd_widths
+    _timed_by_multiple(monkeypatch, ms)
+    report = tuneless.export(model, tmp_path / "m.pt2", x, pad_to="auto")
+    assert report["pad_to"] == chosen and report["pad_timings"] == ms
+    widths = sorted(n for n, _ in report["padded"].values())
+    assert widths == ([] if chosen == 1 else [11, 20])
+    assert all(p % chosen == 0 for _, p in report["padded"].values())
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    convs = [n for n in program.state_dict() if n.endswith("weight")]
+    assert program.state_dict()[convs[0]].shape[0] == -(-11 // chosen) * chosen
+
+
+def test_pad_to_auto_times_for_real_and_skips_candidates_that_pad_alike(odd_widths, tmp_path):
+    model, x = odd_widths
+    report = tuneless.export(model, tmp_path / "m.pt2", x, pad_to="auto")
+    assert set(report["pad_timings"]) == {1, 8, 16} and report["pad_to"] in {1, 8, 16}
+    assert all(t > 0 for t in report["pad_timings"].values())
+    wide = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3))  # already padded
+    report = tuneless.export(wide, tmp_path / "w.pt2", x, pad_to="auto")
+    assert report["pad_to"] == 1 and report["pad_timings"] == {} and report["padded"] == {}
+    narrow = nn.Sequential(nn.Conv2d(3, 24, 3), nn.ReLU(), nn.Conv2d(24, 8, 3))
+    report = tuneless.export(narrow, tmp_path / "n.pt2", x, pad_to="auto")
+    assert set(report["pad_timings"]) == {1, 16}  # 24 is already a multiple of 8
+
+
+@pytest.mark.parametrize("bad", ["fast", 0, -8])
+def test_bad_pad_to_is_one_line(odd_widths, tmp_path, bad):
+    model, x = odd_widths
+    with pytest.raises(TunelessError, match=r"pad_to must be a positive integer"):
+        tuneless.export(model, tmp_path / "m.pt2", x, pad_to=bad)
+    with pytest.raises(TunelessError, match="timing_batch must be a positive integer"):
+        tuneless.export(model, tmp_path / "m.pt2", x, pad_to="auto", timing_batch=0)
+    assert not list(tmp_path.iterdir())

@@ -313,24 +313,107 @@ def _single_input(model: nn.Module, example_inputs) -> torch.Tensor:
     return x[:1]
 
 
+PAD_CANDIDATES = (1, 8, 16)  # pad_to="auto": none, and the AVX2 / AVX-512 fp32 widths
+AUTO_ROUNDS = 5  # interleaved timing rounds per candidate
+
+
+def _build(reference: nn.Module, x: torch.Tensor, fmt: str, fuse_bn: bool, pad_to: int | None,
+           n_out: int) -> dict:
+    """The exported bytes of `reference` padded to `pad_to` (None or 1: not padded) and
+    BN-fused, with a runner of the written format and what was done."""
+    padded: dict = {}
+    work = reference
+    if pad_to not in (None, 1):
+        from tuneless.padding import pad_channels
+
+        work, padded = pad_channels(reference, x, pad_to)
+    fused, note = [], None
+    if fuse_bn:
+        work, fused, note = fuse_conv_bn(work, x)
+    traced = random_input(x, _TRACE_BATCH, seed=1)
+    if fmt == "onnx":
+        batched = [t.dim() > 0 and t.shape[0] == _TRACE_BATCH for t in _run(work, traced)]
+        data = _export_onnx(work, traced, n_out, batched)
+        runner = _onnx_runner(data)
+    else:
+        data = _export_pt2(work, traced)
+        runner = _pt2_runner(data)
+    return {"data": data, "runner": runner, "padded": padded, "fused": fused, "note": note}
+
+
+def seconds_per_call(runner: Callable[[torch.Tensor], Any], x: torch.Tensor,
+                     min_time: float = 0.05) -> float:
+    """Mean wall-clock seconds of runner(x) over as many calls as fill `min_time` (after one
+    warm-up call)."""
+    import time
+
+    runner(x)
+    calls, start = 0, time.perf_counter()
+    while True:
+        runner(x)
+        calls += 1
+        spent = time.perf_counter() - start
+        if spent >= min_time:
+            return spent / calls
+
+
+def _fastest_padding(reference: nn.Module, x: torch.Tensor, fmt: str, fuse_bn: bool,
+                     n_out: int, batch: int) -> tuple[dict, int, dict[int, float]]:
+    """pad_to="auto": each of PAD_CANDIDATES that pads differently, exported and timed in
+    its runtime on this machine at `batch`, in AUTO_ROUNDS interleaved rounds (so drift in
+    the machine's speed hits all alike); the build with the lowest median wins, ties to
+    the smaller multiple. Returns (build, multiple, {multiple: median ms})."""
+    import statistics
+
+    from tuneless.graph import find_groups
+    from tuneless.padding import padding_plan
+
+    graph = find_groups(reference, x)
+    builds: dict[int, dict] = {}
+    seen: list[dict] = []
+    for m in PAD_CANDIDATES:
+        plan = padding_plan(graph, m) if m > 1 else {}
+        if plan in seen:  # pads exactly as a smaller multiple does
+            continue
+        seen.append(plan)
+        builds[m] = _build(reference, x, fmt, fuse_bn, m, n_out)
+    xb = random_input(x, batch, seed=2)
+    times: dict[int, list[float]] = {m: [] for m in builds}
+    order = list(builds)
+    for r in range(AUTO_ROUNDS if len(order) > 1 else 0):
+        for m in (order if r % 2 == 0 else order[::-1]):
+            times[m].append(seconds_per_call(builds[m]["runner"], xb) * 1000)
+    medians = {m: statistics.median(t) for m, t in times.items() if t}
+    best = min(medians, key=lambda m: (medians[m], m)) if medians else order[0]
+    return builds[best], best, medians
+
+
 def export(model: nn.Module, path: str | os.PathLike, example_inputs=None,
-           fuse_bn: bool = True, pad_to: int | None = None) -> dict:
+           fuse_bn: bool = True, pad_to: int | str | None = None,
+           timing_batch: int = 1) -> dict:
     """Write `model` to `path` (.onnx or .pt2) with a dynamic batch dimension; check it.
 
     example_inputs: one input tensor (its batch size does not matter); None takes the
     shape from the model's architecture (zoo and torchvision models). fuse_bn folds
     each conv→BatchNorm pair into the conv first (see fuse_conv_bn). pad_to: append zero
     channels so that every reducible channel group is a multiple of it (tuneless.padding;
-    ONNX Runtime's CPU convolutions are fast only on multiples of 8). Returns a report:
-    path, format, bytes, bns_fused (names), padded ({group id: (channels, padded)}),
-    max_abs_diff and limit per checked batch size, note (why some BNs were not fused, or
-    None). Raises TunelessError, writing
-    nothing, if the exported model's outputs differ from the model's.
+    ONNX Runtime's CPU convolutions are fast only on multiples of the CPU's vector width);
+    "auto": export unpadded and padded to 8 and to 16, time each in the written format's
+    runtime on this machine at batch `timing_batch`, keep the fastest (the right multiple
+    depends on the CPU: docs/getting-started.md). Returns a report: path, format, bytes,
+    bns_fused (names), padded ({group id: (channels, padded)}), pad_to (the multiple
+    used, 1 for none), pad_timings ({multiple: median ms}, with "auto"), max_abs_diff and
+    limit per checked batch size, note (why some BNs were not fused, or None). Raises
+    TunelessError, writing nothing, if the exported model's outputs differ from the model's.
     """
     from tuneless.io_atomic import atomic_write_bytes, check_target
 
     if not isinstance(model, nn.Module):
         raise TunelessError(f"export needs a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(pad_to, str) and pad_to != "auto":
+        raise TunelessError(f"pad_to must be a positive integer or 'auto', got {pad_to!r}")
+    if not (isinstance(timing_batch, int) and timing_batch >= 1):
+        raise TunelessError(f"timing_batch must be a positive integer, got {timing_batch!r}")
     fmt = export_format(path)
     check_target(path)
     x = _single_input(model, example_inputs)
@@ -342,25 +425,13 @@ def export(model: nn.Module, path: str | os.PathLike, example_inputs=None,
     except Exception as exc:
         raise TunelessError(f"{type(model).__name__} does not run on the example input of shape "
                             f"{tuple(x.shape)} ({type(exc).__name__}: {_one_line(exc)})") from exc
-    padded: dict = {}
-    if pad_to is not None:
-        from tuneless.padding import pad_channels
-
-        reference_padded, padded = pad_channels(reference, x, pad_to)
+    timings: dict[int, float] = {}
+    if pad_to == "auto":
+        built, pad_to, timings = _fastest_padding(reference, x, fmt, fuse_bn, len(ref_out),
+                                                  timing_batch)
     else:
-        reference_padded = reference
-    if fuse_bn:
-        work, fused, note = fuse_conv_bn(reference_padded, x)
-    else:
-        work, fused, note = reference_padded, [], None
-    traced = random_input(x, _TRACE_BATCH, seed=1)
-    if fmt == "onnx":
-        batched = [t.dim() > 0 and t.shape[0] == _TRACE_BATCH for t in _run(work, traced)]
-        data = _export_onnx(work, traced, len(ref_out), batched)
-        runner = _onnx_runner(data)
-    else:
-        data = _export_pt2(work, traced)
-        runner = _pt2_runner(data)
+        built = _build(reference, x, fmt, fuse_bn, pad_to, len(ref_out))
+    data, runner = built["data"], built["runner"]
     diffs, limits = {}, {}
     for b in CHECK_BATCHES:
         xb = random_input(x, b)
@@ -374,12 +445,13 @@ def export(model: nn.Module, path: str | os.PathLike, example_inputs=None,
             raise TunelessError(f"the exported model differs from PyTorch at batch {b}: max "
                                 f"|difference| {diffs[b]:.3g} > {limits[b]:.3g}; nothing written")
     atomic_write_bytes(data, path)
-    return {"path": str(path), "format": fmt, "bytes": len(data), "bns_fused": fused,
-            "padded": padded, "max_abs_diff": diffs, "limit": limits, "note": note}
+    return {"path": str(path), "format": fmt, "bytes": len(data), "bns_fused": built["fused"],
+            "padded": built["padded"], "pad_to": pad_to or 1, "pad_timings": timings,
+            "max_abs_diff": diffs, "limit": limits, "note": built["note"]}
 
 
-__all__ = ["CHECK_BATCHES", "FORMATS", "TOLERANCE", "conv_bn_pairs", "export", "export_format",
-           "fuse_conv_bn", "max_difference"]
+__all__ = ["CHECK_BATCHES", "FORMATS", "PAD_CANDIDATES", "TOLERANCE", "conv_bn_pairs", "export",
+           "export_format", "fuse_conv_bn", "max_difference", "seconds_per_call"]
 
 
 make_module_callable(__name__)  # `tuneless.export` is both this module and its function

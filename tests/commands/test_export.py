@@ -120,3 +120,18 @@ def test_pad_to_reports_the_padded_groups(saved, tmp_path, capsys):
         assert torch.allclose(tuneless.load(saved).eval()(y), program.module()(y), atol=1e-4)
     one_line_error(["export", str(saved), "-o", str(tmp_path / "bad.pt2"), "--pad-to", "0"],
                    capsys, "pad_to must be a positive integer, got 0")
+
+
+def test_pad_to_auto_prints_what_it_timed_and_kept(saved, tmp_path, capsys):
+    out = tmp_path / "auto.pt2"
+    code, text, err = run(["export", str(saved), "-o", str(out), "--pad-to", "auto",
+                           "--timing-batch", "2"], capsys)
+    assert code == 0, err
+    line = next(ln for ln in text.splitlines() if ln.startswith("--pad-to auto:"))
+    assert "unpadded/8/16 ran in" in line and "ms at batch 2 on this machine; kept" in line
+    assert out.exists()
+    with pytest.raises(SystemExit) as stop:  # argparse's usage line and one error line
+        main(["export", str(saved), "-o", str(tmp_path / "x.pt2"), "--pad-to", "fast"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and "expected a positive integer or auto, got 'fast'" in err[-1]
+    assert not (tmp_path / "x.pt2").exists()

@@ -19,11 +19,25 @@ def add_parser(sub) -> None:
     p.add_argument("--no-fuse-bn", action="store_true",
                    help="keep BatchNorm layers (default: fold each BN that follows a conv "
                         "into the conv)")
-    p.add_argument("--pad-to", type=int, metavar="N",
+    p.add_argument("--pad-to", type=_pad_to, metavar="N|auto",
                    help="append zero channels so that every reducible channel count is a "
                         "multiple of N (same outputs; ONNX Runtime's CPU convolutions are "
-                        "fast only on multiples of 8: docs/getting-started.md)")
+                        "fast only on multiples of the CPU's vector width: "
+                        "docs/getting-started.md); auto: time unpadded, 8 and 16 in the "
+                        "output's runtime on this machine and keep the fastest")
+    p.add_argument("--timing-batch", type=int, default=1, metavar="B",
+                   help="batch size --pad-to auto times at (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+
+def _pad_to(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or auto, got {text!r}") from None
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -45,16 +59,21 @@ def run(args: argparse.Namespace) -> int:
     fmt = export_format(args.out)  # suffix and (for ONNX) onnx/onnxruntime, before loading
     model, x = load_from_args(args)
     report = export(model, args.out, example_inputs=x, fuse_bn=not args.no_fuse_bn,
-                    pad_to=args.pad_to)
+                    pad_to=args.pad_to, timing_batch=args.timing_batch)
     fused = len(report["bns_fused"])
     bn_text = ("BatchNorm kept (--no-fuse-bn)" if args.no_fuse_bn else
                f"{fused} BatchNorm layer{'s' if fused != 1 else ''} fused into convs")
     print(f"wrote {args.out} ({FORMAT_NAMES[fmt]}, {human_bytes(report['bytes'])}, "
           f"input {tuple(x.shape[1:])} with a dynamic batch); {bn_text}")
+    if report["pad_timings"]:
+        times = " / ".join(f"{t:.3g}" for t in report["pad_timings"].values())
+        names = "/".join("unpadded" if m == 1 else str(m) for m in report["pad_timings"])
+        print(f"--pad-to auto: {names} ran in {times} ms at batch {args.timing_batch} on this "
+              f"machine; kept {'unpadded' if report['pad_to'] == 1 else report['pad_to']}")
     if report["padded"]:
         widths = ", ".join(f"{n}→{m}" for n, m in report["padded"].values())
         print(f"padded {len(report['padded'])} channel groups with zero channels: {widths}")
-    elif args.pad_to:
+    elif args.pad_to and args.pad_to != "auto":
         print(f"no channel group needed padding (all multiples of {args.pad_to})")
     if report["note"]:
         print(f"note: {report['note']}")
