@@ -4,6 +4,7 @@ import pytest
 
 from tuneless.errors import TunelessError
 from tuneless.llm.plan import (
+    OVERSHOOT,
     Shape,
     default_schedule,
     inner_layers,
@@ -88,3 +89,17 @@ def test_obs_defaults_to_flat_mlp_then_inner_mlp():
         shapes, sparsity=0.2, schedule="flat-mlp")
     assert resolve_plan(shapes, sparsity=0.2) == make_plan(shapes, sparsity=0.2,
                                                            schedule="paper-mlp")
+
+
+def test_uniform_keeps_to_the_budget_when_a_head_unit_would_overshoot_it():
+    # two layers, two kv groups: one kv group is a third of the blocks, the closest pair to
+    # one common ratio at 20%, but it would remove 33%; the MLP alone can remove 20%
+    tiny = [Shape(64, 16, 4, 2, 32)] * 2
+    for s in (0.2, 0.3):
+        plans = make_plan(tiny, sparsity=s, schedule="uniform")
+        assert s <= removed_fraction(tiny, plans) <= s + OVERSHOOT
+        assert all(p.n_kv == 2 for p in plans)
+    plans = make_plan(tiny, sparsity=0.45, schedule="uniform")  # MLPs alone cannot (cap 95%)
+    assert plans[0].n_kv == 1 and 0.45 <= removed_fraction(tiny, plans) <= 0.45 + OVERSHOOT
+    smol = [Shape(576, 64, 9, 3, 1536)] * 30  # heads are fine-grained enough: a kv group goes
+    assert make_plan(smol, sparsity=0.2, schedule="uniform")[0].n_kv == 2

@@ -217,14 +217,17 @@ def _bisect(shapes, plans, sparsity, hi, what):
 
 def _solve_uniform(shapes, sparsity, head_ratio, gqa) -> list[LayerPlan]:
     """Heads come in few, coarse units, so try each realisable head ratio, solve the MLP
-    ratio for the budget, and keep the pair closest to one common ratio (METHODS.md §1.2)."""
+    ratio for the budget, and keep the pair closest to one common ratio (METHODS.md §1.2)
+    among those that overshoot the budget by at most OVERSHOOT (a small model's one kv
+    group can be a third of its blocks: closest to a common ratio, but not what was
+    asked), else the one that overshoots least."""
     if head_ratio is not None:
         candidates = [head_ratio]
     else:
         s0 = shapes[0]
         units = s0.n_kv if (gqa == "kv-groups" or s0.group == 1) else s0.group
         candidates = [j / units for j in range(units)]
-    best, best_gap = None, float("inf")
+    best, best_key = None, None
     for h in candidates:
         def plans(scale, h=h):
             return [layer_plan(s, min(h, 0.95), min(scale, 0.95), gqa) for s in shapes]
@@ -234,15 +237,17 @@ def _solve_uniform(shapes, sparsity, head_ratio, gqa) -> list[LayerPlan]:
             continue
         mlp_removed = 1 - result[0].n_mlp / shapes[0].n_mlp
         heads_removed = 1 - result[0].n_q / shapes[0].n_q
-        gap = abs(mlp_removed - heads_removed)
-        if gap < best_gap:
-            best, best_gap = result, gap
+        over = removed_fraction(shapes, result) - sparsity
+        key = (0.0, abs(mlp_removed - heads_removed)) if over <= OVERSHOOT else (over, 0.0)
+        if best_key is None or key < best_key:
+            best, best_key = result, key
     if best is None:
         raise BudgetOutOfReach(f"cannot remove {sparsity:.0%} of the block parameters "
                                "uniformly")
     return best
 
 
+OVERSHOOT = 0.01  # a uniform plan may remove this much more than asked (channel granularity)
 DEFAULT_SCHEDULE = "paper-mlp"  # measured: docs/llm.md "Defaults"
 # where paper-mlp's untouched layers cap it (about 37% of SmolLM2's block parameters):
 # measured better than the uniform schedule there (docs/llm.md "Which layers")
