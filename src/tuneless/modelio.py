@@ -126,7 +126,7 @@ def _load_state(model: nn.Module, state: dict, arch: str, path) -> None:
 
 def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     """(C, H, W) the model expects, if its architecture says so (zoo models, torchvision,
-    transformers image classifiers)."""
+    timm's pretrained configuration, transformers image classifiers)."""
     from tuneless.zoo import ARCH_DATASET, INPUT_SHAPE
 
     ref = (getattr(model, "tuneless_arch", None) or {}).get("ref", "")
@@ -136,6 +136,11 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
         return INPUT_SHAPE[ARCH_DATASET[name]]
     if ref.startswith("torchvision:"):
         return (3, 224, 224)
+    if ref.startswith("timm:"):  # timm models carry their pretrained configuration's size
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+        size = cfg.get("input_size") if isinstance(cfg, dict) else None
+        if isinstance(size, (tuple, list)) and size and all(isinstance(v, int) for v in size):
+            return tuple(size)
     if ref == "transformers:image-classification":
         from tuneless.hf_vision import input_shape
 

@@ -89,3 +89,15 @@ def test_grouped_conv_model_from_the_command_line(tmp_path, capsys):
     small = tuneless.load(out)
     conv = small.trunk_output.block1[0].f.b[0]
     assert conv.groups == 2 and conv.in_channels % 2 == 0 and conv.in_channels < 32
+
+
+def test_a_timm_model_brings_its_own_input_size(capsys):
+    """timm records each model's input size in its pretrained configuration: no
+    --input-shape needed (vit_tiny_patch16_384 runs only at 384 × 384)."""
+    pytest.importorskip("timm")
+    from tuneless.arch import build_arch
+    from tuneless.modelio import default_input_shape
+
+    assert default_input_shape(build_arch("timm:vit_tiny_patch16_384")) == (3, 384, 384)
+    assert main(["eval", "timm:resnet18", "--no-latency"]) == 0
+    assert "input 3,224,224" in capsys.readouterr().out
