@@ -125,8 +125,9 @@ def _load_state(model: nn.Module, state: dict, arch: str, path) -> None:
 
 
 def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
-    """(C, H, W) the model expects, if its architecture says so (zoo models, torchvision,
-    timm's pretrained configuration, transformers image classifiers)."""
+    """(C, H, W) the model expects, if its architecture says so (zoo models, torchvision
+    classifiers, timm models' pretrained configuration, transformers image classifiers),
+    also for models built outside tuneless."""
     from tuneless.zoo import ARCH_DATASET, INPUT_SHAPE
 
     ref = (getattr(model, "tuneless_arch", None) or {}).get("ref", "")
@@ -134,9 +135,11 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     name = ref.removeprefix("zoo:") if ref.startswith("zoo:") else meta_arch
     if name in ARCH_DATASET:
         return INPUT_SHAPE[ARCH_DATASET[name]]
-    if ref.startswith("torchvision:"):
+    module = type(model).__module__
+    if ref.startswith("torchvision:") or (module.startswith("torchvision.models.")
+                                         and module.count(".") == 2):  # classifiers only
         return (3, 224, 224)
-    if ref.startswith("timm:"):  # timm models carry their pretrained configuration's size
+    if ref.startswith("timm:") or module.startswith("timm."):  # their pretrained config's size
         cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
         size = cfg.get("input_size") if isinstance(cfg, dict) else None
         if isinstance(size, (tuple, list)) and size and all(isinstance(v, int) for v in size):

@@ -101,3 +101,15 @@ def test_a_timm_model_brings_its_own_input_size(capsys):
     assert default_input_shape(build_arch("timm:vit_tiny_patch16_384")) == (3, 384, 384)
     assert main(["eval", "timm:resnet18", "--no-latency"]) == 0
     assert "input 3,224,224" in capsys.readouterr().out
+
+
+def test_models_built_outside_tuneless_bring_their_input_size_too():
+    import torchvision
+
+    from tuneless.modelio import default_input_shape
+
+    timm = pytest.importorskip("timm")
+    assert default_input_shape(timm.create_model("vit_tiny_patch16_384")) == (3, 384, 384)
+    assert default_input_shape(torchvision.models.mobilenet_v2()) == (3, 224, 224)
+    assert default_input_shape(torchvision.models.video.r3d_18()) is None  # not an image
+    assert default_input_shape(torch.nn.Linear(3, 3)) is None
