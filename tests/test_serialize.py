@@ -258,3 +258,21 @@ def test_structure_file_cannot_name_code_to_run(tmp_path):
         load(tmp_path / "evil.pt")
     with pytest.raises(TunelessError, match="os:system"):
         load(tmp_path / "evil.pt", model=nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_come_back_in_their_dtype(tmp_path, dtype):
+    """load_state_dict casts into the freshly built float32 modules: the saved dtypes must
+    be restored, or a float16 model loads as float32 and rejects its own inputs."""
+    x = torch.randn(2, 3, 32, 32).to(dtype)
+    zoo = prune(build_arch("resnet20").eval().to(dtype), sparsity=0.3, example_inputs=x)
+    torch.manual_seed(0)
+    user = tuneless.fold(UserNet().eval().to(dtype), sparsity=0.4, example_inputs=X.to(dtype),
+                         allocation="uniform")
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval().to(dtype)
+    for name, small, given, inp in [("zoo", zoo, None, x), ("user", user, UserNet(), X),
+                                    ("plain", plain, None, x)]:
+        save(small, tmp_path / f"{name}.pt")
+        back = load(tmp_path / f"{name}.pt", model=given)
+        assert {t.dtype for t in back.state_dict().values() if t.is_floating_point()} == {dtype}
+        assert torch.equal(back(inp.to(dtype)), small(inp.to(dtype)))

@@ -138,10 +138,25 @@ def model_from_saved(obj: dict, where: str, allow_pickle: bool = False,
     except RuntimeError as exc:
         raise TunelessError(f"{where} does not fit {arch['ref']}: "
                             f"{str(exc).splitlines()[0]}") from exc
+    _saved_dtypes(model, sd)
     model.tuneless_arch = dict(arch)
     if obj.get("report") is not None:
         model.tuneless_report = obj["report"]
     return model.eval()
+
+
+def _saved_dtypes(model: nn.Module, sd: dict) -> None:
+    """Give every parameter and buffer the dtype it was saved in: load_state_dict casts to
+    the freshly built module's (float32), so a float16 or bfloat16 model would come back
+    float32. In place (`.data`), so tied parameters stay one object."""
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(model.named_buffers(remove_duplicate=False))
+    with torch.no_grad():
+        for key, saved in sd.items():
+            t = tensors.get(key)
+            if (isinstance(saved, torch.Tensor) and t is not None
+                    and t.dtype != saved.dtype and saved.is_floating_point()):
+                t.data = t.data.to(saved.dtype)
 
 
 def describe(m: nn.Module, where: str = "") -> dict:
@@ -187,6 +202,7 @@ def _from_structure(obj: dict, where: str, model: nn.Module | None,
     except RuntimeError as exc:
         raise TunelessError(f"{where} does not fit the model given: "
                             f"{str(exc).splitlines()[0]}") from exc
+    _saved_dtypes(model, sd)
     if obj.get("report") is not None:
         model.tuneless_report = obj["report"]
     return model.eval()
