@@ -15,10 +15,16 @@ from tuneless.errors import TunelessError
 
 
 def check_model(model, method: str) -> nn.Module:
-    """`model` if it is an nn.Module whose floating tensors are all finite; else one line."""
+    """`model` if it is an nn.Module whose floating tensors are all finite and hold values
+    (not on the meta device); else one line."""
     if not isinstance(model, nn.Module):
         raise TunelessError(f"{method} needs a torch.nn.Module, got {type(model).__name__}")
     for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if t is not None and t.is_meta:
+            raise TunelessError(
+                f"the model's {name} is on the meta device (a shape without values: loaded "
+                f"with init_empty_weights or an offloading device_map?); {method} needs the "
+                "weights themselves")
         if t is not None and t.is_floating_point() and t.numel():
             with torch.no_grad():
                 if not bool(torch.isfinite(t).all()):
