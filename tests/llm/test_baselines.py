@@ -152,3 +152,27 @@ def test_prune_passes_its_seed_to_every_language_model_criterion():
     other = tuneless.prune(m, seed=0, **options)
     assert torch.equal(logits(via_prune), logits(direct))  # the seed picks the samples
     assert not torch.equal(logits(via_prune), logits(other))
+
+
+def test_prune_defaults_to_obs_on_a_language_model():
+    import tuneless
+    from tuneless.methods.prune import LLM_DEFAULT_CRITERION
+
+    model = tiny_llama()
+    small = tuneless.prune(model, sparsity=0.2)  # was: "criterion 'l1' does not apply"
+    assert LLM_DEFAULT_CRITERION == "obs" and small.tuneless_report["method"].startswith("obs")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.randn(2, 16), "must be integer token ids, got dtype torch.float32"),
+    (torch.full((2, 16), 500), "token ids 500..500, outside the model's vocabulary"),
+    (torch.zeros(2, 3, 4, dtype=torch.long), r"shape \(batch, seq_len\), got \(2, 3, 4\)"),
+])
+def test_token_data_that_cannot_be_embedded_is_named(bad, message):
+    import tuneless
+
+    model = tiny_llama()
+    with pytest.raises(TunelessError, match=message):
+        tuneless.fold(model, sparsity=0.2, repair="refit", data=bad)
+    with pytest.raises(TunelessError, match=message.replace("data", "batches")):
+        tuneless.prune(model, sparsity=0.2, criterion="wanda-sp", data=bad)

@@ -31,3 +31,28 @@ def calibration_batches(tokenizer, n_samples: int = 16, seq_len: int = 512,
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=gen)
     return [ids[s:s + seq_len][None] for s in starts.tolist()]
+
+
+def check_token_ids(model, data, what: str = "data") -> torch.Tensor:
+    """`data` as a (batch, seq_len) tensor of token ids the model can embed; else one line
+    naming the problem (floats, a wrong rank, ids outside the vocabulary) instead of an
+    error from inside the embedding."""
+    try:
+        ids = torch.as_tensor(data)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TunelessError(f"{what} must be token ids (a tensor of integers), got "
+                            f"{type(data).__name__}") from exc
+    if ids.dtype in (torch.bool, torch.uint8) or ids.is_floating_point() or ids.is_complex():
+        raise TunelessError(f"{what} must be integer token ids, got dtype {ids.dtype}")
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.numel() == 0:
+        raise TunelessError(f"{what} must be token ids of shape (batch, seq_len), got "
+                            f"{tuple(ids.shape)}")
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+    vocab = getattr(embeddings, "num_embeddings", None)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        raise TunelessError(f"{what} holds token ids {low}..{high}, outside the model's "
+                            f"vocabulary 0..{vocab - 1 if vocab else '?'} (another tokenizer?)")
+    return ids.long()

@@ -188,6 +188,10 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
     if structure == "adaptive" and (sparsity is None or not 0.0 < sparsity < 0.9):
         raise TunelessError(f"FLAP's adaptive structure needs sparsity in (0, 0.9), got "
                             f"{sparsity}")
+    if batches is not None:
+        from tuneless.llm.calibration import check_token_ids
+
+        batches = [check_token_ids(model, b, "batches") for b in batches]
     if batches is None:
         if tokenizer is None:
             raise TunelessError("flap needs calibration data: pass tokenizer= or batches=")

@@ -224,8 +224,9 @@ def calibration_ids(model, repair, tokenizer, data=None, n: int = 64, seq_len: i
     if repair not in ("self", "refit"):
         return None
     if repair == "refit" and data is not None:
-        ids = torch.as_tensor(data)
-        return ids[None] if ids.dim() == 1 else ids
+        from tuneless.llm.calibration import check_token_ids
+
+        return check_token_ids(model, data)
     if repair == "self":  # the model's own BOS token starts it: no tokenizer needed
         return self_generated(model, tokenizer, n, seq_len, seed, show_progress)
     if tokenizer is None:

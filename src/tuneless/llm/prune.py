@@ -95,6 +95,10 @@ def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=N
                               "mlp_ratio": mlp_ratio, "seed": seed, "n_samples": n_samples,
                               "seq_len": seq_len}, "wanda-sp")
 
+    if batches is not None:
+        from tuneless.llm.calibration import check_token_ids
+
+        batches = [check_token_ids(model, b, "batches") for b in batches]
     if batches is None:
         if tokenizer is None:
             raise TunelessError("wanda-sp needs calibration data: pass tokenizer= or batches=")

@@ -25,11 +25,12 @@ from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 
 CRITERIA = ("l1", "l2", "random")
+LLM_DEFAULT_CRITERION = "obs"  # measured: docs/llm.md "Structured OBS"
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float | None = None,
-          criterion: str = "l1", example_inputs=None, min_channels: int = 1,
+          criterion: str | None = None, example_inputs=None, min_channels: int = 1,
           round_to: int = 1, seed: int = 0, data=None, stream_share: float = STREAM_SHARE,
           allocation: str = "uniform", probe_images: int = 32, keep_floor: float | None = None,
           max_ratio: float = 0.9, budget: str = "params", **llm_options) -> nn.Module:
@@ -42,6 +43,10 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
     pruned alone at six depths, the output's movement measured on `probe_images` of `data`
     (images) or of pink noise, then the greedy budget (tuneless.allocation; keep_floor ×
     the uniform count, by default fold's, and at most max_ratio of a group removed).
+
+    criterion: for CNNs "l1" (the default), "l2" or "random" per channel over every coupled
+    tensor; for language models "obs" by default (the best data-free result measured:
+    docs/llm.md "Structured OBS").
 
     Language models (Hugging Face decoders): criterion "l2" / "magnitude" (data-free, L2 norm
     of every weight a head or MLP channel owns), "wanda-sp" or "flap" (tuneless.llm.flap;
@@ -63,7 +68,9 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
             from tuneless.budget import LLM_BUDGET
 
             raise TunelessError(LLM_BUDGET)
-        return _prune_llm(model, sparsity, channel_ratio, criterion, data, seed, llm_options)
+        return _prune_llm(model, sparsity, channel_ratio, criterion or LLM_DEFAULT_CRITERION,
+                          data, seed, llm_options)
+    criterion = criterion or "l1"
     if llm_options:
         raise TunelessError(f"unknown prune option(s): {', '.join(sorted(llm_options))}")
     check_model(model, f"prune-{criterion}")
