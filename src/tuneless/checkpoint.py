@@ -126,6 +126,10 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise TunelessError(f"{path} is a GGUF language model: `tuneless compress` and "
                             "`tuneless eval --task wikitext2` take it; this command reads "
                             "PyTorch model files")
+    if path.suffix == ".safetensors" and not head.startswith(ZIP_MAGIC):
+        raise TunelessError(
+            f"{path} is a safetensors file: weights without their architecture; give the "
+            "folder that holds it with its config.json (a Hugging Face model)")
     if not head.startswith(ZIP_MAGIC) and head[0] != PICKLE_PROTO:
         raise TunelessError(
             f"corrupt {what} {path}: not a PyTorch file (torch.save writes a zip archive)"

@@ -36,6 +36,10 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "damp": (0, None),
     "block": (1, None),
     "steps": (1, None),
+    "calib_samples": (1, None),
+    "calib_len": (2, None),  # a sampled sequence is its start token and at least one more
+    "n_samples": (1, None),
+    "seq_len": (2, None),
 }
 # string values an option may take when its type also allows a number
 STRING_CHOICES: dict[str, tuple[str, ...]] = {"n_init": ("auto",)}

@@ -46,6 +46,12 @@ def _gguf(path: Path) -> str:
     return str(path)
 
 
+def _safetensors(path: Path) -> str:
+    header = b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    return str(path)
+
+
 def _hf_folder(path: Path) -> str:
     path.mkdir()
     (path / "config.json").write_text('{"model_type": "llama"}')
@@ -114,6 +120,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
           "-o", out], "NaN values in"),
         ("missing model file", ["eval", str(tmp / "missing.pt")], "not found"),
         ("a file that is not a model", ["eval", str(tmp / "afile")], "corrupt"),
+        ("a `.safetensors` weights file without its folder's config.json",
+         ["eval", _safetensors(tmp / "model.safetensors")], "weights without their architecture"),
         ("a CNN-only method on a Hugging Face folder",
          ["compress", _hf_folder(tmp / "hf"), "--method", "fold-ar", "--sparsity", "0.2",
           "-o", out], "does not apply to language models"),

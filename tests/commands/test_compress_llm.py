@@ -205,3 +205,30 @@ def test_compress_help_names_the_language_model_methods(capsys, monkeypatch):
     text = " ".join(capsys.readouterr().out.split())
     assert "for a language model one of:" in text
     assert all(m in text for m in LLM_METHODS)
+
+
+def test_a_folder_weights_file_bad_json_and_a_too_short_sample_are_one_line(tmp_path, capsys):
+    _tiny_folder(tmp_path / "dense")
+    capsys.readouterr()
+    weights = tmp_path / "dense" / "model.safetensors"  # its folder holds the config: used
+    assert main(["--quiet", "compress", str(weights), "--method", "fold", "--sparsity", "0.3",
+                 "--option", "repair=none", "-o", str(tmp_path / "small")]) == 0
+    assert (tmp_path / "small" / "config.json").is_file()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model.safetensors").write_bytes(weights.read_bytes())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    cases = [([str(alone / "model.safetensors")], "weights without their architecture"),
+             ([str(bad)], "cannot read"),
+             ([str(tmp_path / "dense"), "--option", "calib_len=1"],
+              "calib_len must be at least 2, got 1")]
+    for model, expected in cases:
+        capsys.readouterr()
+        code = main(["compress", *model[:1], "--method", "fold", "--sparsity", "0.3",
+                     *model[1:], "-o", str(tmp_path / "x")])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()
+               and not ln.startswith("Loading")]
+        assert code == 1 and len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "x").exists()

@@ -168,9 +168,11 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
     try:
         with quiet_config_validation():
             config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_code)
+    except OSError as exc:  # transformers' word for a config.json that is not JSON
+        raise TunelessError(f"cannot read {folder}/config.json: {first_line(exc)}") from exc
     except ValueError as exc:
         if "trust_remote_code" not in str(exc):
-            raise TunelessError(f"cannot read {folder}/config.json: {exc}") from exc
+            raise TunelessError(f"cannot read {folder}/config.json: {first_line(exc)}") from exc
         raise TunelessError(f"{folder} ships its own Python code (auto_map); load it with "
                             "trust_code=True (--trust-code) only if you trust it") from exc
     sizes = getattr(config, "tuneless_layer_sizes", None)

@@ -77,9 +77,15 @@ def download(repo: str) -> Path:
 
 def local_source(spec: str) -> str:
     """MODEL with a Hub id replaced by its downloaded folder (a language model or an image
-    classifier: the folder's config.json then says which), anything else unchanged."""
+    classifier: the folder's config.json then says which), a Hugging Face folder's
+    .safetensors weights file by that folder, anything else unchanged."""
     repo = hub_id(spec)
-    return spec if repo is None else str(download(repo))
+    if repo is not None:
+        return str(download(repo))
+    path = Path(spec)
+    if path.suffix == ".safetensors" and path.is_file() and (path.parent / "config.json").is_file():
+        return str(path.parent)
+    return spec
 
 
 def load_llm(spec: str, *, trust_code: bool = False, device: str = "cpu",
