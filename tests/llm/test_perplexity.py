@@ -55,3 +55,15 @@ def test_read_text_without_a_file_names_the_variable():
 
     with pytest.raises(TunelessError, match="TUNELESS_WIKITEXT2"):
         read_text(None)
+
+
+def test_too_few_tokens_for_one_window_names_both_limits():
+    class Never(torch.nn.Module):
+        def forward(self, input_ids, use_cache=False):
+            raise AssertionError("no window should run")
+
+    with pytest.raises(TunelessError, match=r"only 256 tokens to evaluate \(max_tokens=256 of "
+                                            r"1000\); a window needs seq_len=512"):
+        perplexity_of_ids(Never(), torch.arange(1000), seq_len=512, max_tokens=256)
+    with pytest.raises(TunelessError, match=r"only 100 tokens to evaluate; a window"):
+        perplexity_of_ids(Never(), torch.arange(100), seq_len=512)

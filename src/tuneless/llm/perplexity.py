@@ -61,7 +61,11 @@ def perplexity_of_ids(
     n = ids.numel() if max_tokens is None else min(ids.numel(), int(max_tokens))
     n_windows = n // seq_len
     if n_windows == 0:
-        raise TunelessError(f"only {n} tokens available; need at least seq_len={seq_len}")
+        limit = ("" if max_tokens is None or ids.numel() <= int(max_tokens)
+                 else f" (max_tokens={int(max_tokens)} of {ids.numel()})")
+        raise TunelessError(f"only {n} tokens to evaluate{limit}; a window needs "
+                            f"seq_len={seq_len}: evaluate more tokens or a shorter seq_len "
+                            "(--seq-len)")
     total, count = 0.0, 0
     with evaluating(model):
         for w in _progress(range(n_windows), total=n_windows, desc="perplexity",
