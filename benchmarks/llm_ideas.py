@@ -50,7 +50,10 @@ steps: what makes a fold in two steps (fold_llm(steps=2)) better. "resolve": the
   step re-resolves the default schedule on the first step's model (10% of the block
   parameters, then the rest of 20%); "anchor": the default plan's midpoint, then its final
   widths with the second refit aiming at the ORIGINAL model on the original's samples
-  (one sampling, not two); "widths": one step, but to the widths "resolve" ends at.
+  (one sampling, not two); "anchor-own": the same aim at the original model, but on the
+  samples of the first step's model (the default's second-step samples, so it differs
+  from the default only in what the second refit aims at); "widths": one step, but to the
+  widths "resolve" ends at.
 obs-steps: structured OBS pruning (its default flat-mlp plan at `sparsity`) reached in
   `steps` prunes, each sampling, measuring and repairing on the model it starts from.
 bias: the default fold, its down_proj refit given an unpenalised bias (an intercept fitted
@@ -357,13 +360,16 @@ def _stepped(model, seed, mode):
         kept = block_params(first) / block_params(model)
         final = widths(tuneless.fold(first, sparsity=1 - 0.8 / kept, seed=seed, repair="none"))
         return tuneless.fold(model, schedule=to(widths(model), final), seed=seed)
-    if mode != "anchor":
+    if mode not in ("anchor", "anchor-own"):
         raise SystemExit(f"unknown steps mode {mode!r}")
     adapter = adapter_for(model)
     plans = _plans(model, 0.2, None, None, None, "kv-groups")
     mid = stage_plans(adapter.shapes(model), plans, 0.5)
     first = tuneless.fold(model, schedule=to(widths(model), [p.n_mlp for p in mid]), seed=seed)
-    calib = self_generated(model, None, 16, 128, seed)  # the original's: the first step's too
+    if mode == "anchor":  # the original's samples: the first step's too
+        calib = self_generated(model, None, 16, 128, seed)
+    else:  # the first step's model samples, as the default's second step does
+        calib = self_generated(first, None, 16, 128, seed)
     stats = collect_stats(first, calib)
 
     def decide(i, groups, shape, plan):
