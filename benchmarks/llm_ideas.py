@@ -365,7 +365,10 @@ def _stepped(model, seed, mode):
     adapter = adapter_for(model)
     plans = _plans(model, 0.2, None, None, None, "kv-groups")
     mid = stage_plans(adapter.shapes(model), plans, 0.5)
-    first = tuneless.fold(model, schedule=to(widths(model), [p.n_mlp for p in mid]), seed=seed)
+    # "anchor" (as first measured) reached the midpoint in fold_llm's default two steps;
+    # "anchor-own" in one, as the default's first step does
+    first = tuneless.fold(model, schedule=to(widths(model), [p.n_mlp for p in mid]), seed=seed,
+                          **({"steps": 1} if mode == "anchor-own" else {}))
     if mode == "anchor":  # the original's samples: the first step's too
         calib = self_generated(model, None, 16, 128, seed)
     else:  # the first step's model samples, as the default's second step does
