@@ -394,7 +394,7 @@ def export(model: nn.Module, path: str | os.PathLike, example_inputs=None,
     """Write `model` to `path` (.onnx or .pt2) with a dynamic batch dimension; check it.
 
     example_inputs: one input tensor (its batch size does not matter); None takes the
-    shape from the model's architecture (zoo and torchvision models). fuse_bn folds
+    shape from the model's architecture (tuneless.modelio.default_input_shape). fuse_bn folds
     each conv→BatchNorm pair into the conv first (see fuse_conv_bn). pad_to: append zero
     channels so that every reducible channel group is a multiple of it (tuneless.padding;
     ONNX Runtime's CPU convolutions are fast only on multiples of the CPU's vector width);
