@@ -59,7 +59,12 @@ def refit(original: nn.Module, small: nn.Module, data, *, example_inputs=None,
     The channel maps come from `small.tuneless_report` (fold: cluster labels; prune: kept
     channels); options go to `refit_layers` (num_images, batch_size, ridge, inplace).
     """
-    graph, maps = maps_from_report(original, small, example_inputs)
+    from tuneless.data.loader import check_images_fit
+    from tuneless.modelio import example_input
+
+    x = example_inputs if example_inputs is not None else example_input(original)
+    check_images_fit(data, x[0] if isinstance(x, tuple | list) else x)
+    graph, maps = maps_from_report(original, small, x)
     return refit_layers(original, small, graph, maps, data, **options)
 
 

@@ -123,3 +123,31 @@ def test_default_path_from_env_and_upward_search(monkeypatch, tmp_path):
     assert default_data_path("cifar10") == shared / "cifar10-jpeg.tar.gz"
     monkeypatch.setenv("TUNELESS_FASHION_MNIST", "/x/y")
     assert default_data_path("fashion-mnist") == Path("/x/y")
+
+
+def test_repair_data_that_cannot_give_a_right_model_is_refused():
+    """NaN images gave a NaN model and uint8 images BN statistics of 0..255 pixels, both
+    silently; images with another channel count failed deep inside a convolution."""
+    import torch.nn as nn
+
+    import tuneless
+    from tuneless.data.loader import check_images_fit, image_batches
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 2)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    cases = [(torch.full((8, 3, 12, 12), float("nan")), "NaN or Inf"),
+             (torch.randint(0, 255, (8, 3, 12, 12), dtype=torch.uint8), "torch.uint8 images"),
+             (torch.randn(8, 1, 12, 12), r"\(1, 12, 12\) per image do not fit the model's "
+                                         r"input \(3, 12, 12\)")]
+    for repair in ("data", "refit"):
+        for data, message in cases:
+            with pytest.raises(TunelessError, match=message):
+                tuneless.fold(net, sparsity=0.3, repair=repair, data=data, example_inputs=x)
+    small = tuneless.prune(net, sparsity=0.3, example_inputs=x)
+    with pytest.raises(TunelessError, match="do not fit the model's input"):
+        tuneless.refit(net, small, torch.randn(8, 1, 12, 12), example_inputs=x)
+    check_images_fit(torch.randn(8, 3, 20, 20), x)  # other sizes are the model's business
+    check_images_fit(iter([torch.randn(8, 1, 12, 12)]), x)  # one-shot iterators: not peeked
+    assert len(list(image_batches(torch.randn(8, 3, 12, 12), 4))) == 2

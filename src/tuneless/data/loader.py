@@ -170,6 +170,35 @@ def get_dataset(name: str, split: str = "train", path: str | Path | None = None)
     return TensorDataset(name, d["x"], d["y"], d["classes"], mean, std)
 
 
+def _check_image_batch(x: torch.Tensor) -> None:
+    """Repair data that cannot give a right model: integer images (a repair measures
+    statistics of what the model is fed, and tuneless cannot know the normalisation the
+    model was trained with) and NaN / Inf values."""
+    if not x.is_floating_point():
+        raise TunelessError(f"repair data are {x.dtype} images: give them as the model is fed "
+                            "(floats, normalised as in training)")
+    if not bool(torch.isfinite(x).all()):
+        raise TunelessError("repair data hold NaN or Inf values")
+
+
+def check_images_fit(data, example: torch.Tensor) -> None:
+    """One line when the first batch of repair data has another rank or channel count than
+    the model's example input (other spatial sizes are left to the model). Only tensors,
+    TensorDatasets and DataLoaders are peeked at: a one-shot iterator is left alone."""
+    from torch.utils.data import DataLoader
+
+    if not isinstance(data, torch.Tensor | TensorDataset | TensorLoader | DataLoader):
+        return
+    if not isinstance(example, torch.Tensor) or example.dim() < 2:
+        return
+    first = next(image_batches(data, 2, 2), None)
+    if first is None:
+        return
+    if first.dim() != example.dim() or first.shape[1] != example.shape[1]:
+        raise TunelessError(f"repair data of shape {tuple(first.shape[1:])} per image do not fit "
+                            f"the model's input {tuple(example.shape[1:])}")
+
+
 def image_batches(data, batch_size: int = 128, limit: int | None = None) -> Iterator[torch.Tensor]:
     """Float image batches from a tensor, a (x, y) DataLoader, a TensorDataset or a TensorLoader."""
     if isinstance(data, TensorDataset):
@@ -195,6 +224,7 @@ def image_batches(data, batch_size: int = 128, limit: int | None = None) -> Iter
             x = x[: limit - seen]
         if len(x) == 0:
             break
+        _check_image_batch(x)
         yield x.float()
         seen += len(x)
         if limit is not None and seen >= limit:

@@ -234,6 +234,10 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
         raise TunelessError(f"repair {opts.repair!r} needs data: pass data= (images or a loader)")
     require_batchnorm(model, opts.repair)
     x = _example(model, example_inputs)
+    if data is not None:
+        from tuneless.data.loader import check_images_fit
+
+        check_images_fit(data, x)
     model = materialize_weights(model, x)  # weight-standardised convs as plain ones
     graph = find_groups(model, x)
     if not graph.reducible:
