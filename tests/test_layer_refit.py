@@ -319,3 +319,13 @@ def test_self_repair_is_the_refit_on_the_models_own_deepinversion_images():
     assert torch.equal(small(held), same(held)) and small.refit_report["images"] == 8
     none = fold(model, sparsity=0.5, repair="none", example_inputs=x, seed=3)
     assert _error(model, small, held) < _error(model, none, held)
+
+
+def test_refit_of_a_model_compressed_from_another_original_is_named():
+    x = torch.randn(1, 3, 32, 32)
+    wide, narrow = build_model("resnet20").eval(), build_model("resnet20", width=0.5).eval()
+    for small in (prune(wide, sparsity=0.3, example_inputs=x),
+                  fold(wide, sparsity=0.3, example_inputs=x, allocation="uniform")):
+        with pytest.raises(TunelessError, match="was not made from this original: its report "
+                                                "names channel group"):
+            tuneless.refit(narrow, small, _images(8, 32), example_inputs=x)

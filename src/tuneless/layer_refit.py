@@ -77,14 +77,25 @@ def maps_from_report(original: nn.Module, small: nn.Module, example_inputs=None)
     report = getattr(small, "tuneless_report", None) or {}
     x = example_inputs if example_inputs is not None else example_input(original)
     graph = find_groups(original, x)
-    if "labels" in report:
-        maps = channel_maps_from_labels(report["labels"])
-    elif "channels" in report:
-        maps = channel_maps_from_indices(report["channels"], {g.id: g.n for g in graph.groups})
-    else:
+    if "labels" not in report and "channels" not in report:
         raise TunelessError("this repair needs a model compressed by tuneless.fold or "
                             "tuneless.prune (its tuneless_report names the channels it kept "
                             "or merged)")
+    sizes = {g.id: g.n for g in graph.groups}
+    named = report.get("labels") or report.get("channels") or {}
+    for gid, entry in named.items():
+        n = sizes.get(int(gid))
+        fits = n is not None and (len(entry) == n if "labels" in report
+                                  else all(0 <= int(i) < n for i in entry))
+        if not fits:
+            raise TunelessError(
+                f"the compressed model was not made from this original: its report names "
+                f"channel group {gid} ({len(entry)} entries), which the original "
+                f"{'lacks' if n is None else f'has with {n} channels'}")
+    if "labels" in report:
+        maps = channel_maps_from_labels(report["labels"])
+    else:
+        maps = channel_maps_from_indices(report["channels"], sizes)
     return graph, maps
 
 
