@@ -56,3 +56,15 @@ def check_token_ids(model, data, what: str = "data") -> torch.Tensor:
         raise TunelessError(f"{what} holds token ids {low}..{high}, outside the model's "
                             f"vocabulary 0..{vocab - 1 if vocab else '?'} (another tokenizer?)")
     return ids.long()
+
+
+def token_batches(model, batches, tokenizer, n_samples: int, seq_len: int, seed: int,
+                  method: str) -> list[torch.Tensor]:
+    """The calibration batches of a data-driven baseline (Wanda-sp, FLAP): `batches` checked
+    as token ids the model can embed, else n_samples windows of the calibration text drawn
+    with `tokenizer`."""
+    if batches is not None:
+        return [check_token_ids(model, b, "batches") for b in batches]
+    if tokenizer is None:
+        raise TunelessError(f"{method} needs calibration data: pass tokenizer= or batches=")
+    return calibration_batches(tokenizer, n_samples, seq_len, seed)

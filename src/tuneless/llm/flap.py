@@ -176,7 +176,7 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
     `repair`: folding's least-squares repair afterwards ("refit" on the same calibration
     batches, "self" on the model's own samples).
     """
-    from tuneless.llm.calibration import calibration_batches
+    from tuneless.llm.calibration import token_batches
     from tuneless.llm.engine import plan_for
     from tuneless.llm.fold import repair_reduced
 
@@ -188,14 +188,7 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
     if structure == "adaptive" and (sparsity is None or not 0.0 < sparsity < 0.9):
         raise TunelessError(f"FLAP's adaptive structure needs sparsity in (0, 0.9), got "
                             f"{sparsity}")
-    if batches is not None:
-        from tuneless.llm.calibration import check_token_ids
-
-        batches = [check_token_ids(model, b, "batches") for b in batches]
-    if batches is None:
-        if tokenizer is None:
-            raise TunelessError("flap needs calibration data: pass tokenizer= or batches=")
-        batches = calibration_batches(tokenizer, n_samples, seq_len, seed)
+    batches = token_batches(model, batches, tokenizer, n_samples, seq_len, seed, "flap")
     adapter = adapter_for(model)
     if bias:  # refuse a family whose config cannot describe the biases, before any work
         for flag in BIAS_FLAGS:

@@ -87,22 +87,14 @@ def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=N
     least-squares repair on the pruned model ("refit" on the same calibration batches,
     "self" on the model's own samples), on equal terms.
     """
-    from tuneless.errors import TunelessError
-    from tuneless.llm.calibration import calibration_batches
+    from tuneless.llm.calibration import token_batches
 
     check_model(model, "wanda-sp")
     check_call(wanda_sp_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
                               "mlp_ratio": mlp_ratio, "seed": seed, "n_samples": n_samples,
                               "seq_len": seq_len}, "wanda-sp")
 
-    if batches is not None:
-        from tuneless.llm.calibration import check_token_ids
-
-        batches = [check_token_ids(model, b, "batches") for b in batches]
-    if batches is None:
-        if tokenizer is None:
-            raise TunelessError("wanda-sp needs calibration data: pass tokenizer= or batches=")
-        batches = calibration_batches(tokenizer, n_samples, seq_len, seed)
+    batches = token_batches(model, batches, tokenizer, n_samples, seq_len, seed, "wanda-sp")
     plans = plan_for(model, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
                      mlp_ratio=mlp_ratio, gqa=gqa)
     norms = input_norms(model, batches)
