@@ -175,8 +175,8 @@ def _timed_by_multiple(monkeypatch, ms: dict[int, float]) -> None:
     module = sys.modules["tuneless.export"]
     build = module._build
 
-    def tagged(reference, x, fmt, fuse_bn, pad_to, n_out):
-        out = build(reference, x, fmt, fuse_bn, pad_to, n_out)
+    def tagged(reference, x, fmt, fuse_bn, pad_to, n_out, graph=None):
+        out = build(reference, x, fmt, fuse_bn, pad_to, n_out, graph=graph)
         run = out["runner"]
         out["runner"] = lambda xb, run=run: run(xb)
         out["runner"].multiple = pad_to or 1

@@ -318,15 +318,16 @@ AUTO_ROUNDS = 5  # interleaved timing rounds per candidate
 
 
 def _build(reference: nn.Module, x: torch.Tensor, fmt: str, fuse_bn: bool, pad_to: int | None,
-           n_out: int) -> dict:
+           n_out: int, graph=None) -> dict:
     """The exported bytes of `reference` padded to `pad_to` (None or 1: not padded) and
-    BN-fused, with a runner of the written format and what was done."""
+    BN-fused, with a runner of the written format and what was done (graph: reference's
+    channel groups, when already traced)."""
     padded: dict = {}
     work = reference
     if pad_to not in (None, 1):
         from tuneless.padding import pad_channels
 
-        work, padded = pad_channels(reference, x, pad_to)
+        work, padded = pad_channels(reference, x, pad_to, graph=graph)
     fused, note = [], None
     if fuse_bn:
         work, fused, note = fuse_conv_bn(work, x)
@@ -376,7 +377,7 @@ def _fastest_padding(reference: nn.Module, x: torch.Tensor, fmt: str, fuse_bn: b
         if plan in seen:  # pads exactly as a smaller multiple does
             continue
         seen.append(plan)
-        builds[m] = _build(reference, x, fmt, fuse_bn, m, n_out)
+        builds[m] = _build(reference, x, fmt, fuse_bn, m, n_out, graph=graph)
     xb = random_input(x, batch, seed=2)
     times: dict[int, list[float]] = {m: [] for m in builds}
     order = list(builds)

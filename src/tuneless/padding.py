@@ -27,17 +27,17 @@ def padding_plan(graph, multiple: int) -> dict[int, tuple[int, int]]:
     return plan
 
 
-def pad_channels(model: nn.Module, example_inputs, multiple: int = 8
+def pad_channels(model: nn.Module, example_inputs, multiple: int = 8, graph=None
                  ) -> tuple[nn.Module, dict[int, tuple[int, int]]]:
     """A copy of `model` whose reducible channel groups are padded with zero channels up to
     a multiple of `multiple` (producers get zero rows, norms zero scale and shift,
     consumers zero columns): the same function, other widths. Returns the model and
-    {group id: (channels, padded)}."""
+    {group id: (channels, padded)}. graph: the model's channel groups, when already traced."""
     from tuneless.decisions import selection
     from tuneless.graph import find_groups
     from tuneless.reduce import reduce
 
-    graph = find_groups(model, example_inputs)
+    graph = find_groups(model, example_inputs) if graph is None else graph
     plan = padding_plan(graph, multiple)
     if not plan:
         return model, {}
