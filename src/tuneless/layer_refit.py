@@ -63,7 +63,7 @@ def refit(original: nn.Module, small: nn.Module, data, *, example_inputs=None,
     from tuneless.modelio import example_input
 
     x = example_inputs if example_inputs is not None else example_input(original)
-    check_images_fit(data, x[0] if isinstance(x, tuple | list) else x)
+    check_images_fit(data, x)
     graph, maps = maps_from_report(original, small, x)
     return refit_layers(original, small, graph, maps, data, **options)
 

@@ -181,14 +181,17 @@ def _check_image_batch(x: torch.Tensor) -> None:
         raise TunelessError("repair data hold NaN or Inf values")
 
 
-def check_images_fit(data, example: torch.Tensor) -> None:
+def check_images_fit(data, example) -> None:
     """One line when the first batch of repair data has another rank or channel count than
-    the model's example input (other spatial sizes are left to the model). Only tensors,
-    TensorDatasets and DataLoaders are peeked at: a one-shot iterator is left alone."""
+    the model's example input (a tensor or a one-tensor tuple; other spatial sizes are left
+    to the model). Only tensors, TensorDatasets and DataLoaders are peeked at: a one-shot
+    iterator is left alone."""
     from torch.utils.data import DataLoader
 
     if not isinstance(data, torch.Tensor | TensorDataset | TensorLoader | DataLoader):
         return
+    if isinstance(example, tuple | list) and len(example) == 1:
+        example = example[0]
     if not isinstance(example, torch.Tensor) or example.dim() < 2:
         return
     first = next(image_batches(data, 2, 2), None)
