@@ -217,7 +217,8 @@ def main(argv: list[str]) -> int:
                                o.get("allocation", "paper-mlp"), damp=o.get("damp", 0.01),
                                block=o.get("block", 8), cap=o.get("cap", 0.75))
         elif what == "select":
-            _selection_proxy(model, ids, dense, seed, o["candidates"], o.get("held_out", 8))
+            _selection_proxy(model, ids, dense, seed, o["candidates"], o.get("held_out", 8),
+                             o.get("repair", "refit"))
             continue
         elif what == "balance":
             small = tuneless.fold(_balanced_mlps(model, o.get("mode", "balance")),
@@ -616,21 +617,22 @@ def _with_merge_weights(model, seed, mode):
         fold_module.fold_decisions = plain
 
 
-def _selection_proxy(model, ids, dense, seed, candidates, held_out):
+def _selection_proxy(model, ids, dense, seed, candidates, held_out, repair="refit"):
     """Is a data-free score good enough to choose between folds? Each candidate (fold options)
-    is folded with the self-repair on the same 16×128 self-generated tokens; printed: its
+    is folded with the self-repair on the same 16×128 self-generated tokens (repair="self":
+    the default fold itself, which samples its own tokens at each step); printed: its
     perplexity on `held_out` other self-generated sequences (no data) and on WikiText-2."""
     import tuneless
     from tuneless.llm.perplexity import perplexity_of_ids
     from tuneless.llm.refit import self_generated
 
-    calib = self_generated(model, None, 16, 128, seed)
+    calib = self_generated(model, None, 16, 128, seed) if repair == "refit" else None
     other = self_generated(model, None, held_out, 128, seed + 7919)
     base = perplexity_of_ids(model, other.flatten(), 128, progress=False)
     for c in candidates:
         cpu = time.process_time()
-        small = tuneless.fold(model, sparsity=0.2, repair="refit", data=calib,
-                              **{"seed": seed, **c})
+        given = {"repair": "refit", "data": calib} if repair == "refit" else {}
+        small = tuneless.fold(model, **{"sparsity": 0.2, "seed": seed, **given, **c})
         cpu = time.process_time() - cpu
         self_ppl = perplexity_of_ids(small, other.flatten(), 128, progress=False)
         p = perplexity_of_ids(small, ids, 512, 2048, progress=False)
