@@ -14,6 +14,13 @@ from tuneless.distributed import my_range, shard, world
 from tuneless.errors import TunelessError
 from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
+from tuneless.llm.choose import (
+    GUARD_RATIO,
+    HELD_OUT,
+    default_candidates,
+    guard_failed,
+    own_text_perplexity,
+)
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.engine import block_params, reduce_llm
 from tuneless.llm.plan import FOLD_DEFAULTS, LayerPlan, Shape, resolve_plan
@@ -111,8 +118,13 @@ def fold_llm(
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
     if cluster not in ("kmeans", "ward"):
         raise TunelessError(f"cluster={cluster!r}; choose kmeans or ward")
-    plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa)  # before sampling
     shapes = adapter.shapes(model)
+    candidates = None
+    if (schedule, head_ratio, mlp_ratio) == (None, None, None) and sparsity is not None \
+            and repair in ("self", "refit"):  # the default schedule, chosen by measurement
+        candidates = default_candidates(shapes, sparsity, gqa)
+        schedule = candidates.primary
+    plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa)  # before sampling
     if all((s.n_q, s.n_kv, s.n_mlp) == (p.n_q, p.n_kv, p.n_mlp) for s, p in zip(shapes, plans)):
         return reduce_llm(model, plans, lambda *_: {}, desc="fold")  # nothing to fold or repair
     once = dict(gqa=gqa, seed=seed, n_init=n_init, refine=refine, cluster=cluster,
@@ -120,14 +132,56 @@ def fold_llm(
                 data=data, calib_samples=calib_samples, calib_len=calib_len,
                 calib_blocks=calib_blocks, refit_lambda=refit_lambda, refit_scope=refit_scope,
                 refit_weighting=refit_weighting, refit_target=refit_target, features=features)
+    if candidates is None or candidates.alternative is None:
+        return _fold_steps(model, adapter, shapes, plans, steps, once)
+    first, held = _first_calibration(model, once)
+    small = _fold_steps(model, adapter, shapes, plans, steps, once, first)
+    base = own_text_perplexity(model, held)
+    tried = {candidates.primary: own_text_perplexity(small, held) / base}
+    if guard_failed(tried[candidates.primary]):
+        alt = _plans(model, sparsity, candidates.alternative, None, None, gqa)
+        other = _fold_steps(model, adapter, shapes, alt, steps, once, first)
+        tried[candidates.alternative] = own_text_perplexity(other, held) / base
+        if tried[candidates.alternative] < tried[candidates.primary]:
+            small = other
+    kept = min(tried, key=tried.get) if len(tried) > 1 else candidates.primary
+    small.tuneless_report["schedule_choice"] = {
+        "kept": kept, "own_text_ratio": {k: round(v, 4) for k, v in tried.items()},
+        "guard_ratio": GUARD_RATIO, "held_out": tuple(held.shape)}
+    return small
+
+
+def _fold_steps(model: nn.Module, adapter, shapes: list[Shape], plans: list[LayerPlan],
+                steps: int, once: dict, first: torch.Tensor | None = None) -> nn.Module:
+    """`model` folded to `plans` in `steps` repaired folds; `first`: the first fold's
+    calibration tokens when already drawn (the later folds sample their own)."""
     small = model
-    for stage in step_plans(shapes, plans, steps):
-        small = _fold_once(small, adapter, stage, **once)
+    for k, stage in enumerate(step_plans(shapes, plans, steps)):
+        small = _fold_once(small, adapter, stage, **once, calib=first if k == 0 else None)
     if steps > 1:  # the report describes the whole fold, not its last step
         before, after = block_params(model), block_params(small)
         small.tuneless_report.update(steps=steps, params_before=before,
                                      achieved_sparsity=1 - after / before)
     return small
+
+
+def _first_calibration(model: nn.Module, once: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this rank's calibration tokens for the first fold, HELD_OUT rows to judge the fold
+    on). Self-sampled: the held-out rows are sampled in the same batch (nearly free) and
+    never enter the repair; on real text they are the first calibration rows (in-sample)."""
+    repair, tok, n, length, seed = (once["repair"], once["tokenizer"], once["calib_samples"],
+                                    once["calib_len"], once["seed"])
+    if repair == "self" and once["calib_blocks"] == 1:
+        ids = self_generated(model, tok, n + HELD_OUT, length, seed, once["progress"])
+        return shard(ids[:n]), ids[n:]
+    first = rank_calibration_ids(model, repair, tok, once["data"], n, length, seed,
+                                 show_progress=once["progress"], blocks=once["calib_blocks"])
+    if repair == "self":  # sampled in blocks: the held-out rows are a block of their own
+        return first, self_generated(model, tok, HELD_OUT, length, seed + _HELD_OUT_SEED)
+    return first, calibration_ids(model, repair, tok, once["data"], n, length, seed)[:HELD_OUT]
+
+
+_HELD_OUT_SEED = 7919
 
 
 def step_plans(shapes: list[Shape], plans: list[LayerPlan], steps: int
@@ -149,12 +203,13 @@ def stage_plans(shapes: list[Shape], plans: list[LayerPlan], t: float) -> list[L
 def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, n_init,
                refine, cluster, kmeans_dim, progress, repair, tokenizer, data, calib_samples,
                calib_len, calib_blocks, refit_lambda, refit_scope, refit_weighting,
-               refit_target, features) -> nn.Module:
-    """One fold of `model` to `plans` and its repair: calibration tokens, activation
-    statistics, k-means decisions, the reduced copy, the least-squares refit."""
-    # under torchrun: statistics and refit on this rank's sequences
-    calib = rank_calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len, seed,
-                                 show_progress=progress, blocks=calib_blocks)
+               refit_target, features, calib=None) -> nn.Module:
+    """One fold of `model` to `plans` and its repair: calibration tokens (`calib` when
+    already drawn), activation statistics, k-means decisions, the reduced copy, the
+    least-squares refit."""
+    if calib is None:  # under torchrun: statistics and refit on this rank's sequences
+        calib = rank_calibration_ids(model, repair, tokenizer, data, calib_samples, calib_len,
+                                     seed, show_progress=progress, blocks=calib_blocks)
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
                             "repair='self' (data-free) or repair='refit'")

@@ -1,0 +1,58 @@
+"""The default fold's schedule, chosen by measurement on text the model samples itself.
+
+inner-mlp (every layer's MLP but the first tenth's and the last's) is the better schedule
+where a model's early layers can take a fold (SmolLM2-135M at 20%: 1.52x dense against
+paper-mlp's 1.60x, 3 seeds), and a gross failure where they cannot (Gemma 3 270M: 10.7x
+and 17.4x against 1.68x and 1.57x). The two are told apart by the folded model's
+perplexity on a few sequences the original sampled and the repair never saw: inner-mlp's
+fold is kept unless it multiplies that perplexity by more than GUARD_RATIO (SmolLM2
+1.5-1.8, Gemma 3 3.8-4.7); then paper-mlp, which leaves the first third of the layers
+whole, is folded from the same calibration tokens and whichever of the two has the lower
+perplexity on those sequences is kept. docs/llm.md "Defaults".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PRIMARY = "inner-mlp"
+ALTERNATIVE = "paper-mlp"
+GUARD_RATIO = 2.0  # more than doubling the perplexity on the model's own text: a bad fold
+HELD_OUT = 4  # sequences sampled with the first calibration batch and kept out of the repair
+
+
+@dataclass
+class Candidates:
+    """What the default fold tries at a budget: `primary`, and `alternative` (None when it
+    cannot reach the budget, so there is nothing to choose)."""
+
+    primary: str
+    alternative: str | None
+
+
+def default_candidates(shapes, sparsity: float, gqa: str) -> Candidates:
+    """inner-mlp (uniform where it cannot reach the budget) guarded by paper-mlp where
+    paper-mlp can reach it."""
+    from tuneless.llm.plan import BudgetOutOfReach, default_schedule, make_plan
+
+    primary = default_schedule(shapes, sparsity, gqa, order=(PRIMARY,))
+    try:
+        make_plan(shapes, sparsity=sparsity, schedule=ALTERNATIVE, gqa=gqa)
+    except BudgetOutOfReach:
+        return Candidates(primary, None)
+    return Candidates(primary, ALTERNATIVE if primary != ALTERNATIVE else None)
+
+
+def own_text_perplexity(model: nn.Module, held: torch.Tensor) -> float:
+    """exp(mean NLL) of `model` on the held-out rows (each row one window)."""
+    from tuneless.llm.perplexity import perplexity_of_ids
+
+    return perplexity_of_ids(model, held.flatten(), held.shape[1], progress=False)
+
+
+def guard_failed(ratio: float) -> bool:
+    """Whether a fold that multiplies the own-text perplexity by `ratio` is passed over."""
+    return ratio > GUARD_RATIO
