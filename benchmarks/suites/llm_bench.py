@@ -3,8 +3,9 @@ perplexity at 10/20/30/40% of decoder-block parameters removed, no fine-tuning.
 
 Every baseline appears as published and with folding's least-squares repair on the same
 tokens, so "which channels" and "how repaired" separate; every row names its calibration
-source, and data-free rows are marked. "Fold's schedule" is the default fold's: paper-mlp,
-or inner-mlp where paper-mlp cannot remove that much (40%). Calibration tokens are drawn
+source, and data-free rows are marked. "Fold's schedule" is the one the default fold kept
+at that budget (inner-mlp unless its own-text check chose paper-mlp: tuneless.llm.choose;
+the `fold` row runs first). Calibration tokens are drawn
 once per run: the model's own samples ("self", 16 × 128 tokens, fold_llm's default) and
 windows of the Python reference docs ("docs", real text that is not WikiText). The `fold`
 row is the documented one-liner `tuneless.fold(model, sparsity=s)` and includes its own
@@ -27,8 +28,8 @@ FIELDS = ["method", "target", "removed", "block_params", "ppl", "seconds", "cpu_
           "note"]
 # name -> (what it is, calibration source; "" = data-free)
 METHODS = {
-    "fold": ("the default: paper-mlp schedule (inner-mlp at 40%), two steps (since af9f788), "
-             "self repair, activation features", ""),
+    "fold": ("the default: inner-mlp schedule guarded by paper-mlp (tuneless.llm.choose), "
+             "two steps, self repair, activation features", ""),
     "fold-naive": ("the paper: paper-mlp, no repair, weight features", ""),
     "fold-docs": ("fold with the refit on real text (data-driven upper reference)", "docs"),
     "magnitude": ("structured magnitude on fold's schedule, no repair (the paper's baseline)",
@@ -60,14 +61,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results"))
 
 
-def schedule_for(model, sparsity: float) -> str:
-    """The schedule the default fold uses at this budget (tuneless.llm.plan.default_schedule:
-    paper-mlp, or inner-mlp where paper-mlp's untouched layers cap it), so the baselines
-    that take folding's schedule take the same one."""
-    from tuneless.llm.adapters import adapter_for
-    from tuneless.llm.plan import default_schedule
+_KEPT: dict[float, str] = {}  # sparsity -> the schedule this run's default fold kept
 
-    return default_schedule(adapter_for(model).shapes(model), sparsity)
+
+def schedule_for(model, sparsity: float) -> str:
+    """The schedule the default fold used at this budget, so the baselines that take
+    folding's schedule take the same one: the one its measured choice kept
+    (tuneless.llm.choose) when the `fold` row ran first in this run, else its first
+    candidate (inner-mlp; paper-mlp or uniform where inner-mlp cannot reach)."""
+    from tuneless.llm.adapters import adapter_for
+    from tuneless.llm.choose import default_candidates
+
+    if sparsity in _KEPT:
+        return _KEPT[sparsity]
+    return default_candidates(adapter_for(model).shapes(model), sparsity, "kv-groups").primary
 
 
 def build(method: str, model, tok, sparsity: float, calib: dict):
@@ -78,7 +85,10 @@ def build(method: str, model, tok, sparsity: float, calib: dict):
     self_ids, docs = calib["self"], calib["docs"]
     schedule = schedule_for(model, sparsity)
     if method == "fold":
-        return tuneless.fold(model, sparsity=sparsity)
+        small = tuneless.fold(model, sparsity=sparsity)
+        choice = small.tuneless_report.get("schedule_choice")
+        _KEPT[sparsity] = choice["kept"] if choice else schedule
+        return small
     if method == "fold-naive":
         return tuneless.fold(model, sparsity=sparsity, repair="none")
     if method == "fold-docs":

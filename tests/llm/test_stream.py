@@ -184,9 +184,11 @@ def test_stepped_streamed_fold_equals_the_stepped_in_memory_fold(sharded, tmp_pa
     steps=2, and the output loads as a plain uniform checkpoint when the sizes are uniform."""
     m, src = sharded
     opts = dict(calib_samples=4, calib_len=12, steps=2)  # paper-mlp: 48 → 33, 29 channels
-    out = fold_checkpoint(src, tmp_path / "dst", 0.1, kmeans_dim=None, progress=False, **opts)
-    want = fold_llm(m, sparsity=0.1, **opts)
-    one = fold_llm(m, sparsity=0.1, calib_samples=4, calib_len=12, steps=1)
+    out = fold_checkpoint(src, tmp_path / "dst", 0.1, kmeans_dim=None, progress=False,
+                          schedule="paper-mlp", **opts)
+    want = fold_llm(m, sparsity=0.1, schedule="paper-mlp", **opts)
+    one = fold_llm(m, sparsity=0.1, schedule="paper-mlp", calib_samples=4, calib_len=12,
+                   steps=1)
     got = load_folded(out)
     with torch.no_grad():
         diff = (got(X).logits - want(X).logits).abs().max()
@@ -201,3 +203,33 @@ def test_stepped_streamed_fold_equals_the_stepped_in_memory_fold(sharded, tmp_pa
     assert "tuneless_layer_sizes" not in cfg and "auto_map" not in cfg
     with pytest.raises(TunelessError, match="steps must be a positive integer"):
         fold_checkpoint(src, tmp_path / "bad", 0.25, steps=0, progress=False)
+
+
+@pytest.mark.parametrize("guard", ["holds", "fails"])
+def test_streamed_default_chooses_the_schedule_as_in_memory(tmp_path, monkeypatch, guard):
+    """The default schedule is chosen by the folds' perplexity on held-out self-sampled
+    rows (tuneless.llm.choose) in both paths, with the same choice and the same model;
+    "fails": every fold fails the guard, so both schedules are folded and compared."""
+    import tuneless.llm.fold as in_memory
+    import tuneless.llm.stream as streamed
+
+    if guard == "fails":
+        for module in (in_memory, streamed):
+            monkeypatch.setattr(module, "guard_failed", lambda ratio: True)
+    m = tiny_llama(layers=6, mlp=48)
+    m.save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    opts = dict(calib_samples=4, calib_len=10, steps=1)
+    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", 0.1, kmeans_dim=None,
+                          progress=False, **opts)
+    want = fold_llm(m, sparsity=0.1, **opts)
+    choice = json.loads((out / "config.json").read_text())["tuneless_schedule_choice"]
+    assert choice["kept"] == want.tuneless_report["schedule_choice"]["kept"]
+    assert set(choice["own_text_ratio"]) == ({"inner-mlp", "paper-mlp"} if guard == "fails"
+                                             else {"inner-mlp"})
+    for k, r in choice["own_text_ratio"].items():
+        assert r == pytest.approx(want.tuneless_report["schedule_choice"]["own_text_ratio"][k],
+                                  rel=1e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(load_folded(out)(X).logits, want(X).logits, rtol=1e-4,
+                                   atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no work folders

@@ -34,16 +34,15 @@ class Candidates:
 
 
 def default_candidates(shapes, sparsity: float, gqa: str) -> Candidates:
-    """inner-mlp (uniform where it cannot reach the budget) guarded by paper-mlp where
-    paper-mlp can reach it."""
-    from tuneless.llm.plan import BudgetOutOfReach, default_schedule, make_plan
+    """inner-mlp guarded by paper-mlp where both reach the budget; else the first of them
+    that does, unguarded (uniform where neither does)."""
+    from tuneless.llm.plan import default_schedule
 
-    primary = default_schedule(shapes, sparsity, gqa, order=(PRIMARY,))
-    try:
-        make_plan(shapes, sparsity=sparsity, schedule=ALTERNATIVE, gqa=gqa)
-    except BudgetOutOfReach:
+    primary = default_schedule(shapes, sparsity, gqa, order=(PRIMARY, ALTERNATIVE))
+    if primary != PRIMARY:
         return Candidates(primary, None)
-    return Candidates(primary, ALTERNATIVE if primary != ALTERNATIVE else None)
+    reach = default_schedule(shapes, sparsity, gqa, order=(ALTERNATIVE,)) == ALTERNATIVE
+    return Candidates(primary, ALTERNATIVE if reach else None)
 
 
 def own_text_perplexity(model: nn.Module, held: torch.Tensor) -> float:

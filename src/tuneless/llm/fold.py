@@ -60,20 +60,25 @@ def fold_llm(
 ) -> nn.Module:
     """Return a folded copy of a Hugging Face decoder LM (families: tuneless.llm.adapters).
 
-    The defaults are the best data-free setting measured (docs/llm.md "Defaults"): the
-    paper's MLP schedule, heads kept, and the least-squares repair on 16 sequences of 128
-    tokens the model samples itself. `repair="none"` is the paper's folding without repair.
+    The defaults are the best data-free setting measured (docs/llm.md "Defaults"): MLP
+    channels only (heads kept), the schedule chosen by measurement (inner-mlp, unless it
+    more than doubles the perplexity on a few held-out sequences the model sampled itself;
+    then paper-mlp too, and the better of the two: tuneless.llm.choose), and the
+    least-squares repair on 16 sequences of 128 tokens the model samples itself, in two
+    steps. `repair="none"` is the paper's folding without repair (paper-mlp schedule).
 
     sparsity: fraction of transformer-block parameters to remove; the schedule's
       ratios are scaled to meet it. Without it, head_ratio/mlp_ratio (uniform) or the
       paper's fixed ratios (schedule="paper") are used as given.
-    schedule: "paper-mlp" (default unless ratios are given: the paper's MLP ratios by
-      relative depth, heads kept), "uniform" (the default with head_ratio=/mlp_ratio=; same
-      ratios in every layer; head_ratio defaults to the solved MLP ratio, pass head_ratio=0
-      to fold MLPs only), "paper" (heads too), "inner-mlp" (heads kept, one MLP ratio for
-      every layer but the first tenth and the last: better than paper-mlp on SmolLM2, far
-      worse on Gemma 3, docs/llm.md), "flat-mlp" (heads kept, one MLP ratio in the layers
-      paper-mlp folds), or {layer: (head_ratio, mlp_ratio)}.
+    schedule: None (default): with a repair and a sparsity, chosen by measurement as above
+      (the choice and the measured ratios in `tuneless_report["schedule_choice"]`);
+      without a repair "paper-mlp". "paper-mlp": the paper's MLP ratios by relative depth,
+      heads kept; "uniform" (the default with head_ratio=/mlp_ratio=; same ratios in every
+      layer; head_ratio defaults to the solved MLP ratio, pass head_ratio=0 to fold MLPs
+      only), "paper" (heads too), "inner-mlp" (heads kept, one MLP ratio for every layer
+      but the first tenth and the last: better than paper-mlp on SmolLM2, far worse on
+      Gemma 3, docs/llm.md), "flat-mlp" (heads kept, one MLP ratio in the layers paper-mlp
+      folds), or {layer: (head_ratio, mlp_ratio)}.
     n_init, refine: k-means restarts and Hartigan refinement (tuneless.cluster.kmeans);
     cluster: "kmeans" or "ward" (deterministic agglomerative; tuneless.cluster.ward);
     kmeans_dim: cluster a random projection of wide features (large models).

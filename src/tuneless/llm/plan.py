@@ -248,7 +248,9 @@ def _solve_uniform(shapes, sparsity, head_ratio, gqa) -> list[LayerPlan]:
 
 
 OVERSHOOT = 0.01  # a uniform plan may remove this much more than asked (channel granularity)
-DEFAULT_SCHEDULE = "paper-mlp"  # measured: docs/llm.md "Defaults"
+# the schedule of a fold without a repair (the paper's); with a repair the default fold
+# chooses between inner-mlp and paper-mlp by measurement (tuneless.llm.choose)
+DEFAULT_SCHEDULE = "paper-mlp"
 # where paper-mlp's untouched layers cap it (about 37% of SmolLM2's block parameters):
 # measured better than the uniform schedule there (docs/llm.md "Which layers")
 FALLBACK_SCHEDULE = "inner-mlp"

@@ -22,6 +22,13 @@ from tuneless.distributed import barrier, from_main, init_from_env, is_main, sha
 from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
+from tuneless.llm.choose import (
+    GUARD_RATIO,
+    HELD_OUT,
+    default_candidates,
+    guard_failed,
+    own_text_perplexity,
+)
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.fold import DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, step_plans
 from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
@@ -137,35 +144,108 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                             "yet; fold it in memory (tuneless compress FOLDER --method fold)")
     weight_map = _weight_map(src)
     shapes = _shapes(config, adapter, weight_map)
+    candidates = None
+    if (schedule, head_ratio, mlp_ratio) == (None, None, None) and sparsity is not None \
+            and repair in ("self", "refit"):  # chosen by measurement, as in memory
+        candidates = default_candidates(shapes, sparsity, gqa)
+        schedule = candidates.primary
     plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
                          mlp_ratio=mlp_ratio, gqa=gqa)
     once = dict(gqa=gqa, seed=seed, refine=refine, kmeans_dim=kmeans_dim, n_init=n_init,
                 repair=repair, data=data, tokenizer=tokenizer, features=features,
                 calib_samples=calib_samples, calib_len=calib_len, refit_lambda=refit_lambda,
                 refit_target=refit_target, refit_weighting=refit_weighting, progress=progress)
-    if steps == 1:
-        return _fold_once(src, dst, config, adapter, weight_map, shapes, plans, **once)
+    source = (src, config, adapter, weight_map, shapes)
+    if candidates is None or candidates.alternative is None:
+        return _fold_stepped(source, dst, plans, steps, once)
+    first, held = _first_calibration(source, once)
+    with _work_folder(dst, "choice") as work:
+        folded = {candidates.primary: _fold_stepped(source, work / "primary", plans, steps,
+                                                    once, first)}
+        base = _own_text(src, held, config)
+        tried = {candidates.primary: _own_text(folded[candidates.primary], held) / base}
+        if guard_failed(tried[candidates.primary]):
+            alt = resolve_plan(shapes, sparsity=sparsity, schedule=candidates.alternative,
+                               gqa=gqa)
+            folded[candidates.alternative] = _fold_stepped(source, work / "alternative", alt,
+                                                           steps, once, first)
+            tried[candidates.alternative] = _own_text(folded[candidates.alternative], held) / base
+        kept = min(tried, key=tried.get)
+        if is_main():
+            cfg = json.loads((folded[kept] / "config.json").read_text())
+            cfg["tuneless_schedule_choice"] = {
+                "kept": kept, "own_text_ratio": {k: round(v, 4) for k, v in tried.items()},
+                "guard_ratio": GUARD_RATIO, "held_out": list(held.shape)}
+            (folded[kept] / "config.json").write_text(json.dumps(cfg, indent=1))
+            os.replace(folded[kept], dst)
+        barrier()
+    return dst
+
+
+@contextlib.contextmanager
+def _work_folder(dst: Path, what: str):
+    """A temporary folder beside `dst` (rank 0 makes it, every rank reads it), removed at the
+    end whatever happens."""
     import tempfile
 
     work = None
     if is_main():
         dst.parent.mkdir(parents=True, exist_ok=True)
-        work = tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.steps.")
-    work = Path(from_main(work))  # under torchrun: every rank reads rank 0's steps
+        work = tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.{what}.")
+    work = Path(from_main(work))  # under torchrun: every rank reads rank 0's folders
     try:
+        yield work
+    finally:
+        if is_main():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _fold_stepped(source: tuple, dst: Path, plans: list[LayerPlan], steps: int, once: dict,
+                  first: torch.Tensor | None = None) -> Path:
+    """The checkpoint in `source` folded to `plans` in `steps` repaired folds into `dst`;
+    `first`: the first fold's calibration ids when already drawn."""
+    src, config, adapter, weight_map, shapes = source
+    if steps == 1:
+        return _fold_once(src, dst, config, adapter, weight_map, shapes, plans, **once,
+                          ids=first)
+    with _work_folder(dst, "steps") as work:
         current, stages = src, step_plans(shapes, plans, steps)
         for k, stage in enumerate(stages, start=1):
             out = dst if k == len(stages) else work / f"step{k}"
             cfg = config if k == 1 else _step_config(current)
             wmap = weight_map if k == 1 else _weight_map(current)
             _fold_once(current, out, cfg, adapter, wmap, _shapes(cfg, adapter, wmap, True),
-                       stage, **once)
+                       stage, **once, ids=first if k == 1 else None)
             barrier()  # under torchrun: rank 0's folder is there before anyone reads it
             current = out
-    finally:
-        if is_main():
-            shutil.rmtree(work, ignore_errors=True)
     return dst
+
+
+def _first_calibration(source: tuple, once: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """As the in-memory fold's: (this rank's calibration ids for the first fold, HELD_OUT
+    rows to judge the folds on: sampled in the same batch and kept out of the repair, or
+    on real text the first calibration rows)."""
+    src, config, adapter, weight_map, _ = source
+    n, length, seed, tok = once["calib_samples"], once["calib_len"], once["seed"], once["tokenizer"]
+    if once["repair"] == "self":
+        ids = _self_calibration(src, config, adapter, _Reader(src, weight_map), weight_map, tok,
+                                n + HELD_OUT, length, seed, once["progress"], keep_all=True)
+        return shard(ids[:n]), ids[n:]
+    from tuneless.llm.fold import calibration_ids
+
+    first = _calibration(once["data"], tok, n, length, seed)
+    return first, calibration_ids(None, "refit", tok, once["data"], n, length, seed)[:HELD_OUT]
+
+
+def _own_text(folder: Path, held: torch.Tensor, config=None) -> float:
+    """own_text_perplexity of the checkpoint in `folder`, one layer in memory at a time."""
+    from tuneless.llm.stream_shell import sampling_model
+
+    config = _step_config(folder) if config is None else config
+    weight_map = _weight_map(folder)
+    model = sampling_model(config, adapter_for_config(config), _Reader(folder, weight_map).get,
+                           list(weight_map))
+    return own_text_perplexity(model, held)
 
 
 def _step_config(folder: Path):
@@ -182,17 +262,20 @@ def _step_config(folder: Path):
 
 def _fold_once(src: Path, dst: Path, config, adapter, weight_map, shapes, plans, *, gqa, seed,
                refine, kmeans_dim, n_init, repair, data, tokenizer, features, calib_samples,
-               calib_len, refit_lambda, refit_target, refit_weighting, progress) -> Path:
-    """One streamed fold of the checkpoint in `src` to `plans`, repaired, into `dst`."""
+               calib_len, refit_lambda, refit_target, refit_weighting, progress,
+               ids=None) -> Path:
+    """One streamed fold of the checkpoint in `src` to `plans`, repaired (on `ids` when
+    already drawn), into `dst`."""
     from safetensors.torch import save_file
 
     reader = _Reader(src, weight_map)
     walk = None
     if repair in ("self", "refit"):
-        ids = (_self_calibration(src, config, adapter, reader, weight_map, tokenizer,
-                                 calib_samples, calib_len, seed, progress)
-               if repair == "self" else _calibration(data, tokenizer, calib_samples, calib_len,
-                                                      seed))
+        if ids is None:
+            ids = (_self_calibration(src, config, adapter, reader, weight_map, tokenizer,
+                                     calib_samples, calib_len, seed, progress)
+                   if repair == "self" else _calibration(data, tokenizer, calib_samples,
+                                                          calib_len, seed))
         walk = _RepairWalk(config, adapter, reader, weight_map, ids, features != "weights",
                            dict(lam=refit_lambda, target=refit_target, weighting=refit_weighting))
     elif features == "activations":
@@ -275,9 +358,11 @@ def _calibration(data, tokenizer, n: int, seq_len: int, seed: int) -> torch.Tens
 
 
 def _self_calibration(src: Path, config, adapter, reader, weight_map, tokenizer, n: int,
-                      seq_len: int, seed: int, show_progress: bool) -> torch.Tensor:
+                      seq_len: int, seed: int, show_progress: bool,
+                      keep_all: bool = False) -> torch.Tensor:
     """The in-memory fold's data-free calibration text, sampled from the checkpoint with one
-    layer in memory at a time; under torchrun every rank samples all and keeps its share."""
+    layer in memory at a time; under torchrun every rank samples all and keeps its share
+    (all of it with keep_all)."""
     from transformers import GenerationConfig
 
     from tuneless.llm.refit import self_generated
@@ -288,7 +373,7 @@ def _self_calibration(src: Path, config, adapter, reader, weight_map, tokenizer,
         generation = GenerationConfig.from_pretrained(str(src))
     model = sampling_model(config, adapter, reader.get, list(weight_map), generation)
     ids = self_generated(model, tokenizer, n, seq_len, seed, show_progress and is_main())
-    return shard(ids)
+    return ids if keep_all else shard(ids)
 
 
 class _RepairWalk:
@@ -375,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dst", type=Path)
     ap.add_argument("--sparsity", type=float, default=0.2)
     ap.add_argument("--schedule", default=None, choices=SCHEDULES,
-                    help="per-layer ratios (default: paper-mlp, inner-mlp beyond its reach, as "
-                         "in memory)")
+                    help="per-layer ratios (default: chosen by measurement as in memory: "
+                         "inner-mlp unless it more than doubles the perplexity on held-out "
+                         "self-sampled text, then the better of it and paper-mlp)")
     ap.add_argument("--gqa", default="kv-groups")
     ap.add_argument("--kmeans-dim", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)

@@ -1,0 +1,107 @@
+"""The default fold's schedule choice (tuneless.llm.choose): inner-mlp unless it more than
+doubles the perplexity on held-out self-sampled rows, then the better of it and paper-mlp."""
+
+import pytest
+import torch
+
+import tuneless.llm.fold as fold_module
+from tests.llm.conftest import tiny_llama
+from tuneless.llm import fold_llm
+from tuneless.llm.adapters import adapter_for
+from tuneless.llm.choose import GUARD_RATIO, HELD_OUT, Candidates, default_candidates
+from tuneless.llm.plan import make_plan
+
+OPTS = dict(sparsity=0.1, calib_samples=4, calib_len=8, steps=1)
+
+
+def mlp_sizes(model):
+    return [layer.mlp.gate_proj.out_features for layer in model.model.layers]
+
+
+def plan_sizes(model, schedule):
+    shapes = adapter_for(model).shapes(model)
+    return [p.n_mlp for p in make_plan(shapes, sparsity=0.1, schedule=schedule)]
+
+
+def scripted(monkeypatch, ratios):
+    """own_text_perplexity returns 1 for the original model and then `ratios` in the order
+    the folds are judged; the held-out rows it is given are recorded."""
+    seen, queue = [], list(ratios)
+
+    def fake(model, held):
+        seen.append(held)
+        return 1.0 if getattr(model, "tuneless_report", None) is None else queue.pop(0)
+
+    monkeypatch.setattr(fold_module, "own_text_perplexity", fake)
+    return seen
+
+
+def test_candidates_by_reach():
+    shapes = adapter_for(tiny_llama(layers=6)).shapes(tiny_llama(layers=6))
+    assert default_candidates(shapes, 0.1, "kv-groups") == Candidates("inner-mlp", "paper-mlp")
+    # paper-mlp cannot remove 20% of this model: inner-mlp alone, nothing to choose
+    assert default_candidates(shapes, 0.2, "kv-groups") == Candidates("inner-mlp", None)
+    two = adapter_for(tiny_llama()).shapes(tiny_llama())  # 2 layers: inner-mlp folds none
+    assert default_candidates(two, 0.1, "kv-groups") == Candidates("paper-mlp", None)
+
+
+def test_guard_holds_keeps_inner_mlp(monkeypatch):
+    m = tiny_llama(layers=6)
+    seen = scripted(monkeypatch, [GUARD_RATIO])  # exactly at the ratio: kept
+    f = fold_llm(m, **OPTS)
+    assert mlp_sizes(f) == plan_sizes(m, "inner-mlp")
+    choice = f.tuneless_report["schedule_choice"]
+    assert choice["kept"] == "inner-mlp" and list(choice["own_text_ratio"]) == ["inner-mlp"]
+    assert seen[0].shape == (HELD_OUT, OPTS["calib_len"])
+
+
+def test_guard_fails_and_paper_mlp_is_better(monkeypatch):
+    m = tiny_llama(layers=6)
+    scripted(monkeypatch, [10.0, 1.5])
+    f = fold_llm(m, **OPTS)
+    assert mlp_sizes(f) == plan_sizes(m, "paper-mlp")
+    choice = f.tuneless_report["schedule_choice"]
+    assert choice["kept"] == "paper-mlp"
+    assert choice["own_text_ratio"] == {"inner-mlp": 10.0, "paper-mlp": 1.5}
+
+
+def test_guard_fails_but_paper_mlp_is_worse(monkeypatch):
+    m = tiny_llama(layers=6)
+    scripted(monkeypatch, [3.0, 4.0])
+    f = fold_llm(m, **OPTS)
+    assert mlp_sizes(f) == plan_sizes(m, "inner-mlp")
+    assert f.tuneless_report["schedule_choice"]["kept"] == "inner-mlp"
+
+
+@pytest.mark.parametrize("given", [{"schedule": "inner-mlp"}, {"repair": "none"},
+                                   {"head_ratio": 0.0}])
+def test_no_choice_when_the_schedule_is_given_or_nothing_repairs(monkeypatch, given):
+    scripted(monkeypatch, [])  # any judging would pop from an empty list
+    f = fold_llm(tiny_llama(layers=6), **{**OPTS, **given})
+    assert "schedule_choice" not in f.tuneless_report
+
+
+def test_held_out_rows_stay_out_of_the_repair(monkeypatch):
+    """The first fold is repaired on the first calib_samples rows of one sampled batch;
+    the judged rows are the batch's last HELD_OUT rows."""
+    m = tiny_llama(layers=6)
+    seen = scripted(monkeypatch, [1.0])
+    used = []
+    real = fold_module._fold_once
+
+    def spy(*args, calib=None, **kwargs):
+        used.append(calib)
+        return real(*args, calib=calib, **kwargs)
+
+    monkeypatch.setattr(fold_module, "_fold_once", spy)
+    fold_llm(m, **OPTS)
+    batch = fold_module.self_generated(m, None, OPTS["calib_samples"] + HELD_OUT,
+                                       OPTS["calib_len"], 0)
+    assert torch.equal(used[0], batch[:OPTS["calib_samples"]])
+    assert torch.equal(seen[0], batch[OPTS["calib_samples"]:])
+
+
+def test_real_judgement_on_a_tiny_model():
+    f = fold_llm(tiny_llama(layers=6), **OPTS)
+    ratios = f.tuneless_report["schedule_choice"]["own_text_ratio"]
+    assert all(r > 0 and r == r for r in ratios.values())
