@@ -63,7 +63,8 @@ def main(argv: list[str]) -> int:
         p = perplexity_of_ids(small, ids, 512, 2048, progress=False)
         print(json.dumps({"options": options, "ppl": round(p, 2), "x_dense": round(p / dense, 3),
                           "cpu_s": round(cpu, 1),
-                          "removed": round(1 - block_params(small) / block_params(model), 4)}),
+                          "removed": round(1 - block_params(small) / block_params(model), 4),
+                          "schedule_choice": small.tuneless_report.get("schedule_choice")}),
               flush=True)
     return 0
 
