@@ -49,11 +49,11 @@ def test_baselines_take_the_schedule_the_fold_kept(monkeypatch):
     """Equal terms: after the `fold` row, the rows on "fold's schedule" use the schedule its
     own-text check kept (here paper-mlp, forced by a failing inner-mlp fold)."""
     import benchmarks.suites.llm_bench as bench
-    import tuneless.llm.fold as fold_module
+    import tuneless.llm.choose as choose_module
 
     monkeypatch.setattr(bench, "_KEPT", {})
     judged = iter([1.0, 10.0, 1.5])  # the original, the inner-mlp fold, the paper-mlp fold
-    monkeypatch.setattr(fold_module, "own_text_perplexity", lambda model, held: next(judged))
+    monkeypatch.setattr(choose_module, "own_text_perplexity", lambda model, held: next(judged))
     model = tiny_llama(mlp=96, layers=6)
     model.config.bos_token_id, model.config.eos_token_id = 1, 2
     assert bench.schedule_for(model, 0.1) == "inner-mlp"  # before the fold row: its first try

@@ -4,6 +4,7 @@ doubles the perplexity on held-out self-sampled rows, then the better of it and 
 import pytest
 import torch
 
+import tuneless.llm.choose as choose_module
 import tuneless.llm.fold as fold_module
 from tests.llm.conftest import tiny_llama
 from tuneless.llm import fold_llm
@@ -32,7 +33,7 @@ def scripted(monkeypatch, ratios):
         seen.append(held)
         return 1.0 if getattr(model, "tuneless_report", None) is None else queue.pop(0)
 
-    monkeypatch.setattr(fold_module, "own_text_perplexity", fake)
+    monkeypatch.setattr(choose_module, "own_text_perplexity", fake)
     return seen
 
 
@@ -105,3 +106,28 @@ def test_real_judgement_on_a_tiny_model():
     f = fold_llm(tiny_llama(layers=6), **OPTS)
     ratios = f.tuneless_report["schedule_choice"]["own_text_ratio"]
     assert all(r > 0 and r == r for r in ratios.values())
+
+
+@pytest.mark.parametrize("ratios, kept", [([1.5], "inner-mlp"), ([10.0, 1.5], "flat-mlp"),
+                                          ([3.0, 4.0], "inner-mlp")])
+def test_obs_default_chooses_between_inner_and_flat_mlp(monkeypatch, ratios, kept):
+    """Structured OBS's default schedule is chosen the same way, flat-mlp (its fixed
+    default before) as the alternative."""
+    from tuneless.llm import obs_prune_llm
+
+    m = tiny_llama(layers=6)
+    scripted(monkeypatch, ratios)
+    small = obs_prune_llm(m, 0.1, calib_samples=4, calib_len=8)
+    choice = small.tuneless_report["schedule_choice"]
+    assert choice["kept"] == kept and len(choice["own_text_ratio"]) == len(ratios)
+    assert mlp_sizes(small) == plan_sizes(m, kept)
+
+
+def test_obs_without_a_repair_keeps_flat_mlp(monkeypatch):
+    from tuneless.llm import obs_prune_llm
+
+    scripted(monkeypatch, [])
+    m = tiny_llama(layers=6)
+    small = obs_prune_llm(m, 0.1, repair="none", calib_samples=4, calib_len=8)
+    assert "schedule_choice" not in small.tuneless_report
+    assert mlp_sizes(small) == plan_sizes(m, "flat-mlp")

@@ -210,7 +210,7 @@ def test_streamed_default_chooses_the_schedule_as_in_memory(tmp_path, monkeypatc
     """The default schedule is chosen by the folds' perplexity on held-out self-sampled
     rows (tuneless.llm.choose) in both paths, with the same choice and the same model;
     "fails": every fold fails the guard, so both schedules are folded and compared."""
-    import tuneless.llm.fold as in_memory
+    import tuneless.llm.choose as in_memory
     import tuneless.llm.stream as streamed
 
     if guard == "fails":

@@ -33,16 +33,42 @@ class Candidates:
     alternative: str | None
 
 
-def default_candidates(shapes, sparsity: float, gqa: str) -> Candidates:
-    """inner-mlp guarded by paper-mlp where both reach the budget; else the first of them
-    that does, unguarded (uniform where neither does)."""
+def default_candidates(shapes, sparsity: float, gqa: str, primary: str = PRIMARY,
+                       alternative: str = ALTERNATIVE) -> Candidates:
+    """`primary` (inner-mlp) guarded by `alternative` (the fold's paper-mlp; OBS's flat-mlp)
+    where both reach the budget; else the first of them that does, unguarded (uniform
+    where neither does)."""
     from tuneless.llm.plan import default_schedule
 
-    primary = default_schedule(shapes, sparsity, gqa, order=(PRIMARY, ALTERNATIVE))
-    if primary != PRIMARY:
-        return Candidates(primary, None)
-    reach = default_schedule(shapes, sparsity, gqa, order=(ALTERNATIVE,)) == ALTERNATIVE
-    return Candidates(primary, ALTERNATIVE if reach else None)
+    first = default_schedule(shapes, sparsity, gqa, order=(primary, alternative))
+    if first != primary:
+        return Candidates(first, None)
+    reach = default_schedule(shapes, sparsity, gqa, order=(alternative,)) == alternative
+    return Candidates(primary, alternative if reach else None)
+
+
+def choose_schedule(model: nn.Module, candidates: Candidates, build, held: torch.Tensor
+                    ) -> nn.Module:
+    """build(schedule) -> the compressed, repaired model; the primary's unless it fails
+    the guard on `held`, then the lower of the two on `held`. The choice and the measured
+    ratios go to the result's tuneless_report["schedule_choice"]."""
+    small = build(candidates.primary)
+    base = own_text_perplexity(model, held)
+    tried = {candidates.primary: own_text_perplexity(small, held) / base}
+    if candidates.alternative is not None and guard_failed(tried[candidates.primary]):
+        other = build(candidates.alternative)
+        tried[candidates.alternative] = own_text_perplexity(other, held) / base
+        if tried[candidates.alternative] < tried[candidates.primary]:
+            small = other
+    small.tuneless_report["schedule_choice"] = choice_record(tried, held)
+    return small
+
+
+def choice_record(tried: dict[str, float], held: torch.Tensor) -> dict:
+    """What the choice measured and kept (the lowest ratio; the primary on a tie)."""
+    return {"kept": min(tried, key=tried.get),
+            "own_text_ratio": {k: round(v, 4) for k, v in tried.items()},
+            "guard_ratio": GUARD_RATIO, "held_out": list(held.shape)}
 
 
 def own_text_perplexity(model: nn.Module, held: torch.Tensor) -> float:

@@ -14,13 +14,7 @@ from tuneless.distributed import my_range, shard, world
 from tuneless.errors import TunelessError
 from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
-from tuneless.llm.choose import (
-    GUARD_RATIO,
-    HELD_OUT,
-    default_candidates,
-    guard_failed,
-    own_text_perplexity,
-)
+from tuneless.llm.choose import HELD_OUT, choose_schedule, default_candidates
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.engine import block_params, reduce_llm
 from tuneless.llm.plan import FOLD_DEFAULTS, LayerPlan, Shape, resolve_plan
@@ -139,21 +133,14 @@ def fold_llm(
                 refit_weighting=refit_weighting, refit_target=refit_target, features=features)
     if candidates is None or candidates.alternative is None:
         return _fold_steps(model, adapter, shapes, plans, steps, once)
-    first, held = _first_calibration(model, once)
-    small = _fold_steps(model, adapter, shapes, plans, steps, once, first)
-    base = own_text_perplexity(model, held)
-    tried = {candidates.primary: own_text_perplexity(small, held) / base}
-    if guard_failed(tried[candidates.primary]):
-        alt = _plans(model, sparsity, candidates.alternative, None, None, gqa)
-        other = _fold_steps(model, adapter, shapes, alt, steps, once, first)
-        tried[candidates.alternative] = own_text_perplexity(other, held) / base
-        if tried[candidates.alternative] < tried[candidates.primary]:
-            small = other
-    kept = min(tried, key=tried.get) if len(tried) > 1 else candidates.primary
-    small.tuneless_report["schedule_choice"] = {
-        "kept": kept, "own_text_ratio": {k: round(v, 4) for k, v in tried.items()},
-        "guard_ratio": GUARD_RATIO, "held_out": tuple(held.shape)}
-    return small
+    first, held = first_calibration(model, repair, tokenizer, data, calib_samples, calib_len,
+                                    seed, progress, calib_blocks)
+
+    def build(name):
+        schedule_plans = _plans(model, sparsity, name, None, None, gqa)
+        return _fold_steps(model, adapter, shapes, schedule_plans, steps, once, first)
+
+    return choose_schedule(model, candidates, build, held)
 
 
 def _fold_steps(model: nn.Module, adapter, shapes: list[Shape], plans: list[LayerPlan],
@@ -170,20 +157,21 @@ def _fold_steps(model: nn.Module, adapter, shapes: list[Shape], plans: list[Laye
     return small
 
 
-def _first_calibration(model: nn.Module, once: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(this rank's calibration tokens for the first fold, HELD_OUT rows to judge the fold
-    on). Self-sampled: the held-out rows are sampled in the same batch (nearly free) and
-    never enter the repair; on real text they are the first calibration rows (in-sample)."""
-    repair, tok, n, length, seed = (once["repair"], once["tokenizer"], once["calib_samples"],
-                                    once["calib_len"], once["seed"])
-    if repair == "self" and once["calib_blocks"] == 1:
-        ids = self_generated(model, tok, n + HELD_OUT, length, seed, once["progress"])
+def first_calibration(model: nn.Module, repair: str, tokenizer, data, n: int, length: int,
+                      seed: int, progress: bool = False, blocks: int = 1
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this rank's calibration tokens for the first compression, HELD_OUT rows to judge it
+    on: tuneless.llm.choose). Self-sampled: the held-out rows are sampled in the same batch
+    (nearly free) and never enter the repair; on real text they are the first calibration
+    rows (in-sample)."""
+    if repair == "self" and blocks == 1:
+        ids = self_generated(model, tokenizer, n + HELD_OUT, length, seed, progress)
         return shard(ids[:n]), ids[n:]
-    first = rank_calibration_ids(model, repair, tok, once["data"], n, length, seed,
-                                 show_progress=once["progress"], blocks=once["calib_blocks"])
+    first = rank_calibration_ids(model, repair, tokenizer, data, n, length, seed,
+                                 show_progress=progress, blocks=blocks)
     if repair == "self":  # sampled in blocks: the held-out rows are a block of their own
-        return first, self_generated(model, tok, HELD_OUT, length, seed + _HELD_OUT_SEED)
-    return first, calibration_ids(model, repair, tok, once["data"], n, length, seed)[:HELD_OUT]
+        return first, self_generated(model, tokenizer, HELD_OUT, length, seed + _HELD_OUT_SEED)
+    return first, calibration_ids(model, repair, tokenizer, data, n, length, seed)[:HELD_OUT]
 
 
 _HELD_OUT_SEED = 7919

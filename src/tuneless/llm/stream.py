@@ -23,8 +23,8 @@ from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.choose import (
-    GUARD_RATIO,
     HELD_OUT,
+    choice_record,
     default_candidates,
     guard_failed,
     own_text_perplexity,
@@ -170,12 +170,11 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
             folded[candidates.alternative] = _fold_stepped(source, work / "alternative", alt,
                                                            steps, once, first)
             tried[candidates.alternative] = _own_text(folded[candidates.alternative], held) / base
-        kept = min(tried, key=tried.get)
+        record = choice_record(tried, held)
+        kept = record["kept"]
         if is_main():
             cfg = json.loads((folded[kept] / "config.json").read_text())
-            cfg["tuneless_schedule_choice"] = {
-                "kept": kept, "own_text_ratio": {k: round(v, 4) for k, v in tried.items()},
-                "guard_ratio": GUARD_RATIO, "held_out": list(held.shape)}
+            cfg["tuneless_schedule_choice"] = record
             (folded[kept] / "config.json").write_text(json.dumps(cfg, indent=1))
             os.replace(folded[kept], dst)
         barrier()
