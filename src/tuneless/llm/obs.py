@@ -25,9 +25,8 @@ from tuneless.errors import TunelessError
 from tuneless.graph.groups import CONSUMER
 from tuneless.llm.activation_stats import layer_moments
 from tuneless.llm.adapters import adapter_for
-from tuneless.llm.choose import choose_schedule, default_candidates
 from tuneless.llm.engine import reduce_llm
-from tuneless.llm.fold import _plans, first_calibration, rank_calibration_ids, repair_reduced
+from tuneless.llm.fold import _plans, rank_calibration_ids, repair_reduced
 from tuneless.llm.plan import OBS_DEFAULTS
 from tuneless.llm.refit import layer_inputs
 from tuneless.modelcheck import check_model
@@ -124,12 +123,11 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
                   refit_lambda: float = 3.0, damp: float = 0.01, block: int = 8,
                   progress: bool | None = None) -> nn.Module:
     """Structured-OBS pruning of MLP channels and heads, then folding's repair (`repair`,
-    default "self": data-free). Without a schedule or ratios the schedule is chosen by
-    measurement as the fold's (tuneless.llm.choose): inner-mlp, unless it more than doubles
-    the perplexity on held-out self-sampled rows; then also "flat-mlp" (one MLP ratio in
-    the layers the fold's paper-mlp folds: measured better for OBS than paper-mlp's ramp,
-    docs/llm.md "Structured OBS") and the lower of the two; without a repair flat-mlp
-    (inner-mlp beyond its reach). Every schedule of fold_llm applies.
+    default "self": data-free). Without a schedule or ratios the sizes come from
+    "flat-mlp" (one MLP ratio in the layers the fold's paper-mlp folds; inner-mlp beyond
+    its reach): measured better for OBS than paper-mlp's ramp (docs/llm.md "Structured
+    OBS"; the fold's measured choice of schedule, tuneless.llm.choose, did not separate
+    OBS's schedules on Gemma 3 reliably); every schedule of fold_llm applies.
 
     The second moments come from the repair's calibration tokens: the model's own samples
     ("self" or "none") or `data` / windows of the calibration text ("refit"), walked
@@ -146,32 +144,10 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
         from tuneless.progress import progress_enabled
 
         progress = progress_enabled()
-    source = "refit" if repair == "refit" else "self"  # the tokens H is measured on
-    options = dict(gqa=gqa, repair=repair, damp=damp, block=block, refit_lambda=refit_lambda,
-                   progress=progress)
-    if (schedule, head_ratio, mlp_ratio) == (None, None, None) and sparsity is not None \
-            and repair in ("self", "refit"):  # the schedule chosen by measurement
-        candidates = default_candidates(adapter.shapes(model), sparsity, gqa,
-                                        alternative=OBS_DEFAULTS[0])
-        if candidates.alternative is not None:
-            calib, held = first_calibration(model, source, tokenizer, data, calib_samples,
-                                            calib_len, seed, progress)
-
-            def build(name):
-                plans = _plans(model, sparsity, name, None, None, gqa)
-                return _obs_once(model, adapter, plans, calib, **options)
-
-            return choose_schedule(model, candidates, build, held)
-        schedule = candidates.primary
     plans = _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, OBS_DEFAULTS)
+    source = "refit" if repair == "refit" else "self"  # the tokens H is measured on
     calib = rank_calibration_ids(model, source, tokenizer, data, calib_samples, calib_len,
                                  seed, show_progress=progress)
-    return _obs_once(model, adapter, plans, calib, **options)
-
-
-def _obs_once(model: nn.Module, adapter, plans, calib: torch.Tensor, *, gqa: str, repair,
-              damp: float, block: int, refit_lambda: float, progress: bool) -> nn.Module:
-    """Structured OBS of `model` to `plans` on the moments of `calib`, then the repair."""
     stream = _OriginalStream(model, calib)
     layers = adapter.layers(model)
 
