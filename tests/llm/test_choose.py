@@ -102,10 +102,23 @@ def test_held_out_rows_stay_out_of_the_repair(monkeypatch):
     assert torch.equal(seen[0], batch[OPTS["calib_samples"]:])
 
 
-def test_real_judgement_on_a_tiny_model():
-    f = fold_llm(tiny_llama(layers=6), **OPTS)
-    ratios = f.tuneless_report["schedule_choice"]["own_text_ratio"]
-    assert all(r > 0 and r == r for r in ratios.values())
+def test_real_judgement_on_a_tiny_model(tmp_path):
+    """Measured on a tiny model, recorded in the report and in the saved config (as the
+    streamed fold records it), not in the original's config."""
+    from tuneless.llm import save_folded
+    from tuneless.llm.choose import describe_choice
+
+    m = tiny_llama(layers=6)
+    f = fold_llm(m, **OPTS)
+    choice = f.tuneless_report["schedule_choice"]
+    assert all(r > 0 and r == r for r in choice["own_text_ratio"].values())
+    assert choice["kept"] in describe_choice(choice)
+    assert not hasattr(m.config, "tuneless_schedule_choice")
+    save_folded(f, tmp_path / "out")
+    import json
+
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["tuneless_schedule_choice"] == choice
 
 
 

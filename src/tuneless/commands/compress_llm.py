@@ -80,6 +80,11 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     print(f"{args.method}: decoder blocks {before:,} -> {after:,} parameters "
           f"({1 - after / before:.1%} removed), whole model {total_before:,} -> "
           f"{total_after:,}; {seconds:.0f} s ({cpu:.0f} CPU-s)")
+    choice = getattr(small, "tuneless_report", {}).get("schedule_choice")
+    if choice:
+        from tuneless.llm.choose import describe_choice
+
+        print(describe_choice(choice))
     sizes = getattr(small.config, "tuneless_layer_sizes", None)
     print(f"wrote {out} (" + ("per-layer sizes: load with AutoModelForCausalLM.from_pretrained"
                               "(folder, trust_remote_code=True)" if sizes else

@@ -60,8 +60,19 @@ def choose_schedule(model: nn.Module, candidates: Candidates, build, held: torch
         tried[candidates.alternative] = own_text_perplexity(other, held) / base
         if tried[candidates.alternative] < tried[candidates.primary]:
             small = other
-    small.tuneless_report["schedule_choice"] = choice_record(tried, held)
+    record = choice_record(tried, held)
+    small.tuneless_report["schedule_choice"] = record
+    if getattr(small, "config", None) is not None:  # saved with the model, as streamed
+        small.config.tuneless_schedule_choice = record
     return small
+
+
+def describe_choice(record: dict) -> str:
+    """One line for the command line: the kept schedule and what was measured."""
+    ratios = ", ".join(f"{k} ×{v:.2f}" for k, v in record["own_text_ratio"].items())
+    return (f"schedule {record['kept']} (perplexity on {record['held_out'][0]} held-out "
+            f"self-sampled sequences against the original's: {ratios}; above "
+            f"×{record['guard_ratio']:g} the other schedule is tried)")
 
 
 def choice_record(tried: dict[str, float], held: torch.Tensor) -> dict:
