@@ -47,22 +47,30 @@ def default_candidates(shapes, sparsity: float, gqa: str, primary: str = PRIMARY
     return Candidates(primary, alternative if reach else None)
 
 
+def choose(candidates: Candidates, build, judge, held: torch.Tensor) -> tuple[object, dict]:
+    """The rule, for a model in memory or a checkpoint folder alike: build(schedule) -> the
+    compressed, repaired result; judge(result) -> its own-text ratio on `held`. The
+    primary's result unless it fails the guard, then the lower of the two. Returns the
+    kept result and its choice_record."""
+    built = {candidates.primary: build(candidates.primary)}
+    tried = {candidates.primary: judge(built[candidates.primary])}
+    if candidates.alternative is not None and guard_failed(tried[candidates.primary]):
+        built[candidates.alternative] = build(candidates.alternative)
+        tried[candidates.alternative] = judge(built[candidates.alternative])
+    record = choice_record(tried, held)
+    return built[record["kept"]], record
+
+
 def choose_schedule(model: nn.Module, candidates: Candidates, build, held: torch.Tensor
                     ) -> nn.Module:
-    """build(schedule) -> the compressed, repaired model; the primary's unless it fails
-    the guard on `held`, then the lower of the two on `held`. The choice and the measured
-    ratios go to the result's tuneless_report["schedule_choice"]."""
-    small = build(candidates.primary)
+    """`choose` for models in memory: build(schedule) -> the compressed, repaired model.
+    The choice and the measured ratios go to the result's tuneless_report["schedule_choice"]
+    and its config (saved with it, as the streamed fold saves it)."""
     base = own_text_perplexity(model, held)
-    tried = {candidates.primary: own_text_perplexity(small, held) / base}
-    if candidates.alternative is not None and guard_failed(tried[candidates.primary]):
-        other = build(candidates.alternative)
-        tried[candidates.alternative] = own_text_perplexity(other, held) / base
-        if tried[candidates.alternative] < tried[candidates.primary]:
-            small = other
-    record = choice_record(tried, held)
+    small, record = choose(candidates, build,
+                           lambda m: own_text_perplexity(m, held) / base, held)
     small.tuneless_report["schedule_choice"] = record
-    if getattr(small, "config", None) is not None:  # saved with the model, as streamed
+    if getattr(small, "config", None) is not None:
         small.config.tuneless_schedule_choice = record
     return small
 

@@ -22,13 +22,7 @@ from tuneless.distributed import barrier, from_main, init_from_env, is_main, sha
 from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
-from tuneless.llm.choose import (
-    HELD_OUT,
-    choice_record,
-    default_candidates,
-    guard_failed,
-    own_text_perplexity,
-)
+from tuneless.llm.choose import HELD_OUT, choose, default_candidates, own_text_perplexity
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.fold import DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, step_plans
 from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
@@ -159,24 +153,18 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     if candidates is None or candidates.alternative is None:
         return _fold_stepped(source, dst, plans, steps, once)
     first, held = _first_calibration(source, once)
+    base = _own_text(src, held, config)
     with _work_folder(dst, "choice") as work:
-        folded = {candidates.primary: _fold_stepped(source, work / "primary", plans, steps,
-                                                    once, first)}
-        base = _own_text(src, held, config)
-        tried = {candidates.primary: _own_text(folded[candidates.primary], held) / base}
-        if guard_failed(tried[candidates.primary]):
-            alt = resolve_plan(shapes, sparsity=sparsity, schedule=candidates.alternative,
-                               gqa=gqa)
-            folded[candidates.alternative] = _fold_stepped(source, work / "alternative", alt,
-                                                           steps, once, first)
-            tried[candidates.alternative] = _own_text(folded[candidates.alternative], held) / base
-        record = choice_record(tried, held)
-        kept = record["kept"]
+        def build(name):
+            stage = resolve_plan(shapes, sparsity=sparsity, schedule=name, gqa=gqa)
+            return _fold_stepped(source, work / name, stage, steps, once, first)
+
+        kept, record = choose(candidates, build, lambda f: _own_text(f, held) / base, held)
         if is_main():
-            cfg = json.loads((folded[kept] / "config.json").read_text())
+            cfg = json.loads((kept / "config.json").read_text())
             cfg["tuneless_schedule_choice"] = record
-            (folded[kept] / "config.json").write_text(json.dumps(cfg, indent=1))
-            os.replace(folded[kept], dst)
+            (kept / "config.json").write_text(json.dumps(cfg, indent=1))
+            os.replace(kept, dst)
         barrier()
     return dst
 
