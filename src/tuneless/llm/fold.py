@@ -133,7 +133,7 @@ def fold_llm(
                 refit_weighting=refit_weighting, refit_target=refit_target, features=features)
     if candidates is None or candidates.alternative is None:
         return _fold_steps(model, adapter, shapes, plans, steps, once)
-    first, held = first_calibration(model, repair, tokenizer, data, calib_samples, calib_len,
+    first, held = _first_calibration(model, repair, tokenizer, data, calib_samples, calib_len,
                                     seed, progress, calib_blocks)
 
     def build(name):
@@ -157,7 +157,7 @@ def _fold_steps(model: nn.Module, adapter, shapes: list[Shape], plans: list[Laye
     return small
 
 
-def first_calibration(model: nn.Module, repair: str, tokenizer, data, n: int, length: int,
+def _first_calibration(model: nn.Module, repair: str, tokenizer, data, n: int, length: int,
                       seed: int, progress: bool = False, blocks: int = 1
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(this rank's calibration tokens for the first compression, HELD_OUT rows to judge it
