@@ -64,6 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 _KEPT: dict[float, str] = {}  # sparsity -> the schedule this run's default fold kept
 
 
+def remember_kept(rows: list[dict]) -> None:
+    """The schedules the `fold` rows of an interrupted run kept (their note)."""
+    for r in rows:
+        if r["method"] == "fold" and r.get("note", "").startswith("schedule "):
+            _KEPT[float(r["target"])] = r["note"].split()[1]
+
+
 def schedule_for(model, sparsity: float) -> str:
     """The schedule the default fold used at this budget, so the baselines that take
     folding's schedule take the same one: the one its measured choice kept
@@ -170,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     dense_blocks = block_params(model)
     partial = args.out / f"llm_{name}.partial.csv"
     rows = _read_partial(partial)
+    remember_kept(rows)  # a resumed run: the baselines still take the fold's schedule
     done = {(r["method"], r["target"]) for r in rows}
     calib = calibration(model, tok)
 
@@ -202,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
             blocks = block_params(small)
             add({"method": m, "target": str(s), "removed": f"{1 - blocks / dense_blocks:.3f}",
                  "block_params": blocks, "ppl": f"{ppl(small):.3f}", "seconds": f"{secs:.1f}",
-                 "cpu_seconds": f"{cpu:.1f}", "note": ""})
+                 "cpu_seconds": f"{cpu:.1f}",
+                 "note": f"schedule {_KEPT[s]}" if m == "fold" else ""})
             del small
     if args.full_split:
         for m, s in (("dense", 0.0), ("fold", 0.2)):

@@ -60,3 +60,16 @@ def test_baselines_take_the_schedule_the_fold_kept(monkeypatch):
     small = build("fold", model, None, 0.1, CALIB)
     assert small.tuneless_report["schedule_choice"]["kept"] == "paper-mlp"
     assert bench.schedule_for(model, 0.1) == "paper-mlp"
+
+
+def test_a_resumed_run_keeps_the_schedule_the_fold_row_noted(monkeypatch):
+    """Rows of an interrupted run: the fold row's note names its kept schedule, and the
+    baselines of the resumed run take it without folding again."""
+    import benchmarks.suites.llm_bench as bench
+
+    monkeypatch.setattr(bench, "_KEPT", {})
+    bench.remember_kept([{"method": "fold", "target": "0.2", "note": "schedule paper-mlp"},
+                         {"method": "obs", "target": "0.3", "note": ""}])
+    model = tiny_llama(mlp=96, layers=6)
+    assert bench.schedule_for(model, 0.2) == "paper-mlp"
+    assert 0.3 not in bench._KEPT  # only fold rows name a schedule
