@@ -80,7 +80,8 @@ PAPER_CODE_VGG = {"file": "vgg11_bn-w0.5-cifar10.pt",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoints", nargs="+", help="tuneless checkpoints (or training resume files)")
+    p.add_argument("checkpoints", nargs="+", help="tuneless checkpoints, training resume files "
+                   "or models saved by tuneless.save with meta={\"dataset\": NAME}")
     p.add_argument("--sparsities", default="0.1,0.3,0.5,0.6,0.7,0.8")
     p.add_argument("--channel-ratios", default=None,
                    help="points are uniform channel ratios (the paper's r) instead of "
@@ -138,14 +139,22 @@ def check_ratio_methods(methods: list[str]) -> None:
 
 
 def load_any(path: str) -> tuple[torch.nn.Module, str, str]:
-    """A model from a tuneless checkpoint or a `tuneless train` resume file → (model, arch, ds)."""
+    """A model from a tuneless checkpoint, a `tuneless train` resume file or a model written by
+    tuneless.save with meta={"dataset": NAME} (a converted external network) → (model, arch, ds)."""
     from tuneless.checkpoint import is_checkpoint, model_from_checkpoint, read_torch_file
+    from tuneless.serialize import FORMAT, model_from_saved
     from tuneless.zoo import ARCH_DATASET, build_model
 
     obj = read_torch_file(path)
     if is_checkpoint(obj):
         model = model_from_checkpoint(obj, path)
         return model, obj["arch"], obj.get("dataset") or ARCH_DATASET[obj["arch"]]
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:  # tuneless.save: any network
+        dataset = (obj.get("meta") or {}).get("dataset")
+        if dataset is None:
+            raise TunelessError(f"{path} is a saved model that records no dataset: save it "
+                                "with tuneless.save(model, path, meta={'dataset': NAME})")
+        return model_from_saved(obj, path), Path(path).stem, dataset
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
         cfg = obj["config"]
         model = build_model(cfg["arch"], **(cfg.get("arch_kwargs") or {}))

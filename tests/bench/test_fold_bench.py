@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.suites.fold_bench import METHODS, RATIO_METHODS, resolve_methods, training_pad
+from benchmarks.suites.fold_bench import (
+    METHODS,
+    RATIO_METHODS,
+    load_any,
+    resolve_methods,
+    training_pad,
+)
 from tuneless import TunelessError
 from tuneless.checkpoint import save_checkpoint
 from tuneless.cli import main
@@ -44,6 +50,22 @@ def test_training_pad_follows_the_checkpoints_recipe(tmp_path):
                       (None, None)):
         save_checkpoint(tmp_path / "m.pt", model, "lenet5", {}, "fashion-mnist", train_args=args)
         assert training_pad(str(tmp_path / "m.pt")) == pad
+
+
+def test_a_saved_external_network_is_read_with_the_dataset_it_records(tmp_path):
+    import tuneless
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.BatchNorm2d(8),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 26 * 26, 10)).eval()
+    tuneless.save(net, tmp_path / "ext.pt", meta={"dataset": "fashion-mnist"})
+    model, arch, ds = load_any(str(tmp_path / "ext.pt"))
+    x = torch.randn(2, 1, 28, 28)
+    assert (arch, ds) == ("ext", "fashion-mnist") and torch.equal(model(x), net(x))
+    assert training_pad(str(tmp_path / "ext.pt")) is None  # no recipe: the plain view
+    tuneless.save(net, tmp_path / "bare.pt")
+    with pytest.raises(TunelessError, match="records no dataset"):
+        load_any(str(tmp_path / "bare.pt"))
 
 
 def test_bench_fold_writes_rows_with_both_repair_views(mlp_checkpoint, tmp_path):
