@@ -127,7 +127,8 @@ def _load_state(model: nn.Module, state: dict, arch: str, path) -> None:
 def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     """(C, H, W) the model expects, if its architecture says so (zoo models, torchvision
     classifiers, timm models' pretrained configuration, transformers image classifiers),
-    also for models built outside tuneless."""
+    also for models built outside tuneless, or if it was saved with meta={"input_shape":
+    [C, H, W]} or {"dataset": NAME}."""
     from tuneless.zoo import ARCH_DATASET, INPUT_SHAPE
 
     ref = (getattr(model, "tuneless_arch", None) or {}).get("ref", "")
@@ -148,7 +149,12 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
         from tuneless.hf_vision import input_shape
 
         return input_shape(model.tuneless_arch["kwargs"].get("config") or {})
-    return None
+    saved = getattr(model, "tuneless_saved_meta", None) or {}  # tuneless.save(..., meta=)
+    shape = saved.get("input_shape")
+    if isinstance(shape, (tuple, list)) and shape and all(
+            isinstance(v, int) and v > 0 for v in shape):
+        return tuple(shape)
+    return INPUT_SHAPE.get(saved.get("dataset"))
 
 
 def example_input(model: nn.Module, input_shape: tuple[int, ...] | str | None = None,

@@ -139,10 +139,19 @@ def model_from_saved(obj: dict, where: str, allow_pickle: bool = False,
         raise TunelessError(f"{where} does not fit {arch['ref']}: "
                             f"{str(exc).splitlines()[0]}") from exc
     _saved_dtypes(model, sd)
+    _saved_meta(model, obj)
     model.tuneless_arch = dict(arch)
     if obj.get("report") is not None:
         model.tuneless_report = obj["report"]
     return model.eval()
+
+
+def _saved_meta(model: nn.Module, obj: dict) -> None:
+    """The meta a file was saved with, back on the model (`tuneless_saved_meta`): a dataset or
+    input shape recorded there spares --dataset / --input-shape later."""
+    meta = obj.get("meta")
+    if isinstance(meta, dict) and meta:
+        model.tuneless_saved_meta = meta
 
 
 def _saved_dtypes(model: nn.Module, sd: dict) -> None:
@@ -203,6 +212,7 @@ def _from_structure(obj: dict, where: str, model: nn.Module | None,
         raise TunelessError(f"{where} does not fit the model given: "
                             f"{str(exc).splitlines()[0]}") from exc
     _saved_dtypes(model, sd)
+    _saved_meta(model, obj)
     if obj.get("report") is not None:
         model.tuneless_report = obj["report"]
     return model.eval()

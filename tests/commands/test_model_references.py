@@ -113,3 +113,28 @@ def test_models_built_outside_tuneless_bring_their_input_size_too():
     assert default_input_shape(torchvision.models.mobilenet_v2()) == (3, 224, 224)
     assert default_input_shape(torchvision.models.video.r3d_18()) is None  # not an image
     assert default_input_shape(torch.nn.Linear(3, 3)) is None
+
+
+def test_a_saved_network_brings_the_dataset_and_input_shape_it_records(tmp_path, capsys):
+    """A network built elsewhere and saved with meta={"dataset": ...} compresses without
+    --input-shape, and its output keeps what the input recorded."""
+    import tuneless
+    from tuneless.commands.eval import guess_dataset
+    from tuneless.modelio import default_input_shape
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3), torch.nn.ReLU(),
+                              torch.nn.BatchNorm2d(16), torch.nn.Flatten(),
+                              torch.nn.Linear(16 * 26 * 26, 10)).eval()
+    tuneless.save(net, tmp_path / "ext.pt", meta={"dataset": "fashion-mnist"})
+    assert main(["compress", str(tmp_path / "ext.pt"), "--method", "fold", "--sparsity", "0.3",
+                 "-o", str(tmp_path / "small.pt")]) == 0
+    small = tuneless.load(tmp_path / "small.pt")
+    assert small.tuneless_saved_meta["dataset"] == "fashion-mnist"
+    assert default_input_shape(small) == (1, 28, 28) and guess_dataset(small) == "fashion-mnist"
+    tuneless.save(net, tmp_path / "shape.pt", meta={"input_shape": [1, 30, 30]})
+    assert default_input_shape(tuneless.load(tmp_path / "shape.pt")) == (1, 30, 30)
+    tuneless.save(net, tmp_path / "other.pt", meta={"dataset": "imagenet"})  # not one we know
+    other = tuneless.load(tmp_path / "other.pt")
+    assert default_input_shape(other) is None and guess_dataset(other) == "fashion-mnist"
+    capsys.readouterr()

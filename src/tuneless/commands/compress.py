@@ -127,8 +127,10 @@ def run(args: argparse.Namespace) -> int:
     nothing_removed(args.method, model, small)
     if not is_main():
         return 0
+    saved = getattr(model, "tuneless_saved_meta", None) or {}  # what the input recorded
+    carried = {k: saved[k] for k in ("dataset", "input_shape") if k in saved}
     info = save(small, args.out, meta={"source": str(args.model), "method": args.method,
-                                       **kwargs, "options": options})
+                                       **kwargs, "options": options, **carried})
     rows = [{"model": "before", **measure(model, x, data)},
             {"model": "after", **measure(small, x, data)}]
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731

@@ -101,6 +101,9 @@ def guess_dataset(model) -> str | None:
     meta = getattr(model, "tuneless_meta", None) or {}
     if meta.get("dataset"):
         return meta["dataset"]
+    saved = (getattr(model, "tuneless_saved_meta", None) or {}).get("dataset")
+    if saved in ARCH_DATASET.values():  # tuneless.save(..., meta={"dataset": NAME})
+        return saved
     ref = (getattr(model, "tuneless_arch", None) or {}).get("ref", "")
     if ref.startswith("zoo:") and ref[4:] in ARCH_DATASET:
         return ARCH_DATASET[ref[4:]]
