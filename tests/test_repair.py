@@ -47,6 +47,27 @@ def test_ar_factor_guards_anticorrelated_and_zero_rows():
     assert f[1].item() == pytest.approx(2**0.5)
 
 
+def test_fold_ar_rescales_a_norm_after_a_relu_as_one_right_after_the_layer():
+    """Keras order (conv → ReLU → BN): the merged channel's spread shrinks by the same AR
+    factor after the ReLU, so its γ gets it too; identical channels keep γ (factor 1)."""
+    from tuneless.methods.fold import fold
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.BatchNorm2d(6), nn.Conv2d(6, 4, 1))
+    w = net[0].weight.data
+    w[1] = w[0]  # channels 0 and 1 identical: merging them is exact
+    w[3] = w[2] + 0.9 * torch.randn_like(w[2])  # 2 and 3 alike but not equal
+    net[2].weight.data = torch.arange(1.0, 7.0)
+    net.eval()
+    x = torch.randn(2, 3, 8, 8)
+    (group,) = find_groups(net, x).reducible
+    naive = fold(net, channels={group.id: 4}, example_inputs=x, repair="none")
+    ar = fold(net, channels={group.id: 4}, example_inputs=x, repair="ar")
+    ratio = ar[2].weight / naive[2].weight
+    assert ratio.min().item() == pytest.approx(1.0)  # the identical pair (and singletons)
+    assert ratio.max().item() > 1.01  # the pair that is alike, not equal, is rescaled
+
+
 def _bn_model():
     m = build_model("resnet20")
     g = torch.Generator().manual_seed(0)

@@ -53,6 +53,30 @@ def test_norm_slots_record_the_producer_that_feeds_them():
     assert set(norms.values()) == {"layer1.0.conv1"}
 
 
+class _ReluThenNorm(nn.Module):
+    """conv → activation → BN, the activation spelled in the given way (Keras order)."""
+
+    def __init__(self, act: str) -> None:
+        super().__init__()
+        self.conv, self.bn, self.out = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+        self.act, self.relu, self.leaky = act, nn.ReLU(), nn.LeakyReLU(0.1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = {"module": lambda: self.relu(y), "leaky": lambda: self.leaky(y),
+             "function": lambda: F.relu(y), "torch": lambda: torch.relu(y),
+             "method": lambda: y.relu(), "silu": lambda: F.silu(y)}[self.act]()
+        return self.out(self.bn(y))
+
+
+@pytest.mark.parametrize("act", ["module", "leaky", "function", "torch", "method", "silu"])
+def test_a_norm_after_a_relu_records_the_layer_before_it(act):
+    g = group_of(find_groups(_ReluThenNorm(act), X32), "conv")
+    (weight,) = [s for s in g.norms if s.param == "weight"]
+    assert weight.producer is None  # not directly: BN fusion must not use it
+    assert weight.relu_producer == (None if act == "silu" else "conv")  # SiLU: not homogeneous
+
+
 def test_flatten_into_linear_is_a_block_consumer():
     model = build_model("vgg11_bn", width=0.25, hidden=32)
     graph = find_groups(model, X32)  # 1×1 map before flatten: one column per channel

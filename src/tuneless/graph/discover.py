@@ -276,16 +276,35 @@ class _Walker:
         if x.dim != dim_must or x.block != 1:
             raise _Unsupported("normalises a dimension that does not hold the channels")
         src = node.args[0]
+        producer, relu_producer = self._layer_of(src), None
+        if producer is None and self._is_relu(src):
+            relu_producer = self._layer_of(src.args[0])
+        for p in params:
+            self.b.add_layout_slots(
+                x, lambda gid, off, p=p: Slot(NORM, name, p, 0, off, producer=producer,
+                                              relu_producer=relu_producer))
+        self.env[node] = x
+
+    def _layer_of(self, src) -> str | None:
+        """The conv/linear module whose call made fx node `src`, if one did."""
         producer = None
         if isinstance(src, fx.Node) and src.op == "call_module":
             sm = self.gm.get_submodule(src.target)
             if isinstance(sm, nn.modules.conv._ConvNd | nn.Linear):
                 producer = src.target
-        producer = self.layer_calls.get(src, producer)
-        for p in params:
-            self.b.add_layout_slots(
-                x, lambda gid, off, p=p: Slot(NORM, name, p, 0, off, producer=producer))
-        self.env[node] = x
+        return self.layer_calls.get(src, producer)
+
+    def _is_relu(self, src) -> bool:
+        """A ReLU or LeakyReLU node: positively homogeneous, so a cluster's spread shrinks
+        by the same factor after it (Fold-AR's repair carries through)."""
+        if not isinstance(src, fx.Node) or not src.args:
+            return False
+        if src.op == "call_module":
+            return isinstance(self.gm.get_submodule(src.target), nn.ReLU | nn.LeakyReLU)
+        if src.op == "call_function":
+            return src.target in (F.relu, F.relu_, torch.relu, torch.relu_, F.leaky_relu,
+                                  F.leaky_relu_)
+        return src.op == "call_method" and src.target in ("relu", "relu_")
 
     def spatial(self, node, x) -> None:
         """Pooling / resizing over the dims after the channel dim."""

@@ -31,8 +31,10 @@ class Slot:
     The group's n channels occupy entries [offset*block, (offset+n)*block) of `axis`;
     `block` > 1 only for a linear that reads a flattened feature map (one channel =
     `block` consecutive columns). `producer` (norm slots) is the conv/linear that feeds
-    the norm directly, or None. `depthwise` marks a depthwise conv's rows: it both reads
-    and writes this group, so its `groups` attribute follows the channel count. `groups`
+    the norm directly, or None; `relu_producer` the one that feeds it through a ReLU or
+    LeakyReLU (a norm after the activation, as Keras-style networks put it). `depthwise`
+    marks a depthwise conv's rows: it both reads and writes this group, so its `groups`
+    attribute follows the channel count. `groups`
     > 1 marks a grouped conv's input axis: output block b of its rows reads only the
     group's b-th block of n/groups channels, which `axis` holds side by side (n/groups
     entries), so the group's channel blocks must shrink alike (ChannelGroup.blocks).
@@ -45,6 +47,7 @@ class Slot:
     offset: int = 0
     block: int = 1
     producer: str | None = None
+    relu_producer: str | None = None
     depthwise: bool = False
     groups: int = 1
 
