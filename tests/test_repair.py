@@ -66,6 +66,19 @@ def test_fold_ar_rescales_a_norm_after_a_relu_as_one_right_after_the_layer():
     ratio = ar[2].weight / naive[2].weight
     assert ratio.min().item() == pytest.approx(1.0)  # the identical pair (and singletons)
     assert ratio.max().item() > 1.01  # the pair that is alike, not equal, is rescaled
+    from tuneless.decisions import Merge
+    from tuneless.reduce import reduce
+    from tuneless.repair import _apply_ar
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 3])  # the two pairs merged by hand
+    gammas = {}
+    for through in (True, False):  # False: what the data repairs' width probes apply
+        merged = reduce(net, find_groups(net, x), {group.id: Merge(labels, 4)})
+        before = merged[2].weight.detach().clone()
+        _apply_ar(net, merged, find_groups(net, x), {group.id: labels}, through_relu=through)
+        gammas[through] = merged[2].weight.detach() / before
+    assert gammas[False].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert gammas[True][0].item() == pytest.approx(1.0) and gammas[True][1].item() > 1.01
 
 
 def _bn_model():

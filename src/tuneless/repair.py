@@ -219,15 +219,16 @@ def ar_factors(rows: torch.Tensor, labels: torch.Tensor, k: int | None = None) -
 
 
 @torch.no_grad()
-def _apply_ar(work: nn.Module, new: nn.Module, graph, labels: dict) -> None:
+def _apply_ar(work: nn.Module, new: nn.Module, graph, labels: dict,
+              through_relu: bool = True) -> None:
     """Multiply each merged BN γ by sqrt(N/(1+(N−1)E)), E from its own producer's Ŵ rows —
-    also for a BN after a ReLU / LeakyReLU of that producer (positively homogeneous: the
-    merged channel's spread shrinks by the same factor after it)."""
+    with through_relu also for a BN after a ReLU / LeakyReLU of that producer (positively
+    homogeneous: the merged channel's spread shrinks by the same factor after it)."""
     for g in graph.reducible:
         if g.id not in labels:
             continue
         for s in g.norms:
-            source = s.producer or s.relu_producer
+            source = s.producer or (s.relu_producer if through_relu else None)
             if s.param != "weight" or source is None:
                 continue
             prod = [p for p in g.producers if p.module == source and p.param == "weight"]

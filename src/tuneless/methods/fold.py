@@ -377,8 +377,10 @@ def _sensitivity_widths(model: nn.Module, work: nn.Module, graph, feats: dict,
         labels = cluster(feats[gid], k, method=opts.cluster, seed=opts.seed,
                          n_init=opts.n_init, blocks=graph[gid].blocks).labels
         new = reduce(work, graph, {gid: Merge(labels, k)}, share=True)  # a trial: AR
-        if opts.repair != "none":  # rescales only the group's own (new) γ
-            _apply_ar(work, new, graph, {gid: labels})
+        if opts.repair != "none":  # rescales only the group's own (new) γ; a BN after a
+            # ReLU only for Fold-AR itself: the data repairs' widths were better without it
+            # (docs/folding.md "A second network nobody here trained")
+            _apply_ar(work, new, graph, {gid: labels}, through_relu=opts.repair == "ar")
         return measure(new, graph[gid].modules)
 
     return measured_widths(model, graph, damage, opts.sparsity, opts.channel_ratio,
