@@ -455,7 +455,8 @@ def markdown(rows, info, args) -> str:
              + {"train": " augmented as in training (random crop and flip; plain images cost "
                          "the dense ResNet-20 2.9 points)",
                 "plain": " (plain, not augmented)",
-                "auto": " augmented as in training (random crop and flip) for BN "
+                "auto": " augmented as in training (random crop and flip, where the "
+                        "checkpoint records them; plain otherwise) for BN "
                         "re-estimation, plain for the refit rows (the better view of each, "
                         "docs/folding.md)"}[getattr(args, "repair_view", "plain")]
              + f"; Fold-DIR (and L1 + the same repair, `prune-l1-dir`) on {args.dir_images} "
