@@ -6,8 +6,8 @@
 # split, plain repair images (the network was trained without crops). docs/folding.md
 # "A second network nobody here trained".
 set -euo pipefail
-K=${K:-/root/runs/keras-cifar-cnn.pt}  # any path: written on first use
-[[ -f $K ]] || python benchmarks/keras_cifar_cnn.py "$K"
+K=${K:-../runs/keras-cifar-cnn.pt}  # any path: written on first use (rows key on it)
+if [[ ! -f $K ]]; then mkdir -p "$(dirname "$K")"; python benchmarks/keras_cifar_cnn.py "$K"; fi
 OUT=${OUT:-docs/results}
 tuneless bench fold "$K" --sparsities 0.1,0.3,0.5,0.7,0.8 --methods \
   fold-naive,fold-ar,fold-r,prune-l1,prune-l1-bn,fold-refit,prune-l1-refit,tp-l1,tp-l2,tp-bn,tp-taylor,tp-l1-bn,tp-taylor-bn \
