@@ -6,11 +6,15 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tuneless.decisions import Merge
 from tuneless.deepinversion import synthesize
 from tuneless.errors import TunelessError
 from tuneless.graph import find_groups
+from tuneless.methods.fold import fold
+from tuneless.reduce import reduce
 from tuneless.repair import (
     REPAIRS,
+    _apply_ar,
     ar_factors,
     fuse_bn_normalisation,
     image_batches,
@@ -50,8 +54,6 @@ def test_ar_factor_guards_anticorrelated_and_zero_rows():
 def test_fold_ar_rescales_a_norm_after_a_relu_as_one_right_after_the_layer():
     """Keras order (conv → ReLU → BN): the merged channel's spread shrinks by the same AR
     factor after the ReLU, so its γ gets it too; identical channels keep γ (factor 1)."""
-    from tuneless.methods.fold import fold
-
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.BatchNorm2d(6), nn.Conv2d(6, 4, 1))
     w = net[0].weight.data
@@ -60,22 +62,19 @@ def test_fold_ar_rescales_a_norm_after_a_relu_as_one_right_after_the_layer():
     net[2].weight.data = torch.arange(1.0, 7.0)
     net.eval()
     x = torch.randn(2, 3, 8, 8)
-    (group,) = find_groups(net, x).reducible
+    graph = find_groups(net, x)
+    (group,) = graph.reducible
     naive = fold(net, channels={group.id: 4}, example_inputs=x, repair="none")
     ar = fold(net, channels={group.id: 4}, example_inputs=x, repair="ar")
     ratio = ar[2].weight / naive[2].weight
     assert ratio.min().item() == pytest.approx(1.0)  # the identical pair (and singletons)
     assert ratio.max().item() > 1.01  # the pair that is alike, not equal, is rescaled
-    from tuneless.decisions import Merge
-    from tuneless.reduce import reduce
-    from tuneless.repair import _apply_ar
-
     labels = torch.tensor([0, 0, 1, 1, 2, 3])  # the two pairs merged by hand
     gammas = {}
     for through in (True, False):  # False: what the data repairs' width probes apply
-        merged = reduce(net, find_groups(net, x), {group.id: Merge(labels, 4)})
+        merged = reduce(net, graph, {group.id: Merge(labels, 4)})
         before = merged[2].weight.detach().clone()
-        _apply_ar(net, merged, find_groups(net, x), {group.id: labels}, through_relu=through)
+        _apply_ar(net, merged, graph, {group.id: labels}, through_relu=through)
         gammas[through] = merged[2].weight.detach() / before
     assert gammas[False].tolist() == [1.0, 1.0, 1.0, 1.0]
     assert gammas[True][0].item() == pytest.approx(1.0) and gammas[True][1].item() > 1.01
