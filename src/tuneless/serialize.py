@@ -138,20 +138,21 @@ def model_from_saved(obj: dict, where: str, allow_pickle: bool = False,
     except RuntimeError as exc:
         raise TunelessError(f"{where} does not fit {arch['ref']}: "
                             f"{str(exc).splitlines()[0]}") from exc
-    _saved_dtypes(model, sd)
-    _saved_meta(model, obj)
     model.tuneless_arch = dict(arch)
-    if obj.get("report") is not None:
-        model.tuneless_report = obj["report"]
-    return model.eval()
+    return _restored(model, obj, sd)
 
 
-def _saved_meta(model: nn.Module, obj: dict) -> None:
-    """The meta a file was saved with, back on the model (`tuneless_saved_meta`): a dataset or
-    input shape recorded there spares --dataset / --input-shape later."""
+def _restored(model: nn.Module, obj: dict, sd: dict) -> nn.Module:
+    """A loaded model given back what the file recorded beside its weights: the saved dtypes,
+    the meta it was saved with (`tuneless_saved_meta`: a dataset or input shape there spares
+    --dataset / --input-shape later) and the compression report; in eval mode."""
+    _saved_dtypes(model, sd)
     meta = obj.get("meta")
     if isinstance(meta, dict) and meta:
         model.tuneless_saved_meta = meta
+    if obj.get("report") is not None:
+        model.tuneless_report = obj["report"]
+    return model.eval()
 
 
 def _saved_dtypes(model: nn.Module, sd: dict) -> None:
@@ -211,11 +212,7 @@ def _from_structure(obj: dict, where: str, model: nn.Module | None,
     except RuntimeError as exc:
         raise TunelessError(f"{where} does not fit the model given: "
                             f"{str(exc).splitlines()[0]}") from exc
-    _saved_dtypes(model, sd)
-    _saved_meta(model, obj)
-    if obj.get("report") is not None:
-        model.tuneless_report = obj["report"]
-    return model.eval()
+    return _restored(model, obj, sd)
 
 
 def _check_original(model: nn.Module, shapes, where: str) -> None:
