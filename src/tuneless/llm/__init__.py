@@ -25,6 +25,7 @@ _LAZY = {
     "load_smollm2": "tuneless.llm.gguf",
     "save_folded": "tuneless.llm.save",
     "load_folded": "tuneless.llm.save",
+    "text_model": "tuneless.llm.multimodal",
     "fold_checkpoint": "tuneless.llm.stream",
     "block_params": "tuneless.llm.engine",
 }

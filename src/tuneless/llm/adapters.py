@@ -305,7 +305,14 @@ def _model_type(config) -> str:
 
 
 def adapter_for_config(config) -> DecoderAdapter:
+    from tuneless.llm.multimodal import supported_text_config
+
     mtype = _model_type(config)
+    if supported_text_config(config) is not None:
+        raise UnsupportedModelError(
+            f"model_type {mtype!r} is a vision-language model; fold its language model "
+            f"({config.text_config.model_type}): tuneless.llm.text_model(model) (the command "
+            "line takes it out itself)")
     if mtype not in ADAPTERS:
         raise UnsupportedModelError(
             f"model_type {getattr(config, 'model_type', None)!r} has no decoder adapter; "

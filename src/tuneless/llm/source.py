@@ -14,6 +14,7 @@ from tuneless.errors import TunelessError
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FILE_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".gguf", ".onnx", ".pt2", ".json"}
 # what a causal LM folder needs; weights in safetensors only (a .bin is a pickle: it can run code)
+_TOKENIZER_FILES = ("tokenizer*", "*.model", "vocab.*", "merges.txt", "*.tiktoken")
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
 
 
@@ -122,6 +123,8 @@ def _tokenizer(folder: Path, trust_code: bool):
 
     from tuneless.llm.hf import quiet_config_validation
 
+    if not any(any(folder.glob(pattern)) for pattern in _TOKENIZER_FILES):
+        return None  # transformers would build an empty tokenizer from config.json alone
     try:
         with quiet_config_validation():  # it reads config.json too
             return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_code)
