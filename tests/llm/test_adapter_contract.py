@@ -47,6 +47,10 @@ def _config(family: str, layers: int = 2):
             tf.GraniteForCausalLM
     if family == "olmo":  # LayerNorm without weights, clipped q/k/v
         return tf.OlmoConfig(**common, clip_qkv=2.0, pad_token_id=0), tf.OlmoForCausalLM
+    if family in ("olmo2", "olmo3"):  # norms on sublayer outputs only; q/k norms span heads
+        cls = {"olmo2": (tf.Olmo2Config, tf.Olmo2ForCausalLM),
+               "olmo3": (tf.Olmo3Config, tf.Olmo3ForCausalLM)}[family]
+        return cls[0](**common, pad_token_id=0), cls[1]
     plain = {"ernie4_5": (tf.Ernie4_5Config, tf.Ernie4_5ForCausalLM),
              "seed_oss": (tf.SeedOssConfig, tf.SeedOssForCausalLM),
              "ministral3": (tf.Ministral3Config, tf.Ministral3ForCausalLM)}
@@ -57,7 +61,7 @@ def _config(family: str, layers: int = 2):
 
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
-            "smollm3", "granite", "olmo", "ernie4_5", "seed_oss", "ministral3"]
+            "smollm3", "granite", "olmo", "olmo2", "olmo3", "ernie4_5", "seed_oss", "ministral3"]
 
 
 def _model(family: str, seed: int = 0):
@@ -190,12 +194,36 @@ def test_the_least_squares_repair_pulls_the_stream_back(family):
     assert err_fixed < 0.75 * err_plain
 
 
-def test_phi3_refuses_per_layer_head_counts_by_name():
-    cfg, cls = _config("phi3", layers=8)
+@pytest.mark.parametrize("family", ["phi3", "olmo2"])
+def test_per_layer_head_counts_are_refused_by_name_where_heads_are_global(family):
+    cfg, cls = _config(family, layers=8)
     torch.manual_seed(0)
     model = cls(cfg).eval()
     with pytest.raises(TunelessError, match="head counts must be the same in every layer"):
         fold_llm(model, sparsity=0.2, schedule="paper", repair="none")
+
+
+def test_olmo2_q_k_norm_gains_fold_with_their_heads():
+    """OLMo 2's q/k RMSNorms span all heads, with a gain per row: kv group 1 written by hand
+    as a copy of kv group 0 (rows, o columns and both norms' gains, all random) folds
+    losslessly only if the gains are merged with their own rows."""
+    model = _model("olmo2")
+    hd, q_half, kv_half = 16, 2 * 16, 16  # 4 query heads, 2 kv heads, head_dim 16
+    with torch.no_grad():
+        for layer in model.model.layers:
+            a = layer.self_attn
+            a.q_norm.weight.uniform_(0.5, 1.5)
+            a.k_norm.weight.uniform_(0.5, 1.5)
+            for t, half in ((a.q_proj.weight, q_half), (a.q_norm.weight, q_half),
+                            (a.k_proj.weight, kv_half), (a.k_norm.weight, kv_half),
+                            (a.v_proj.weight, kv_half)):
+                t[half:] = t[:half]
+            a.o_proj.weight[:, q_half:] = a.o_proj.weight[:, :q_half]
+            a.o_proj.weight.mul_(0.5)
+    assert hd * 4 == model.config.hidden_size
+    small = fold_llm(model, head_ratio=0.5, mlp_ratio=0.0, repair="none")
+    assert small.model.layers[0].self_attn.q_norm.weight.shape == (q_half,)
+    assert torch.allclose(_logits(small), _logits(model), atol=1e-4)
 
 
 def test_layer_inputs_runs_no_layer_and_leaves_the_model_as_it_was():

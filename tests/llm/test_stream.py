@@ -84,7 +84,9 @@ def test_streamed_repaired_fold_equals_the_in_memory_one(sharded, tmp_path, sche
 @pytest.mark.parametrize("family, layers, head_ratio", [
     ("gemma3_text", 4, 0.5),  # sandwich and q/k norms, rotary tables, per-layer masks
     ("granite", 3, 0.0),  # sublayers scaled before the residual add: the refit aims at
-])                        # output / multiplier; embeddings and logits scaled too
+    # output / multiplier; embeddings and logits scaled too
+    ("olmo2", 3, 0.5),  # norms on sublayer outputs only; q/k norm gains fold with heads
+])
 def test_streamed_repair_of_other_families_equals_the_in_memory_one(family, layers,
                                                                     head_ratio, tmp_path):
     from tests.llm.test_adapter_contract import _config

@@ -289,6 +289,55 @@ class FusedAdapter(DecoderAdapter):
 
 register_family("phi3", FusedAdapter(family="phi3"))
 
+
+@dataclass(frozen=True)
+class QKNormAdapter(DecoderAdapter):
+    """OLMo 2 / OLMo 3: LLaMA's projections with RMSNorms on each sublayer's *output* only
+    (the MLP reads the stream itself, so `norms[1]` is the MLP, whose input is that stream)
+    and q/k RMSNorms over the whole q and k projections: their gains are per channel of
+    those rows and fold with them. Each layer builds its q/k norms from the global head
+    counts, so head counts stay uniform across layers (MLP sizes may differ)."""
+
+    norms: tuple[str, ...] = ("self_attn", "mlp")
+    post_norms: tuple[str, str] | None = ("post_attention_layernorm",
+                                          "post_feedforward_layernorm")
+    q_norm: str = "q_norm"
+    k_norm: str = "k_norm"
+
+    def layer_groups(self, i: int, shape: Shape, gqa: str, first_id: int = 0) -> LayerGroups:
+        lg = super().layer_groups(i, shape, gqa, first_id)
+        attn = f"{self.layer_prefix}.{i}.{self.attn}"
+        norm_of = {self.q: self.q_norm, self.k: self.k_norm}
+        for g in lg.heads:  # each q/k weight row slot gets its norm's gains beside it
+            gains = [Slot(PRODUCER, f"{attn}.{norm_of[s.module.split('.')[-1]]}", "weight", 0,
+                          s.offset, s.block)
+                     for s in g.slots if s.kind == PRODUCER and s.param == "weight"
+                     and s.module.split(".")[-1] in norm_of]
+            g.slots.extend(gains)
+        return lg
+
+    def check_plans(self, plans: list[LayerPlan]) -> None:
+        if len({(p.n_q, p.n_kv) for p in plans}) > 1:
+            raise TunelessError(f"{self.family}: each layer's q/k norms are sized by the "
+                                "global head counts, so head counts must be the same in every "
+                                "layer; use a schedule that keeps heads uniform (e.g. "
+                                "paper-mlp or uniform)")
+
+    def finalize(self, model: nn.Module) -> None:
+        shapes = self.shapes(model)
+        self.check_plans([LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes])
+        super().finalize(model)
+
+    def config_fields(self, hidden_size: int, sizes: list) -> dict:
+        """As LLaMA's, and the head counts always in the standard fields (they are uniform:
+        check_plans), which size every layer's q/k norms."""
+        return {**super().config_fields(hidden_size, sizes),
+                "num_attention_heads": sizes[0].n_q, "num_key_value_heads": sizes[0].n_kv}
+
+
+register_family("olmo2", QKNormAdapter(family="olmo2"))
+register_family("olmo3", QKNormAdapter(family="olmo3"))
+
 LlamaAdapter = DecoderAdapter  # the name before issue 18
 
 
@@ -372,7 +421,9 @@ def whitening(stats, roles: dict[str, str]):
     producer rows mapped through their input's whitening factor, consumer columns scaled by
     the RMS of the activation each carries."""
     def transform(slot: Slot, rows: torch.Tensor) -> torch.Tensor:
-        short = roles[slot.module]
+        short = roles.get(slot.module)  # None: a norm's gains (OLMo 2), kept as biases are
+        if short is None:
+            return rows
         if slot.kind == PRODUCER and slot.param == "weight":
             factor = stats.attn_in if short in ("q", "k", "v") else stats.mlp_in
             return (rows.reshape(-1, factor.shape[0]) @ factor).reshape(rows.shape[0], -1)
