@@ -353,9 +353,16 @@ def _model_type(config) -> str:
     return mtype
 
 
-def adapter_for_config(config) -> DecoderAdapter:
-    from tuneless.llm.multimodal import supported_text_config
+def supported_text_config(config):
+    """The `text_config` of a wrapper config whose own model_type has no adapter but whose
+    decoder's has; None for anything else."""
+    text = getattr(config, "text_config", None)
+    if text is None or getattr(config, "model_type", None) in ADAPTERS:
+        return None
+    return text if getattr(text, "model_type", None) in ADAPTERS else None
 
+
+def adapter_for_config(config) -> DecoderAdapter:
     mtype = _model_type(config)
     if supported_text_config(config) is not None:
         raise UnsupportedModelError(

@@ -17,17 +17,7 @@ import torch
 from torch import nn
 
 from tuneless.errors import TunelessError, first_line
-
-
-def supported_text_config(config):
-    """The `text_config` of a wrapper config whose own model_type has no adapter but whose
-    decoder's has; None for anything else."""
-    from tuneless.llm.adapters import ADAPTERS
-
-    text = getattr(config, "text_config", None)
-    if text is None or getattr(config, "model_type", None) in ADAPTERS:
-        return None
-    return text if getattr(text, "model_type", None) in ADAPTERS else None
+from tuneless.llm.adapters import supported_text_config
 
 
 def text_model(model: nn.Module) -> nn.Module:

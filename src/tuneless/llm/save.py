@@ -177,7 +177,8 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
                             "trust_code=True (--trust-code) only if you trust it") from exc
     sizes = getattr(config, "tuneless_layer_sizes", None)
     if not sizes:
-        from tuneless.llm.multimodal import load_text_model, supported_text_config
+        from tuneless.llm.adapters import supported_text_config
+        from tuneless.llm.multimodal import load_text_model
 
         if supported_text_config(config) is not None:
             return load_text_model(folder, config, dtype, trust_code)
