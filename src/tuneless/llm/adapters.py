@@ -367,8 +367,8 @@ def adapter_for_config(config) -> DecoderAdapter:
     if supported_text_config(config) is not None:
         raise UnsupportedModelError(
             f"model_type {mtype!r} is a vision-language model; fold its language model "
-            f"({config.text_config.model_type}): tuneless.llm.text_model(model) (the command "
-            "line takes it out itself)")
+            f"({config.text_config.model_type}): tuneless.llm.text_model(model) in Python; "
+            "`tuneless compress` takes it out itself, the streamed fold does not")
     if mtype not in ADAPTERS:
         raise UnsupportedModelError(
             f"model_type {getattr(config, 'model_type', None)!r} has no decoder adapter; "
