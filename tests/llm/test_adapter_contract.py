@@ -51,6 +51,11 @@ def _config(family: str, layers: int = 2):
         cls = {"olmo2": (tf.Olmo2Config, tf.Olmo2ForCausalLM),
                "olmo3": (tf.Olmo3Config, tf.Olmo3ForCausalLM)}[family]
         return cls[0](**common, pad_token_id=0), cls[1]
+    if family == "exaone4":  # output-only sublayer norms, per-head q/k norms
+        return tf.Exaone4Config(**common, pad_token_id=0), tf.Exaone4ForCausalLM
+    if family == "vaultgemma":  # Gemma's layout, the MLP norm named pre_feedforward
+        return tf.VaultGemmaConfig(**common, head_dim=16, pad_token_id=0), \
+            tf.VaultGemmaForCausalLM
     plain = {"ernie4_5": (tf.Ernie4_5Config, tf.Ernie4_5ForCausalLM),
              "seed_oss": (tf.SeedOssConfig, tf.SeedOssForCausalLM),
              "ministral3": (tf.Ministral3Config, tf.Ministral3ForCausalLM)}
@@ -61,7 +66,8 @@ def _config(family: str, layers: int = 2):
 
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
-            "smollm3", "granite", "olmo", "olmo2", "olmo3", "ernie4_5", "seed_oss", "ministral3"]
+            "smollm3", "granite", "olmo", "olmo2", "olmo3", "exaone4", "vaultgemma", "ernie4_5",
+            "seed_oss", "ministral3"]
 
 
 def _model(family: str, seed: int = 0):

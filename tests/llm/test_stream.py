@@ -86,6 +86,7 @@ def test_streamed_repaired_fold_equals_the_in_memory_one(sharded, tmp_path, sche
     ("granite", 3, 0.0),  # sublayers scaled before the residual add: the refit aims at
     # output / multiplier; embeddings and logits scaled too
     ("olmo2", 3, 0.5),  # norms on sublayer outputs only; q/k norm gains fold with heads
+    ("exaone4", 3, 0.5),  # the same norms, per-head q/k norms
 ])
 def test_streamed_repair_of_other_families_equals_the_in_memory_one(family, layers,
                                                                     head_ratio, tmp_path):

@@ -335,6 +335,13 @@ class QKNormAdapter(DecoderAdapter):
                 "num_attention_heads": sizes[0].n_q, "num_key_value_heads": sizes[0].n_kv}
 
 
+# EXAONE 4.0: OLMo 2's output-only sublayer norms, with per-head q/k norms (Qwen3's: on
+# head_dim, which folding never changes), so head counts may differ per layer.
+register_family("exaone4", DecoderAdapter(family="exaone4", norms=QKNormAdapter.norms,
+                                          post_norms=QKNormAdapter.post_norms))
+# VaultGemma: Gemma's layout with the MLP's input norm named pre_feedforward_layernorm.
+register_family("vaultgemma", DecoderAdapter(family="vaultgemma", norms=(
+    "input_layernorm", "pre_feedforward_layernorm")))
 register_family("olmo2", QKNormAdapter(family="olmo2"))
 register_family("olmo3", QKNormAdapter(family="olmo3"))
 
