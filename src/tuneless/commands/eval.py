@@ -12,6 +12,8 @@ TASKS = ("classify", "wikitext2")
 
 
 def add_parser(sub) -> None:
+    from tuneless.commands.model_args import add_loading_arguments
+
     p = sub.add_parser("eval", help="measure accuracy, size, FLOPs and latency of models")
     p.add_argument("model", nargs="+", metavar="MODEL",
                    help="checkpoint or saved model file(s), or torchvision:NAME / timm:NAME "
@@ -22,14 +24,7 @@ def add_parser(sub) -> None:
                    help="default: the dataset recorded in the checkpoint")
     p.add_argument("--data", help="test data path (default: the dataset's standard location)")
     p.add_argument("--limit", type=int, help="evaluate on a seeded random subset of N images")
-    p.add_argument("--arch", help="architecture of a bare state_dict file (zoo name, "
-                   "torchvision:NAME or pkg.module:Class)")
-    p.add_argument("--arch-kwargs", help="constructor arguments for --arch, as JSON")
-    p.add_argument("--unsafe-pickle", action="store_true",
-                   help="allow loading pickled nn.Module files (runs code: trusted files only)")
-    p.add_argument("--trust-code", action="store_true",
-                   help="let a model file import the architecture or module classes it names "
-                        "(runs code: trusted files only)")
+    add_loading_arguments(p)
     p.add_argument("--input-shape", metavar="C,H,W",
                    help="measure size, FLOPs and latency at this input shape (for models "
                         "with no test data here, e.g. ImageNet-sized torchvision models)")

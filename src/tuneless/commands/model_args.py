@@ -14,6 +14,17 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "--unsafe-pickle), a state_dict file (with --arch); compress and "
                         "inspect also take a language model: a Hugging Face folder, a .gguf "
                         "file, a Hub id (ORG/NAME) or 'smollm2'")
+    add_loading_arguments(p)
+    p.add_argument("--weights", help="with MODEL = torchvision:NAME, a weights enum name "
+                                     "(DEFAULT, IMAGENET1K_V1, ...); with timm:NAME, "
+                                     "'pretrained' (both download: needs the internet)")
+    p.add_argument("--input-shape", help="input shape C,H,W (default: known for zoo and "
+                                         "torchvision models)")
+
+
+def add_loading_arguments(p: argparse.ArgumentParser) -> None:
+    """How a MODEL file may be read: its architecture for a state_dict, and the two opt-ins
+    that run code (every command that reads models takes the same four)."""
     p.add_argument("--arch", help="architecture of a state_dict file: a zoo name, "
                                   "torchvision:NAME or pkg.module:Class")
     p.add_argument("--arch-kwargs", help="constructor arguments for --arch, as JSON")
@@ -22,11 +33,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-code", action="store_true",
                    help="let a model file import the architecture or module classes it names "
                         "(runs code: trusted files only)")
-    p.add_argument("--weights", help="with MODEL = torchvision:NAME, a weights enum name "
-                                     "(DEFAULT, IMAGENET1K_V1, ...); with timm:NAME, "
-                                     "'pretrained' (both download: needs the internet)")
-    p.add_argument("--input-shape", help="input shape C,H,W (default: known for zoo and "
-                                         "torchvision models)")
 
 
 def load_from_args(args: argparse.Namespace):
