@@ -62,22 +62,73 @@ def test_text_model_refuses_a_plain_causal_lm():
         text_model(tiny_llama())
 
 
-def test_the_command_line_folds_the_language_model_and_says_so(tmp_path, capsys):
-    from tests.commands.test_compress_llm import IDS as CLI_IDS
-    from tests.commands.test_compress_llm import _logits_without_tuneless
+LOAD_VLM_WITHOUT_TUNELESS = r"""
+import sys
+sys.modules["tuneless"] = None  # any `import tuneless` now fails
+import torch
+from transformers import AutoModelForImageTextToText
+folder, out, trust, gemma = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=trust).eval()
+ids = torch.arange(3, 15).view(1, 12)
+image = torch.tensor([[1, 94] + [96] * 4 + [95, 7, 8]])  # begin, 4 image tokens, end, text
+with torch.no_grad():
+    text = model(input_ids=ids).logits
+    seen = model(input_ids=image, pixel_values=torch.randn(1, 3, 28, 28)).logits if gemma else text
+torch.save({"text": text, "image_ok": bool(seen.isfinite().all()), "class": type(model).__name__,
+            "mlp": [l.mlp.down_proj.in_features for l in model.model.language_model.layers]}, out)
+"""
+
+
+def _load_without_tuneless(folder, tmp_path, trust: bool, gemma: bool = True) -> dict:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", LOAD_VLM_WITHOUT_TUNELESS, str(folder),
+                    str(tmp_path / "vlm.pt"), "1" if trust else "0", "1" if gemma else "0"],
+                   check=True,
+                   capture_output=True, cwd=tmp_path)
+    return torch.load(tmp_path / "vlm.pt")
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llava", "mistral3"])
+def test_the_command_line_writes_the_vision_language_model_back_smaller(kind, tmp_path):
+    """The default fold (per-layer sizes) of a vision-language model: the folder is that
+    vision-language model again, plain transformers loads it with the shipped file (no
+    tuneless), its text logits are those tuneless reads, and (Gemma 3) images still go in.
+    LLaVA's untied lm_head is what the key layout decides."""
     from tuneless.cli import main
     from tuneless.llm import load_folded
 
-    vlm = _vlm("gemma3")
-    vlm.save_pretrained(tmp_path / "dense")
+    _vlm(kind).save_pretrained(tmp_path / "dense")
     out = tmp_path / "small"
     with pytest.warns(UserWarning, match="vision-language model .*vision tower"):
-        assert main(["compress", str(tmp_path / "dense"), "--method", "fold", "--sparsity",
-                     "0.1", "--option", "calib_samples=4", "--option", "calib_len=16", "-o",
-                     str(out)]) == 0
+        assert main(["--quiet", "compress", str(tmp_path / "dense"), "--method", "fold",
+                     "--sparsity", "0.1", "--option", "calib_samples=4", "--option",
+                     "calib_len=16", "-o", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["model_type"] == "gemma3_text" and len(cfg["tuneless_layer_sizes"]) == 8
+    sizes = cfg["text_config"]["tuneless_layer_sizes"]
+    assert cfg["model_type"] == kind and len({tuple(s) for s in sizes}) > 1
     assert not list(out.glob("tokenizer*"))  # none in the input: none made up
+    plain = _load_without_tuneless(out, tmp_path, trust=True, gemma=kind == "gemma3")
+    assert plain["mlp"] == [n_mlp for _, _, n_mlp in sizes] and plain["image_ok"]
+    with pytest.warns(UserWarning, match="folded vision-language model"):
+        ours = load_folded(out)
     with torch.no_grad():
-        ours = load_folded(out)(input_ids=CLI_IDS).logits
-    assert torch.equal(_logits_without_tuneless(out, tmp_path, trust=True), ours)
+        assert torch.equal(ours(input_ids=torch.arange(3, 15).view(1, 12)).logits,
+                           plain["text"])
+
+
+def test_a_uniform_fold_loads_with_plain_from_pretrained_and_leaves_the_input_alone(tmp_path):
+    from tuneless.llm import fold_llm, save_folded
+
+    vlm = _vlm("gemma3")
+    before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    small = fold_llm(text_model(vlm), mlp_ratio=0.5, head_ratio=0.0, repair="none")
+    save_folded(small, tmp_path / "small", wrapper=vlm)
+    assert all(torch.equal(v, before[k]) for k, v in vlm.state_dict().items())
+    assert vlm.model.language_model.layers[0].mlp.down_proj.in_features == 48
+    plain = _load_without_tuneless(tmp_path / "small", tmp_path, trust=False)
+    assert plain["class"] == "Gemma3ForConditionalGeneration" and plain["mlp"] == [24] * 8
+    with torch.no_grad():
+        assert torch.equal(small(input_ids=torch.arange(3, 15).view(1, 12)).logits,
+                           plain["text"])

@@ -75,8 +75,14 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
 
     if not is_main():  # torchrun: every rank holds the same result; rank 0 writes it
         return 0
-    save_folded(small, out, tokenizer=tok)
+    from tuneless.llm.multimodal import wrapper_of
+
+    wrapper = wrapper_of(model)
+    save_folded(small, out, tokenizer=tok, wrapper=wrapper)
     total_before, total_after = count_params(model), count_params(small)
+    if wrapper is not None:  # the vision tower and projector are written too
+        rest = count_params(wrapper) - total_before
+        total_before, total_after = total_before + rest, total_after + rest
     print(f"{args.method}: decoder blocks {before:,} -> {after:,} parameters "
           f"({1 - after / before:.1%} removed), whole model {total_before:,} -> "
           f"{total_after:,}; {seconds:.0f} s ({cpu:.0f} CPU-s)")

@@ -26,6 +26,7 @@ _LAZY = {
     "save_folded": "tuneless.llm.save",
     "load_folded": "tuneless.llm.save",
     "text_model": "tuneless.llm.multimodal",
+    "wrapper_of": "tuneless.llm.multimodal",
     "fold_checkpoint": "tuneless.llm.stream",
     "block_params": "tuneless.llm.engine",
 }

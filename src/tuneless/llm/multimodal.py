@@ -1,16 +1,19 @@
 """Vision-language checkpoints whose language model is a supported decoder (Gemma 3 from 4B
-up, Mistral 3, LLaVA on LLaMA): the language model is folded on its own.
+up, Mistral 3, LLaVA on LLaMA): the language model is folded on its own, then put back.
 
 Their config is the wrapper's (model_type "gemma3", "mistral3", "llava") with the decoder's
-in `text_config`, and their weights hold a vision tower beside the decoder. tuneless takes
-the decoder and its lm_head out as a plain causal LM of the text family (Gemma3ForCausalLM,
-MistralForCausalLM, ...), which every tuneless path handles and plain transformers loads;
-the vision tower and projector are not kept, and loading says so.
+in `text_config`, and their weights hold a vision tower beside the decoder. `text_model`
+takes the decoder and its lm_head out as a plain causal LM of the text family
+(Gemma3ForCausalLM, MistralForCausalLM, ...), which every tuneless path handles; saving with
+`wrapper=` puts the folded decoder back into a copy of the vision-language model, so the
+output keeps its vision tower (unchanged) and loads as the original class did.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -50,18 +53,57 @@ def text_model(model: nn.Module) -> nn.Module:
     return out.to(next(model.parameters()).device).eval()
 
 
+# where a vision-language checkpoint keeps its language model (transformers 5 writes the
+# older layout on the left; it reads both), and where a causal LM keeps it
+_TEXT_KEYS = {"language_model.model.": "model.", "model.language_model.": "model.",
+              "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head."}
+_WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def wrapper_of(model: nn.Module) -> nn.Module | None:
+    """The vision-language model that `load_text_model` took `model` out of, else None."""
+    return _WRAPPERS.get(model)
+
+
 def load_text_model(folder: Path, config, dtype, trust_code: bool) -> nn.Module:
-    """The language model of the vision-language checkpoint in `folder`, with a warning
-    that names what is left out."""
+    """The language model of the vision-language checkpoint in `folder` (remembered with its
+    wrapper: wrapper_of), with a warning that says what happens to the rest."""
     from transformers import AutoModelForImageTextToText
 
+    from tuneless.llm.save import per_layer_model
+
+    sizes = getattr(config.text_config, "tuneless_layer_sizes", None)
+    if sizes:  # folded before: the language model at its saved sizes, for eval and generate
+        small = per_layer_model(folder, config.text_config, sizes, dtype, renamed=_TEXT_KEYS)
+        warnings.warn(f"{folder} is a folded vision-language model; tuneless reads its "
+                      "language model alone (a second fold would not keep the vision tower)",
+                      stacklevel=3)
+        return small
     try:
         full = AutoModelForImageTextToText.from_pretrained(
             str(folder), dtype=dtype or "auto", trust_remote_code=trust_code)
     except (OSError, ValueError, KeyError) as exc:
         raise TunelessError(f"cannot load the model in {folder}: {first_line(exc)}") from exc
     small = text_model(full)
-    warnings.warn(f"{folder} is a vision-language model ({config.model_type}); tuneless loads "
-                  f"its language model alone as {type(small).__name__} (the vision tower "
-                  "and projector are not kept in what it writes)", stacklevel=3)
+    _WRAPPERS[small] = full
+    warnings.warn(f"{folder} is a vision-language model ({config.model_type}); tuneless folds "
+                  f"its language model ({type(small).__name__}) and `tuneless compress` "
+                  "writes it back beside the unchanged vision tower", stacklevel=3)
     return small
+
+
+def rewrapped(model: nn.Module, wrapper: nn.Module) -> nn.Module:
+    """A copy of the vision-language model `wrapper` whose language model and lm_head are
+    those of the causal LM `model` (tensors shared; `wrapper` is left as it was)."""
+    decoder = getattr(getattr(wrapper, "model", None), "language_model", None)
+    if decoder is None or not hasattr(wrapper, "lm_head") or not hasattr(model, "model"):
+        raise TunelessError(f"{type(wrapper).__name__} has no language model to put "
+                            f"{type(model).__name__} into")
+    whole, inner = copy.copy(wrapper), copy.copy(wrapper.model)
+    whole._modules, inner._modules = dict(wrapper._modules), dict(wrapper.model._modules)
+    inner.language_model = model.model
+    whole.model, whole.lm_head = inner, model.lm_head
+    whole.config = copy.deepcopy(wrapper.config)
+    whole.config.text_config = copy.deepcopy(model.config)
+    inner.config = whole.config
+    return whole

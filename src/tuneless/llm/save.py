@@ -41,9 +41,10 @@ def _linear(old, n_in, n_out):
 class FoldedForCausalLM({base}):
     def __init__(self, config):
         super().__init__(config)
-        h = config.hidden_size
-        hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
-        for layer, (n_q, n_kv, n_mlp) in zip(self.{layers}, config.tuneless_layer_sizes):
+        text = config.get_text_config()  # the config itself, or a vision-language model's
+        h = text.hidden_size
+        hd = getattr(text, "head_dim", None) or h // text.num_attention_heads
+        for layer, (n_q, n_kv, n_mlp) in zip(self.{layers}, text.tuneless_layer_sizes):
             attn, mlp = layer.{attn}, layer.{mlp}
 {rebuild}
             attn.num_key_value_groups = n_q // n_kv
@@ -62,20 +63,27 @@ def _hf_base(model: nn.Module) -> str:
     raise TunelessError(f"{type(model).__name__} is not a transformers model class")
 
 
-def write_modeling(a, base: str, folder: Path) -> None:
+def write_modeling(a, base: str, folder: Path, layers: str | None = None) -> None:
     """Ship the loader of per-layer sizes with the weights (config auto_map points at it):
-    `a` the family adapter, `base` the transformers class the folded model is."""
+    `a` the family adapter, `base` the transformers class the folded model is, `layers` where
+    its decoder layers are (the adapter's prefix; a vision-language model's is deeper, and
+    its sizes are in its text_config)."""
     import json
 
     rebuild = "\n".join(f"            {parent}.{name} = _linear({parent}.{name}, {n_in}, {n_out})"
                         for parent, name, n_in, n_out in a.projection_specs())
-    code = MODELING.format(base=base, layers=a.layer_prefix, attn=a.attn, mlp=a.mlp,
+    code = MODELING.format(base=base, layers=layers or a.layer_prefix, attn=a.attn, mlp=a.mlp,
                            rebuild=rebuild)
     (folder / "modeling_tuneless.py").write_text(code)
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_tuneless.FoldedForCausalLM"}
-    cfg.update(native_per_layer(cfg))
+    cls = "modeling_tuneless.FoldedForCausalLM"
+    cfg["auto_map"] = {"AutoModelForCausalLM": cls}
+    if "text_config" in cfg:
+        cfg["auto_map"]["AutoModelForImageTextToText"] = cls
+        cfg["text_config"].update(native_per_layer(cfg["text_config"]))
+    else:
+        cfg.update(native_per_layer(cfg))
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
@@ -95,17 +103,33 @@ def native_per_layer(cfg: dict) -> dict:
                                  for i, (n_q, n_kv, n_mlp) in enumerate(sizes)}}
 
 
-def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
+def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None,
+                wrapper: nn.Module | None = None) -> Path:
     """save_pretrained into a new folder, atomically (never over an existing folder).
 
     Uniform sizes load with plain `AutoModelForCausalLM.from_pretrained`; per-layer sizes
     with `from_pretrained(folder, trust_remote_code=True)` from the small modeling file
-    written beside the weights (plain transformers; tuneless need not be installed)."""
-    adapter_for(model)
+    written beside the weights (plain transformers; tuneless need not be installed).
+    wrapper: the vision-language model whose language model (tuneless.llm.text_model) was
+    folded into `model`; the folder then holds that model with the folded language model
+    inside and its vision tower unchanged (`wrapper` itself is left as it was)."""
+    from tuneless.llm.multimodal import rewrapped
+
+    adapter = adapter_for(model)
+    # a vision-language model's language model goes back inside a copy of it
+    whole = None if wrapper is None else rewrapped(model, wrapper)
     with atomic_folder(folder) as tmp:
-        model.save_pretrained(str(tmp))
+        if whole is None:
+            model.save_pretrained(str(tmp))
+        else:  # today's key layout: the shipped class is custom code, which transformers
+            # does not give the legacy layout's renamings (a LLaVA lm_head would not load)
+            whole.save_pretrained(str(tmp), save_original_format=False)
         if getattr(model.config, "tuneless_layer_sizes", None):
-            write_modeling(adapter_for(model), _hf_base(model), tmp)
+            if whole is None:
+                write_modeling(adapter, _hf_base(model), tmp)
+            else:
+                write_modeling(adapter, _hf_base(whole), tmp,
+                               layers="model.language_model" + adapter.layer_prefix[5:])
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return Path(folder)
@@ -159,8 +183,9 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
     Python code shipped in the folder (a config's `auto_map`) runs only with
     trust_code=True, which is passed on to transformers as `trust_remote_code`.
     """
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tuneless.llm.adapters import supported_text_config
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -175,18 +200,28 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
             raise TunelessError(f"cannot read {folder}/config.json: {first_line(exc)}") from exc
         raise TunelessError(f"{folder} ships its own Python code (auto_map); load it with "
                             "trust_code=True (--trust-code) only if you trust it") from exc
-    sizes = getattr(config, "tuneless_layer_sizes", None)
-    if not sizes:
-        from tuneless.llm.adapters import supported_text_config
+    if supported_text_config(config) is not None:
         from tuneless.llm.multimodal import load_text_model
 
-        if supported_text_config(config) is not None:
-            return load_text_model(folder, config, dtype, trust_code)
+        return load_text_model(folder, config, dtype, trust_code)
+    sizes = getattr(config, "tuneless_layer_sizes", None)
+    if not sizes:
         try:
             return AutoModelForCausalLM.from_pretrained(
                 str(folder), dtype=dtype or "auto", trust_remote_code=trust_code).eval()
         except (OSError, ValueError, KeyError) as exc:
             raise TunelessError(f"cannot load the model in {folder}: {first_line(exc)}") from exc
+    return per_layer_model(folder, config, sizes, dtype)
+
+
+def per_layer_model(folder: Path, config, sizes: list, dtype=None,
+                    renamed: dict[str, str] | None = None) -> nn.Module:
+    """The causal LM of `config` with each layer at its saved sizes and the weights of
+    `folder`; renamed: {checkpoint key prefix: causal-LM prefix} — then only those keys
+    are read (a vision-language model's language model among its other weights)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
     adapter_for_config(config)
     with quiet_config_validation():
         model = AutoModelForCausalLM.from_config(config,
@@ -197,6 +232,9 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
         state.update(load_file(str(f)))
     if not state:
         raise TunelessError(f"no .safetensors weights in {folder}")
+    if renamed:
+        state = {new + k[len(old):]: v for k, v in state.items()
+                 for old, new in renamed.items() if k.startswith(old)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = getattr(config, "tie_word_embeddings", False)
     missing = [k for k in missing if not (tied and k.startswith("lm_head."))]
