@@ -91,7 +91,8 @@ def _load_without_tuneless(folder, tmp_path, trust: bool, gemma: bool = True) ->
 
 
 @pytest.mark.parametrize("kind", ["gemma3", "llava", "mistral3"])
-def test_the_command_line_writes_the_vision_language_model_back_smaller(kind, tmp_path):
+def test_the_command_line_writes_the_vision_language_model_back_smaller(kind, tmp_path,
+                                                                       capsys):
     """The default fold (per-layer sizes) of a vision-language model: the folder is that
     vision-language model again, plain transformers loads it with the shipped file (no
     tuneless), its text logits are those tuneless reads, and (Gemma 3) images still go in.
@@ -105,6 +106,7 @@ def test_the_command_line_writes_the_vision_language_model_back_smaller(kind, tm
         assert main(["--quiet", "compress", str(tmp_path / "dense"), "--method", "fold",
                      "--sparsity", "0.1", "--option", "calib_samples=4", "--option",
                      "calib_len=16", "-o", str(out)]) == 0
+    assert "AutoModelForImageTextToText.from_pretrained" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
     sizes = cfg["text_config"]["tuneless_layer_sizes"]
     assert cfg["model_type"] == kind and len({tuple(s) for s in sizes}) > 1

@@ -92,7 +92,8 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
 
         print(describe_choice(choice))
     sizes = getattr(small.config, "tuneless_layer_sizes", None)
-    print(f"wrote {out} (" + ("per-layer sizes: load with AutoModelForCausalLM.from_pretrained"
+    auto = "AutoModelForCausalLM" if wrapper is None else "AutoModelForImageTextToText"
+    print(f"wrote {out} (" + (f"per-layer sizes: load with {auto}.from_pretrained"
                               "(folder, trust_remote_code=True)" if sizes else
-                              "loads with AutoModelForCausalLM.from_pretrained") + ")")
+                              f"loads with {auto}.from_pretrained") + ")")
     return 0
