@@ -101,6 +101,7 @@ def test_the_command_line_writes_the_vision_language_model_back_smaller(kind, tm
     from tuneless.llm import load_folded
 
     _vlm(kind).save_pretrained(tmp_path / "dense")
+    (tmp_path / "dense" / "preprocessor_config.json").write_text('{"do_resize": true}\n')
     out = tmp_path / "small"
     with pytest.warns(UserWarning, match="vision-language model .*vision tower"):
         assert main(["--quiet", "compress", str(tmp_path / "dense"), "--method", "fold",
@@ -111,6 +112,7 @@ def test_the_command_line_writes_the_vision_language_model_back_smaller(kind, tm
     sizes = cfg["text_config"]["tuneless_layer_sizes"]
     assert cfg["model_type"] == kind and len({tuple(s) for s in sizes}) > 1
     assert not list(out.glob("tokenizer*"))  # none in the input: none made up
+    assert (out / "preprocessor_config.json").read_text() == '{"do_resize": true}\n'
     plain = _load_without_tuneless(out, tmp_path, trust=True, gemma=kind == "gemma3")
     assert plain["mlp"] == [n_mlp for _, _, n_mlp in sizes] and plain["image_ok"]
     with pytest.warns(UserWarning, match="folded vision-language model"):

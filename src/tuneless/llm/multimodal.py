@@ -85,11 +85,24 @@ def load_text_model(folder: Path, config, dtype, trust_code: bool) -> nn.Module:
     except (OSError, ValueError, KeyError) as exc:
         raise TunelessError(f"cannot load the model in {folder}: {first_line(exc)}") from exc
     small = text_model(full)
+    full.tuneless_source = Path(folder)  # where its processor files are (processor_files)
     _WRAPPERS[small] = full
     warnings.warn(f"{folder} is a vision-language model ({config.model_type}); tuneless folds "
                   f"its language model ({type(small).__name__}) and `tuneless compress` "
                   "writes it back beside the unchanged vision tower", stacklevel=3)
     return small
+
+
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json",
+                   "video_preprocessor_config.json", "chat_template.json", "chat_template.jinja")
+
+
+def processor_files(wrapper: nn.Module) -> list[Path]:
+    """The image processor's and chat template's files beside the checkpoint `wrapper` was
+    loaded from: a vision-language model needs them to take images."""
+    source = getattr(wrapper, "tuneless_source", None)
+    return [] if source is None else [source / f for f in PROCESSOR_FILES
+                                      if (source / f).is_file()]
 
 
 def rewrapped(model: nn.Module, wrapper: nn.Module) -> nn.Module:

@@ -132,6 +132,14 @@ def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None,
                                layers="model.language_model" + adapter.layer_prefix[5:])
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if whole is not None:  # the image processor and chat template come along
+            import shutil
+
+            from tuneless.llm.multimodal import processor_files
+
+            for f in processor_files(wrapper):
+                if not (tmp / f.name).exists():
+                    shutil.copyfile(f, tmp / f.name)
     return Path(folder)
 
 
