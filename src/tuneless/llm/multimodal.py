@@ -87,9 +87,9 @@ def load_text_model(folder: Path, config, dtype, trust_code: bool) -> nn.Module:
     small = text_model(full)
     full.tuneless_source = Path(folder)  # where its processor files are (processor_files)
     _WRAPPERS[small] = full
-    warnings.warn(f"{folder} is a vision-language model ({config.model_type}); tuneless folds "
-                  f"its language model ({type(small).__name__}) and `tuneless compress` "
-                  "writes it back beside the unchanged vision tower", stacklevel=3)
+    warnings.warn(f"{folder} is a vision-language model ({config.model_type}); tuneless "
+                  f"compresses its language model ({type(small).__name__}) and `tuneless "
+                  "compress` writes it back beside the unchanged vision tower", stacklevel=3)
     return small
 
 
