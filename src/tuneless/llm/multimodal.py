@@ -53,10 +53,6 @@ def text_model(model: nn.Module) -> nn.Module:
     return out.to(next(model.parameters()).device).eval()
 
 
-# where a vision-language checkpoint keeps its language model (transformers 5 writes the
-# older layout on the left; it reads both), and where a causal LM keeps it
-_TEXT_KEYS = {"language_model.model.": "model.", "model.language_model.": "model.",
-              "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head."}
 _WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -67,18 +63,10 @@ def wrapper_of(model: nn.Module) -> nn.Module | None:
 
 def load_text_model(folder: Path, config, dtype, trust_code: bool) -> nn.Module:
     """The language model of the vision-language checkpoint in `folder` (remembered with its
-    wrapper: wrapper_of), with a warning that says what happens to the rest."""
+    wrapper: wrapper_of), with a warning that says what happens to the rest. (A folded one's
+    is read by tuneless.llm.save.load_folded.)"""
     from transformers import AutoModelForImageTextToText
 
-    from tuneless.llm.save import per_layer_model
-
-    sizes = getattr(config.text_config, "tuneless_layer_sizes", None)
-    if sizes:  # folded before: the language model at its saved sizes, for eval and generate
-        small = per_layer_model(folder, config.text_config, sizes, dtype, renamed=_TEXT_KEYS)
-        warnings.warn(f"{folder} is a folded vision-language model; tuneless reads its "
-                      "language model alone (a second fold would not keep the vision tower)",
-                      stacklevel=3)
-        return small
     try:
         full = AutoModelForImageTextToText.from_pretrained(
             str(folder), dtype=dtype or "auto", trust_remote_code=trust_code)

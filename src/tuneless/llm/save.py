@@ -184,6 +184,12 @@ def _size(expr: str, sizes: dict[str, int]) -> int:
     return value(ast.parse(expr, mode="eval").body)
 
 
+# where a vision-language checkpoint keeps its language model (transformers 5 writes the
+# older layout on the left; it reads both), and where a causal LM keeps it
+_TEXT_KEYS = {"language_model.model.": "model.", "model.language_model.": "model.",
+              "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head."}
+
+
 def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
                 trust_code: bool = False) -> nn.Module:
     """Load a model saved by save_folded (or any HF causal-LM folder).
@@ -209,6 +215,14 @@ def load_folded(folder: str | os.PathLike, dtype: torch.dtype | None = None,
         raise TunelessError(f"{folder} ships its own Python code (auto_map); load it with "
                             "trust_code=True (--trust-code) only if you trust it") from exc
     if supported_text_config(config) is not None:
+        sizes = getattr(config.text_config, "tuneless_layer_sizes", None)
+        if sizes:  # a folded vision-language model: its language model, for eval and generate
+            import warnings
+
+            warnings.warn(f"{folder} is a folded vision-language model; tuneless reads its "
+                          "language model alone (a second fold would not keep the vision "
+                          "tower)", stacklevel=2)
+            return per_layer_model(folder, config.text_config, sizes, dtype, renamed=_TEXT_KEYS)
         from tuneless.llm.multimodal import load_text_model
 
         return load_text_model(folder, config, dtype, trust_code)
