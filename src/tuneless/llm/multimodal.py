@@ -37,10 +37,16 @@ def text_model(model: nn.Module) -> nn.Module:
         raise TunelessError(f"{type(model).__name__} is not a vision-language model with a "
                             "supported language model (model.language_model and lm_head)")
     dtype = next(decoder.parameters()).dtype
-    out = AutoModelForCausalLM.from_config(text_cfg, dtype=dtype)
+    with torch.device("meta"):  # no second copy of the weights: they are assigned below
+        out = AutoModelForCausalLM.from_config(text_cfg, dtype=dtype)
     state = {f"model.{k}": v for k, v in decoder.state_dict().items()}
     state["lm_head.weight"] = head.weight
     missing, unexpected = out.load_state_dict(state, strict=False, assign=True)
+    for name, buf in decoder.named_buffers():  # those outside the state dict (rotary tables)
+        owner, _, leaf = f"model.{name}".rpartition(".")
+        if out.get_submodule(owner)._buffers.get(leaf) is not None and \
+                out.get_submodule(owner)._buffers[leaf].is_meta:
+            out.get_submodule(owner)._buffers[leaf] = buf
     tied = getattr(text_cfg, "tie_word_embeddings", False)
     missing = [k for k in missing if not (tied and k.startswith("lm_head."))]
     if missing or unexpected:
