@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=DEFAULT_METHODS)
     p.add_argument("--full-split", action="store_true",
                    help="also dense and the default fold at 20%% on the whole test split")
+    p.add_argument("--also-tokens", default="",
+                   help="comma-separated token budgets (e.g. 16384): also dense and the "
+                        "default fold at 20%% on the first N test tokens")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="text file (default: WikiText-2 raw test)")
     p.add_argument("--out", type=Path, default=Path("docs/results"))
@@ -142,6 +145,19 @@ def calibration(model, tok, n: int = 16, length: int = 128) -> dict:
     return {"self": self_generated(model, tok, n, length, 0), "docs": docs}
 
 
+def _budgets(text: str) -> list[int]:
+    """--also-tokens "16384,32768" -> [16384, 32768]; a one-line error for anything else."""
+    from tuneless.errors import TunelessError
+
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        out = [0]
+    if any(n < 1 for n in out):
+        raise TunelessError(f"--also-tokens {text!r}: positive token counts, comma-separated")
+    return out
+
+
 def _read_partial(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -213,16 +229,23 @@ def run(args: argparse.Namespace) -> int:
                  "cpu_seconds": f"{cpu:.1f}",
                  "note": f"schedule {_KEPT[s]}" if m == "fold" else ""})
             del small
-    if args.full_split:
-        for m, s in (("dense", 0.0), ("fold", 0.2)):
-            key = (f"{m} (full split)", str(s))
+    extra = [(f"first {n} tokens", n) for n in _budgets(args.also_tokens)]
+    extra += [("full split", None)] if args.full_split else []
+    folded = None  # the default fold at 20%, built once for every extra budget
+    for m, s in (("dense", 0.0), ("fold", 0.2)):
+        for label, n in extra:
+            key = (f"{m} ({label})", str(s))
             if key in done:
                 continue
-            small = model if m == "dense" else build(m, model, tok, s, calib)
+            if m == "fold" and folded is None:
+                folded = build(m, model, tok, s, calib)
+            small = model if m == "dense" else folded
+            used = ids.numel() if n is None else min(n, ids.numel())
             add({"method": key[0], "target": str(s),
                  "removed": f"{1 - block_params(small) / dense_blocks:.3f}",
-                 "block_params": block_params(small), "ppl": f"{ppl(small, None):.3f}",
-                 "seconds": "", "cpu_seconds": "", "note": f"all {ids.numel()} tokens"})
+                 "block_params": block_params(small), "ppl": f"{ppl(small, n):.3f}",
+                 "seconds": "", "cpu_seconds": "",
+                 "note": f"all {used} tokens" if n is None else f"first {used} tokens"})
     _write_outputs(rows, args, name, stamp_markdown(info), ids.numel())  # also when resumed
     partial.unlink(missing_ok=True)
     return 0

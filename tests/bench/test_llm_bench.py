@@ -73,3 +73,14 @@ def test_a_resumed_run_keeps_the_schedule_the_fold_row_noted(monkeypatch):
     model = tiny_llama(mlp=96, layers=6)
     assert bench.schedule_for(model, 0.2) == "paper-mlp"
     assert 0.3 not in bench._KEPT  # only fold rows name a schedule
+
+
+def test_extra_token_budgets_parse_or_name_the_problem():
+    from benchmarks.suites.llm_bench import _budgets
+    from tuneless.errors import TunelessError
+
+    assert _budgets("") == [] and _budgets("16384") == [16384]
+    assert _budgets("16384, 32768") == [16384, 32768]
+    for bad in ("16k", "0", "-5"):
+        with pytest.raises(TunelessError, match="--also-tokens"):
+            _budgets(bad)
