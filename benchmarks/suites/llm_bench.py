@@ -264,12 +264,16 @@ def _write_outputs(rows, args, name: str, provenance: str, n_tokens: int) -> Non
           f"Seconds: wall and CPU of this process to compress ({args.threads} thread).", "",
           "| method | what | calibration | target | removed | perplexity | × dense | wall s | "
           "CPU s | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+    # an extra budget's rows ("fold (first 16384 tokens)") are compared with dense on it
+    dense_on = {r["method"][len("dense "):]: float(r["ppl"]) for r in rows
+                if r["method"].startswith("dense (") and r["ppl"]}
     for r in rows:
         what, source = METHODS.get(r["method"].split(" ")[0], ("", ""))
+        ref = dense_on.get(r["method"].partition(" ")[2], dense)
         uses = {"": "none (data-free)", "docs": "Python docs"}[source]
         if r["method"].endswith("+self") or r["method"] in ("fold", "svd-llm-self"):
             uses += " + self" if source else ""
-        ppl = f"{float(r['ppl']):.2f} | {float(r['ppl']) / dense:.2f}" if r["ppl"] else " | "
+        ppl = f"{float(r['ppl']):.2f} | {float(r['ppl']) / ref:.2f}" if r["ppl"] else " | "
         removed = f"{float(r['removed']):.1%}" if r["removed"] else ""
         md.append(f"| {r['method']} | {what} | {uses if r['method'] != 'dense' else '-'} | "
                   f"{float(r['target']):.0%} | {removed} | {ppl} | {r['seconds']} | "

@@ -43,6 +43,13 @@ def test_the_table_marks_data_free_rows(tmp_path, monkeypatch):
     assert "| fold | the default" in md and "none (data-free) |" in md
     assert "| wanda-sp | Wanda-sp as published: uniform, no repair | Python docs |" in md
     assert "| 1.50 |" in md and "cannot remove 40%" in md
+    rows += [{"method": "dense (first 16384 tokens)", "target": "0.0", "removed": "0.000",
+              "ppl": "20.0", "seconds": "", "cpu_seconds": "", "note": ""},
+             {"method": "fold (first 16384 tokens)", "target": "0.2", "removed": "0.200",
+              "ppl": "36.0", "seconds": "", "cpu_seconds": "", "note": ""}]
+    _write_outputs(rows, args, "x", "provenance\n", 4096)
+    md = (tmp_path / "llm_x.md").read_text()  # each budget against dense on the same tokens
+    assert "| 36.00 | 1.80 |" in md and "| 20.00 | 1.00 |" in md
 
 
 def test_baselines_take_the_schedule_the_fold_kept(monkeypatch):
