@@ -179,7 +179,7 @@ def test_output_folder_has_ordinary_permissions(tmp_path):
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma", "gemma2",
                                     "gemma3_text", "phi3", "smollm3", "granite", "olmo",
                                     "olmo2", "olmo3", "exaone4", "vaultgemma", "ernie4_5",
-                                    "seed_oss", "ministral3"])
+                                    "seed_oss", "ministral3", "stablelm", "helium"])
 def test_every_family_through_the_cli_loads_without_tuneless(family, tmp_path):
     """The default fold (per-layer sizes) of each family's tiny random model, written by the
     CLI, loads in plain transformers with the shipped modeling file: identical logits."""

@@ -56,6 +56,11 @@ def _config(family: str, layers: int = 2):
     if family == "vaultgemma":  # Gemma's layout, the MLP norm named pre_feedforward
         return tf.VaultGemmaConfig(**common, head_dim=16, pad_token_id=0), \
             tf.VaultGemmaForCausalLM
+    if family == "stablelm":  # LayerNorms with biases, partial rotary, heads fixed
+        return tf.StableLmConfig(**common, use_qkv_bias=True, pad_token_id=0), \
+            tf.StableLmForCausalLM
+    if family == "helium":  # o_proj hidden × hidden whatever the head count: heads fixed
+        return tf.HeliumConfig(**common, head_dim=16, pad_token_id=0), tf.HeliumForCausalLM
     plain = {"ernie4_5": (tf.Ernie4_5Config, tf.Ernie4_5ForCausalLM),
              "seed_oss": (tf.SeedOssConfig, tf.SeedOssForCausalLM),
              "ministral3": (tf.Ministral3Config, tf.Ministral3ForCausalLM)}
@@ -67,7 +72,7 @@ def _config(family: str, layers: int = 2):
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
             "smollm3", "granite", "olmo", "olmo2", "olmo3", "exaone4", "vaultgemma", "ernie4_5",
-            "seed_oss", "ministral3"]
+            "seed_oss", "ministral3", "stablelm", "helium"]
 
 
 def _model(family: str, seed: int = 0):
@@ -116,9 +121,16 @@ def test_duplicated_mlp_channels_fold_losslessly(family):
     assert torch.allclose(_logits(small), _logits(model), atol=1e-4)
 
 
+FIXED_HEADS = ("stablelm", "helium")  # head_dim = hidden / heads, o_proj hidden × hidden
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_duplicated_kv_groups_fold_losslessly(family):
     model = _model(family)
+    if family in FIXED_HEADS:  # refused by name, before any work
+        with pytest.raises(TunelessError, match="heads cannot be folded"):
+            fold_llm(model, head_ratio=0.5, mlp_ratio=0.0, repair="none")
+        return
     _duplicate(model, "heads")
     small = fold_llm(model, head_ratio=0.5, mlp_ratio=0.0, repair="none")
     assert small.config.num_key_value_heads == 1 and small.config.num_attention_heads == 2
@@ -207,6 +219,14 @@ def test_per_layer_head_counts_are_refused_by_name_where_heads_are_global(family
     model = cls(cfg).eval()
     with pytest.raises(TunelessError, match="head counts must be the same in every layer"):
         fold_llm(model, sparsity=0.2, schedule="paper", repair="none")
+
+
+def test_stablelm_with_parallel_attention_and_mlp_is_refused_by_name():
+    cfg, cls = _config("stablelm")
+    cfg.use_parallel_residual = True
+    torch.manual_seed(0)
+    with pytest.raises(UnsupportedModelError, match="use_parallel_residual"):
+        fold_llm(cls(cfg).eval(), sparsity=0.2, repair="none")
 
 
 def test_olmo2_q_k_norm_gains_fold_with_their_heads():

@@ -157,8 +157,13 @@ class DecoderAdapter:
         return LayerGroups(mlp, heads, "kv-groups" if g == 1 else gqa,
                            {name: short for short, name in names.items()})
 
-    def check_plans(self, plans: list[LayerPlan]) -> None:
-        """Refuse, before any work, sizes this family cannot run (nothing to refuse here)."""
+    def check_plans(self, plans: list[LayerPlan], shapes: list[Shape] | None = None) -> None:
+        """Refuse, before any work, sizes this family cannot run (nothing to refuse here);
+        shapes: the layers' current sizes, where the plans are to be reached from."""
+
+    def unsupported(self, config) -> str | None:
+        """Why a model of this family with this config cannot be compressed, else None."""
+        return None
 
     def kept(self, groups: LayerGroups, shape: Shape, plan: LayerPlan) -> dict[int, int]:
         """Channels each group keeps under a layer plan (only the groups that shrink)."""
@@ -229,9 +234,8 @@ register_family("qwen2", DecoderAdapter(family="qwen2"))  # q/k/v biases fold wi
 register_family("qwen3", DecoderAdapter(family="qwen3"))
 # LLaMA's layout under other names: SmolLM3 (no rotary embedding in every fourth layer),
 # ERNIE 4.5, Seed-OSS, Ministral 3, OLMo (LayerNorm without weights, q/k/v clipping),
-# Granite (embedding, attention, residual and logit multipliers: residual_scale). Not
-# Helium: its o_proj is sized hidden × hidden whatever the head count, so folded heads
-# would not load in transformers.
+# Granite (embedding, attention, residual and logit multipliers: residual_scale). Helium
+# and StableLM: FixedHeadsAdapter below.
 for _family in ("smollm3", "ernie4_5", "seed_oss", "ministral3", "olmo", "granite"):
     register_family(_family, DecoderAdapter(family=_family))
 # Gemma: LLaMA layout with GeGLU and (1 + w) RMSNorms; head_dim is its own config field.
@@ -265,7 +269,7 @@ class FusedAdapter(DecoderAdapter):
         return {"k": shape.n_q * hd, "v": (shape.n_q + shape.n_kv) * hd,
                 "up": shape.n_mlp}.get(short, 0)
 
-    def check_plans(self, plans: list[LayerPlan]) -> None:
+    def check_plans(self, plans: list[LayerPlan], shapes: list[Shape] | None = None) -> None:
         if len({(p.n_q, p.n_kv) for p in plans}) > 1:
             raise TunelessError(f"{self.family}: attention reads one global head count, so "
                                 "head counts must be the same in every layer; use a schedule "
@@ -316,7 +320,7 @@ class QKNormAdapter(DecoderAdapter):
             g.slots.extend(gains)
         return lg
 
-    def check_plans(self, plans: list[LayerPlan]) -> None:
+    def check_plans(self, plans: list[LayerPlan], shapes: list[Shape] | None = None) -> None:
         if len({(p.n_q, p.n_kv) for p in plans}) > 1:
             raise TunelessError(f"{self.family}: each layer's q/k norms are sized by the "
                                 "global head counts, so head counts must be the same in every "
@@ -343,6 +347,32 @@ register_family("exaone4", DecoderAdapter(family="exaone4", norms=QKNormAdapter.
 register_family("vaultgemma", DecoderAdapter(family="vaultgemma", norms=(
     "input_layernorm", "pre_feedforward_layernorm")))
 register_family("olmo2", QKNormAdapter(family="olmo2"))
+
+
+@dataclass(frozen=True)
+class FixedHeadsAdapter(DecoderAdapter):
+    """LLaMA's layout with head_dim = hidden_size / num_attention_heads and an o_proj that is
+    hidden × hidden whatever the head count (StableLM, Helium): folded heads would not load in
+    transformers, so only MLP channels fold (the default schedules keep heads anyway).
+    StableLM's parallel attention and MLP (use_parallel_residual) are refused by name."""
+
+    def check_plans(self, plans: list[LayerPlan], shapes: list[Shape] | None = None) -> None:
+        if shapes is not None and any((p.n_q, p.n_kv) != (s.n_q, s.n_kv)
+                                      for p, s in zip(plans, shapes)):
+            raise TunelessError(f"{self.family}: head_dim is hidden_size / num_attention_heads "
+                                "and o_proj stays hidden × hidden, so heads cannot be folded; "
+                                "use a schedule that keeps heads (the default, inner-mlp, "
+                                "paper-mlp) or head_ratio=0")
+
+    def unsupported(self, config) -> str | None:
+        if getattr(config, "use_parallel_residual", False):
+            return (f"{self.family} with use_parallel_residual=True (attention and MLP read the "
+                    "same input) is not supported: the least-squares repair walks them in turn")
+        return None
+
+
+register_family("stablelm", FixedHeadsAdapter(family="stablelm"))
+register_family("helium", FixedHeadsAdapter(family="helium"))
 register_family("olmo3", QKNormAdapter(family="olmo3"))
 
 LlamaAdapter = DecoderAdapter  # the name before issue 18
@@ -380,6 +410,9 @@ def adapter_for_config(config) -> DecoderAdapter:
         raise UnsupportedModelError(
             f"model_type {getattr(config, 'model_type', None)!r} has no decoder adapter; "
             f"supported families: {supported()} (tuneless.llm.register_family adds one)")
+    why = ADAPTERS[mtype].unsupported(config)
+    if why:
+        raise UnsupportedModelError(why)
     return ADAPTERS[mtype]
 
 

@@ -30,7 +30,7 @@ def plan_for(
     adapter = adapter_for(model)
     plans = make_plan(adapter.shapes(model), sparsity=sparsity, schedule=schedule,
                       head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa)
-    adapter.check_plans(plans)
+    adapter.check_plans(plans, adapter.shapes(model))
     return plans
 
 

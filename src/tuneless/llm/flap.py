@@ -206,7 +206,7 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
                     for i in range(len(shapes))]
     if structure == "adaptive":
         plans = adaptive_plans(shapes, [(sc[0], sc[1]) for sc in layer_scores], sparsity)
-        adapter.check_plans(plans)
+        adapter.check_plans(plans, shapes)
     else:
         plans = plan_for(model, sparsity=sparsity, schedule=schedule, gqa=gqa)
     kept: list[tuple[LayerGroups, dict[int, torch.Tensor]]] = []

@@ -261,7 +261,7 @@ def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, defaults=FOLD_
     plans = resolve_plan(adapter.shapes(model), sparsity=sparsity, schedule=schedule,
                          head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa,
                          defaults=defaults)
-    adapter.check_plans(plans)
+    adapter.check_plans(plans, adapter.shapes(model))
     return plans
 
 
