@@ -248,7 +248,33 @@ register_family("gemma2", DecoderAdapter(family="gemma2", **_SANDWICH))
 register_family("gemma3_text", DecoderAdapter(family="gemma3", **_SANDWICH))
 
 @dataclass(frozen=True)
-class FusedAdapter(DecoderAdapter):
+class UniformHeadsAdapter(DecoderAdapter):
+    """A family whose layers are built from the config's global head counts (so per-layer
+    head counts cannot load): plans that differ per layer are refused by name, and the
+    head counts always go into the standard config fields. `why` says what reads them."""
+
+    why: str = "attention reads one global head count"
+
+    def check_plans(self, plans: list[LayerPlan], shapes: list[Shape] | None = None) -> None:
+        if len({(p.n_q, p.n_kv) for p in plans}) > 1:
+            raise TunelessError(f"{self.family}: {self.why}, so head counts must be the same "
+                                "in every layer; use a schedule that keeps heads uniform (e.g. "
+                                "paper-mlp or uniform)")
+
+    def config_fields(self, hidden_size: int, sizes: list) -> dict:
+        """As LLaMA's, and the head counts always in the standard fields (they are uniform:
+        check_plans), which the family reads when it builds or runs a layer."""
+        return {**super().config_fields(hidden_size, sizes),
+                "num_attention_heads": sizes[0].n_q, "num_key_value_heads": sizes[0].n_kv}
+
+    def finalize(self, model: nn.Module) -> None:
+        shapes = self.shapes(model)
+        self.check_plans([LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes])
+        super().finalize(model)
+
+
+@dataclass(frozen=True)
+class FusedAdapter(UniformHeadsAdapter):
     """Phi-3 layout: one qkv_proj ([q | k | v] rows) and one gate_up_proj ([gate | up] rows).
     The groups are the same as LLaMA's, as slots at offsets inside the fused tensors. Phi-3's
     attention reads the global head count at run time, so head counts must stay uniform
@@ -269,23 +295,6 @@ class FusedAdapter(DecoderAdapter):
         return {"k": shape.n_q * hd, "v": (shape.n_q + shape.n_kv) * hd,
                 "up": shape.n_mlp}.get(short, 0)
 
-    def check_plans(self, plans: list[LayerPlan], shapes: list[Shape] | None = None) -> None:
-        if len({(p.n_q, p.n_kv) for p in plans}) > 1:
-            raise TunelessError(f"{self.family}: attention reads one global head count, so "
-                                "head counts must be the same in every layer; use a schedule "
-                                "that keeps heads uniform (e.g. paper-mlp or uniform)")
-
-    def config_fields(self, hidden_size: int, sizes: list) -> dict:
-        """As LLaMA's, and the head counts always in the standard fields: Phi-3's attention
-        reads them at run time (they are uniform: check_plans)."""
-        return {**super().config_fields(hidden_size, sizes),
-                "num_attention_heads": sizes[0].n_q, "num_key_value_heads": sizes[0].n_kv}
-
-    def finalize(self, model: nn.Module) -> None:
-        shapes = self.shapes(model)
-        self.check_plans([LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes])
-        super().finalize(model)
-
     def finalize_layer(self, layer: nn.Module, hd: int) -> None:
         super().finalize_layer(layer, hd)
         self.attention(layer).num_key_value_heads = self.layer_shape(layer, hd).n_kv
@@ -295,7 +304,7 @@ register_family("phi3", FusedAdapter(family="phi3"))
 
 
 @dataclass(frozen=True)
-class QKNormAdapter(DecoderAdapter):
+class QKNormAdapter(UniformHeadsAdapter):
     """OLMo 2 / OLMo 3: LLaMA's projections with RMSNorms on each sublayer's *output* only
     (the MLP reads the stream itself, so `norms[1]` is the MLP, whose input is that stream)
     and q/k RMSNorms over the whole q and k projections: their gains are per channel of
@@ -307,36 +316,18 @@ class QKNormAdapter(DecoderAdapter):
                                           "post_feedforward_layernorm")
     q_norm: str = "q_norm"
     k_norm: str = "k_norm"
+    why: str = "each layer's q/k norms are sized by the global head counts"
 
     def layer_groups(self, i: int, shape: Shape, gqa: str, first_id: int = 0) -> LayerGroups:
         lg = super().layer_groups(i, shape, gqa, first_id)
         attn = f"{self.layer_prefix}.{i}.{self.attn}"
-        norm_of = {self.q: self.q_norm, self.k: self.k_norm}
+        norm_of = {f"{attn}.{self.q}": f"{attn}.{self.q_norm}",
+                   f"{attn}.{self.k}": f"{attn}.{self.k_norm}"}
         for g in lg.heads:  # each q/k weight row slot gets its norm's gains beside it
-            gains = [Slot(PRODUCER, f"{attn}.{norm_of[s.module.split('.')[-1]]}", "weight", 0,
-                          s.offset, s.block)
-                     for s in g.slots if s.kind == PRODUCER and s.param == "weight"
-                     and s.module.split(".")[-1] in norm_of]
-            g.slots.extend(gains)
+            g.slots.extend([Slot(PRODUCER, norm_of[s.module], "weight", 0, s.offset, s.block)
+                            for s in g.slots if s.kind == PRODUCER and s.param == "weight"
+                            and s.module in norm_of])
         return lg
-
-    def check_plans(self, plans: list[LayerPlan], shapes: list[Shape] | None = None) -> None:
-        if len({(p.n_q, p.n_kv) for p in plans}) > 1:
-            raise TunelessError(f"{self.family}: each layer's q/k norms are sized by the "
-                                "global head counts, so head counts must be the same in every "
-                                "layer; use a schedule that keeps heads uniform (e.g. "
-                                "paper-mlp or uniform)")
-
-    def finalize(self, model: nn.Module) -> None:
-        shapes = self.shapes(model)
-        self.check_plans([LayerPlan(s.n_q, s.n_kv, s.n_mlp) for s in shapes])
-        super().finalize(model)
-
-    def config_fields(self, hidden_size: int, sizes: list) -> dict:
-        """As LLaMA's, and the head counts always in the standard fields (they are uniform:
-        check_plans), which size every layer's q/k norms."""
-        return {**super().config_fields(hidden_size, sizes),
-                "num_attention_heads": sizes[0].n_q, "num_key_value_heads": sizes[0].n_kv}
 
 
 # EXAONE 4.0: OLMo 2's output-only sublayer norms, with per-head q/k norms (Qwen3's: on
@@ -347,6 +338,7 @@ register_family("exaone4", DecoderAdapter(family="exaone4", norms=QKNormAdapter.
 register_family("vaultgemma", DecoderAdapter(family="vaultgemma", norms=(
     "input_layernorm", "pre_feedforward_layernorm")))
 register_family("olmo2", QKNormAdapter(family="olmo2"))
+register_family("olmo3", QKNormAdapter(family="olmo3"))
 
 
 @dataclass(frozen=True)
@@ -373,7 +365,6 @@ class FixedHeadsAdapter(DecoderAdapter):
 
 register_family("stablelm", FixedHeadsAdapter(family="stablelm"))
 register_family("helium", FixedHeadsAdapter(family="helium"))
-register_family("olmo3", QKNormAdapter(family="olmo3"))
 
 LlamaAdapter = DecoderAdapter  # the name before issue 18
 

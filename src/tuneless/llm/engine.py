@@ -28,9 +28,10 @@ def plan_for(
     gqa="kv-groups",
 ) -> list[LayerPlan]:
     adapter = adapter_for(model)
-    plans = make_plan(adapter.shapes(model), sparsity=sparsity, schedule=schedule,
+    shapes = adapter.shapes(model)
+    plans = make_plan(shapes, sparsity=sparsity, schedule=schedule,
                       head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa)
-    adapter.check_plans(plans, adapter.shapes(model))
+    adapter.check_plans(plans, shapes)
     return plans
 
 

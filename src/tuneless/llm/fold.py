@@ -258,10 +258,11 @@ def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, defaults=FOLD_
     """Per-layer sizes (tuneless.llm.plan.resolve_plan; `defaults`: the schedules tried in
     order when none is given), checked by the family's adapter."""
     adapter = adapter_for(model)
-    plans = resolve_plan(adapter.shapes(model), sparsity=sparsity, schedule=schedule,
+    shapes = adapter.shapes(model)
+    plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule,
                          head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa,
                          defaults=defaults)
-    adapter.check_plans(plans, adapter.shapes(model))
+    adapter.check_plans(plans, shapes)
     return plans
 
 

@@ -44,9 +44,9 @@ def text_model(model: nn.Module) -> nn.Module:
     missing, unexpected = out.load_state_dict(state, strict=False, assign=True)
     for name, buf in decoder.named_buffers():  # those outside the state dict (rotary tables)
         owner, _, leaf = f"model.{name}".rpartition(".")
-        if out.get_submodule(owner)._buffers.get(leaf) is not None and \
-                out.get_submodule(owner)._buffers[leaf].is_meta:
-            out.get_submodule(owner)._buffers[leaf] = buf
+        buffers = out.get_submodule(owner)._buffers
+        if buffers.get(leaf) is not None and buffers[leaf].is_meta:
+            buffers[leaf] = buf
     tied = getattr(text_cfg, "tie_word_embeddings", False)
     missing = [k for k in missing if not (tied and k.startswith("lm_head."))]
     if missing or unexpected:
