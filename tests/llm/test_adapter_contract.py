@@ -14,6 +14,11 @@ from tuneless.llm.adapters import ADAPTERS, adapter_for
 IDS = torch.randint(0, 90, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
+def _alternating(layers: int) -> list[str]:
+    return ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (
+        layers % 2)
+
+
 def _config(family: str, layers: int = 2):
     import transformers as tf
 
@@ -61,9 +66,34 @@ def _config(family: str, layers: int = 2):
             tf.StableLmForCausalLM
     if family == "helium":  # o_proj hidden × hidden whatever the head count: heads fixed
         return tf.HeliumConfig(**common, head_dim=16, pad_token_id=0), tf.HeliumForCausalLM
+    if family == "granite_swa":  # Granite's multipliers, sliding windows in some layers
+        return tf.GraniteSWAConfig(**common, residual_multiplier=0.5, embedding_multiplier=2.0,
+                                   sliding_window=8, layer_types=_alternating(layers)), \
+            tf.GraniteSWAForCausalLM
+    if family == "hyperclovax":  # output norms on both sublayers and a residual multiplier
+        return tf.HyperCLOVAXConfig(**common, head_dim=16, use_post_norm=True,
+                                    residual_multiplier=0.5, pad_token_id=0), \
+            tf.HyperCLOVAXForCausalLM
+    if family in ("glm", "glm4"):  # one gate_up_proj; GLM-4 adds sandwich norms
+        cls = {"glm": (tf.GlmConfig, tf.GlmForCausalLM),
+               "glm4": (tf.Glm4Config, tf.Glm4ForCausalLM)}[family]
+        return cls[0](**common, head_dim=16, attention_bias=True, pad_token_id=0), cls[1]
+    if family == "ministral":  # Mistral's layout, sliding windows per layer type
+        return tf.MinistralConfig(**common, head_dim=16, sliding_window=8, pad_token_id=0,
+                                  layer_types=_alternating(layers)), \
+            tf.MinistralForCausalLM
     plain = {"ernie4_5": (tf.Ernie4_5Config, tf.Ernie4_5ForCausalLM),
              "seed_oss": (tf.SeedOssConfig, tf.SeedOssForCausalLM),
-             "ministral3": (tf.Ministral3Config, tf.Ministral3ForCausalLM)}
+             "ministral3": (tf.Ministral3Config, tf.Ministral3ForCausalLM),
+             "internlm3": (tf.InternLM3Config, tf.LlamaForCausalLM),
+             "iquestcoder": (tf.IQuestCoderConfig, tf.LlamaForCausalLM),
+             "hunyuan_v1_dense": (tf.HunYuanDenseV1Config, tf.HunYuanDenseV1ForCausalLM),
+             # MLPs without a gate
+             "arcee": (tf.ArceeConfig, tf.ArceeForCausalLM),
+             "nemotron": (tf.NemotronConfig, tf.NemotronForCausalLM),
+             "jais2": (tf.Jais2Config, tf.Jais2ForCausalLM),
+             "nanochat": (tf.NanoChatConfig, tf.NanoChatForCausalLM),
+             "apertus": (tf.ApertusConfig, tf.ApertusForCausalLM)}
     if family in plain:  # LLaMA's layout under another name
         cfg_cls, model_cls = plain[family]
         return cfg_cls(**common, pad_token_id=0, head_dim=16), model_cls
@@ -72,7 +102,9 @@ def _config(family: str, layers: int = 2):
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
             "smollm3", "granite", "olmo", "olmo2", "olmo3", "exaone4", "vaultgemma", "ernie4_5",
-            "seed_oss", "ministral3", "stablelm", "helium"]
+            "seed_oss", "ministral3", "stablelm", "helium", "ministral", "internlm3",
+            "iquestcoder", "granite_swa", "hunyuan_v1_dense", "hyperclovax", "glm", "glm4",
+            "arcee", "nemotron", "jais2", "nanochat", "apertus"]
 
 
 def _model(family: str, seed: int = 0):

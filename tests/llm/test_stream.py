@@ -87,6 +87,9 @@ def test_streamed_repaired_fold_equals_the_in_memory_one(sharded, tmp_path, sche
     # output / multiplier; embeddings and logits scaled too
     ("olmo2", 3, 0.5),  # norms on sublayer outputs only; q/k norm gains fold with heads
     ("exaone4", 3, 0.5),  # the same norms, per-head q/k norms
+    ("hyperclovax", 3, 0.5),  # output norms and a residual multiplier together
+    ("granite_swa", 4, 0.5),  # per-head attention sinks fold with their heads
+    ("nemotron", 3, 0.0),  # an MLP without a gate
 ])
 def test_streamed_repair_of_other_families_equals_the_in_memory_one(family, layers,
                                                                     head_ratio, tmp_path):

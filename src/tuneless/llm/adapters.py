@@ -65,11 +65,15 @@ class DecoderAdapter:
     # sandwich norms (Gemma 2/3): applied to the attention and MLP outputs before the
     # residual add; the least-squares repair then aims through them
     post_norms: tuple[str, str] | None = None
+    # False: the MLP is up → activation → down, no gate (NonGatedAdapter)
+    gated: bool = True
 
     @property
     def fused(self) -> bool:
-        """One module holds q, k and v (and gate and up): Phi-3's layout (FusedAdapter)."""
-        return self.q == self.k
+        """One module holds q, k and v (Phi-3's layout, FusedAdapter) or gate and up (GLM's,
+        GateUpAdapter): slots at offsets inside one tensor. (A non-gated MLP's one input
+        module answers to both gate and up: NonGatedAdapter.)"""
+        return self.q == self.k or (self.gated and self.gate == self.up)
 
     def residual_scale(self, layer: nn.Module) -> float:
         """What the layer multiplies each sublayer's output by before the residual add
@@ -101,8 +105,8 @@ class DecoderAdapter:
         given sizes means (tuneless's loader and the modeling file shipped with a fold)."""
         return [("attn", self.q, "h", "n_q * hd"), ("attn", self.k, "h", "n_kv * hd"),
                 ("attn", self.v, "h", "n_kv * hd"), ("attn", self.o, "n_q * hd", "h"),
-                ("mlp", self.gate, "h", "n_mlp"), ("mlp", self.up, "h", "n_mlp"),
-                ("mlp", self.down, "n_mlp", "h")]
+                *([("mlp", self.gate, "h", "n_mlp")] if self.gated else []),
+                ("mlp", self.up, "h", "n_mlp"), ("mlp", self.down, "n_mlp", "h")]
 
     def head_dim(self, config) -> int:
         hd = getattr(config, "head_dim", None)
@@ -141,7 +145,8 @@ class DecoderAdapter:
             return out + ([Slot(PRODUCER, names[short], "bias", 0, offset, block)] if bias else [])
 
         mlp = ChannelGroup(first_id, shape.n_mlp,
-                           rows("gate", shape.mlp_bias) + rows("up", shape.mlp_bias)
+                           (rows("gate", shape.mlp_bias) if self.gated else [])
+                           + rows("up", shape.mlp_bias)
                            + [Slot(CONSUMER, names["down"], "weight", 1)])
         if gqa == "kv-groups" or g == 1:
             heads = [ChannelGroup(first_id + 1, shape.n_kv,
@@ -233,11 +238,18 @@ register_family("qwen2", DecoderAdapter(family="qwen2"))  # q/k/v biases fold wi
 # Qwen3: per-head q/k RMSNorms act on head_dim, which folding never changes.
 register_family("qwen3", DecoderAdapter(family="qwen3"))
 # LLaMA's layout under other names: SmolLM3 (no rotary embedding in every fourth layer),
-# ERNIE 4.5, Seed-OSS, Ministral 3, OLMo (LayerNorm without weights, q/k/v clipping),
-# Granite (embedding, attention, residual and logit multipliers: residual_scale). Helium
-# and StableLM: FixedHeadsAdapter below.
-for _family in ("smollm3", "ernie4_5", "seed_oss", "ministral3", "olmo", "granite"):
+# ERNIE 4.5, Seed-OSS, Ministral and Ministral 3, InternLM 3, IQuest-Coder, OLMo (LayerNorm
+# without weights, q/k/v clipping), Granite (embedding, attention, residual and logit
+# multipliers: residual_scale; Granite-SWA's attention sinks: SinksAdapter), HunYuan dense
+# (per-head q/k norms on head_dim, which folding never changes). Helium and StableLM:
+# FixedHeadsAdapter below.
+for _family in ("smollm3", "ernie4_5", "seed_oss", "ministral", "ministral3", "internlm3",
+                "iquestcoder", "olmo", "granite", "hunyuan_v1_dense"):
     register_family(_family, DecoderAdapter(family=_family))
+# HyperCLOVA X: Granite's residual multiplier and, with use_post_norm, RMSNorms on each
+# sublayer's output (nn.Identity without: the repair then aims at the stream directly).
+register_family("hyperclovax", DecoderAdapter(family="hyperclovax",
+                                              post_norms=("post_norm1", "post_norm2")))
 # Gemma: LLaMA layout with GeGLU and (1 + w) RMSNorms; head_dim is its own config field.
 register_family("gemma", DecoderAdapter(family="gemma"))
 # Gemma 2/3: sandwich norms around attention and MLP; soft-capping, sliding windows, q/k
@@ -304,6 +316,47 @@ register_family("phi3", FusedAdapter(family="phi3"))
 
 
 @dataclass(frozen=True)
+class GateUpAdapter(DecoderAdapter):
+    """GLM layout: LLaMA's q/k/v/o and one gate_up_proj ([gate | up] rows, split in half at
+    run time, so any width loads). The MLP group's slots sit at offsets in that tensor."""
+
+    gate: str = "gate_up_proj"
+    up: str = "gate_up_proj"
+
+    def projection_specs(self) -> list[tuple[str, str, str, str]]:
+        return [*super().projection_specs()[:4], ("mlp", self.gate, "h", "2 * n_mlp"),
+                ("mlp", self.down, "n_mlp", "h")]
+
+    def segment_start(self, short: str, shape: Shape) -> int:
+        return shape.n_mlp if short == "up" else 0
+
+
+@dataclass(frozen=True)
+class NonGatedAdapter(DecoderAdapter):
+    """LLaMA's attention with an MLP of one input projection, an activation and down_proj
+    (no gate): the input module answers to both "gate" (what reads the MLP input) and "up"."""
+
+    gated: bool = False
+    gate: str = "up_proj"
+
+
+# Arcee (ReLU²), Nemotron (ReLU², LayerNorm1P, partial rotary), Jais 2; nanochat names its
+# MLP fc1 / fc2 and has per-head q/k norms (on head_dim); Apertus (xIELU) names its norms
+# attention_layernorm / feedforward_layernorm and has per-head q/k norms.
+for _family in ("arcee", "nemotron", "jais2"):
+    register_family(_family, NonGatedAdapter(family=_family))
+register_family("nanochat", NonGatedAdapter(family="nanochat", gate="fc1", up="fc1",
+                                            down="fc2"))
+register_family("apertus", NonGatedAdapter(family="apertus", norms=(
+    "attention_layernorm", "feedforward_layernorm")))
+
+register_family("glm", GateUpAdapter(family="glm"))
+# GLM-4: GLM's projections with sandwich norms around attention and MLP.
+register_family("glm4", GateUpAdapter(family="glm4", post_norms=(
+    "post_self_attn_layernorm", "post_mlp_layernorm")))
+
+
+@dataclass(frozen=True)
 class QKNormAdapter(UniformHeadsAdapter):
     """OLMo 2 / OLMo 3: LLaMA's projections with RMSNorms on each sublayer's *output* only
     (the MLP reads the stream itself, so `norms[1]` is the MLP, whose input is that stream)
@@ -328,6 +381,29 @@ class QKNormAdapter(UniformHeadsAdapter):
                             for s in g.slots if s.kind == PRODUCER and s.param == "weight"
                             and s.module in norm_of])
         return lg
+
+
+@dataclass(frozen=True)
+class SinksAdapter(UniformHeadsAdapter):
+    """LLaMA's projections with a learnable attention sink per query head (Granite-SWA): the
+    sink entries move and merge with their heads' q rows. Each layer sizes its sinks by the
+    global head count, so head counts stay uniform across layers (MLP sizes may differ)."""
+
+    sinks: str = "sinks"
+    why: str = "each layer's attention sinks are sized by the global head count"
+
+    def layer_groups(self, i: int, shape: Shape, gqa: str, first_id: int = 0) -> LayerGroups:
+        lg = super().layer_groups(i, shape, gqa, first_id)
+        attn, q = f"{self.layer_prefix}.{i}.{self.attn}", self.module_name(i, "q")
+        for g in lg.heads:  # a q slot's block of rows is block / head_dim heads
+            g.slots.extend([Slot(PRODUCER, attn, self.sinks, 0, s.offset,
+                                 s.block // shape.head_dim)
+                            for s in g.slots if s.kind == PRODUCER and s.module == q
+                            and s.param == "weight"])
+        return lg
+
+
+register_family("granite_swa", SinksAdapter(family="granite_swa"))
 
 
 # EXAONE 4.0: OLMo 2's output-only sublayer norms, with per-head q/k norms (Qwen3's: on

@@ -206,10 +206,12 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
     version, h_old / h_new the original and folded streams entering it; refit_unfolded also
     refits consumers whose width did not change. Returns both streams after the layer. The
     in-memory and the streamed fold both walk the layers with this."""
-    if target == "auto":
-        target = "local" if adapter.post_norms else "stream"
-    alpha = _DRIFT_SHARE[target] if isinstance(target, str) else float(target)
     post, sandwich = adapter.norms[1], adapter.post_norms
+    if sandwich and all(isinstance(getattr(lo, n), nn.Identity) for n in sandwich):
+        sandwich = None  # optional output norms switched off (HyperCLOVA X's use_post_norm)
+    if target == "auto":
+        target = "local" if sandwich else "stream"
+    alpha = _DRIFT_SHARE[target] if isinstance(target, str) else float(target)
     scale = adapter.residual_scale(lo)  # Granite adds residual_multiplier × each sublayer
     po, pn = adapter.projections(lo), adapter.projections(ln)
     watch = {"mid": getattr(lo, post)}
@@ -228,11 +230,11 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         else:  # the MLP half must land on the original layer output
             stream = h_old_out
             goal = stream - _between(seen_old["mid"], seen["mid"], alpha)
+        if scale != 1.0:  # what the consumer (or its output norm) itself must write
+            goal = goal / scale
         if sandwich:  # aim at the norm's input: c / gain at the original's scale
             norm = getattr(ln, sandwich[0] if short == "o" else sandwich[1])
             goal = _through_norm(norm, goal, seen_old[short])
-        elif scale != 1.0:  # what the consumer itself must write
-            goal = goal / scale
         if pn[short].bias is not None:  # the bias stays; the weights fit the rest
             goal = goal - pn[short].bias
         weight = (_token_weight(stream, seen_old[short] if sandwich else None)
@@ -242,7 +244,7 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         # after the down refit the output is mid + down(x): no second pass of the layer
         if short == "down":
             out = pn["down"](seen["x"])
-            h_next = seen["mid"] + (getattr(ln, sandwich[1])(out) if sandwich else scale * out)
+            h_next = seen["mid"] + scale * (getattr(ln, sandwich[1])(out) if sandwich else out)
         else:
             h_next = None
     h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
