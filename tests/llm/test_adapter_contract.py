@@ -82,6 +82,23 @@ def _config(family: str, layers: int = 2):
         return tf.MinistralConfig(**common, head_dim=16, sliding_window=8, pad_token_id=0,
                                   layer_types=_alternating(layers)), \
             tf.MinistralForCausalLM
+    if family == "phi":  # parallel attention and MLP, fc1/fc2, partial rotary, biases
+        return tf.PhiConfig(**common, pad_token_id=0), tf.PhiForCausalLM
+    if family in ("cohere", "cohere2"):  # parallel, gated, LayerNorm without bias
+        cls = {"cohere": (tf.CohereConfig, tf.CohereForCausalLM),
+               "cohere2": (tf.Cohere2Config, tf.Cohere2ForCausalLM)}[family]
+        extra = {"sliding_window": 8, "layer_types": _alternating(layers)} \
+            if family == "cohere2" else {}
+        return cls[0](**common, pad_token_id=0, **extra), cls[1]
+    if family == "gptj":  # parallel, transformer.h, fc_in/fc_out, n_inner (4 × hidden as in GPT-J)
+        return tf.GPTJConfig(vocab_size=97, n_positions=64, n_embd=64, n_layer=layers,
+                             n_head=4, rotary_dim=8, n_inner=256, bos_token_id=1,
+                             eos_token_id=2), tf.GPTJForCausalLM
+    if family == "gpt_neox":  # Pythia: interleaved fused qkv, parallel, embed_out
+        return tf.GPTNeoXConfig(vocab_size=97, hidden_size=64, intermediate_size=256,
+                                num_hidden_layers=layers, num_attention_heads=4,
+                                max_position_embeddings=64, rotary_pct=0.25, bos_token_id=1,
+                                eos_token_id=2), tf.GPTNeoXForCausalLM
     plain = {"ernie4_5": (tf.Ernie4_5Config, tf.Ernie4_5ForCausalLM),
              "seed_oss": (tf.SeedOssConfig, tf.SeedOssForCausalLM),
              "ministral3": (tf.Ministral3Config, tf.Ministral3ForCausalLM),
@@ -93,7 +110,8 @@ def _config(family: str, layers: int = 2):
              "nemotron": (tf.NemotronConfig, tf.NemotronForCausalLM),
              "jais2": (tf.Jais2Config, tf.Jais2ForCausalLM),
              "nanochat": (tf.NanoChatConfig, tf.NanoChatForCausalLM),
-             "apertus": (tf.ApertusConfig, tf.ApertusForCausalLM)}
+             "apertus": (tf.ApertusConfig, tf.ApertusForCausalLM),
+             "starcoder2": (tf.Starcoder2Config, tf.Starcoder2ForCausalLM)}
     if family in plain:  # LLaMA's layout under another name
         cfg_cls, model_cls = plain[family]
         return cfg_cls(**common, pad_token_id=0, head_dim=16), model_cls
@@ -104,7 +122,8 @@ FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_tex
             "smollm3", "granite", "olmo", "olmo2", "olmo3", "exaone4", "vaultgemma", "ernie4_5",
             "seed_oss", "ministral3", "stablelm", "helium", "ministral", "internlm3",
             "iquestcoder", "granite_swa", "hunyuan_v1_dense", "hyperclovax", "glm", "glm4",
-            "arcee", "nemotron", "jais2", "nanochat", "apertus"]
+            "arcee", "nemotron", "jais2", "nanochat", "apertus", "starcoder2", "phi", "cohere",
+            "cohere2", "gptj", "gpt_neox"]
 
 
 def _model(family: str, seed: int = 0):
@@ -149,11 +168,12 @@ def test_duplicated_mlp_channels_fold_losslessly(family):
     model = _model(family)
     _duplicate(model, "mlp")
     small = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5, repair="none")
-    assert small.config.intermediate_size == 16
+    adapter = adapter_for(small)
+    assert getattr(small.config, adapter.mlp_field) == adapter.mlp_width(model.config) // 2
     assert torch.allclose(_logits(small), _logits(model), atol=1e-4)
 
 
-FIXED_HEADS = ("stablelm", "helium")  # head_dim = hidden / heads, o_proj hidden × hidden
+FIXED_HEADS = ("stablelm", "helium", "gptj", "gpt_neox")  # head_dim = hidden / heads, o_proj h × h
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -197,7 +217,9 @@ def test_save_load_round_trip_and_generation(family, tmp_path):
     small = fold_llm(model, sparsity=0.3)  # the defaults: schedule, self repair
     out = save_folded(small, tmp_path / "small")
     again = load_folded(out)
-    plain = AutoModelForCausalLM.from_pretrained(out)  # uniform sizes: plain transformers
+    per_layer = getattr(small.config, "tuneless_layer_sizes", None) is not None
+    # uniform sizes: plain transformers; per-layer: the modeling file shipped beside them
+    plain = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=per_layer)
     assert torch.equal(_logits(again), _logits(small))
     assert torch.equal(_logits(plain.eval()), _logits(small))
     gen = again.generate(IDS[:1, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
@@ -227,7 +249,8 @@ def test_a_bfloat16_model_folds_and_stays_bfloat16(family):
     assert torch.isfinite(_logits(small).float()).all()
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "granite"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "granite", "phi",
+                                    "cohere"])
 def test_the_least_squares_repair_pulls_the_stream_back(family):
     model = _model(family)
     calib = torch.randint(0, 90, (8, 24), generator=torch.Generator().manual_seed(3))
@@ -253,11 +276,26 @@ def test_per_layer_head_counts_are_refused_by_name_where_heads_are_global(family
         fold_llm(model, sparsity=0.2, schedule="paper", repair="none")
 
 
-def test_stablelm_with_parallel_attention_and_mlp_is_refused_by_name():
+def test_stablelm_with_parallel_attention_and_mlp_folds_and_refits_losslessly():
+    """use_parallel_residual: both sublayers read the layer input; a refit of a lossless
+    fold must aim at exactly what the folded down_proj already writes."""
     cfg, cls = _config("stablelm")
     cfg.use_parallel_residual = True
     torch.manual_seed(0)
-    with pytest.raises(UnsupportedModelError, match="use_parallel_residual"):
+    model = cls(cfg).eval()
+    assert adapter_for(model).is_parallel(model.model.layers[0])
+    _duplicate(model, "mlp")
+    calib = torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(1))
+    small = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5, repair="refit", data=calib)
+    assert torch.allclose(_logits(small), _logits(model), atol=1e-3)
+
+
+@pytest.mark.parametrize("family, flag", [("phi", "qk_layernorm"), ("cohere", "use_qk_norm")])
+def test_parallel_families_with_global_q_k_norms_are_refused_by_name(family, flag):
+    cfg, cls = _config(family)
+    setattr(cfg, flag, True)
+    torch.manual_seed(0)
+    with pytest.raises(UnsupportedModelError, match=flag):
         fold_llm(cls(cfg).eval(), sparsity=0.2, repair="none")
 
 

@@ -90,6 +90,8 @@ def test_streamed_repaired_fold_equals_the_in_memory_one(sharded, tmp_path, sche
     ("hyperclovax", 3, 0.5),  # output norms and a residual multiplier together
     ("granite_swa", 4, 0.5),  # per-head attention sinks fold with their heads
     ("nemotron", 3, 0.0),  # an MLP without a gate
+    ("phi", 3, 0.5),  # attention and MLP in parallel: each consumer aims past the other
+    ("gptj", 3, 0.0),  # parallel, transformer.h, the MLP width in n_inner
 ])
 def test_streamed_repair_of_other_families_equals_the_in_memory_one(family, layers,
                                                                     head_ratio, tmp_path):

@@ -67,6 +67,11 @@ class DecoderAdapter:
     post_norms: tuple[str, str] | None = None
     # False: the MLP is up → activation → down, no gate (NonGatedAdapter)
     gated: bool = True
+    # True: attention and MLP read the same input and both add to the residual stream
+    # (Phi, Cohere, GPT-J); layers with use_parallel_residual set are parallel too
+    parallel: bool = False
+    # the config field of the MLP width (GPT-J's n_inner, None there meaning 4 × hidden)
+    mlp_field: str = "intermediate_size"
 
     @property
     def fused(self) -> bool:
@@ -102,15 +107,29 @@ class DecoderAdapter:
     def projection_specs(self) -> list[tuple[str, str, str, str]]:
         """(parent "attn" | "mlp", module attribute, in size, out size) of each projection
         module, sizes as expressions in h, hd, n_q, n_kv, n_mlp: what rebuilding a layer at
-        given sizes means (tuneless's loader and the modeling file shipped with a fold)."""
-        return [("attn", self.q, "h", "n_q * hd"), ("attn", self.k, "h", "n_kv * hd"),
-                ("attn", self.v, "h", "n_kv * hd"), ("attn", self.o, "n_q * hd", "h"),
-                *([("mlp", self.gate, "h", "n_mlp")] if self.gated else []),
-                ("mlp", self.up, "h", "n_mlp"), ("mlp", self.down, "n_mlp", "h")]
+        given sizes means (tuneless's loader and the modeling file shipped with a fold). A
+        module that holds several projections (fused q/k/v, gate/up) is listed once."""
+        attn = ([("attn", self.q, "h", "(n_q + 2 * n_kv) * hd")] if self.q == self.k else
+                [("attn", self.q, "h", "n_q * hd"), ("attn", self.k, "h", "n_kv * hd"),
+                 ("attn", self.v, "h", "n_kv * hd")])
+        if self.gated and self.gate == self.up:
+            mlp = [("mlp", self.gate, "h", "2 * n_mlp")]
+        else:
+            mlp = ([("mlp", self.gate, "h", "n_mlp")] if self.gated else []) + [
+                ("mlp", self.up, "h", "n_mlp")]
+        return [*attn, ("attn", self.o, "n_q * hd", "h"), *mlp,
+                ("mlp", self.down, "n_mlp", "h")]
 
     def head_dim(self, config) -> int:
         hd = getattr(config, "head_dim", None)
         return int(hd) if hd else config.hidden_size // config.num_attention_heads
+
+    def is_parallel(self, layer: nn.Module) -> bool:
+        """Whether this decoder layer adds attention and MLP to the same input."""
+        return self.parallel or bool(getattr(layer, "use_parallel_residual", False))
+
+    def mlp_width(self, config) -> int:
+        return int(getattr(config, self.mlp_field, None) or 4 * config.hidden_size)
 
     def num_kv_heads(self, config) -> int:
         return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
@@ -218,7 +237,7 @@ class DecoderAdapter:
         if len({tuple(x) for x in layers}) == 1 and hidden_size % layers[0][0] == 0:
             n_q, n_kv, n_mlp = layers[0]
             return {"num_attention_heads": n_q, "num_key_value_heads": n_kv,
-                    "intermediate_size": n_mlp, "tuneless_layer_sizes": None}
+                    self.mlp_field: n_mlp, "tuneless_layer_sizes": None}
         return {"tuneless_layer_sizes": layers}
 
 
@@ -298,10 +317,6 @@ class FusedAdapter(UniformHeadsAdapter):
     gate: str = "gate_up_proj"
     up: str = "gate_up_proj"
 
-    def projection_specs(self) -> list[tuple[str, str, str, str]]:
-        return [("attn", self.q, "h", "(n_q + 2 * n_kv) * hd"), ("attn", self.o, "n_q * hd", "h"),
-                ("mlp", self.gate, "h", "2 * n_mlp"), ("mlp", self.down, "n_mlp", "h")]
-
     def segment_start(self, short: str, shape: Shape) -> int:
         hd = shape.head_dim
         return {"k": shape.n_q * hd, "v": (shape.n_q + shape.n_kv) * hd,
@@ -323,10 +338,6 @@ class GateUpAdapter(DecoderAdapter):
     gate: str = "gate_up_proj"
     up: str = "gate_up_proj"
 
-    def projection_specs(self) -> list[tuple[str, str, str, str]]:
-        return [*super().projection_specs()[:4], ("mlp", self.gate, "h", "2 * n_mlp"),
-                ("mlp", self.down, "n_mlp", "h")]
-
     def segment_start(self, short: str, shape: Shape) -> int:
         return shape.n_mlp if short == "up" else 0
 
@@ -347,6 +358,9 @@ for _family in ("arcee", "nemotron", "jais2"):
     register_family(_family, NonGatedAdapter(family=_family))
 register_family("nanochat", NonGatedAdapter(family="nanochat", gate="fc1", up="fc1",
                                             down="fc2"))
+# StarCoder2: LayerNorms and biases everywhere, c_fc → GELU → c_proj.
+register_family("starcoder2", NonGatedAdapter(family="starcoder2", gate="c_fc", up="c_fc",
+                                              down="c_proj"))
 register_family("apertus", NonGatedAdapter(family="apertus", norms=(
     "attention_layernorm", "feedforward_layernorm")))
 
@@ -420,9 +434,9 @@ register_family("olmo3", QKNormAdapter(family="olmo3"))
 @dataclass(frozen=True)
 class FixedHeadsAdapter(DecoderAdapter):
     """LLaMA's layout with head_dim = hidden_size / num_attention_heads and an o_proj that is
-    hidden × hidden whatever the head count (StableLM, Helium): folded heads would not load in
-    transformers, so only MLP channels fold (the default schedules keep heads anyway).
-    StableLM's parallel attention and MLP (use_parallel_residual) are refused by name."""
+    hidden × hidden whatever the head count (StableLM, Helium, GPT-J): folded heads would not
+    load in transformers, so only MLP channels fold (the default schedules keep heads
+    anyway)."""
 
     def check_plans(self, plans: list[LayerPlan], shapes: list[Shape] | None = None) -> None:
         if shapes is not None and any((p.n_q, p.n_kv) != (s.n_q, s.n_kv)
@@ -432,15 +446,49 @@ class FixedHeadsAdapter(DecoderAdapter):
                                 "use a schedule that keeps heads (the default, inner-mlp, "
                                 "paper-mlp) or head_ratio=0")
 
+
+
+# StableLM: parallel attention and MLP where use_parallel_residual is set (is_parallel).
+register_family("stablelm", FixedHeadsAdapter(family="stablelm"))
+register_family("helium", FixedHeadsAdapter(family="helium"))
+# GPT-J: attention and MLP in parallel after one LayerNorm, fc_in → GELU → fc_out, the MLP
+# width in n_inner.
+register_family("gptj", FixedHeadsAdapter(
+    family="gptj", layer_prefix="transformer.h", attn="attn", o="out_proj", gated=False,
+    gate="fc_in", up="fc_in", down="fc_out", norms=("ln_1", "ln_1"), parallel=True,
+    mlp_field="n_inner"))
+
+# GPT-NeoX (Pythia): one query_key_value with each head's q, k and v rows side by side (so
+# heads stay fixed), dense_h_to_4h → GELU → dense_4h_to_h, parallel where
+# use_parallel_residual is set (the default), the output projection named embed_out.
+register_family("gpt_neox", FixedHeadsAdapter(
+    family="gpt_neox", layer_prefix="gpt_neox.layers", attn="attention", q="query_key_value",
+    k="query_key_value", v="query_key_value", o="dense", gated=False, gate="dense_h_to_4h",
+    up="dense_h_to_4h", down="dense_4h_to_h"))
+
+
+@dataclass(frozen=True)
+class ParallelAdapter(DecoderAdapter):
+    """Attention and MLP read one LayerNorm's output and both add to the stream (Phi-1/1.5/2,
+    Cohere): the repair aims each consumer at the original layer output minus what the rest
+    of the folded layer writes. Per-head q/k norms sized by the config (Phi's qk_layernorm,
+    Cohere's use_qk_norm) are refused by name."""
+
+    norms: tuple[str, ...] = ("input_layernorm", "input_layernorm")
+    parallel: bool = True
+    qk_norm_flag: str = "use_qk_norm"
+
     def unsupported(self, config) -> str | None:
-        if getattr(config, "use_parallel_residual", False):
-            return (f"{self.family} with use_parallel_residual=True (attention and MLP read the "
-                    "same input) is not supported: the least-squares repair walks them in turn")
+        if getattr(config, self.qk_norm_flag, False):
+            return (f"{self.family} with {self.qk_norm_flag}=True is not supported yet: its q/k "
+                    "norms are sized by the global head count and are not folded")
         return None
 
 
-register_family("stablelm", FixedHeadsAdapter(family="stablelm"))
-register_family("helium", FixedHeadsAdapter(family="helium"))
+register_family("phi", ParallelAdapter(family="phi", o="dense", gated=False, gate="fc1",
+                                       up="fc1", down="fc2", qk_norm_flag="qk_layernorm"))
+register_family("cohere", ParallelAdapter(family="cohere"))
+register_family("cohere2", ParallelAdapter(family="cohere2"))
 
 LlamaAdapter = DecoderAdapter  # the name before issue 18
 
@@ -487,7 +535,18 @@ def is_hf_causal_lm(model: object) -> bool:
     """True for any Hugging Face model with a config and a language-model head."""
     return (isinstance(model, nn.Module) and getattr(model, "config", None) is not None
             and hasattr(model.config, "model_type")
-            and (hasattr(model, "lm_head") or "CausalLM" in type(model).__name__))
+            and (_has_head(model) or "CausalLM" in type(model).__name__))
+
+
+def _has_head(model: nn.Module) -> bool:
+    """A language-model head: lm_head, or whatever the model names its output projection
+    (GPT-NeoX's embed_out)."""
+    if hasattr(model, "lm_head"):
+        return True
+    try:
+        return model.get_output_embeddings() is not None
+    except (AttributeError, NotImplementedError):
+        return False
 
 
 def is_causal_lm(model: object) -> bool:
@@ -499,7 +558,7 @@ def is_causal_lm(model: object) -> bool:
         adapter.layers(model)
     except AttributeError:
         return False
-    return hasattr(model, "lm_head")
+    return _has_head(model)
 
 
 def adapter_for(model: nn.Module) -> DecoderAdapter:

@@ -63,3 +63,26 @@ def quiet_config_validation() -> Iterator[None]:
         yield
     finally:
         log.removeFilter(quiet)
+
+
+def model_key(model: nn.Module, key: str, known: set[str]) -> str:
+    """The model's own name of a checkpoint key: the key itself if the model has it, else
+    the key through transformers' plain renamings of legacy checkpoint names (GPT-NeoX
+    saves its lm_head as embed_out), else unchanged."""
+    import re
+
+    if key in known:
+        return key
+    try:
+        from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
+
+        renamings = [r for r in get_model_conversion_mapping(model)
+                     if isinstance(r, WeightRenaming)]
+    except Exception:  # noqa: BLE001 — an older or newer transformers: no renamings
+        return key
+    for r in renamings:
+        for src, dst in zip(r.source_patterns, r.target_patterns):
+            new = re.sub(src, dst, key)
+            if new != key and new in known:
+                return new
+    return key

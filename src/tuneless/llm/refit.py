@@ -206,6 +206,11 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
     version, h_old / h_new the original and folded streams entering it; refit_unfolded also
     refits consumers whose width did not change. Returns both streams after the layer. The
     in-memory and the streamed fold both walk the layers with this."""
+    if adapter.is_parallel(lo):  # no output norms in these families: "auto" = "stream"
+        target = "stream" if target == "auto" else target
+        alpha = _DRIFT_SHARE[target] if isinstance(target, str) else float(target)
+        return _refit_parallel(adapter, lo, ln, h_old, h_new, kwargs, lam=lam,
+                               refit_unfolded=refit_unfolded, weighting=weighting, alpha=alpha)
     post, sandwich = adapter.norms[1], adapter.post_norms
     if sandwich and all(isinstance(getattr(lo, n), nn.Identity) for n in sandwich):
         sandwich = None  # optional output norms switched off (HyperCLOVA X's use_post_norm)
@@ -247,6 +252,34 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
             h_next = seen["mid"] + scale * (getattr(ln, sandwich[1])(out) if sandwich else out)
         else:
             h_next = None
+    h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
+    return h_old_out, h_new
+
+
+def _refit_parallel(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
+                    h_new: torch.Tensor, kwargs: dict, *, lam: float, refit_unfolded: bool,
+                    weighting: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """refit_layer for a layer whose attention and MLP both read its input and add to the
+    stream (out = h + o(·) + down(·)): each consumer aims at the original output minus
+    everything else the folded layer adds (the other consumer already refit); with α < 1
+    the "everything else" moves towards the original layer's."""
+    po, pn = adapter.projections(lo), adapter.projections(ln)
+    h_old_out, _ = _run(lo, h_old, kwargs, {})
+    h_next = None
+    for short in ("o", "down"):
+        if pn[short].in_features == po[short].in_features and not refit_unfolded:
+            continue
+        out, seen = _run(ln, h_new, kwargs, {"x": pn[short]})
+        rest = out - pn[short](seen["x"])  # what the rest of the folded layer writes
+        if alpha != 1:
+            _, seen_old = _run(lo, h_old, kwargs, {"x": po[short]})
+            rest = _between(h_old_out - po[short](seen_old["x"]), rest, alpha)
+        goal = h_old_out - rest
+        if pn[short].bias is not None:  # the bias stays; the weights fit the rest
+            goal = goal - pn[short].bias
+        weight = _token_weight(h_old_out, None) if weighting == "stream" else None
+        pn[short].weight.copy_(ridge_refit(seen["x"], goal, pn[short].weight, lam, weight))
+        h_next = rest + pn[short](seen["x"]) if alpha == 1 else None
     h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
     return h_old_out, h_new
 

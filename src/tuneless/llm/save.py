@@ -20,7 +20,7 @@ from torch import nn
 from tuneless.errors import TunelessError, first_line
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for, adapter_for_config
-from tuneless.llm.hf import quiet_config_validation
+from tuneless.llm.hf import model_key, quiet_config_validation
 
 MODELING = '''"""A decoder whose layers have different sizes (folded by tuneless).
 
@@ -118,13 +118,14 @@ def save_folded(model: nn.Module, folder: str | os.PathLike, tokenizer=None,
     adapter = adapter_for(model)
     # a vision-language model's language model goes back inside a copy of it
     whole = None if wrapper is None else rewrapped(model, wrapper)
+    per_layer = bool(getattr(model.config, "tuneless_layer_sizes", None))
     with atomic_folder(folder) as tmp:
-        if whole is None:
-            model.save_pretrained(str(tmp))
-        else:  # today's key layout: the shipped class is custom code, which transformers
-            # does not give the legacy layout's renamings (a LLaVA lm_head would not load)
-            whole.save_pretrained(str(tmp), save_original_format=False)
-        if getattr(model.config, "tuneless_layer_sizes", None):
+        # with the modeling file: today's key layout, since transformers gives custom code
+        # no renamings of legacy names (a LLaVA lm_head, GPT-NeoX's embed_out would not load)
+        (model if whole is None else whole).save_pretrained(
+            str(tmp), **({"save_original_format": False} if per_layer or whole is not None
+                         else {}))
+        if per_layer:
             if whole is None:
                 write_modeling(adapter, _hf_base(model), tmp)
             else:
@@ -257,16 +258,21 @@ def per_layer_model(folder: Path, config, sizes: list, dtype=None,
     if renamed:
         state = {new + k[len(old):]: v for k, v in state.items()
                  for old, new in renamed.items() if k.startswith(old)}
+    known = set(model.state_dict())
+    state = {model_key(model, k, known): v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = getattr(config, "tie_word_embeddings", False)
-    missing = [k for k in missing if not (tied and k.startswith("lm_head."))]
+    head = model.get_output_embeddings()
+    if tied:  # the output projection's weight is the embedding table, saved once
+        missing = [k for k in missing if not (head is not None and head.weight is
+                                              model.get_parameter(k))]
     if missing or unexpected:
         raise TunelessError(
             f"weights in {folder} do not match the model: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )
     if tied:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        head.weight = model.get_input_embeddings().weight
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

@@ -77,7 +77,7 @@ def _shapes(config, adapter, weight_map, per_layer: bool = False) -> list[Shape]
     if sizes and not per_layer:
         raise TunelessError("this checkpoint is already folded per layer; fold the original")
     if not sizes:
-        sizes = [(n_q, n_kv, config.intermediate_size)] * config.num_hidden_layers
+        sizes = [(n_q, n_kv, adapter.mlp_width(config))] * config.num_hidden_layers
     return [Shape(config.hidden_size, hd, q, kv, f, bias, o_bias, mlp_bias)
             for q, kv, f in sizes]
 
@@ -411,7 +411,7 @@ def check_checkpoint(folder: str | os.PathLike) -> int:
     weight_map = _weight_map(folder)
     hd, h = adapter.head_dim(config), config.hidden_size
     sizes = getattr(config, "tuneless_layer_sizes", None) or [
-        [config.num_attention_heads, adapter.num_kv_heads(config), config.intermediate_size]
+        [config.num_attention_heads, adapter.num_kv_heads(config), adapter.mlp_width(config)]
     ] * config.num_hidden_layers
     shapes = {}
     for name in sorted(set(weight_map.values())):

@@ -17,6 +17,7 @@ from torch import nn
 
 from tuneless.errors import TunelessError
 from tuneless.hooks import StopForward
+from tuneless.llm.hf import model_key
 
 
 class _Recorder(nn.Module):
@@ -191,9 +192,13 @@ def sampling_model(config, adapter, get, keys, generation_config=None) -> nn.Mod
     shell._cast.remove()  # the table is float32 now: no cast on the way out
     head = model.get_output_embeddings()
     if head is not None and head.weight.is_meta:
-        head_key = next((k for k in keys if k.endswith("lm_head.weight")), None)
-        if head_key is not None and not getattr(config, "tie_word_embeddings", False):
-            head.weight = nn.Parameter(get(head_key).float(), requires_grad=False)
+        name = next(n for n, m in model.named_modules() if m is head)
+        own = {f"{name}.{p}" for p, _ in head.named_parameters(recurse=False)}
+        found = {model_key(model, k, own): k for k in keys}  # GPT-NeoX saves embed_out
+        if f"{name}.weight" in found and not getattr(config, "tie_word_embeddings", False):
+            for param, _ in list(head.named_parameters(recurse=False)):  # GPT-J: a bias too
+                setattr(head, param, nn.Parameter(get(found[f"{name}.{param}"]).float(),
+                                                  requires_grad=False))
         else:  # tied: the output projection is the embedding table
             head.weight = emb.weight
     left = [n for n, p in model.named_parameters() if p.is_meta]
