@@ -94,6 +94,11 @@ def _config(family: str, layers: int = 2):
         return tf.GPTJConfig(vocab_size=97, n_positions=64, n_embd=64, n_layer=layers,
                              n_head=4, rotary_dim=8, n_inner=256, bos_token_id=1,
                              eos_token_id=2), tf.GPTJForCausalLM
+    if family == "opt":  # fc1/fc2 on the decoder layer itself, biases, the width in ffn_dim
+        return tf.OPTConfig(vocab_size=97, hidden_size=64, ffn_dim=256, num_hidden_layers=layers,
+                            num_attention_heads=4, max_position_embeddings=64,
+                            word_embed_proj_dim=64, bos_token_id=1, eos_token_id=2,
+                            pad_token_id=0), tf.OPTForCausalLM
     if family == "gpt_neox":  # Pythia: interleaved fused qkv, parallel, embed_out
         return tf.GPTNeoXConfig(vocab_size=97, hidden_size=64, intermediate_size=256,
                                 num_hidden_layers=layers, num_attention_heads=4,
@@ -123,7 +128,7 @@ FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_tex
             "seed_oss", "ministral3", "stablelm", "helium", "ministral", "internlm3",
             "iquestcoder", "granite_swa", "hunyuan_v1_dense", "hyperclovax", "glm", "glm4",
             "arcee", "nemotron", "jais2", "nanochat", "apertus", "starcoder2", "phi", "cohere",
-            "cohere2", "gptj", "gpt_neox"]
+            "cohere2", "gptj", "gpt_neox", "opt"]
 
 
 def _model(family: str, seed: int = 0):
@@ -173,7 +178,8 @@ def test_duplicated_mlp_channels_fold_losslessly(family):
     assert torch.allclose(_logits(small), _logits(model), atol=1e-4)
 
 
-FIXED_HEADS = ("stablelm", "helium", "gptj", "gpt_neox")  # head_dim = hidden / heads, o_proj h × h
+# head_dim = hidden / heads and o_proj hidden × hidden: heads stay fixed
+FIXED_HEADS = ("stablelm", "helium", "gptj", "gpt_neox", "opt")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -290,10 +296,12 @@ def test_stablelm_with_parallel_attention_and_mlp_folds_and_refits_losslessly():
     assert torch.allclose(_logits(small), _logits(model), atol=1e-3)
 
 
-@pytest.mark.parametrize("family, flag", [("phi", "qk_layernorm"), ("cohere", "use_qk_norm")])
-def test_parallel_families_with_global_q_k_norms_are_refused_by_name(family, flag):
+@pytest.mark.parametrize("family, flag, value", [("phi", "qk_layernorm", True),
+                                                ("cohere", "use_qk_norm", True),
+                                                ("opt", "do_layer_norm_before", False)])
+def test_layouts_the_repair_cannot_aim_through_are_refused_by_name(family, flag, value):
     cfg, cls = _config(family)
-    setattr(cfg, flag, True)
+    setattr(cfg, flag, value)
     torch.manual_seed(0)
     with pytest.raises(UnsupportedModelError, match=flag):
         fold_llm(cls(cfg).eval(), sparsity=0.2, repair="none")

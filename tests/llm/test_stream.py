@@ -92,6 +92,7 @@ def test_streamed_repaired_fold_equals_the_in_memory_one(sharded, tmp_path, sche
     ("nemotron", 3, 0.0),  # an MLP without a gate
     ("phi", 3, 0.5),  # attention and MLP in parallel: each consumer aims past the other
     ("gptj", 3, 0.0),  # parallel, transformer.h, the MLP width in n_inner
+    ("opt", 3, 0.0),  # the MLP on the decoder layer itself, flattened tokens inside it
 ])
 def test_streamed_repair_of_other_families_equals_the_in_memory_one(family, layers,
                                                                     head_ratio, tmp_path):

@@ -52,7 +52,7 @@ class DecoderAdapter:
     family: str = "llama"
     layer_prefix: str = "model.layers"
     attn: str = "self_attn"
-    mlp: str = "mlp"
+    mlp: str = "mlp"  # "": the MLP's projections sit on the decoder layer itself (OPT)
     q: str = "q_proj"
     k: str = "k_proj"
     v: str = "v_proj"
@@ -91,14 +91,20 @@ class DecoderAdapter:
     def attention(self, layer: nn.Module) -> nn.Module:
         return getattr(layer, self.attn)
 
+    def mlp_module(self, layer: nn.Module) -> nn.Module:
+        """The module holding the MLP's projections (the layer itself where `mlp` is "")."""
+        return getattr(layer, self.mlp) if self.mlp else layer
+
     def projections(self, layer: nn.Module) -> dict[str, nn.Linear]:
         """The seven linears of one decoder layer under the short names q k v o gate up down."""
-        return {short: getattr(getattr(layer, self.attn if short in ATTN else self.mlp),
-                               getattr(self, short)) for short in SHORT}
+        attn, mlp = self.attention(layer), self.mlp_module(layer)
+        return {short: getattr(attn if short in ATTN else mlp, getattr(self, short))
+                for short in SHORT}
 
     def module_name(self, layer: int, short: str) -> str:
         part = self.attn if short in ATTN else self.mlp
-        return f"{self.layer_prefix}.{layer}.{part}.{getattr(self, short)}"
+        return ".".join(x for x in (f"{self.layer_prefix}.{layer}", part, getattr(self, short))
+                        if x)
 
     def tensor_name(self, layer: int, short: str, kind: str = "weight") -> str:
         """The checkpoint key of one projection, for streaming from safetensors."""
@@ -221,7 +227,7 @@ class DecoderAdapter:
         """One layer's attention/MLP attributes from its tensors' sizes."""
         s = self.layer_shape(layer, hd)
         self.attention(layer).num_key_value_groups = s.group
-        mlp = getattr(layer, self.mlp)
+        mlp = self.mlp_module(layer)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = s.n_mlp
 
@@ -457,6 +463,31 @@ register_family("gptj", FixedHeadsAdapter(
     family="gptj", layer_prefix="transformer.h", attn="attn", o="out_proj", gated=False,
     gate="fc_in", up="fc_in", down="fc_out", norms=("ln_1", "ln_1"), parallel=True,
     mlp_field="n_inner"))
+
+@dataclass(frozen=True)
+class OPTAdapter(FixedHeadsAdapter):
+    """OPT: q/k/v/out_proj with biases, fc1 → ReLU → fc2 on the decoder layer itself, the
+    MLP width in ffn_dim; o_proj is hidden × hidden, so heads stay fixed. Post-norm OPT
+    (do_layer_norm_before=False, OPT-350m) is refused by name."""
+
+    layer_prefix: str = "model.decoder.layers"
+    o: str = "out_proj"
+    mlp: str = ""
+    gated: bool = False
+    gate: str = "fc1"
+    up: str = "fc1"
+    down: str = "fc2"
+    norms: tuple[str, ...] = ("self_attn_layer_norm", "final_layer_norm")
+    mlp_field: str = "ffn_dim"
+
+    def unsupported(self, config) -> str | None:
+        if not getattr(config, "do_layer_norm_before", True):
+            return ("opt with do_layer_norm_before=False (norms after each sublayer, as in "
+                    "OPT-350m) is not supported: the repair aims at the stream before the norm")
+        return None
+
+
+register_family("opt", OPTAdapter(family="opt"))
 
 # GPT-NeoX (Pythia): one query_key_value with each head's q, k and v rows side by side (so
 # heads stay fixed), dense_h_to_4h → GELU → dense_4h_to_h, parallel where

@@ -87,7 +87,8 @@ def _out(result) -> torch.Tensor:
 
 
 def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, watch: dict[str, nn.Module]):
-    """Run one decoder layer; also return the first positional input of each watched module."""
+    """Run one decoder layer; also return the first positional input of each watched module
+    (in the stream's shape: OPT flattens batch and sequence inside its layers)."""
     seen: dict[str, torch.Tensor] = {}
     handles = [
         mod.register_forward_pre_hook(lambda _m, a, key=key: seen.__setitem__(key, a[0]))
@@ -98,7 +99,7 @@ def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, watch: dict[str, 
     finally:
         for h in handles:
             h.remove()
-    return out, seen
+    return out, {k: v.reshape(*hidden.shape[:-1], v.shape[-1]) for k, v in seen.items()}
 
 
 def ridge_refit(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float,

@@ -45,7 +45,7 @@ class FoldedForCausalLM({base}):
         h = text.hidden_size
         hd = getattr(text, "head_dim", None) or h // text.num_attention_heads
         for layer, (n_q, n_kv, n_mlp) in zip(self.{layers}, text.tuneless_layer_sizes):
-            attn, mlp = layer.{attn}, layer.{mlp}
+            attn, mlp = layer.{attn}, {mlp}
 {rebuild}
             attn.num_key_value_groups = n_q // n_kv
             if hasattr(attn, "num_key_value_heads"):
@@ -72,8 +72,8 @@ def write_modeling(a, base: str, folder: Path, layers: str | None = None) -> Non
 
     rebuild = "\n".join(f"            {parent}.{name} = _linear({parent}.{name}, {n_in}, {n_out})"
                         for parent, name, n_in, n_out in a.projection_specs())
-    code = MODELING.format(base=base, layers=layers or a.layer_prefix, attn=a.attn, mlp=a.mlp,
-                           rebuild=rebuild)
+    code = MODELING.format(base=base, layers=layers or a.layer_prefix, attn=a.attn,
+                           mlp=f"layer.{a.mlp}" if a.mlp else "layer", rebuild=rebuild)
     (folder / "modeling_tuneless.py").write_text(code)
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -157,7 +157,8 @@ def _resize(model: nn.Module, sizes: list[list[int]]) -> None:
         h = adapter.projections(layer)["o"].out_features
         sizes_of = {"h": h, "hd": hd, "n_q": n_q, "n_kv": n_kv, "n_mlp": n_mlp}
         for parent_kind, name, n_in, n_out in adapter.projection_specs():
-            parent = getattr(layer, adapter.attn if parent_kind == "attn" else adapter.mlp)
+            parent = (adapter.attention(layer) if parent_kind == "attn"
+                      else adapter.mlp_module(layer))
             old = getattr(parent, name)
             n_in, n_out = (_size(e, sizes_of) for e in (n_in, n_out))
             setattr(parent, name, nn.Linear(n_in, n_out, bias=old.bias is not None,

@@ -63,7 +63,7 @@ def svd_llm(model: nn.Module, sparsity: float, *, whiten: str | None = None, tok
     reader = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate",
               "down": "down"}  # whose input each projection reads
     for li, layer in enumerate(adapter.layers(new)):
-        attn, mlp = adapter.attention(layer), getattr(layer, adapter.mlp)
+        attn, mlp = adapter.attention(layer), adapter.mlp_module(layer)
         seen: set[int] = set()  # fused families name one module several times
         for short, lin in adapter.projections(layer).items():
             if id(lin) in seen:
