@@ -57,6 +57,20 @@ def test_inspect_shows_per_layer_sizes_of_a_language_model(tmp_path, capsys):
     assert len(rows) == 4 and any(int(r[4]) < 48 for r in rows)  # folded MLPs
 
 
+def test_inspect_reads_gpt2_conv1d_and_says_its_heads_stay(tmp_path, capsys):
+    from tests.llm.test_adapter_contract import _config
+
+    cfg, cls = _config("gpt2", layers=2)
+    torch.manual_seed(0)
+    cls(cfg).eval().save_pretrained(tmp_path / "gpt2")
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "gpt2")]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[1:5] for r in rows] == [["4", "4", "16", "256"]] * 2
+    assert "input rows merge" in out and "heads stay" in out and "kv groups" not in out
+
+
 def test_hub_id_downloads_then_compresses(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 

@@ -10,6 +10,7 @@ import torch
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.llm import fold_llm, load_folded, save_folded
 from tuneless.llm.adapters import ADAPTERS, adapter_for
+from tuneless.llm.conv1d import as_linear
 
 IDS = torch.randint(0, 90, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -99,6 +100,9 @@ def _config(family: str, layers: int = 2):
                             num_attention_heads=4, max_position_embeddings=64,
                             word_embed_proj_dim=64, bos_token_id=1, eos_token_id=2,
                             pad_token_id=0), tf.OPTForCausalLM
+    if family == "gpt2":  # Conv1D projections, fused c_attn, the mask passed positionally
+        return tf.GPT2Config(vocab_size=97, n_positions=64, n_embd=64, n_layer=layers, n_head=4,
+                             n_inner=256, bos_token_id=1, eos_token_id=2), tf.GPT2LMHeadModel
     if family == "gpt_neox":  # Pythia: interleaved fused qkv, parallel, embed_out
         return tf.GPTNeoXConfig(vocab_size=97, hidden_size=64, intermediate_size=256,
                                 num_hidden_layers=layers, num_attention_heads=4,
@@ -128,7 +132,7 @@ FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_tex
             "seed_oss", "ministral3", "stablelm", "helium", "ministral", "internlm3",
             "iquestcoder", "granite_swa", "hunyuan_v1_dense", "hyperclovax", "glm", "glm4",
             "arcee", "nemotron", "jais2", "nanochat", "apertus", "starcoder2", "phi", "cohere",
-            "cohere2", "gptj", "gpt_neox", "opt"]
+            "cohere2", "gptj", "gpt_neox", "opt", "gpt2"]
 
 
 def _model(family: str, seed: int = 0):
@@ -150,6 +154,7 @@ def _logits(model):
 def _duplicate(model, what: str) -> None:
     """Make the second half of the MLP channels ("mlp") or of the kv groups ("heads") exact
     copies of the first half, in every layer, through the adapter's own groups."""
+    as_linear(model, inplace=True)  # GPT-2's Conv1D: rows are the slots' axis 0 as Linears
     adapter = adapter_for(model)
     with torch.no_grad():
         for i, shape in enumerate(adapter.shapes(model)):
@@ -179,7 +184,7 @@ def test_duplicated_mlp_channels_fold_losslessly(family):
 
 
 # head_dim = hidden / heads and o_proj hidden × hidden: heads stay fixed
-FIXED_HEADS = ("stablelm", "helium", "gptj", "gpt_neox", "opt")
+FIXED_HEADS = ("stablelm", "helium", "gptj", "gpt_neox", "opt", "gpt2")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -233,16 +238,17 @@ def test_save_load_round_trip_and_generation(family, tmp_path):
 
 
 def test_a_causal_lm_without_an_adapter_is_named_with_the_supported_families():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import BloomConfig, BloomForCausalLM
 
     import tuneless
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2)).eval()
-    for call in (lambda: tuneless.fold(gpt2, sparsity=0.2),
-                 lambda: tuneless.prune(gpt2, sparsity=0.2, criterion="magnitude"),
-                 lambda: tuneless.svd(gpt2, sparsity=0.2)):
+    bloom = BloomForCausalLM(BloomConfig(vocab_size=97, hidden_size=32, n_layer=1,
+                                         n_head=2)).eval()
+    for call in (lambda: tuneless.fold(bloom, sparsity=0.2),
+                 lambda: tuneless.prune(bloom, sparsity=0.2, criterion="magnitude"),
+                 lambda: tuneless.svd(bloom, sparsity=0.2)):
         with pytest.raises(UnsupportedModelError,
-                           match=r"'gpt2'.*granite.*llama.*mistral.*phi3.*qwen2"):
+                           match=r"'bloom'.*gpt2.*llama.*mistral.*phi3.*qwen2"):
             call()
 
 
@@ -280,6 +286,20 @@ def test_per_layer_head_counts_are_refused_by_name_where_heads_are_global(family
     model = cls(cfg).eval()
     with pytest.raises(TunelessError, match="head counts must be the same in every layer"):
         fold_llm(model, sparsity=0.2, schedule="paper", repair="none")
+
+
+@pytest.mark.parametrize("family", FIXED_HEADS)
+def test_schedules_that_fold_heads_keep_them_where_heads_cannot_fold(family):
+    """The baselines' uniform schedule and an explicit "uniform" fold take head_ratio=0 in
+    these families instead of refusing their own default."""
+    import tuneless
+
+    model = _model(family)
+    for small in (tuneless.prune(model, sparsity=0.1, criterion="magnitude"),
+                  fold_llm(model, sparsity=0.1, schedule="uniform", repair="none")):
+        before, after = adapter_for(model).shapes(model), adapter_for(small).shapes(small)
+        assert [(s.n_q, s.n_kv) for s in after] == [(s.n_q, s.n_kv) for s in before]
+        assert sum(s.n_mlp for s in after) < sum(s.n_mlp for s in before)
 
 
 def test_stablelm_with_parallel_attention_and_mlp_folds_and_refits_losslessly():

@@ -51,10 +51,12 @@ def inspect_llm(args: argparse.Namespace) -> int:
     print(f"{type(model).__name__} (family {adapter.family}): {count_params(model):,} "
           f"parameters, {block_params(model):,} in {len(adapter.layers(model))} decoder layers")
     print(render_table(llm_rows(model)))
-    print(f"foldable per layer: MLP channels (gate/up rows merge, down columns sum) and, with "
-          f"gqa='kv-groups', whole kv groups ({s.group} query heads each); with "
-          f"gqa='query-heads', query heads inside each kv group. The residual width "
-          f"({s.hidden}), embeddings, norms and the vocabulary head stay.")
+    rows = "gate/up" if adapter.gated else "input"
+    heads = (f" and, with gqa='kv-groups', whole kv groups ({s.group} query heads each); with "
+             "gqa='query-heads', query heads inside each kv group" if adapter.heads_foldable
+             else "; heads stay (this family's head_dim is hidden_size / heads)")
+    print(f"foldable per layer: MLP channels ({rows} rows merge, down columns sum){heads}. "
+          f"The residual width ({s.hidden}), embeddings, norms and the vocabulary head stay.")
     return 0
 
 

@@ -80,6 +80,19 @@ class DecoderAdapter:
         module answers to both gate and up: NonGatedAdapter.)"""
         return self.q == self.k or (self.gated and self.gate == self.up)
 
+    @property
+    def heads_foldable(self) -> bool:
+        """Whether folded heads load in transformers (not where head_dim = hidden / heads:
+        FixedHeadsAdapter)."""
+        return True
+
+    def head_ratio_for(self, schedule, head_ratio: float | None) -> float | None:
+        """The head ratio a named schedule that folds heads ("uniform", "paper") gets when
+        none is given: 0 where heads cannot fold, so those schedules fold MLPs only."""
+        if head_ratio is None and not self.heads_foldable and schedule in ("uniform", "paper"):
+            return 0.0
+        return head_ratio
+
     def residual_scale(self, layer: nn.Module) -> float:
         """What the layer multiplies each sublayer's output by before the residual add
         (Granite's residual_multiplier; 1 elsewhere): the refit aims at output / scale."""
@@ -148,10 +161,10 @@ class DecoderAdapter:
     def layer_shape(self, layer: nn.Module, hd: int) -> Shape:
         """One decoder layer's sizes, read from its projections (head_dim hd)."""
         p = self.projections(layer)
-        n_q = p["o"].in_features // hd  # o_proj reads the query heads only
-        qkv_rows = sum(m.out_features for m in {id(p[s]): p[s] for s in "qkv"}.values())
-        return Shape(hidden=p["q"].in_features, head_dim=hd, n_q=n_q,
-                     n_kv=(qkv_rows // hd - n_q) // 2, n_mlp=p["down"].in_features,
+        n_q = _in(p["o"]) // hd  # o_proj reads the query heads only
+        qkv_rows = sum(_out(m) for m in {id(p[s]): p[s] for s in "qkv"}.values())
+        return Shape(hidden=_in(p["q"]), head_dim=hd, n_q=n_q,
+                     n_kv=(qkv_rows // hd - n_q) // 2, n_mlp=_in(p["down"]),
                      attn_bias=p["q"].bias is not None, o_bias=p["o"].bias is not None,
                      mlp_bias=p["gate"].bias is not None)
 
@@ -245,6 +258,16 @@ class DecoderAdapter:
             return {"num_attention_heads": n_q, "num_key_value_heads": n_kv,
                     self.mlp_field: n_mlp, "tuneless_layer_sizes": None}
         return {"tuneless_layer_sizes": layers}
+
+
+def _in(m: nn.Module) -> int:
+    """Input width of a projection: an nn.Linear, or GPT-2's Conv1D (weight stored (in, out))
+    as a user's model still has it."""
+    return m.in_features if isinstance(m, nn.Linear) else m.weight.shape[0]
+
+
+def _out(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.weight.shape[1]
 
 
 ADAPTERS: dict[str, DecoderAdapter] = {}
@@ -444,6 +467,10 @@ class FixedHeadsAdapter(DecoderAdapter):
     load in transformers, so only MLP channels fold (the default schedules keep heads
     anyway)."""
 
+    @property
+    def heads_foldable(self) -> bool:
+        return False
+
     def check_plans(self, plans: list[LayerPlan], shapes: list[Shape] | None = None) -> None:
         if shapes is not None and any((p.n_q, p.n_kv) != (s.n_q, s.n_kv)
                                       for p, s in zip(plans, shapes)):
@@ -496,6 +523,34 @@ register_family("gpt_neox", FixedHeadsAdapter(
     family="gpt_neox", layer_prefix="gpt_neox.layers", attn="attention", q="query_key_value",
     k="query_key_value", v="query_key_value", o="dense", gated=False, gate="dense_h_to_4h",
     up="dense_h_to_4h", down="dense_4h_to_h"))
+
+
+
+@dataclass(frozen=True)
+class GPT2Adapter(FixedHeadsAdapter):
+    """GPT-2: transformer.h, one c_attn ([q | k | v] rows, heads fixed: head_dim is
+    hidden / heads), c_fc → GELU → c_proj, the MLP width in n_inner. Its projections are
+    transformers' Conv1D, which the methods see as nn.Linear (tuneless.llm.conv1d)."""
+
+    layer_prefix: str = "transformer.h"
+    attn: str = "attn"
+    q: str = "c_attn"
+    k: str = "c_attn"
+    v: str = "c_attn"
+    o: str = "c_proj"
+    gated: bool = False
+    gate: str = "c_fc"
+    up: str = "c_fc"
+    down: str = "c_proj"
+    norms: tuple[str, ...] = ("ln_1", "ln_2")
+    mlp_field: str = "n_inner"
+
+    def segment_start(self, short: str, shape: Shape) -> int:
+        hd = shape.head_dim
+        return {"k": shape.n_q * hd, "v": (shape.n_q + shape.n_kv) * hd}.get(short, 0)
+
+
+register_family("gpt2", GPT2Adapter(family="gpt2"))
 
 
 @dataclass(frozen=True)

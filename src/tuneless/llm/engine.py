@@ -30,7 +30,8 @@ def plan_for(
     adapter = adapter_for(model)
     shapes = adapter.shapes(model)
     plans = make_plan(shapes, sparsity=sparsity, schedule=schedule,
-                      head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa)
+                      head_ratio=adapter.head_ratio_for(schedule, head_ratio),
+                      mlp_ratio=mlp_ratio, gqa=gqa)
     adapter.check_plans(plans, shapes)
     return plans
 

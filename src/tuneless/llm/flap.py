@@ -24,6 +24,7 @@ from torch import nn
 from tuneless.errors import TunelessError
 from tuneless.graph.groups import CONSUMER, Source
 from tuneless.llm.adapters import LayerGroups, adapter_for, layer_graph
+from tuneless.llm.conv1d import as_linear
 from tuneless.llm.decide import consumer_scores, score_decisions
 from tuneless.llm.engine import reduce_llm
 from tuneless.llm.plan import LayerPlan, Shape
@@ -180,7 +181,7 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
     from tuneless.llm.engine import plan_for
     from tuneless.llm.fold import repair_reduced
 
-    check_model(model, "flap")
+    model = as_linear(check_model(model, "flap"))  # GPT-2: Conv1D as Linear
     check_call(flap_llm, {"sparsity": sparsity, "seed": seed, "n_samples": n_samples,
                           "seq_len": seq_len}, "flap")
     if structure not in STRUCTURES:

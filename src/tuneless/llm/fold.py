@@ -15,6 +15,7 @@ from tuneless.errors import TunelessError
 from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.choose import HELD_OUT, choose_schedule, default_candidates
+from tuneless.llm.conv1d import as_linear
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.engine import block_params, reduce_llm
 from tuneless.llm.plan import FOLD_DEFAULTS, LayerPlan, Shape, resolve_plan
@@ -99,7 +100,7 @@ def fold_llm(
       the plan's; heads go to the plan's in the first fold). Each fold samples, measures
       and refits on the model it starts from, so the cost grows with steps.
     """
-    check_model(model, "fold")
+    model = as_linear(check_model(model, "fold"))  # GPT-2: Conv1D as Linear
     adapter = adapter_for(model)  # an unsupported family is named before any work
     repair = DEFAULT_REPAIR if repair is None else "none" if repair == "naive" else repair
     steps = default_steps(repair) if steps is None else steps
@@ -260,8 +261,8 @@ def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, defaults=FOLD_
     adapter = adapter_for(model)
     shapes = adapter.shapes(model)
     plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule,
-                         head_ratio=head_ratio, mlp_ratio=mlp_ratio, gqa=gqa,
-                         defaults=defaults)
+                         head_ratio=adapter.head_ratio_for(schedule, head_ratio),
+                         mlp_ratio=mlp_ratio, gqa=gqa, defaults=defaults)
     adapter.check_plans(plans, shapes)
     return plans
 

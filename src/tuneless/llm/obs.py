@@ -25,6 +25,7 @@ from tuneless.errors import TunelessError
 from tuneless.graph.groups import CONSUMER
 from tuneless.llm.activation_stats import layer_moments
 from tuneless.llm.adapters import adapter_for
+from tuneless.llm.conv1d import as_linear
 from tuneless.llm.engine import reduce_llm
 from tuneless.llm.fold import _plans, rank_calibration_ids, repair_reduced
 from tuneless.llm.plan import OBS_DEFAULTS
@@ -133,7 +134,7 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     ("self" or "none") or `data` / windows of the calibration text ("refit"), walked
     through the uncompressed model one layer at a time (memory: one float64
     intermediate × intermediate matrix at a time)."""
-    check_model(model, "obs")
+    model = as_linear(check_model(model, "obs"))  # GPT-2: Conv1D as Linear
     adapter = adapter_for(model)
     check_call(obs_prune_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
                                "mlp_ratio": mlp_ratio, "seed": seed,

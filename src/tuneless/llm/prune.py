@@ -15,6 +15,7 @@ from torch import nn
 
 from tuneless.hooks import Moments
 from tuneless.llm.adapters import adapter_for
+from tuneless.llm.conv1d import as_linear
 from tuneless.llm.decide import magnitude_scores, score_decisions, wanda_sp_scores
 from tuneless.llm.engine import plan_for, reduce_llm
 from tuneless.llm.fold import repair_reduced
@@ -30,7 +31,7 @@ def magnitude_prune_llm(model: nn.Module, sparsity: float | None = None, *, sche
                         seed: int = 0, refit_lambda: float = 3.0) -> nn.Module:
     """Data-free structured magnitude pruning of MLP channels and heads; `repair` ("self",
     "refit") applies folding's least-squares repair to the pruned model, on equal terms."""
-    check_model(model, "magnitude")
+    model = as_linear(check_model(model, "magnitude"))  # GPT-2: Conv1D as Linear
     check_call(magnitude_prune_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
                                      "mlp_ratio": mlp_ratio}, "magnitude")
     plans = plan_for(model, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
@@ -89,7 +90,7 @@ def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=N
     """
     from tuneless.llm.calibration import token_batches
 
-    check_model(model, "wanda-sp")
+    model = as_linear(check_model(model, "wanda-sp"))  # GPT-2: Conv1D as Linear
     check_call(wanda_sp_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
                               "mlp_ratio": mlp_ratio, "seed": seed, "n_samples": n_samples,
                               "seq_len": seq_len}, "wanda-sp")

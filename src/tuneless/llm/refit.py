@@ -20,6 +20,8 @@ the language-model analogue of Fold-DIR's synthetic images).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -46,11 +48,10 @@ def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, lis
     per_layer: list[dict | None] = [None] * len(layers)
 
     def record(i: int):
-        def hook(_m, args, kwargs):
-            kw = dict(kwargs)
+        def hook(m, args, kwargs):
+            hidden, kw = _named_inputs(m, args, kwargs)
             if i == 0:
-                first["hidden"] = args[0] if args else kw["hidden_states"]
-            kw.pop("hidden_states", None)
+                first["hidden"] = hidden
             per_layer[i] = kw
             if i == len(layers) - 1:
                 raise StopForward  # nothing after the last layer's inputs is needed
@@ -80,6 +81,24 @@ def layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, lis
         raise TunelessError(f"not every decoder layer of {type(model).__name__} ran in its "
                             "forward pass")
     return first["hidden"], per_layer
+
+
+def _named_inputs(layer: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
+    """(hidden states, every other input by name) of one call of a decoder layer: GPT-2
+    passes its mask positionally, and the replays give all but the hidden states by name."""
+    if len(args) <= 1:
+        kw = dict(kwargs)
+        return (args[0] if args else kw["hidden_states"]), {
+            k: v for k, v in kw.items() if k != "hidden_states"}
+    sig = inspect.signature(type(layer).forward)
+    bound = sig.bind(layer, *args, **kwargs).arguments
+    names = [n for n in sig.parameters if n != "self"]
+    hidden = bound.pop(names[0])
+    bound.pop("self", None)
+    for name, p in sig.parameters.items():  # **kwargs arrive as one dict: spread them
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            bound.update(bound.pop(name, {}))
+    return hidden, dict(bound)
 
 
 def _out(result) -> torch.Tensor:

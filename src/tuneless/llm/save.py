@@ -20,6 +20,7 @@ from torch import nn
 from tuneless.errors import TunelessError, first_line
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for, adapter_for_config
+from tuneless.llm.conv1d import as_linear, empty_like
 from tuneless.llm.hf import model_key, quiet_config_validation
 
 MODELING = '''"""A decoder whose layers have different sizes (folded by tuneless).
@@ -35,6 +36,10 @@ from transformers import {base}
 
 def _linear(old, n_in, n_out):
     w = old.weight
+    if type(old).__name__ == "Conv1D":  # GPT-2: a linear layer storing its weight (in, out)
+        from transformers.pytorch_utils import Conv1D
+
+        return Conv1D(n_out, n_in).to(dtype=w.dtype, device=w.device)
     return nn.Linear(n_in, n_out, bias=old.bias is not None, dtype=w.dtype, device=w.device)
 
 
@@ -161,8 +166,7 @@ def _resize(model: nn.Module, sizes: list[list[int]]) -> None:
                       else adapter.mlp_module(layer))
             old = getattr(parent, name)
             n_in, n_out = (_size(e, sizes_of) for e in (n_in, n_out))
-            setattr(parent, name, nn.Linear(n_in, n_out, bias=old.bias is not None,
-                                            dtype=old.weight.dtype))
+            setattr(parent, name, empty_like(old, n_in, n_out))
         attn = adapter.attention(layer)
         if hasattr(attn, "num_key_value_heads"):
             attn.num_key_value_heads = n_kv
@@ -250,6 +254,7 @@ def per_layer_model(folder: Path, config, sizes: list, dtype=None,
     with quiet_config_validation():
         model = AutoModelForCausalLM.from_config(config,
                                                  dtype=dtype or config.dtype or torch.float32)
+    as_linear(model, inplace=True)  # GPT-2's Conv1Ds, as the fold left them
     _resize(model, sizes)
     state = {}
     for f in sorted(folder.glob("*.safetensors")):

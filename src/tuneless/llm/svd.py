@@ -18,6 +18,7 @@ from torch import nn
 
 from tuneless.errors import TunelessError
 from tuneless.llm.adapters import adapter_for
+from tuneless.llm.conv1d import as_linear
 from tuneless.llm.hf import plain_copy
 from tuneless.methods.svd import LayerSpectrum, build_pair, factorise
 from tuneless.modelcheck import check_model
@@ -41,7 +42,7 @@ def svd_llm(model: nn.Module, sparsity: float, *, whiten: str | None = None, tok
 
     whiten: None (plain SVD), "self" (SVD-LLM whitening on text the model samples itself:
     data-free) or "data" (on `data` token ids, or calibration windows with tokenizer=)."""
-    check_model(model, "svd")
+    model = as_linear(check_model(model, "svd"))  # GPT-2: Conv1D as Linear
     check_call(svd_llm, {"sparsity": sparsity, "calib_samples": calib_samples,
                          "calib_len": calib_len, "seed": seed}, "svd")
     adapter = adapter_for(model)
