@@ -54,16 +54,21 @@ def capture(model: nn.Module, module: nn.Module, run, what: str = "input", name:
 
 class Moments:
     """Forward pre-hook: running Σ x xᵀ (full) or Σ x² (diagonal) over the last axis of a
-    module's first input, every token or position a sample."""
+    module's first input, every token or position a sample; skip: leave out the first
+    `skip` positions of each sequence (axis 1 of an input of 3 or more axes)."""
 
-    def __init__(self, full: bool) -> None:
+    def __init__(self, full: bool, skip: int = 0) -> None:
         self.full, self.total, self.count, self.synced = full, None, 0, False
+        self.skip = skip
 
     def __call__(self, _module, args) -> None:
+        x = args[0].detach()
+        if self.skip and x.dim() >= 3:
+            x = x[:, self.skip:]
         # float64 products: partial sums then agree to ~1e-16 however the tokens are split
         # over ranks or batches (float32 ones differ at 1e-7, enough to flip near-tied k-means
         # assignments: 1 vs 2 processes on the random 3.2 B checkpoint, docs/scaling.md)
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        x = x.reshape(-1, x.shape[-1]).double()
         part = (x.T @ x) if self.full else (x * x).sum(0)
         self.total = part if self.total is None else self.total + part
         self.count += x.shape[0]

@@ -38,6 +38,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "steps": (1, None),
     "calib_samples": (1, None),
     "calib_len": (2, None),  # a sampled sequence is its start token and at least one more
+    "calib_skip": (0, None),
     "n_samples": (1, None),
     "seq_len": (2, None),
 }

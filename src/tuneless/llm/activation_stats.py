@@ -56,16 +56,17 @@ def cholesky_factor(second_moment: torch.Tensor, rel_jitter: float = 1e-6) -> to
     return (vecs * vals.clamp(min=0).sqrt()).float()
 
 
-def _watch(adapter, layer: nn.Module, full: dict[str, bool]):
-    """Moments meters on the inputs of the projections `full` names (of q, gate, o, down)."""
+def _watch(adapter, layer: nn.Module, full: dict[str, bool], skip: int = 0):
+    """Moments meters on the inputs of the projections `full` names (of q, gate, o, down),
+    each sequence's first `skip` positions left out."""
     proj = adapter.projections(layer)
-    meters = {name: Moments(f) for name, f in full.items()}
+    meters = {name: Moments(f, skip) for name, f in full.items()}
     return meters, [proj[name].register_forward_pre_hook(m) for name, m in meters.items()]
 
 
 @torch.no_grad()
 def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_size: int,
-             show_progress: bool) -> list[dict[str, Moments]]:
+             show_progress: bool, skip: int = 0) -> list[dict[str, Moments]]:
     """One pass over calibration ids: per layer, the input moments of the modules that read
     the attention input ("q"), the MLP input ("gate"), the head outputs ("o") and the MLP
     channels ("down"); full second moments or diagonals as `full` says."""
@@ -73,7 +74,7 @@ def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_s
     layers = adapter.layers(model)
     meters, handles = [], []
     for layer in layers:
-        m, h = _watch(adapter, layer, full)
+        m, h = _watch(adapter, layer, full, skip)
         meters.append(m)
         handles += h
 
@@ -105,27 +106,29 @@ def _layer_stats(m: dict[str, Moments]) -> LayerStats:
 
 
 def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
-                  show_progress: bool = False) -> list[LayerStats]:
-    """Run the model on calibration ids (batch, seq_len) once and return per-layer stats."""
-    return [_layer_stats(m) for m in _moments(model, ids, _STATS, batch_size, show_progress)]
+                  show_progress: bool = False, skip: int = 0) -> list[LayerStats]:
+    """Run the model on calibration ids (batch, seq_len) once and return per-layer stats
+    (each sequence's first `skip` positions left out)."""
+    return [_layer_stats(m)
+            for m in _moments(model, ids, _STATS, batch_size, show_progress, skip)]
 
 
 def layer_stats(adapter, layer: nn.Module, hidden: torch.Tensor, kwargs: dict, *,
-                batch_size: int = 16) -> LayerStats:
+                batch_size: int = 16, skip: int = 0) -> LayerStats:
     """The same statistics for one decoder layer, from the hidden states entering it (the
     streamed fold: layers one at a time, batches as collect_stats runs them)."""
     return _layer_stats(layer_moments(adapter, layer, hidden, kwargs, _STATS,
-                                      batch_size=batch_size)[0])
+                                      batch_size=batch_size, skip=skip)[0])
 
 
 @torch.no_grad()
 def layer_moments(adapter, layer: nn.Module, hidden: torch.Tensor, kwargs: dict,
-                  full: dict[str, bool], *, batch_size: int = 16
+                  full: dict[str, bool], *, batch_size: int = 16, skip: int = 0
                   ) -> tuple[dict[str, Moments], torch.Tensor]:
     """Moments of the inputs `full` names (full second moments or diagonals) of one decoder
     layer fed `hidden`, and the layer's output: a model walked one layer at a time holds
     one layer's statistics, not every layer's."""
-    meters, handles = _watch(adapter, layer, full)
+    meters, handles = _watch(adapter, layer, full, skip)
     outs = []
     try:
         for start in range(0, len(hidden), batch_size):

@@ -46,6 +46,7 @@ def fold_llm(
     calib_samples: int = 16,
     calib_len: int = 128,
     calib_blocks: int = 1,
+    calib_skip: int | None = None,
     refit_lambda: float = 3.0,
     refit_scope: str = "folded",
     refit_weighting: str = "none",
@@ -87,6 +88,9 @@ def fold_llm(
       each rank samples only its share of the blocks when there are at least as many
       blocks as ranks (else every rank samples them all); one process with the same
       calib_blocks gives the same model. One block is fastest on one process.
+    calib_skip: positions at the start of each calibration sequence that the activation
+      statistics and the least squares leave out (None: CALIB_SKIP, 1: the first position,
+      which attends only to itself and carries the attention-sink outliers; 0 uses all).
     gqa: "kv-groups" (a kv head and its query heads are one unit) or "query-heads"
       (query heads clustered inside each kv group; kv heads kept).
     features: what k-means clusters. "weights": the raw weight rows and columns (the
@@ -112,7 +116,9 @@ def fold_llm(
                           "seed": seed, "n_init": n_init, "refine": refine,
                           "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
                           "calib_blocks": calib_blocks, "steps": steps,
-                          "calib_len": calib_len, "refit_lambda": refit_lambda}, "fold")
+                          "calib_len": calib_len, "refit_lambda": refit_lambda,
+                          "calib_skip": calib_skip}, "fold")
+    calib_skip = CALIB_SKIP if calib_skip is None else calib_skip
     get_repair(repair, "llm")  # one-line error naming the repairs that apply
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
@@ -130,7 +136,8 @@ def fold_llm(
     once = dict(gqa=gqa, seed=seed, n_init=n_init, refine=refine, cluster=cluster,
                 kmeans_dim=kmeans_dim, progress=progress, repair=repair, tokenizer=tokenizer,
                 data=data, calib_samples=calib_samples, calib_len=calib_len,
-                calib_blocks=calib_blocks, refit_lambda=refit_lambda, refit_scope=refit_scope,
+                calib_blocks=calib_blocks, calib_skip=calib_skip, refit_lambda=refit_lambda,
+                refit_scope=refit_scope,
                 refit_weighting=refit_weighting, refit_target=refit_target, features=features)
     if candidates is None or candidates.alternative is None:
         return _fold_steps(model, adapter, shapes, plans, steps, once)
@@ -196,8 +203,8 @@ def stage_plans(shapes: list[Shape], plans: list[LayerPlan], t: float) -> list[L
 
 def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, n_init,
                refine, cluster, kmeans_dim, progress, repair, tokenizer, data, calib_samples,
-               calib_len, calib_blocks, refit_lambda, refit_scope, refit_weighting,
-               refit_target, features, calib=None) -> nn.Module:
+               calib_len, calib_blocks, calib_skip, refit_lambda, refit_scope,
+               refit_weighting, refit_target, features, calib=None) -> nn.Module:
     """One fold of `model` to `plans` and its repair: calibration tokens (`calib` when
     already drawn), activation statistics, k-means decisions, the reduced copy, the
     least-squares refit."""
@@ -207,7 +214,7 @@ def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, 
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
                             "repair='self' (data-free) or repair='refit'")
-    stats = (collect_stats(model, calib, show_progress=progress)
+    stats = (collect_stats(model, calib, show_progress=progress, skip=calib_skip)
              if calib is not None and features != "weights" else None)
 
     def decide(i, groups, shape, plan):
@@ -218,7 +225,8 @@ def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, 
     folded = reduce_llm(model, plans, decide, gqa=gqa, desc="fold", show_progress=progress)
     return repair_reduced(model, folded, repair, calib=calib, refit_lambda=refit_lambda,
                           refit_scope=refit_scope, refit_weighting=refit_weighting,
-                          refit_target=refit_target, progress=progress)
+                          refit_target=refit_target, calib_skip=calib_skip,
+                          progress=progress)
 
 
 def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, tokenizer=None,
@@ -226,7 +234,7 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
                    refit_lambda: float = 3.0, refit_scope: str = "folded",
                    refit_weighting: str = "none", refit_target: str = "auto",
                    calib: torch.Tensor | None = None, calib_blocks: int = 1,
-                   progress: bool = False) -> nn.Module:
+                   calib_skip: int | None = None, progress: bool = False) -> nn.Module:
     """The least-squares repair of folding, for any structured reduction of `model` (the
     pruning baselines get it on equal terms): "self", "refit" or None/"none" (nothing).
     `calib`: token ids already drawn for this repair (folding draws them first, for its
@@ -239,6 +247,7 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
     if calib is not None:
         refit_consumers(model, small, calib, lam=refit_lambda, scope=refit_scope,
                         weighting=refit_weighting, target=refit_target,
+                        skip=CALIB_SKIP if calib_skip is None else calib_skip,
                         show_progress=progress)
         small.tuneless_report["repair"] = repair
     return small
@@ -247,6 +256,7 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
 FEATURES = ("auto", "weights", "activations")
 DEFAULT_REPAIR = "self"  # measured: docs/llm.md "Defaults"
 DEFAULT_STEPS = 2  # measured: docs/llm.md "Folding in steps"
+CALIB_SKIP = 1  # measured: docs/llm.md "The first position"
 
 
 def default_steps(repair: str) -> int:

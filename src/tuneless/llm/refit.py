@@ -173,13 +173,15 @@ def _through_norm(norm: nn.Module, contribution: torch.Tensor,
 @torch.no_grad()
 def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *,
                     lam: float = 1.0, scope: str = "folded", weighting: str = "none",
-                    target: str | float = "auto", show_progress: bool = False) -> nn.Module:
+                    target: str | float = "auto", skip: int = 0,
+                    show_progress: bool = False) -> nn.Module:
     """Refit o_proj / down_proj of `folded` in place (see module doc).
 
     ids: calibration token ids, (batch, seq_len). scope: "folded" refits the consumers whose
     inputs were merged; "downstream" also every o_proj/down_proj after the first folded
     layer, so unfolded layers help pull the stream back. target: what a refit consumer aims
-    at (REFIT_TARGETS). weighting: per-token weights (REFIT_WEIGHTINGS). Returns `folded`.
+    at (REFIT_TARGETS). weighting: per-token weights (REFIT_WEIGHTINGS). skip: positions at
+    the start of each sequence left out of the least squares. Returns `folded`.
     """
     check_refit_options(scope, target, weighting, lam)
     if ids.dim() != 2 or ids.shape[1] < 2:
@@ -198,7 +200,7 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
             h_old, h_new = refit_layer(
                 adapter, old_layers[i], new_layers[i], h_old, h_new, layer_kwargs[i],
                 lam=lam, refit_unfolded=scope == "downstream" and seen_fold,
-                weighting=weighting, target=target)
+                weighting=weighting, target=target, skip=skip)
     return folded
 
 
@@ -220,7 +222,7 @@ def check_refit_options(scope: str, target: str | float, weighting: str, lam: fl
 @torch.no_grad()
 def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
                 h_new: torch.Tensor, kwargs: dict, *, lam: float, refit_unfolded: bool = False,
-                weighting: str = "none", target: str | float = "auto"
+                weighting: str = "none", target: str | float = "auto", skip: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refit one decoder layer's consumers in place: `lo` the original layer, `ln` its folded
     version, h_old / h_new the original and folded streams entering it; refit_unfolded also
@@ -230,7 +232,8 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         target = "stream" if target == "auto" else target
         alpha = _DRIFT_SHARE[target] if isinstance(target, str) else float(target)
         return _refit_parallel(adapter, lo, ln, h_old, h_new, kwargs, lam=lam,
-                               refit_unfolded=refit_unfolded, weighting=weighting, alpha=alpha)
+                               refit_unfolded=refit_unfolded, weighting=weighting, alpha=alpha,
+                               skip=skip)
     post, sandwich = adapter.norms[1], adapter.post_norms
     if sandwich and all(isinstance(getattr(lo, n), nn.Identity) for n in sandwich):
         sandwich = None  # optional output norms switched off (HyperCLOVA X's use_post_norm)
@@ -264,7 +267,8 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
             goal = goal - pn[short].bias
         weight = (_token_weight(stream, seen_old[short] if sandwich else None)
                   if weighting == "stream" else None)
-        w = ridge_refit(seen["x"], goal, pn[short].weight, lam, weight)
+        a, y, weight = _from(skip, seen["x"], goal, weight)
+        w = ridge_refit(a, y, pn[short].weight, lam, weight)
         pn[short].weight.copy_(w)
         # after the down refit the output is mid + down(x): no second pass of the layer
         if short == "down":
@@ -278,7 +282,8 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
 
 def _refit_parallel(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
                     h_new: torch.Tensor, kwargs: dict, *, lam: float, refit_unfolded: bool,
-                    weighting: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    weighting: str, alpha: float, skip: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """refit_layer for a layer whose attention and MLP both read its input and add to the
     stream (out = h + o(·) + down(·)): each consumer aims at the original output minus
     everything else the folded layer adds (the other consumer already refit); with α < 1
@@ -298,10 +303,18 @@ def _refit_parallel(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         if pn[short].bias is not None:  # the bias stays; the weights fit the rest
             goal = goal - pn[short].bias
         weight = _token_weight(h_old_out, None) if weighting == "stream" else None
-        pn[short].weight.copy_(ridge_refit(seen["x"], goal, pn[short].weight, lam, weight))
+        a, y, weight = _from(skip, seen["x"], goal, weight)
+        pn[short].weight.copy_(ridge_refit(a, y, pn[short].weight, lam, weight))
         h_next = rest + pn[short](seen["x"]) if alpha == 1 else None
     h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
     return h_old_out, h_new
+
+
+def _from(skip: int, a: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None):
+    """Inputs, targets and token weights from position `skip` of each sequence on."""
+    if not skip:
+        return a, y, weight
+    return a[:, skip:], y[:, skip:], None if weight is None else weight[:, skip:]
 
 
 def _between(old: torch.Tensor, new: torch.Tensor, alpha: float) -> torch.Tensor:

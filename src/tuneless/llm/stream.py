@@ -24,7 +24,7 @@ from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.choose import HELD_OUT, choose, default_candidates, own_text_perplexity
 from tuneless.llm.decide import fold_decisions
-from tuneless.llm.fold import DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, step_plans
+from tuneless.llm.fold import CALIB_SKIP, DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, step_plans
 from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import write_modeling
@@ -89,6 +89,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                     repair: str | None = DEFAULT_REPAIR, data: torch.Tensor | None = None,
                     tokenizer=None,
                     features: str = "auto", calib_samples: int = 16, calib_len: int = 128,
+                    calib_skip: int = CALIB_SKIP,
                     refit_lambda: float = 3.0, refit_target: str = "auto",
                     refit_weighting: str = "none", steps: int | None = None,
                     progress: bool = True) -> Path:
@@ -147,8 +148,9 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                          mlp_ratio=mlp_ratio, gqa=gqa)
     once = dict(gqa=gqa, seed=seed, refine=refine, kmeans_dim=kmeans_dim, n_init=n_init,
                 repair=repair, data=data, tokenizer=tokenizer, features=features,
-                calib_samples=calib_samples, calib_len=calib_len, refit_lambda=refit_lambda,
-                refit_target=refit_target, refit_weighting=refit_weighting, progress=progress)
+                calib_samples=calib_samples, calib_len=calib_len, calib_skip=calib_skip,
+                refit_lambda=refit_lambda, refit_target=refit_target,
+                refit_weighting=refit_weighting, progress=progress)
     source = (src, config, adapter, weight_map, shapes)
     if candidates is None or candidates.alternative is None:
         return _fold_stepped(source, dst, plans, steps, once)
@@ -249,7 +251,7 @@ def _step_config(folder: Path):
 
 def _fold_once(src: Path, dst: Path, config, adapter, weight_map, shapes, plans, *, gqa, seed,
                refine, kmeans_dim, n_init, repair, data, tokenizer, features, calib_samples,
-               calib_len, refit_lambda, refit_target, refit_weighting, progress,
+               calib_len, calib_skip, refit_lambda, refit_target, refit_weighting, progress,
                ids=None) -> Path:
     """One streamed fold of the checkpoint in `src` to `plans`, repaired (on `ids` when
     already drawn), into `dst`."""
@@ -264,7 +266,8 @@ def _fold_once(src: Path, dst: Path, config, adapter, weight_map, shapes, plans,
                    if repair == "self" else _calibration(data, tokenizer, calib_samples,
                                                           calib_len, seed))
         walk = _RepairWalk(config, adapter, reader, weight_map, ids, features != "weights",
-                           dict(lam=refit_lambda, target=refit_target, weighting=refit_weighting))
+                           dict(lam=refit_lambda, target=refit_target, weighting=refit_weighting,
+                                skip=calib_skip))
     elif features == "activations":
         raise TunelessError("features='activations' needs calibration tokens: repair='self' "
                             "or 'refit'")
@@ -384,7 +387,8 @@ class _RepairWalk:
         self.original = self.shell.layer(i, tensors)
         if not self.activations:
             return None
-        return layer_stats(self.adapter, self.original, self.h_old, self.kwargs[i])
+        return layer_stats(self.adapter, self.original, self.h_old, self.kwargs[i],
+                           skip=self.refit["skip"])
 
     def repair(self, i: int, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Refit layer i's consumers; the folded layer's tensors in the checkpoint's dtypes."""
