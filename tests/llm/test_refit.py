@@ -91,6 +91,37 @@ def test_stream_weighting_is_a_refit_option():
         refit_consumers(m, g, CALIB, weighting="x")
 
 
+def test_skipped_first_positions_leave_the_statistics_and_the_least_squares():
+    """calib_skip: each sequence's first positions leave the moments, and every least-squares
+    problem of the refit sees each sequence from position `skip` on."""
+    from tuneless.hooks import Moments
+    from tuneless.llm import refit as refit_module
+
+    x = torch.randn(2, 5, 3)
+    skipped, sliced = Moments(True, skip=1), Moments(True)
+    skipped(None, (x,))
+    sliced(None, (x[:, 1:],))
+    assert skipped.count == 8 and torch.equal(skipped.mean(), sliced.mean())
+
+    m = tiny_llama(layers=2, mlp=48)
+    seen = []
+
+    def spy(a, y, w, lam, weight=None):
+        seen.append((a.shape, y.shape))
+        return ridge_refit(a, y, w, lam, weight)
+
+    g = fold_llm(m, head_ratio=0.0, mlp_ratio=0.5, repair="none")
+    original = refit_module.ridge_refit
+    refit_module.ridge_refit = spy
+    try:
+        refit_consumers(m, g, CALIB, lam=1.0, skip=2)
+    finally:
+        refit_module.ridge_refit = original
+    assert seen and all(a[:2] == (8, 22) and y[:2] == (8, 22) for a, y in seen)
+    with pytest.raises(TunelessError, match="calib_skip"):
+        fold_llm(m, sparsity=0.2, calib_skip=-1)
+
+
 @pytest.mark.parametrize("head_ratio, bias", [(0.0, False), (0.5, False), (0.5, True)])
 def test_refit_brings_the_folded_stream_back_towards_the_original(head_ratio, bias):
     m = tiny_llama(layers=3, mlp=48, bias=bias)
