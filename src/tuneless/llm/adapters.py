@@ -169,7 +169,12 @@ class DecoderAdapter:
                      mlp_bias=p["gate"].bias is not None)
 
     def segment_start(self, short: str, shape: Shape) -> int:
-        """Where a projection's rows start inside its module (0 unless fused)."""
+        """Where a projection's rows start inside its module: [q | k | v] in one module (Phi-3,
+        GPT-2), [gate | up] in one module (Phi-3, GLM); 0 elsewhere."""
+        if self.q == self.k and short in ("k", "v"):
+            return (shape.n_q if short == "k" else shape.n_q + shape.n_kv) * shape.head_dim
+        if self.gated and self.gate == self.up and short == "up":
+            return shape.n_mlp
         return 0
 
     def layer_groups(self, i: int, shape: Shape, gqa: str, first_id: int = 0) -> LayerGroups:
@@ -346,29 +351,12 @@ class FusedAdapter(UniformHeadsAdapter):
     gate: str = "gate_up_proj"
     up: str = "gate_up_proj"
 
-    def segment_start(self, short: str, shape: Shape) -> int:
-        hd = shape.head_dim
-        return {"k": shape.n_q * hd, "v": (shape.n_q + shape.n_kv) * hd,
-                "up": shape.n_mlp}.get(short, 0)
-
     def finalize_layer(self, layer: nn.Module, hd: int) -> None:
         super().finalize_layer(layer, hd)
         self.attention(layer).num_key_value_heads = self.layer_shape(layer, hd).n_kv
 
 
 register_family("phi3", FusedAdapter(family="phi3"))
-
-
-@dataclass(frozen=True)
-class GateUpAdapter(DecoderAdapter):
-    """GLM layout: LLaMA's q/k/v/o and one gate_up_proj ([gate | up] rows, split in half at
-    run time, so any width loads). The MLP group's slots sit at offsets in that tensor."""
-
-    gate: str = "gate_up_proj"
-    up: str = "gate_up_proj"
-
-    def segment_start(self, short: str, shape: Shape) -> int:
-        return shape.n_mlp if short == "up" else 0
 
 
 @dataclass(frozen=True)
@@ -393,10 +381,12 @@ register_family("starcoder2", NonGatedAdapter(family="starcoder2", gate="c_fc", 
 register_family("apertus", NonGatedAdapter(family="apertus", norms=(
     "attention_layernorm", "feedforward_layernorm")))
 
-register_family("glm", GateUpAdapter(family="glm"))
-# GLM-4: GLM's projections with sandwich norms around attention and MLP.
-register_family("glm4", GateUpAdapter(family="glm4", post_norms=(
-    "post_self_attn_layernorm", "post_mlp_layernorm")))
+# GLM: LLaMA's q/k/v/o and one gate_up_proj ([gate | up] rows, split in half at run time,
+# so any width loads; the MLP group's slots sit at offsets in it); GLM-4 adds sandwich norms.
+_GATE_UP = dict(gate="gate_up_proj", up="gate_up_proj")
+register_family("glm", DecoderAdapter(family="glm", **_GATE_UP))
+register_family("glm4", DecoderAdapter(family="glm4", post_norms=(
+    "post_self_attn_layernorm", "post_mlp_layernorm"), **_GATE_UP))
 
 
 @dataclass(frozen=True)
@@ -491,6 +481,7 @@ register_family("gptj", FixedHeadsAdapter(
     gate="fc_in", up="fc_in", down="fc_out", norms=("ln_1", "ln_1"), parallel=True,
     mlp_field="n_inner"))
 
+
 @dataclass(frozen=True)
 class OPTAdapter(FixedHeadsAdapter):
     """OPT: q/k/v/out_proj with biases, fc1 → ReLU → fc2 on the decoder layer itself, the
@@ -523,34 +514,13 @@ register_family("gpt_neox", FixedHeadsAdapter(
     family="gpt_neox", layer_prefix="gpt_neox.layers", attn="attention", q="query_key_value",
     k="query_key_value", v="query_key_value", o="dense", gated=False, gate="dense_h_to_4h",
     up="dense_h_to_4h", down="dense_4h_to_h"))
-
-
-
-@dataclass(frozen=True)
-class GPT2Adapter(FixedHeadsAdapter):
-    """GPT-2: transformer.h, one c_attn ([q | k | v] rows, heads fixed: head_dim is
-    hidden / heads), c_fc → GELU → c_proj, the MLP width in n_inner. Its projections are
-    transformers' Conv1D, which the methods see as nn.Linear (tuneless.llm.conv1d)."""
-
-    layer_prefix: str = "transformer.h"
-    attn: str = "attn"
-    q: str = "c_attn"
-    k: str = "c_attn"
-    v: str = "c_attn"
-    o: str = "c_proj"
-    gated: bool = False
-    gate: str = "c_fc"
-    up: str = "c_fc"
-    down: str = "c_proj"
-    norms: tuple[str, ...] = ("ln_1", "ln_2")
-    mlp_field: str = "n_inner"
-
-    def segment_start(self, short: str, shape: Shape) -> int:
-        hd = shape.head_dim
-        return {"k": shape.n_q * hd, "v": (shape.n_q + shape.n_kv) * hd}.get(short, 0)
-
-
-register_family("gpt2", GPT2Adapter(family="gpt2"))
+# GPT-2: one c_attn ([q | k | v] rows), c_fc → GELU → c_proj, the MLP width in n_inner.
+# Its projections are transformers' Conv1D, which the methods see as nn.Linear
+# (tuneless.llm.conv1d).
+register_family("gpt2", FixedHeadsAdapter(
+    family="gpt2", layer_prefix="transformer.h", attn="attn", q="c_attn", k="c_attn",
+    v="c_attn", o="c_proj", gated=False, gate="c_fc", up="c_fc", down="c_proj",
+    norms=("ln_1", "ln_2"), mlp_field="n_inner"))
 
 
 @dataclass(frozen=True)
