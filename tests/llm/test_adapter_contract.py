@@ -213,6 +213,18 @@ def test_a_lossless_fold_stays_lossless_through_the_refit(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_the_planner_counts_each_layers_projections_exactly(family):
+    """The schedules spend the budget by Shape.params: a miscount (a gate the family does
+    not have, a bias) folds to a sparsity other than the one asked for."""
+    model = _model(family)
+    adapter = adapter_for(model)
+    for layer, shape in zip(adapter.layers(model), adapter.shapes(model)):
+        modules = {id(m): m for m in adapter.projections(layer).values()}.values()
+        weights = sum(p.numel() for m in modules for p in m.parameters())
+        assert shape.params() - shape.n_norm * shape.hidden == weights
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_ratio_zero_is_the_identity(family):
     model = _model(family)
     same = fold_llm(model, head_ratio=0.0, mlp_ratio=0.0, repair="none")

@@ -166,7 +166,7 @@ class DecoderAdapter:
         return Shape(hidden=_in(p["q"]), head_dim=hd, n_q=n_q,
                      n_kv=(qkv_rows // hd - n_q) // 2, n_mlp=_in(p["down"]),
                      attn_bias=p["q"].bias is not None, o_bias=p["o"].bias is not None,
-                     mlp_bias=p["gate"].bias is not None)
+                     mlp_bias=p["gate"].bias is not None, mlp_mats=3 if self.gated else 2)
 
     def segment_start(self, short: str, shape: Shape) -> int:
         """Where a projection's rows start inside its module: [q | k | v] in one module (Phi-3,

@@ -33,6 +33,7 @@ class Shape:
     o_bias: bool = False
     mlp_bias: bool = False
     n_norm: int = 2
+    mlp_mats: int = 3  # hidden × n_mlp matrices in the MLP: gate, up, down; 2 without a gate
 
     @property
     def group(self) -> int:
@@ -47,7 +48,7 @@ class Shape:
         hd, h = self.head_dim, self.hidden
         attn = (q + 2 * kv) * hd * h + q * hd * h
         attn += (q + 2 * kv) * hd * self.attn_bias + h * self.o_bias
-        mlp = 3 * h * f + (2 * f + h) * self.mlp_bias
+        mlp = self.mlp_mats * h * f + ((self.mlp_mats - 1) * f + h) * self.mlp_bias
         return attn + mlp + self.n_norm * h
 
 

@@ -78,7 +78,8 @@ def _shapes(config, adapter, weight_map, per_layer: bool = False) -> list[Shape]
         raise TunelessError("this checkpoint is already folded per layer; fold the original")
     if not sizes:
         sizes = [(n_q, n_kv, adapter.mlp_width(config))] * config.num_hidden_layers
-    return [Shape(config.hidden_size, hd, q, kv, f, bias, o_bias, mlp_bias)
+    return [Shape(config.hidden_size, hd, q, kv, f, bias, o_bias, mlp_bias,
+                  mlp_mats=3 if adapter.gated else 2)
             for q, kv, f in sizes]
 
 
