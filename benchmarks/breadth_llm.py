@@ -29,6 +29,7 @@ COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_l
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
               bos_token_id=1, eos_token_id=2, pad_token_id=0)
 IDS = torch.randint(3, 90, (2, 12), generator=torch.Generator().manual_seed(0))
+MAX_PARAMS = 20_000_000
 
 
 def tiny(model_type: str):
@@ -44,6 +45,10 @@ def tiny(model_type: str):
     for extra in ({"head_dim": 16}, {}):
         try:
             cfg = CONFIG_MAPPING[model_type](**COMMON, **extra)
+            with torch.device("meta"):  # sub-configs this recipe does not shrink: count first
+                n = sum(p.numel() for p in cls(cfg).parameters())
+            if n > MAX_PARAMS:
+                return None, f"{n / 1e6:.0f}M parameters with this recipe (sub-configs kept)"
             torch.manual_seed(0)
             return cls(cfg).eval(), ""
         except Exception as exc:  # noqa: BLE001 — any config/model this recipe cannot build
