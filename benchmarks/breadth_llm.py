@@ -50,7 +50,10 @@ def tiny(model_type: str):
             if n > MAX_PARAMS:
                 return None, f"{n / 1e6:.0f}M parameters with this recipe (sub-configs kept)"
             torch.manual_seed(0)
-            return cls(cfg).eval(), ""
+            model = cls(cfg).eval()
+            with torch.no_grad():
+                model(input_ids=IDS)
+            return model, ""
         except Exception as exc:  # noqa: BLE001 — any config/model this recipe cannot build
             last = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None, last
@@ -68,6 +71,7 @@ def check(model_type: str) -> dict:
     model, why = tiny(model_type)
     if model is None:
         return {**row, "result": "not built", "note": why[:90]}
+    row["supported"] = model.config.model_type in ADAPTERS  # gpt-sw3 builds a GPT-2
     start = time.perf_counter()
     try:
         small = tuneless.fold(model, sparsity=0.2, calib_samples=4, calib_len=16)
@@ -133,7 +137,7 @@ def main() -> int:
             f"{len(refused)} of {len(rows) - len(supported)} other model types refused in one "
             f"line.**\n\n{table}\n")
     if args.out:
-        atomic_write_text(Path(args.out), text)
+        atomic_write_text(text, Path(args.out))
     print(f"{len(good)}/{len(supported)} supported fold and load; {len(refused)} refused "
           "in one line", flush=True)
     return 0
