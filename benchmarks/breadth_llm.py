@@ -30,6 +30,7 @@ COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_l
               bos_token_id=1, eos_token_id=2, pad_token_id=0)
 IDS = torch.randint(3, 90, (2, 12), generator=torch.Generator().manual_seed(0))
 MAX_PARAMS = 20_000_000
+EXTRA = {"gptj": {"rotary_dim": 8}}  # its default rotary_dim (64) exceeds this head_dim
 
 
 def tiny(model_type: str):
@@ -44,7 +45,7 @@ def tiny(model_type: str):
     last = ""
     for extra in ({"head_dim": 16}, {}):
         try:
-            cfg = CONFIG_MAPPING[model_type](**COMMON, **extra)
+            cfg = CONFIG_MAPPING[model_type](**COMMON, **extra, **EXTRA.get(model_type, {}))
             with torch.device("meta"):  # sub-configs this recipe does not shrink: count first
                 n = sum(p.numel() for p in cls(cfg).parameters())
             if n > MAX_PARAMS:
@@ -131,7 +132,7 @@ def main() -> int:
         "| " + " | ".join(str(r.get(k, "")).replace("|", "/") for k in keys) + " |"
         for r in rows])
     command = "python benchmarks/breadth_llm.py " + " ".join(sys.argv[1:])
-    text = (f"# Breadth: transformers causal language models\n\n{__doc__.split(chr(10), 1)[1]}\n"
+    text = (f"# Breadth: transformers causal language models\n\n{__doc__}\n"
             f"{stamp_markdown(stamp(command.strip()))}\n"
             f"**{len(good)} of {len(supported)} supported families fold and load; "
             f"{len(refused)} of {len(rows) - len(supported)} other model types refused in one "
