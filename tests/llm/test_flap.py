@@ -8,7 +8,13 @@ from tests.llm.conftest import tiny_llama
 from tuneless.errors import TunelessError
 from tuneless.llm import block_params
 from tuneless.llm.adapters import adapter_for, layer_graph
-from tuneless.llm.flap import adaptive_plans, consumer_moments, flap_llm, fluctuation_scores
+from tuneless.llm.flap import (
+    adaptive_plans,
+    consumer_moments,
+    flap_llm,
+    fluctuation_scores,
+    unit_costs,
+)
 from tuneless.llm.plan import LayerPlan, Shape
 
 BATCH = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(5))
@@ -99,3 +105,15 @@ def test_flap_needs_calibration_and_a_budget():
         flap_llm(tiny_llama(), sparsity=0.2)
     with pytest.raises(TunelessError, match="sparsity"):
         flap_llm(tiny_llama(), batches=[BATCH])
+
+
+@pytest.mark.parametrize("mlp_mats, mlp_bias", [(3, False), (3, True), (2, False), (2, True)])
+def test_unit_costs_are_what_one_unit_takes_from_the_layer(mlp_mats, mlp_bias):
+    """FLAP's global ranking spends the budget by these costs: an MLP channel of a gate-less
+    MLP carries two weight vectors, not three (Shape.params is checked exactly against every
+    family's modules in the adapter contract)."""
+    s = Shape(64, 16, 4, 2, 32, attn_bias=True, o_bias=True, mlp_bias=mlp_bias,
+              mlp_mats=mlp_mats)
+    mlp, head = unit_costs(s)
+    assert mlp == s.params() - s.params(n_mlp=31)
+    assert head == s.params() - s.params(n_q=2, n_kv=1)  # one kv group and its 2 queries

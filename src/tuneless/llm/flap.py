@@ -83,7 +83,7 @@ def _standardised(scores: torch.Tensor) -> torch.Tensor:
 def unit_costs(shape: Shape) -> tuple[int, int]:
     """Block parameters one MLP channel and one kv group of heads carry (rows, columns,
     biases)."""
-    mlp = 3 * shape.hidden + 2 * shape.mlp_bias
+    mlp = shape.mlp_mats * shape.hidden + (shape.mlp_mats - 1) * shape.mlp_bias
     head = shape.head_dim * (shape.hidden * (2 * shape.group + 2)
                              + (shape.group + 2) * shape.attn_bias)
     return mlp, head
