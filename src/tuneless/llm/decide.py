@@ -43,7 +43,7 @@ def fold_decisions(adapter: DecoderAdapter, source: Source, lg: LayerGroups, sha
     for gid, k in adapter.kept(lg, shape, plan).items():
         g = next(g for g in lg.groups if g.id == gid)
         if g is lg.mlp:
-            wide = dim is not None and 3 * shape.hidden > dim
+            wide = dim is not None and shape.mlp_mats * shape.hidden > dim  # feature width
             feats = g.features(source, transform=transform,
                                project=(dim, seed) if wide else None)
             labels = kmeans_labels(feats, k, seed=seed, n_init=n_init, refine=refine,
