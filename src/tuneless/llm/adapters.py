@@ -74,11 +74,25 @@ class DecoderAdapter:
     mlp_field: str = "intermediate_size"
 
     @property
+    def fused_qkv(self) -> bool:
+        """One module holds [q | k | v] rows (Phi-3, GPT-2, GPT-NeoX)."""
+        return self.q == self.k
+
+    @property
+    def fused_gate_up(self) -> bool:
+        """One module holds [gate | up] rows (Phi-3, GLM). A gate-less MLP's one input module
+        answers to both names without being fused (NonGatedAdapter)."""
+        return self.gated and self.gate == self.up
+
+    @property
     def fused(self) -> bool:
-        """One module holds q, k and v (Phi-3's layout, FusedAdapter) or gate and up (GLM's,
-        GateUpAdapter): slots at offsets inside one tensor. (A non-gated MLP's one input
-        module answers to both gate and up: NonGatedAdapter.)"""
-        return self.q == self.k or (self.gated and self.gate == self.up)
+        """Some projections are slots at offsets inside one tensor."""
+        return self.fused_qkv or self.fused_gate_up
+
+    @property
+    def mlp_mats(self) -> int:
+        """hidden × width matrices in the MLP: gate, up, down; two without a gate."""
+        return 3 if self.gated else 2
 
     @property
     def heads_foldable(self) -> bool:
@@ -128,10 +142,10 @@ class DecoderAdapter:
         module, sizes as expressions in h, hd, n_q, n_kv, n_mlp: what rebuilding a layer at
         given sizes means (tuneless's loader and the modeling file shipped with a fold). A
         module that holds several projections (fused q/k/v, gate/up) is listed once."""
-        attn = ([("attn", self.q, "h", "(n_q + 2 * n_kv) * hd")] if self.q == self.k else
+        attn = ([("attn", self.q, "h", "(n_q + 2 * n_kv) * hd")] if self.fused_qkv else
                 [("attn", self.q, "h", "n_q * hd"), ("attn", self.k, "h", "n_kv * hd"),
                  ("attn", self.v, "h", "n_kv * hd")])
-        if self.gated and self.gate == self.up:
+        if self.fused_gate_up:
             mlp = [("mlp", self.gate, "h", "2 * n_mlp")]
         else:
             mlp = ([("mlp", self.gate, "h", "n_mlp")] if self.gated else []) + [
@@ -166,14 +180,14 @@ class DecoderAdapter:
         return Shape(hidden=_in(p["q"]), head_dim=hd, n_q=n_q,
                      n_kv=(qkv_rows // hd - n_q) // 2, n_mlp=_in(p["down"]),
                      attn_bias=p["q"].bias is not None, o_bias=p["o"].bias is not None,
-                     mlp_bias=p["gate"].bias is not None, mlp_mats=3 if self.gated else 2)
+                     mlp_bias=p["gate"].bias is not None, mlp_mats=self.mlp_mats)
 
     def segment_start(self, short: str, shape: Shape) -> int:
         """Where a projection's rows start inside its module: [q | k | v] in one module (Phi-3,
         GPT-2), [gate | up] in one module (Phi-3, GLM); 0 elsewhere."""
-        if self.q == self.k and short in ("k", "v"):
+        if self.fused_qkv and short in ("k", "v"):
             return (shape.n_q if short == "k" else shape.n_q + shape.n_kv) * shape.head_dim
-        if self.gated and self.gate == self.up and short == "up":
+        if self.fused_gate_up and short == "up":
             return shape.n_mlp
         return 0
 
@@ -468,7 +482,6 @@ class FixedHeadsAdapter(DecoderAdapter):
                                 "and o_proj stays hidden × hidden, so heads cannot be folded; "
                                 "use a schedule that keeps heads (the default, inner-mlp, "
                                 "paper-mlp) or head_ratio=0")
-
 
 
 # StableLM: parallel attention and MLP where use_parallel_residual is set (is_parallel).

@@ -24,6 +24,8 @@ from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 from tuneless.repair import get_repair
 
+CALIB_SKIP = 1  # measured: docs/llm.md "The first position"
+
 
 def fold_llm(
     model: nn.Module,
@@ -46,7 +48,7 @@ def fold_llm(
     calib_samples: int = 16,
     calib_len: int = 128,
     calib_blocks: int = 1,
-    calib_skip: int | None = None,
+    calib_skip: int = CALIB_SKIP,
     refit_lambda: float = 3.0,
     refit_scope: str = "folded",
     refit_weighting: str = "none",
@@ -89,8 +91,8 @@ def fold_llm(
       blocks as ranks (else every rank samples them all); one process with the same
       calib_blocks gives the same model. One block is fastest on one process.
     calib_skip: positions at the start of each calibration sequence that the activation
-      statistics and the least squares leave out (None: CALIB_SKIP, 1: the first position,
-      which attends only to itself and carries the attention-sink outliers; 0 uses all).
+      statistics and the least squares leave out (1: the first position, which attends
+      only to itself and carries the attention-sink outliers; 0 uses all).
     gqa: "kv-groups" (a kv head and its query heads are one unit) or "query-heads"
       (query heads clustered inside each kv group; kv heads kept).
     features: what k-means clusters. "weights": the raw weight rows and columns (the
@@ -118,7 +120,6 @@ def fold_llm(
                           "calib_blocks": calib_blocks, "steps": steps,
                           "calib_len": calib_len, "refit_lambda": refit_lambda,
                           "calib_skip": calib_skip}, "fold")
-    calib_skip = CALIB_SKIP if calib_skip is None else calib_skip
     get_repair(repair, "llm")  # one-line error naming the repairs that apply
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
@@ -234,7 +235,7 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
                    refit_lambda: float = 3.0, refit_scope: str = "folded",
                    refit_weighting: str = "none", refit_target: str = "auto",
                    calib: torch.Tensor | None = None, calib_blocks: int = 1,
-                   calib_skip: int | None = None, progress: bool = False) -> nn.Module:
+                   calib_skip: int = CALIB_SKIP, progress: bool = False) -> nn.Module:
     """The least-squares repair of folding, for any structured reduction of `model` (the
     pruning baselines get it on equal terms): "self", "refit" or None/"none" (nothing).
     `calib`: token ids already drawn for this repair (folding draws them first, for its
@@ -247,8 +248,7 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
     if calib is not None:
         refit_consumers(model, small, calib, lam=refit_lambda, scope=refit_scope,
                         weighting=refit_weighting, target=refit_target,
-                        skip=CALIB_SKIP if calib_skip is None else calib_skip,
-                        show_progress=progress)
+                        skip=calib_skip, show_progress=progress)
         small.tuneless_report["repair"] = repair
     return small
 
@@ -256,7 +256,6 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
 FEATURES = ("auto", "weights", "activations")
 DEFAULT_REPAIR = "self"  # measured: docs/llm.md "Defaults"
 DEFAULT_STEPS = 2  # measured: docs/llm.md "Folding in steps"
-CALIB_SKIP = 1  # measured: docs/llm.md "The first position"
 
 
 def default_steps(repair: str) -> int:

@@ -65,24 +65,36 @@ def quiet_config_validation() -> Iterator[None]:
         log.removeFilter(quiet)
 
 
-def model_key(model: nn.Module, key: str, known: set[str]) -> str:
-    """The model's own name of a checkpoint key: the key itself if the model has it, else
-    the key through transformers' plain renamings of legacy checkpoint names (GPT-NeoX
-    saves its lm_head as embed_out), else unchanged."""
+def model_keys(model: nn.Module, keys, known: set[str]) -> dict[str, str]:
+    """{checkpoint key: the model's own name of it}: the key itself if the model has it,
+    else the key through transformers' plain renamings of legacy checkpoint names (GPT-NeoX
+    saves its lm_head as embed_out), else unchanged. The renamings are read once."""
     import re
 
-    if key in known:
-        return key
+    renamings: list[tuple[str, str]] | None = None
+    out = {}
+    for key in keys:
+        out[key] = key
+        if key in known:
+            continue
+        if renamings is None:
+            renamings = _renamings(model)
+        for src, dst in renamings:
+            new = re.sub(src, dst, key)
+            if new != key and new in known:
+                out[key] = new
+                break
+    return out
+
+
+def _renamings(model: nn.Module) -> list[tuple[str, str]]:
+    """transformers' (pattern, replacement) renamings of this model's legacy checkpoint keys;
+    none where the installed transformers has no such table."""
     try:
         from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
 
-        renamings = [r for r in get_model_conversion_mapping(model)
-                     if isinstance(r, WeightRenaming)]
+        return [(src, dst) for r in get_model_conversion_mapping(model)
+                if isinstance(r, WeightRenaming)
+                for src, dst in zip(r.source_patterns, r.target_patterns)]
     except Exception:  # noqa: BLE001 — an older or newer transformers: no renamings
-        return key
-    for r in renamings:
-        for src, dst in zip(r.source_patterns, r.target_patterns):
-            new = re.sub(src, dst, key)
-            if new != key and new in known:
-                return new
-    return key
+        return []

@@ -228,18 +228,17 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
     version, h_old / h_new the original and folded streams entering it; refit_unfolded also
     refits consumers whose width did not change. Returns both streams after the layer. The
     in-memory and the streamed fold both walk the layers with this."""
-    if adapter.is_parallel(lo):  # no output norms in these families: "auto" = "stream"
-        target = "stream" if target == "auto" else target
-        alpha = _DRIFT_SHARE[target] if isinstance(target, str) else float(target)
-        return _refit_parallel(adapter, lo, ln, h_old, h_new, kwargs, lam=lam,
-                               refit_unfolded=refit_unfolded, weighting=weighting, alpha=alpha,
-                               skip=skip)
-    post, sandwich = adapter.norms[1], adapter.post_norms
+    parallel = adapter.is_parallel(lo)  # no output norms in the parallel families
+    post, sandwich = adapter.norms[1], None if parallel else adapter.post_norms
     if sandwich and all(isinstance(getattr(lo, n), nn.Identity) for n in sandwich):
         sandwich = None  # optional output norms switched off (HyperCLOVA X's use_post_norm)
     if target == "auto":
         target = "local" if sandwich else "stream"
     alpha = _DRIFT_SHARE[target] if isinstance(target, str) else float(target)
+    if parallel:
+        return _refit_parallel(adapter, lo, ln, h_old, h_new, kwargs, lam=lam,
+                               refit_unfolded=refit_unfolded, weighting=weighting, alpha=alpha,
+                               skip=skip)
     scale = adapter.residual_scale(lo)  # Granite adds residual_multiplier × each sublayer
     po, pn = adapter.projections(lo), adapter.projections(ln)
     watch = {"mid": getattr(lo, post)}
@@ -263,13 +262,9 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         if sandwich:  # aim at the norm's input: c / gain at the original's scale
             norm = getattr(ln, sandwich[0] if short == "o" else sandwich[1])
             goal = _through_norm(norm, goal, seen_old[short])
-        if pn[short].bias is not None:  # the bias stays; the weights fit the rest
-            goal = goal - pn[short].bias
         weight = (_token_weight(stream, seen_old[short] if sandwich else None)
                   if weighting == "stream" else None)
-        a, y, weight = _from(skip, seen["x"], goal, weight)
-        w = ridge_refit(a, y, pn[short].weight, lam, weight)
-        pn[short].weight.copy_(w)
+        _refit_into(pn[short], seen["x"], goal, weight, lam, skip)
         # after the down refit the output is mid + down(x): no second pass of the layer
         if short == "down":
             out = pn["down"](seen["x"])
@@ -299,22 +294,23 @@ def _refit_parallel(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
         if alpha != 1:
             _, seen_old = _run(lo, h_old, kwargs, {"x": po[short]})
             rest = _between(h_old_out - po[short](seen_old["x"]), rest, alpha)
-        goal = h_old_out - rest
-        if pn[short].bias is not None:  # the bias stays; the weights fit the rest
-            goal = goal - pn[short].bias
         weight = _token_weight(h_old_out, None) if weighting == "stream" else None
-        a, y, weight = _from(skip, seen["x"], goal, weight)
-        pn[short].weight.copy_(ridge_refit(a, y, pn[short].weight, lam, weight))
+        _refit_into(pn[short], seen["x"], h_old_out - rest, weight, lam, skip)
         h_next = rest + pn[short](seen["x"]) if alpha == 1 else None
     h_new = h_next if h_next is not None else _out(ln(h_new, **kwargs))
     return h_old_out, h_new
 
 
-def _from(skip: int, a: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None):
-    """Inputs, targets and token weights from position `skip` of each sequence on."""
-    if not skip:
-        return a, y, weight
-    return a[:, skip:], y[:, skip:], None if weight is None else weight[:, skip:]
+def _refit_into(lin: nn.Linear, x: torch.Tensor, goal: torch.Tensor,
+                weight: torch.Tensor | None, lam: float, skip: int) -> None:
+    """Refit `lin`'s weight in place so that lin(x) ≈ goal (its bias stays; the weights fit
+    the rest), on the positions from `skip` of each sequence on."""
+    if lin.bias is not None:
+        goal = goal - lin.bias
+    if skip:
+        x, goal = x[:, skip:], goal[:, skip:]
+        weight = None if weight is None else weight[:, skip:]
+    lin.weight.copy_(ridge_refit(x, goal, lin.weight, lam, weight))
 
 
 def _between(old: torch.Tensor, new: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ from tuneless.errors import TunelessError, first_line
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for, adapter_for_config
 from tuneless.llm.conv1d import as_linear, empty_like
-from tuneless.llm.hf import model_key, quiet_config_validation
+from tuneless.llm.hf import model_keys, quiet_config_validation
 
 MODELING = '''"""A decoder whose layers have different sizes (folded by tuneless).
 
@@ -264,8 +264,8 @@ def per_layer_model(folder: Path, config, sizes: list, dtype=None,
     if renamed:
         state = {new + k[len(old):]: v for k, v in state.items()
                  for old, new in renamed.items() if k.startswith(old)}
-    known = set(model.state_dict())
-    state = {model_key(model, k, known): v for k, v in state.items()}
+    names = model_keys(model, state, set(model.state_dict()))
+    state = {names[k]: v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = getattr(config, "tie_word_embeddings", False)
     head = model.get_output_embeddings()

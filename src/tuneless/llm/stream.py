@@ -79,7 +79,7 @@ def _shapes(config, adapter, weight_map, per_layer: bool = False) -> list[Shape]
     if not sizes:
         sizes = [(n_q, n_kv, adapter.mlp_width(config))] * config.num_hidden_layers
     return [Shape(config.hidden_size, hd, q, kv, f, bias, o_bias, mlp_bias,
-                  mlp_mats=3 if adapter.gated else 2)
+                  mlp_mats=adapter.mlp_mats)
             for q, kv, f in sizes]
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from tuneless.errors import TunelessError
 from tuneless.hooks import StopForward
-from tuneless.llm.hf import model_key
+from tuneless.llm.hf import model_keys
 
 
 class _Recorder(nn.Module):
@@ -194,7 +194,7 @@ def sampling_model(config, adapter, get, keys, generation_config=None) -> nn.Mod
     if head is not None and head.weight.is_meta:
         name = next(n for n, m in model.named_modules() if m is head)
         own = {f"{name}.{p}" for p, _ in head.named_parameters(recurse=False)}
-        found = {model_key(model, k, own): k for k in keys}  # GPT-NeoX saves embed_out
+        found = {v: k for k, v in model_keys(model, keys, own).items()}  # NeoX: embed_out
         if f"{name}.weight" in found and not getattr(config, "tie_word_embeddings", False):
             for param, _ in list(head.named_parameters(recurse=False)):  # GPT-J: a bias too
                 setattr(head, param, nn.Parameter(get(found[f"{name}.{param}"]).float(),
