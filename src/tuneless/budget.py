@@ -29,6 +29,8 @@ TOLERANCE = 0.01
 BUDGETS = ("params", "flops")  # what a sparsity removes a fraction of
 LLM_BUDGET = ("a language model's sparsity is a fraction of its decoder-block parameters; "
               "budget='flops' is for CNNs")
+LLM_RATIO = ("language models take sparsity= (or head_ratio= / mlp_ratio=), not "
+             "channel_ratio")
 Weights = dict[tuple[str, str], float]  # (module, parameter) → cost per element
 # Residual streams lose this share of the channel ratio the other groups lose, when a
 # sparsity budget is solved. Measured (docs/folding.md "Residual streams"): 0.25 beat the

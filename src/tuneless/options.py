@@ -55,6 +55,32 @@ def check_call(func: Callable, options: dict[str, Any], method: str) -> None:
             check_value(name, value, hints[name], method)
 
 
+def check_names(options: Iterable[str], known: Iterable[str] | Callable, method: str, *,
+                set_by_call: dict[str, str] | None = None, suggest: Callable | None = None
+                ) -> None:
+    """A one-line error for option names `method` does not take (with the closest of the
+    known names and of the public verb `suggest`'s own parameters), and for those the call
+    itself fills in (set_by_call: name -> what to pass instead), before Python's TypeError
+    about an internal function's signature."""
+    import difflib
+
+    if callable(known):
+        params = inspect.signature(known).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        known = [n for n, p in params.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY]
+    known = sorted(set(known) - set(set_by_call or {}))
+    for name in options:
+        if name in (set_by_call or {}):
+            raise TunelessError(f"{method}: give {name} as {set_by_call[name]}")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        pool = known + (list(inspect.signature(suggest).parameters) if suggest else [])
+        near = {n: difflib.get_close_matches(n, pool, n=1) for n in unknown}
+        hints = [f"{n} (did you mean {near[n][0]}?)" if near[n] else n for n in unknown]
+        raise TunelessError(f"unknown {method} option(s): {', '.join(hints)}")
+
+
 def check_dataclass(cls: type, options: dict[str, Any], method: str) -> None:
     """Check `options` against the field types of an options dataclass."""
     hints = _hints(cls)
@@ -128,4 +154,4 @@ def _describe(ann: Any, name: str) -> str:
     return getattr(ann, "__name__", str(ann))
 
 
-__all__ = ["BOUNDS", "check_call", "check_dataclass", "check_value"]
+__all__ = ["BOUNDS", "check_call", "check_dataclass", "check_names", "check_value"]

@@ -117,3 +117,34 @@ def test_unit_costs_are_what_one_unit_takes_from_the_layer(mlp_mats, mlp_bias):
     mlp, head = unit_costs(s)
     assert mlp == s.params() - s.params(n_mlp=31)
     assert head == s.params() - s.params(n_q=2, n_kv=1)  # one kv group and its 2 queries
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2", "gpt_neox", "phi3"])
+def test_the_default_compensates_what_each_family_can_save_and_reloads(family, tmp_path):
+    """bias=None: Qwen2 (no config flag, no o/down biases) skips the compensation with a
+    warning; GPT-2 and GPT-NeoX add it to the biases they have; Phi-3 (one global head
+    count) and GPT-NeoX (heads cannot fold) rank MLP channels only. Each reloads in plain
+    transformers with the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.llm.test_adapter_contract import _logits, _model
+    from tuneless.llm import save_folded
+
+    m = _model(family)
+    ids = torch.randint(0, m.config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(5))
+    if family == "qwen2":
+        with pytest.warns(UserWarning, match="compensation skipped.*no config.mlp_bias"):
+            small = flap_llm(m, 0.2, batches=[ids])
+        with pytest.raises(TunelessError, match="use bias=False"):
+            flap_llm(m, 0.2, batches=[ids], bias=True)
+    else:
+        small = flap_llm(m, 0.2, batches=[ids])
+    assert 0.19 <= 1 - block_params(small) / block_params(m) < 0.3
+    if family in ("gpt2", "gpt_neox"):  # the compensation moved the existing biases
+        name = ("transformer.h.0.mlp.c_proj" if family == "gpt2"
+                else "gpt_neox.layers.0.mlp.dense_4h_to_h")
+        assert not torch.equal(small.get_submodule(name).bias, m.get_submodule(name).bias)
+    per_layer = getattr(small.config, "tuneless_layer_sizes", None) is not None
+    save_folded(small, tmp_path / "out")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=per_layer)
+    assert torch.equal(_logits(back.eval()), _logits(small))

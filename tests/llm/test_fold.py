@@ -195,3 +195,20 @@ def test_stepped_fold_reaches_the_same_sizes_through_the_midpoint():
     assert "steps" not in plain.tuneless_report
     assert torch.equal(logits(plain), logits(fold_llm(m, sparsity=0.15, repair="none",
                                                       steps=1)))
+
+
+@pytest.mark.parametrize("verb, kwargs, match", [
+    ("fold", dict(sparsty=0.2), r"unknown fold option\(s\): sparsty \(did you mean sparsity\?\)"),
+    ("fold", dict(sparsity=0.2, channel_ratio=0.2), "not channel_ratio"),
+    ("prune", dict(sparsity=0.2, critrion="l2"), r"critrion \(did you mean criterion\?\)"),
+    ("prune", dict(sparsity=0.2, criterion="magnitude", foo=1), "unknown prune-magnitude"),
+    ("prune", dict(sparsity=0.2, criterion="wanda-sp", batches=[]), "give batches as data="),
+    ("prune", dict(sparsity=0.2, criterion="flap", n_sample=3), "did you mean n_samples"),
+])
+def test_wrong_keywords_of_the_public_verbs_are_named_in_one_line(verb, kwargs, match):
+    """A typo reaches the user as a TunelessError naming it (and the nearest option), not
+    Python's TypeError about an internal function such as fold_llm()."""
+    import tuneless
+
+    with pytest.raises(TunelessError, match=match):
+        getattr(tuneless, verb)(tiny_llama(), **kwargs)

@@ -204,6 +204,7 @@ def test_model_without_batchnorm_folds_naive_and_refuses_bn_repairs():
     ({"sparsity": 0.3, "features": "pca"}, "unknown features"),
     ({"sparsity": 0.3, "cluster": "spectral"}, "unknown clustering"),
     ({"sparsity": 0.3, "colour": "red"}, "unknown fold option"),
+    ({"sparsity": 0.3, "clusterr": "ward"}, r"clusterr \(did you mean cluster\?\)"),
     ({"channel_ratio": 0.3, "allocation": "error"}, "needs a sparsity"),
     ({"sparsity": 0.3, "allocation": "error", "keep_floor": 1.5}, "keep_floor must be"),
 ])

@@ -90,16 +90,19 @@ def unit_costs(shape: Shape) -> tuple[int, int]:
 
 
 def adaptive_plans(shapes: list[Shape], scores: list[tuple[torch.Tensor, torch.Tensor]],
-                   sparsity: float) -> list[LayerPlan]:
+                   sparsity: float, heads: bool = True) -> list[LayerPlan]:
     """FLAP's global ranking of standardised scores: remove the lowest-scoring units (MLP
     channels, kv groups of heads), across layers and module kinds, until `sparsity` of the
     block parameters is gone; every layer keeps at least one unit of each kind.
 
-    scores: per layer, (MLP channel scores, kv-group scores)."""
+    scores: per layer, (MLP channel scores, kv-group scores). heads=False: MLP channels
+    only (families whose head counts cannot differ per layer or cannot fold at all)."""
     total = sum(s.params() for s in shapes)
     entries = []  # (z, layer, kind, unit cost)
     for i, (shape, pair) in enumerate(zip(shapes, scores)):
         for kind, (unit_scores, cost) in enumerate(zip(pair, unit_costs(shape))):
+            if kind == 1 and not heads:
+                continue
             entries += [(float(v), i, kind, cost) for v in _standardised(unit_scores)]
     entries.sort(key=lambda e: e[0])
     left = [[s.n_mlp, s.n_kv] for s in shapes]
@@ -116,14 +119,32 @@ def adaptive_plans(shapes: list[Shape], scores: list[tuple[torch.Tensor, torch.T
     return [LayerPlan(n_kv * s.group, n_kv, n_mlp) for s, (n_mlp, n_kv) in zip(shapes, left)]
 
 
+def bias_carriers(adapter, model: nn.Module) -> dict[str, str | None]:
+    """Per bias flag (module kind), None if a saved model can carry FLAP's compensation for
+    its consumers — the config has the flag (plain transformers then builds the biases), or
+    every consumer of that kind already has a bias (GPT-2, OPT, GPT-NeoX, Phi) — else why not."""
+    out: dict[str, str | None] = {}
+    for flag, shorts in BIAS_FLAGS.items():
+        mods = [adapter.projections(layer).get(shorts[-1]) for layer in adapter.layers(model)]
+        has = all(m is not None and m.bias is not None for m in mods)
+        out[flag] = (None if has or hasattr(model.config, flag) else
+                     f"{type(model).__name__} has no config.{flag} and its {shorts[-1]} "
+                     "projections have no biases")
+    return out
+
+
 @torch.no_grad()
 def compensate_bias(model: nn.Module, small: nn.Module,
                     kept: list[tuple[LayerGroups, dict[int, torch.Tensor]]],
-                    moments: dict[str, ColumnMoments]) -> None:
-    """Add W[:, removed]·E[X_removed] of every shrunk consumer to its bias (created if absent;
-    its siblings get zero biases so that the family's config flag describes the model).
+                    moments: dict[str, ColumnMoments], kinds=tuple(BIAS_FLAGS)) -> None:
+    """Add W[:, removed]·E[X_removed] of every shrunk consumer of the bias `kinds` (flags of
+    BIAS_FLAGS) to its bias (created if absent; its siblings get zero biases so that the
+    family's config flag describes the model).
 
     kept: per shrunk layer, its groups and the kept unit indices by group id."""
+    adapter = adapter_for(small)
+    n = len(adapter.layers(small))
+    allowed = {adapter.module_name(i, BIAS_FLAGS[k][-1]) for k in kinds for i in range(n)}
     for lg, by_group in kept:
         for g in lg.groups:
             if g.id not in by_group:
@@ -131,7 +152,7 @@ def compensate_bias(model: nn.Module, small: nn.Module,
             gone = torch.ones(g.n, dtype=torch.bool)
             gone[by_group[g.id]] = False
             for s in g.slots:
-                if s.kind != CONSUMER:
+                if s.kind != CONSUMER or s.module not in allowed:
                     continue
                 units = torch.nonzero(gone).squeeze(1) + s.offset
                 cols = (units.unsqueeze(1) * s.block + torch.arange(s.block)).reshape(-1)
@@ -143,22 +164,23 @@ def compensate_bias(model: nn.Module, small: nn.Module,
                         target.out_features, dtype=target.weight.dtype,
                         device=target.weight.device))
                 target.bias.add_(shift.to(target.bias.dtype))
-    _bias_flags(adapter_for(small), small)
+    _bias_flags(adapter, small)
 
 
 def _bias_flags(adapter, model: nn.Module) -> None:
     """Give every projection of a bias-carrying kind a (zero) bias and set the config flag,
-    so plain transformers rebuilds the same modules (mlp_bias / attention_bias; flap_llm
-    has checked the family's config has both)."""
+    so plain transformers rebuilds the same modules (mlp_bias / attention_bias), for the
+    flags the family's config has (bias_carriers)."""
     layers = adapter.layers(model)
     for flag, shorts in BIAS_FLAGS.items():
-        if not any(adapter.projections(layer)[shorts[-1]].bias is not None for layer in layers):
+        if not hasattr(model.config, flag) or not any(
+                adapter.projections(layer)[shorts[-1]].bias is not None for layer in layers):
             continue
         for layer in layers:
             p = adapter.projections(layer)
             for short in shorts:
-                mod = p[short]
-                if mod.bias is None:
+                mod = p.get(short)
+                if mod is not None and mod.bias is None:
                     mod.bias = nn.Parameter(torch.zeros(mod.out_features, dtype=mod.weight.dtype,
                                                         device=mod.weight.device))
         setattr(model.config, flag, True)
@@ -167,7 +189,7 @@ def _bias_flags(adapter, model: nn.Module) -> None:
 def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
              batches: list[torch.Tensor] | None = None, n_samples: int = 16,
              seq_len: int = 512, structure: str = "adaptive", schedule="uniform",
-             gqa: str = "kv-groups", bias: bool = True, seed: int = 0,
+             gqa: str = "kv-groups", bias: bool | None = None, seed: int = 0,
              repair: str | None = None, calib_samples: int = 16, calib_len: int = 128,
              refit_lambda: float = 3.0) -> nn.Module:
     """FLAP: fluctuation scores, global adaptive structure, bias compensation (module doc).
@@ -175,7 +197,9 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
     structure="uniform" uses `schedule` (folding's per-layer sizes, for equal terms; a dict
     {layer: (head_ratio, mlp_ratio)} without sparsity) and FLAP's metric within each layer.
     `repair`: folding's least-squares repair afterwards ("refit" on the same calibration
-    batches, "self" on the model's own samples).
+    batches, "self" on the model's own samples). bias: None compensates the consumers
+    whose saved model can carry a bias (bias_carriers) and says which cannot; True
+    refuses a family where one kind cannot; False skips the compensation.
     """
     from tuneless.llm.calibration import token_batches
     from tuneless.llm.engine import plan_for
@@ -191,11 +215,7 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
                             f"{sparsity}")
     batches = token_batches(model, batches, tokenizer, n_samples, seq_len, seed, "flap")
     adapter = adapter_for(model)
-    if bias:  # refuse a family whose config cannot describe the biases, before any work
-        for flag in BIAS_FLAGS:
-            if not hasattr(model.config, flag):
-                raise TunelessError(f"{type(model).__name__} has no config.{flag}: FLAP's "
-                                    "bias compensation cannot be saved for it; use bias=False")
+    kinds = _bias_kinds(adapter, model, bias)  # before any work
     if structure == "adaptive" and gqa != "kv-groups":
         raise TunelessError("FLAP's adaptive structure ranks whole kv groups: use "
                             "gqa='kv-groups' or structure='uniform'")
@@ -206,8 +226,13 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
     layer_scores = [list(fluctuation_scores(model, per_layer[i], moments).values())
                     for i in range(len(shapes))]
     if structure == "adaptive":
-        plans = adaptive_plans(shapes, [(sc[0], sc[1]) for sc in layer_scores], sparsity)
-        adapter.check_plans(plans, shapes)
+        pairs = [(sc[0], sc[1]) for sc in layer_scores]
+        plans = adaptive_plans(shapes, pairs, sparsity)
+        try:
+            adapter.check_plans(plans, shapes)
+        except TunelessError:  # head counts that must stay (uniform): rank MLP channels only
+            plans = adaptive_plans(shapes, pairs, sparsity, heads=False)
+            adapter.check_plans(plans, shapes)
     else:
         plans = plan_for(model, sparsity=sparsity, schedule=schedule, gqa=gqa)
     kept: list[tuple[LayerGroups, dict[int, torch.Tensor]]] = []
@@ -219,9 +244,27 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
         return out
 
     small = reduce_llm(model, plans, decide, gqa=gqa, desc="flap")
-    if bias:
-        compensate_bias(model, small, kept, moments)
+    if kinds:
+        compensate_bias(model, small, kept, moments, kinds)
     data = torch.cat([b[:, :calib_len] for b in batches]) if repair == "refit" else None
     return repair_reduced(model, small, repair, tokenizer=tokenizer, data=data,
                           calib_samples=calib_samples, calib_len=calib_len, seed=seed,
                           refit_lambda=refit_lambda)
+
+
+def _bias_kinds(adapter, model: nn.Module, bias: bool | None) -> tuple[str, ...]:
+    """The bias flags (module kinds) FLAP compensates: all with bias=True (refusing a
+    family that cannot carry one), none with False, those that can be carried with None."""
+    import warnings
+
+    if bias is False:
+        return ()
+    why = bias_carriers(adapter, model)
+    missing = [reason for reason in why.values() if reason]
+    if missing and bias:
+        raise TunelessError(f"{missing[0]}: FLAP's bias compensation cannot be saved for it; "
+                            "use bias=False (or the default, which compensates what it can)")
+    if missing:
+        warnings.warn(f"FLAP's bias compensation skipped where it cannot be saved: "
+                      f"{'; '.join(missing)}", stacklevel=3)
+    return tuple(flag for flag, reason in why.items() if not reason)

@@ -23,7 +23,7 @@ from tuneless.budget import STREAM_SHARE
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.methods.preset import preset
 from tuneless.modelcheck import check_model
-from tuneless.options import check_dataclass
+from tuneless.options import check_dataclass, check_names
 
 FEATURES = ("raw", "block", "gamma")
 ALLOCATIONS = ("auto", "uniform", "error", "sensitivity")
@@ -153,6 +153,11 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
             raise TunelessError(LLM_BUDGET)
         if example_inputs is not None:
             options["example_inputs"] = example_inputs
+        if channel_ratio is not None:
+            from tuneless.budget import LLM_RATIO
+
+            raise TunelessError(LLM_RATIO)
+        check_names(options, fold_llm, "fold", suggest=fold)
         return fold_llm(model, sparsity, repair=repair, data=data, **options)  # checks model
     check_model(model, "fold")
     if repair is None:  # Fold-AR repairs BatchNorm; without any, the paper's plain fold
@@ -172,9 +177,7 @@ fold.options_class = FoldOptions
 def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
     from tuneless.repair import get_repair
 
-    unknown = set(options) - set(FoldOptions.__dataclass_fields__)
-    if unknown:
-        raise TunelessError(f"unknown fold option(s): {', '.join(sorted(unknown))}")
+    check_names(options, FoldOptions.__dataclass_fields__, "fold", suggest=fold)
     check_dataclass(FoldOptions, {"repair": repair, **options}, "fold")
     opts = FoldOptions(sparsity=sparsity, channel_ratio=channel_ratio, repair=repair, **options)
     if opts.channels is not None:

@@ -17,12 +17,12 @@ import copy
 import torch
 import torch.nn as nn
 
-from tuneless.budget import STREAM_SHARE
+from tuneless.budget import LLM_RATIO, STREAM_SHARE
 from tuneless.decisions import top_channels
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.methods.preset import preset
 from tuneless.modelcheck import check_model
-from tuneless.options import check_call
+from tuneless.options import check_call, check_names
 
 CRITERIA = ("l1", "l2", "random")
 LLM_DEFAULT_CRITERION = "obs"  # measured: docs/llm.md "Structured OBS"
@@ -71,8 +71,7 @@ def prune(model: nn.Module, sparsity: float | None = None, channel_ratio: float 
         return _prune_llm(model, sparsity, channel_ratio, criterion or LLM_DEFAULT_CRITERION,
                           data, seed, llm_options)
     criterion = criterion or "l1"
-    if llm_options:
-        raise TunelessError(f"unknown prune option(s): {', '.join(sorted(llm_options))}")
+    check_names(llm_options, (), "prune", suggest=prune)
     check_model(model, f"prune-{criterion}")
     check_call(prune, {"min_channels": min_channels, "round_to": round_to, "seed": seed,
                        "stream_share": stream_share}, f"prune-{criterion}")
@@ -154,18 +153,22 @@ def _prune_llm(model, sparsity, channel_ratio, criterion, data, seed, options) -
     from tuneless.llm import flap_llm, magnitude_prune_llm, obs_prune_llm, wanda_sp_llm
 
     if channel_ratio is not None:
-        raise TunelessError("language models take sparsity= (or head_ratio=/mlp_ratio=), "
-                            "not channel_ratio")
+        raise TunelessError(LLM_RATIO)
     if criterion in ("l2", "magnitude"):
         if data is not None:
             raise TunelessError(f"criterion {criterion!r} is data-free; data= is not used")
+        check_names(options, magnitude_prune_llm, f"prune-{criterion}", suggest=prune)
         return magnitude_prune_llm(model, sparsity, seed=seed, **options)
     if criterion in ("wanda-sp", "flap"):
         batches = None if data is None else list(data) if isinstance(data, list | tuple) \
             else [torch.as_tensor(data)]
         func = wanda_sp_llm if criterion == "wanda-sp" else flap_llm
+        check_names(options, func, f"prune-{criterion}",
+                    set_by_call={"batches": "data= (a list of token-id batches)"},
+                    suggest=prune)
         return func(model, sparsity, batches=batches, seed=seed, **options)
     if criterion == "obs":
+        check_names(options, obs_prune_llm, "prune-obs", suggest=prune)
         return obs_prune_llm(model, sparsity, data=data, seed=seed, **options)
     raise TunelessError(f"criterion {criterion!r} does not apply to language models; choose "
                         f"one of {', '.join(LLM_CRITERIA)}")
