@@ -27,7 +27,7 @@ from tuneless.llm.activation_stats import layer_moments
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.conv1d import as_linear
 from tuneless.llm.engine import reduce_llm
-from tuneless.llm.fold import _plans, rank_calibration_ids, repair_reduced
+from tuneless.llm.fold import CALIB_SKIP, _plans, rank_calibration_ids, repair_reduced
 from tuneless.llm.plan import OBS_DEFAULTS
 from tuneless.llm.refit import layer_inputs
 from tuneless.modelcheck import check_model
@@ -100,8 +100,9 @@ class _OriginalStream:
     (one intermediate × intermediate matrix, not one per layer). Layers are asked for in
     increasing order, as reduce_llm decides them."""
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, ids: torch.Tensor, skip: int = 0) -> None:
         self.adapter = adapter_for(model)
+        self.skip = skip
         self.layers = self.adapter.layers(model)
         self.hidden, self.kwargs = layer_inputs(model, ids)
         self.at = 0
@@ -112,7 +113,7 @@ class _OriginalStream:
         while self.at <= i:
             meters, self.hidden = layer_moments(
                 self.adapter, self.layers[self.at], self.hidden, self.kwargs[self.at],
-                full if self.at == i else {})
+                full if self.at == i else {}, skip=self.skip)
             self.at += 1
         return meters
 
@@ -122,7 +123,7 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
                   gqa: str = "kv-groups", repair: str | None = "self", tokenizer=None,
                   data=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
                   refit_lambda: float = 3.0, damp: float = 0.01, block: int = 8,
-                  progress: bool | None = None) -> nn.Module:
+                  calib_skip: int = CALIB_SKIP, progress: bool | None = None) -> nn.Module:
     """Structured-OBS pruning of MLP channels and heads, then folding's repair (`repair`,
     default "self": data-free). Without a schedule or ratios the sizes come from
     "flat-mlp" (one MLP ratio in the layers the fold's paper-mlp folds; inner-mlp beyond
@@ -133,13 +134,15 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     The second moments come from the repair's calibration tokens: the model's own samples
     ("self" or "none") or `data` / windows of the calibration text ("refit"), walked
     through the uncompressed model one layer at a time (memory: one float64
-    intermediate × intermediate matrix at a time)."""
+    intermediate × intermediate matrix at a time); the first `calib_skip` positions of each
+    sequence left out of them and of the repair, as in the fold."""
     model = as_linear(check_model(model, "obs"))  # GPT-2: Conv1D as Linear
     adapter = adapter_for(model)
     check_call(obs_prune_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
                                "mlp_ratio": mlp_ratio, "seed": seed,
                                "calib_samples": calib_samples, "calib_len": calib_len,
-                               "refit_lambda": refit_lambda, "damp": damp, "block": block},
+                               "refit_lambda": refit_lambda, "damp": damp, "block": block,
+                               "calib_skip": calib_skip},
                    "obs")
     if progress is None:
         from tuneless.progress import progress_enabled
@@ -149,7 +152,7 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     source = "refit" if repair == "refit" else "self"  # the tokens H is measured on
     calib = rank_calibration_ids(model, source, tokenizer, data, calib_samples, calib_len,
                                  seed, show_progress=progress)
-    stream = _OriginalStream(model, calib)
+    stream = _OriginalStream(model, calib, calib_skip)
     layers = adapter.layers(model)
 
     def decide(i, groups, shape, plan):
@@ -168,4 +171,5 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
 
     small = reduce_llm(model, plans, decide, gqa=gqa, desc="obs", show_progress=progress)
     return repair_reduced(model, small, repair, calib=None if repair in (None, "none", "naive")
-                          else calib, refit_lambda=refit_lambda, progress=progress)
+                          else calib, refit_lambda=refit_lambda, calib_skip=calib_skip,
+                          progress=progress)
