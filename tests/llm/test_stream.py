@@ -93,6 +93,9 @@ def test_streamed_repaired_fold_equals_the_in_memory_one(sharded, tmp_path, sche
     ("phi", 3, 0.5),  # attention and MLP in parallel: each consumer aims past the other
     ("gptj", 3, 0.0),  # parallel, transformer.h, the MLP width in n_inner
     ("opt", 3, 0.0),  # the MLP on the decoder layer itself, flattened tokens inside it
+    ("phi3", 3, 0.5),  # fused qkv and gate_up, split by the config's head count at run time
+    ("glm4", 3, 0.5),  # one gate_up_proj, sandwich norms
+    ("gpt_neox", 3, 0.0),  # fused query_key_value, interleaved per head; parallel
 ])
 def test_streamed_repair_of_other_families_equals_the_in_memory_one(family, layers,
                                                                     head_ratio, tmp_path):
@@ -109,10 +112,20 @@ def test_streamed_repair_of_other_families_equals_the_in_memory_one(family, laye
                           mlp_ratio=0.5, kmeans_dim=None, repair="refit", data=calib,
                           progress=False)
     want = fold_llm(m, head_ratio=head_ratio, mlp_ratio=0.5, repair="refit", data=calib)
+    got = load_folded(out)
+    assert check_checkpoint(out) == sum(p.numel() for p in got.parameters())
     with torch.no_grad():
         x = calib[:2]
-        torch.testing.assert_close(load_folded(out)(x).logits, want(x).logits, rtol=1e-4,
-                                   atol=1e-4)
+        torch.testing.assert_close(got(x).logits, want(x).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_streaming_names_gpt2_s_conv1d_projections(tmp_path):
+    from tests.llm.test_adapter_contract import _model
+
+    _model("gpt2").save_pretrained(tmp_path / "src")
+    with pytest.raises(TunelessError, match="gpt2's Conv1D projections"):
+        fold_checkpoint(tmp_path / "src", tmp_path / "dst", 0.2, progress=False)
+    assert not (tmp_path / "dst").exists()
 
 
 def test_streamed_default_is_the_in_memory_default_self_repair(sharded, tmp_path):

@@ -72,6 +72,8 @@ class DecoderAdapter:
     parallel: bool = False
     # the config field of the MLP width (GPT-J's n_inner, None there meaning 4 × hidden)
     mlp_field: str = "intermediate_size"
+    # True: the projections are transformers' Conv1D, weights stored (in, out) (GPT-2)
+    conv1d: bool = False
 
     @property
     def fused_qkv(self) -> bool:
@@ -129,9 +131,12 @@ class DecoderAdapter:
                 for short in SHORT}
 
     def module_name(self, layer: int, short: str) -> str:
-        part = self.attn if short in ATTN else self.mlp
-        return ".".join(x for x in (f"{self.layer_prefix}.{layer}", part, getattr(self, short))
-                        if x)
+        return self.spec_name(layer, "attn" if short in ATTN else "mlp", getattr(self, short))
+
+    def spec_name(self, layer: int, parent: str, attr: str) -> str:
+        """The full name of one projection module of projection_specs (parent "attn" | "mlp")."""
+        part = self.attn if parent == "attn" else self.mlp
+        return ".".join(x for x in (f"{self.layer_prefix}.{layer}", part, attr) if x)
 
     def tensor_name(self, layer: int, short: str, kind: str = "weight") -> str:
         """The checkpoint key of one projection, for streaming from safetensors."""
@@ -533,7 +538,7 @@ register_family("gpt_neox", FixedHeadsAdapter(
 register_family("gpt2", FixedHeadsAdapter(
     family="gpt2", layer_prefix="transformer.h", attn="attn", q="c_attn", k="c_attn",
     v="c_attn", o="c_proj", gated=False, gate="c_fc", up="c_fc", down="c_proj",
-    norms=("ln_1", "ln_2"), mlp_field="n_inner"))
+    norms=("ln_1", "ln_2"), mlp_field="n_inner", conv1d=True))
 
 
 @dataclass(frozen=True)

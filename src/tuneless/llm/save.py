@@ -165,7 +165,7 @@ def _resize(model: nn.Module, sizes: list[list[int]]) -> None:
             parent = (adapter.attention(layer) if parent_kind == "attn"
                       else adapter.mlp_module(layer))
             old = getattr(parent, name)
-            n_in, n_out = (_size(e, sizes_of) for e in (n_in, n_out))
+            n_in, n_out = (spec_size(e, sizes_of) for e in (n_in, n_out))
             setattr(parent, name, empty_like(old, n_in, n_out))
         attn = adapter.attention(layer)
         if hasattr(attn, "num_key_value_heads"):
@@ -173,7 +173,7 @@ def _resize(model: nn.Module, sizes: list[list[int]]) -> None:
     adapter.finalize(model)
 
 
-def _size(expr: str, sizes: dict[str, int]) -> int:
+def spec_size(expr: str, sizes: dict[str, int]) -> int:
     """Evaluate one of the adapters' own size expressions: names, integers, + and *."""
     import ast
 

@@ -27,7 +27,7 @@ from tuneless.llm.decide import fold_decisions
 from tuneless.llm.fold import CALIB_SKIP, DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, step_plans
 from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import check_refit_options
-from tuneless.llm.save import write_modeling
+from tuneless.llm.save import spec_size, write_modeling
 from tuneless.llm.stream_shell import split_layer_keys
 from tuneless.progress import progress as _progress
 from tuneless.reduce import reduce_tensors
@@ -135,8 +135,8 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
         raise TunelessError(f"steps must be a positive integer, got {steps!r}")
     config = AutoConfig.from_pretrained(str(src))
     adapter = adapter_for_config(config)
-    if adapter.fused:
-        raise TunelessError(f"streaming does not handle {adapter.family}'s fused projections "
+    if adapter.conv1d:
+        raise TunelessError(f"streaming does not handle {adapter.family}'s Conv1D projections "
                             "yet; fold it in memory (tuneless compress FOLDER --method fold)")
     weight_map = _weight_map(src)
     shapes = _shapes(config, adapter, weight_map)
@@ -424,12 +424,14 @@ def check_checkpoint(folder: str | os.PathLike) -> int:
             for key in fh.keys():
                 shapes[key] = tuple(fh.get_slice(key).get_shape())
     for i, (n_q, n_kv, n_mlp) in enumerate(sizes):
-        want = {"q": (n_q * hd, h), "k": (n_kv * hd, h), "v": (n_kv * hd, h), "o": (h, n_q * hd),
-                "gate": (n_mlp, h), "up": (n_mlp, h), "down": (h, n_mlp)}
-        for short, shape in want.items():
-            got = shapes.get(adapter.tensor_name(i, short))
+        sizes_of = {"h": h, "hd": hd, "n_q": n_q, "n_kv": n_kv, "n_mlp": n_mlp}
+        for parent, attr, n_in, n_out in adapter.projection_specs():
+            shape = (spec_size(n_out, sizes_of), spec_size(n_in, sizes_of))
+            got = shapes.get(f"{adapter.spec_name(i, parent, attr)}.weight")
+            if adapter.conv1d and got is not None:
+                got = got[::-1]  # Conv1D stores (in, out)
             if got != shape:
-                raise TunelessError(f"layer {i} {short}: shape {got}, config says {shape}")
+                raise TunelessError(f"layer {i} {attr}: shape {got}, config says {shape}")
     total = 0
     for shape in shapes.values():
         n = 1

@@ -145,6 +145,7 @@ class Shell:
             raise TunelessError(f"layer {i}: tensors missing from the checkpoint: "
                                 f"{', '.join(missing[:3])}")
         self.adapter.finalize_layer(layer, self.head_dim)
+        _own_head_counts(self.adapter, layer, self.head_dim)
         return layer.eval()
 
 
@@ -207,3 +208,16 @@ def sampling_model(config, adapter, get, keys, generation_config=None) -> nn.Mod
     if generation_config is not None:
         model.generation_config = generation_config
     return model.eval()
+
+
+def _own_head_counts(adapter, layer: nn.Module, hd: int) -> None:
+    """A layer rebuilt on its own holds a private copy of the config (deep-copied with it):
+    give that copy the layer's head counts, for attentions that split a fused q/k/v by the
+    config's count at run time (Phi-3); head_dim is pinned first, since some configs derive
+    it from the head count."""
+    config = getattr(adapter.attention(layer), "config", None)
+    if config is None:
+        return
+    shape = adapter.layer_shape(layer, hd)
+    config.head_dim = hd
+    config.num_attention_heads, config.num_key_value_heads = shape.n_q, shape.n_kv
