@@ -39,6 +39,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "calib_samples": (1, None),
     "calib_len": (2, None),  # a sampled sequence is its start token and at least one more
     "calib_skip": (0, None),
+    "stats_skip": (0, None),
     "n_samples": (1, None),
     "seq_len": (2, None),
 }

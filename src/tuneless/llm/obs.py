@@ -123,7 +123,8 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
                   gqa: str = "kv-groups", repair: str | None = "self", tokenizer=None,
                   data=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
                   refit_lambda: float = 3.0, damp: float = 0.01, block: int = 8,
-                  calib_skip: int = CALIB_SKIP, progress: bool | None = None) -> nn.Module:
+                  calib_skip: int = CALIB_SKIP, stats_skip: int = 0,
+                  progress: bool | None = None) -> nn.Module:
     """Structured-OBS pruning of MLP channels and heads, then folding's repair (`repair`,
     default "self": data-free). Without a schedule or ratios the sizes come from
     "flat-mlp" (one MLP ratio in the layers the fold's paper-mlp folds; inner-mlp beyond
@@ -134,15 +135,17 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     The second moments come from the repair's calibration tokens: the model's own samples
     ("self" or "none") or `data` / windows of the calibration text ("refit"), walked
     through the uncompressed model one layer at a time (memory: one float64
-    intermediate × intermediate matrix at a time); the first `calib_skip` positions of each
-    sequence left out of them and of the repair, as in the fold."""
+    intermediate × intermediate matrix at a time). stats_skip: the first positions of each
+    sequence left out of them — none by default: leaving out the first (the attention sink)
+    broke SmolLM2 at 20% (perplexity 109 against 45, docs/llm.md "Structured OBS");
+    calib_skip: those left out of the repair, as in the fold."""
     model = as_linear(check_model(model, "obs"))  # GPT-2: Conv1D as Linear
     adapter = adapter_for(model)
     check_call(obs_prune_llm, {"sparsity": sparsity, "head_ratio": head_ratio,
                                "mlp_ratio": mlp_ratio, "seed": seed,
                                "calib_samples": calib_samples, "calib_len": calib_len,
                                "refit_lambda": refit_lambda, "damp": damp, "block": block,
-                               "calib_skip": calib_skip},
+                               "calib_skip": calib_skip, "stats_skip": stats_skip},
                    "obs")
     if progress is None:
         from tuneless.progress import progress_enabled
@@ -152,7 +155,7 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     source = "refit" if repair == "refit" else "self"  # the tokens H is measured on
     calib = rank_calibration_ids(model, source, tokenizer, data, calib_samples, calib_len,
                                  seed, show_progress=progress)
-    stream = _OriginalStream(model, calib, calib_skip)
+    stream = _OriginalStream(model, calib, stats_skip)
     layers = adapter.layers(model)
 
     def decide(i, groups, shape, plan):
