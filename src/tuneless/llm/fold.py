@@ -49,6 +49,7 @@ def fold_llm(
     calib_len: int = 128,
     calib_blocks: int = 1,
     calib_skip: int = CALIB_SKIP,
+    stats_skip: int | None = None,
     refit_lambda: float = 3.0,
     refit_scope: str = "folded",
     refit_weighting: str = "none",
@@ -93,6 +94,7 @@ def fold_llm(
     calib_skip: positions at the start of each calibration sequence that the activation
       statistics and the least squares leave out (1: the first position, which attends
       only to itself and carries the attention-sink outliers; 0 uses all).
+    stats_skip: the positions the activation statistics alone leave out (None: calib_skip).
     gqa: "kv-groups" (a kv head and its query heads are one unit) or "query-heads"
       (query heads clustered inside each kv group; kv heads kept).
     features: what k-means clusters. "weights": the raw weight rows and columns (the
@@ -119,7 +121,7 @@ def fold_llm(
                           "kmeans_dim": kmeans_dim, "calib_samples": calib_samples,
                           "calib_blocks": calib_blocks, "steps": steps,
                           "calib_len": calib_len, "refit_lambda": refit_lambda,
-                          "calib_skip": calib_skip}, "fold")
+                          "calib_skip": calib_skip, "stats_skip": stats_skip}, "fold")
     get_repair(repair, "llm")  # one-line error naming the repairs that apply
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
@@ -137,8 +139,9 @@ def fold_llm(
     once = dict(gqa=gqa, seed=seed, n_init=n_init, refine=refine, cluster=cluster,
                 kmeans_dim=kmeans_dim, progress=progress, repair=repair, tokenizer=tokenizer,
                 data=data, calib_samples=calib_samples, calib_len=calib_len,
-                calib_blocks=calib_blocks, calib_skip=calib_skip, refit_lambda=refit_lambda,
-                refit_scope=refit_scope,
+                calib_blocks=calib_blocks, calib_skip=calib_skip,
+                stats_skip=calib_skip if stats_skip is None else stats_skip,
+                refit_lambda=refit_lambda, refit_scope=refit_scope,
                 refit_weighting=refit_weighting, refit_target=refit_target, features=features)
     if candidates is None or candidates.alternative is None:
         return _fold_steps(model, adapter, shapes, plans, steps, once)
@@ -204,7 +207,7 @@ def stage_plans(shapes: list[Shape], plans: list[LayerPlan], t: float) -> list[L
 
 def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, n_init,
                refine, cluster, kmeans_dim, progress, repair, tokenizer, data, calib_samples,
-               calib_len, calib_blocks, calib_skip, refit_lambda, refit_scope,
+               calib_len, calib_blocks, calib_skip, stats_skip, refit_lambda, refit_scope,
                refit_weighting, refit_target, features, calib=None) -> nn.Module:
     """One fold of `model` to `plans` and its repair: calibration tokens (`calib` when
     already drawn), activation statistics, k-means decisions, the reduced copy, the
@@ -215,7 +218,7 @@ def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, 
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
                             "repair='self' (data-free) or repair='refit'")
-    stats = (collect_stats(model, calib, show_progress=progress, skip=calib_skip)
+    stats = (collect_stats(model, calib, show_progress=progress, skip=stats_skip)
              if calib is not None and features != "weights" else None)
 
     def decide(i, groups, shape, plan):
