@@ -229,3 +229,30 @@ def test_a_folder_weights_file_bad_json_and_a_too_short_sample_are_one_line(tmp_
                and not ln.startswith("Loading")]
         assert code == 1 and len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_stream_folds_layer_by_layer_as_fold_checkpoint_does(tmp_path, capsys, monkeypatch):
+    """--stream on (and auto, once the weights pass the memory share) writes what
+    fold_checkpoint writes, and the folder loads without tuneless with the same logits."""
+    from tuneless.commands import compress_llm
+    from tuneless.llm import fold_checkpoint
+
+    _tiny_folder(tmp_path / "dense")
+    args = ["--quiet", "compress", str(tmp_path / "dense"), "--method", "fold-naive",
+            "--sparsity", "0.2", "--option", "schedule=uniform"]
+    assert main([*args, "-o", str(tmp_path / "on"), "--stream", "on"]) == 0
+    assert "streamed, one layer in memory" in capsys.readouterr().out
+    fold_checkpoint(tmp_path / "dense", tmp_path / "ref", 0.2, schedule="uniform",
+                    repair="none", progress=False)
+    assert torch.equal(_logits(tmp_path / "on"), _logits(tmp_path / "ref"))
+    assert torch.equal(_logits_without_tuneless(tmp_path / "on", tmp_path, trust=False),
+                       _logits(tmp_path / "on"))
+    monkeypatch.setattr(compress_llm, "STREAM_SHARE_OF_MEMORY", 0.0)
+    assert main([*args, "-o", str(tmp_path / "auto")]) == 0
+    assert "streamed" in capsys.readouterr().out
+    assert main([*args, "-o", str(tmp_path / "off"), "--stream", "off"]) == 0
+    assert "streamed" not in capsys.readouterr().out
+    assert main([*args, "-o", str(tmp_path / "bad"), "--stream", "on", "--option",
+                 "refin=1"]) == 1
+    assert "unknown fold (streamed) option(s): refin (did you mean refine?)" in \
+        capsys.readouterr().err

@@ -5,6 +5,7 @@ included)."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -52,6 +53,10 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TunelessError(f"--device {device}: no CUDA device is available here")
     name, fixed = LLM_METHODS[args.method]
+    if name == "fold" and _streamed(args):
+        if device != "cpu":
+            raise TunelessError("--stream folds on the CPU; use --stream off for --device")
+        return run_streamed(args, fixed, options)
     model, tok = load_llm(args.model, trust_code=args.trust_code, device=device)
     if name == "fold" and tok is not None:  # progress follows --quiet (tuneless.progress)
         options.setdefault("tokenizer", tok)
@@ -96,4 +101,54 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     print(f"wrote {out} (" + (f"per-layer sizes: load with {auto}.from_pretrained"
                               "(folder, trust_remote_code=True)" if sizes else
                               f"loads with {auto}.from_pretrained") + ")")
+    return 0
+
+
+STREAM_SHARE_OF_MEMORY = 1 / 8  # --stream auto: weights files above this share of RAM stream
+
+
+def _streamed(args: argparse.Namespace) -> bool:
+    """Whether this fold streams: --stream on / off, or auto for a safetensors folder whose
+    weights files take more than STREAM_SHARE_OF_MEMORY of the machine's memory (in memory
+    the fold holds the model in float32, its folded copy and every layer's statistics)."""
+    import os
+
+    mode = getattr(args, "stream", "auto")
+    folder = Path(args.model)
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if mode == "on" and not files:
+        raise TunelessError(f"--stream reads a folder of .safetensors weights; {args.model} "
+                            "has none")
+    if mode != "auto":
+        return mode == "on"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return bool(files) and sum(f.stat().st_size for f in files) > STREAM_SHARE_OF_MEMORY * memory
+
+
+def run_streamed(args: argparse.Namespace, fixed: dict, options: dict) -> int:
+    """The fold of a safetensors folder layer by layer (tuneless.llm.stream.fold_checkpoint):
+    the same defaults as in memory, one original and one folded layer in memory."""
+    from tuneless.llm.stream import check_checkpoint, fold_checkpoint
+    from tuneless.options import check_names
+    from tuneless.progress import progress_enabled
+
+    options = {**options, **fixed}
+    check_names(options, fold_checkpoint, "fold (streamed)",
+                set_by_call={"progress": "--quiet", "sparsity": "--sparsity"})
+    if options.get("repair") == "refit" and "data" not in options:
+        from transformers import AutoTokenizer
+
+        options.setdefault("tokenizer", AutoTokenizer.from_pretrained(args.model))
+    src, out = Path(args.model), Path(args.out)
+    start, cpu = time.perf_counter(), time.process_time()
+    fold_checkpoint(src, out, args.sparsity, progress=progress_enabled(), **options)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    before, after = check_checkpoint(src), check_checkpoint(out)
+    print(f"{args.method} (streamed, one layer in memory): {before:,} -> {after:,} parameters "
+          f"({1 - after / before:.1%} of the whole model removed); {seconds:.0f} s "
+          f"({cpu:.0f} CPU-s)")
+    cfg = json.loads((out / "config.json").read_text())
+    print(f"wrote {out} (" + ("per-layer sizes: load with AutoModelForCausalLM.from_pretrained"
+                              "(folder, trust_remote_code=True)" if "tuneless_layer_sizes" in cfg
+                              else "loads with AutoModelForCausalLM.from_pretrained") + ")")
     return 0
