@@ -256,3 +256,6 @@ def test_stream_folds_layer_by_layer_as_fold_checkpoint_does(tmp_path, capsys, m
                  "refin=1"]) == 1
     assert "unknown fold (streamed) option(s): refin (did you mean refine?)" in \
         capsys.readouterr().err
+    assert main(["compress", str(tmp_path / "dense"), "--method", "magnitude", "--sparsity",
+                 "0.2", "-o", str(tmp_path / "mag"), "--stream", "on"]) == 1
+    assert "magnitude runs in memory" in capsys.readouterr().err

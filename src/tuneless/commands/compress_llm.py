@@ -53,6 +53,9 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TunelessError(f"--device {device}: no CUDA device is available here")
     name, fixed = LLM_METHODS[args.method]
+    if name != "fold" and getattr(args, "stream", "auto") == "on":
+        raise TunelessError(f"--stream on: {args.method} runs in memory; the fold methods "
+                            "stream")
     if name == "fold" and _streamed(args):
         if device != "cpu":
             raise TunelessError("--stream folds on the CPU; use --stream off for --device")
