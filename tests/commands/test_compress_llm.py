@@ -254,8 +254,21 @@ def test_stream_folds_layer_by_layer_as_fold_checkpoint_does(tmp_path, capsys, m
     assert "streamed" not in capsys.readouterr().out
     assert main([*args, "-o", str(tmp_path / "bad"), "--stream", "on", "--option",
                  "refin=1"]) == 1
-    assert "unknown fold (streamed) option(s): refin (did you mean refine?)" in \
+    assert "unknown fold-naive (streamed) option(s): refin (did you mean refine?)" in \
         capsys.readouterr().err
     assert main(["compress", str(tmp_path / "dense"), "--method", "magnitude", "--sparsity",
                  "0.2", "-o", str(tmp_path / "mag"), "--stream", "on"]) == 1
     assert "magnitude runs in memory" in capsys.readouterr().err
+
+
+def test_obs_streams_as_obs_checkpoint_does(tmp_path, capsys):
+    from tuneless.llm import obs_checkpoint
+
+    _tiny_folder(tmp_path / "dense")
+    assert main(["--quiet", "compress", str(tmp_path / "dense"), "--method", "obs",
+                 "--sparsity", "0.2", "--option", "calib_samples=4", "--option", "calib_len=16",
+                 "-o", str(tmp_path / "on"), "--stream", "on"]) == 0
+    assert "obs (streamed, one layer in memory)" in capsys.readouterr().out
+    obs_checkpoint(tmp_path / "dense", tmp_path / "ref", 0.2, calib_samples=4, calib_len=16,
+                   progress=False)
+    assert torch.equal(_logits(tmp_path / "on"), _logits(tmp_path / "ref"))

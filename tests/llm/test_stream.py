@@ -253,3 +253,32 @@ def test_streamed_default_chooses_the_schedule_as_in_memory(tmp_path, monkeypatc
         torch.testing.assert_close(load_folded(out)(X).logits, want(X).logits, rtol=1e-4,
                                    atol=1e-4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no work folders
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(head_ratio=0.5, mlp_ratio=0.5, repair="refit",
+         data=torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(1))),
+    dict(sparsity=0.2, calib_samples=4, calib_len=16),  # the defaults: flat-mlp, self repair
+])
+def test_streamed_obs_equals_the_in_memory_obs(sharded, tmp_path, kwargs):
+    """The same units kept (the second moments measured on the original stream as it
+    streams by) and the same repair, one layer in memory."""
+    from tuneless.llm import obs_checkpoint, obs_prune_llm
+
+    m, src = sharded
+    out = obs_checkpoint(src, tmp_path / "dst", progress=False, **kwargs)
+    want = obs_prune_llm(m, **kwargs)
+    got = load_folded(out)
+    assert check_checkpoint(out) == sum(p.numel() for p in got.parameters())
+    with torch.no_grad():
+        assert torch.equal(got(X).logits, want(X).logits)
+
+
+def test_streamed_obs_names_what_it_cannot_do(sharded, tmp_path):
+    from tuneless.llm import obs_checkpoint
+
+    _, src = sharded
+    with pytest.raises(TunelessError, match="repairs with 'self' or 'refit'"):
+        obs_checkpoint(src, tmp_path / "dst", 0.2, repair="none")
+    with pytest.raises(TunelessError, match="already exists"):
+        obs_checkpoint(src, src, 0.2)

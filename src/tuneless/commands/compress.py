@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu",
                    help="language models: where to compress (cpu, cuda, cuda:1; default cpu)")
     p.add_argument("--stream", choices=["auto", "on", "off"], default="auto",
-                   help="language-model folds of a safetensors folder: layer by layer, one "
+                   help="language-model folds and obs of a safetensors folder: layer by layer, one "
                         "layer in memory (on), in memory (off), or streamed when the weights "
                         "take more than an eighth of this machine's memory (auto, default)")
 

@@ -53,10 +53,11 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TunelessError(f"--device {device}: no CUDA device is available here")
     name, fixed = LLM_METHODS[args.method]
-    if name != "fold" and getattr(args, "stream", "auto") == "on":
+    streams = name == "fold" or args.method == "obs"
+    if not streams and getattr(args, "stream", "auto") == "on":
         raise TunelessError(f"--stream on: {args.method} runs in memory; the fold methods "
-                            "stream")
-    if name == "fold" and _streamed(args):
+                            "and obs stream")
+    if streams and _streamed(args):
         if device != "cpu":
             raise TunelessError("--stream folds on the CPU; use --stream off for --device")
         return run_streamed(args, fixed, options)
@@ -129,14 +130,17 @@ def _streamed(args: argparse.Namespace) -> bool:
 
 
 def run_streamed(args: argparse.Namespace, fixed: dict, options: dict) -> int:
-    """The fold of a safetensors folder layer by layer (tuneless.llm.stream.fold_checkpoint):
-    the same defaults as in memory, one original and one folded layer in memory."""
-    from tuneless.llm.stream import check_checkpoint, fold_checkpoint
+    """A fold (tuneless.llm.stream.fold_checkpoint) or structured OBS (obs_checkpoint) of a
+    safetensors folder layer by layer: the same defaults as in memory, one original and one
+    compressed layer in memory."""
+    from tuneless.llm.stream import check_checkpoint, fold_checkpoint, obs_checkpoint
     from tuneless.options import check_names
     from tuneless.progress import progress_enabled
 
+    fixed = {k: v for k, v in fixed.items() if k != "criterion"}  # obs: the function says it
+    func = obs_checkpoint if args.method == "obs" else fold_checkpoint
     options = {**options, **fixed}
-    check_names(options, fold_checkpoint, "fold (streamed)",
+    check_names(options, func, f"{args.method} (streamed)",
                 set_by_call={"progress": "--quiet", "sparsity": "--sparsity"})
     if options.get("repair") == "refit" and "data" not in options:
         from transformers import AutoTokenizer
@@ -144,7 +148,7 @@ def run_streamed(args: argparse.Namespace, fixed: dict, options: dict) -> int:
         options.setdefault("tokenizer", AutoTokenizer.from_pretrained(args.model))
     src, out = Path(args.model), Path(args.out)
     start, cpu = time.perf_counter(), time.process_time()
-    fold_checkpoint(src, out, args.sparsity, progress=progress_enabled(), **options)
+    func(src, out, args.sparsity, progress=progress_enabled(), **options)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     before, after = check_checkpoint(src), check_checkpoint(out)
     print(f"{args.method} (streamed, one layer in memory): {before:,} -> {after:,} parameters "

@@ -28,6 +28,7 @@ _LAZY = {
     "text_model": "tuneless.llm.multimodal",
     "wrapper_of": "tuneless.llm.multimodal",
     "fold_checkpoint": "tuneless.llm.stream",
+    "obs_checkpoint": "tuneless.llm.stream",
     "block_params": "tuneless.llm.engine",
 }
 

@@ -80,6 +80,27 @@ def obs_steps(h: torch.Tensor, w: torch.Tensor, units: torch.Tensor, remove: int
         yield chosen.tolist(), added
 
 
+def shrinking(shape, plan) -> dict[str, bool]:
+    """The consumers whose full input second moments OBS needs in a layer going to `plan`."""
+    return {short: True for short, shrinks in (("o", plan.n_q < shape.n_q),
+                                               ("down", plan.n_mlp < shape.n_mlp)) if shrinks}
+
+
+def obs_decisions(adapter, i: int, groups, shape, plan, moments: dict, weight_of, *,
+                  block: int = 8, damp: float = 0.01) -> dict:
+    """Layer i's decisions: each shrinking group keeps the units greedy structured OBS does
+    not remove, on its consumer's input second moment (`moments` by short name) and weight
+    (`weight_of(short)`), in memory and streamed alike."""
+    out = {}
+    for gid, k in adapter.kept(groups, shape, plan).items():
+        g = next(g for g in groups.groups if g.id == gid)
+        short, cols = _consumer(adapter, i, g)
+        gone = obs_order(moments[short].mean(), weight_of(short), cols, g.n - k, block=block,
+                         damp=damp)
+        out[gid] = selection(sorted(set(range(g.n)) - set(gone)), g.n)
+    return out
+
+
 def _consumer(adapter, layer: int, group):
     """(short projection name, (n, c) input columns per unit) of a group's one consumer."""
     slots = [s for s in group.slots if s.kind == CONSUMER]
@@ -159,18 +180,10 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     layers = adapter.layers(model)
 
     def decide(i, groups, shape, plan):
-        out = {}
-        shrinking = {"o": plan.n_q < shape.n_q, "down": plan.n_mlp < shape.n_mlp}
-        moments = stream.moments(i, {k: True for k, shrinks in shrinking.items() if shrinks})
-        for gid, k in adapter.kept(groups, shape, plan).items():
-            g = next(g for g in groups.groups if g.id == gid)
-            short, cols = _consumer(adapter, i, g)
-            weight = adapter.projections(layers[i])[short].weight
-            gone = obs_order(moments[short].mean(), weight, cols, g.n - k, block=block,
-                             damp=damp)
-            keep = sorted(set(range(g.n)) - set(gone))
-            out[gid] = selection(keep, g.n)
-        return out
+        moments = stream.moments(i, shrinking(shape, plan))
+        return obs_decisions(adapter, i, groups, shape, plan, moments,
+                             lambda short: adapter.projections(layers[i])[short].weight,
+                             block=block, damp=damp)
 
     small = reduce_llm(model, plans, decide, gqa=gqa, desc="obs", show_progress=progress)
     return repair_reduced(model, small, repair, calib=None if repair in (None, "none", "naive")

@@ -172,6 +172,64 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     return dst
 
 
+def obs_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
+                   sparsity: float | None = None, *, schedule=None,
+                   head_ratio: float | None = None, mlp_ratio: float | None = None,
+                   gqa: str = "kv-groups", repair: str = "self", data: torch.Tensor | None = None,
+                   tokenizer=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
+                   refit_lambda: float = 3.0, damp: float = 0.01, block: int = 8,
+                   calib_skip: int = CALIB_SKIP, stats_skip: int = 0,
+                   progress: bool = True) -> Path:
+    """Structured OBS (tuneless.llm.obs.obs_prune_llm) of a safetensors checkpoint folder,
+    layer by layer: the same defaults (flat-mlp schedule, "self" repair), and each layer's
+    consumer second moments measured on the original stream as it streams by (one layer's
+    statistics in memory). repair: "self" or "refit" (OBS needs calibration tokens)."""
+    from transformers import AutoConfig
+
+    from tuneless.llm.activation_stats import layer_moments
+    from tuneless.llm.obs import obs_decisions, shrinking
+    from tuneless.llm.plan import OBS_DEFAULTS
+    from tuneless.options import check_call
+
+    src, dst = Path(src), Path(dst)
+    check_call(obs_checkpoint, {"sparsity": sparsity, "seed": seed, "damp": damp,
+                                "block": block, "calib_skip": calib_skip,
+                                "stats_skip": stats_skip, "calib_samples": calib_samples,
+                                "calib_len": calib_len}, "obs")
+    if repair not in ("self", "refit"):
+        raise TunelessError(f"streamed OBS repairs with 'self' or 'refit', not {repair!r} (its "
+                            "second moments come from the repair's calibration tokens)")
+    if not (src / "config.json").is_file():
+        raise TunelessError(f"{src} has no config.json; not a checkpoint folder")
+    if dst.exists():
+        raise TunelessError(f"{dst} already exists; choose a new output folder")
+    config = AutoConfig.from_pretrained(str(src))
+    adapter = adapter_for_config(config)
+    if adapter.conv1d:
+        raise TunelessError(f"streaming does not handle {adapter.family}'s Conv1D projections "
+                            "yet; prune it in memory (tuneless compress FOLDER --method obs)")
+    weight_map = _weight_map(src)
+    shapes = _shapes(config, adapter, weight_map)
+    plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule,
+                         head_ratio=adapter.head_ratio_for(schedule, head_ratio),
+                         mlp_ratio=mlp_ratio, gqa=gqa, defaults=OBS_DEFAULTS)
+    adapter.check_plans(plans, shapes)
+
+    def decide(walk, i, tensors, groups, shape, plan):
+        moments, _ = layer_moments(adapter, walk.original, walk.h_old, walk.kwargs[i],
+                                   shrinking(shape, plan), skip=stats_skip)
+        return obs_decisions(adapter, i, groups, shape, plan, moments,
+                             lambda short: tensors[adapter.tensor_name(i, short)],
+                             block=block, damp=damp)
+
+    return _fold_once(src, dst, config, adapter, weight_map, shapes, plans, gqa=gqa, seed=seed,
+                      refine=False, kmeans_dim=None, n_init=1, repair=repair, data=data,
+                      tokenizer=tokenizer, features="weights", calib_samples=calib_samples,
+                      calib_len=calib_len, calib_skip=calib_skip, refit_lambda=refit_lambda,
+                      refit_target="auto", refit_weighting="none", progress=progress,
+                      decide=decide)
+
+
 @contextlib.contextmanager
 def _work_folder(dst: Path, what: str):
     """A temporary folder beside `dst` (rank 0 makes it, every rank reads it), removed at the
@@ -253,9 +311,10 @@ def _step_config(folder: Path):
 def _fold_once(src: Path, dst: Path, config, adapter, weight_map, shapes, plans, *, gqa, seed,
                refine, kmeans_dim, n_init, repair, data, tokenizer, features, calib_samples,
                calib_len, calib_skip, refit_lambda, refit_target, refit_weighting, progress,
-               ids=None) -> Path:
+               ids=None, decide=None) -> Path:
     """One streamed fold of the checkpoint in `src` to `plans`, repaired (on `ids` when
-    already drawn), into `dst`."""
+    already drawn), into `dst`. decide(walk, i, tensors, groups, shape, plan) -> decisions:
+    another method's choice of units (streamed OBS) in place of k-means."""
     from safetensors.torch import save_file
 
     reader = _Reader(src, weight_map)
@@ -298,9 +357,10 @@ def _fold_once(src: Path, dst: Path, config, adapter, weight_map, shapes, plans,
             stats = walk.stats(i, tensors) if walk is not None else None
             if p != LayerPlan(s.n_q, s.n_kv, s.n_mlp):
                 graph, per = layer_graph(adapter, shapes, gqa, [i])
-                decisions = fold_decisions(adapter, tensors, per[i], s, p, seed=seed + 1000 * i,
-                                           n_init=n_init, refine=refine, dim=kmeans_dim,
-                                           stats=stats)
+                decisions = (decide(walk, i, tensors, per[i], s, p) if decide is not None else
+                             fold_decisions(adapter, tensors, per[i], s, p, seed=seed + 1000 * i,
+                                            n_init=n_init, refine=refine, dim=kmeans_dim,
+                                            stats=stats))
                 tensors.update(reduce_tensors(tensors, graph, decisions))
             if walk is not None:
                 tensors = walk.repair(i, tensors)
