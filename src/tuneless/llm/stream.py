@@ -116,13 +116,8 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     the previous step's checkpoint, written into a temporary folder beside `dst` and
     removed at the end.
     """
-    from transformers import AutoConfig
 
     src, dst = Path(src), Path(dst)
-    if not (src / "config.json").is_file():
-        raise TunelessError(f"{src} has no config.json; not a checkpoint folder")
-    if dst.exists():
-        raise TunelessError(f"{dst} already exists; choose a new output folder")
     repair = DEFAULT_REPAIR if repair is None else "none" if repair == "naive" else repair
     if repair not in ("self", "refit", "none"):
         raise TunelessError(f"streamed folding repairs with 'self', 'refit' or 'none', not "
@@ -133,13 +128,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     steps = default_steps(repair) if steps is None else steps
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise TunelessError(f"steps must be a positive integer, got {steps!r}")
-    config = AutoConfig.from_pretrained(str(src))
-    adapter = adapter_for_config(config)
-    if adapter.conv1d:
-        raise TunelessError(f"streaming does not handle {adapter.family}'s Conv1D projections "
-                            "yet; fold it in memory (tuneless compress FOLDER --method fold)")
-    weight_map = _weight_map(src)
-    shapes = _shapes(config, adapter, weight_map)
+    config, adapter, weight_map, shapes = _open(src, dst, "fold")
     candidates = None
     if (schedule, head_ratio, mlp_ratio) == (None, None, None) and sparsity is not None \
             and repair in ("self", "refit"):  # chosen by measurement, as in memory
@@ -184,7 +173,6 @@ def obs_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
     layer by layer: the same defaults (flat-mlp schedule, "self" repair), and each layer's
     consumer second moments measured on the original stream as it streams by (one layer's
     statistics in memory). repair: "self" or "refit" (OBS needs calibration tokens)."""
-    from transformers import AutoConfig
 
     from tuneless.llm.activation_stats import layer_moments
     from tuneless.llm.obs import obs_decisions, shrinking
@@ -199,17 +187,7 @@ def obs_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
     if repair not in ("self", "refit"):
         raise TunelessError(f"streamed OBS repairs with 'self' or 'refit', not {repair!r} (its "
                             "second moments come from the repair's calibration tokens)")
-    if not (src / "config.json").is_file():
-        raise TunelessError(f"{src} has no config.json; not a checkpoint folder")
-    if dst.exists():
-        raise TunelessError(f"{dst} already exists; choose a new output folder")
-    config = AutoConfig.from_pretrained(str(src))
-    adapter = adapter_for_config(config)
-    if adapter.conv1d:
-        raise TunelessError(f"streaming does not handle {adapter.family}'s Conv1D projections "
-                            "yet; prune it in memory (tuneless compress FOLDER --method obs)")
-    weight_map = _weight_map(src)
-    shapes = _shapes(config, adapter, weight_map)
+    config, adapter, weight_map, shapes = _open(src, dst, "obs")
     plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule,
                          head_ratio=adapter.head_ratio_for(schedule, head_ratio),
                          mlp_ratio=mlp_ratio, gqa=gqa, defaults=OBS_DEFAULTS)
@@ -228,6 +206,24 @@ def obs_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
                       calib_len=calib_len, calib_skip=calib_skip, refit_lambda=refit_lambda,
                       refit_target="auto", refit_weighting="none", progress=progress,
                       decide=decide)
+
+
+def _open(src: Path, dst: Path, method: str) -> tuple:
+    """(config, adapter, weight map, layer shapes) of the checkpoint folder `src`, after the
+    checks every streamed method makes: a config, a new output folder, no Conv1D."""
+    from transformers import AutoConfig
+
+    if not (src / "config.json").is_file():
+        raise TunelessError(f"{src} has no config.json; not a checkpoint folder")
+    if dst.exists():
+        raise TunelessError(f"{dst} already exists; choose a new output folder")
+    config = AutoConfig.from_pretrained(str(src))
+    adapter = adapter_for_config(config)
+    if adapter.conv1d:
+        raise TunelessError(f"streaming does not handle {adapter.family}'s Conv1D projections "
+                            f"yet; run it in memory (tuneless compress FOLDER --method {method})")
+    weight_map = _weight_map(src)
+    return config, adapter, weight_map, _shapes(config, adapter, weight_map)
 
 
 @contextlib.contextmanager
