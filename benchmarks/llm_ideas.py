@@ -22,6 +22,7 @@ benchmarks/llm_other_family.py loads it; its dense perplexity measured first).
     python benchmarks/llm_ideas.py bias '{"seed": 0}' '{"seed": 1}' '{"seed": 2}'
     python benchmarks/llm_ideas.py reuse '{"seed": 0}' '{"calib_samples": 32, "seed": 0}'
     python benchmarks/llm_ideas.py upfit '{"rank": 128, "lam": 1.0, "seed": 0}'
+    python benchmarks/llm_ideas.py representative '{"mode": "any", "seed": 0}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -56,6 +57,12 @@ steps: what makes a fold in two steps (fold_llm(steps=2)) better. "resolve": the
   widths "resolve" ends at.
 obs-steps: structured OBS pruning (its default flat-mlp plan at `sparsity`) reached in
   `steps` prunes, each sampling, measuring and repairing on the model it starts from.
+representative: the default fold (k-means clusters, two steps, refit), but each MLP cluster
+  of two or more channels is carried by the candidate activation that best reconstructs the
+  cluster's own share of the MLP output on the calibration tokens (max ‖Y_cᵀa‖²/‖a‖²,
+  Y_c = Σ_j a_j w_jᵀ): "any" chooses among the merged channel (mean gate/up rows, the
+  default) and each member's own rows; "members" among the members only (a pruning inside
+  each cluster); down_proj columns summed, then the refit.
 bias: the default fold, its down_proj refit given an unpenalised bias (an intercept fitted
   with the weights; FLAP's bias compensation inside the least squares; LLaMA's mlp_bias).
 reuse: the two-step default with ONE sampling: the original model's samples serve both
@@ -229,6 +236,8 @@ def main(argv: list[str]) -> int:
             small = _sampled_once(model, seed, o.get("calib_samples", 16))
         elif what == "bias":
             small = _with_bias_refit(model, seed)
+        elif what == "representative":
+            small = _with_representatives(model, seed, o.get("mode", "any"))
         elif what == "upfit":
             small = _with_up_fit(model, seed, o.get("rank", 128), o.get("lam", 1.0),
                                  o.get("target", "project"))
@@ -615,6 +624,76 @@ def _with_merge_weights(model, seed, mode):
         return tuneless.fold(model, sparsity=0.2, seed=seed)
     finally:
         fold_module.fold_decisions = plain
+
+
+def _with_representatives(model, seed, mode):
+    import tuneless
+    import tuneless.llm.fold as fold_module
+    from tuneless.decisions import Merge
+
+    plain_decisions, plain_stats = fold_module.fold_decisions, fold_module.collect_stats
+    inputs: dict[str, torch.Tensor] = {}  # gate_proj name -> its inputs (tokens × hidden)
+
+    def collect_stats(m, ids, *, skip=0, **kw):
+        inputs.clear()
+        hooks = []
+        for i, layer in enumerate(m.model.layers):
+            name = f"model.layers.{i}.mlp.gate_proj"
+
+            def grab(_mod, args, name=name):
+                x = args[0][:, skip:].reshape(-1, args[0].shape[-1]).float()
+                inputs[name] = torch.cat([inputs[name], x]) if name in inputs else x
+            hooks.append(layer.mlp.gate_proj.register_forward_pre_hook(grab))
+        try:
+            with torch.no_grad():
+                for start in range(0, len(ids), 16):
+                    m(input_ids=ids[start:start + 16], use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        return plain_stats(m, ids, skip=skip, **kw)
+
+    def fold_decisions(adapter, source, lg, shape, plan, **options):
+        out = plain_decisions(adapter, source, lg, shape, plan, **options)
+        g = lg.mlp
+        if g.id not in out:
+            return out
+        dec = out[g.id]
+        labels = dec.labels if isinstance(dec, Merge) else torch.as_tensor(dec[1]).argmax(1)
+        gate_name = next(s.module for s in g.slots if s.module.endswith("gate_proj"))
+        mlp = source.get_submodule(gate_name.rsplit(".", 1)[0])
+        x = inputs[gate_name]
+        wg, wu = mlp.gate_proj.weight.float(), mlp.up_proj.weight.float()
+        wd = mlp.down_proj.weight.float()
+        a = mlp.act_fn(x @ wg.T) * (x @ wu.T)  # tokens × n
+        k = int(labels.max()) + 1
+        m_map = torch.zeros(k, g.n)
+        u_map = torch.zeros(g.n, k)
+        u_map[torch.arange(g.n), labels] = 1.0
+        for c in range(k):
+            members = torch.nonzero(labels == c).flatten()
+            if len(members) == 1:
+                m_map[c, members] = 1.0
+                continue
+            y = a[:, members] @ wd[:, members].T  # the cluster's share of the output
+            cands = [] if mode == "members" else [
+                mlp.act_fn(x @ wg[members].mean(0)) * (x @ wu[members].mean(0))]
+            cands += [a[:, j] for j in members]
+            score = [float((y.T @ v).pow(2).sum() / v.pow(2).sum().clamp(min=1e-30))
+                     for v in cands]
+            best = max(range(len(cands)), key=score.__getitem__)
+            if mode != "members" and best == 0:
+                m_map[c, members] = 1.0 / len(members)
+            else:
+                m_map[c, members[best - (mode != "members")]] = 1.0
+        out[g.id] = (m_map, u_map)
+        return out
+
+    fold_module.fold_decisions, fold_module.collect_stats = fold_decisions, collect_stats
+    try:
+        return tuneless.fold(model, sparsity=0.2, seed=seed)
+    finally:
+        fold_module.fold_decisions, fold_module.collect_stats = plain_decisions, plain_stats
 
 
 def _selection_proxy(model, ids, dense, seed, candidates, held_out, repair="refit"):
