@@ -25,6 +25,7 @@ from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.choose import HELD_OUT, choose, default_candidates, own_text_perplexity
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.fold import CALIB_SKIP, DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, step_plans
+from tuneless.llm.obs import OBS_CALIB_SKIP
 from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import spec_size, write_modeling
@@ -167,7 +168,7 @@ def obs_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
                    gqa: str = "kv-groups", repair: str = "self", data: torch.Tensor | None = None,
                    tokenizer=None, calib_samples: int = 16, calib_len: int = 128, seed: int = 0,
                    refit_lambda: float = 3.0, damp: float = 0.01, block: int = 8,
-                   calib_skip: int = CALIB_SKIP, stats_skip: int = 0,
+                   calib_skip: int = OBS_CALIB_SKIP, stats_skip: int = 0,
                    progress: bool = True) -> Path:
     """Structured OBS (tuneless.llm.obs.obs_prune_llm) of a safetensors checkpoint folder,
     layer by layer: the same defaults (flat-mlp schedule, "self" repair), and each layer's
