@@ -27,6 +27,7 @@ from tuneless.llm.adapters import LayerGroups, adapter_for, layer_graph
 from tuneless.llm.conv1d import as_linear
 from tuneless.llm.decide import consumer_scores, score_decisions
 from tuneless.llm.engine import reduce_llm
+from tuneless.llm.fold import CALIB_SKIP
 from tuneless.llm.plan import LayerPlan, Shape
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
@@ -191,7 +192,7 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
              seq_len: int = 512, structure: str = "adaptive", schedule="uniform",
              gqa: str = "kv-groups", bias: bool | None = None, seed: int = 0,
              repair: str | None = None, calib_samples: int = 16, calib_len: int = 128,
-             refit_lambda: float = 3.0) -> nn.Module:
+             refit_lambda: float = 3.0, calib_skip: int = CALIB_SKIP) -> nn.Module:
     """FLAP: fluctuation scores, global adaptive structure, bias compensation (module doc).
 
     structure="uniform" uses `schedule` (folding's per-layer sizes, for equal terms; a dict
@@ -249,7 +250,7 @@ def flap_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=None,
     data = torch.cat([b[:, :calib_len] for b in batches]) if repair == "refit" else None
     return repair_reduced(model, small, repair, tokenizer=tokenizer, data=data,
                           calib_samples=calib_samples, calib_len=calib_len, seed=seed,
-                          refit_lambda=refit_lambda)
+                          refit_lambda=refit_lambda, calib_skip=calib_skip)
 
 
 def _bias_kinds(adapter, model: nn.Module, bias: bool | None) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from tuneless.llm.adapters import adapter_for
 from tuneless.llm.conv1d import as_linear
 from tuneless.llm.decide import magnitude_scores, score_decisions, wanda_sp_scores
 from tuneless.llm.engine import plan_for, reduce_llm
-from tuneless.llm.fold import repair_reduced
+from tuneless.llm.fold import CALIB_SKIP, repair_reduced
 from tuneless.modelcheck import check_model
 from tuneless.modes import evaluating
 from tuneless.options import check_call
@@ -28,7 +28,8 @@ def magnitude_prune_llm(model: nn.Module, sparsity: float | None = None, *, sche
                         head_ratio: float | None = None, mlp_ratio: float | None = None,
                         gqa: str = "kv-groups", repair: str | None = None, tokenizer=None,
                         data=None, calib_samples: int = 16, calib_len: int = 128,
-                        seed: int = 0, refit_lambda: float = 3.0) -> nn.Module:
+                        seed: int = 0, refit_lambda: float = 3.0,
+                        calib_skip: int = CALIB_SKIP) -> nn.Module:
     """Data-free structured magnitude pruning of MLP channels and heads; `repair` ("self",
     "refit") applies folding's least-squares repair to the pruned model, on equal terms."""
     model = as_linear(check_model(model, "magnitude"))  # GPT-2: Conv1D as Linear
@@ -45,7 +46,7 @@ def magnitude_prune_llm(model: nn.Module, sparsity: float | None = None, *, sche
     small = reduce_llm(model, plans, decide, gqa=gqa, desc="magnitude")
     return repair_reduced(model, small, repair, tokenizer=tokenizer, data=data,
                           calib_samples=calib_samples, calib_len=calib_len, seed=seed,
-                          refit_lambda=refit_lambda)
+                          refit_lambda=refit_lambda, calib_skip=calib_skip)
 
 
 @torch.inference_mode()
@@ -80,7 +81,8 @@ def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=N
                  seq_len: int = 512, schedule="uniform", head_ratio: float | None = None,
                  mlp_ratio: float | None = None, gqa: str = "kv-groups",
                  seed: int = 0, repair: str | None = None, calib_samples: int = 16,
-                 calib_len: int = 128, refit_lambda: float = 3.0) -> nn.Module:
+                 calib_len: int = 128, refit_lambda: float = 3.0,
+                 calib_skip: int = CALIB_SKIP) -> nn.Module:
     """Wanda-sp at the same per-layer sizes as folding; needs calibration text.
 
     Give `batches` (token-id tensors) or a `tokenizer` to draw n_samples windows
@@ -110,4 +112,4 @@ def wanda_sp_llm(model: nn.Module, sparsity: float | None = None, *, tokenizer=N
     data = torch.cat([b[:, :calib_len] for b in batches]) if repair == "refit" else None
     return repair_reduced(model, small, repair, tokenizer=tokenizer, data=data,
                           calib_samples=calib_samples, calib_len=calib_len, seed=seed,
-                          refit_lambda=refit_lambda)
+                          refit_lambda=refit_lambda, calib_skip=calib_skip)
