@@ -126,7 +126,17 @@ def _streamed(args: argparse.Namespace) -> bool:
     if mode != "auto":
         return mode == "on"
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return bool(files) and sum(f.stat().st_size for f in files) > STREAM_SHARE_OF_MEMORY * memory
+    if not files or sum(f.stat().st_size for f in files) <= STREAM_SHARE_OF_MEMORY * memory:
+        return False
+    from transformers import AutoConfig
+
+    from tuneless.llm.adapters import adapter_for_config
+
+    try:  # vision-language wrappers and unsupported families: the in-memory path names them
+        adapter_for_config(AutoConfig.from_pretrained(str(folder)))
+    except (TunelessError, ValueError, OSError):
+        return False
+    return True
 
 
 def run_streamed(args: argparse.Namespace, fixed: dict, options: dict) -> int:
@@ -150,6 +160,10 @@ def run_streamed(args: argparse.Namespace, fixed: dict, options: dict) -> int:
     start, cpu = time.perf_counter(), time.process_time()
     func(src, out, args.sparsity, progress=progress_enabled(), **options)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    from tuneless.distributed import is_main
+
+    if not is_main():  # torchrun: rank 0 writes the folder
+        return 0
     before, after = check_checkpoint(src), check_checkpoint(out)
     print(f"{args.method} (streamed, one layer in memory): {before:,} -> {after:,} parameters "
           f"({1 - after / before:.1%} of the whole model removed); {seconds:.0f} s "
