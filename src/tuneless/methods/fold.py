@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from tuneless.budget import STREAM_SHARE
+from tuneless.budget import LLM_RATIO, STREAM_SHARE
 from tuneless.errors import TunelessError, UnsupportedModelError
 from tuneless.methods.preset import preset
 from tuneless.modelcheck import check_model
@@ -154,8 +154,6 @@ def fold(model: nn.Module, *, sparsity: float | None = None, channel_ratio: floa
         if example_inputs is not None:
             options["example_inputs"] = example_inputs
         if channel_ratio is not None:
-            from tuneless.budget import LLM_RATIO
-
             raise TunelessError(LLM_RATIO)
         check_names(options, fold_llm, "fold", suggest=fold)
         return fold_llm(model, sparsity, repair=repair, data=data, **options)  # checks model
