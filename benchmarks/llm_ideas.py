@@ -23,6 +23,7 @@ benchmarks/llm_other_family.py loads it; its dense perplexity measured first).
     python benchmarks/llm_ideas.py reuse '{"seed": 0}' '{"calib_samples": 32, "seed": 0}'
     python benchmarks/llm_ideas.py upfit '{"rank": 128, "lam": 1.0, "seed": 0}'
     python benchmarks/llm_ideas.py representative '{"mode": "any", "seed": 0}'
+    python benchmarks/llm_ideas.py first-weight '{"sparsity": 0.4, "seed": 0}'
 
 allocation: per-layer MLP fold ratios chosen from measured error curves (each layer folded
   alone at 10–60% on the self-generated calibration tokens, ridge-refit, output error
@@ -63,6 +64,9 @@ representative: the default fold (k-means clusters, two steps, refit), but each 
   Y_c = Σ_j a_j w_jᵀ): "any" chooses among the merged channel (mean gate/up rows, the
   default) and each member's own rows; "members" among the members only (a pruning inside
   each cluster); down_proj columns summed, then the refit.
+first-weight: the default fold (its statistics without the first position), but each
+  least-squares refit keeps every sequence's first position with a weight that brings its
+  input row to the median row's squared norm (at most 1) instead of leaving it out.
 bias: the default fold, its down_proj refit given an unpenalised bias (an intercept fitted
   with the weights; FLAP's bias compensation inside the least squares; LLaMA's mlp_bias).
 reuse: the two-step default with ONE sampling: the original model's samples serve both
@@ -236,6 +240,8 @@ def main(argv: list[str]) -> int:
             small = _sampled_once(model, seed, o.get("calib_samples", 16))
         elif what == "bias":
             small = _with_bias_refit(model, seed)
+        elif what == "first-weight":
+            small = _with_first_weight(model, seed, o.get("sparsity", 0.2))
         elif what == "representative":
             small = _with_representatives(model, seed, o.get("mode", "any"))
         elif what == "upfit":
@@ -624,6 +630,28 @@ def _with_merge_weights(model, seed, mode):
         return tuneless.fold(model, sparsity=0.2, seed=seed)
     finally:
         fold_module.fold_decisions = plain
+
+
+def _with_first_weight(model, seed, sparsity):
+    import tuneless
+    import tuneless.llm.refit as refit_module
+
+    plain = refit_module._refit_into
+
+    def refit_into(lin, x, goal, weight, lam, skip):
+        if skip and x.dim() == 3:
+            rows = x.float().pow(2).sum(-1)  # (batch, seq)
+            w = torch.ones_like(rows)
+            w[:, :skip] = (rows[:, skip:].median(1).values[:, None]
+                           / rows[:, :skip].clamp(min=1e-30)).clamp(max=1.0)
+            weight = w if weight is None else weight * w
+        return plain(lin, x, goal, weight, lam, 0)
+
+    refit_module._refit_into = refit_into
+    try:
+        return tuneless.fold(model, sparsity=sparsity, seed=seed)
+    finally:
+        refit_module._refit_into = plain
 
 
 def _with_representatives(model, seed, mode):
