@@ -40,10 +40,8 @@ def scripted(monkeypatch, ratios):
 def test_candidates_by_reach():
     shapes = adapter_for(tiny_llama(layers=6)).shapes(tiny_llama(layers=6))
     assert default_candidates(shapes, 0.1, "kv-groups") == Candidates("inner-mlp", "paper-mlp")
-    # paper-mlp cannot remove 20% of this model: flat-mlp (its layers, one ratio, however
-    # deep) guards inner-mlp there; beyond inner-mlp's reach uniform, nothing to choose
-    assert default_candidates(shapes, 0.2, "kv-groups") == Candidates("inner-mlp", "flat-mlp")
-    assert default_candidates(shapes, 0.25, "kv-groups") == Candidates("uniform", None)
+    # paper-mlp cannot remove 20% of this model: inner-mlp alone, nothing to choose
+    assert default_candidates(shapes, 0.2, "kv-groups") == Candidates("inner-mlp", None)
     two = adapter_for(tiny_llama()).shapes(tiny_llama())  # 2 layers: inner-mlp folds none
     assert default_candidates(two, 0.1, "kv-groups") == Candidates("paper-mlp", None)
 
