@@ -282,3 +282,25 @@ def test_streamed_obs_names_what_it_cannot_do(sharded, tmp_path):
         obs_checkpoint(src, tmp_path / "dst", 0.2, repair="none")
     with pytest.raises(TunelessError, match="already exists"):
         obs_checkpoint(src, src, 0.2)
+
+
+def test_streamed_named_schedules_plan_as_in_memory(tmp_path):
+    """The streamed fold plans through the in-memory fold's checked_plans: a named schedule
+    on a family whose heads cannot fold (GPT-NeoX) keeps the heads, as in memory (it folded
+    them before), and sizes the family refuses are refused before any work."""
+    from tests.llm.test_adapter_contract import _config
+
+    cfg, cls = _config("gpt_neox", layers=3)
+    torch.manual_seed(0)
+    m = cls(cfg).eval()
+    m.save_pretrained(tmp_path / "src")
+    calib = torch.randint(0, 90, (4, 16), generator=torch.Generator().manual_seed(1))
+    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", 0.2, schedule="uniform",
+                          kmeans_dim=None, repair="refit", data=calib, progress=False)
+    want = fold_llm(m, sparsity=0.2, schedule="uniform", repair="refit", data=calib)
+    with torch.no_grad():
+        assert torch.equal(load_folded(out)(calib[:2]).logits, want(calib[:2]).logits)
+    with pytest.raises(TunelessError, match="heads cannot be folded"):
+        fold_checkpoint(tmp_path / "src", tmp_path / "bad", head_ratio=0.5, mlp_ratio=0.2,
+                        repair="none", progress=False)
+    assert not (tmp_path / "bad").exists()

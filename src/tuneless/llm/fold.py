@@ -268,10 +268,17 @@ def default_steps(repair: str) -> int:
 
 
 def _plans(model, sparsity, schedule, head_ratio, mlp_ratio, gqa, defaults=FOLD_DEFAULTS):
-    """Per-layer sizes (tuneless.llm.plan.resolve_plan; `defaults`: the schedules tried in
-    order when none is given), checked by the family's adapter."""
+    """checked_plans for a model in memory."""
     adapter = adapter_for(model)
-    shapes = adapter.shapes(model)
+    return checked_plans(adapter, adapter.shapes(model), sparsity, schedule, head_ratio,
+                         mlp_ratio, gqa, defaults)
+
+
+def checked_plans(adapter, shapes, sparsity, schedule, head_ratio, mlp_ratio, gqa,
+                  defaults=FOLD_DEFAULTS) -> list[LayerPlan]:
+    """Per-layer sizes (tuneless.llm.plan.resolve_plan; `defaults`: the schedules tried in
+    order when none is given), the family's head ratio for named schedules, checked by its
+    adapter: in memory and streamed alike."""
     plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule,
                          head_ratio=adapter.head_ratio_for(schedule, head_ratio),
                          mlp_ratio=mlp_ratio, gqa=gqa, defaults=defaults)

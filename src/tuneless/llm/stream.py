@@ -24,9 +24,16 @@ from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.choose import HELD_OUT, choose, default_candidates, own_text_perplexity
 from tuneless.llm.decide import fold_decisions
-from tuneless.llm.fold import CALIB_SKIP, DEFAULT_REPAIR, DEFAULT_STEPS, default_steps, step_plans
+from tuneless.llm.fold import (
+    CALIB_SKIP,
+    DEFAULT_REPAIR,
+    DEFAULT_STEPS,
+    checked_plans,
+    default_steps,
+    step_plans,
+)
 from tuneless.llm.obs import OBS_CALIB_SKIP
-from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape, resolve_plan
+from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import spec_size, write_modeling
 from tuneless.llm.stream_shell import split_layer_keys
@@ -117,7 +124,6 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     the previous step's checkpoint, written into a temporary folder beside `dst` and
     removed at the end.
     """
-
     src, dst = Path(src), Path(dst)
     repair = DEFAULT_REPAIR if repair is None else "none" if repair == "naive" else repair
     if repair not in ("self", "refit", "none"):
@@ -135,8 +141,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
             and repair in ("self", "refit"):  # chosen by measurement, as in memory
         candidates = default_candidates(shapes, sparsity, gqa)
         schedule = candidates.primary
-    plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule, head_ratio=head_ratio,
-                         mlp_ratio=mlp_ratio, gqa=gqa)
+    plans = checked_plans(adapter, shapes, sparsity, schedule, head_ratio, mlp_ratio, gqa)
     once = dict(gqa=gqa, seed=seed, refine=refine, kmeans_dim=kmeans_dim, n_init=n_init,
                 repair=repair, data=data, tokenizer=tokenizer, features=features,
                 calib_samples=calib_samples, calib_len=calib_len, calib_skip=calib_skip,
@@ -149,7 +154,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     base = _own_text(src, held, config)
     with _work_folder(dst, "choice") as work:
         def build(name):
-            stage = resolve_plan(shapes, sparsity=sparsity, schedule=name, gqa=gqa)
+            stage = checked_plans(adapter, shapes, sparsity, name, None, None, gqa)
             return _fold_stepped(source, work / name, stage, steps, once, first)
 
         kept, record = choose(candidates, build, lambda f: _own_text(f, held) / base, held)
@@ -174,7 +179,6 @@ def obs_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
     layer by layer: the same defaults (flat-mlp schedule, "self" repair), and each layer's
     consumer second moments measured on the original stream as it streams by (one layer's
     statistics in memory). repair: "self" or "refit" (OBS needs calibration tokens)."""
-
     from tuneless.llm.activation_stats import layer_moments
     from tuneless.llm.obs import obs_decisions, shrinking
     from tuneless.llm.plan import OBS_DEFAULTS
@@ -189,10 +193,8 @@ def obs_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
         raise TunelessError(f"streamed OBS repairs with 'self' or 'refit', not {repair!r} (its "
                             "second moments come from the repair's calibration tokens)")
     config, adapter, weight_map, shapes = _open(src, dst, "obs")
-    plans = resolve_plan(shapes, sparsity=sparsity, schedule=schedule,
-                         head_ratio=adapter.head_ratio_for(schedule, head_ratio),
-                         mlp_ratio=mlp_ratio, gqa=gqa, defaults=OBS_DEFAULTS)
-    adapter.check_plans(plans, shapes)
+    plans = checked_plans(adapter, shapes, sparsity, schedule, head_ratio, mlp_ratio, gqa,
+                          OBS_DEFAULTS)
 
     def decide(walk, i, tensors, groups, shape, plan):
         moments, _ = layer_moments(adapter, walk.original, walk.h_old, walk.kwargs[i],
