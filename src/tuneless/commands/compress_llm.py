@@ -95,17 +95,21 @@ def run_llm(args: argparse.Namespace, options: dict) -> int:
     print(f"{args.method}: decoder blocks {before:,} -> {after:,} parameters "
           f"({1 - after / before:.1%} removed), whole model {total_before:,} -> "
           f"{total_after:,}; {seconds:.0f} s ({cpu:.0f} CPU-s)")
-    choice = getattr(small, "tuneless_report", {}).get("schedule_choice")
+    _wrote(out, getattr(small, "tuneless_report", {}).get("schedule_choice"),
+           getattr(small.config, "tuneless_layer_sizes", None) is not None,
+           "AutoModelForCausalLM" if wrapper is None else "AutoModelForImageTextToText")
+    return 0
+
+
+def _wrote(out: Path, choice: dict | None, per_layer: bool, auto: str) -> None:
+    """The schedule the default fold kept (if it chose one) and how to load the folder."""
     if choice:
         from tuneless.llm.choose import describe_choice
 
         print(describe_choice(choice))
-    sizes = getattr(small.config, "tuneless_layer_sizes", None)
-    auto = "AutoModelForCausalLM" if wrapper is None else "AutoModelForImageTextToText"
     print(f"wrote {out} (" + (f"per-layer sizes: load with {auto}.from_pretrained"
-                              "(folder, trust_remote_code=True)" if sizes else
+                              "(folder, trust_remote_code=True)" if per_layer else
                               f"loads with {auto}.from_pretrained") + ")")
-    return 0
 
 
 STREAM_SHARE_OF_MEMORY = 1 / 8  # --stream auto: weights files above this share of RAM stream
@@ -169,7 +173,6 @@ def run_streamed(args: argparse.Namespace, fixed: dict, options: dict) -> int:
           f"({1 - after / before:.1%} of the whole model removed); {seconds:.0f} s "
           f"({cpu:.0f} CPU-s)")
     cfg = json.loads((out / "config.json").read_text())
-    print(f"wrote {out} (" + ("per-layer sizes: load with AutoModelForCausalLM.from_pretrained"
-                              "(folder, trust_remote_code=True)" if "tuneless_layer_sizes" in cfg
-                              else "loads with AutoModelForCausalLM.from_pretrained") + ")")
+    _wrote(out, cfg.get("tuneless_schedule_choice"), "tuneless_layer_sizes" in cfg,
+           "AutoModelForCausalLM")
     return 0
