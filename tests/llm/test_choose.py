@@ -9,7 +9,13 @@ import tuneless.llm.fold as fold_module
 from tests.llm.conftest import tiny_llama
 from tuneless.llm import fold_llm
 from tuneless.llm.adapters import adapter_for
-from tuneless.llm.choose import GUARD_RATIO, HELD_OUT, Candidates, default_candidates
+from tuneless.llm.choose import (
+    GUARD_RATIO,
+    HELD_OUT,
+    HELD_OUT_SEED,
+    Candidates,
+    default_candidates,
+)
 from tuneless.llm.plan import make_plan
 
 OPTS = dict(sparsity=0.1, calib_samples=4, calib_len=8, steps=1)
@@ -40,8 +46,10 @@ def scripted(monkeypatch, ratios):
 def test_candidates_by_reach():
     shapes = adapter_for(tiny_llama(layers=6)).shapes(tiny_llama(layers=6))
     assert default_candidates(shapes, 0.1, "kv-groups") == Candidates("inner-mlp", "paper-mlp")
-    # paper-mlp cannot remove 20% of this model: inner-mlp alone, nothing to choose
-    assert default_candidates(shapes, 0.2, "kv-groups") == Candidates("inner-mlp", None)
+    # paper-mlp cannot remove 20% of this model: flat-mlp (its layers, one ratio, however
+    # deep) guards inner-mlp there; beyond inner-mlp's reach uniform, nothing to choose
+    assert default_candidates(shapes, 0.2, "kv-groups") == Candidates("inner-mlp", "flat-mlp")
+    assert default_candidates(shapes, 0.25, "kv-groups") == Candidates("uniform", None)
     two = adapter_for(tiny_llama()).shapes(tiny_llama())  # 2 layers: inner-mlp folds none
     assert default_candidates(two, 0.1, "kv-groups") == Candidates("paper-mlp", None)
 
@@ -83,8 +91,8 @@ def test_no_choice_when_the_schedule_is_given_or_nothing_repairs(monkeypatch, gi
 
 
 def test_held_out_rows_stay_out_of_the_repair(monkeypatch):
-    """The first fold is repaired on the first calib_samples rows of one sampled batch;
-    the judged rows are the batch's last HELD_OUT rows."""
+    """The first fold is repaired on the calibration rows an unguarded fold draws; the
+    judged rows are a self-sampled draw of their own (HELD_OUT_SEED)."""
     m = tiny_llama(layers=6)
     seen = scripted(monkeypatch, [1.0])
     used = []
@@ -96,10 +104,22 @@ def test_held_out_rows_stay_out_of_the_repair(monkeypatch):
 
     monkeypatch.setattr(fold_module, "_fold_once", spy)
     fold_llm(m, **OPTS)
-    batch = fold_module.self_generated(m, None, OPTS["calib_samples"] + HELD_OUT,
-                                       OPTS["calib_len"], 0)
-    assert torch.equal(used[0], batch[:OPTS["calib_samples"]])
-    assert torch.equal(seen[0], batch[OPTS["calib_samples"]:])
+    n, length = OPTS["calib_samples"], OPTS["calib_len"]
+    assert torch.equal(used[0], fold_module.self_generated(m, None, n, length, 0))
+    assert torch.equal(seen[0], fold_module.self_generated(m, None, HELD_OUT, length,
+                                                           HELD_OUT_SEED))
+
+
+def test_kept_primary_is_the_unguarded_fold():
+    """Guarding changes nothing when the primary is kept: the same calibration draw, the
+    same model as inner-mlp asked for by name (where nothing is chosen)."""
+    m = tiny_llama(layers=6)
+    guarded = fold_llm(m, **OPTS)
+    assert guarded.tuneless_report["schedule_choice"]["kept"] == "inner-mlp"
+    named = fold_llm(m, **OPTS, schedule="inner-mlp")
+    x = torch.randint(0, 90, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(guarded(x).logits, named(x).logits)
 
 
 def test_real_judgement_on_a_tiny_model(tmp_path):

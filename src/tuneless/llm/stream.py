@@ -22,7 +22,13 @@ from tuneless.distributed import barrier, from_main, init_from_env, is_main, sha
 from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
-from tuneless.llm.choose import HELD_OUT, choose, default_candidates, own_text_perplexity
+from tuneless.llm.choose import (
+    HELD_OUT,
+    HELD_OUT_SEED,
+    choose,
+    default_candidates,
+    own_text_perplexity,
+)
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.fold import (
     CALIB_SKIP,
@@ -269,17 +275,20 @@ def _fold_stepped(source: tuple, dst: Path, plans: list[LayerPlan], steps: int, 
 
 
 def _first_calibration(source: tuple, once: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """As the in-memory fold's: (this rank's calibration ids for the first fold, HELD_OUT
-    rows to judge the folds on: sampled in the same batch and kept out of the repair, or
-    on real text the first calibration rows)."""
+    """As the in-memory fold's: (this rank's calibration ids for the first fold, the ones an
+    unguarded fold draws; HELD_OUT rows to judge the folds on: a self-sampled draw of their
+    own, kept out of the repair, or on real text the first calibration rows)."""
+    from tuneless.llm.fold import calibration_ids
+
     src, config, adapter, weight_map, _ = source
     n, length, seed, tok = once["calib_samples"], once["calib_len"], once["seed"], once["tokenizer"]
     if once["repair"] == "self":
-        ids = _self_calibration(src, config, adapter, _Reader(src, weight_map), weight_map, tok,
-                                n + HELD_OUT, length, seed, once["progress"], keep_all=True)
-        return shard(ids[:n]), ids[n:]
-    from tuneless.llm.fold import calibration_ids
-
+        reader = _Reader(src, weight_map)
+        first = _self_calibration(src, config, adapter, reader, weight_map, tok, n, length,
+                                  seed, once["progress"])
+        return first, _self_calibration(src, config, adapter, reader, weight_map, tok,
+                                        HELD_OUT, length, seed + HELD_OUT_SEED, False,
+                                        keep_all=True)
     first = _calibration(once["data"], tok, n, length, seed)
     return first, calibration_ids(None, "refit", tok, once["data"], n, length, seed)[:HELD_OUT]
 
