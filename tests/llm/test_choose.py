@@ -12,7 +12,6 @@ from tuneless.llm.adapters import adapter_for
 from tuneless.llm.choose import (
     GUARD_RATIO,
     HELD_OUT,
-    HELD_OUT_SEED,
     Candidates,
     default_candidates,
 )
@@ -92,7 +91,7 @@ def test_no_choice_when_the_schedule_is_given_or_nothing_repairs(monkeypatch, gi
 
 def test_held_out_rows_stay_out_of_the_repair(monkeypatch):
     """The first fold is repaired on the calibration rows an unguarded fold draws; the
-    judged rows are a self-sampled draw of their own (HELD_OUT_SEED)."""
+    judged rows are the HELD_OUT self-sampled rows after them (one batch)."""
     m = tiny_llama(layers=6)
     seen = scripted(monkeypatch, [1.0])
     used = []
@@ -105,9 +104,9 @@ def test_held_out_rows_stay_out_of_the_repair(monkeypatch):
     monkeypatch.setattr(fold_module, "_fold_once", spy)
     fold_llm(m, **OPTS)
     n, length = OPTS["calib_samples"], OPTS["calib_len"]
+    batch = fold_module.self_generated(m, None, n + HELD_OUT, length, 0)
     assert torch.equal(used[0], fold_module.self_generated(m, None, n, length, 0))
-    assert torch.equal(seen[0], fold_module.self_generated(m, None, HELD_OUT, length,
-                                                           HELD_OUT_SEED))
+    assert torch.equal(used[0], batch[:n]) and torch.equal(seen[0], batch[n:])
 
 
 def test_kept_primary_is_the_unguarded_fold():

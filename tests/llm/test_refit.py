@@ -175,8 +175,8 @@ def test_self_generated_text_is_seeded_and_full_length():
 
 
 def test_self_sampling_in_blocks_can_be_shared():
-    """Each block is seeded on its own: sampling some blocks gives exactly those rows of
-    sampling them all, so ranks can split the work. One block is the unblocked sampler."""
+    """Each row is drawn on its own: sampling some blocks gives exactly those rows of
+    sampling them all, so ranks can split the work, and blocks change the batching only."""
     m = tiny_llama()
     whole = self_generated(m, Tok(), n_samples=5, seq_len=8, seed=4, blocks=2)
     parts = [self_generated(m, Tok(), n_samples=5, seq_len=8, seed=4, blocks=2, which=range(b,
@@ -184,13 +184,24 @@ def test_self_sampling_in_blocks_can_be_shared():
              for b in (0, 1)]
     assert [len(p) for p in parts] == [2, 3] and torch.equal(torch.cat(parts), whole)
     one = self_generated(m, Tok(), n_samples=5, seq_len=8, seed=4)
-    assert torch.equal(one, self_generated(m, Tok(), n_samples=5, seq_len=8, seed=4, blocks=1))
-    assert not torch.equal(one, whole)  # a different seeding, as documented
+    assert torch.equal(one, whole)
+    assert not torch.equal(one, self_generated(m, Tok(), n_samples=5, seq_len=8, seed=5))
     with pytest.raises(TunelessError, match="calib_blocks=6 must be between 1 and the number "
                                             "of sequences"):
         self_generated(m, Tok(), n_samples=5, seq_len=8, blocks=6)
     with pytest.raises(TunelessError, match="fold option calib_blocks must be at least 1"):
         fold_llm(m, mlp_ratio=0.5, repair="self", calib_blocks=0)
+
+
+def test_self_sampled_rows_do_not_depend_on_the_batch():
+    """The first n of n + m rows are the n rows sampled alone, and rows from `first_row`
+    on are the rows after them: the default fold's held-out rows cost one batch."""
+    m = tiny_llama()
+    more = self_generated(m, Tok(), n_samples=6, seq_len=9, seed=2)
+    assert torch.equal(more[:4], self_generated(m, Tok(), n_samples=4, seq_len=9, seed=2))
+    assert torch.equal(more[4:], self_generated(m, Tok(), n_samples=2, seq_len=9, seed=2,
+                                                first_row=4))
+    assert len({tuple(r) for r in more.tolist()}) == 6  # every row a draw of its own
 
 
 def test_self_sampling_needs_only_the_model():

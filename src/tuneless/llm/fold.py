@@ -14,7 +14,7 @@ from tuneless.distributed import my_range, shard, world
 from tuneless.errors import TunelessError
 from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
-from tuneless.llm.choose import HELD_OUT, HELD_OUT_SEED, choose_schedule, default_candidates
+from tuneless.llm.choose import HELD_OUT, choose_schedule, default_candidates
 from tuneless.llm.conv1d import as_linear
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.engine import block_params, reduce_llm
@@ -174,20 +174,18 @@ def _first_calibration(model: nn.Module, repair: str, tokenizer, data, n: int, l
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(this rank's calibration tokens for the first compression, HELD_OUT rows to judge it
     on: tuneless.llm.choose). The calibration tokens are the ones an unguarded fold draws,
-    so a kept primary is that fold exactly; self-sampled held-out rows are a draw of their
-    own (never in the repair), on real text they are the first calibration rows."""
+    so a kept primary is that fold exactly. Self-sampled held-out rows are the HELD_OUT
+    rows after them (each row is drawn on its own: self_generated), sampled in the same
+    batch on one process and never in the repair; on real text they are the first
+    calibration rows."""
+    if repair == "self" and blocks == 1 and world()[1] == 1:
+        ids = self_generated(model, tokenizer, n + HELD_OUT, length, seed, progress)
+        return ids[:n], ids[n:]
     first = rank_calibration_ids(model, repair, tokenizer, data, n, length, seed,
                                  show_progress=progress, blocks=blocks)
-    return first, held_out_ids(model, repair, tokenizer, data, n, length, seed)
-
-
-def held_out_ids(model, repair: str, tokenizer, data, n: int, length: int, seed: int
-                 ) -> torch.Tensor:
-    """The HELD_OUT rows the default fold's schedule is judged on (tuneless.llm.choose):
-    self-sampled under a seed of their own, or the first calibration rows of real text."""
     if repair == "self":
-        return self_generated(model, tokenizer, HELD_OUT, length, seed + HELD_OUT_SEED)
-    return calibration_ids(model, repair, tokenizer, data, n, length, seed)[:HELD_OUT]
+        return first, self_generated(model, tokenizer, HELD_OUT, length, seed, first_row=n)
+    return first, calibration_ids(model, repair, tokenizer, data, n, length, seed)[:HELD_OUT]
 
 
 def step_plans(shapes: list[Shape], plans: list[LayerPlan], steps: int

@@ -355,16 +355,18 @@ def _special_ids(model: nn.Module, tokenizer) -> tuple[int | None, int | None]:
 
 def self_generated(model: nn.Module, tokenizer=None, n_samples: int = 64, seq_len: int = 256,
                    seed: int = 0, show_progress: bool = False, *, blocks: int = 1,
-                   which: range | None = None) -> torch.Tensor:
+                   which: range | None = None, first_row: int = 0) -> torch.Tensor:
     """(n_samples, seq_len) token ids sampled from the model itself (temperature 1, no top-k),
     starting from its beginning-of-sequence token: calibration text without any data.
 
     The BOS/EOS ids come from the tokenizer when given, else from the model's generation
-    config or config, so the model alone is enough. The rows are sampled in `blocks`
-    contiguous blocks, each one batch seeded by (seed, block): a block's rows do not depend
-    on which other blocks are sampled, so ranks can share the sampling (`which`: the blocks
-    to sample, all by default) and together hold the rows one process samples. One block
-    is one batch, the fastest on one process."""
+    config or config, so the model alone is enough. Each row draws from a generator of its
+    own, seeded by (seed, row number counted from `first_row`), so a row is the same however
+    many rows are sampled beside it: the first n of n + m rows are the n rows sampled alone
+    (the default fold's held-out rows: tuneless.llm.choose), and ranks can share the
+    sampling. The rows are sampled in `blocks` contiguous batches (`which`: the blocks to
+    sample, all by default); blocks change the cost, not the rows. One block is one batch,
+    the fastest on one process."""
     if not 1 <= blocks <= n_samples:
         raise TunelessError(f"calib_blocks={blocks} must be between 1 and the number of "
                             f"sequences ({n_samples})")
@@ -375,35 +377,59 @@ def self_generated(model: nn.Module, tokenizer=None, n_samples: int = 64, seq_le
     bounds = [n_samples * b // blocks for b in range(blocks + 1)]
     ticker = Ticker((seq_len - 1) * len(which), desc="sampling calibration text",
                     unit="token", disable=not show_progress)
-    out = [_sample_block(model, tokenizer, bounds[b + 1] - bounds[b], seq_len,
-                         seed + _BLOCK_SEED_STRIDE * b, ticker) for b in which]
+    out = [_sample_rows(model, tokenizer, range(first_row + bounds[b], first_row + bounds[b + 1]),
+                        seq_len, seed, ticker) for b in which]
     ticker.close()
     return torch.cat(out, 0)
 
 
-_BLOCK_SEED_STRIDE = 1_000_003  # block b of seed s draws from seed s + stride * b
+_ROW_SEED_STRIDE = 1_000_003  # row r of seed s draws from a generator seeded s + stride * r
 
 
-def _sample_block(model, tokenizer, n: int, seq_len: int, seed: int, ticker) -> torch.Tensor:
-    """n sequences of seq_len tokens sampled in one batch from the global RNG seeded by
-    `seed` (restored afterwards)."""
+def _sample_rows(model, tokenizer, rows: range, seq_len: int, seed: int, ticker
+                 ) -> torch.Tensor:
+    """The sequences of `rows` (seq_len tokens each) sampled in one batch, each row from
+    its own generator (`_RowSampler`); the global RNG (which generate's own draw reads) is
+    restored afterwards."""
     bos, eos = _special_ids(model, tokenizer)
     start = bos if bos is not None else eos
+    gens = [torch.Generator().manual_seed(seed + _ROW_SEED_STRIDE * r) for r in rows]
+    device = model.get_input_embeddings().weight.device
+    if start is None:  # no special token named anywhere: start each sample at a random one
+        vocab = int(model.get_input_embeddings().num_embeddings)
+        prompt = torch.cat([torch.randint(0, vocab, (1, 1), generator=g) for g in gens])
+        start = 0
+    else:
+        prompt = torch.full((len(rows), 1), start, dtype=torch.long)
+    pad = eos if eos is not None else start
+    prompt = prompt.to(device)
     state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     try:
-        if start is None:  # no special token named anywhere: start each sample at a random one
-            vocab = int(model.get_input_embeddings().num_embeddings)
-            prompt = torch.randint(0, vocab, (n, 1))
-            start = 0
-        else:
-            prompt = torch.full((n, 1), start, dtype=torch.long)
-        pad = eos if eos is not None else start
         out = model.generate(
             prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
             max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1, top_k=0, top_p=1.0,
-            temperature=1.0, pad_token_id=pad, logits_processor=[_Tick(ticker)],
-        )
+            temperature=1.0, pad_token_id=pad,
+            logits_processor=[_Tick(ticker), _RowSampler(gens)])
     finally:
         torch.random.set_rng_state(state)
-    return out[:, :seq_len]
+    return out[:, :seq_len].cpu()
+
+
+class _RowSampler:
+    """A logits processor that draws each row's next token from that row's own generator
+    (softmax of the scores it is given, which the length processors have already masked)
+    and leaves only that token possible, so generate's own draw takes it: rows independent
+    of the batch they are sampled in."""
+
+    def __init__(self, gens: list[torch.Generator]) -> None:
+        self.gens = gens
+
+    def __call__(self, _input_ids, scores):
+        cdf = torch.softmax(scores.detach().double().cpu(), dim=-1).cumsum(-1)
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.gens])
+        u = u * cdf[:, -1]
+        # the first token whose cumulative probability passes u: never a zero-probability one
+        picks = torch.searchsorted(cdf, u.unsqueeze(1), right=True).clamp_(max=cdf.shape[1] - 1)
+        only = torch.full_like(scores, float("-inf"))
+        picks = picks.to(scores.device)
+        return only.scatter_(1, picks, 0.0)

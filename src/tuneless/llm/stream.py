@@ -24,8 +24,7 @@ from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.choose import (
     HELD_OUT,
-    HELD_OUT_SEED,
-    choose,
+        choose,
     default_candidates,
     own_text_perplexity,
 )
@@ -276,19 +275,17 @@ def _fold_stepped(source: tuple, dst: Path, plans: list[LayerPlan], steps: int, 
 
 def _first_calibration(source: tuple, once: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """As the in-memory fold's: (this rank's calibration ids for the first fold, the ones an
-    unguarded fold draws; HELD_OUT rows to judge the folds on: a self-sampled draw of their
-    own, kept out of the repair, or on real text the first calibration rows)."""
+    unguarded fold draws; HELD_OUT rows to judge the folds on: the self-sampled rows after
+    them, in the same batch and kept out of the repair, or on real text the first
+    calibration rows)."""
     from tuneless.llm.fold import calibration_ids
 
     src, config, adapter, weight_map, _ = source
     n, length, seed, tok = once["calib_samples"], once["calib_len"], once["seed"], once["tokenizer"]
     if once["repair"] == "self":
-        reader = _Reader(src, weight_map)
-        first = _self_calibration(src, config, adapter, reader, weight_map, tok, n, length,
-                                  seed, once["progress"])
-        return first, _self_calibration(src, config, adapter, reader, weight_map, tok,
-                                        HELD_OUT, length, seed + HELD_OUT_SEED, False,
-                                        keep_all=True)
+        ids = _self_calibration(src, config, adapter, _Reader(src, weight_map), weight_map, tok,
+                                n + HELD_OUT, length, seed, once["progress"], keep_all=True)
+        return shard(ids[:n]), ids[n:]
     first = _calibration(once["data"], tok, n, length, seed)
     return first, calibration_ids(None, "refit", tok, once["data"], n, length, seed)[:HELD_OUT]
 
