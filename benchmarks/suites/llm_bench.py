@@ -28,8 +28,8 @@ FIELDS = ["method", "target", "removed", "block_params", "ppl", "seconds", "cpu_
           "note"]
 # name -> (what it is, calibration source; "" = data-free)
 METHODS = {
-    "fold": ("the default: inner-mlp schedule guarded by paper-mlp (tuneless.llm.choose), "
-             "two steps, self repair, activation features", ""),
+    "fold": ("the default: inner-mlp schedule guarded by paper-mlp, by flat-mlp beyond its "
+             "reach (tuneless.llm.choose), two steps, self repair, activation features", ""),
     "fold-naive": ("the paper: paper-mlp, no repair, weight features", ""),
     "fold-docs": ("fold with the refit on real text (data-driven upper reference)", "docs"),
     "magnitude": ("structured magnitude on fold's schedule, no repair (the paper's baseline)",
