@@ -73,6 +73,19 @@ def test_guard_fails_and_paper_mlp_is_better(monkeypatch):
     assert choice["own_text_ratio"] == {"inner-mlp": 10.0, "paper-mlp": 1.5}
 
 
+def test_beyond_paper_mlp_reach_flat_mlp_guards(monkeypatch):
+    """At a budget paper-mlp cannot reach, a failing inner-mlp is compared with flat-mlp
+    (past the defaults' layer cap), the better one kept."""
+    m = tiny_llama(layers=6)
+    scripted(monkeypatch, [10.0, 1.5])
+    f = fold_llm(m, **{**OPTS, "sparsity": 0.2})
+    shapes = adapter_for(m).shapes(m)
+    assert mlp_sizes(f) == [p.n_mlp for p in make_plan(shapes, sparsity=0.2,
+                                                       schedule="flat-mlp")]
+    assert f.tuneless_report["schedule_choice"]["own_text_ratio"] == {"inner-mlp": 10.0,
+                                                                      "flat-mlp": 1.5}
+
+
 def test_guard_fails_but_paper_mlp_is_worse(monkeypatch):
     m = tiny_llama(layers=6)
     scripted(monkeypatch, [3.0, 4.0])
