@@ -22,12 +22,7 @@ from tuneless.distributed import barrier, from_main, init_from_env, is_main, sha
 from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
-from tuneless.llm.choose import (
-    HELD_OUT,
-        choose,
-    default_candidates,
-    own_text_perplexity,
-)
+from tuneless.llm.choose import HELD_OUT, choose, default_candidates, own_text_perplexity
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.fold import (
     CALIB_SKIP,
@@ -278,14 +273,14 @@ def _first_calibration(source: tuple, once: dict) -> tuple[torch.Tensor, torch.T
     unguarded fold draws; HELD_OUT rows to judge the folds on: the self-sampled rows after
     them, in the same batch and kept out of the repair, or on real text the first
     calibration rows)."""
-    from tuneless.llm.fold import calibration_ids
-
     src, config, adapter, weight_map, _ = source
     n, length, seed, tok = once["calib_samples"], once["calib_len"], once["seed"], once["tokenizer"]
     if once["repair"] == "self":
         ids = _self_calibration(src, config, adapter, _Reader(src, weight_map), weight_map, tok,
                                 n + HELD_OUT, length, seed, once["progress"], keep_all=True)
         return shard(ids[:n]), ids[n:]
+    from tuneless.llm.fold import calibration_ids
+
     first = _calibration(once["data"], tok, n, length, seed)
     return first, calibration_ids(None, "refit", tok, once["data"], n, length, seed)[:HELD_OUT]
 
