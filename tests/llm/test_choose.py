@@ -9,12 +9,7 @@ import tuneless.llm.fold as fold_module
 from tests.llm.conftest import tiny_llama
 from tuneless.llm import fold_llm
 from tuneless.llm.adapters import adapter_for
-from tuneless.llm.choose import (
-    GUARD_RATIO,
-    HELD_OUT,
-    Candidates,
-    default_candidates,
-)
+from tuneless.llm.choose import GUARD_RATIO, HELD_OUT, Candidates, default_candidates
 from tuneless.llm.plan import make_plan
 
 OPTS = dict(sparsity=0.1, calib_samples=4, calib_len=8, steps=1)

@@ -431,5 +431,4 @@ class _RowSampler:
         # the first token whose cumulative probability passes u: never a zero-probability one
         picks = torch.searchsorted(cdf, u.unsqueeze(1), right=True).clamp_(max=cdf.shape[1] - 1)
         only = torch.full_like(scores, float("-inf"))
-        picks = picks.to(scores.device)
-        return only.scatter_(1, picks, 0.0)
+        return only.scatter_(1, picks.to(scores.device), 0.0)
