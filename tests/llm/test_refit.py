@@ -220,3 +220,44 @@ def test_self_sampling_needs_only_the_model():
     assert a.shape == (3, 8) and torch.equal(a, self_generated(m, None, n_samples=3, seq_len=8,
                                                                seed=4))
     assert len(set(a[:, 0].tolist())) > 1
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "phi", "gpt_neox", "opt"])
+@pytest.mark.parametrize("target", ["auto", "local"])
+def test_the_recorded_original_streams_give_the_refit_it_computes_itself(family, target):
+    """ReferenceTape: the streams the statistics' pass records (here in batches of 4 over 8
+    rows, so joined batch by batch) stand in for the refit's own run of the original layers
+    (sandwich norms, parallel layers and OPT's flattened layers included)."""
+    from tests.llm.test_adapter_contract import _model
+    from tuneless.llm.activation_stats import collect_stats
+    from tuneless.llm.refit import ReferenceTape
+
+    model = _model(family)
+    calib = torch.randint(0, 90, (8, 16), generator=torch.Generator().manual_seed(4))
+    runs = []
+    for taped in (False, True):
+        f = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5, repair="none")
+        tape = ReferenceTape(model, calib) if taped else None
+        collect_stats(model, calib, batch_size=4, tape=tape)
+        refit_consumers(model, f, calib, lam=1.0, target=target, reference=tape)
+        runs.append(final_hidden(f, calib))
+    assert torch.allclose(runs[0], runs[1], atol=1e-5, rtol=1e-4)
+    assert ReferenceTape.fits(model, calib) and not ReferenceTape.fits(model, calib, limit=1)
+    with pytest.raises(TunelessError, match="recorded on other tokens"):
+        refit_consumers(model, f, calib[:4], reference=ReferenceTape(model, calib))
+
+
+def test_the_default_fold_records_the_original_once_and_refits_the_same():
+    """fold_llm's statistics pass records the refit's original streams: the fold equals the
+    one whose refit runs the original layers itself (the tape switched off by its size)."""
+    from tuneless.llm import refit as refit_module
+
+    m = tiny_llama(layers=2, mlp=48)
+    taped = fold_llm(m, sparsity=0.2, repair="self", calib_samples=4, calib_len=16)
+    limit, refit_module.TAPE_BYTES = refit_module.TAPE_BYTES, 0
+    try:
+        untaped = fold_llm(m, sparsity=0.2, repair="self", calib_samples=4, calib_len=16)
+    finally:
+        refit_module.TAPE_BYTES = limit
+    for (k, a), b in zip(taped.state_dict().items(), untaped.state_dict().values()):
+        assert torch.equal(a, b), k

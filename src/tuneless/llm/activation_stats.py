@@ -66,10 +66,11 @@ def _watch(adapter, layer: nn.Module, full: dict[str, bool], skip: int = 0):
 
 @torch.no_grad()
 def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_size: int,
-             show_progress: bool, skip: int = 0) -> list[dict[str, Moments]]:
+             show_progress: bool, skip: int = 0, tape=None) -> list[dict[str, Moments]]:
     """One pass over calibration ids: per layer, the input moments of the modules that read
     the attention input ("q"), the MLP input ("gate"), the head outputs ("o") and the MLP
-    channels ("down"); full second moments or diagonals as `full` says."""
+    channels ("down"); full second moments or diagonals as `full` says. tape: a
+    tuneless.llm.refit.ReferenceTape that records the same pass for the refit."""
     adapter = adapter_for(model)
     layers = adapter.layers(model)
     meters, handles = [], []
@@ -77,6 +78,8 @@ def _moments(model: nn.Module, ids: torch.Tensor, full: dict[str, bool], batch_s
         m, h = _watch(adapter, layer, full, skip)
         meters.append(m)
         handles += h
+    if tape is not None:  # before `stop`: the last layer's output is recorded first
+        handles += tape.hooks()
 
     def stop(*_args):  # everything needed is seen: skip the final norm and the vocabulary head
         raise StopForward
@@ -106,11 +109,12 @@ def _layer_stats(m: dict[str, Moments]) -> LayerStats:
 
 
 def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
-                  show_progress: bool = False, skip: int = 0) -> list[LayerStats]:
+                  show_progress: bool = False, skip: int = 0, tape=None) -> list[LayerStats]:
     """Run the model on calibration ids (batch, seq_len) once and return per-layer stats
-    (each sequence's first `skip` positions left out)."""
+    (each sequence's first `skip` positions left out); tape: a ReferenceTape to record the
+    same pass for the refit."""
     return [_layer_stats(m)
-            for m in _moments(model, ids, _STATS, batch_size, show_progress, skip)]
+            for m in _moments(model, ids, _STATS, batch_size, show_progress, skip, tape)]
 
 
 def layer_stats(adapter, layer: nn.Module, hidden: torch.Tensor, kwargs: dict, *,

@@ -19,7 +19,7 @@ from tuneless.llm.conv1d import as_linear
 from tuneless.llm.decide import fold_decisions
 from tuneless.llm.engine import block_params, reduce_llm
 from tuneless.llm.plan import FOLD_DEFAULTS, LayerPlan, Shape, resolve_plan
-from tuneless.llm.refit import refit_consumers, self_generated
+from tuneless.llm.refit import ReferenceTape, refit_consumers, self_generated
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 from tuneless.repair import get_repair
@@ -217,8 +217,13 @@ def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, 
     if features == "activations" and calib is None:
         raise TunelessError("features='activations' needs calibration tokens: use "
                             "repair='self' (data-free) or repair='refit'")
-    stats = (collect_stats(model, calib, show_progress=progress, skip=stats_skip)
-             if calib is not None and features != "weights" else None)
+    tape = None  # the statistics' pass also records the original streams the refit reads
+    if calib is not None and features != "weights":
+        if repair in ("self", "refit") and ReferenceTape.fits(model, calib):
+            tape = ReferenceTape(model, calib)
+        stats = collect_stats(model, calib, show_progress=progress, skip=stats_skip, tape=tape)
+    else:
+        stats = None
 
     def decide(i, groups, shape, plan):
         return fold_decisions(adapter, model, groups, shape, plan, seed=seed + 1000 * i,
@@ -229,7 +234,7 @@ def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, 
     return repair_reduced(model, folded, repair, calib=calib, refit_lambda=refit_lambda,
                           refit_scope=refit_scope, refit_weighting=refit_weighting,
                           refit_target=refit_target, calib_skip=calib_skip,
-                          progress=progress)
+                          progress=progress, reference=tape)
 
 
 def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, tokenizer=None,
@@ -237,11 +242,12 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
                    refit_lambda: float = 3.0, refit_scope: str = "folded",
                    refit_weighting: str = "none", refit_target: str = "auto",
                    calib: torch.Tensor | None = None, calib_blocks: int = 1,
-                   calib_skip: int = CALIB_SKIP, progress: bool = False) -> nn.Module:
+                   calib_skip: int = CALIB_SKIP, progress: bool = False,
+                   reference=None) -> nn.Module:
     """The least-squares repair of folding, for any structured reduction of `model` (the
     pruning baselines get it on equal terms): "self", "refit" or None/"none" (nothing).
     `calib`: token ids already drawn for this repair (folding draws them first, for its
-    activation statistics)."""
+    activation statistics); reference: the original's streams on them (ReferenceTape)."""
     repair = "none" if repair in (None, "naive") else repair
     get_repair(repair, "llm")
     if calib is None:
@@ -250,7 +256,7 @@ def repair_reduced(model: nn.Module, small: nn.Module, repair: str | None, *, to
     if calib is not None:
         refit_consumers(model, small, calib, lam=refit_lambda, scope=refit_scope,
                         weighting=refit_weighting, target=refit_target,
-                        skip=calib_skip, show_progress=progress)
+                        skip=calib_skip, show_progress=progress, reference=reference)
         small.tuneless_report["repair"] = repair
     return small
 

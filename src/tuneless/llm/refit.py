@@ -121,6 +121,73 @@ def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, watch: dict[str, 
     return out, {k: v.reshape(*hidden.shape[:-1], v.shape[-1]) for k, v in seen.items()}
 
 
+# the original's streams are kept for the refit up to this size (SmolLM2-135M on the default
+# 16 × 128 tokens: 283 MB); beyond it the refit runs the original layers again
+TAPE_BYTES = 1 << 30
+
+
+class ReferenceTape:
+    """The original model's streams through each decoder layer (its output and what the
+    refit watches inside it), recorded while the activation statistics run the original on
+    the refit's own tokens: the refit then runs only the folded layers, one forward pass of
+    the original saved per fold. Recorded by hooks (`hooks`) during any full forward pass."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor) -> None:
+        adapter = adapter_for(model)
+        self.layers = adapter.layers(model)
+        self.watch = [_reference_watch(adapter, layer) for layer in self.layers]
+        self.shape = tuple(ids.shape)
+        self.parts: list[dict[str, list[torch.Tensor]]] = [
+            {key: [] for key in ("out", *w)} for w in self.watch]
+
+    @staticmethod
+    def fits(model: nn.Module, ids: torch.Tensor, limit: int | None = None) -> bool:
+        """Whether the tape of `model` on `ids` stays within `limit` bytes (TAPE_BYTES)."""
+        adapter = adapter_for(model)
+        layers = adapter.layers(model)
+        p = next(model.parameters())
+        width = int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0)
+        if not width:
+            return False
+        tensors = 1 + len(_reference_watch(adapter, layers[0]))
+        size = ids.numel() * width * p.element_size() * tensors * len(layers)
+        return size <= (TAPE_BYTES if limit is None else limit)
+
+    def hooks(self) -> list:
+        """Forward hooks that record the streams; the caller removes them."""
+        handles = []
+        for layer, watch, parts in zip(self.layers, self.watch, self.parts):
+            handles.append(layer.register_forward_hook(
+                lambda _m, _a, out, box=parts["out"]: box.append(_out(out).detach())))
+            for key, mod in watch.items():
+                handles.append(mod.register_forward_pre_hook(
+                    lambda _m, a, box=parts[key]: box.append(a[0].detach())))
+        return handles
+
+    def layer(self, i: int, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(layer i's output, its watched inputs) in the stream's (batch, seq, width) shape,
+        for the tokens `ids` (which must be those recorded); the record is then dropped."""
+        if tuple(ids.shape) != self.shape or not self.parts[i]["out"]:
+            raise TunelessError("the reference tape was recorded on other tokens")
+        rows, seq = self.shape
+        parts = {k: torch.cat([v.reshape(-1, seq, v.shape[-1]) for v in vs])
+                 for k, vs in self.parts[i].items()}
+        self.parts[i] = {}
+        return parts.pop("out"), parts
+
+
+def _reference_watch(adapter, layer: nn.Module) -> dict[str, nn.Module]:
+    """The modules inside an original layer whose inputs refit_layer reads: the post-attention
+    norm ("mid") and, for sandwich norms, the consumers' output norms ("o", "down")."""
+    if adapter.is_parallel(layer):
+        return {}
+    watch = {"mid": getattr(layer, adapter.norms[1])}
+    sandwich = adapter.post_norms
+    if sandwich and not all(isinstance(getattr(layer, n), nn.Identity) for n in sandwich):
+        watch.update({"o": getattr(layer, sandwich[0]), "down": getattr(layer, sandwich[1])})
+    return watch
+
+
 def ridge_refit(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float,
                 weight: torch.Tensor | None = None) -> torch.Tensor:
     """argmin_W' Σ_t ω_t ||W' a_t − y_t||² + λ·mean(diag aᵀΩa)·||W' − w||² in float64
@@ -174,14 +241,16 @@ def _through_norm(norm: nn.Module, contribution: torch.Tensor,
 def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *,
                     lam: float = 1.0, scope: str = "folded", weighting: str = "none",
                     target: str | float = "auto", skip: int = 0,
-                    show_progress: bool = False) -> nn.Module:
+                    show_progress: bool = False,
+                    reference: ReferenceTape | None = None) -> nn.Module:
     """Refit o_proj / down_proj of `folded` in place (see module doc).
 
     ids: calibration token ids, (batch, seq_len). scope: "folded" refits the consumers whose
     inputs were merged; "downstream" also every o_proj/down_proj after the first folded
     layer, so unfolded layers help pull the stream back. target: what a refit consumer aims
     at (REFIT_TARGETS). weighting: per-token weights (REFIT_WEIGHTINGS). skip: positions at
-    the start of each sequence left out of the least squares. Returns `folded`.
+    the start of each sequence left out of the least squares. reference: the original's
+    streams on `ids`, already recorded (ReferenceTape). Returns `folded`.
     """
     check_refit_options(scope, target, weighting, lam)
     if ids.dim() != 2 or ids.shape[1] < 2:
@@ -200,7 +269,8 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
             h_old, h_new = refit_layer(
                 adapter, old_layers[i], new_layers[i], h_old, h_new, layer_kwargs[i],
                 lam=lam, refit_unfolded=scope == "downstream" and seen_fold,
-                weighting=weighting, target=target, skip=skip)
+                weighting=weighting, target=target, skip=skip,
+                reference=None if reference is None else reference.layer(i, ids))
     return folded
 
 
@@ -222,12 +292,15 @@ def check_refit_options(scope: str, target: str | float, weighting: str, lam: fl
 @torch.no_grad()
 def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
                 h_new: torch.Tensor, kwargs: dict, *, lam: float, refit_unfolded: bool = False,
-                weighting: str = "none", target: str | float = "auto", skip: int = 0
+                weighting: str = "none", target: str | float = "auto", skip: int = 0,
+                reference: tuple[torch.Tensor, dict] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refit one decoder layer's consumers in place: `lo` the original layer, `ln` its folded
     version, h_old / h_new the original and folded streams entering it; refit_unfolded also
-    refits consumers whose width did not change. Returns both streams after the layer. The
-    in-memory and the streamed fold both walk the layers with this."""
+    refits consumers whose width did not change; reference: `lo`'s output and watched inputs
+    on h_old, already recorded (ReferenceTape.layer), so `lo` need not run. Returns both
+    streams after the layer. The in-memory and the streamed fold both walk the layers with
+    this."""
     parallel = adapter.is_parallel(lo)  # no output norms in the parallel families
     post, sandwich = adapter.norms[1], None if parallel else adapter.post_norms
     if sandwich and all(isinstance(getattr(lo, n), nn.Identity) for n in sandwich):
@@ -238,13 +311,13 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
     if parallel:
         return _refit_parallel(adapter, lo, ln, h_old, h_new, kwargs, lam=lam,
                                refit_unfolded=refit_unfolded, weighting=weighting, alpha=alpha,
-                               skip=skip)
+                               skip=skip, old_out=None if reference is None else reference[0])
     scale = adapter.residual_scale(lo)  # Granite adds residual_multiplier × each sublayer
     po, pn = adapter.projections(lo), adapter.projections(ln)
     watch = {"mid": getattr(lo, post)}
     if sandwich:  # what the original consumers wrote, before their output norms
         watch.update({"o": getattr(lo, sandwich[0]), "down": getattr(lo, sandwich[1])})
-    h_old_out, seen_old = _run(lo, h_old, kwargs, watch)
+    h_old_out, seen_old = _run(lo, h_old, kwargs, watch) if reference is None else reference
     h_next = None  # the folded layer's output, when the last refit already gives it
     for short in ("o", "down"):
         same = pn[short].in_features == po[short].in_features
@@ -277,14 +350,14 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
 
 def _refit_parallel(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
                     h_new: torch.Tensor, kwargs: dict, *, lam: float, refit_unfolded: bool,
-                    weighting: str, alpha: float, skip: int = 0
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    weighting: str, alpha: float, skip: int = 0,
+                    old_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """refit_layer for a layer whose attention and MLP both read its input and add to the
     stream (out = h + o(·) + down(·)): each consumer aims at the original output minus
     everything else the folded layer adds (the other consumer already refit); with α < 1
     the "everything else" moves towards the original layer's."""
     po, pn = adapter.projections(lo), adapter.projections(ln)
-    h_old_out, _ = _run(lo, h_old, kwargs, {})
+    h_old_out = _run(lo, h_old, kwargs, {})[0] if old_out is None else old_out
     h_next = None
     for short in ("o", "down"):
         if pn[short].in_features == po[short].in_features and not refit_unfolded:
