@@ -237,14 +237,14 @@ def test_the_recorded_original_streams_give_the_refit_it_computes_itself(family,
     runs = []
     for taped in (False, True):
         f = fold_llm(model, head_ratio=0.0, mlp_ratio=0.5, repair="none")
-        tape = ReferenceTape(model, calib) if taped else None
+        tape = ReferenceTape.of(model, calib) if taped else None
         collect_stats(model, calib, batch_size=4, tape=tape)
         refit_consumers(model, f, calib, lam=1.0, target=target, reference=tape)
         runs.append(final_hidden(f, calib))
     assert torch.allclose(runs[0], runs[1], atol=1e-5, rtol=1e-4)
     assert ReferenceTape.fits(model, calib) and not ReferenceTape.fits(model, calib, limit=1)
     with pytest.raises(TunelessError, match="recorded on other tokens"):
-        refit_consumers(model, f, calib[:4], reference=ReferenceTape(model, calib))
+        refit_consumers(model, f, calib[:4], reference=ReferenceTape.of(model, calib))
 
 
 def test_the_default_fold_records_the_original_once_and_refits_the_same():

@@ -118,21 +118,24 @@ def collect_stats(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 16,
 
 
 def layer_stats(adapter, layer: nn.Module, hidden: torch.Tensor, kwargs: dict, *,
-                batch_size: int = 16, skip: int = 0) -> LayerStats:
+                batch_size: int = 16, skip: int = 0, tape=None) -> LayerStats:
     """The same statistics for one decoder layer, from the hidden states entering it (the
-    streamed fold: layers one at a time, batches as collect_stats runs them)."""
+    streamed fold: layers one at a time, batches as collect_stats runs them); tape: a
+    ReferenceTape of this layer that records the same pass for the refit."""
     return _layer_stats(layer_moments(adapter, layer, hidden, kwargs, _STATS,
-                                      batch_size=batch_size, skip=skip)[0])
+                                      batch_size=batch_size, skip=skip, tape=tape)[0])
 
 
 @torch.no_grad()
 def layer_moments(adapter, layer: nn.Module, hidden: torch.Tensor, kwargs: dict,
-                  full: dict[str, bool], *, batch_size: int = 16, skip: int = 0
+                  full: dict[str, bool], *, batch_size: int = 16, skip: int = 0, tape=None
                   ) -> tuple[dict[str, Moments], torch.Tensor]:
     """Moments of the inputs `full` names (full second moments or diagonals) of one decoder
     layer fed `hidden`, and the layer's output: a model walked one layer at a time holds
     one layer's statistics, not every layer's."""
     meters, handles = _watch(adapter, layer, full, skip)
+    if tape is not None:
+        handles += tape.hooks()
     outs = []
     try:
         for start in range(0, len(hidden), batch_size):

@@ -220,7 +220,7 @@ def _fold_once(model: nn.Module, adapter, plans: list[LayerPlan], *, gqa, seed, 
     tape = None  # the statistics' pass also records the original streams the refit reads
     if calib is not None and features != "weights":
         if repair in ("self", "refit") and ReferenceTape.fits(model, calib):
-            tape = ReferenceTape(model, calib)
+            tape = ReferenceTape.of(model, calib)
         stats = collect_stats(model, calib, show_progress=progress, skip=stats_skip, tape=tape)
     else:
         stats = None

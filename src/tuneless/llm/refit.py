@@ -132,13 +132,18 @@ class ReferenceTape:
     the refit's own tokens: the refit then runs only the folded layers, one forward pass of
     the original saved per fold. Recorded by hooks (`hooks`) during any full forward pass."""
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor) -> None:
-        adapter = adapter_for(model)
-        self.layers = adapter.layers(model)
+    def __init__(self, adapter, layers, shape: tuple[int, int]) -> None:
+        self.layers = list(layers)
         self.watch = [_reference_watch(adapter, layer) for layer in self.layers]
-        self.shape = tuple(ids.shape)
+        self.shape = tuple(shape)  # (sequences, positions) of the tokens it records
         self.parts: list[dict[str, list[torch.Tensor]]] = [
             {key: [] for key in ("out", *w)} for w in self.watch]
+
+    @classmethod
+    def of(cls, model: nn.Module, ids: torch.Tensor) -> ReferenceTape:
+        """A tape of every decoder layer of `model` on `ids`."""
+        adapter = adapter_for(model)
+        return cls(adapter, adapter.layers(model), tuple(ids.shape))
 
     @staticmethod
     def fits(model: nn.Module, ids: torch.Tensor, limit: int | None = None) -> bool:
@@ -164,10 +169,10 @@ class ReferenceTape:
                     lambda _m, a, box=parts[key]: box.append(a[0].detach())))
         return handles
 
-    def layer(self, i: int, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def layer(self, i: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(layer i's output, its watched inputs) in the stream's (batch, seq, width) shape,
-        for the tokens `ids` (which must be those recorded); the record is then dropped."""
-        if tuple(ids.shape) != self.shape or not self.parts[i]["out"]:
+        for tokens of `shape` (those recorded); the record is then dropped."""
+        if tuple(shape) != self.shape or not self.parts[i].get("out"):
             raise TunelessError("the reference tape was recorded on other tokens")
         rows, seq = self.shape
         parts = {k: torch.cat([v.reshape(-1, seq, v.shape[-1]) for v in vs])
@@ -270,7 +275,7 @@ def refit_consumers(original: nn.Module, folded: nn.Module, ids: torch.Tensor, *
                 adapter, old_layers[i], new_layers[i], h_old, h_new, layer_kwargs[i],
                 lam=lam, refit_unfolded=scope == "downstream" and seen_fold,
                 weighting=weighting, target=target, skip=skip,
-                reference=None if reference is None else reference.layer(i, ids))
+                reference=None if reference is None else reference.layer(i, ids.shape))
     return folded
 
 

@@ -440,25 +440,30 @@ class _RepairWalk:
         self.h_old, self.kwargs = self.shell.inputs(ids)
         self.shell.release_embeddings()
         self.h_new = self.h_old.clone()
-        self.original = None
+        self.original = self.tape = None
 
     def stats(self, i: int, tensors: dict[str, torch.Tensor]):
         from tuneless.llm.activation_stats import layer_stats
+        from tuneless.llm.refit import ReferenceTape
 
         self.original = self.shell.layer(i, tensors)
         if not self.activations:
             return None
+        # the statistics' pass also records what the refit reads of the original layer
+        self.tape = ReferenceTape(self.adapter, [self.original], self.h_old.shape[:2])
         return layer_stats(self.adapter, self.original, self.h_old, self.kwargs[i],
-                           skip=self.refit["skip"])
+                           skip=self.refit["skip"], tape=self.tape)
 
     def repair(self, i: int, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Refit layer i's consumers; the folded layer's tensors in the checkpoint's dtypes."""
         from tuneless.llm.refit import refit_layer
 
         folded = self.shell.layer(i, tensors)
+        reference = None if self.tape is None else self.tape.layer(0, self.h_old.shape[:2])
         self.h_old, self.h_new = refit_layer(self.adapter, self.original, folded, self.h_old,
-                                             self.h_new, self.kwargs[i], **self.refit)
-        self.original = None
+                                             self.h_new, self.kwargs[i], **self.refit,
+                                             reference=reference)
+        self.original = self.tape = None
         prefix = f"{self.adapter.layer_prefix}.{i}."
         state = folded.state_dict()
         return {key: state[key[len(prefix):]].to(t.dtype) for key, t in tensors.items()}
