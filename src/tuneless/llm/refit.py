@@ -169,12 +169,13 @@ class ReferenceTape:
                     lambda _m, a, box=parts[key]: box.append(a[0].detach())))
         return handles
 
-    def layer(self, i: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def layer(self, i: int, shape: tuple[int, ...]
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(layer i's output, its watched inputs) in the stream's (batch, seq, width) shape,
         for tokens of `shape` (those recorded); the record is then dropped."""
         if tuple(shape) != self.shape or not self.parts[i].get("out"):
             raise TunelessError("the reference tape was recorded on other tokens")
-        rows, seq = self.shape
+        seq = self.shape[1]
         parts = {k: torch.cat([v.reshape(-1, seq, v.shape[-1]) for v in vs])
                  for k, vs in self.parts[i].items()}
         self.parts[i] = {}
@@ -183,7 +184,8 @@ class ReferenceTape:
 
 def _reference_watch(adapter, layer: nn.Module) -> dict[str, nn.Module]:
     """The modules inside an original layer whose inputs refit_layer reads: the post-attention
-    norm ("mid") and, for sandwich norms, the consumers' output norms ("o", "down")."""
+    norm ("mid") and, for sandwich norms, the consumers' output norms ("o", "down"); none in
+    a parallel layer (no output norms in the parallel families)."""
     if adapter.is_parallel(layer):
         return {}
     watch = {"mid": getattr(layer, adapter.norms[1])}
@@ -306,22 +308,18 @@ def refit_layer(adapter, lo: nn.Module, ln: nn.Module, h_old: torch.Tensor,
     on h_old, already recorded (ReferenceTape.layer), so `lo` need not run. Returns both
     streams after the layer. The in-memory and the streamed fold both walk the layers with
     this."""
-    parallel = adapter.is_parallel(lo)  # no output norms in the parallel families
-    post, sandwich = adapter.norms[1], None if parallel else adapter.post_norms
-    if sandwich and all(isinstance(getattr(lo, n), nn.Identity) for n in sandwich):
-        sandwich = None  # optional output norms switched off (HyperCLOVA X's use_post_norm)
+    watch = _reference_watch(adapter, lo)
+    # output norms, unless switched off (HyperCLOVA X's use_post_norm) or a parallel layer
+    post, sandwich = adapter.norms[1], adapter.post_norms if "o" in watch else None
     if target == "auto":
         target = "local" if sandwich else "stream"
     alpha = _DRIFT_SHARE[target] if isinstance(target, str) else float(target)
-    if parallel:
+    if adapter.is_parallel(lo):
         return _refit_parallel(adapter, lo, ln, h_old, h_new, kwargs, lam=lam,
                                refit_unfolded=refit_unfolded, weighting=weighting, alpha=alpha,
                                skip=skip, old_out=None if reference is None else reference[0])
     scale = adapter.residual_scale(lo)  # Granite adds residual_multiplier × each sublayer
     po, pn = adapter.projections(lo), adapter.projections(ln)
-    watch = {"mid": getattr(lo, post)}
-    if sandwich:  # what the original consumers wrote, before their output norms
-        watch.update({"o": getattr(lo, sandwich[0]), "down": getattr(lo, sandwich[1])})
     h_old_out, seen_old = _run(lo, h_old, kwargs, watch) if reference is None else reference
     h_next = None  # the folded layer's output, when the last refit already gives it
     for short in ("o", "down"):
