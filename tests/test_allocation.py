@@ -385,3 +385,70 @@ def test_greedy_reprices_only_the_groups_a_step_changes(budget):
 
     want = _refund(counter, levels, curves, want, pos, counter.total_before * 0.5)
     assert _greedy(counter, levels, curves, dict(full), 0.5, 0.9) == want
+
+
+def _allocation_measuring_every_depth(model, graph, damage, sparsity, floor):
+    """sensitivity_allocation as it was: every depth of every group measured up front."""
+    from tuneless.allocation import SENSITIVITY_LEVELS, _block_levels, _greedy, _interpolate
+    from tuneless.budget import ParamCounter
+
+    levels, curves = {}, {}
+    for g in graph.reducible:
+        lowest = max(floor.get(g.id, 1), math.ceil(g.n * 0.1), g.lowest(1))
+        if lowest >= g.n:
+            continue
+        coarse, fine = _block_levels(g, [g.n, lowest, *(
+            max(lowest, round(g.n * (1 - s))) for s in SENSITIVITY_LEVELS)])
+        errs = [0.0] + [max(0.0, damage(g.id, k)) for k in coarse[1:]]
+        for i in range(1, len(errs)):
+            errs[i] = max(errs[i], errs[i - 1])
+        levels[g.id], curves[g.id] = fine, _interpolate(coarse, errs, fine)
+    return _greedy(ParamCounter(model, graph), levels, curves,
+                   {g.id: g.n for g in graph.reducible}, sparsity, 0.9)
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.6])
+def test_depths_measured_as_the_greedy_reaches_them_give_the_same_widths(sparsity):
+    """The deeper depths are measured only where the greedy looks: the widths are those of
+    measuring every depth of every group, from fewer trials (a group that fails a deeper
+    trial stays whole, as one that fails its first)."""
+    from tuneless.allocation import sensitivity_allocation
+    from tuneless.reduce import MissedCoupling
+    from tuneless.zoo import build_model
+
+    model, x = build_model("resnet20").eval(), torch.randn(2, 3, 32, 32)
+    graph = find_groups(model, x)
+    g = torch.Generator().manual_seed(1)
+    slope = {grp.id: float(torch.rand(1, generator=g)) * 10 for grp in graph.reducible}
+    wobble = {grp.id: float(torch.rand(1, generator=g)) for grp in graph.reducible}
+
+    def curve(gid, k):  # convex with a dip: the monotone fix and the segments both matter
+        n = graph[gid].n
+        r = (n - k) / n
+        return slope[gid] * r * r + wobble[gid] * math.sin(9 * r)
+
+    floor = {grp.id: grp.n // 2 for grp in graph.reducible}
+    lazy, every = [], []
+
+    def counted(calls):
+        def damage(gid, k):
+            calls.append((gid, k))
+            return curve(gid, k)
+        return damage
+
+    want = _allocation_measuring_every_depth(model, graph, counted(every), sparsity, floor)
+    assert sensitivity_allocation(model, graph, counted(lazy), sparsity, floor=floor) == want
+    assert len(set(lazy)) == len(lazy) < len(every)  # each trial once, fewer of them
+
+    # a group whose deeper trial does not run leaves the allocation, whole
+    deep = max(want, key=lambda gid: graph[gid].n - want[gid])
+    first_depth = {}
+
+    def failing(gid, k):
+        first_depth.setdefault(gid, k)
+        if gid == deep and k != first_depth[gid]:
+            raise MissedCoupling("trial")
+        return curve(gid, k)
+
+    kept = sensitivity_allocation(model, graph, failing, sparsity, floor=floor)
+    assert kept[deep] == graph[deep].n

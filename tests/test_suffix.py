@@ -63,8 +63,68 @@ def test_trials_in_order_of_their_starts_continue_the_walk_of_the_prefix():
         assert torch.allclose(first(runner.run(trial, g.modules)), want, atol=1e-6)
     prefixes = [(b, e) for b, e in walked if e < len(runner.nodes)]
     starts = sorted({runner.start_of(g.modules) for g in groups})
-    assert prefixes[:len(starts)] == list(zip([0, *starts[:-1]], starts))
-    assert prefixes[-1] == (0, starts[0])  # an earlier start walks from the beginning
+    assert prefixes == list(zip([0, *starts[:-1]], starts))  # the revisit: a kept prefix
+
+
+def test_an_earlier_start_walks_from_the_nearest_kept_prefix_or_the_beginning(monkeypatch):
+    import tuneless.suffix as suffix
+
+    model = build_model("resnet20").eval()
+    probe = torch.randn(4, 3, 32, 32)
+    graph = find_groups(model, probe[:2])
+    groups = sorted(graph.reducible, key=lambda g: SuffixRunner(model, probe[:1]).start_of(
+        g.modules))
+    for budget, want_begin in ((1 << 40, "kept"), (0, 0)):
+        monkeypatch.setattr(suffix, "PREFIX_BYTES", budget)
+        runner = SuffixRunner(model, probe)
+        walked = []
+        walk = runner._walk
+        runner._walk = (lambda interp, begin, end, env, seen=walked, walk=walk:
+                        seen.append((begin, end)) or walk(interp, begin, end, env))
+        order = [groups[0], groups[-1], groups[len(groups) // 2]]  # the third goes back
+        for g in order:
+            trial = reduce(model, graph, {g.id: selection([0, 1], g.n)}, share=True)
+            with torch.no_grad():
+                want = first(trial(probe))
+            assert torch.allclose(first(runner.run(trial, g.modules)), want, atol=1e-6)
+        last = [(b, e) for b, e in walked if e < len(runner.nodes)][-1]
+        middle = runner.start_of(order[2].modules)
+        begin = runner.start_of(order[0].modules) if want_begin == "kept" else 0
+        assert last == (begin, middle), budget
+
+
+class _InPlaceSkips(torch.nn.Module):
+    """Residual blocks written `x.add_(block(x))` (traced as the in-place method; fx traces
+    `x += ...` as an addition): running past a block changes the stream's tensor in place,
+    the one a prefix holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.a1, self.a2 = torch.nn.Conv2d(8, 6, 3, padding=1), torch.nn.Conv2d(6, 8, 3, padding=1)
+        self.b1, self.b2 = torch.nn.Conv2d(8, 6, 3, padding=1), torch.nn.Conv2d(6, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x.add_(self.a2(torch.relu(self.a1(torch.relu(x)))))
+        x = x.add_(self.b2(torch.relu(self.b1(torch.relu(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_prefix_is_not_changed_by_in_place_operations_after_it():
+    model = _InPlaceSkips().eval()
+    probe = torch.randn(4, 3, 12, 12)
+    graph = find_groups(model, probe[:2])
+    runner = SuffixRunner(model, probe)
+    inner = sorted((g for g in graph.reducible if g.n == 6),
+                   key=lambda g: runner.start_of(g.modules))
+    assert len(inner) == 2
+    for g in [inner[0], inner[0], inner[1], inner[0]]:  # again, further, back: kept prefix
+        trial = reduce(model, graph, {g.id: selection([0, 1, 2], g.n)}, share=True)
+        with torch.no_grad():
+            want = first(trial(probe))
+        assert torch.allclose(first(runner.run(trial, g.modules)), want, atol=1e-6)
 
 
 def test_reference_modes_are_restored_and_later_groups_start_later():

@@ -92,13 +92,16 @@ def error_allocation(model: nn.Module, graph, feats: dict[int, torch.Tensor], sp
 
 
 def _greedy(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, int],
-            sparsity: float, max_ratio: float, weight: dict | None = None) -> dict[int, int]:
+            sparsity: float, max_ratio: float, weight: dict | None = None,
+            extend=None) -> dict[int, int]:
     """Step the group whose next count adds the least curve per parameter saved (× its
     weight) until `sparsity` of the parameters is gone; levels/curves: per group, counts
     descending from its current one and the curve at each. Ties go to the group first in
     `levels`. A step changes the price of the next step only for groups that share a
     tensor with the stepped one, so only theirs is recomputed (EfficientNet-B0's 40 groups
-    take thousands of one-channel steps)."""
+    take thousands of one-channel steps). extend(gid) -> bool: lengthen the group's lists
+    in place when its next step lies past them (curves measured only as far as the greedy
+    looks); False when there is nothing more."""
     pos = {gid: 0 for gid in levels}
     target = counter.total_before * (1 - sparsity)
     current = counter(kept)
@@ -106,7 +109,7 @@ def _greedy(counter: ParamCounter, levels: dict, curves: dict, kept: dict[int, i
 
     def score(gid: int) -> float:
         i = pos[gid]
-        if i + 1 >= len(levels[gid]):
+        if i + 1 >= len(levels[gid]) and not (extend is not None and extend(gid)):
             return math.inf
         saved = counter.saving(gid, levels[gid][i + 1], kept)
         if saved <= 0:
@@ -399,29 +402,86 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
     order(gid) -> sort key: the groups are measured in this order (e.g. OutputDamage.start,
     so that trials share one walk of the unchanged prefix); the result does not depend on it.
     """
-    from tuneless.reduce import MissedCoupling
-
     if not 0.0 <= sparsity < 1.0:
         raise TunelessError(f"sparsity must be in [0, 1), got {sparsity}")
     counter = ParamCounter(model, graph, weights)
     groups = list(graph.reducible)
-    measured: dict[int, tuple[list[int], list[float]]] = {}
+    curves = _LazyCurves(damage)
     for g in sorted(groups, key=lambda g: order(g.id)) if order else groups:
         lowest = max((floor or {}).get(g.id, 1), int(math.ceil(g.n * (1 - max_ratio))))
         # whole blocks, rounded down: a floor rounded up would often be the uniform width
         lowest = max(g.lowest(min_channels), lowest // g.blocks * g.blocks)
-        if lowest >= g.n:
-            continue
-        coarse, fine = _block_levels(g, [g.n, lowest, *(
-            max(lowest, round(g.n * (1 - s))) for s in shares)])
+        if lowest < g.n:  # every group's first depth now, in measuring order
+            curves.add(g.id, *_block_levels(g, [g.n, lowest, *(
+                max(lowest, round(g.n * (1 - s))) for s in shares)]))
+    while True:  # the deeper depths only where the greedy looks: the same widths
+        # the greedy breaks ties by group order: the graph's, whatever the measuring order
+        ids = [g.id for g in groups if g.id in curves.fine]
+        levels = {gid: list(curves.fine[gid]) for gid in ids}
+        values = {gid: list(curves.values[gid]) for gid in ids}
         try:
-            errs = [0.0] + [max(0.0, damage(g.id, k)) for k in coarse[1:]]
-        except MissedCoupling:  # a trial of this group does not run: it stays whole
+            return _greedy(counter, levels, values, {g.id: g.n for g in groups}, sparsity,
+                           max_ratio, extend=curves.extender(levels, values))
+        except _Dropped:  # a deeper trial of a group did not run: again without it
             continue
-        for i in range(1, len(errs)):  # folding deeper never helps: keep the curve monotone
-            errs[i] = max(errs[i], errs[i - 1])
-        measured[g.id] = fine, _interpolate(coarse, errs, fine)
-    # the greedy breaks ties by group order: the graph's, whatever the measuring order
-    levels = {g.id: measured[g.id][0] for g in groups if g.id in measured}
-    curves = {g.id: measured[g.id][1] for g in groups if g.id in measured}
-    return _greedy(counter, levels, curves, {g.id: g.n for g in groups}, sparsity, max_ratio)
+
+
+class _Dropped(Exception):
+    """A group's deeper trial did not run (MissedCoupling): it leaves the allocation."""
+
+
+class _LazyCurves:
+    """Measured damage curves of a sensitivity allocation, each measured depth by depth as
+    the greedy reaches it: most groups stop long before their deepest depth, and a depth
+    the greedy never looks past cannot change its choices (the curves are linear between
+    measured depths, each step priced by its own segment). Values are those of measuring
+    every depth: the same monotone curve, interpolated between the same points
+    (docs/folding.md "Measured only as deep as needed")."""
+
+    def __init__(self, damage) -> None:
+        self.damage = damage
+        self.coarse: dict[int, list[int]] = {}
+        self.errs: dict[int, list[float]] = {}
+        self.fine: dict[int, list[int]] = {}  # every count down to the deepest measured one
+        self.values: dict[int, list[float]] = {}
+        self.levels: dict[int, list[int]] = {}  # every count down to the group's lowest
+
+    def add(self, gid: int, coarse: list[int], fine: list[int]) -> None:
+        """A group with these measured counts and counts; its first depth measured now."""
+        self.coarse[gid], self.levels[gid], self.errs[gid] = coarse, fine, [0.0]
+        self.fine[gid], self.values[gid] = [coarse[0]], [0.0]
+        self.deeper(gid)  # (coarse has a count below the width: the group's lowest)
+
+    def deeper(self, gid: int) -> bool:
+        """Measure the group's next depth; False when it has none. A group whose trial
+        does not run leaves (it stays whole, as when its first depth fails)."""
+        from tuneless.reduce import MissedCoupling
+
+        coarse, errs = self.coarse[gid], self.errs[gid]
+        if len(errs) >= len(coarse):
+            return False
+        try:
+            err = max(0.0, self.damage(gid, coarse[len(errs)]))
+        except MissedCoupling:
+            for table in (self.coarse, self.errs, self.fine, self.values, self.levels):
+                del table[gid]
+            return False
+        errs.append(max(err, errs[-1]))  # folding deeper never helps: keep it monotone
+        known = coarse[:len(errs)]
+        self.fine[gid] = [k for k in self.levels[gid] if k >= known[-1]]
+        self.values[gid] = _interpolate(known, errs, self.fine[gid])
+        return True
+
+    def extender(self, levels: dict, values: dict):
+        """extend(gid) for _greedy: the group's next depth measured and appended to the
+        greedy's lists `levels` / `values`."""
+        def extend(gid: int) -> bool:
+            had = len(self.fine[gid])
+            if not self.deeper(gid):
+                if gid not in self.fine:  # it left: the greedy restarts without it
+                    raise _Dropped
+                return False
+            levels[gid].extend(self.fine[gid][had:])
+            values[gid].extend(self.values[gid][had:])
+            return True
+        return extend

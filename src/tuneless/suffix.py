@@ -15,6 +15,11 @@ import torch.nn as nn
 
 from tuneless.modes import evaluating
 
+# the prefixes' values kept for later calls that start there (the allocation measures most
+# groups' deeper trials only when its greedy gets there, out of the walk's order); the
+# latest prefix is always kept, whatever its size
+PREFIX_BYTES = 256 << 20
+
 
 class _On(fx.Interpreter):
     """Interprets the reference's graph with the modules and tensors of another model of
@@ -38,6 +43,18 @@ def _touches(target: str, changed: set[str]) -> bool:
                or (c == "" and target) for c in changed)
 
 
+def _copied(env: dict) -> dict:
+    """A prefix's values, tensors cloned: the nodes after it may write into their inputs
+    (`x.add_(...)`, ReLU(inplace=True)), and a prefix serves many walks."""
+    return {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in env.items()}
+
+
+def _bytes(env: dict) -> int:
+    """The tensor bytes a prefix holds."""
+    return sum(v.element_size() * v.nelement() for v in env.values()
+               if isinstance(v, torch.Tensor))
+
+
 class SuffixRunner:
     """run(model, changed) == model(probe) for a model that differs from `reference` only
     in the modules named in `changed`, computing only the graph from the first node that
@@ -55,8 +72,7 @@ class SuffixRunner:
         self.frees: dict[int, list[fx.Node]] = {}
         for n, last in self.last_use.items():
             self.frees.setdefault(last, []).append(n)
-        self._start: int | None = None
-        self._env: dict[fx.Node, object] = {}
+        self._envs: dict[int, dict[fx.Node, object]] = {}  # by start, least recent first
 
     def start_of(self, changed: set[str]) -> int:
         """Index of the first node that calls or reads a changed module."""
@@ -67,19 +83,24 @@ class SuffixRunner:
 
     @torch.no_grad()
     def _prefix(self, start: int) -> dict:
-        """Values of the nodes before `start` that later nodes read (the last start's only:
-        calls come group by group, and a prefix can be as large as the activations). A start
-        after the last one continues from it, so calls in order of their starts walk the
-        reference once in all."""
-        if self._start != start:
-            begin, env = 0, {}
-            if self._start is not None and self._start < start:
-                begin, env = self._start, self._env  # trials copy it: never changed by them
-            self._env = {}  # the previous group's values are released first
-            with evaluating(self.reference):
-                self._env = self._walk(fx.Interpreter(self.gm), begin, start, env)
-            self._start = start
-        return self._env
+        """Values of the nodes before `start` that later nodes read. A start after a kept one
+        continues from the nearest, so calls in order of their starts walk the reference
+        once in all; prefixes are kept while they fit PREFIX_BYTES (a prefix can be as large
+        as the activations), least recently used dropped first."""
+        if start in self._envs:
+            self._envs[start] = self._envs.pop(start)
+            return self._envs[start]
+        begin, env = 0, {}
+        earlier = [s for s in self._envs if s < start]
+        if earlier:
+            begin = max(earlier)
+            env = _copied(self._envs[begin])
+        with evaluating(self.reference):
+            env = self._walk(fx.Interpreter(self.gm), begin, start, env)
+        self._envs[start] = env
+        while len(self._envs) > 1 and sum(map(_bytes, self._envs.values())) > PREFIX_BYTES:
+            del self._envs[next(iter(self._envs))]
+        return env
 
     def _walk(self, interp: fx.Interpreter, begin: int, end: int, env: dict):
         """Run nodes[begin:end] in `interp` over `env`, freeing each value after its last
@@ -99,6 +120,6 @@ class SuffixRunner:
     @torch.no_grad()
     def run(self, model: nn.Module, changed: set[str]):
         start = self.start_of(changed)
-        env = dict(self._prefix(start))
+        env = _copied(self._prefix(start))  # an in-place op after the start must not reach it
         with evaluating(model):
             return self._walk(_On(self.gm, model), start, len(self.nodes), env)
