@@ -75,9 +75,10 @@ class FoldOptions:
     # repair's images when it has them, else pink noise shaped like the example input)
     probe_images: int = 32
     # allocation="auto" measures widths only when that is estimated to cost at most this
-    # many FLOPs (tuneless.allocation.probe_flops, an upper bound; ResNet-56 on CIFAR 1.5e12,
-    # 14 s on one core; torchvision efficientnet_b0 / resnet18 at 30%: 2.0e12 / 2.7e12,
-    # 35 / 16 s; resnet50 at 128-px probes 1.9e13), else uniform
+    # many FLOPs (tuneless.allocation.probe_flops: an upper bound, every depth of every
+    # group, where the allocation measures deeper depths only as its greedy reaches them;
+    # ResNet-56 on CIFAR 1.5e12, torchvision efficientnet_b0 / resnet18 at 30% 2.0e12 /
+    # 2.7e12, 18–21 / 7 s on one core; resnet50 at 128-px probes 1.9e13), else uniform
     auto_budget: float = 4e12
     num_images: int | None = None  # Fold-R: images of `data` to use (None: all)
     # repair "refit": images of `data` its least squares see; 1,024 beat 256 on every
