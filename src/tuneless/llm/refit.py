@@ -159,14 +159,15 @@ class ReferenceTape:
         return size <= (TAPE_BYTES if limit is None else limit)
 
     def hooks(self) -> list:
-        """Forward hooks that record the streams; the caller removes them."""
+        """Forward hooks that record the streams (copies: a later module of some family
+        may write into its input in place); the caller removes them."""
         handles = []
         for layer, watch, parts in zip(self.layers, self.watch, self.parts):
             handles.append(layer.register_forward_hook(
-                lambda _m, _a, out, box=parts["out"]: box.append(_out(out).detach())))
+                lambda _m, _a, out, box=parts["out"]: box.append(_out(out).detach().clone())))
             for key, mod in watch.items():
                 handles.append(mod.register_forward_pre_hook(
-                    lambda _m, a, box=parts[key]: box.append(a[0].detach())))
+                    lambda _m, a, box=parts[key]: box.append(a[0].detach().clone())))
         return handles
 
     def layer(self, i: int, shape: tuple[int, ...]
