@@ -466,8 +466,8 @@ _ROW_SEED_STRIDE = 1_000_003  # row r of seed s draws from a generator seeded s 
 def _sample_rows(model, tokenizer, rows: range, seq_len: int, seed: int, ticker
                  ) -> torch.Tensor:
     """The sequences of `rows` (seq_len tokens each) sampled in one batch, each row from
-    its own generator (`_RowSampler`); the global RNG (which generate's own draw reads) is
-    restored afterwards."""
+    its own generator (`_RowSampler`); the global RNG (which generate's own draw reads, on
+    the CPU and on the model's CUDA device) is restored afterwards."""
     bos, eos = _special_ids(model, tokenizer)
     start = bos if bos is not None else eos
     gens = [torch.Generator().manual_seed(seed + _ROW_SEED_STRIDE * r) for r in rows]
@@ -480,15 +480,13 @@ def _sample_rows(model, tokenizer, rows: range, seq_len: int, seed: int, ticker
         prompt = torch.full((len(rows), 1), start, dtype=torch.long)
     pad = eos if eos is not None else start
     prompt = prompt.to(device)
-    state = torch.random.get_rng_state()
-    try:
+    # generate's own draw reads the global generator of the model's device: left as it was
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         out = model.generate(
             prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
             max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1, top_k=0, top_p=1.0,
             temperature=1.0, pad_token_id=pad,
             logits_processor=[_Tick(ticker), _RowSampler(gens)])
-    finally:
-        torch.random.set_rng_state(state)
     return out[:, :seq_len].cpu()
 
 
