@@ -447,7 +447,8 @@ class _LazyCurves:
         self.levels: dict[int, list[int]] = {}  # every count down to the group's lowest
 
     def add(self, gid: int, coarse: list[int], fine: list[int]) -> None:
-        """A group with these measured counts and counts; its first depth measured now."""
+        """A group measured at the counts `coarse` (descending from its width) and priced
+        at every count of `fine`; its first depth is measured now."""
         self.coarse[gid], self.levels[gid], self.errs[gid] = coarse, fine, [0.0]
         self.fine[gid], self.values[gid] = [coarse[0]], [0.0]
         self.deeper(gid)  # (coarse has a count below the width: the group's lowest)
