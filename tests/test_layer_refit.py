@@ -329,3 +329,27 @@ def test_refit_of_a_model_compressed_from_another_original_is_named():
         with pytest.raises(TunelessError, match="was not made from this original: its report "
                                                 "names channel group"):
             tuneless.refit(narrow, small, _images(8, 32), example_inputs=x)
+
+
+@pytest.mark.parametrize("side", [4, 12])  # small maps row-major, large ones image by image
+@pytest.mark.parametrize("intercept", [False, True])
+def test_normal_equations_equal_those_of_the_row_major_design_with_a_ones_column(
+        side, intercept, monkeypatch):
+    """XᵀX and XᵀY from conv patches as unfold lays them out (and from sums for the ones
+    column) equal the textbook ones of the row-major design matrix."""
+    from tuneless import layer_refit
+
+    monkeypatch.setattr(layer_refit, "_PRODUCT_BYTES", 4 * 27 * 27 * 3)  # 3 images a product
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+    x = torch.randn(7, 3, side, side, dtype=torch.float64).float()
+    cols = layer_refit._rows(conv, x)
+    tgt = torch.randn(7 * side * side, 4)
+    rows = cols.transpose(1, 2).reshape(-1, 27).double()
+    if intercept:
+        rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
+    gram, cross = layer_refit._normal_equations(cols, tgt, intercept)
+    assert torch.allclose(gram, rows.T @ rows, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(cross, rows.T @ tgt.double(), rtol=1e-5, atol=1e-4)
+    lin = layer_refit._rows(torch.nn.Linear(27, 4), rows[:, :27].float())
+    gram, cross = layer_refit._normal_equations(lin, tgt, intercept)
+    assert torch.allclose(gram, rows.T @ rows, rtol=1e-5, atol=1e-4)

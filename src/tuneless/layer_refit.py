@@ -271,14 +271,54 @@ def _capture(model: nn.Module, name: str, x: torch.Tensor, what: str) -> torch.T
 
 
 def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Design matrix: one row per output position (conv patches) or per sample (linear)."""
+    """Design matrix: one row per sample (linear, rows × inputs), or for a conv its patches
+    as unfold gives them (images × C_in·k × positions: one row per output position, kept
+    in that layout; _normal_equations reads it without a transposed copy)."""
     if isinstance(layer, nn.Conv2d):
         cols = conv_patches(layer, x)  # the padding its own forward applies, if any
         if cols is None:
             raise TunelessError(f"cannot refit {type(layer).__name__}: its forward is not a "
                                 "zero-padded conv2d on its own weight")
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        return cols
     return x.reshape(-1, x.shape[-1])
+
+
+# conv patches go image by image into batched products where each image has this many
+# output positions (large maps, few inputs per position: the row-major copy costs most
+# there); smaller maps are copied row-major for one product, as wide as they are
+_POSITIONS_PER_IMAGE = 64
+_PRODUCT_BYTES = 64 << 20  # the batched products' partial sums: images × k × k floats
+
+
+def _normal_equations(rows: torch.Tensor, tgt: torch.Tensor, intercept: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(XᵀX, XᵀY) in float64 for the design `rows` (_rows) and targets `tgt` (one row per
+    design row), X with a ones column last when `intercept` — built from sums, not by
+    concatenating the column; conv patches on large maps image by image in batched
+    products, so they are never copied row-major (that copy and the ones column's were a
+    third of a ResNet-56 refit)."""
+    if rows.dim() == 3 and rows.shape[2] >= _POSITIONS_PER_IMAGE:
+        n_img, k, pos = rows.shape
+        per_image = tgt.reshape(n_img, pos, tgt.shape[-1])
+        step = max(1, _PRODUCT_BYTES // (4 * k * k))
+        gram = cross = None
+        for i in range(0, n_img, step):
+            part = rows[i:i + step]
+            g = torch.bmm(part, part.transpose(1, 2)).sum(0).double()
+            c = torch.bmm(part, per_image[i:i + step]).sum(0).double()
+            gram, cross = (g, c) if gram is None else (gram + g, cross + c)
+        sums, count = rows.sum((0, 2)).double(), n_img * pos
+    else:
+        if rows.dim() == 3:  # small maps: one row per output position, row-major
+            rows = rows.transpose(1, 2).reshape(-1, rows.shape[1])
+        gram, cross = (rows.T @ rows).double(), (rows.T @ tgt).double()
+        sums, count = rows.sum(0).double(), rows.shape[0]
+    if not intercept:
+        return gram, cross
+    k = gram.shape[0]
+    full = gram.new_empty(k + 1, k + 1)
+    full[:k, :k], full[:k, k], full[k, :k], full[k, k] = gram, sums, sums, float(count)
+    return full, torch.cat([cross, tgt.sum(0, keepdim=True).double()])
 
 
 @dataclass
@@ -453,9 +493,7 @@ def _solve_layer(small, name, norm, pairs, ridge) -> None:
     intercept = norm is not None or layer.bias is not None
     xtx = xty = None
     for rows, tgt in pairs:
-        if intercept:
-            rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
-        a, b = (rows.T @ rows).double(), (rows.T @ tgt).double()
+        a, b = _normal_equations(rows, tgt, intercept)
         xtx, xty = (a, b) if xtx is None else (xtx + a, xty + b)
     from tuneless.distributed import all_sum
 
