@@ -331,7 +331,7 @@ def test_refit_of_a_model_compressed_from_another_original_is_named():
             tuneless.refit(narrow, small, _images(8, 32), example_inputs=x)
 
 
-@pytest.mark.parametrize("side", [4, 12])  # small maps row-major, large ones image by image
+@pytest.mark.parametrize("side", [4, 12])  # 16 positions < 27 inputs: row-major; 144: per image
 @pytest.mark.parametrize("intercept", [False, True])
 def test_normal_equations_equal_those_of_the_row_major_design_with_a_ones_column(
         side, intercept, monkeypatch):

@@ -283,10 +283,10 @@ def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-# conv patches go image by image into batched products where each image has this many
-# output positions (large maps, few inputs per position: the row-major copy costs most
-# there); smaller maps are copied row-major for one product, as wide as they are
-_POSITIONS_PER_IMAGE = 64
+# conv patches go image by image into batched products where an image has at least as
+# many output positions as inputs per position (each k × k product then sums ≥ k terms; the
+# large early maps, whose row-major copy costs most); others are copied row-major for one
+# product, as wide as they are
 _PRODUCT_BYTES = 64 << 20  # the batched products' partial sums: images × k × k floats
 
 
@@ -294,10 +294,10 @@ def _normal_equations(rows: torch.Tensor, tgt: torch.Tensor, intercept: bool
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(XᵀX, XᵀY) in float64 for the design `rows` (_rows) and targets `tgt` (one row per
     design row), X with a ones column last when `intercept` — built from sums, not by
-    concatenating the column; conv patches on large maps image by image in batched
-    products, so they are never copied row-major (that copy and the ones column's were a
-    third of a ResNet-56 refit)."""
-    if rows.dim() == 3 and rows.shape[2] >= _POSITIONS_PER_IMAGE:
+    concatenating the column; conv patches on maps with at least as many positions as
+    inputs per position image by image in batched products, never copied row-major (that
+    copy and the ones column's were a third of a ResNet-56 refit)."""
+    if rows.dim() == 3 and rows.shape[2] >= rows.shape[1]:
         n_img, k, pos = rows.shape
         per_image = tgt.reshape(n_img, pos, tgt.shape[-1])
         step = max(1, _PRODUCT_BYTES // (4 * k * k))
