@@ -417,11 +417,11 @@ def sensitivity_allocation(model: nn.Module, graph, damage, sparsity: float, *,
     while True:  # the deeper depths only where the greedy looks: the same widths
         # the greedy breaks ties by group order: the graph's, whatever the measuring order
         ids = [g.id for g in groups if g.id in curves.fine]
-        levels = {gid: list(curves.fine[gid]) for gid in ids}
-        values = {gid: list(curves.values[gid]) for gid in ids}
-        try:
-            return _greedy(counter, levels, values, {g.id: g.n for g in groups}, sparsity,
-                           max_ratio, extend=curves.extender(levels, values))
+        try:  # the curves' own lists: a deeper depth lengthens them in place
+            return _greedy(counter, {gid: curves.fine[gid] for gid in ids},
+                           {gid: curves.values[gid] for gid in ids},
+                           {g.id: g.n for g in groups}, sparsity, max_ratio,
+                           extend=curves.extend)
         except _Dropped:  # a deeper trial of a group did not run: again without it
             continue
 
@@ -469,20 +469,17 @@ class _LazyCurves:
             return False
         errs.append(max(err, errs[-1]))  # folding deeper never helps: keep it monotone
         known = coarse[:len(errs)]
-        self.fine[gid] = [k for k in self.levels[gid] if k >= known[-1]]
-        self.values[gid] = _interpolate(known, errs, self.fine[gid])
+        fine = [k for k in self.levels[gid] if k >= known[-1]]
+        # in place (the greedy holds these lists); the counts already there keep their values
+        self.values[gid][:] = _interpolate(known, errs, fine)
+        self.fine[gid][:] = fine
         return True
 
-    def extender(self, levels: dict, values: dict):
-        """extend(gid) for _greedy: the group's next depth measured and appended to the
-        greedy's lists `levels` / `values`."""
-        def extend(gid: int) -> bool:
-            had = len(self.fine[gid])
-            if not self.deeper(gid):
-                if gid not in self.fine:  # it left: the greedy restarts without it
-                    raise _Dropped
-                return False
-            levels[gid].extend(self.fine[gid][had:])
-            values[gid].extend(self.values[gid][had:])
+    def extend(self, gid: int) -> bool:
+        """_greedy's extend: the group's next depth measured; a group whose trial did not
+        run makes the greedy start again without it."""
+        if self.deeper(gid):
             return True
-        return extend
+        if gid not in self.fine:
+            raise _Dropped
+        return False
