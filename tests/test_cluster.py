@@ -259,3 +259,34 @@ def test_auto_is_ward_hartigan_on_shallow_cuts_and_kmeans_on_deep_ones():
                        cluster(x, 180, method="ward-hartigan").labels)
     assert torch.equal(cluster(x, 179, method="auto", seed=5).labels,
                        kmeans(x, 179, seed=5).labels)
+
+
+def test_reuse_embeddings_computes_each_matrix_once_and_notices_in_place_changes(monkeypatch):
+    from tuneless import cluster as cl
+
+    calls = []
+    real = cl._embed
+    monkeypatch.setattr(cl, "_embed", lambda x: calls.append(1) or real(x))
+    x = torch.randn(20, 200, generator=torch.Generator().manual_seed(0))
+    cl.embed(x), cl.embed(x)
+    assert len(calls) == 2  # outside the context nothing is kept
+    with cl.reuse_embeddings():
+        a = cl.kmeans(x, 5, seed=1)
+        b = cl.cluster(x.detach(), 5, method="ward-hartigan")  # a view of the same storage
+        assert len(calls) == 3
+        with cl.reuse_embeddings():  # nested: the outer cache serves
+            cl.embed(x)
+        assert len(calls) == 3
+        x.mul_(2)  # changed in place: embedded again, and distances follow the change
+        z = cl.embed(x)
+        assert len(calls) == 4
+        assert torch.allclose(cl._pairwise_sq(z), cl._pairwise_sq(real(x)), atol=1e-6)
+        cl.embed(x[:10])  # another shape of the same storage: its own entry
+        assert len(calls) == 5
+    assert cl._embeddings is None
+    assert torch.equal(a.labels, cl.kmeans(x / 2, 5, seed=1).labels)
+    assert torch.equal(b.labels, cl.cluster(x / 2, 5, method="ward-hartigan").labels)
+    calls.clear()
+    with cl.reuse_embeddings(max_bytes=0):  # no room: computed every time
+        cl.embed(x), cl.embed(x)
+    assert len(calls) == 2

@@ -14,6 +14,7 @@ import copy
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -223,7 +224,7 @@ def _options(sparsity, channel_ratio, repair, options) -> FoldOptions:
 
 def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Module:
     from tuneless.budget import budget_for_ratio, budget_of, cost_weights, solve
-    from tuneless.cluster import cluster
+    from tuneless.cluster import cluster, reuse_embeddings
     from tuneless.decisions import Merge
     from tuneless.graph import find_groups
     from tuneless.materialize import materialize_weights, materialized_report
@@ -261,25 +262,28 @@ def _fold(model: nn.Module, opts: FoldOptions, example_inputs, data) -> nn.Modul
     if allocation == "error":  # it reads every group's features
         for g in graph.reducible:
             feats[g.id]
-    if opts.channels is not None or allocation != "uniform":  # widths, then their count
-        kept = (_named_widths(graph, opts.channels) if opts.channels is not None
-                else _error_widths(model, graph, feats, opts, weights) if allocation == "error"
-                else _sensitivity_widths(model, work, graph, feats, opts, x,
-                                         data if rep.needs_data else None, weights))
-        b = budget_of(model, graph, kept, weights)
-    else:
-        b = (solve(model, graph, opts.sparsity, opts.min_channels, opts.round_to,
-                   opts.stream_share, weights)
-             if opts.sparsity is not None
-             else budget_for_ratio(model, graph, opts.channel_ratio, opts.min_channels,
-                                   opts.round_to, weights))
-    kept = b.kept
+    # the allocation clusters each group at several depths, then at its width: one
+    # embedding per group (uniform folds need each once, and keep no features around)
+    with reuse_embeddings() if allocation in ("sensitivity", "error") else nullcontext():
+        if opts.channels is not None or allocation != "uniform":  # widths, then their count
+            kept = (_named_widths(graph, opts.channels) if opts.channels is not None
+                    else _error_widths(model, graph, feats, opts, weights) if allocation == "error"
+                    else _sensitivity_widths(model, work, graph, feats, opts, x,
+                                             data if rep.needs_data else None, weights))
+            b = budget_of(model, graph, kept, weights)
+        else:
+            b = (solve(model, graph, opts.sparsity, opts.min_channels, opts.round_to,
+                       opts.stream_share, weights)
+                 if opts.sparsity is not None
+                 else budget_for_ratio(model, graph, opts.channel_ratio, opts.min_channels,
+                                       opts.round_to, weights))
+        kept = b.kept
 
-    decisions, labels, inertia = {}, {}, {}
-    todo = [(g.id, kept[g.id]) for g in graph.reducible if kept[g.id] < g.n]
-    found = cluster_groups(
-        lambda gid, k: cluster(feats.take(gid), k, method=opts.cluster, seed=opts.seed,
-                               n_init=opts.n_init, blocks=graph[gid].blocks), todo)
+        decisions, labels, inertia = {}, {}, {}
+        todo = [(g.id, kept[g.id]) for g in graph.reducible if kept[g.id] < g.n]
+        found = cluster_groups(
+            lambda gid, k: cluster(feats.take(gid), k, method=opts.cluster, seed=opts.seed,
+                                   n_init=opts.n_init, blocks=graph[gid].blocks), todo)
     for gid, k in todo:
         c = found[gid]
         decisions[gid], labels[gid], inertia[str(gid)] = Merge(c.labels, k), c.labels, c.inertia
