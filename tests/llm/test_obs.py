@@ -1,3 +1,5 @@
+from collections import Counter
+
 import pytest
 import torch
 
@@ -121,3 +123,35 @@ def test_a_bfloat16_model_stays_bfloat16():
     assert p.config.intermediate_size == 48
     with torch.no_grad():
         assert torch.isfinite(p(X).logits.float()).all()
+
+
+@pytest.mark.parametrize("schedule", ["uniform", {0: (0.0, 0.25)}])  # every layer / the first
+def test_the_second_moments_walk_records_the_original_once_for_the_refit(schedule):
+    """The walk that measures OBS's second moments also records what the refit reads of the
+    original (ReferenceTape, also through layers after the last one decided): each original
+    layer runs once, and the result equals the refit that runs them again itself."""
+    from tuneless.llm import refit as refit_module
+
+    m = tiny_llama(layers=3, mlp=64)
+    kwargs = dict(schedule=schedule, head_ratio=0.0, calib_samples=4, calib_len=16)
+    if schedule == "uniform":
+        kwargs["mlp_ratio"] = 0.25
+    runs = {True: Counter(), False: Counter()}
+    for taped in (True, False):
+        hooks = [layer.register_forward_hook(lambda *_a, i=i, c=runs[taped]: c.update([i]))
+                 for i, layer in enumerate(m.model.layers)]
+        limit = refit_module.TAPE_BYTES
+        refit_module.TAPE_BYTES = limit if taped else 0
+        try:
+            out = obs_prune_llm(m, **kwargs)
+        finally:
+            refit_module.TAPE_BYTES = limit
+            for h in hooks:
+                h.remove()
+        taped and (taped_out := out)
+    # the same sampling and walk; without the tape the refit runs each decided layer once
+    # more (after the last decided one the walk runs the layers the refit would have run)
+    assert runs[False] - runs[True] == Counter([0, 1, 2] if schedule == "uniform" else [0])
+    assert runs[True] - runs[False] == Counter()
+    for (k, a), b in zip(taped_out.state_dict().items(), out.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -29,7 +29,7 @@ from tuneless.llm.conv1d import as_linear
 from tuneless.llm.engine import reduce_llm
 from tuneless.llm.fold import _plans, rank_calibration_ids, repair_reduced
 from tuneless.llm.plan import OBS_DEFAULTS
-from tuneless.llm.refit import layer_inputs
+from tuneless.llm.refit import ReferenceTape, layer_inputs
 from tuneless.modelcheck import check_model
 from tuneless.options import check_call
 
@@ -126,9 +126,10 @@ class _OriginalStream:
     (one intermediate × intermediate matrix, not one per layer). Layers are asked for in
     increasing order, as reduce_llm decides them."""
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, skip: int = 0) -> None:
+    def __init__(self, model: nn.Module, ids: torch.Tensor, skip: int = 0,
+                 tape: ReferenceTape | None = None) -> None:
         self.adapter = adapter_for(model)
-        self.skip = skip
+        self.skip, self.tape = skip, tape
         self.layers = self.adapter.layers(model)
         self.hidden, self.kwargs = layer_inputs(model, ids)
         self.at = 0
@@ -139,9 +140,15 @@ class _OriginalStream:
         while self.at <= i:
             meters, self.hidden = layer_moments(
                 self.adapter, self.layers[self.at], self.hidden, self.kwargs[self.at],
-                full if self.at == i else {}, skip=self.skip)
+                full if self.at == i else {}, skip=self.skip, tape=self.tape)
             self.at += 1
         return meters
+
+    def finish(self) -> ReferenceTape | None:
+        """The tape, once the layers after the last one decided have run into it too."""
+        if self.tape is not None and self.at < len(self.layers):
+            self.moments(len(self.layers) - 1, {})
+        return self.tape
 
 
 def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=None,
@@ -182,7 +189,10 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     source = "refit" if repair == "refit" else "self"  # the tokens H is measured on
     calib = rank_calibration_ids(model, source, tokenizer, data, calib_samples, calib_len,
                                  seed, show_progress=progress)
-    stream = _OriginalStream(model, calib, stats_skip)
+    tape = None  # the walk for the second moments also records what the refit reads
+    if repair in ("self", "refit") and ReferenceTape.fits(model, calib):
+        tape = ReferenceTape.of(model, calib)
+    stream = _OriginalStream(model, calib, stats_skip, tape)
     layers = adapter.layers(model)
 
     def decide(i, groups, shape, plan):
@@ -194,4 +204,4 @@ def obs_prune_llm(model: nn.Module, sparsity: float | None = None, *, schedule=N
     small = reduce_llm(model, plans, decide, gqa=gqa, desc="obs", show_progress=progress)
     return repair_reduced(model, small, repair, calib=None if repair in (None, "none", "naive")
                           else calib, refit_lambda=refit_lambda, calib_skip=calib_skip,
-                          progress=progress)
+                          progress=progress, reference=stream.finish())

@@ -198,7 +198,7 @@ def obs_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
 
     def decide(walk, i, tensors, groups, shape, plan):
         moments, _ = layer_moments(adapter, walk.original, walk.h_old, walk.kwargs[i],
-                                   shrinking(shape, plan), skip=stats_skip)
+                                   shrinking(shape, plan), skip=stats_skip, tape=walk.taped())
         return obs_decisions(adapter, i, groups, shape, plan, moments,
                              lambda short: tensors[adapter.tensor_name(i, short)],
                              block=block, damp=damp)
@@ -444,15 +444,20 @@ class _RepairWalk:
 
     def stats(self, i: int, tensors: dict[str, torch.Tensor]):
         from tuneless.llm.activation_stats import layer_stats
-        from tuneless.llm.refit import ReferenceTape
 
         self.original = self.shell.layer(i, tensors)
         if not self.activations:
             return None
-        # the statistics' pass also records what the refit reads of the original layer
-        self.tape = ReferenceTape(self.adapter, [self.original], self.h_old.shape[:2])
         return layer_stats(self.adapter, self.original, self.h_old, self.kwargs[i],
-                           skip=self.refit["skip"], tape=self.tape)
+                           skip=self.refit["skip"], tape=self.taped())
+
+    def taped(self):
+        """A tape of the current original layer: a pass over it that records into the tape
+        (the statistics', or another method's second moments) saves the refit its run."""
+        from tuneless.llm.refit import ReferenceTape
+
+        self.tape = ReferenceTape(self.adapter, [self.original], self.h_old.shape[:2])
+        return self.tape
 
     def repair(self, i: int, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Refit layer i's consumers; the folded layer's tensors in the checkpoint's dtypes."""
