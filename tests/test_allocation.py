@@ -452,3 +452,59 @@ def test_depths_measured_as_the_greedy_reaches_them_give_the_same_widths(sparsit
 
     kept = sensitivity_allocation(model, graph, failing, sparsity, floor=floor)
     assert kept[deep] == graph[deep].n
+
+
+class _FlattenByView(nn.Module):
+    """A conv net whose flatten is a `.view` of the feature map (fails on channels-last)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(x.shape[0], -1))
+
+
+class _ReadsTheLayout(nn.Module):
+    """A model whose output depends on its input's memory layout (what the check guards)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.flatten(1) if y.is_contiguous() else -y.flatten(1)
+
+
+def test_probes_go_channels_last_only_where_the_model_computes_the_same_on_them():
+    from tuneless.allocation import (
+        OutputDamage,
+        _eval_forward,
+        _output_tensor,
+        channels_last_probes,
+    )
+    from tuneless.zoo import build_model
+
+    torch.manual_seed(0)
+    probe = torch.randn(4, 3, 8, 8)
+    net = build_model("resnet20").eval()
+    fast = channels_last_probes(net, probe)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and torch.equal(fast, probe)
+    for model in (_FlattenByView().eval(), _ReadsTheLayout().eval()):
+        assert channels_last_probes(model, probe) is probe
+    gray = torch.randn(4, 1, 8, 8)  # one channel: both layouts are the same
+    assert channels_last_probes(nn.Conv2d(1, 2, 3), gray) is gray
+    # the damage measured on them is the one on the probes as they are
+    x = torch.randn(2, 3, 32, 32)
+    measure = OutputDamage(net, x, 8, 0)
+    assert measure.probe.is_contiguous(memory_format=torch.channels_last)
+    trial = build_model("resnet20").eval()
+    with torch.no_grad():
+        for p in trial.parameters():
+            p.mul_(1.01)
+    slow = OutputDamage(net, x, 8, 0)
+    slow.probe = slow.probe.contiguous()
+    slow.ref = _output_tensor(_eval_forward(net, slow.probe)).double()
+    assert measure(trial) == pytest.approx(slow(trial), rel=1e-4)

