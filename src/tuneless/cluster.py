@@ -321,10 +321,10 @@ def kmeans(
     work = n * k * z.shape[1]
     if dtype is None:
         dtype = torch.float64 if work <= 2e6 else torch.float32
-    z = z.to(dtype)
     g = torch.Generator().manual_seed(int(seed))
+    zz = _gram(z, dtype) if n <= max(_PAIRWISE_MAX_N, _GRAM_MAX_N) else None  # one for both
+    z = z.to(dtype)
     tol_abs = float(tol * z.double().pow(2).sum() / (n * d))  # tol × mean feature variance
-    zz = z @ z.T if n <= max(_PAIRWISE_MAX_N, _GRAM_MAX_N) else None  # one Gram for both
     pairwise = _pairwise_sq(z, zz) if n <= _PAIRWISE_MAX_N else None
     gram = zz if n <= _GRAM_MAX_N else None
 
@@ -396,25 +396,38 @@ def reuse_embeddings(max_bytes: int = EMBED_CACHE_BYTES) -> Iterator[None]:
 def embed(x: torch.Tensor) -> torch.Tensor:
     """`_embed(x)`, computed once per matrix inside `reuse_embeddings` (the embedding is
     shared: callers must not change it in place)."""
+    return _kept("embed", x, _embed)
+
+
+def _gram(z: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """z zᵀ (in `dtype`), kept with z's embedding inside `reuse_embeddings` (O(n³) for a
+    square embedding: Ward + Hartigan of a 1,152-wide group redid it at every depth)."""
+    dtype = z.dtype if dtype is None else dtype
+    return _kept(f"gram-{dtype}", z, lambda t: t.to(dtype) @ t.to(dtype).T)
+
+
+def _kept(tag: str, x: torch.Tensor, compute) -> torch.Tensor:
+    """compute(x), computed once per (tag, matrix) while reuse_embeddings is active. A matrix
+    is its storage, offset, shape, strides, dtype and device at an unchanged version."""
     cache = _embeddings
     if cache is None:
-        return _embed(x)
-    key = (x.data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype,
+        return compute(x)
+    key = (tag, x.data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype,
            x.device)
     with _embeddings_lock:
         hit = cache.get(key)
     if hit is not None and hit[1] == x._version:
         return hit[2]
-    z = _embed(x)
-    size = z.numel() * z.element_size()
+    value = compute(x)
+    size = value.numel() * value.element_size()
     with _embeddings_lock:
         if hit is not None:  # changed in place since: the old entry goes
             cache["bytes"] -= hit[2].numel() * hit[2].element_size()
             del cache[key]
         if cache["bytes"] + size <= cache["max"]:
-            cache[key] = (x, x._version, z)
+            cache[key] = (x, x._version, value)
             cache["bytes"] += size
-    return z
+    return value
 
 
 def _embed(x: torch.Tensor) -> torch.Tensor:
@@ -750,10 +763,7 @@ def ward_hartigan(x: torch.Tensor, k: int, *, seed: int = 0, **_ignored) -> Clus
     if k == n:
         return _finish(x, torch.arange(n))
     z = embed(x)  # one embedding and one Gram matrix serve Ward and the Hartigan moves
-    gram = None
-    if n <= _GRAM_MAX_N:
-        z64 = z.double()
-        gram = z64 @ z64.T
+    gram = _gram(z, torch.float64) if n <= _GRAM_MAX_N else None
     labels = canonical_labels(ward_labels(z, k, gram=gram))
     return _finish(x, hartigan(z, labels, k, gram=None if gram is None else gram.to(z.dtype)),
                    z, k)
