@@ -62,3 +62,18 @@ def test_evaluating_restores_after_an_error():
         assert not any(m.training for m in model.modules())
         raise RuntimeError("inside")
     assert _modes(model) == before
+
+
+def test_evaluating_leaves_a_model_already_in_eval_mode_alone(monkeypatch):
+    """No module walk to switch modes that are already eval (the allocation's trials run
+    it hundreds of times); a model with any module in training mode is switched."""
+    model = build_arch("resnet20").eval()
+    calls = []
+    monkeypatch.setattr(model, "train", lambda mode=True: calls.append(mode) or model)
+    with evaluating(model) as m:
+        assert m is model
+    assert calls == []
+    model.layer1.train()
+    with evaluating(model):
+        pass
+    assert calls == [False] and model.layer1.training
