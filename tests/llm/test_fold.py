@@ -212,3 +212,34 @@ def test_wrong_keywords_of_the_public_verbs_are_named_in_one_line(verb, kwargs, 
 
     with pytest.raises(TunelessError, match=match):
         getattr(tuneless, verb)(tiny_llama(), **kwargs)
+
+
+def test_kmeans_dim_auto_projects_only_where_full_features_would_be_costly(monkeypatch):
+    """kmeans_dim="auto" (the default in memory and streamed): SmolLM2-sized MLPs cluster on
+    their full features, a 3B model's on a 128-wide projection; forced to project, auto
+    equals kmeans_dim=128."""
+    from tuneless.llm import decide
+    from tuneless.llm.decide import projection_width
+
+    assert projection_width("auto", 1536, 3 * 576) is None  # SmolLM2-135M
+    assert projection_width("auto", 4864, 3 * 896) is None  # Qwen2.5-0.5B
+    assert projection_width("auto", 8192, 3 * 3072) == 128  # Llama 3.2 3B
+    assert projection_width(None, 8192, 3 * 3072) is None
+    assert projection_width(64, 48, 3 * 32) == 64 and projection_width(512, 48, 96) is None
+    m = tiny_llama(layers=2, mlp=48)
+    opts = dict(schedule="uniform", head_ratio=0.0, mlp_ratio=0.5, repair="none")
+    full = fold_llm(m, kmeans_dim=None, **opts)
+    assert _same(fold_llm(m, **opts), full)
+    monkeypatch.setattr(decide, "AUTO_PROJECT_WORK", 0)
+    monkeypatch.setattr(decide, "KMEANS_DIM", 8)
+    projected = fold_llm(m, **opts)
+    assert _same(projected, fold_llm(m, kmeans_dim=8, **opts))
+    assert not _same(projected, full)
+    for bad in ("full", 0, -3, 1.5, True):
+        with pytest.raises(TunelessError, match="kmeans_dim"):
+            fold_llm(m, kmeans_dim=bad, **opts)
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values()))

@@ -239,9 +239,8 @@ def test_streamed_default_chooses_the_schedule_as_in_memory(tmp_path, monkeypatc
     m = tiny_llama(layers=6, mlp=48)
     m.save_pretrained(tmp_path / "src", max_shard_size="60KB")
     opts = dict(calib_samples=4, calib_len=10, steps=1)
-    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", 0.1, kmeans_dim=None,
-                          progress=False, **opts)
-    want = fold_llm(m, sparsity=0.1, **opts)
+    out = fold_checkpoint(tmp_path / "src", tmp_path / "dst", 0.1, progress=False, **opts)
+    want = fold_llm(m, sparsity=0.1, **opts)  # the same defaults, k-means' included
     choice = json.loads((out / "config.json").read_text())["tuneless_schedule_choice"]
     assert choice["kept"] == want.tuneless_report["schedule_choice"]["kept"]
     assert set(choice["own_text_ratio"]) == ({"inner-mlp", "paper-mlp"} if guard == "fails"

@@ -16,7 +16,7 @@ from tuneless.llm.activation_stats import collect_stats
 from tuneless.llm.adapters import adapter_for
 from tuneless.llm.choose import HELD_OUT, choose_schedule, default_candidates
 from tuneless.llm.conv1d import as_linear
-from tuneless.llm.decide import fold_decisions
+from tuneless.llm.decide import check_kmeans_dim, fold_decisions
 from tuneless.llm.engine import block_params, reduce_llm
 from tuneless.llm.plan import FOLD_DEFAULTS, LayerPlan, Shape, resolve_plan
 from tuneless.llm.refit import ReferenceTape, refit_consumers, self_generated
@@ -39,7 +39,7 @@ def fold_llm(
     n_init: int = 1,
     refine: bool = False,
     cluster: str = "kmeans",
-    kmeans_dim: int | None = None,
+    kmeans_dim: int | str | None = "auto",
     progress: bool | None = None,
     repair: str | None = None,
     example_inputs=None,
@@ -80,7 +80,9 @@ def fold_llm(
       folds), or {layer: (head_ratio, mlp_ratio)}.
     n_init, refine: k-means restarts and Hartigan refinement (tuneless.cluster.kmeans);
     cluster: "kmeans" or "ward" (deterministic agglomerative; tuneless.cluster.ward);
-    kmeans_dim: cluster a random projection of wide features (large models).
+    kmeans_dim: "auto" (full MLP features, a 128-wide random projection where clustering
+      them in full would be costly: tuneless.llm.decide.projection_width; the streamed
+      fold's default too), None (always full) or a projection width.
     example_inputs is accepted for API symmetry with tuneless.fold and not needed.
     repair: "self" (default; data-free: refit o_proj/down_proj by least squares on text the
       uncompressed model samples itself; the model alone is enough), "refit" (the same
@@ -123,6 +125,7 @@ def fold_llm(
                           "calib_len": calib_len, "refit_lambda": refit_lambda,
                           "calib_skip": calib_skip, "stats_skip": stats_skip}, "fold")
     get_repair(repair, "llm")  # one-line error naming the repairs that apply
+    check_kmeans_dim(kmeans_dim)
     if features not in FEATURES:
         raise TunelessError(f"features={features!r}; choose one of {', '.join(FEATURES)}")
     if cluster not in ("kmeans", "ward"):

@@ -23,7 +23,7 @@ from tuneless.errors import TunelessError
 from tuneless.io_atomic import atomic_folder
 from tuneless.llm.adapters import adapter_for_config, layer_graph
 from tuneless.llm.choose import HELD_OUT, choose, default_candidates, own_text_perplexity
-from tuneless.llm.decide import fold_decisions
+from tuneless.llm.decide import check_kmeans_dim, fold_decisions
 from tuneless.llm.fold import (
     CALIB_SKIP,
     DEFAULT_REPAIR,
@@ -94,7 +94,8 @@ def _shapes(config, adapter, weight_map, per_layer: bool = False) -> list[Shape]
 def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: float | None = None,
                     *, schedule=None, head_ratio: float | None = None,
                     mlp_ratio: float | None = None, gqa: str = "kv-groups", seed: int = 0,
-                    refine: bool = False, kmeans_dim: int | None = 128, n_init: int = 1,
+                    refine: bool = False, kmeans_dim: int | str | None = "auto",
+                    n_init: int = 1,
                     repair: str | None = DEFAULT_REPAIR, data: torch.Tensor | None = None,
                     tokenizer=None,
                     features: str = "auto", calib_samples: int = 16, calib_len: int = 128,
@@ -104,8 +105,9 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
                     progress: bool = True) -> Path:
     """Fold a sharded safetensors checkpoint folder into a new folder, layer by layer.
 
-    Same options and schedule as fold_llm; by default k-means runs on a 128-dimensional random
-    projection of the features and without Hartigan refinement, which keeps a
+    Same options, defaults and schedule as fold_llm: k-means without Hartigan refinement, on
+    the full features where that is cheap and on a 128-dimensional random projection where
+    it is not (kmeans_dim="auto", tuneless.llm.decide.projection_width), which keeps a
     multi-billion-parameter layer to seconds on a CPU.
 
     repair: as fold_llm's, and the same default (None means the default). "self" (data-free)
@@ -132,6 +134,7 @@ def fold_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, sparsity: fl
     if features not in ("auto", "weights", "activations"):
         raise TunelessError(f"features={features!r}; choose auto, weights or activations")
     check_refit_options("folded", refit_target, refit_weighting, refit_lambda)
+    check_kmeans_dim(kmeans_dim)
     steps = default_steps(repair) if steps is None else steps
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise TunelessError(f"steps must be a positive integer, got {steps!r}")
@@ -528,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
                          "inner-mlp unless it more than doubles the perplexity on held-out "
                          "self-sampled text, then the better of it and paper-mlp)")
     ap.add_argument("--gqa", default="kv-groups")
-    ap.add_argument("--kmeans-dim", type=int, default=128)
+    ap.add_argument("--kmeans-dim", type=lambda v: v if v == "auto" else int(v),
+                    default="auto", help="'auto' (default: full features where cheap, a "
+                    "128-wide projection where not) or a projection width")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repair", default=DEFAULT_REPAIR, choices=("self", "refit", "none"),
                     help="self (default, data-free, as in memory): the least-squares repair on "
