@@ -156,3 +156,17 @@ def _describe(ann: Any, name: str) -> str:
 
 
 __all__ = ["BOUNDS", "check_call", "check_dataclass", "check_names", "check_value"]
+
+
+def int_or_auto(text: str) -> int | str:
+    """argparse type of an `N|auto` option (export's --pad-to, the stream's --kmeans-dim):
+    "auto" as it is, else an integer (its range is the option's own check)."""
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or auto, got {text!r}") from None

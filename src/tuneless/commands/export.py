@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tuneless.commands.model_args import add_model_arguments, load_from_args
 from tuneless.errors import TunelessError
+from tuneless.options import int_or_auto
 
 
 def add_parser(sub) -> None:
@@ -19,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-fuse-bn", action="store_true",
                    help="keep BatchNorm layers (default: fold each BN that follows a conv "
                         "into the conv)")
-    p.add_argument("--pad-to", type=_pad_to, metavar="N|auto",
+    p.add_argument("--pad-to", type=int_or_auto, metavar="N|auto",
                    help="append zero channels so that every reducible channel count is a "
                         "multiple of N (same outputs; ONNX Runtime's CPU convolutions are "
                         "fast only on multiples of the CPU's vector width: "
@@ -28,16 +29,6 @@ def add_parser(sub) -> None:
     p.add_argument("--timing-batch", type=int, default=1, metavar="B",
                    help="batch size --pad-to auto times at (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-
-
-def _pad_to(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive integer or auto, got {text!r}") from None
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -37,6 +37,7 @@ from tuneless.llm.plan import SCHEDULES, LayerPlan, Shape
 from tuneless.llm.refit import check_refit_options
 from tuneless.llm.save import spec_size, write_modeling
 from tuneless.llm.stream_shell import split_layer_keys
+from tuneless.options import int_or_auto
 from tuneless.progress import progress as _progress
 from tuneless.reduce import reduce_tensors
 
@@ -531,9 +532,9 @@ def main(argv: list[str] | None = None) -> int:
                          "inner-mlp unless it more than doubles the perplexity on held-out "
                          "self-sampled text, then the better of it and paper-mlp)")
     ap.add_argument("--gqa", default="kv-groups")
-    ap.add_argument("--kmeans-dim", type=lambda v: v if v == "auto" else int(v),
-                    default="auto", help="'auto' (default: full features where cheap, a "
-                    "128-wide projection where not) or a projection width")
+    ap.add_argument("--kmeans-dim", type=int_or_auto, metavar="N|auto", default="auto",
+                    help="'auto' (default: full features where cheap, a 128-wide projection "
+                         "where not) or a projection width")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repair", default=DEFAULT_REPAIR, choices=("self", "refit", "none"),
                     help="self (default, data-free, as in memory): the least-squares repair on "
